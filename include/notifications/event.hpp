@@ -1,0 +1,114 @@
+// Event: what a subscriber receives for one instrumented block (or one instant event).
+//
+// Thread-safety: an Event is a value. Const member functions may be called concurrently from any
+// number of threads. The Event a listener receives by reference lives only for that call and
+// borrows the instrumenting call's name and payload; copy it (copies are self-contained: they own
+// their name and payload) to keep it or to hand it to another thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace notifications {
+
+namespace detail {
+struct EventAccess;
+class ActiveEvent;
+}
+
+// What an instrumented block threw. The exception itself still propagates to the caller of
+// instrument(); this is the subscribers' record of it.
+struct ExceptionInfo {
+  std::string type;            // demangled dynamic type name, e.g. "std::runtime_error"
+  std::string message;         // what() for std::exception, empty otherwise
+  std::exception_ptr object;   // the exception itself (Rails' exception_object)
+};
+
+// Where a remote event came from (set by the Bridge on events it received from a transport).
+struct EventOrigin {
+  std::string producer;           // the sending process's configured app name
+  std::string producer_instance;  // the sending process's instance id
+  std::string transport;          // e.g. "memory", "nats"
+};
+
+class Event {
+ public:
+  using wall_clock = std::chrono::system_clock;
+  using mono_clock = std::chrono::steady_clock;
+
+  // A self-contained event with the current time as start and end (mostly for tests).
+  Event(std::string name, nlohmann::json payload);
+
+  Event(const Event& other);
+  Event& operator=(const Event& other);
+  Event(Event&& other) noexcept;
+  Event& operator=(Event&& other) noexcept;
+  ~Event() = default;
+
+  std::string_view name() const noexcept { return name_; }
+  const nlohmann::json& payload() const noexcept { return *payload_; }
+
+  // Unique id of this event (a UUID string), formatted on demand.
+  std::string id() const;
+  // Per-thread id shared by every event instrumented on one thread (as in Rails).
+  std::string transaction_id() const;
+
+  // Wall-clock time the event started.
+  wall_clock::time_point time() const noexcept { return time_; }
+  // Monotonic start and end; end() == start() for an instant event and inside start listeners.
+  mono_clock::time_point start() const noexcept { return start_; }
+  mono_clock::time_point end() const noexcept { return end_; }
+  std::chrono::nanoseconds duration() const noexcept { return end_ - start_; }
+  double duration_ms() const noexcept {
+    return std::chrono::duration<double, std::milli>(end_ - start_).count();
+  }
+
+  // CPU time of the instrumenting thread during the block. Only measured when a subscriber of
+  // this event asked for it (SubscribeOptions::cpu_time); empty otherwise.
+  std::optional<std::chrono::nanoseconds> cpu_time() const noexcept { return cpu_time_; }
+  // duration() - cpu_time(), when cpu_time() is known.
+  std::optional<std::chrono::nanoseconds> idle_time() const noexcept {
+    if (!cpu_time_) return std::nullopt;
+    return duration() - *cpu_time_;
+  }
+
+  // Set when the instrumented block threw.
+  const std::optional<ExceptionInfo>& exception() const noexcept { return exception_; }
+
+  // Set on events that arrived from another process through a transport.
+  bool remote() const noexcept { return origin_.has_value(); }
+  const std::optional<EventOrigin>& origin() const noexcept { return origin_; }
+
+  // W3C traceparent carried by the event: the one it arrived with, else a string payload member
+  // "traceparent", else empty.
+  std::string traceparent() const;
+
+ private:
+  friend struct detail::EventAccess;
+  friend class detail::ActiveEvent;
+  Event() = default;
+  void own_from(const Event& other);
+
+  std::string_view name_;              // points at owned_name_ or at the instrument() argument
+  nlohmann::json* payload_ = nullptr;  // points at owned_payload_ or at the instrument() argument
+  std::string owned_name_;
+  nlohmann::json owned_payload_;
+  wall_clock::time_point time_{};
+  mono_clock::time_point start_{};
+  mono_clock::time_point end_{};
+  std::uint64_t sequence_ = 0;     // formats id() unless explicit_id_ is set
+  std::uint64_t transaction_ = 0;  // formats transaction_id()
+  std::string explicit_id_;        // id carried over from a remote envelope
+  std::optional<std::chrono::nanoseconds> cpu_time_;
+  std::optional<ExceptionInfo> exception_;
+  std::optional<EventOrigin> origin_;
+  std::string traceparent_;
+};
+
+}  // namespace notifications

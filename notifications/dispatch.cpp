@@ -1,0 +1,237 @@
+// ActiveEvent: building one event, calling its listeners, and routing their failures.
+#include <time.h>
+
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "notifications/describe.hpp"
+#include "notifications/errors.hpp"
+#include "notifications/ids.hpp"
+#include "notifications/registry.hpp"
+#include "notifications/thread_cache.hpp"
+
+namespace notifications::detail {
+
+struct EventAccess {
+  static void begin(Event& event, std::string_view name, nlohmann::json& payload) {
+    event.name_ = name;
+    event.payload_ = &payload;
+    event.time_ = Event::wall_clock::now();
+    event.start_ = event.end_ = Event::mono_clock::now();
+    event.sequence_ = next_event_sequence();
+    event.transaction_ = thread_transaction();
+  }
+  static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
+  static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }
+  static void set_exception(Event& event, ExceptionInfo info) {
+    event.exception_ = std::move(info);
+  }
+  static nlohmann::json& payload(Event& event) { return *event.payload_; }
+};
+
+namespace {
+
+std::int64_t thread_cpu_ns() noexcept {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
+// The default error handler: one log line per (subscription, event name), at most
+// kLinesPerSecond lines a second overall. Every failure is counted by the caller regardless.
+class DefaultErrorLog {
+ public:
+  void log(const SubscriberFailure& failure) {
+    std::lock_guard lock(mutex_);
+    if (!seen_.emplace(failure.subscription_id, std::string(failure.event_name)).second) return;
+    if (seen_.size() > kMaxKeys) seen_.clear();  // bound memory; repeats may log again later
+    const auto now = std::chrono::steady_clock::now();
+    if (now - window_start_ >= std::chrono::seconds(1)) {
+      if (suppressed_ > 0) {
+        spdlog::warn("notifications: {} further subscriber failure reports suppressed", suppressed_);
+      }
+      window_start_ = now;
+      lines_ = 0;
+      suppressed_ = 0;
+    }
+    if (lines_ >= kLinesPerSecond) {
+      ++suppressed_;
+      return;
+    }
+    ++lines_;
+    spdlog::error(
+        "notifications: subscriber {} (pattern \"{}\") failed in {} for event \"{}\": {} "
+        "(reported once per subscriber and event name)",
+        failure.subscription_id, failure.pattern, failure.phase, failure.event_name,
+        failure.message);
+  }
+
+ private:
+  static constexpr std::size_t kMaxKeys = 4096;
+  static constexpr int kLinesPerSecond = 10;
+  std::mutex mutex_;
+  std::set<std::pair<std::uint64_t, std::string>> seen_;
+  std::chrono::steady_clock::time_point window_start_{};
+  int lines_ = 0;
+  std::uint64_t suppressed_ = 0;
+};
+
+DefaultErrorLog& default_error_log() {
+  static DefaultErrorLog* const log = new DefaultErrorLog();  // outlives static destructors
+  return *log;
+}
+
+}  // namespace
+
+void report_failure(NotifierCore& core, const SubscriberFailure& failure) noexcept {
+  std::shared_ptr<const ErrorHandler> handler;
+  {
+    std::lock_guard lock(core.state->mutex);
+    handler = core.state->error_handler;
+  }
+  try {
+    if (handler) {
+      (*handler)(failure);
+    } else {
+      default_error_log().log(failure);
+    }
+  } catch (...) {
+    core.state->error_handler_failures.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+struct ActiveEvent::Failures {
+  struct Kept {
+    std::size_t index;
+    const char* phase;
+    std::exception_ptr error;
+  };
+  std::vector<Kept> errors;                      // strict mode: rethrown after dispatch
+  std::vector<std::uint64_t> started_beyond_64;  // bit set of start listeners 64..n
+};
+
+ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string_view name,
+                         nlohmann::json& payload)
+    : core_(core), set_(set) {
+  ++thread_cache().dispatch_depth;
+  EventAccess::begin(event_, name, payload);
+  if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();
+  if (!set_.has_start) return;
+  const auto& subscribers = set_.subscribers;
+  for (std::size_t i = 0; i < subscribers.size(); ++i) {
+    Subscriber& subscriber = *subscribers[i];
+    if (!subscriber.start_finish_shape() || !subscriber.active.load(std::memory_order_acquire)) {
+      continue;
+    }
+    if (i < 64) {
+      started_ |= std::uint64_t{1} << i;
+    } else {
+      if (!failures_) failures_ = std::make_unique<Failures>();
+      auto& bits = failures_->started_beyond_64;
+      bits.resize(std::max(bits.size(), (i - 64) / 64 + 1));
+      bits[(i - 64) / 64] |= std::uint64_t{1} << ((i - 64) % 64);
+    }
+    try {
+      subscriber.on_start(event_);
+    } catch (...) {
+      record(i, "start", std::current_exception());
+    }
+  }
+}
+
+ActiveEvent::~ActiveEvent() { --thread_cache().dispatch_depth; }
+
+void ActiveEvent::record(std::size_t index, const char* phase, std::exception_ptr error) noexcept {
+  NotifierState& state = *core_.state;
+  state.subscriber_errors.fetch_add(1, std::memory_order_relaxed);
+  try {
+    if (state.strict.load(std::memory_order_relaxed)) {
+      if (!failures_) failures_ = std::make_unique<Failures>();
+      failures_->errors.push_back({index, phase, error});
+      return;
+    }
+  } catch (...) {
+    // Out of memory while keeping the error: fall through and report it instead.
+  }
+  report(index, phase, error, "");
+}
+
+void ActiveEvent::report(std::size_t index, const char* phase, const std::exception_ptr& error,
+                         const char* note) noexcept {
+  const Subscriber& subscriber = *set_.subscribers[index];
+  SubscriberFailure failure{event_.name(), subscriber.id, subscriber.pattern.text(), phase, error,
+                            {}};
+  try {
+    failure.message = describe_exception(error) + note;
+  } catch (...) {
+  }
+  report_failure(core_, failure);
+}
+
+void ActiveEvent::complete() {
+  EventAccess::end(event_);
+  if (cpu_start_ns_ >= 0) {
+    EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(thread_cpu_ns() - cpu_start_ns_));
+  }
+  const auto& subscribers = set_.subscribers;
+  for (std::size_t i = 0; i < subscribers.size(); ++i) {
+    Subscriber& subscriber = *subscribers[i];
+    if (subscriber.start_finish_shape()) {
+      const bool started =
+          i < 64 ? (started_ >> i) & 1
+                 : failures_ && (i - 64) / 64 < failures_->started_beyond_64.size() &&
+                       (failures_->started_beyond_64[(i - 64) / 64] >> ((i - 64) % 64)) & 1;
+      if (!started) continue;  // finish pairs with start, even if unsubscribed since
+      try {
+        subscriber.on_finish(event_);
+      } catch (...) {
+        record(i, "finish", std::current_exception());
+      }
+    } else if (subscriber.active.load(std::memory_order_acquire)) {
+      try {
+        subscriber.on_event(event_);
+      } catch (...) {
+        record(i, "finish", std::current_exception());
+      }
+    }
+  }
+}
+
+void ActiveEvent::finish() {
+  complete();
+  if (!failures_ || failures_->errors.empty()) return;
+  std::vector<std::exception_ptr> errors;
+  for (const auto& kept : failures_->errors) errors.push_back(kept.error);
+  failures_->errors.clear();
+  if (errors.size() == 1) std::rethrow_exception(errors.front());
+  throw SubscriberErrors(std::string(event_.name()), std::move(errors));
+}
+
+void ActiveEvent::fail() noexcept {
+  try {
+    ExceptionInfo info{current_exception_type(), exception_message(std::current_exception()),
+                       std::current_exception()};
+    nlohmann::json& payload = EventAccess::payload(event_);
+    if (payload.is_null() || payload.is_object()) {
+      payload["exception"] = nlohmann::json::array({info.type, info.message});
+    }
+    EventAccess::set_exception(event_, std::move(info));
+  } catch (...) {
+    // Could not record the details (out of memory): the event is still finished below.
+  }
+  try {
+    complete();
+  } catch (...) {
+  }
+  // The block's exception wins: strict-mode subscriber errors are reported, not thrown.
+  if (!failures_ || failures_->errors.empty()) return;
+  for (const auto& kept : failures_->errors) {
+    report(kept.index, kept.phase, kept.error, " (while the block's own exception propagated)");
+  }
+}
+
+}  // namespace notifications::detail

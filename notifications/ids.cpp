@@ -1,0 +1,85 @@
+#include "notifications/ids.hpp"
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <random>
+
+namespace notifications::detail {
+
+namespace {
+
+constexpr std::uint64_t kBlock = 1u << 16;
+
+struct ProcessSalt {
+  std::uint64_t event = 0;
+  std::uint64_t transaction = 0;
+  ProcessSalt() {
+    std::random_device device;
+    event = (static_cast<std::uint64_t>(device()) << 32) ^ device();
+    transaction = (static_cast<std::uint64_t>(device()) << 32) ^ device();
+  }
+};
+
+const ProcessSalt& salt() {
+  static const ProcessSalt value;
+  return value;
+}
+
+std::atomic<std::uint64_t> next_block{1};
+std::atomic<std::uint64_t> next_thread{1};
+
+std::string hex(std::uint64_t value, int digits) {
+  std::array<char, 17> buffer{};
+  std::snprintf(buffer.data(), buffer.size(), "%0*llx", digits,
+                static_cast<unsigned long long>(value));
+  return std::string(buffer.data());
+}
+
+std::string format_uuid(std::uint64_t high, std::uint64_t low, std::uint64_t version) {
+  high = (high & ~0xF000ull) | (version << 12);
+  low = (low & ~(3ull << 62)) | (2ull << 62);  // RFC 9562 variant
+  const std::string h = hex(high, 16);
+  const std::string l = hex(low, 16);
+  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + l.substr(0, 4) +
+         "-" + l.substr(4, 12);
+}
+
+}  // namespace
+
+std::uint64_t next_event_sequence() noexcept {
+  thread_local std::uint64_t next = 0;
+  thread_local std::uint64_t end = 0;
+  if (next == end) {
+    next = next_block.fetch_add(kBlock, std::memory_order_relaxed);
+    end = next + kBlock;
+  }
+  return next++;
+}
+
+std::uint64_t thread_transaction() noexcept {
+  thread_local const std::uint64_t transaction =
+      next_thread.fetch_add(1, std::memory_order_relaxed);
+  return transaction;
+}
+
+std::string format_event_id(std::uint64_t sequence) {
+  return format_uuid(salt().event, sequence, 8);
+}
+
+std::string format_transaction_id(std::uint64_t transaction) {
+  // Mix so consecutive threads do not get near-identical ids; the mix is a bijection.
+  std::uint64_t x = transaction ^ salt().transaction;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  return hex(salt().transaction >> 48, 4) + hex(x, 16);
+}
+
+std::string random_uuid() {
+  thread_local std::mt19937_64 generator{std::random_device{}()};
+  const std::uint64_t high = generator();
+  return format_uuid(high, generator(), 4);
+}
+
+}  // namespace notifications::detail

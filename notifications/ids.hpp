@@ -1,0 +1,22 @@
+// Private: event ids and per-thread transaction ids.
+// Thread-safety: all functions are safe from any thread; sequences are drawn in per-thread blocks
+// so that concurrent instrumenting threads never contend on a shared counter.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace notifications::detail {
+
+// A process-unique, never-zero sequence number for one event.
+std::uint64_t next_event_sequence() noexcept;
+// The calling thread's transaction number (stable for the thread's lifetime).
+std::uint64_t thread_transaction() noexcept;
+// A UUID (version 8, RFC 9562) made of a per-process random salt and the sequence.
+std::string format_event_id(std::uint64_t sequence);
+// 20 lowercase hex digits, as Rails' SecureRandom.hex(10).
+std::string format_transaction_id(std::uint64_t transaction);
+// A random version 4 UUID.
+std::string random_uuid();
+
+}  // namespace notifications::detail

@@ -1,0 +1,71 @@
+// Private: the subscriber registry behind a Notifier.
+//
+// Thread-safety: NotifierState::mutex guards every field marked GUARDED_BY(mutex). ListenerSet
+// objects are immutable once published and shared by reference count; Subscriber::active is
+// atomic and read without the lock during dispatch.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "notifications/notifier.hpp"
+#include "notifications/pattern.hpp"
+
+#define GUARDED_BY(m)  // documentation only: the member is read and written with m held
+
+namespace notifications::detail {
+
+struct Subscriber {
+  std::uint64_t id = 0;
+  Pattern pattern;
+  bool all_events = false;  // subscribed without a pattern
+  EventListener on_event;   // Event shape: called once, after the block
+  std::function<void(const Event&)> on_start;   // start/finish shape
+  std::function<void(const Event&)> on_finish;  // start/finish shape
+  bool cpu_time = false;
+  // Cleared (release) when unsubscribed; dispatch checks it (acquire) before every call.
+  std::atomic<bool> active{true};
+  // Names excluded by Notifier::unsubscribe(name).
+  std::vector<std::string> excluded;  // GUARDED_BY(NotifierState::mutex)
+
+  Subscriber(Pattern p, bool all) : pattern(std::move(p)), all_events(all) {}
+  bool start_finish_shape() const noexcept { return static_cast<bool>(on_start); }
+  // Requires NotifierState::mutex.
+  bool receives(std::string_view name) const;
+};
+
+// The subscribers of one event name at one generation of the registry. Immutable.
+struct ListenerSet {
+  std::vector<std::shared_ptr<Subscriber>> subscribers;  // in subscription order
+  bool needs_cpu_time = false;
+  bool has_start = false;
+};
+
+struct NotifierState {
+  explicit NotifierState(NotifierOptions options);
+
+  std::mutex mutex;
+  std::vector<std::shared_ptr<Subscriber>> subscribers GUARDED_BY(mutex);
+  // Listener sets resolved at memo_generation, by name; bounded by name_cache_capacity.
+  std::unordered_map<std::string, std::shared_ptr<const ListenerSet>> memo GUARDED_BY(mutex);
+  std::uint64_t memo_generation GUARDED_BY(mutex) = 0;
+  std::uint64_t next_id GUARDED_BY(mutex) = 1;
+  std::shared_ptr<const ErrorHandler> error_handler GUARDED_BY(mutex);
+  const std::size_t name_cache_capacity;
+
+  std::atomic<bool> strict{false};
+  std::atomic<std::uint64_t> subscriber_errors{0};
+  std::atomic<std::uint64_t> error_handler_failures{0};
+};
+
+// Reports one subscriber failure to the notifier's error handler; never throws.
+void report_failure(NotifierCore& core, const SubscriberFailure& failure) noexcept;
+
+}  // namespace notifications::detail
