@@ -172,8 +172,8 @@ void ActiveEvent::report(std::size_t index, const char* phase, const std::except
   report_failure(core_, failure);
 }
 
-void ActiveEvent::complete() {
-  EventAccess::end(event_);
+void ActiveEvent::complete(bool instant) {
+  if (!instant) EventAccess::end(event_);
   if (cpu_start_ns_ >= 0) {
     EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(thread_cpu_ns() - cpu_start_ns_));
   }
@@ -201,8 +201,8 @@ void ActiveEvent::complete() {
   }
 }
 
-void ActiveEvent::finish() {
-  complete();
+void ActiveEvent::finish(bool instant) {
+  complete(instant);
   if (!failures_ || failures_->errors.empty()) return;
   std::vector<std::exception_ptr> errors;
   for (const auto& kept : failures_->errors) errors.push_back(kept.error);
@@ -223,10 +223,7 @@ void ActiveEvent::fail() noexcept {
   } catch (...) {
     // Could not record the details (out of memory): the event is still finished below.
   }
-  try {
-    complete();
-  } catch (...) {
-  }
+  complete(/*instant=*/false);  // never throws: every listener call is guarded
   // The block's exception wins: strict-mode subscriber errors are reported, not thrown.
   if (!failures_ || failures_->errors.empty()) return;
   for (const auto& kept : failures_->errors) {

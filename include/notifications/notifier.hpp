@@ -56,7 +56,7 @@ using ErrorHandler = std::function<void(const SubscriberFailure&)>;
 struct NotifierOptions {
   // Receives subscriber errors. Default: logged through spdlog, once per subscription and event
   // name, at most 10 lines a second (every error is still counted in stats()).
-  ErrorHandler error_handler;
+  ErrorHandler error_handler{};
   // Rethrow subscriber errors to the instrumenting caller (after the block and every subscriber
   // ran): one error as is, several as SubscriberErrors. Never masks the block's own exception.
   bool strict = false;

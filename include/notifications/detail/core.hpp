@@ -61,14 +61,15 @@ class ActiveEvent {
   ActiveEvent& operator=(const ActiveEvent&) = delete;
 
   // The block returned: calls finish listeners. In strict mode rethrows subscriber errors.
-  void finish();
+  // An instant event keeps end() == start().
+  void finish(bool instant = false);
   // The block threw (call from inside the catch handler): records the exception and calls finish
   // listeners. Never throws; subscriber errors go to the error handler.
   void fail() noexcept;
 
  private:
   struct Failures;
-  void complete();
+  void complete(bool instant);
   void record(std::size_t index, const char* phase, std::exception_ptr error) noexcept;
   void report(std::size_t index, const char* phase, const std::exception_ptr& error,
               const char* note) noexcept;
@@ -136,7 +137,7 @@ inline void instrument_instant(NotifierCore& core, const ListenerSet* set, std::
   if (set == nullptr) return;
   // The event only reads an instant event's payload; the const_cast never leads to a write.
   ActiveEvent active(core, *set, name, const_cast<nlohmann::json&>(payload));
-  active.finish();
+  active.finish(/*instant=*/true);
 }
 
 }  // namespace notifications::detail

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, then configures, builds and runs the tests in
+#   build/release  (optimised, with samples; also checks the installed CMake package)
+#   build/asan     (AddressSanitizer + UndefinedBehaviorSanitizer, shorter stress counts)
+#   build/tsan     (ThreadSanitizer, shorter stress counts)
+# and fails if any of them fails. Quick the second time: every build folder is reused.
+#
+# Usage: scripts/test.sh [release|asan|tsan|package ...]   (default: all of them)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
+
+jobs=$(nproc 2>/dev/null || echo 2)
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(release package asan tsan)
+
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_init_order=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
+
+total_passed=0
+total_failed=0
+failed_stages=()
+
+# configure_and_test NAME [cmake args...]
+configure_and_test() {
+  local name=$1
+  shift
+  local dir="build/$name"
+  echo "=== $name: configure and build ($dir)"
+  if ! cmake -S . -B "$dir" -DNOTIFICATIONS_BUILD_BENCH=OFF "$@" >"$dir.configure.log" 2>&1; then
+    cat "$dir.configure.log"
+    failed_stages+=("$name(configure)")
+    return
+  fi
+  if ! cmake --build "$dir" -j"$jobs" >"$dir.build.log" 2>&1; then
+    tail -n 60 "$dir.build.log"
+    failed_stages+=("$name(build)")
+    return
+  fi
+  echo "=== $name: ctest"
+  local log="$dir.ctest.log"
+  (cd "$dir" && ctest --output-on-failure --timeout 600) 2>&1 | tee "$log"
+  local status=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log" | tail -n 1)
+  if [ -n "$line" ]; then
+    local failed total
+    failed=$(echo "$line" | sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/')
+    total=$(echo "$line" | sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\2/')
+    total_passed=$((total_passed + total - failed))
+    total_failed=$((total_failed + failed))
+  fi
+  if [ "$status" -ne 0 ] || [ -z "$line" ]; then failed_stages+=("$name"); fi
+}
+
+# The installed package works for a consumer project (find_package(notifications CONFIG)).
+package_check() {
+  echo "=== package: install build/release and build tests/cmake_import against it"
+  local prefix="$PWD/build/_install"
+  rm -rf "$prefix" build/cmake_import
+  if cmake --install build/release --prefix "$prefix" >build/package.log 2>&1 &&
+    cmake -S tests/cmake_import -B build/cmake_import -DCMAKE_PREFIX_PATH="$prefix" >>build/package.log 2>&1 &&
+    cmake --build build/cmake_import -j"$jobs" >>build/package.log 2>&1 &&
+    ./build/cmake_import/consumer >>build/package.log 2>&1; then
+    echo "package: consumer built and ran"
+    total_passed=$((total_passed + 1))
+  else
+    tail -n 40 build/package.log
+    total_failed=$((total_failed + 1))
+    failed_stages+=("package")
+  fi
+}
+
+mkdir -p build
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    release) configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
+    package) package_check ;;
+    asan) configure_and_test asan -DCMAKE_BUILD_TYPE=Debug -DNOTIFICATIONS_SANITIZE=address \
+            -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
+    tsan) configure_and_test tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNOTIFICATIONS_SANITIZE=thread \
+            -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
+    *) echo "test.sh: unknown stage '$stage' (expected release, package, asan or tsan)" >&2; exit 2 ;;
+  esac
+done
+
+echo
+if [ ${#failed_stages[@]} -ne 0 ]; then
+  echo "FAILED stages: ${failed_stages[*]}"
+fi
+echo "tests: $total_passed passed, $total_failed failed"
+[ ${#failed_stages[@]} -eq 0 ]
