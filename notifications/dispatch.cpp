@@ -10,28 +10,12 @@
 
 #include "notifications/describe.hpp"
 #include "notifications/errors.hpp"
+#include "notifications/event_access.hpp"
 #include "notifications/ids.hpp"
 #include "notifications/registry.hpp"
 #include "notifications/thread_cache.hpp"
 
 namespace notifications::detail {
-
-struct EventAccess {
-  static void begin(Event& event, std::string_view name, nlohmann::json& payload) {
-    event.name_ = name;
-    event.payload_ = &payload;
-    event.time_ = Event::wall_clock::now();
-    event.start_ = event.end_ = Event::mono_clock::now();
-    event.sequence_ = next_event_sequence();
-    event.transaction_ = thread_transaction();
-  }
-  static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
-  static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }
-  static void set_exception(Event& event, ExceptionInfo info) {
-    event.exception_ = std::move(info);
-  }
-  static nlohmann::json& payload(Event& event) { return *event.payload_; }
-};
 
 namespace {
 
@@ -120,6 +104,16 @@ ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string
   ++thread_cache().dispatch_depth;
   EventAccess::begin(event_, name, payload);
   if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();
+  start_listeners();
+}
+
+ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, Event&& prebuilt)
+    : core_(core), set_(set), event_(std::move(prebuilt)) {
+  ++thread_cache().dispatch_depth;
+  start_listeners();
+}
+
+void ActiveEvent::start_listeners() {
   if (!set_.has_start) return;
   const auto& subscribers = set_.subscribers;
   for (std::size_t i = 0; i < subscribers.size(); ++i) {

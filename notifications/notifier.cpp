@@ -197,6 +197,13 @@ void Notifier::unsubscribe(std::string_view name) {
   detail::changed(*core_, displaced);
 }
 
+void Notifier::publish(Event event) {
+  const detail::ListenerSet* set = detail::find_listeners(*core_, event.name());
+  if (set == nullptr) return;
+  detail::ActiveEvent active(*core_, *set, std::move(event));
+  active.finish(/*instant=*/true);
+}
+
 bool Notifier::listening(std::string_view name) {
   return detail::find_listeners(*core_, name) != nullptr;
 }

@@ -15,7 +15,14 @@ struct CompiledRegex {
 
 namespace {
 
-std::string quoted(std::string_view text) { return "\"" + std::string(text) + "\""; }
+std::string quoted(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out.push_back('"');
+  out.append(text);
+  out.push_back('"');
+  return out;
+}
 
 std::vector<std::string> split_tokens(std::string_view text) {
   std::vector<std::string> tokens;

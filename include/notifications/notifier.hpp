@@ -156,7 +156,9 @@ class Notifier {
   // propagates what it throws (after publishing the event with the exception recorded). The
   // block may take the payload as `nlohmann::json&` and add to it. A payload passed as a
   // non-const lvalue is the event's payload itself (as in Rails): additions are visible to the
-  // caller. When nobody listens to `name`, only the block runs.
+  // caller. When nobody listens to `name`, only the block runs. When the block throws, the event
+  // records exception() and, as in Rails, the payload (if null or an object) gets
+  // "exception": [type, message] before listeners see it.
   // Throws InvalidName for an empty name.
   template <detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(std::string_view name, nlohmann::json& payload,
@@ -205,6 +207,11 @@ class Notifier {
     const nlohmann::json payload = lazy_payload.make();
     detail::instrument_instant(*core_, set, name, payload);
   }
+
+  // Delivers an event built elsewhere (the Bridge uses it for events received from other
+  // processes) to this notifier's listeners, keeping its times, id and origin. Start/finish
+  // listeners get start() and finish() back to back. Throws InvalidName for an empty name.
+  void publish(Event event);
 
   // True when at least one current subscriber would receive an event of this name.
   bool listening(std::string_view name);

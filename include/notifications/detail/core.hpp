@@ -56,6 +56,8 @@ class ActiveEvent {
  public:
   ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string_view name,
               nlohmann::json& payload);
+  // An event built elsewhere (received from another process): its times are kept.
+  ActiveEvent(NotifierCore& core, const ListenerSet& set, Event&& prebuilt);
   ~ActiveEvent();
   ActiveEvent(const ActiveEvent&) = delete;
   ActiveEvent& operator=(const ActiveEvent&) = delete;
@@ -69,6 +71,7 @@ class ActiveEvent {
 
  private:
   struct Failures;
+  void start_listeners();
   void complete(bool instant);
   void record(std::size_t index, const char* phase, std::exception_ptr error) noexcept;
   void report(std::size_t index, const char* phase, const std::exception_ptr& error,
@@ -91,8 +94,13 @@ decltype(auto) run_block(Block& block, nlohmann::json& payload) {
   }
 }
 
+// Computed from the invocability traits, not from run_block's deduced return type, so that
+// overload resolution never instantiates run_block for a non-callable argument.
 template <class Block>
-using block_result_t = decltype(run_block(std::declval<Block&>(), std::declval<nlohmann::json&>()));
+using block_result_t =
+    typename std::conditional_t<std::is_invocable_v<Block&, nlohmann::json&>,
+                                std::invoke_result<Block&, nlohmann::json&>,
+                                std::invoke_result<Block&>>::type;
 
 template <class Block>
 concept InstrumentBlock =

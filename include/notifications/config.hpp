@@ -1,0 +1,74 @@
+// Bridge configuration: from code, from a JSON file named by NOTIFICATIONS_CONFIG, and from the
+// environment (NOTIFICATIONS_URL and friends override the file).
+//
+// Thread-safety: BridgeConfig is a value; the loading functions are safe from any thread (they
+// read the environment, which the program must not modify concurrently).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "notifications/errors.hpp"
+
+namespace notifications {
+
+// A configuration value was unknown, of the wrong type, or out of range. The message names the
+// key, the value (credentials redacted) and what was expected.
+class ConfigError : public Error {
+ public:
+  explicit ConfigError(const std::string& message) : Error("config", message) {}
+};
+
+enum class OverflowPolicy {
+  block,        // wait up to block_timeout for room, then drop the new event (counted)
+  drop_newest,  // drop the new event (counted)
+  drop_oldest,  // drop the oldest queued event to make room (counted)
+};
+
+struct RetryPolicy {
+  std::chrono::milliseconds initial{50};
+  std::chrono::milliseconds max{5000};
+  double multiplier = 2.0;
+  double jitter = 0.2;    // +-20% of each wait, at random
+  int max_attempts = 0;   // 0: keep retrying until shutdown's deadline
+};
+
+struct BridgeConfig {
+  std::string url = "memory://";            // picks the transport by scheme
+  std::string app = "app";                  // producer name in envelopes
+  std::string prefix = "notifications";     // subjects are <prefix>.<event name>
+  std::vector<std::string> forward{">"};    // local patterns sent to the transport
+  std::vector<std::string> subscribe{">"};  // remote patterns received (subject patterns, no prefix)
+  std::string group;                        // consumer group for subscribe; empty: every process gets every event
+  std::size_t queue_capacity = 65536;
+  OverflowPolicy overflow = OverflowPolicy::block;
+  std::chrono::milliseconds block_timeout{100};
+  std::size_t batch_size = 256;
+  RetryPolicy retry;
+  nlohmann::json transport = nlohmann::json::object();  // transport-specific options
+
+  // Validates every field; throws ConfigError naming the first bad key.
+  void validate() const;
+};
+
+// Parses a JSON object. Unknown keys, wrong types and bad values throw ConfigError naming the
+// key path (e.g. "retry.initial_ms"), the value and what was expected. Keys:
+//   url, app, prefix, forward, subscribe, group, queue_capacity,
+//   overflow ("block" | "drop_newest" | "drop_oldest"), block_timeout_ms, batch_size,
+//   retry { initial_ms, max_ms, multiplier, jitter, max_attempts }, transport { ... }
+BridgeConfig config_from_json(const nlohmann::json& json);
+// Parses JSON text; a syntax error is a ConfigError naming `source` and the position.
+BridgeConfig config_from_text(std::string_view text, std::string_view source = "config");
+
+// Defaults, then the file named by NOTIFICATIONS_CONFIG (if set), then the environment:
+// NOTIFICATIONS_URL, NOTIFICATIONS_APP, NOTIFICATIONS_PREFIX, NOTIFICATIONS_FORWARD and
+// NOTIFICATIONS_SUBSCRIBE (comma-separated patterns), NOTIFICATIONS_GROUP.
+BridgeConfig config_from_environment();
+
+std::string to_string(OverflowPolicy policy);
+
+}  // namespace notifications

@@ -1,0 +1,62 @@
+// Envelope: the wire contract for one event (version 1, JSON). Field by field in
+// docs/envelope.md; JSON Schema in docs/envelope.schema.json.
+//
+// Thread-safety: Envelope is a value; the functions are stateless and safe from any thread.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "notifications/event.hpp"
+#include "notifications/transport.hpp"
+
+namespace notifications {
+
+struct Envelope {
+  static constexpr int kSchemaVersion = 1;
+  static constexpr std::string_view kContentType = "application/vnd.notifications.envelope.v1+json";
+
+  std::string id;                                 // UUID, also the message id header
+  std::string name;                               // event name
+  nlohmann::json payload;                         // event payload (any JSON)
+  std::chrono::system_clock::time_point time{};   // start, RFC 3339 UTC with microseconds
+  std::chrono::microseconds duration{0};          // end - start
+  std::string producer;                           // sending app's configured name
+  std::string producer_instance;                  // sending process's instance id
+  int schema_version = kSchemaVersion;
+  std::string traceparent;                        // W3C trace context; empty when none
+  std::optional<std::string> exception_type;      // set when the block threw
+  std::optional<std::string> exception_message;
+};
+
+// Encodes as one compact JSON object.
+std::string encode_envelope(const Envelope& envelope);
+
+// Never throws. On failure `error` names the field and what is wrong with it
+// (e.g. `field "time": expected RFC 3339 UTC, got "yesterday"`).
+struct DecodeResult {
+  std::optional<Envelope> envelope;
+  std::string error;
+  explicit operator bool() const noexcept { return envelope.has_value(); }
+};
+DecodeResult decode_envelope(std::string_view body) noexcept;
+
+// RFC 3339 UTC with exactly six fractional digits: 2026-11-25T12:00:00.123456Z
+std::string format_rfc3339(std::chrono::system_clock::time_point time);
+std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text);
+
+// The envelope for a local event.
+Envelope envelope_from_event(const Event& event, std::string_view producer,
+                             std::string_view producer_instance);
+// The remote event for a received envelope (remote() is true; origin names the producer).
+Event event_from_envelope(Envelope envelope, std::string_view transport_kind);
+
+// A message carrying the envelope: body, and headers "Nats-Msg-Id" (the id), "Content-Type"
+// and, when present, "traceparent".
+Message message_from_envelope(const Envelope& envelope, std::string subject);
+
+}  // namespace notifications

@@ -1,0 +1,162 @@
+// Transport: what carries envelopes between processes (memory, mock, NATS, SQLite, ...).
+//
+// The model is spdlog's sinks: a small interface (Transport), a base class (TransportBase) that
+// owns the lifecycle checks and locking so a transport fills in a few hooks, and creation through
+// factories registered by URL scheme. No third-party type appears here.
+//
+// Thread-safety: every Transport member may be called from any thread. The Bridge calls
+// publish() from its one sender thread only. Delivery handlers run on a thread of the transport
+// (or of its client library): they must only hand the delivery off (enqueue it) and return; they
+// must not block, throw, or call back into the transport.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "notifications/errors.hpp"
+
+namespace notifications {
+
+using Deadline = std::chrono::steady_clock::time_point;
+
+// A transport could not be created, started or used: bad URL, option, credentials, server.
+class TransportError : public Error {
+ public:
+  explicit TransportError(const std::string& message) : Error("transport", message) {}
+};
+
+// One message on the wire: a subject, an encoded body, and headers where the transport has them.
+struct Message {
+  std::string subject;
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+
+  // The value of the first header named `key` (case-sensitive), or "" when absent.
+  std::string header(std::string_view key) const {
+    for (const auto& [k, v] : headers) {
+      if (k == key) return v;
+    }
+    return {};
+  }
+};
+
+// What a transport guarantees; the conformance suite switches cases on these.
+struct TransportCapabilities {
+  bool persistent = false;        // messages published before a subscriber exists reach it later
+  bool exactly_once = false;      // a repeated message id is delivered once
+  bool ordered = false;           // messages of one subject arrive in publish order
+  bool consumer_groups = false;   // each member group receives every message once
+  bool acknowledgements = false;  // a nak()ed delivery is redelivered
+  bool needs_server = false;      // talks to a server that tests must start
+};
+
+// How a delivery is settled on transports with acknowledgements.
+enum class Settle { ack, nak, term };
+
+// One received message. `settle` is empty on transports without acknowledgements; otherwise it
+// must be called exactly once, from any thread, after the message was handled.
+struct Delivery {
+  Message message;
+  std::function<void(Settle)> settle;
+};
+using DeliveryHandler = std::function<void(Delivery&&)>;
+
+// The outcome of publishing a batch: the first `published` messages were accepted, in order;
+// the rest were not. `transient` says whether retrying the rest may succeed.
+struct PublishResult {
+  std::size_t published = 0;
+  bool transient = true;
+  std::string error;  // empty on full success; never contains credentials
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  // "memory", "mock", "nats", ...
+  virtual std::string kind() const = 0;
+  virtual TransportCapabilities capabilities() const = 0;
+
+  // Connects. Throws TransportError on configuration errors; transient connection failures may
+  // be retried by the transport in the background (see its documentation).
+  virtual void start() = 0;
+  // Publishes in order. Never throws; reports what was accepted.
+  virtual PublishResult publish(std::span<const Message> batch) = 0;
+  // Receives messages whose subject matches `pattern` (NATS wildcards). A non-empty `group`
+  // makes the subscription part of a consumer group: each message goes to one member.
+  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern).
+  virtual std::uint64_t subscribe(const std::string& pattern, const std::string& group,
+                                  DeliveryHandler handler) = 0;
+  // Stops deliveries to that subscription. Deliveries already handed to the handler stay handed.
+  virtual void unsubscribe(std::uint64_t id) = 0;
+  // Waits until everything published so far has left this process (or is stored, for persistent
+  // transports). False when the deadline passed first.
+  virtual bool flush(Deadline deadline) = 0;
+  // Lets subscriptions hand over what they already hold, then closes. Idempotent.
+  virtual void stop(Deadline deadline) = 0;
+  // State and counters as JSON; never contains credentials.
+  virtual nlohmann::json health() const = 0;
+};
+
+// Lifecycle and locking for transports: created -> started -> stopped, checked once here.
+// Hooks run with no lock of the base held, except that the base serialises start/stop and
+// subscribe/unsubscribe with each other.
+class TransportBase : public Transport {
+ public:
+  enum class State { created, started, stopped };
+
+  void start() final;
+  PublishResult publish(std::span<const Message> batch) final;
+  std::uint64_t subscribe(const std::string& pattern, const std::string& group,
+                          DeliveryHandler handler) final;
+  void unsubscribe(std::uint64_t id) final;
+  bool flush(Deadline deadline) final;
+  void stop(Deadline deadline) final;
+  nlohmann::json health() const final;
+
+  State state() const;
+
+ protected:
+  virtual void do_start() = 0;
+  virtual PublishResult do_publish(std::span<const Message> batch) = 0;
+  virtual void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+                            DeliveryHandler handler) = 0;
+  virtual void do_unsubscribe(std::uint64_t id) = 0;
+  virtual bool do_flush(Deadline deadline) = 0;
+  virtual void do_stop(Deadline deadline) = 0;
+  // Transport-specific fields; the base adds "kind" and "state".
+  virtual nlohmann::json do_health() const = 0;
+
+ private:
+  mutable std::mutex lifecycle_;
+  State state_ = State::created;  // guarded by lifecycle_
+  std::uint64_t next_subscription_ = 1;  // guarded by lifecycle_
+};
+
+// Where and how to connect: the URL (its scheme picks the factory) and transport options.
+struct TransportConfig {
+  std::string url = "memory://";
+  nlohmann::json options = nlohmann::json::object();
+};
+
+using TransportFactory = std::function<std::unique_ptr<Transport>(const TransportConfig&)>;
+
+// Registers a factory for a URL scheme ("memory", "nats", ...); replaces an earlier one.
+void register_transport(const std::string& scheme, TransportFactory factory);
+// Creates the transport for config.url. Throws TransportError naming the URL (without its
+// credentials) when the scheme is unknown or the factory refuses the configuration.
+std::unique_ptr<Transport> make_transport(const TransportConfig& config);
+// The URL with any user:password@ part replaced by "***@", for logs and errors.
+std::string redact_url(std::string_view url);
+
+}  // namespace notifications
