@@ -1,0 +1,164 @@
+// order_service: an existing multi-threaded program, instrumented without changing its callers.
+//
+// run_business() is the program as it was before anyone observed it: it stocks an inventory,
+// places orders from worker threads and tallies the outcomes. It knows nothing of notifications;
+// the instrumentation lives inside OrderService's function bodies. main() adds the observers
+// (the block marked below) and prints their summary at exit.
+//
+// Usage: order_service [--verbose]
+//   --verbose, -v  log each order event (spdlog debug level) as it finishes
+//
+// Deterministic: fixed seeds, so the same orders, outcomes and counts on every run; only the
+// timings vary. Exits 0 on success, 2 on a bad argument.
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "observers.hpp"
+#include "order_service.hpp"
+
+namespace {
+
+using order_service::Inventory;
+using order_service::LineItem;
+using order_service::Order;
+using order_service::OrderService;
+
+constexpr int kThreads = 4;
+constexpr int kOrdersPerThread = 50;
+constexpr std::uint32_t kSeed = 42;
+
+struct Outcome {
+  int shipped = 0;
+  int declined = 0;
+  int out_of_stock = 0;
+  std::int64_t revenue_cents = 0;
+
+  Outcome& operator+=(const Outcome& other) {
+    shipped += other.shipped;
+    declined += other.declined;
+    out_of_stock += other.out_of_stock;
+    revenue_cents += other.revenue_cents;
+    return *this;
+  }
+};
+
+// One to three lines of regular products; now and then a sold-out poster (never in stock) and a
+// card that the issuer declines.
+Order make_order(std::mt19937& rng, std::uint64_t id) {
+  static constexpr std::array<const char*, 6> kCustomers{"ada", "brian", "grace",
+                                                         "ken",  "linus", "margaret"};
+  static constexpr std::array<const char*, 5> kSkus{"mug", "t-shirt", "hoodie", "stickers",
+                                                    "notebook"};
+  std::uniform_int_distribution<std::size_t> customer(0, kCustomers.size() - 1);
+  std::uniform_int_distribution<std::size_t> sku(0, kSkus.size() - 1);
+  std::uniform_int_distribution<int> lines(1, 3);
+  std::uniform_int_distribution<int> quantity(1, 3);
+  std::bernoulli_distribution sold_out_poster(0.04);
+  std::bernoulli_distribution declined_card(0.08);
+
+  Order order;
+  order.id = id;
+  order.customer = kCustomers[customer(rng)];
+  order.card_number = declined_card(rng) ? "4000000000000002" : "4242424242424242";
+  for (int n = lines(rng); n > 0; --n) order.items.push_back(LineItem{kSkus[sku(rng)], quantity(rng)});
+  if (sold_out_poster(rng)) order.items.push_back(LineItem{"signed-poster", 1});
+  return order;
+}
+
+Outcome run_worker(OrderService& service, int worker) {
+  std::mt19937 rng(kSeed + static_cast<std::uint32_t>(worker));
+  Outcome outcome;
+  for (int i = 0; i < kOrdersPerThread; ++i) {
+    const Order order = make_order(rng, static_cast<std::uint64_t>(worker * kOrdersPerThread + i + 1));
+    try {
+      const order_service::Receipt receipt = service.place_order(order);
+      ++outcome.shipped;
+      outcome.revenue_cents += receipt.total_cents;
+    } catch (const order_service::PaymentDeclined&) {
+      ++outcome.declined;
+    } catch (const order_service::OutOfStock&) {
+      ++outcome.out_of_stock;
+    }
+  }
+  return outcome;
+}
+
+// The business: kThreads workers placing kOrdersPerThread orders each against one inventory.
+// Stock of the regular products exceeds any demand the seeds produce, so outcomes do not depend
+// on how the threads interleave.
+Outcome run_business() {
+  Inventory inventory({{"mug", {1200, 1000}},
+                       {"t-shirt", {2500, 1000}},
+                       {"hoodie", {5500, 1000}},
+                       {"stickers", {400, 1000}},
+                       {"notebook", {900, 1000}},
+                       {"signed-poster", {15000, 0}}});
+  OrderService service(inventory);
+  std::vector<Outcome> outcomes(kThreads);
+  {
+    std::vector<std::jthread> workers;
+    for (int w = 0; w < kThreads; ++w) {
+      workers.emplace_back([&service, &outcomes, w] {
+        outcomes[static_cast<std::size_t>(w)] = run_worker(service, w);
+      });
+    }
+  }  // joins
+  Outcome total;
+  for (const Outcome& outcome : outcomes) total += outcome;
+  return total;
+}
+
+void print_usage(std::FILE* to) {
+  std::fputs("usage: order_service [--verbose]\n"
+             "  --verbose, -v  log each order event as it finishes\n",
+             to);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool verbose = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--verbose" || arg == "-v") {
+      verbose = true;
+    } else if (arg == "--help" || arg == "-h") {
+      print_usage(stdout);
+      return 0;
+    } else {
+      std::fprintf(stderr, "order_service: unknown argument '%s'\n", argv[i]);
+      print_usage(stderr);
+      return 2;
+    }
+  }
+  spdlog::set_pattern("[%l] %v");
+  spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+
+  // ---- Added to observe the service; nothing else in the program changed. ----
+  auto summary = std::make_shared<observers::LatencySummary>();
+  const notifications::Subscription logging = observers::log_order_events(spdlog::default_logger());
+  const notifications::Subscription summarizing = observers::summarize_all_events(summary);
+  // ----
+
+  spdlog::info("placing {} orders on {} threads (seed {})", kThreads * kOrdersPerThread, kThreads,
+               kSeed);
+  const auto started = std::chrono::steady_clock::now();
+  const Outcome outcome = run_business();
+  const auto elapsed = std::chrono::steady_clock::now() - started;
+  spdlog::info("{} shipped, {} declined, {} out of stock; revenue {}.{:02}; {} ms",
+               outcome.shipped, outcome.declined, outcome.out_of_stock,
+               outcome.revenue_cents / 100, outcome.revenue_cents % 100,
+               std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count());
+
+  observers::log_table(*spdlog::default_logger(), summary->rows());
+  return 0;
+}
