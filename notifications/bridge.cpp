@@ -1,1 +1,562 @@
-// placeholder: being written
+#include "notifications/bridge.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "notifications/bounded_queue.hpp"
+#include "notifications/describe.hpp"
+#include "notifications/envelope.hpp"
+#include "notifications/notifications.hpp"
+#include "notifications/ids.hpp"
+#include "notifications/subject.hpp"
+
+namespace notifications {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Why an event or message was not delivered. Each has a counter in health()["counters"]["dropped"].
+enum class Drop {
+  queue_full,          // outbound queue full (drop_newest, or block timed out)
+  queue_evicted,       // removed to make room (drop_oldest)
+  after_shutdown,      // instrumented after shutdown() began
+  invalid_subject,     // the event name cannot be a subject
+  encode_failed,       // the payload could not be encoded
+  publish_rejected,    // the transport refused it permanently
+  retries_exhausted,   // retry.max_attempts reached
+  shutdown_deadline,   // still queued or retrying when shutdown's deadline passed
+  inbound_full,        // inbound queue full: the transport's delivery was refused
+  dispatch_failed,     // a local listener threw in strict mode while delivering a remote event
+  count_,
+};
+
+constexpr const char* kDropNames[] = {
+    "queue_full",        "queue_evicted",     "after_shutdown",    "invalid_subject",
+    "encode_failed",     "publish_rejected",  "retries_exhausted", "shutdown_deadline",
+    "inbound_full",      "dispatch_failed",
+};
+static_assert(std::size(kDropNames) == static_cast<std::size_t>(Drop::count_));
+
+std::string truncated(std::string_view text, std::size_t limit = 200) {
+  if (text.size() <= limit) return std::string(text);
+  return std::string(text.substr(0, limit)) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
+enum class State { created, running, stopping, stopped };
+
+const char* state_name(State state) {
+  switch (state) {
+    case State::created:
+      return "created";
+    case State::running:
+      return "running";
+    case State::stopping:
+      return "stopping";
+    case State::stopped:
+      return "stopped";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
+  Impl(Notifier& n, std::shared_ptr<Transport> t, BridgeConfig c, BridgeHooks h)
+      : notifier(n),
+        transport(std::move(t)),
+        config(std::move(c)),
+        hooks(std::move(h)),
+        outbound(config.queue_capacity),
+        inbound(config.queue_capacity) {
+    if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
+  }
+
+  Notifier& notifier;
+  const std::shared_ptr<Transport> transport;
+  const BridgeConfig config;
+  BridgeHooks hooks;
+
+  detail::BoundedQueue<Event> outbound;
+  detail::BoundedQueue<Delivery> inbound;
+
+  std::mutex lifecycle;  // serialises start() and shutdown()
+  std::atomic<State> state{State::created};
+  std::atomic<bool> accepting{false};
+  std::vector<Subscription> forwarders;           // guarded by lifecycle
+  std::vector<std::uint64_t> remote_subscriptions;  // guarded by lifecycle
+  std::thread sender;
+  std::thread dispatcher;
+  std::atomic<std::thread::id> dispatcher_id{};
+  std::optional<ShutdownReport> report;  // guarded by lifecycle
+  std::atomic<std::int64_t> deadline_ns{0};  // shutdown deadline (steady clock), 0 = none
+
+  // Progress, for flush(): every accepted event ends as sent or dropped.
+  std::mutex progress_mutex;
+  std::condition_variable progress;
+
+  struct Counters {
+    std::atomic<std::uint64_t> accepted{0};
+    std::atomic<std::uint64_t> sent{0};
+    std::atomic<std::uint64_t> failed{0};   // publish calls that did not accept everything
+    std::atomic<std::uint64_t> retried{0};
+    std::atomic<std::uint64_t> received{0};
+    std::atomic<std::uint64_t> malformed{0};
+    std::atomic<std::uint64_t> echo_suppressed{0};
+    std::atomic<std::uint64_t> dropped[static_cast<std::size_t>(Drop::count_)]{};
+  } counters;
+
+  mutable std::mutex error_mutex;
+  std::string last_error;  // guarded by error_mutex
+  std::map<std::pair<int, std::string>, Clock::time_point> drop_logged;  // guarded by error_mutex
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  bool past_deadline() const {
+    const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
+    return ns != 0 && Clock::now().time_since_epoch().count() >= ns;
+  }
+
+  void set_error(std::string text) {
+    std::lock_guard lock(error_mutex);
+    last_error = std::move(text);
+  }
+
+  // Counts `count` drops and logs them, at most once a second per reason and name.
+  void drop(Drop reason, std::string_view name, std::uint64_t count = 1, std::string_view why = {}) {
+    if (count == 0) return;
+    counters.dropped[static_cast<std::size_t>(reason)].fetch_add(count, std::memory_order_relaxed);
+    bool log = false;
+    {
+      std::lock_guard lock(error_mutex);
+      const auto now = Clock::now();
+      if (drop_logged.size() > 1024) drop_logged.clear();
+      auto [it, inserted] = drop_logged.try_emplace({static_cast<int>(reason), std::string(name)}, now);
+      if (inserted || now - it->second >= std::chrono::seconds(1)) {
+        it->second = now;
+        log = true;
+      }
+    }
+    if (log) {
+      spdlog::warn("notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}",
+                   count, truncated(name, 120), kDropNames[static_cast<int>(reason)],
+                   why.empty() ? "" : ": ", truncated(why),
+                   counters.dropped[static_cast<std::size_t>(reason)].load());
+    }
+    signal_progress();
+  }
+
+  void note_sent(std::uint64_t count) {
+    counters.sent.fetch_add(count, std::memory_order_relaxed);
+    signal_progress();
+  }
+
+  // Wakes flush() and a sender waiting out a backoff. Taking the mutex orders the change before
+  // the waiters' predicate checks, so no wake-up is lost.
+  void signal_progress() {
+    { std::lock_guard lock(progress_mutex); }
+    progress.notify_all();
+  }
+
+  std::uint64_t settled() const {
+    std::uint64_t total = counters.sent.load();
+    for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
+      const auto reason = static_cast<Drop>(i);
+      if (reason == Drop::queue_full || reason == Drop::after_shutdown ||
+          reason == Drop::inbound_full || reason == Drop::dispatch_failed) {
+        continue;  // never accepted into the outbound queue, or inbound
+      }
+      total += counters.dropped[i].load();
+    }
+    return total;
+  }
+
+  // ---- outbound -----------------------------------------------------------------------------
+
+  // Runs on instrumenting threads: copies the event into the queue and returns.
+  void forward(std::size_t pattern_index, const Event& event) {
+    if (event.remote()) return;  // remote events are never forwarded again
+    // With several forward patterns, the first matching one forwards the event.
+    for (std::size_t i = 0; i < pattern_index; ++i) {
+      if (forward_patterns[i].matches(event.name())) return;
+    }
+    if (!accepting.load(std::memory_order_acquire)) {
+      drop(Drop::after_shutdown, event.name());
+      return;
+    }
+    std::optional<Event> evicted;
+    switch (outbound.push(Event(event), config.overflow, config.block_timeout, &evicted)) {
+      case detail::BoundedQueue<Event>::Push::accepted:
+        counters.accepted.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case detail::BoundedQueue<Event>::Push::accepted_dropped_oldest:
+        counters.accepted.fetch_add(1, std::memory_order_relaxed);
+        drop(Drop::queue_evicted, evicted ? evicted->name() : std::string_view("?"));
+        break;
+      case detail::BoundedQueue<Event>::Push::dropped_newest:
+        drop(Drop::queue_full, event.name());
+        break;
+      case detail::BoundedQueue<Event>::Push::closed:
+        drop(Drop::after_shutdown, event.name());
+        break;
+    }
+  }
+
+  std::vector<Pattern> forward_patterns;
+
+  std::chrono::milliseconds backoff(int attempt, std::mt19937& rng) const {
+    double wait = static_cast<double>(config.retry.initial.count());
+    for (int i = 1; i < attempt && wait < static_cast<double>(config.retry.max.count()); ++i) {
+      wait *= config.retry.multiplier;
+    }
+    wait = std::min(wait, static_cast<double>(config.retry.max.count()));
+    std::uniform_real_distribution<double> jitter(1.0 - config.retry.jitter, 1.0 + config.retry.jitter);
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::max(1.0, wait * jitter(rng))));
+  }
+
+  // Waits `duration`, or less when shutdown's deadline comes first. True when the deadline passed.
+  bool sleep_or_deadline(std::chrono::milliseconds duration) {
+    auto until = Clock::now() + duration;
+    const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
+    if (ns != 0) until = std::min(until, Clock::time_point(Clock::duration(ns)));
+    std::unique_lock lock(progress_mutex);
+    progress.wait_until(lock, until, [&] { return past_deadline(); });
+    return past_deadline();
+  }
+
+  // Publishes `messages` in order, retrying transient failures. Everything ends as sent or
+  // dropped (counted, by name).
+  void publish_in_order(std::vector<Message>& messages, const std::vector<std::string>& names,
+                        std::mt19937& rng) {
+    std::size_t offset = 0;
+    int attempt = 0;
+    auto drop_rest = [&](Drop reason, std::string_view why) {
+      for (std::size_t i = offset; i < messages.size(); ++i) drop(reason, names[i], 1, why);
+      offset = messages.size();
+    };
+    while (offset < messages.size()) {
+      const PublishResult result =
+          transport->publish(std::span<const Message>(messages).subspan(offset));
+      const std::size_t published = std::min(result.published, messages.size() - offset);
+      offset += published;
+      note_sent(published);
+      if (offset == messages.size()) break;
+      counters.failed.fetch_add(1, std::memory_order_relaxed);
+      set_error(result.error);
+      if (!result.transient) {
+        drop_rest(Drop::publish_rejected, result.error);
+        break;
+      }
+      ++attempt;
+      if (config.retry.max_attempts > 0 && attempt >= config.retry.max_attempts) {
+        drop_rest(Drop::retries_exhausted, result.error);
+        break;
+      }
+      if (past_deadline() || sleep_or_deadline(backoff(attempt, rng))) {
+        drop_rest(Drop::shutdown_deadline, result.error);
+        break;
+      }
+      counters.retried.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void run_sender() {
+    std::mt19937 rng(std::random_device{}());
+    std::vector<Event> batch;
+    std::vector<Message> messages;
+    std::vector<std::string> names;
+    batch.reserve(config.batch_size);
+    while (true) {
+      batch.clear();
+      if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
+        break;  // closed and empty
+      }
+      if (batch.empty()) continue;
+      if (past_deadline()) {
+        for (const Event& event : batch) drop(Drop::shutdown_deadline, event.name());
+        continue;
+      }
+      messages.clear();
+      names.clear();
+      for (const Event& event : batch) {
+        std::string subject;
+        try {
+          subject = subject_for(config.prefix, event.name());
+        } catch (const std::exception& e) {
+          drop(Drop::invalid_subject, event.name(), 1, e.what());
+          continue;
+        }
+        try {
+          const Envelope envelope = envelope_from_event(event, config.app, hooks.instance_id);
+          messages.push_back(message_from_envelope(envelope, std::move(subject)));
+          names.emplace_back(event.name());
+        } catch (const std::exception& e) {
+          drop(Drop::encode_failed, event.name(), 1, e.what());
+        }
+      }
+      publish_in_order(messages, names, rng);
+    }
+    // Anything left (deadline passed while retrying, then closed) is counted.
+    for (Event& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+  }
+
+  // ---- inbound ------------------------------------------------------------------------------
+
+  // Runs on a transport thread: only enqueues.
+  void receive(Delivery&& delivery) {
+    auto settle = delivery.settle;
+    const auto result = inbound.push(std::move(delivery), OverflowPolicy::drop_newest,
+                                     std::chrono::milliseconds(0));
+    if (result == detail::BoundedQueue<Delivery>::Push::accepted) return;
+    // Not taken: let a transport with acknowledgements redeliver it later.
+    if (settle) settle(Settle::nak);
+    drop(Drop::inbound_full, "(inbound message)");
+  }
+
+  void dead_letter(const Message& message, const std::string& reason) {
+    counters.malformed.fetch_add(1, std::memory_order_relaxed);
+    spdlog::warn("notifications bridge: malformed message on \"{}\": {}; body: {}",
+                 truncated(message.subject, 120), truncated(reason), truncated(message.body, 120));
+    if (!hooks.dead_letter) return;
+    try {
+      hooks.dead_letter(message, reason);
+    } catch (...) {
+      set_error("dead-letter hook threw: " + detail::describe_exception(std::current_exception()));
+    }
+  }
+
+  void dispatch(Delivery& delivery) {
+    DecodeResult decoded = decode_envelope(delivery.message.body);
+    if (!decoded) {
+      dead_letter(delivery.message, decoded.error);
+      if (delivery.settle) delivery.settle(Settle::term);
+      return;
+    }
+    if (decoded.envelope->producer_instance == hooks.instance_id) {
+      counters.echo_suppressed.fetch_add(1, std::memory_order_relaxed);
+      if (delivery.settle) delivery.settle(Settle::ack);
+      return;
+    }
+    counters.received.fetch_add(1, std::memory_order_relaxed);
+    const std::string name = decoded.envelope->name;
+    try {
+      notifier.publish(event_from_envelope(std::move(*decoded.envelope), transport->kind()));
+    } catch (...) {
+      // Strict-mode listener errors or an invalid name: the event was delivered to every
+      // listener that did not throw.
+      drop(Drop::dispatch_failed, name, 1, detail::describe_exception(std::current_exception()));
+    }
+    if (delivery.settle) delivery.settle(Settle::ack);
+  }
+
+  void run_dispatcher() {
+    dispatcher_id.store(std::this_thread::get_id());
+    std::vector<Delivery> batch;
+    while (true) {
+      batch.clear();
+      if (!inbound.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
+      for (Delivery& delivery : batch) dispatch(delivery);
+    }
+  }
+
+  // ---- lifecycle ----------------------------------------------------------------------------
+
+  void start() {
+    std::lock_guard lock(lifecycle);
+    if (state.load() == State::running) return;
+    if (state.load() != State::created) {
+      throw TransportError("bridge: start() after shutdown(); create a new Bridge");
+    }
+    transport->start();
+    std::weak_ptr<Impl> weak = shared_from_this();
+    for (const std::string& pattern : config.subscribe) {
+      remote_subscriptions.push_back(transport->subscribe(
+          config.prefix + "." + pattern, config.group, [weak](Delivery&& delivery) {
+            if (auto self = weak.lock()) {
+              self->receive(std::move(delivery));
+            } else if (delivery.settle) {
+              delivery.settle(Settle::nak);
+            }
+          }));
+    }
+    sender = std::thread([this] { run_sender(); });  // joined by shutdown(), which ~Bridge calls
+    // The dispatcher keeps the Impl alive: shutdown() may run on it and not wait for it.
+    dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
+    accepting.store(true, std::memory_order_release);
+    for (std::size_t i = 0; i < forward_patterns.size(); ++i) {
+      forwarders.push_back(notifier.subscribe(forward_patterns[i], [weak, i](const Event& event) {
+        if (auto self = weak.lock()) self->forward(i, event);
+      }));
+    }
+    state.store(State::running);
+    spdlog::info("notifications bridge: started (transport {}, app \"{}\", instance {})",
+                 transport->kind(), config.app, hooks.instance_id);
+  }
+
+  ShutdownReport shutdown(std::chrono::milliseconds timeout) {
+    std::lock_guard lock(lifecycle);
+    if (report) return *report;
+    const auto deadline = Clock::now() + timeout;
+    const bool was_running = state.load() == State::running;
+    state.store(State::stopping);
+    deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_release);
+
+    // 1. Stop accepting: later events are refused and counted (the forward listeners stay
+    // subscribed until the Bridge is destroyed, to count them).
+    accepting.store(false, std::memory_order_release);
+    // 2. Drain the outbound queue through the sender (it gives up at the deadline).
+    outbound.close();
+    signal_progress();
+    if (sender.joinable()) sender.join();
+    for (Event& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+    // 3. Flush the transport, 4. let its subscriptions hand over what they hold (into the
+    // inbound queue), and close it.
+    const bool flushed = was_running ? transport->flush(deadline) : true;
+    transport->stop(deadline);
+    remote_subscriptions.clear();
+    // 5. Deliver what was received, then stop the dispatcher. On the dispatcher thread itself
+    // (shutdown from a remote-event listener) it stops after the current listener returns.
+    inbound.close();
+    if (dispatcher.joinable()) {
+      if (dispatcher_id.load() == std::this_thread::get_id()) {
+        dispatcher.detach();  // it owns a reference to this Impl and exits once the queue is empty
+      } else {
+        dispatcher.join();
+      }
+    }
+    state.store(State::stopped);
+
+    ShutdownReport result;
+    result.sent = counters.sent.load();
+    const std::uint64_t accepted = counters.accepted.load();
+    const std::uint64_t settled_now = settled();
+    result.undelivered = accepted > result.sent ? accepted - result.sent : 0;
+    result.clean = flushed && result.undelivered == 0 && settled_now >= accepted;
+    result.detail = "accepted " + std::to_string(accepted) + ", sent " + std::to_string(result.sent) +
+                    ", undelivered " + std::to_string(result.undelivered) +
+                    (flushed ? "" : ", transport flush timed out");
+    spdlog::info("notifications bridge: shut down: {}", result.detail);
+    report = result;
+    return result;
+  }
+
+  bool flush(std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    {
+      std::unique_lock lock(progress_mutex);
+      if (!progress.wait_until(lock, deadline, [&] { return settled() >= counters.accepted.load(); })) {
+        return false;
+      }
+    }
+    return transport->flush(deadline);
+  }
+
+  nlohmann::json health() const {
+    nlohmann::json dropped = nlohmann::json::object();
+    for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
+      dropped[kDropNames[i]] = counters.dropped[i].load();
+    }
+    nlohmann::json transport_health;
+    try {
+      transport_health = transport->health();
+    } catch (const std::exception& e) {
+      transport_health = {{"error", e.what()}};
+    }
+    std::string error;
+    {
+      std::lock_guard lock(error_mutex);
+      error = last_error;
+    }
+    return {
+        {"state", state_name(state.load())},
+        {"instance_id", hooks.instance_id},
+        {"app", config.app},
+        {"url", redact_url(config.url)},
+        {"transport", std::move(transport_health)},
+        {"queue", {{"depth", outbound.size()}, {"capacity", outbound.capacity()},
+                   {"overflow", to_string(config.overflow)}}},
+        {"inbound_queue", {{"depth", inbound.size()}, {"capacity", inbound.capacity()}}},
+        {"counters",
+         {{"accepted", counters.accepted.load()},
+          {"sent", counters.sent.load()},
+          {"failed", counters.failed.load()},
+          {"retried", counters.retried.load()},
+          {"received", counters.received.load()},
+          {"malformed", counters.malformed.load()},
+          {"echo_suppressed", counters.echo_suppressed.load()},
+          {"dropped", std::move(dropped)}}},
+        {"last_error", error},
+    };
+  }
+};
+
+Bridge::Bridge(Notifier& notifier, std::shared_ptr<Transport> transport, BridgeConfig config,
+               BridgeHooks hooks) {
+  if (!transport) throw ConfigError("bridge: transport is null");
+  config.validate();
+  impl_ = std::make_shared<Impl>(notifier, std::move(transport), std::move(config), std::move(hooks));
+  for (const std::string& pattern : impl_->config.forward) impl_->forward_patterns.emplace_back(pattern);
+}
+
+Bridge::~Bridge() {
+  try {
+    shutdown(std::chrono::seconds(5));
+  } catch (...) {
+    // A destructor must not throw; shutdown() already logged what it could not do.
+  }
+  std::lock_guard lock(impl_->lifecycle);
+  impl_->forwarders.clear();
+}
+
+void Bridge::start() { impl_->start(); }
+bool Bridge::flush(std::chrono::milliseconds timeout) { return impl_->flush(timeout); }
+ShutdownReport Bridge::shutdown(std::chrono::milliseconds timeout) { return impl_->shutdown(timeout); }
+nlohmann::json Bridge::health() const { return impl_->health(); }
+const std::string& Bridge::instance_id() const noexcept { return impl_->hooks.instance_id; }
+const BridgeConfig& Bridge::config() const noexcept { return impl_->config; }
+
+// ---- configure() --------------------------------------------------------------------------------
+
+namespace {
+std::mutex default_bridge_mutex;
+std::shared_ptr<Bridge> default_bridge;  // guarded by default_bridge_mutex
+}  // namespace
+
+std::shared_ptr<Bridge> configure() { return configure(config_from_environment()); }
+
+std::shared_ptr<Bridge> configure(BridgeConfig config) {
+  config.validate();
+  TransportConfig transport_config{config.url, config.transport};
+  auto bridge = std::make_shared<Bridge>(default_notifier(), make_transport(transport_config),
+                                         std::move(config));
+  bridge->start();
+  std::shared_ptr<Bridge> previous;
+  {
+    std::lock_guard lock(default_bridge_mutex);
+    previous = std::exchange(default_bridge, bridge);
+  }
+  if (previous) previous->shutdown();
+  return bridge;
+}
+
+ShutdownReport shutdown(std::chrono::milliseconds timeout) {
+  std::shared_ptr<Bridge> bridge;
+  {
+    std::lock_guard lock(default_bridge_mutex);
+    bridge = std::move(default_bridge);
+  }
+  if (!bridge) return ShutdownReport{true, 0, 0, "no bridge configured"};
+  return bridge->shutdown(timeout);
+}
+
+}  // namespace notifications

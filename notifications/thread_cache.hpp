@@ -28,6 +28,20 @@ struct ThreadCache {
   };
   static constexpr std::size_t kEntries = 128;  // direct-mapped; bounded by construction
 
+  ThreadCache() = default;
+  ThreadCache(const ThreadCache&) = delete;
+  ThreadCache& operator=(const ThreadCache&) = delete;
+  // At thread exit: releases the cached sets while the cache is still whole, so listener
+  // destructors that run now find a consistent (empty) cache.
+  ~ThreadCache() {
+    std::vector<std::shared_ptr<const ListenerSet>> sets = std::move(retired);
+    for (Entry& entry : entries) {
+      entry.notifier = 0;
+      if (entry.set) sets.push_back(std::move(entry.set));
+    }
+    sets.clear();
+  }
+
   std::array<Entry, kEntries> entries;
   int dispatch_depth = 0;  // ActiveEvents alive on this thread
   std::vector<std::shared_ptr<const ListenerSet>> retired;

@@ -1,0 +1,99 @@
+// Bridge: carries a Notifier's events to other processes through a Transport, and delivers
+// theirs to it as remote events. Application code keeps calling instrument(); only
+// configuration decides where events go.
+//
+//   outbound: instrumenting thread -> forward listener (copies the event into a bounded queue,
+//             never waits on the network) -> sender thread (encodes envelopes, publishes in
+//             batches, retries transient failures with backoff, keeping order)
+//   inbound:  transport thread (only enqueues) -> dispatcher thread (decodes, publishes onto the
+//             Notifier as a remote event)
+//
+// A process never receives its own forwarded events back, and never forwards a remote event.
+//
+// Lifecycle: the constructor wires everything and starts no thread; start() connects and starts
+// the threads; shutdown(timeout) stops accepting, drains the outbound queue, flushes the
+// transport, lets it hand over what its subscriptions hold, stops the dispatcher and closes, in
+// that order. Every event accepted before shutdown() is delivered, or counted and logged as
+// dropped by reason when the deadline passes first; events after it are refused and counted.
+//
+// Thread-safety: every member may be called from any thread, concurrently, including from
+// listeners of remote events (shutdown() called on the dispatcher thread does not wait for that
+// thread). The destructor shuts down (5 s) if shutdown() was not called.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "notifications/config.hpp"
+#include "notifications/notifier.hpp"
+#include "notifications/transport.hpp"
+
+namespace notifications {
+
+// Collaborators of a Bridge besides its notifier and transport; all optional.
+struct BridgeHooks {
+  // Receives every inbound message that could not be decoded, with the reason. Runs on the
+  // dispatcher thread; must not throw (exceptions are caught and counted).
+  std::function<void(const Message& message, std::string_view reason)> dead_letter;
+  // This process's instance id in envelopes; default: a random UUID.
+  std::string instance_id;
+};
+
+// What shutdown() did.
+struct ShutdownReport {
+  bool clean = true;            // everything accepted was sent and the transport closed in time
+  std::uint64_t sent = 0;       // total sent over the bridge's life
+  std::uint64_t undelivered = 0;  // accepted but not sent (deadline, permanent errors)
+  std::string detail;           // human-readable summary
+};
+
+class Bridge {
+ public:
+  // Validates `config` (throws ConfigError) and wires the bridge; starts nothing.
+  Bridge(Notifier& notifier, std::shared_ptr<Transport> transport, BridgeConfig config,
+         BridgeHooks hooks = {});
+  ~Bridge();
+  Bridge(const Bridge&) = delete;
+  Bridge& operator=(const Bridge&) = delete;
+
+  // Starts the transport, subscribes to the remote patterns, starts the sender and dispatcher
+  // threads, and then starts forwarding. Throws TransportError when the transport cannot start.
+  // Idempotent; refused (TransportError) after shutdown.
+  void start();
+
+  // Waits until every event accepted so far was handed to the transport and the transport
+  // flushed it. False when `timeout` passed first. For tests and orderly hand-offs.
+  bool flush(std::chrono::milliseconds timeout);
+
+  // See the lifecycle above. Idempotent: later calls return the first report.
+  ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+  // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
+  //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "received",
+  //  "malformed", "echo_suppressed", "dropped": {reason: n}}, "last_error"}
+  nlohmann::json health() const;
+
+  const std::string& instance_id() const noexcept;
+  const BridgeConfig& config() const noexcept;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+// Attaches a bridge configured from the environment (config_from_environment) to the default
+// notifier and starts it: the one line an application's main() adds. Returns the bridge, which
+// stays alive until notifications::shutdown(). Calling it again replaces (and shuts down) the
+// previous one. Throws ConfigError or TransportError.
+std::shared_ptr<Bridge> configure();
+std::shared_ptr<Bridge> configure(BridgeConfig config);
+// Shuts down the bridge attached by configure(), if any.
+ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+}  // namespace notifications
