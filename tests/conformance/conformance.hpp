@@ -1,0 +1,41 @@
+// The transport conformance suite (../shared/context/conformance-suite.md, adapted): every
+// transport runs the same cases through real Bridges, switched on and off by its capability flags.
+//
+// A transport joins by adding a TransportUnderTest to the list in its own test file and calling
+// INSTANTIATE_TEST_SUITE_P(Name, Conformance, ::testing::Values(...), name_of) — see
+// test_conformance_memory.cpp.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "notifications/transport.hpp"
+
+namespace conformance {
+
+struct TransportUnderTest {
+  std::string name;
+  // A transport for one node of a case. Nodes created with the same `scope` must reach each
+  // other; different scopes must not (a fresh broker, stream or database per case).
+  std::function<std::shared_ptr<notifications::Transport>(const std::string& scope)> make;
+  notifications::TransportCapabilities capabilities;
+  // Interrupts the connection of `transport` for a moment and restores it (a server restart, a
+  // network outage); empty when the transport has nothing to interrupt.
+  std::function<void(notifications::Transport& transport)> outage;
+};
+
+std::string name_of(const ::testing::TestParamInfo<TransportUnderTest>& info);
+
+class Conformance : public ::testing::TestWithParam<TransportUnderTest> {};
+
+#ifdef NOTIFICATIONS_TESTS_SHORT
+inline constexpr int kScale = 10;  // sanitizer builds: a tenth of the counts
+#else
+inline constexpr int kScale = 1;
+#endif
+
+}  // namespace conformance
