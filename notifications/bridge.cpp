@@ -399,7 +399,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
       }));
     }
     state.store(State::running);
-    spdlog::info("notifications bridge: started (transport {}, app \"{}\", instance {})",
+    spdlog::debug("notifications bridge: started (transport {}, app \"{}\", instance {})",
                  transport->kind(), config.app, hooks.instance_id);
   }
 
@@ -445,7 +445,11 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     result.detail = "accepted " + std::to_string(accepted) + ", sent " + std::to_string(result.sent) +
                     ", undelivered " + std::to_string(result.undelivered) +
                     (flushed ? "" : ", transport flush timed out");
-    spdlog::info("notifications bridge: shut down: {}", result.detail);
+    if (result.clean) {
+      spdlog::info("notifications bridge: shut down: {}", result.detail);
+    } else {
+      spdlog::warn("notifications bridge: shut down with losses: {}", result.detail);
+    }
     report = result;
     return result;
   }
