@@ -109,8 +109,12 @@ class Handle {
   }
   template <detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(Block&& block) const {
+    const detail::ListenerSet* set = lookup();
+    if constexpr (!std::is_invocable_v<Block&, nlohmann::json&>) {
+      if (set == nullptr) return block();  // no payload to build or destroy
+    }
     nlohmann::json payload;
-    return detail::instrument(*core_, lookup(), name_, payload, block);
+    return detail::instrument(*core_, set, name_, payload, block);
   }
   template <class Make, detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(LazyPayload<Make> lazy_payload, Block&& block) const {
@@ -184,8 +188,12 @@ class Notifier {
   }
   template <detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(std::string_view name, Block&& block) {
+    const detail::ListenerSet* set = detail::find_listeners(*core_, name);
+    if constexpr (!std::is_invocable_v<Block&, nlohmann::json&>) {
+      if (set == nullptr) return block();  // no payload to build or destroy
+    }
     nlohmann::json payload;
-    return detail::instrument(*core_, detail::find_listeners(*core_, name), name, payload, block);
+    return detail::instrument(*core_, set, name, payload, block);
   }
   // Builds the payload only when someone listens.
   template <class Make, detail::InstrumentBlock Block>
