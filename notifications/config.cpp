@@ -1,1 +1,710 @@
-// placeholder: being written
+#include "notifications/config.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "notifications/pattern.hpp"
+#include "notifications/subject.hpp"
+
+namespace notifications {
+
+namespace {
+
+using nlohmann::json;
+
+// Values shown in messages are cut to about this many bytes.
+constexpr std::size_t kShownBytes = 64;
+// Explanations longer than this are cut: they may quote a long value.
+constexpr std::size_t kProblemBytes = 256;
+// A config file larger than this is refused (NOTIFICATIONS_CONFIG=/dev/zero must not hang).
+constexpr std::size_t kMaxFileBytes = 16 * 1024 * 1024;
+
+constexpr std::string_view kKnownKeys =
+    "url, app, prefix, forward, subscribe, group, queue_capacity, overflow, block_timeout_ms, "
+    "batch_size, retry, transport";
+constexpr std::string_view kKnownRetryKeys = "initial_ms, max_ms, multiplier, jitter, max_attempts";
+
+// What each key expects, as it appears after "expected " in messages.
+constexpr std::string_view kExpectUrl =
+    "a URL \"scheme://...\" (scheme of letters, digits, '+', '-', '.'; e.g. "
+    "\"nats://localhost:4222\")";
+constexpr std::string_view kExpectToken = "a subject token (letters, digits, '_', '-')";
+constexpr std::string_view kExpectGroup =
+    "an empty string or a subject token (letters, digits, '_', '-')";
+constexpr std::string_view kExpectPrefix =
+    "a subject (tokens of letters, digits, '_', '-' separated by single dots)";
+constexpr std::string_view kExpectPatternList = "an array of pattern strings";
+constexpr std::string_view kExpectSubjectPatternList = "an array of subject pattern strings";
+constexpr std::string_view kExpectPattern =
+    "a pattern string (e.g. \"order.placed\", \"sql.*\", \"order.>\", \">\")";
+constexpr std::string_view kExpectSubjectPattern =
+    "a subject pattern string (e.g. \"order.placed\", \"sql.*\", \">\")";
+constexpr std::string_view kExpectOverflow = "one of \"block\", \"drop_newest\", \"drop_oldest\"";
+constexpr std::string_view kExpectObject = "an object";
+
+struct IntegerRule {
+  std::string_view key;  // key path, e.g. "retry.initial_ms"
+  std::int64_t min;
+  std::int64_t max;
+};
+
+struct NumberRule {
+  std::string_view key;
+  double min;
+  double max;
+};
+
+constexpr IntegerRule kQueueCapacity{"queue_capacity", 1, 10'000'000};
+constexpr IntegerRule kBlockTimeout{"block_timeout_ms", 0, 600'000};
+constexpr IntegerRule kBatchSize{"batch_size", 1, 100'000};
+constexpr IntegerRule kRetryInitial{"retry.initial_ms", 1, 600'000};
+constexpr IntegerRule kRetryMax{"retry.max_ms", 1, 3'600'000};  // and >= retry.initial_ms
+constexpr IntegerRule kRetryMaxAttempts{"retry.max_attempts", 0, INT_MAX};
+constexpr NumberRule kRetryMultiplier{"retry.multiplier", 1.0, 10.0};
+constexpr NumberRule kRetryJitter{"retry.jitter", 0.0, 1.0};
+
+constexpr OverflowPolicy kOverflowPolicies[] = {OverflowPolicy::block, OverflowPolicy::drop_newest,
+                                                OverflowPolicy::drop_oldest};
+
+// `text` cut to at most `limit` bytes on a UTF-8 boundary, marked with "..." when cut.
+std::string cut_to(std::string_view text, std::size_t limit) {
+  if (text.size() <= limit) return std::string(text);
+  std::size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(text.substr(0, cut)) + "...";
+}
+
+[[noreturn]] void fail(std::string_view where, std::string_view problem) {
+  std::string message(where);
+  message += ": ";
+  message += problem;
+  throw ConfigError(message);
+}
+
+// An Error's message without its "[notifications.<id>] " prefix.
+std::string_view reason_of(const Error& error) {
+  const std::string_view what = error.what();
+  const std::string prefix = "[notifications." + error.id() + "] ";
+  return what.starts_with(prefix) ? what.substr(prefix.size()) : what;
+}
+
+// `text` with the user-info of every "scheme://user:password@host" in it replaced by "***".
+// Errs towards hiding: everything from "://" to the last '@' before the next whitespace or '"'
+// counts as user-info, so passwords holding '/', '@' or ':' are hidden too.
+std::string redact_userinfo(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  std::size_t from = 0;
+  while (true) {
+    const std::size_t sep = text.find("://", from);
+    if (sep == std::string_view::npos) break;
+    const std::size_t start = sep + 3;
+    std::size_t end = start;
+    while (end < text.size() && text[end] != '"' && text[end] != ' ' && text[end] != '\t' &&
+           text[end] != '\n' && text[end] != '\r') {
+      ++end;
+    }
+    const std::size_t at = text.substr(start, end - start).rfind('@');
+    out.append(text.substr(from, start - from));
+    if (at == std::string_view::npos) {
+      from = start;
+    } else {
+      out += "***";
+      from = start + at;
+    }
+  }
+  out.append(text.substr(from));
+  return out;
+}
+
+// A URL for messages: user-info redacted, also in the scheme-less form "user:password@host".
+std::string url_for_display(std::string_view url) {
+  if (url.find("://") == std::string_view::npos) {
+    const std::size_t at = url.rfind('@');
+    if (at != std::string_view::npos) return "***" + std::string(url.substr(at));
+  }
+  return redact_userinfo(url);
+}
+
+bool secret_looking(std::string_view key) {
+  std::string lower(key);
+  for (char& c : lower) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  for (const std::string_view word : {"pass", "token", "secret", "key", "seed", "cred", "auth"}) {
+    if (lower.find(word) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// Appends `text` as a JSON string of at most about `budget` bytes of content.
+void append_quoted(std::string& out, std::string_view text, std::size_t budget) {
+  const std::string cut(text.substr(0, budget + 4));
+  out += json(cut).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// Appends `value` as JSON, stopping once `out` is longer than `limit` (which also bounds the
+// recursion depth). Strings have user-info redacted; values under secret-looking keys are "***".
+void render(const json& value, std::string& out, std::size_t limit) {
+  if (out.size() > limit) return;
+  switch (value.type()) {
+    case json::value_t::string:
+      append_quoted(out, redact_userinfo(value.get_ref<const std::string&>()), limit - out.size());
+      return;
+    case json::value_t::array: {
+      out += '[';
+      bool first = true;
+      for (const json& item : value) {
+        if (out.size() > limit) return;
+        if (!first) out += ',';
+        first = false;
+        render(item, out, limit);
+      }
+      out += ']';
+      return;
+    }
+    case json::value_t::object: {
+      out += '{';
+      bool first = true;
+      for (const auto& [key, item] : value.items()) {
+        if (out.size() > limit) return;
+        if (!first) out += ',';
+        first = false;
+        append_quoted(out, key, limit - out.size());
+        out += ':';
+        if (secret_looking(key)) {
+          out += "\"***\"";
+        } else {
+          render(item, out, limit);
+        }
+      }
+      out += '}';
+      return;
+    }
+    default:
+      out += value.dump(-1, ' ', false, json::error_handler_t::replace);
+      return;
+  }
+}
+
+// A value for messages: JSON, credentials redacted, about kShownBytes long at most.
+std::string shown_value(const json& value) {
+  std::string out;
+  render(value, out, kShownBytes);
+  return cut_to(out, kShownBytes);
+}
+
+std::string shown_text(std::string_view text) {
+  std::string out;
+  append_quoted(out, redact_userinfo(text), kShownBytes);
+  return cut_to(out, kShownBytes);
+}
+
+// `text` quoted in full (for file paths, which are never secret).
+std::string quoted(std::string_view text) {
+  return json(std::string(text)).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string shown_url(std::string_view url) {
+  std::string out;
+  append_quoted(out, url_for_display(url), kShownBytes);
+  return cut_to(out, kShownBytes);
+}
+
+std::string shown_number(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  return json(value).dump();
+}
+
+std::string key_label(std::string_view path) { return "key " + shown_text(path); }
+
+std::string env_label(std::string_view variable) {
+  return "environment variable " + std::string(variable);
+}
+
+[[noreturn]] void fail_expected(std::string_view where, std::string_view expected,
+                                std::string_view got, std::string_view problem = {}) {
+  std::string text = "expected " + std::string(expected) + ", got " + std::string(got);
+  if (!problem.empty()) text += ": " + cut_to(problem, kProblemBytes);
+  fail(where, text);
+}
+
+// `problem` (which may quote `value`, unredacted and cut anywhere) when `value` holds nothing
+// that looks like credentials; otherwise a problem that quotes nothing.
+std::string problem_for_display(std::string_view value, std::string problem) {
+  if (redact_userinfo(value) == value) return problem;
+  return "it looks like a URL with credentials (\"scheme://user:password@host\")";
+}
+
+std::string integer_expectation(const IntegerRule& rule) {
+  return "an integer from " + std::to_string(rule.min) + " to " + std::to_string(rule.max);
+}
+
+std::string number_expectation(const NumberRule& rule) {
+  return "a number from " + shown_number(rule.min) + " to " + shown_number(rule.max);
+}
+
+// A byte of a subject-like text for messages: 'c' when printable ASCII, otherwise its code.
+std::string describe_byte(char c) {
+  const auto byte = static_cast<unsigned char>(c);
+  if (byte >= 0x20 && byte < 0x7F) return std::string("'") + c + "'";
+  static constexpr char kHex[] = "0123456789abcdef";
+  return std::string("byte 0x") + kHex[byte >> 4] + kHex[byte & 0xF];
+}
+
+// ---- the rules, shared by validate(), the JSON parser and the environment ----
+
+template <typename Integer>
+void check_integer(std::string_view where, const IntegerRule& rule, Integer value) {
+  if (std::cmp_less(value, rule.min) || std::cmp_greater(value, rule.max)) {
+    fail_expected(where, integer_expectation(rule), std::to_string(value));
+  }
+}
+
+void check_number(std::string_view where, const NumberRule& rule, double value) {
+  if (!(value >= rule.min && value <= rule.max)) {
+    fail_expected(where, number_expectation(rule), shown_number(value));
+  }
+}
+
+void check_url(std::string_view where, std::string_view url) {
+  const std::size_t sep = url.find("://");
+  std::string problem;
+  if (url.empty()) {
+    problem = "it is empty";
+  } else if (sep == std::string_view::npos) {
+    problem = "it has no \"://\"";
+  } else if (sep == 0) {
+    problem = "the scheme before \"://\" is empty";
+  } else {
+    for (const char c : url.substr(0, sep)) {
+      const bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                           (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+      if (!allowed) {
+        problem = "the scheme has " + describe_byte(c);
+        break;
+      }
+    }
+  }
+  if (!problem.empty()) fail_expected(where, kExpectUrl, shown_url(url), problem);
+}
+
+// A single subject token: the subject rules, without dots.
+void check_token(std::string_view where, std::string_view expected, std::string_view text) {
+  std::string problem;
+  if (text.find('.') != std::string_view::npos) {
+    problem = "it has '.' (a single token has no dots)";
+  } else {
+    problem = subject_problem(text);
+  }
+  if (!problem.empty()) {
+    fail_expected(where, expected, shown_text(text), problem_for_display(text, problem));
+  }
+}
+
+void check_group(std::string_view where, std::string_view group) {
+  if (!group.empty()) check_token(where, kExpectGroup, group);
+}
+
+void check_prefix(std::string_view where, std::string_view prefix) {
+  const std::string problem = subject_problem(prefix);
+  if (!problem.empty()) {
+    fail_expected(where, kExpectPrefix, shown_text(prefix), problem_for_display(prefix, problem));
+  }
+}
+
+void check_forward_item(std::string_view where, std::string_view text) {
+  try {
+    const Pattern pattern(text);
+  } catch (const InvalidPattern& e) {
+    fail_expected(where, kExpectPattern, shown_text(text),
+                  problem_for_display(text, std::string(reason_of(e))));
+  }
+}
+
+// `prefix` must already be valid.
+void check_subscribe_item(std::string_view where, std::string_view pattern,
+                          std::string_view prefix) {
+  std::string problem = subject_pattern_problem(pattern);
+  if (problem.empty()) {
+    const std::string full = std::string(prefix) + "." + std::string(pattern);
+    const std::string full_problem = subject_pattern_problem(full);
+    if (!full_problem.empty()) {
+      problem = "the subscribed subject " + shown_text(full) +
+                " (prefix + \".\" + pattern) is invalid: " + full_problem;
+    }
+  }
+  if (!problem.empty()) {
+    fail_expected(where, kExpectSubjectPattern, shown_text(pattern),
+                  problem_for_display(pattern, problem));
+  }
+}
+
+void check_overflow(std::string_view where, OverflowPolicy policy) {
+  for (const OverflowPolicy known : kOverflowPolicies) {
+    if (policy == known) return;
+  }
+  fail_expected(where, kExpectOverflow, to_string(policy));
+}
+
+void check_transport(std::string_view where, const json& transport) {
+  // The value itself is never shown: it may hold credentials.
+  if (!transport.is_object()) {
+    fail_expected(where, kExpectObject, std::string("a value of type ") + transport.type_name());
+  }
+}
+
+// ---- JSON parsing: type checks, then the rules above ----
+
+[[noreturn]] void fail_type(std::string_view path, std::string_view expected, const json& value) {
+  fail_expected(key_label(path), expected, shown_value(value));
+}
+
+const std::string& read_string(std::string_view path, std::string_view expected,
+                               const json& value) {
+  if (!value.is_string()) fail_type(path, expected, value);
+  return value.get_ref<const std::string&>();
+}
+
+std::int64_t read_integer(const IntegerRule& rule, const json& value) {
+  if (!value.is_number_integer()) fail_type(rule.key, integer_expectation(rule), value);
+  if (value.is_number_unsigned()) {
+    const auto number = value.get<std::uint64_t>();
+    check_integer(key_label(rule.key), rule, number);
+    return static_cast<std::int64_t>(number);
+  }
+  const auto number = value.get<std::int64_t>();
+  check_integer(key_label(rule.key), rule, number);
+  return number;
+}
+
+double read_number(const NumberRule& rule, const json& value) {
+  if (!value.is_number()) fail_type(rule.key, number_expectation(rule), value);
+  return value.get<double>();
+}
+
+std::vector<std::string> read_string_list(std::string_view path, std::string_view expected,
+                                          std::string_view item_expected, const json& value) {
+  if (!value.is_array()) fail_type(path, expected, value);
+  std::vector<std::string> items;
+  items.reserve(value.size());
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const std::string item_path = std::string(path) + "[" + std::to_string(i) + "]";
+    items.push_back(read_string(item_path, item_expected, value[i]));
+  }
+  return items;
+}
+
+OverflowPolicy read_overflow(const json& value) {
+  const std::string& text = read_string("overflow", kExpectOverflow, value);
+  for (const OverflowPolicy policy : kOverflowPolicies) {
+    if (text == to_string(policy)) return policy;
+  }
+  fail_expected(key_label("overflow"), kExpectOverflow, shown_value(value));
+}
+
+// Throws on the first key of `object` not listed in `known` (a ", "-separated list). `parent` is
+// the object's key path ("" for the top level).
+void reject_unknown_keys(const json& object, std::string_view parent, std::string_view known) {
+  for (const auto& item : object.items()) {
+    const std::string& key = item.key();
+    bool found = false;
+    for (std::size_t begin = 0; begin <= known.size() && !found;) {
+      std::size_t end = known.find(", ", begin);
+      if (end == std::string_view::npos) end = known.size();
+      found = known.substr(begin, end - begin) == key;
+      begin = end + 2;
+    }
+    if (found) continue;
+    const std::string path = parent.empty() ? key : std::string(parent) + "." + key;
+    const std::string whose = parent.empty() ? "" : " of " + shown_text(parent);
+    throw ConfigError("unknown key " + shown_text(path) + " (known keys" + whose + ": " +
+                      std::string(known) + ")");
+  }
+}
+
+const json* member(const json& object, const char* key) {
+  const auto it = object.find(key);
+  return it == object.end() ? nullptr : &*it;
+}
+
+RetryPolicy read_retry(const json& value) {
+  if (!value.is_object()) {
+    fail_type("retry", "an object with keys " + std::string(kKnownRetryKeys), value);
+  }
+  reject_unknown_keys(value, "retry", kKnownRetryKeys);
+  RetryPolicy retry;
+  if (const json* v = member(value, "initial_ms")) {
+    retry.initial = std::chrono::milliseconds(read_integer(kRetryInitial, *v));
+  }
+  if (const json* v = member(value, "max_ms")) {
+    retry.max = std::chrono::milliseconds(read_integer(kRetryMax, *v));
+  }
+  if (const json* v = member(value, "multiplier")) {
+    retry.multiplier = read_number(kRetryMultiplier, *v);
+  }
+  if (const json* v = member(value, "jitter")) retry.jitter = read_number(kRetryJitter, *v);
+  if (const json* v = member(value, "max_attempts")) {
+    retry.max_attempts = static_cast<int>(read_integer(kRetryMaxAttempts, *v));
+  }
+  return retry;
+}
+
+// ---- the environment ----
+
+std::string trimmed(std::string_view text) {
+  constexpr std::string_view kSpace = " \t\n\r\f\v";
+  const std::size_t begin = text.find_first_not_of(kSpace);
+  if (begin == std::string_view::npos) return {};
+  const std::size_t end = text.find_last_not_of(kSpace);
+  return std::string(text.substr(begin, end - begin + 1));
+}
+
+// Splits a comma-separated variable; each item is trimmed and checked by `check(where, item)`.
+template <typename Check>
+std::vector<std::string> env_list(std::string_view variable, std::string_view value,
+                                  std::string_view expected, Check check) {
+  std::vector<std::string> items;
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t comma = value.find(',', begin);
+    const std::size_t end = comma == std::string_view::npos ? value.size() : comma;
+    std::string item = trimmed(value.substr(begin, end - begin));
+    const std::string where = env_label(variable) + ": item " + std::to_string(items.size() + 1);
+    if (item.empty()) {
+      throw ConfigError(where + " is empty (expected comma-separated " + std::string(expected) +
+                        ")");
+    }
+    check(where, item);
+    items.push_back(std::move(item));
+    if (comma == std::string_view::npos) break;
+    begin = comma + 1;
+  }
+  return items;
+}
+
+std::string read_file(const char* path) {
+  const std::string where = env_label("NOTIFICATIONS_CONFIG");
+  std::FILE* file = std::fopen(path, "rb");
+  if (file == nullptr) {
+    const int error = errno;
+    fail(where, "cannot open " + quoted(path) + ": " + std::generic_category().message(error));
+  }
+  std::string text;
+  char buffer[8192];
+  while (text.size() <= kMaxFileBytes) {
+    const std::size_t got = std::fread(buffer, 1, sizeof buffer, file);
+    text.append(buffer, got);
+    if (got < sizeof buffer) break;
+  }
+  const int error = errno;
+  const bool failed = std::ferror(file) != 0;
+  std::fclose(file);
+  if (failed) {
+    fail(where, "cannot read " + quoted(path) + ": " + std::generic_category().message(error));
+  }
+  if (text.size() > kMaxFileBytes) {
+    fail(where, quoted(path) + " is larger than " + std::to_string(kMaxFileBytes) +
+                    " bytes (is it really the config file?)");
+  }
+  return text;
+}
+
+// One of the names nlohmann's parser gives token types in its messages.
+bool is_json_token_name(std::string_view text) {
+  for (const std::string_view name :
+       {"true literal", "false literal", "null literal", "string literal", "number literal", "'['",
+        "'{'", "']'", "'}'", "':'", "','", "<parse error>", "end of input",
+        "'[', '{', or a literal", "unknown token", "<uninitialized>"}) {
+    if (text == name) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string to_string(OverflowPolicy policy) {
+  switch (policy) {
+    case OverflowPolicy::block:
+      return "block";
+    case OverflowPolicy::drop_newest:
+      return "drop_newest";
+    case OverflowPolicy::drop_oldest:
+      return "drop_oldest";
+  }
+  return "OverflowPolicy(" + std::to_string(static_cast<int>(policy)) + ")";
+}
+
+void BridgeConfig::validate() const {
+  check_url(key_label("url"), url);
+  check_token(key_label("app"), kExpectToken, app);
+  check_prefix(key_label("prefix"), prefix);
+  for (std::size_t i = 0; i < forward.size(); ++i) {
+    check_forward_item(key_label("forward[" + std::to_string(i) + "]"), forward[i]);
+  }
+  for (std::size_t i = 0; i < subscribe.size(); ++i) {
+    check_subscribe_item(key_label("subscribe[" + std::to_string(i) + "]"), subscribe[i], prefix);
+  }
+  check_group(key_label("group"), group);
+  check_integer(key_label(kQueueCapacity.key), kQueueCapacity, queue_capacity);
+  check_overflow(key_label("overflow"), overflow);
+  check_integer(key_label(kBlockTimeout.key), kBlockTimeout, block_timeout.count());
+  check_integer(key_label(kBatchSize.key), kBatchSize, batch_size);
+  if (batch_size > queue_capacity) {
+    fail_expected(key_label(kBatchSize.key),
+                  integer_expectation(kBatchSize) + " and at most queue_capacity (" +
+                      std::to_string(queue_capacity) + ")",
+                  std::to_string(batch_size));
+  }
+  check_integer(key_label(kRetryInitial.key), kRetryInitial, retry.initial.count());
+  check_integer(key_label(kRetryMax.key), kRetryMax, retry.max.count());
+  if (retry.max < retry.initial) {
+    fail_expected(key_label(kRetryMax.key),
+                  integer_expectation(kRetryMax) + " and at least retry.initial_ms (" +
+                      std::to_string(retry.initial.count()) + ")",
+                  std::to_string(retry.max.count()));
+  }
+  check_number(key_label(kRetryMultiplier.key), kRetryMultiplier, retry.multiplier);
+  check_number(key_label(kRetryJitter.key), kRetryJitter, retry.jitter);
+  check_integer(key_label(kRetryMaxAttempts.key), kRetryMaxAttempts, retry.max_attempts);
+  check_transport(key_label("transport"), transport);
+}
+
+BridgeConfig config_from_json(const json& value) {
+  if (!value.is_object()) fail_expected("config", "a JSON object", shown_value(value));
+  reject_unknown_keys(value, "", kKnownKeys);
+
+  BridgeConfig config;
+  if (const json* v = member(value, "url")) {
+    // Only scalars are shown: inside an array or object a scheme-less "user:password@host"
+    // would not be recognised as a URL and redacted.
+    if (!v->is_string()) {
+      if (v->is_structured()) {
+        fail_expected(key_label("url"), kExpectUrl,
+                      std::string("a value of type ") + v->type_name());
+      }
+      fail_type("url", kExpectUrl, *v);
+    }
+    config.url = v->get_ref<const std::string&>();
+  }
+  if (const json* v = member(value, "app")) config.app = read_string("app", kExpectToken, *v);
+  if (const json* v = member(value, "prefix")) {
+    config.prefix = read_string("prefix", kExpectPrefix, *v);
+  }
+  if (const json* v = member(value, "forward")) {
+    config.forward = read_string_list("forward", kExpectPatternList, kExpectPattern, *v);
+  }
+  if (const json* v = member(value, "subscribe")) {
+    config.subscribe =
+        read_string_list("subscribe", kExpectSubjectPatternList, kExpectSubjectPattern, *v);
+  }
+  if (const json* v = member(value, "group")) {
+    config.group = read_string("group", kExpectGroup, *v);
+  }
+  if (const json* v = member(value, "queue_capacity")) {
+    config.queue_capacity = static_cast<std::size_t>(read_integer(kQueueCapacity, *v));
+  }
+  if (const json* v = member(value, "overflow")) config.overflow = read_overflow(*v);
+  if (const json* v = member(value, "block_timeout_ms")) {
+    config.block_timeout = std::chrono::milliseconds(read_integer(kBlockTimeout, *v));
+  }
+  if (const json* v = member(value, "batch_size")) {
+    config.batch_size = static_cast<std::size_t>(read_integer(kBatchSize, *v));
+  }
+  if (const json* v = member(value, "retry")) config.retry = read_retry(*v);
+  if (const json* v = member(value, "transport")) {
+    check_transport(key_label("transport"), *v);
+    config.transport = *v;
+  }
+  config.validate();
+  return config;
+}
+
+BridgeConfig config_from_text(std::string_view text, std::string_view source) {
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::exception& e) {
+    // nlohmann's message ends with "; last read: '<input>'" for lexer errors: that input may
+    // be part of a password, so only the fixed text before it (and any "; expected ...") stays.
+    std::string_view what = e.what();
+    if (const std::size_t id_end = what.find("] "); id_end != std::string_view::npos) {
+      what.remove_prefix(id_end + 2);
+    }
+    const std::size_t last_read = what.find("; last read: '");
+    std::string reason = cut_to(what.substr(0, last_read), kProblemBytes);
+    if (last_read != std::string_view::npos) {
+      // Kept only when it is one of nlohmann's token names, not text of the input.
+      constexpr std::string_view kExpected = "'; expected ";
+      const std::size_t expected = what.rfind(kExpected);
+      if (expected != std::string_view::npos && expected >= last_read &&
+          is_json_token_name(what.substr(expected + kExpected.size()))) {
+        reason += what.substr(expected + 1);
+      }
+    }
+    std::string where(source);
+    if (const auto* parse_error = dynamic_cast<const json::parse_error*>(&e)) {
+      where += ": invalid JSON at byte " + std::to_string(parse_error->byte);
+    } else {
+      where += ": invalid JSON";
+    }
+    fail(where, reason);
+  }
+  try {
+    return config_from_json(value);
+  } catch (const ConfigError& e) {
+    fail(source, reason_of(e));
+  }
+}
+
+BridgeConfig config_from_environment() {
+  BridgeConfig config;
+  if (const char* path = std::getenv("NOTIFICATIONS_CONFIG")) {
+    if (*path == '\0') {
+      throw ConfigError(env_label("NOTIFICATIONS_CONFIG") +
+                        " is empty (unset it, or set it to the path of a JSON file)");
+    }
+    config = config_from_text(read_file(path), path);
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_URL")) {
+    config.url = v;
+    check_url(env_label("NOTIFICATIONS_URL"), config.url);
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_APP")) {
+    config.app = v;
+    check_token(env_label("NOTIFICATIONS_APP"), kExpectToken, config.app);
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_PREFIX")) {
+    config.prefix = v;
+    check_prefix(env_label("NOTIFICATIONS_PREFIX"), config.prefix);
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_FORWARD")) {
+    config.forward = env_list("NOTIFICATIONS_FORWARD", v, "patterns", check_forward_item);
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_SUBSCRIBE")) {
+    const std::string& prefix = config.prefix;
+    config.subscribe = env_list("NOTIFICATIONS_SUBSCRIBE", v, "subject patterns",
+                                [&prefix](std::string_view where, std::string_view item) {
+                                  check_subscribe_item(where, item, prefix);
+                                });
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_GROUP")) {
+    config.group = v;
+    check_group(env_label("NOTIFICATIONS_GROUP"), config.group);
+  }
+  config.validate();
+  return config;
+}
+
+}  // namespace notifications
