@@ -15,6 +15,7 @@ packages=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer and sanitizer runtimes for clang
+  python3 python3-jsonschema  # validates real envelopes against docs/envelope.schema.json
 )
 
 missing=()

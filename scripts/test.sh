@@ -3,9 +3,10 @@
 #   build/release  (optimised, with samples; also checks the installed CMake package)
 #   build/asan     (AddressSanitizer + UndefinedBehaviorSanitizer, shorter stress counts)
 #   build/tsan     (ThreadSanitizer, shorter stress counts)
+#   build/fuzz     (clang libFuzzer targets, each run for FUZZ_SECONDS, default 20)
 # and fails if any of them fails. Quick the second time: every build folder is reused.
 #
-# Usage: scripts/test.sh [release|asan|tsan|package ...]   (default: all of them)
+# Usage: scripts/test.sh [release|package|asan|tsan|fuzz ...]   (default: all of them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ bash scripts/install-deps.sh || { echo "test.sh: installing dependencies failed"
 
 jobs=$(nproc 2>/dev/null || echo 2)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(release package asan tsan)
+[ ${#stages[@]} -eq 0 ] && stages=(release package asan tsan fuzz)
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_init_order=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
@@ -73,6 +74,17 @@ package_check() {
   fi
 }
 
+# libFuzzer targets for a bounded time each (FUZZ_SECONDS, default 20 here).
+fuzz_check() {
+  echo "=== fuzz: every target for ${FUZZ_SECONDS:-20} s"
+  if FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash scripts/fuzz.sh; then
+    total_passed=$((total_passed + 1))
+  else
+    total_failed=$((total_failed + 1))
+    failed_stages+=("fuzz")
+  fi
+}
+
 mkdir -p build
 for stage in "${stages[@]}"; do
   case "$stage" in
@@ -82,7 +94,8 @@ for stage in "${stages[@]}"; do
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
     tsan) configure_and_test tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNOTIFICATIONS_SANITIZE=thread \
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
-    *) echo "test.sh: unknown stage '$stage' (expected release, package, asan or tsan)" >&2; exit 2 ;;
+    fuzz) fuzz_check ;;
+    *) echo "test.sh: unknown stage '$stage' (expected release, package, asan, tsan or fuzz)" >&2; exit 2 ;;
   esac
 done
 

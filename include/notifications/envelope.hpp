@@ -45,7 +45,8 @@ struct DecodeResult {
 };
 DecodeResult decode_envelope(std::string_view body) noexcept;
 
-// RFC 3339 UTC with exactly six fractional digits: 2026-11-25T12:00:00.123456Z
+// Formats RFC 3339 UTC with exactly six fractional digits: 2026-11-25T12:00:00.123456Z.
+// Parses 0 to 9 fractional digits (kept to the microsecond), uppercase 'T' and 'Z', no offsets.
 std::string format_rfc3339(std::chrono::system_clock::time_point time);
 std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text);
 

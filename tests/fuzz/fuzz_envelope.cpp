@@ -1,0 +1,68 @@
+// libFuzzer target for envelope decoding. Contract checked on every input:
+//   1. decode_envelope neither crashes nor throws, and sets exactly one of envelope and error;
+//   2. an accepted envelope survives encode -> decode unchanged, and encodes to the same bytes
+//      again;
+//   3. it survives event_from_envelope -> envelope_from_event unchanged.
+// A broken promise prints what differed and aborts, which libFuzzer reports as a crash.
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "notifications/envelope.hpp"
+
+namespace {
+
+using notifications::Envelope;
+
+[[noreturn]] void fail(const char* what, const std::string& detail) {
+  std::fprintf(stderr, "fuzz_envelope: %s\n%s\n", what, detail.c_str());
+  std::abort();
+}
+
+// The first field in which a and b differ, or nullptr.
+const char* difference(const Envelope& a, const Envelope& b) {
+  if (a.id != b.id) return "id";
+  if (a.name != b.name) return "name";
+  if (a.payload != b.payload) return "payload";
+  if (a.time != b.time) return "time";
+  if (a.duration != b.duration) return "duration_us";
+  if (a.producer != b.producer) return "producer";
+  if (a.producer_instance != b.producer_instance) return "producer_instance";
+  if (a.schema_version != b.schema_version) return "schema_version";
+  if (a.traceparent != b.traceparent) return "traceparent";
+  if (a.exception_type != b.exception_type) return "exception.type";
+  if (a.exception_message != b.exception_message) return "exception.message";
+  return nullptr;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view body(reinterpret_cast<const char*>(data), size);
+  const notifications::DecodeResult first = notifications::decode_envelope(body);
+  if (first.envelope.has_value() == !first.error.empty()) {
+    fail("decode set both or neither of envelope and error", first.error);
+  }
+  if (!first) return 0;
+
+  const std::string encoded = notifications::encode_envelope(*first.envelope);
+  const notifications::DecodeResult second = notifications::decode_envelope(encoded);
+  if (!second) fail("an encoded envelope did not decode", second.error + "\n" + encoded);
+  if (const char* field = difference(*first.envelope, *second.envelope)) {
+    fail("encode -> decode changed a field", std::string(field) + "\n" + encoded);
+  }
+  const std::string again = notifications::encode_envelope(*second.envelope);
+  if (again != encoded) fail("encoding is not stable", encoded + "\n" + again);
+
+  const notifications::Event event = notifications::event_from_envelope(*first.envelope, "fuzz");
+  const Envelope back = notifications::envelope_from_event(event, first.envelope->producer,
+                                                           first.envelope->producer_instance);
+  if (const char* field = difference(*first.envelope, back)) {
+    fail("event_from_envelope -> envelope_from_event changed a field",
+         std::string(field) + "\n" + encoded);
+  }
+  return 0;
+}
