@@ -1,1 +1,487 @@
+// The mock transport: loopback delivery between mocks, records, every injected fault, the wait
+// helpers and the mock:// factory. Every wait is bounded and fails the test when it passes.
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "notifications/transport.hpp"
+#include "notifications/transports/memory.hpp"
+#include "notifications/transports/mock.hpp"
+
+namespace n = notifications;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+#ifdef NOTIFICATIONS_TESTS_SHORT
+constexpr int kScale = 5;
+#else
+constexpr int kScale = 1;
+#endif
+
+constexpr auto kWait = 20s;
+
+n::Deadline in(std::chrono::milliseconds d) { return Clock::now() + d; }
+
+n::Message msg(std::string subject, std::string body = "") { return n::Message{std::move(subject), std::move(body), {}}; }
+
+n::PublishResult publish1(n::Transport& t, const n::Message& m) { return t.publish(std::span<const n::Message>(&m, 1)); }
+
+class Collector {
+ public:
+  n::DeliveryHandler handler() {
+    return [this](n::Delivery&& d) {
+      {
+        std::lock_guard lock(mutex_);
+        bodies_.push_back(d.message.body);
+        last_thread_ = std::this_thread::get_id();
+      }
+      changed_.notify_all();
+    };
+  }
+  bool wait_for(std::size_t count, std::chrono::milliseconds timeout = kWait) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] { return bodies_.size() >= count; });
+  }
+  std::vector<std::string> bodies() const {
+    std::lock_guard lock(mutex_);
+    return bodies_;
+  }
+  std::size_t size() const {
+    std::lock_guard lock(mutex_);
+    return bodies_.size();
+  }
+  std::thread::id last_thread() const {
+    std::lock_guard lock(mutex_);
+    return last_thread_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<std::string> bodies_;
+  std::thread::id last_thread_;
+};
+
+std::string fresh_broker() {
+  static std::atomic<int> next{0};
+  return "m" + std::to_string(next.fetch_add(1)) + "-" +
+         ::testing::UnitTest::GetInstance()->current_test_info()->name();
+}
+
+std::shared_ptr<n::MockTransport> mock(const std::string& broker, bool inline_delivery = true, std::size_t max_pending = 65536) {
+  n::MockOptions options;
+  options.broker = broker;
+  options.inline_delivery = inline_delivery;
+  options.max_pending = max_pending;
+  auto t = std::make_shared<n::MockTransport>(options);
+  t->start();
+  return t;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const n::TransportError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("WRONG TYPE: ") + e.what();
+  }
+  return "NO ERROR";
+}
+
+}  // namespace
+
+// ---- delivery ----------------------------------------------------------------------------------
+
+TEST(TransportMockDelivery, MocksOnOneBrokerExchangeMessagesInlineByDefault) {
+  const auto broker = fresh_broker();
+  Collector on_b;
+  auto a = mock(broker);
+  auto b = mock(broker);
+  b->subscribe("orders.*", "", on_b.handler());
+  const std::vector<n::Message> batch{msg("orders.created", "1"), msg("users.created", "2"), msg("orders.paid", "3")};
+  EXPECT_EQ(a->publish(batch).published, 3u);
+  EXPECT_EQ(on_b.bodies(), (std::vector<std::string>{"1", "3"}));  // inline: no wait needed
+  EXPECT_EQ(on_b.last_thread(), std::this_thread::get_id());
+  EXPECT_EQ(b->delivered_count(), 2u);
+  EXPECT_EQ(a->kind(), "mock");
+  EXPECT_EQ(a->health()["kind"], "mock");
+  EXPECT_EQ(a->health()["mode"], "inline");
+}
+
+TEST(TransportMockDelivery, QueuedOption) {
+  const auto broker = fresh_broker();
+  Collector c;
+  auto a = mock(broker, false);
+  a->subscribe(">", "", c.handler());
+  const std::vector<n::Message> batch(50, msg("x"));
+  EXPECT_EQ(a->publish(batch).published, 50u);
+  ASSERT_TRUE(a->flush(in(kWait)));
+  EXPECT_EQ(c.size(), 50u);
+  EXPECT_NE(c.last_thread(), std::this_thread::get_id());
+  EXPECT_TRUE(a->wait_for_delivered(50, 0ms));
+}
+
+TEST(TransportMockDelivery, MockBrokersAreSeparateFromMemoryBrokersAndFromEachOther) {
+  const auto broker = fresh_broker();
+  Collector on_mock, on_other, on_memory;
+  auto m = mock(broker);
+  auto other = mock(broker + "-other");
+  auto mem = n::make_memory_transport({broker, true});
+  mem->start();
+  m->subscribe(">", "", on_mock.handler());
+  other->subscribe(">", "", on_other.handler());
+  mem->subscribe(">", "", on_memory.handler());
+  publish1(*m, msg("x", "mock"));
+  publish1(*mem, msg("x", "memory"));
+  EXPECT_EQ(on_mock.bodies(), (std::vector<std::string>{"mock"}));
+  EXPECT_EQ(on_memory.bodies(), (std::vector<std::string>{"memory"}));
+  EXPECT_EQ(on_other.size(), 0u);
+}
+
+TEST(TransportMockDelivery, GroupsAsTheMemoryTransport) {
+  const auto broker = fresh_broker();
+  Collector g1, g2;
+  auto a = mock(broker);
+  auto b = mock(broker);
+  a->subscribe("w.*", "workers", g1.handler());
+  b->subscribe("w.*", "workers", g2.handler());
+  const std::vector<n::Message> batch{msg("w.1", "1"), msg("w.1", "2"), msg("w.1", "3"), msg("w.1", "4")};
+  a->publish(batch);
+  EXPECT_EQ(g1.bodies(), (std::vector<std::string>{"1", "3"}));
+  EXPECT_EQ(g2.bodies(), (std::vector<std::string>{"2", "4"}));
+}
+
+TEST(TransportMockDelivery, CapabilitiesAreConfigurable) {
+  auto defaults = std::make_shared<n::MockTransport>();
+  EXPECT_TRUE(defaults->capabilities().ordered);
+  EXPECT_TRUE(defaults->capabilities().consumer_groups);
+  EXPECT_FALSE(defaults->capabilities().persistent);
+  n::MockOptions options;
+  options.capabilities.persistent = true;
+  options.capabilities.acknowledgements = true;
+  options.capabilities.ordered = false;
+  auto custom = std::make_shared<n::MockTransport>(options);
+  EXPECT_TRUE(custom->capabilities().persistent);
+  EXPECT_TRUE(custom->capabilities().acknowledgements);
+  EXPECT_FALSE(custom->capabilities().ordered);
+}
+
+// ---- records -----------------------------------------------------------------------------------
+
+TEST(TransportMockRecords, PublishCallsBatchSizesMessagesAndSubscriptions) {
+  auto t = mock(fresh_broker());
+  const std::vector<n::Message> two{msg("a", "1"), msg("b", "2")};
+  t->publish(two);
+  publish1(*t, msg("c", "3"));
+  t->publish({});  // an empty batch does not reach the mock
+  EXPECT_EQ(t->publish_calls(), 2u);
+  EXPECT_EQ(t->batch_sizes(), (std::vector<std::size_t>{2, 1}));
+  ASSERT_EQ(t->published_count(), 3u);
+  EXPECT_EQ(t->published()[2].subject, "c");
+  EXPECT_EQ(t->published()[2].body, "3");
+
+  const auto id1 = t->subscribe("a.*", "", [](n::Delivery&&) {});
+  const auto id2 = t->subscribe("b.>", "g", [](n::Delivery&&) {});
+  EXPECT_EQ(t->active_subscriptions(), 2u);
+  t->unsubscribe(id1);
+  const auto subs = t->subscriptions();
+  ASSERT_EQ(subs.size(), 2u);
+  EXPECT_EQ(subs[0].id, id1);
+  EXPECT_EQ(subs[0].pattern, "a.*");
+  EXPECT_FALSE(subs[0].active);
+  EXPECT_EQ(subs[1].id, id2);
+  EXPECT_EQ(subs[1].group, "g");
+  EXPECT_TRUE(subs[1].active);
+  EXPECT_EQ(t->unsubscribe_calls(), 1u);
+  EXPECT_EQ(t->active_subscriptions(), 1u);
+
+  t->clear_records();
+  EXPECT_EQ(t->publish_calls(), 0u);
+  EXPECT_TRUE(t->published().empty());
+  EXPECT_TRUE(t->subscriptions().empty());
+  EXPECT_EQ(t->health()["publish_calls"], 2);  // health counters are not records
+
+  t->stop(in(kWait));
+  EXPECT_EQ(t->publish_calls(), 0u);  // refused by the base: never reaches the mock
+}
+
+TEST(TransportMockRecords, StopMarksSubscriptionsInactive) {
+  auto t = mock(fresh_broker());
+  t->subscribe("a", "", [](n::Delivery&&) {});
+  t->stop(in(kWait));
+  EXPECT_FALSE(t->subscriptions().at(0).active);
+  EXPECT_EQ(t->active_subscriptions(), 0u);
+}
+
+// ---- faults ------------------------------------------------------------------------------------
+
+TEST(TransportMockFaults, FailNextPublishesFailsWholeBatches) {
+  Collector c;
+  auto t = mock(fresh_broker());
+  t->subscribe(">", "", c.handler());
+  t->fail_next_publishes(2);
+  const std::vector<n::Message> batch{msg("a"), msg("b")};
+  for (int i = 0; i < 2; ++i) {
+    const auto r = t->publish(batch);
+    EXPECT_EQ(r.published, 0u);
+    EXPECT_TRUE(r.transient);
+    EXPECT_EQ(r.error, "mock: injected publish failure");
+  }
+  EXPECT_EQ(t->publish(batch).published, 2u);
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_EQ(t->publish_calls(), 3u);
+
+  t->fail_next_publishes(1, false);
+  const auto r = t->publish(batch);
+  EXPECT_EQ(r.published, 0u);
+  EXPECT_FALSE(r.transient);
+  EXPECT_EQ(t->health()["failed_by_fault"], 3);
+  EXPECT_EQ(t->published_count(), 2u);
+}
+
+TEST(TransportMockFaults, DisconnectRefusesPublishesAndHoldsDeliveriesUntilReconnect) {
+  for (const bool inline_delivery : {true, false}) {
+    const auto broker = fresh_broker();
+    Collector c;
+    auto pub = mock(broker, inline_delivery);
+    auto sub = mock(broker, inline_delivery);
+    sub->subscribe("s.>", "", c.handler());  // one subscribe call for the whole test
+    sub->disconnect();
+    EXPECT_FALSE(sub->connected());
+    const auto refused = publish1(*sub, msg("s.own"));
+    EXPECT_EQ(refused.published, 0u);
+    EXPECT_TRUE(refused.transient);
+    EXPECT_EQ(refused.error, "mock: disconnected");
+
+    const std::vector<n::Message> batch{msg("s.1", "1"), msg("s.2", "2"), msg("s.1", "3")};
+    EXPECT_EQ(pub->publish(batch).published, 3u);  // the publisher is connected
+    EXPECT_FALSE(pub->flush(in(20ms)));             // held, not handed over
+    EXPECT_EQ(c.size(), 0u);
+    EXPECT_EQ(sub->health()["pending"], 3);
+
+    sub->reconnect();
+    EXPECT_TRUE(sub->connected());
+    ASSERT_TRUE(c.wait_for(3));
+    EXPECT_EQ(c.bodies(), (std::vector<std::string>{"1", "2", "3"}));
+    EXPECT_EQ(sub->subscriptions().size(), 1u);  // no new subscribe
+    EXPECT_TRUE(pub->flush(in(kWait)));
+    EXPECT_EQ(publish1(*sub, msg("s.own", "4")).published, 1u);
+    ASSERT_TRUE(c.wait_for(4));
+    EXPECT_EQ(sub->health()["refused_disconnected"], 1);
+  }
+}
+
+TEST(TransportMockFaults, HeldMessagesAreBoundedByMaxPending) {
+  const auto broker = fresh_broker();
+  Collector c;
+  auto pub = mock(broker, true);
+  auto sub = mock(broker, true, 2);
+  sub->subscribe(">", "", c.handler());
+  sub->disconnect();
+  const std::vector<n::Message> batch{msg("x", "1"), msg("x", "2"), msg("x", "3")};
+  const auto r = pub->publish(batch);
+  EXPECT_EQ(r.published, 2u);
+  EXPECT_TRUE(r.transient);
+  EXPECT_NE(r.error.find("max_pending=2"), std::string::npos) << r.error;
+  sub->reconnect();
+  EXPECT_EQ(c.bodies(), (std::vector<std::string>{"1", "2"}));  // inline: on reconnect()'s thread
+}
+
+TEST(TransportMockFaults, StopDeliversHeldMessages) {
+  const auto broker = fresh_broker();
+  Collector c;
+  auto pub = mock(broker);
+  auto sub = mock(broker);
+  sub->subscribe(">", "", c.handler());
+  sub->disconnect();
+  publish1(*pub, msg("x", "held"));
+  sub->stop(in(kWait));
+  EXPECT_EQ(c.bodies(), (std::vector<std::string>{"held"}));
+}
+
+TEST(TransportMockFaults, LatencyDelaysEachPublishCall) {
+  auto t = mock(fresh_broker());
+  t->set_latency(30ms);
+  const auto start = Clock::now();
+  const std::vector<n::Message> batch{msg("a"), msg("b")};
+  EXPECT_EQ(t->publish(batch).published, 2u);
+  EXPECT_EQ(publish1(*t, msg("c")).published, 1u);
+  EXPECT_GE(Clock::now() - start, 60ms);
+  t->set_latency(Clock::duration::zero());
+}
+
+TEST(TransportMockFaults, DropNextAcceptsButLoses) {
+  Collector c;
+  auto t = mock(fresh_broker());
+  t->subscribe(">", "", c.handler());
+  t->drop_next(2);
+  const std::vector<n::Message> batch{msg("x", "1"), msg("x", "2"), msg("x", "3"), msg("x", "4"), msg("x", "5")};
+  const auto r = t->publish(batch);
+  EXPECT_EQ(r.published, 5u);
+  EXPECT_EQ(r.error, "");
+  EXPECT_EQ(c.bodies(), (std::vector<std::string>{"3", "4", "5"}));
+  EXPECT_EQ(t->published_count(), 5u);
+  EXPECT_EQ(t->dropped_by_fault(), 2u);
+  EXPECT_EQ(t->health()["dropped_by_fault"], 2);
+  EXPECT_TRUE(t->flush(in(kWait)));
+}
+
+TEST(TransportMockFaults, DuplicateNextDeliversTwice) {
+  const auto broker = fresh_broker();
+  Collector c;
+  auto a = mock(broker);
+  auto b = mock(broker, false);
+  b->subscribe(">", "", c.handler());
+  a->duplicate_next(1);
+  const std::vector<n::Message> batch{msg("x", "1"), msg("x", "2")};
+  EXPECT_EQ(a->publish(batch).published, 2u);
+  ASSERT_TRUE(a->flush(in(kWait)));
+  EXPECT_EQ(c.bodies(), (std::vector<std::string>{"1", "1", "2"}));
+  EXPECT_EQ(a->duplicated_by_fault(), 1u);
+  EXPECT_EQ(a->health()["duplicated_by_fault"], 1);
+  EXPECT_EQ(a->published_count(), 2u);
+}
+
+TEST(TransportMockFaults, FailNextStartsThenStarts) {
+  auto t = std::make_shared<n::MockTransport>();
+  t->fail_next_starts(2);
+  EXPECT_NE(error_of([&] { t->start(); }).find("mock: injected start failure"), std::string::npos);
+  EXPECT_NE(error_of([&] { t->start(); }).find("mock: injected start failure"), std::string::npos);
+  EXPECT_EQ(t->state(), n::TransportBase::State::created);
+  t->start();
+  EXPECT_EQ(t->state(), n::TransportBase::State::started);
+}
+
+TEST(TransportMockFaults, FaultsToggledConcurrentlyWithPublishers) {
+  // Thread-safety of the fault switches (meaningful under TSan): every publish either succeeds,
+  // fails as injected, or fails disconnected, and every accepted, undropped message arrives.
+  const auto broker = fresh_broker();
+  std::atomic<long> received{0};
+  std::atomic<bool> done{false};
+  std::atomic<long> accepted{0};
+  auto pub = mock(broker, false);
+  auto sub = mock(broker, false);
+  sub->subscribe(">", "", [&](n::Delivery&&) { received.fetch_add(1); });
+  std::vector<std::future<void>> publishers;
+  for (int t = 0; t < 2; ++t) {
+    publishers.push_back(std::async(std::launch::async, [&] {
+      for (int i = 0; i < 2000 / kScale; ++i) {
+        const auto r = publish1(*pub, msg("f.x"));
+        if (r.published == 1) {
+          accepted.fetch_add(1);
+        } else {
+          EXPECT_TRUE(r.error == "mock: injected publish failure" || r.error == "mock: disconnected") << r.error;
+        }
+      }
+    }));
+  }
+  auto toggler = std::async(std::launch::async, [&] {
+    for (int i = 0; !done.load(); ++i) {
+      pub->fail_next_publishes(1);
+      pub->drop_next(1);
+      pub->duplicate_next(1);
+      if (i % 2 == 0) pub->disconnect(); else pub->reconnect();
+      (void)pub->health();
+      std::this_thread::yield();
+    }
+    pub->reconnect();
+  });
+  for (auto& f : publishers) {
+    ASSERT_EQ(f.wait_for(kWait), std::future_status::ready);
+    f.get();
+  }
+  done = true;
+  ASSERT_EQ(toggler.wait_for(kWait), std::future_status::ready);
+  ASSERT_TRUE(pub->flush(in(kWait)));
+  EXPECT_EQ(static_cast<long>(pub->published_count()), accepted.load());
+  EXPECT_EQ(received.load(), accepted.load() - static_cast<long>(pub->dropped_by_fault()) +
+                                 static_cast<long>(pub->duplicated_by_fault()));
+}
+
+// ---- waits -------------------------------------------------------------------------------------
+
+TEST(TransportMockWaits, WaitForPublishedDeliveredAndSubscriptions) {
+  const auto broker = fresh_broker();
+  auto a = mock(broker, false);
+  auto b = mock(broker, false);
+  EXPECT_FALSE(a->wait_for_published(1, 10ms));  // times out, bounded
+  EXPECT_FALSE(b->wait_for_subscriptions(1, 10ms));
+  auto subscriber = std::async(std::launch::async, [&] { b->subscribe(">", "", [](n::Delivery&&) {}); });
+  ASSERT_TRUE(b->wait_for_subscriptions(1, kWait));
+  subscriber.get();
+  auto publisher = std::async(std::launch::async, [&] {
+    for (int i = 0; i < 10; ++i) publish1(*a, msg("x", std::to_string(i)));
+  });
+  EXPECT_TRUE(a->wait_for_published(10, kWait));
+  EXPECT_TRUE(b->wait_for_delivered(10, kWait));
+  EXPECT_FALSE(b->wait_for_delivered(11, 10ms));
+  publisher.get();
+}
+
+// ---- reentrancy --------------------------------------------------------------------------------
+
+TEST(TransportMockReentrancy, HandlerPublishesAndUnsubscribesOnTheSameMock) {
+  for (const bool inline_delivery : {true, false}) {
+    Collector echoes;
+    std::atomic<std::uint64_t> self{0};
+    std::promise<void> ready_promise;
+    auto ready = ready_promise.get_future().share();
+    auto t = mock(fresh_broker(), inline_delivery);
+    t->subscribe("echo", "", echoes.handler());
+    self = t->subscribe("in", "", [&, ready](n::Delivery&& d) {
+      ready.wait_for(kWait);
+      publish1(*t, msg("echo", d.message.body));
+      t->unsubscribe(self.load());
+    });
+    ready_promise.set_value();
+    publish1(*t, msg("in", "1"));
+    ASSERT_TRUE(echoes.wait_for(1));
+    ASSERT_TRUE(t->flush(in(kWait)));
+    EXPECT_EQ(t->active_subscriptions(), 1u);
+    EXPECT_EQ(publish1(*t, msg("in", "2")).published, 1u);
+    ASSERT_TRUE(t->flush(in(kWait)));
+    EXPECT_EQ(echoes.size(), 1u);
+  }
+}
+
+// ---- factory -----------------------------------------------------------------------------------
+
+TEST(TransportMockFactory, ByUrl) {
+  const auto broker = fresh_broker();
+  Collector c;
+  auto t = n::make_transport({"mock://" + broker + "?mode=queued&max_pending=9", {}});
+  auto* m = dynamic_cast<n::MockTransport*>(t.get());
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->options().broker, broker);
+  EXPECT_FALSE(m->options().inline_delivery);
+  EXPECT_EQ(m->options().max_pending, 9u);
+
+  auto d = n::make_transport({"mock://", {}});
+  auto* dm = dynamic_cast<n::MockTransport*>(d.get());
+  ASSERT_NE(dm, nullptr);
+  EXPECT_EQ(dm->options().broker, "default");
+  EXPECT_TRUE(dm->options().inline_delivery);
+
+  // A URL-made mock and a directly made one on the same broker talk.
+  auto direct = mock(broker);
+  direct->subscribe(">", "", c.handler());
+  t->start();
+  publish1(*t, msg("x"));
+  ASSERT_TRUE(c.wait_for(1));
+
+  const auto err = error_of([] { n::make_transport({"mock://x?latency=5", {}}); });
+  EXPECT_NE(err.find("mock url \"mock://x?latency=5\": unknown query keys \"latency\""), std::string::npos) << err;
+  const auto o = n::mock_options_from_config({"mock://y", {{"mode", "queued"}}});
+  EXPECT_FALSE(o.inline_delivery);
+  EXPECT_EQ(o.broker, "y");
+}

@@ -1,1 +1,331 @@
-// placeholder: being written
+// The mock transport (mock.hpp): a loopback::Endpoint in the "mock" broker namespace, plus
+// records and injected faults.
+#include "notifications/transports/mock.hpp"
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "transports/memory/loopback.hpp"
+
+namespace notifications {
+
+using Clock = std::chrono::steady_clock;
+
+struct MockTransport::Impl {
+  explicit Impl(MockOptions o)
+      : options(std::move(o)),
+        endpoint(loopback::EndpointOptions{"mock", options.broker, options.inline_delivery,
+                                           options.max_pending}) {}
+
+  const MockOptions options;
+  loopback::Endpoint endpoint;
+
+  // Serialises disconnect()/reconnect() so the flag and the endpoint's pause agree. Never held
+  // while a handler runs.
+  std::mutex connection;
+
+  // Guards everything below; never held while calling into the endpoint.
+  mutable std::mutex mutex;
+  mutable std::condition_variable changed;  // records changed
+
+  // faults
+  std::size_t fail_publishes = 0;
+  bool fail_transient = true;
+  std::size_t fail_starts = 0;
+  bool disconnected = false;
+  Clock::duration latency{0};
+  std::size_t drop = 0;
+  std::size_t duplicate = 0;
+
+  // records (clear_records() resets them)
+  std::size_t publish_calls = 0;
+  std::vector<std::size_t> batch_sizes;
+  std::vector<Message> published;
+  std::vector<MockSubscription> subscriptions;
+  std::size_t unsubscribe_calls = 0;
+
+  // counters for health() (never reset)
+  std::uint64_t total_publish_calls = 0;
+  std::uint64_t dropped = 0;
+  std::uint64_t duplicated = 0;
+  std::uint64_t failed_by_fault = 0;
+  std::uint64_t refused_disconnected = 0;
+
+  std::size_t active() const {  // requires mutex
+    std::size_t n = 0;
+    for (const auto& s : subscriptions) n += s.active ? 1 : 0;
+    return n;
+  }
+};
+
+MockTransport::MockTransport(MockOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+MockTransport::~MockTransport() {
+  try {
+    stop(Clock::now() + std::chrono::seconds(5));
+  } catch (...) {  // a destructor must not throw
+  }
+}
+
+std::string MockTransport::kind() const { return "mock"; }
+TransportCapabilities MockTransport::capabilities() const { return impl_->options.capabilities; }
+const MockOptions& MockTransport::options() const { return impl_->options; }
+
+// ---- faults ------------------------------------------------------------------------------------
+
+void MockTransport::fail_next_publishes(std::size_t calls, bool transient) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->fail_publishes = calls;
+  impl_->fail_transient = transient;
+}
+
+void MockTransport::fail_next_starts(std::size_t calls) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->fail_starts = calls;
+}
+
+void MockTransport::disconnect() {
+  std::lock_guard connection(impl_->connection);
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->disconnected = true;
+  }
+  impl_->endpoint.set_paused(true);
+}
+
+void MockTransport::reconnect() {
+  {
+    std::lock_guard connection(impl_->connection);
+    {
+      std::lock_guard lock(impl_->mutex);
+      impl_->disconnected = false;
+    }
+    impl_->endpoint.set_paused(false);
+  }
+  impl_->endpoint.deliver_held();  // inline subscriptions: on this thread, no lock held
+}
+
+bool MockTransport::connected() const {
+  std::lock_guard lock(impl_->mutex);
+  return !impl_->disconnected;
+}
+
+void MockTransport::set_latency(Clock::duration latency) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->latency = latency;
+}
+
+void MockTransport::drop_next(std::size_t messages) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->drop = messages;
+}
+
+void MockTransport::duplicate_next(std::size_t messages) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->duplicate = messages;
+}
+
+// ---- records -----------------------------------------------------------------------------------
+
+std::size_t MockTransport::publish_calls() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->publish_calls;
+}
+
+std::vector<std::size_t> MockTransport::batch_sizes() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->batch_sizes;
+}
+
+std::vector<Message> MockTransport::published() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->published;
+}
+
+std::size_t MockTransport::published_count() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->published.size();
+}
+
+std::vector<MockSubscription> MockTransport::subscriptions() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->subscriptions;
+}
+
+std::size_t MockTransport::active_subscriptions() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->active();
+}
+
+std::size_t MockTransport::unsubscribe_calls() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->unsubscribe_calls;
+}
+
+std::size_t MockTransport::delivered_count() const { return impl_->endpoint.delivered(); }
+
+std::size_t MockTransport::dropped_by_fault() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->dropped;
+}
+
+std::size_t MockTransport::duplicated_by_fault() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->duplicated;
+}
+
+void MockTransport::clear_records() {
+  std::lock_guard lock(impl_->mutex);
+  impl_->publish_calls = 0;
+  impl_->batch_sizes.clear();
+  impl_->published.clear();
+  impl_->subscriptions.clear();
+  impl_->unsubscribe_calls = 0;
+}
+
+// ---- waits -------------------------------------------------------------------------------------
+
+bool MockTransport::wait_for_published(std::size_t count, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(impl_->mutex);
+  return impl_->changed.wait_for(lock, timeout, [&] { return impl_->published.size() >= count; });
+}
+
+bool MockTransport::wait_for_delivered(std::size_t count, std::chrono::milliseconds timeout) const {
+  return impl_->endpoint.wait_delivered(count, Clock::now() + timeout);
+}
+
+bool MockTransport::wait_for_subscriptions(std::size_t active, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(impl_->mutex);
+  return impl_->changed.wait_for(lock, timeout, [&] { return impl_->active() >= active; });
+}
+
+// ---- hooks -------------------------------------------------------------------------------------
+
+void MockTransport::do_start() {
+  std::lock_guard lock(impl_->mutex);
+  if (impl_->fail_starts > 0) {
+    --impl_->fail_starts;
+    throw TransportError("mock: injected start failure");
+  }
+}
+
+PublishResult MockTransport::do_publish(std::span<const Message> batch) {
+  Impl& d = *impl_;
+  Clock::duration latency{0};
+  {
+    std::lock_guard lock(d.mutex);
+    ++d.publish_calls;
+    ++d.total_publish_calls;
+    d.batch_sizes.push_back(batch.size());
+    latency = d.latency;
+  }
+  d.changed.notify_all();
+  if (latency > Clock::duration::zero()) std::this_thread::sleep_for(latency);
+  {
+    std::lock_guard lock(d.mutex);
+    if (d.disconnected) {
+      ++d.refused_disconnected;
+      return PublishResult{0, true, "mock: disconnected"};
+    }
+    if (d.fail_publishes > 0) {
+      --d.fail_publishes;
+      ++d.failed_by_fault;
+      return PublishResult{0, d.fail_transient, "mock: injected publish failure"};
+    }
+  }
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    bool drop = false;
+    bool duplicate = false;
+    {
+      std::lock_guard lock(d.mutex);
+      if (d.drop > 0) {
+        --d.drop;
+        drop = true;
+      } else if (d.duplicate > 0) {
+        --d.duplicate;
+        duplicate = true;
+      }
+    }
+    if (!drop) {
+      const loopback::RouteResult r = d.endpoint.route(batch[i]);
+      if (!r.ok) {
+        if (duplicate) {
+          std::lock_guard lock(d.mutex);
+          ++d.duplicate;  // not applied: keep it for the next message
+        }
+        return PublishResult{i, r.transient,
+                             "message " + std::to_string(i + 1) + " of " + std::to_string(batch.size()) +
+                                 ": " + r.error};
+      }
+      // The copy is best effort: a full subscription only loses the extra copy.
+      if (duplicate) d.endpoint.route(batch[i], false);
+    }
+    {
+      std::lock_guard lock(d.mutex);
+      d.published.push_back(batch[i]);
+      if (drop) ++d.dropped;
+      if (duplicate) ++d.duplicated;
+    }
+    d.changed.notify_all();
+  }
+  return PublishResult{batch.size(), true, {}};
+}
+
+void MockTransport::do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+                                 DeliveryHandler handler) {
+  impl_->endpoint.subscribe(id, pattern, group, std::move(handler));
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->subscriptions.push_back(MockSubscription{id, pattern, group, true});
+  }
+  impl_->changed.notify_all();
+}
+
+void MockTransport::do_unsubscribe(std::uint64_t id) {
+  impl_->endpoint.unsubscribe(id);
+  {
+    std::lock_guard lock(impl_->mutex);
+    ++impl_->unsubscribe_calls;
+    for (auto& s : impl_->subscriptions) {
+      if (s.id == id) s.active = false;
+    }
+  }
+  impl_->changed.notify_all();
+}
+
+bool MockTransport::do_flush(Deadline deadline) { return impl_->endpoint.flush(deadline); }
+
+void MockTransport::do_stop(Deadline deadline) {
+  impl_->endpoint.close(deadline);
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (auto& s : impl_->subscriptions) s.active = false;
+  }
+  impl_->changed.notify_all();
+}
+
+nlohmann::json MockTransport::do_health() const {
+  nlohmann::json out = impl_->endpoint.health();
+  std::lock_guard lock(impl_->mutex);
+  out["connected"] = !impl_->disconnected;
+  out["publish_calls"] = impl_->total_publish_calls;
+  out["dropped_by_fault"] = impl_->dropped;
+  out["duplicated_by_fault"] = impl_->duplicated;
+  out["failed_by_fault"] = impl_->failed_by_fault;
+  out["refused_disconnected"] = impl_->refused_disconnected;
+  return out;
+}
+
+MockOptions mock_options_from_config(const TransportConfig& config) {
+  loopback::EndpointOptions o{"mock", "default", true, MockOptions{}.max_pending};
+  loopback::apply_config(config, "mock", o);
+  MockOptions options;
+  options.broker = o.broker;
+  options.inline_delivery = o.inline_delivery;
+  options.max_pending = o.max_pending;
+  return options;
+}
+
+}  // namespace notifications

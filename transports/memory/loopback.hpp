@@ -1,0 +1,106 @@
+// Private: the in-process broker shared by the memory and mock transports. Not installed; nothing
+// outside transports/ and the tests may include it.
+//
+// A Broker (process-wide, by namespace and name) holds the subscriptions of every Endpoint bound
+// to it. An Endpoint is one transport's side: its subscriptions, delivery threads and counters.
+// Delivery rules are documented in include/notifications/transports/memory.hpp.
+//
+// Lock order: Endpoint mutex -> Broker mutex -> Subscription mutex; a flush/wait mutex is taken
+// alone. No lock is held while a handler runs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "notifications/transport.hpp"
+
+namespace notifications::loopback {
+
+// The tokens of a valid subject pattern ("a.*.>" -> {"a", "*", ">"}).
+std::vector<std::string> pattern_tokens(std::string_view pattern);
+// Whether a valid subject matches a pattern's tokens: '*' matches exactly one token, '>' (last)
+// one or more tokens, any other token itself.
+bool subject_matches(const std::vector<std::string>& pattern, std::string_view subject);
+bool subject_matches(std::string_view pattern, std::string_view subject);
+
+// Thread-safety: a plain value.
+struct EndpointOptions {
+  std::string space;  // broker namespace: "memory" or "mock"
+  std::string broker = "default";
+  bool inline_delivery = false;
+  std::size_t max_pending = 65536;
+};
+
+// Fills `options` from a "<scheme>://<broker>?mode=..&max_pending=.." URL and config.options
+// (same keys; the URL wins). Throws TransportError naming the redacted URL and the bad part.
+void apply_config(const TransportConfig& config, std::string_view scheme, EndpointOptions& options);
+
+// Throws TransportError when the broker name or max_pending is invalid.
+void validate(const EndpointOptions& options);
+
+// The outcome of routing one message. Thread-safety: a plain value.
+struct RouteResult {
+  bool ok = true;
+  bool transient = true;
+  std::string error;
+};
+
+// One transport's side of a broker.
+// Thread-safety: every member may be called from any thread; subscribe/unsubscribe/close are
+// serialised by the caller (TransportBase), route/publish/flush/health/set_paused may run
+// concurrently with anything.
+class Endpoint {
+ public:
+  // Binds to the broker named in options (creating it if needed). Validates the options.
+  explicit Endpoint(EndpointOptions options);
+  // close(now) when still open: discards what is queued, joins the threads.
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  const EndpointOptions& options() const;
+
+  // Hands a copy of `message` to every matching subscription of the broker (one member per
+  // matching group), or to none when one of them is full or the subject is invalid. Inline
+  // subscriptions are delivered on this thread before it returns, when no other thread is
+  // delivering to them. `count` adds the message to the "published" counter.
+  RouteResult route(const Message& message, bool count = true);
+  // Routes each message in order; stops at the first refused one.
+  PublishResult publish(std::span<const Message> batch);
+
+  // Throws TransportError when closed. Starts the delivery thread in queued mode.
+  void subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+                 DeliveryHandler handler);
+  // Unknown ids are ignored. Discards what the subscription still holds (counted); does not wait
+  // for a handler call in progress.
+  void unsubscribe(std::uint64_t id);
+  // True when every message routed by this endpoint has been handed to a handler or discarded.
+  bool flush(Deadline deadline);
+  // Removes the subscriptions from the broker, delivers what they hold until `deadline`, discards
+  // the rest, waits for handler calls in progress and joins the threads. Idempotent.
+  void close(Deadline deadline);
+  // Paused subscriptions keep receiving into their queues (within max_pending) but deliver
+  // nothing until unpaused. Applies to later subscriptions too. Unpausing wakes the delivery
+  // threads of queued subscriptions; inline ones wait for deliver_held() or their next message.
+  void set_paused(bool paused);
+  // Delivers, on this thread, what unpaused inline subscriptions hold and no thread delivers.
+  void deliver_held();
+
+  std::size_t delivered() const;
+  // True once delivered() >= count; false when the deadline passed first.
+  bool wait_delivered(std::size_t count, Deadline deadline) const;
+  nlohmann::json health() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace notifications::loopback
