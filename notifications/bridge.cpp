@@ -251,6 +251,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
       offset += published;
       note_sent(published);
       if (offset == messages.size()) break;
+      if (published > 0) attempt = 0;  // progress: back off from the start again
       counters.failed.fetch_add(1, std::memory_order_relaxed);
       set_error(result.error);
       if (!result.transient) {

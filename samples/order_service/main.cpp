@@ -5,23 +5,37 @@
 // the instrumentation lives inside OrderService's function bodies. main() adds the observers
 // (the block marked below) and prints their summary at exit.
 //
+// Remote delivery: main() also adds notifications::configure() (the transport comes from
+// NOTIFICATIONS_URL and friends; default memory://) and notifications::shutdown() at the end, so
+// the same events reach a second service, "analytics" (analytics.hpp), through the transport.
+// With memory://, which connects transports within one process, analytics runs in this process
+// and its tally of the remote events is checked against the local outcome; for any other
+// transport it is a separate process, order_analytics, and nothing is checked here.
+//
 // Usage: order_service [--verbose]
 //   --verbose, -v  log each order event (spdlog debug level) as it finishes
 //
 // Deterministic: fixed seeds, so the same orders, outcomes and counts on every run; only the
-// timings vary. Exits 0 on success, 2 on a bad argument.
+// timings (and the bridges' instance ids) vary. Exits 0 on success, 1 when the in-process
+// analytics tally differs from the local outcome, 2 on a bad argument or a configuration or
+// transport error.
 #include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <random>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
+#include <notifications/bridge.hpp>
+
+#include "analytics.hpp"
 #include "observers.hpp"
 #include "order_service.hpp"
 
@@ -117,6 +131,35 @@ Outcome run_business() {
   return total;
 }
 
+// The outcome in the analytics service's terms: every order was placed once.
+analytics::OrderCounts as_counts(const Outcome& outcome) {
+  analytics::OrderCounts counts;
+  counts.shipped = static_cast<std::uint64_t>(outcome.shipped);
+  counts.declined = static_cast<std::uint64_t>(outcome.declined);
+  counts.out_of_stock = static_cast<std::uint64_t>(outcome.out_of_stock);
+  counts.placed = counts.shipped + counts.declined + counts.out_of_stock;
+  counts.revenue_cents = outcome.revenue_cents;
+  return counts;
+}
+
+// Shuts the in-process analytics service down (so that it has counted everything the transport
+// delivered; the order service's bridge must be shut down first), logs its tally next to the
+// local outcome and returns whether they agree.
+bool check_remote_tally(analytics::Service& service, const Outcome& outcome) {
+  service.shutdown();
+  const analytics::OrderCounts remote = service.counts();
+  const analytics::OrderCounts local = as_counts(outcome);
+  if (remote.same_orders(local)) {
+    spdlog::info("analytics, from remote events of {}: {}: matches the local outcome",
+                 analytics::producer_list(remote), analytics::describe(remote));
+    return true;
+  }
+  spdlog::error("analytics, from remote events of {}: {}", analytics::producer_list(remote),
+                analytics::describe(remote));
+  spdlog::error("which differs from the local outcome: {}", analytics::describe(local));
+  return false;
+}
+
 void print_usage(std::FILE* to) {
   std::fputs("usage: order_service [--verbose]\n"
              "  --verbose, -v  log each order event as it finishes\n",
@@ -125,7 +168,7 @@ void print_usage(std::FILE* to) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   bool verbose = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -149,6 +192,17 @@ int main(int argc, char** argv) {
   const notifications::Subscription summarizing = observers::summarize_all_events(summary);
   // ----
 
+  // ---- Added for remote delivery: this line, and shutdown() at the end. ----
+  auto bridge = notifications::configure();  // NOTIFICATIONS_URL etc.; default memory://
+  // ----
+
+  // The second service, when the transport cannot reach another process. It subscribes before
+  // any order is placed: the memory transport keeps nothing for late subscribers.
+  std::optional<analytics::Service> in_process_analytics;
+  if (analytics::in_process_only(bridge->config().url)) {
+    in_process_analytics.emplace(bridge->config());
+  }
+
   spdlog::info("placing {} orders on {} threads (seed {})", kThreads * kOrdersPerThread, kThreads,
                kSeed);
   const auto started = std::chrono::steady_clock::now();
@@ -160,5 +214,23 @@ int main(int argc, char** argv) {
                std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count());
 
   observers::log_table(*spdlog::default_logger(), summary->rows());
-  return 0;
+
+  notifications::shutdown();  // drains what was accepted, then closes
+  bool agreed = true;
+  if (in_process_analytics) {
+    agreed = check_remote_tally(*in_process_analytics, outcome);
+  } else {
+    spdlog::info("analytics: not in this process; run order_analytics with the same "
+                 "NOTIFICATIONS_URL to receive these events");
+  }
+  spdlog::info("bridge {}", analytics::health_summary(*bridge));
+  return agreed ? 0 : 1;
+} catch (const notifications::ConfigError& e) {
+  notifications::shutdown();
+  std::fprintf(stderr, "order_service: %s\n", e.what());
+  return 2;
+} catch (const notifications::TransportError& e) {
+  notifications::shutdown();
+  std::fprintf(stderr, "order_service: %s\n", e.what());
+  return 2;
 }
