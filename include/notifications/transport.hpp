@@ -109,8 +109,15 @@ class Transport {
 };
 
 // Lifecycle and locking for transports: created -> started -> stopped, checked once here.
-// Hooks run with no lock of the base held, except that the base serialises start/stop and
-// subscribe/unsubscribe with each other.
+// - subscribe() is refused (TransportError) before start() and after stop(); unsubscribe() then
+//   does nothing. start() after stop() throws; a start() whose do_start threw may be retried.
+// - publish() takes no lock and never throws; before start or after stop it accepts nothing
+//   (transient = false). do_publish never runs during or after do_stop.
+// - stop() is idempotent and allowed from created; a concurrent second stop() waits for the
+//   first. The base serialises start/stop/subscribe/unsubscribe; do_stop runs without the lock,
+//   so a handler may unsubscribe while the transport drains.
+// - health() adds "kind" and "state" ("stopping" while do_stop runs) to do_health().
+// - Derived destructors must call stop() themselves (the base cannot call their hooks).
 class TransportBase : public Transport {
  public:
   enum class State { created, started, stopped };
@@ -139,7 +146,9 @@ class TransportBase : public Transport {
 
  private:
   mutable std::mutex lifecycle_;
-  State state_ = State::created;  // guarded by lifecycle_
+  // Phase and the count of publish() calls in flight, packed; accessed only through
+  // std::atomic_ref in transport.cpp, written under lifecycle_.
+  State state_ = State::created;
   std::uint64_t next_subscription_ = 1;  // guarded by lifecycle_
 };
 
