@@ -17,6 +17,7 @@
 #include "notifications/notifications.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
+#include "wait.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
@@ -24,14 +25,7 @@ using nlohmann::json;
 
 namespace {
 
-bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test_support::wait_until;
 
 std::string unique_broker(const std::string& base) {
   static std::atomic<int> counter{0};

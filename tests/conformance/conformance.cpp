@@ -1,6 +1,7 @@
 // The cases of the conformance suite. Each case uses a fresh scope, real Bridges, and bounded
 // waits; a case that needs a capability the transport lacks is skipped with the reason.
 #include "conformance/conformance.hpp"
+#include "wait.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -29,14 +30,7 @@ std::string fresh_scope(const std::string& transport) {
   return "conf-" + transport + "-" + std::to_string(counter.fetch_add(1));
 }
 
-bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = 30s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test_support::wait_until;
 
 // The events a node received, thread-safe.
 struct Received {
