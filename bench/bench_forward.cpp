@@ -1,8 +1,9 @@
 // Forwarding through the in-memory transport in queued mode, end to end: one JSON line per
 // measurement, so runs can be compared.
 //
-//   {"bench":"forward_memory","events":N,"events_per_s":...,"instrument_p50_ns":...,
-//    "instrument_p99_ns":...,"instrument_max_ns":...,"bytes_per_queued_event":...}
+//   {"bench":"forward_memory","events":N,"rate":R,"events_per_s":...,"instrument_p50_ns":...,
+//    "instrument_p90_ns":...,"instrument_p99_ns":...,"instrument_p999_ns":...,
+//    "instrument_max_ns":...,"bytes_per_queued_event":...}
 //
 // events_per_s: from the first instrument() on service A to the last event received by service
 // B's listener. Instrument latency: each instrument() call on A's thread, timed with the
@@ -11,6 +12,9 @@
 // divided by the events queued.
 //
 // Usage: bench_forward [events]   (default 200000)
+// Environment: RATE=<events/s> paces the instrumenting thread (busy-waiting, so pacing itself
+// never sleeps); unset or 0 instruments at full speed. INLINE=1 uses the memory transport's
+// inline mode instead of the queued one.
 #include <malloc.h>
 
 #include <algorithm>
@@ -72,7 +76,13 @@ void forward_memory(std::size_t events) {
   nlohmann::json body = payload();
   std::vector<std::int64_t> latencies(events);
   const auto first = Clock::now();
+  const double rate = getenv("RATE") ? std::atof(getenv("RATE")) : 0;
   for (std::size_t i = 0; i < events; ++i) {
+    if (rate > 0) {
+      const auto due = first + std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 * static_cast<double>(i) / rate));
+      while (Clock::now() < due) {
+      }
+    }
     const auto t0 = Clock::now();
     a.instrument("order.placed", body, [] {});
     latencies[i] = (Clock::now() - t0).count();
@@ -107,11 +117,12 @@ void forward_memory(std::size_t events) {
   stalled.shutdown(std::chrono::seconds(30));
 
   std::printf(
-      "{\"bench\":\"forward_memory\",\"events\":%zu,\"events_per_s\":%.0f,\"instrument_p50_ns\":%lld,"
-      "\"instrument_p99_ns\":%lld,\"instrument_max_ns\":%lld,\"bytes_per_queued_event\":%.0f,"
+      "{\"bench\":\"forward_memory\",\"events\":%zu,\"rate\":%.0f,\"events_per_s\":%.0f,\"instrument_p50_ns\":%lld,"
+      "\"instrument_p90_ns\":%lld,\"instrument_p99_ns\":%lld,\"instrument_p999_ns\":%lld,\"instrument_max_ns\":%lld,\"bytes_per_queued_event\":%.0f,"
       "\"queued_for_memory_measure\":%zu}\n",
-      events, static_cast<double>(events) / seconds, static_cast<long long>(percentile(latencies, 0.50)),
-      static_cast<long long>(percentile(latencies, 0.99)), static_cast<long long>(latencies.back()),
+      events, rate, static_cast<double>(events) / seconds, static_cast<long long>(percentile(latencies, 0.50)),
+      static_cast<long long>(percentile(latencies, 0.90)), static_cast<long long>(percentile(latencies, 0.99)),
+      static_cast<long long>(percentile(latencies, 0.999)), static_cast<long long>(latencies.back()),
       bytes_per_event, depth);
   sender.shutdown(std::chrono::seconds(30));
   receiver.shutdown(std::chrono::seconds(30));

@@ -69,6 +69,9 @@ const char* state_name(State state) {
   return "unknown";
 }
 
+// How long the sender and the dispatcher poll their empty queue before blocking (see BoundedQueue).
+constexpr std::chrono::microseconds kIdleSpin{50};
+
 }  // namespace
 
 struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
@@ -77,8 +80,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
         transport(std::move(t)),
         config(std::move(c)),
         hooks(std::move(h)),
-        outbound(config.queue_capacity),
-        inbound(config.queue_capacity) {
+        outbound(config.queue_capacity, kIdleSpin),
+        inbound(config.queue_capacity, kIdleSpin) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
   }
 
