@@ -8,6 +8,7 @@
 #include <optional>
 #include <random>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -116,6 +117,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     std::atomic<std::uint64_t> received{0};
     std::atomic<std::uint64_t> malformed{0};
     std::atomic<std::uint64_t> echo_suppressed{0};
+    std::atomic<std::uint64_t> lost{0};  // gaps in received sequences
     std::atomic<std::uint64_t> dropped[static_cast<std::size_t>(Drop::count_)]{};
   } counters;
 
@@ -135,22 +137,32 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     last_error = std::move(text);
   }
 
+  // True at most once a second per kind (a Drop, or kLossKind) and name: rate-limited logging.
+  static constexpr int kLossKind = -1;
+  bool should_log(int kind, std::string_view name) {
+    std::lock_guard lock(error_mutex);
+    const auto now = Clock::now();
+    if (drop_logged.size() > 1024) drop_logged.clear();
+    auto [it, inserted] = drop_logged.try_emplace({kind, std::string(name)}, now);
+    if (inserted || now - it->second >= std::chrono::seconds(1)) {
+      it->second = now;
+      return true;
+    }
+    return false;
+  }
+
+  void log_loss(const std::string& subject, std::uint64_t missing) {
+    if (!should_log(kLossKind, subject)) return;
+    spdlog::warn("notifications bridge: {} event(s) on \"{}\" never arrived (a gap in the sender's "
+                 "sequence); total lost: {}",
+                 missing, truncated(subject, 120), counters.lost.load());
+  }
+
   // Counts `count` drops and logs them, at most once a second per reason and name.
   void drop(Drop reason, std::string_view name, std::uint64_t count = 1, std::string_view why = {}) {
     if (count == 0) return;
     counters.dropped[static_cast<std::size_t>(reason)].fetch_add(count, std::memory_order_relaxed);
-    bool log = false;
-    {
-      std::lock_guard lock(error_mutex);
-      const auto now = Clock::now();
-      if (drop_logged.size() > 1024) drop_logged.clear();
-      auto [it, inserted] = drop_logged.try_emplace({static_cast<int>(reason), std::string(name)}, now);
-      if (inserted || now - it->second >= std::chrono::seconds(1)) {
-        it->second = now;
-        log = true;
-      }
-    }
-    if (log) {
+    if (should_log(static_cast<int>(reason), name)) {
       spdlog::warn("notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}",
                    count, truncated(name, 120), kDropNames[static_cast<int>(reason)],
                    why.empty() ? "" : ": ", truncated(why),
@@ -279,6 +291,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     std::vector<Event> batch;
     std::vector<Message> messages;
     std::vector<std::string> names;
+    std::unordered_map<std::string, std::uint64_t> sequences;  // by subject: the last one sent
     batch.reserve(config.batch_size);
     while (true) {
       batch.clear();
@@ -301,8 +314,10 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
           continue;
         }
         try {
-          const Envelope envelope = envelope_from_event(event, config.app, hooks.instance_id);
-          messages.push_back(message_from_envelope(envelope, std::move(subject)));
+          Envelope envelope = envelope_from_event(event, config.app, hooks.instance_id);
+          envelope.sequence = sequences[subject] + 1;
+          messages.push_back(message_from_envelope(envelope, subject));
+          sequences[subject] = envelope.sequence;
           names.emplace_back(event.name());
         } catch (const std::exception& e) {
           drop(Drop::encode_failed, event.name(), 1, e.what());
@@ -339,6 +354,27 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     }
   }
 
+  // Dispatcher thread only. The last sequence seen per (producer instance, subject); bounded:
+  // when full it starts over (a gap spanning that moment goes uncounted).
+  std::unordered_map<std::string, std::uint64_t> last_sequence;
+  static constexpr std::size_t kMaxSequenceStreams = 65536;
+
+  void note_sequence(const Envelope& envelope, const std::string& subject) {
+    std::string key = envelope.producer_instance;
+    key.push_back('\0');
+    key += subject;
+    if (last_sequence.size() >= kMaxSequenceStreams && last_sequence.count(key) == 0) last_sequence.clear();
+    std::uint64_t& last = last_sequence[key];
+    if (last != 0 && envelope.sequence > last + 1) {
+      const std::uint64_t missing = envelope.sequence - last - 1;
+      counters.lost.fetch_add(missing, std::memory_order_relaxed);
+      set_error(std::to_string(missing) + " event(s) lost on \"" + subject + "\" from " + envelope.producer +
+                " (sequence " + std::to_string(last) + " then " + std::to_string(envelope.sequence) + ")");
+      log_loss(subject, missing);
+    }
+    if (envelope.sequence > last) last = envelope.sequence;
+  }
+
   void dispatch(Delivery& delivery) {
     DecodeResult decoded = decode_envelope(delivery.message.body);
     if (!decoded) {
@@ -352,6 +388,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
       return;
     }
     counters.received.fetch_add(1, std::memory_order_relaxed);
+    if (config.group.empty() && decoded.envelope->sequence != 0) {
+      note_sequence(*decoded.envelope, delivery.message.subject);
+    }
     const std::string name = decoded.envelope->name;
     try {
       notifier.publish(event_from_envelope(std::move(*decoded.envelope), transport->kind()));
@@ -502,6 +541,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
           {"received", counters.received.load()},
           {"malformed", counters.malformed.load()},
           {"echo_suppressed", counters.echo_suppressed.load()},
+          {"lost", counters.lost.load()},
           {"dropped", std::move(dropped)}}},
         {"last_error", error},
     };

@@ -20,8 +20,8 @@ using Clock = std::chrono::system_clock;
 constexpr std::size_t kQuoteLimit = 64;
 // Arrays and objects nest at most this deep in a body; the envelope object is level 1.
 constexpr std::size_t kMaxDepth = 64;
-// The largest duration_us accepted: 2^53 - 1, the largest integer every JSON reader holds exactly.
-constexpr std::int64_t kMaxDurationUs = (std::int64_t{1} << 53) - 1;
+// The largest duration_us and sequence accepted: 2^53 - 1, the largest integer every JSON reader holds exactly.
+constexpr std::int64_t kMaxExactInteger = (std::int64_t{1} << 53) - 1;
 
 constexpr std::string_view kTimeExample = "2026-11-25T12:00:00.000000Z";
 constexpr std::string_view kUuidExample = "0190c3c5-7d0e-8000-8000-000000000001";
@@ -245,16 +245,31 @@ class Decoder {
     return true;
   }
 
+  bool sequence(std::uint64_t& out) {
+    json* value = find(object_, "sequence");
+    if (value == nullptr) return true;  // optional
+    const std::string expected =
+        "expected an integer from 1 to " + std::to_string(kMaxExactInteger) + ", got ";
+    if (!value->is_number_integer()) return fail("sequence", expected + describe(*value));
+    const bool in_range =
+        value->is_number_unsigned()
+            ? value->get<std::uint64_t>() >= 1 && value->get<std::uint64_t>() <= std::uint64_t{kMaxExactInteger}
+            : value->get<std::int64_t>() >= 1 && value->get<std::int64_t>() <= kMaxExactInteger;
+    if (!in_range) return fail("sequence", expected + describe(*value));
+    out = value->get<std::uint64_t>();
+    return true;
+  }
+
   bool duration(std::chrono::microseconds& out) {
     json* value = nullptr;
     if (!required("duration_us", value)) return false;
     const std::string expected =
-        "expected an integer from 0 to " + std::to_string(kMaxDurationUs) + ", got ";
+        "expected an integer from 0 to " + std::to_string(kMaxExactInteger) + ", got ";
     if (!value->is_number_integer()) return fail("duration_us", expected + describe(*value));
     const bool in_range =
         value->is_number_unsigned()
-            ? value->get<std::uint64_t>() <= std::uint64_t{kMaxDurationUs}
-            : value->get<std::int64_t>() >= 0 && value->get<std::int64_t>() <= kMaxDurationUs;
+            ? value->get<std::uint64_t>() <= std::uint64_t{kMaxExactInteger}
+            : value->get<std::int64_t>() >= 0 && value->get<std::int64_t>() <= kMaxExactInteger;
     if (!in_range) return fail("duration_us", expected + describe(*value));
     out = std::chrono::microseconds(value->get<std::int64_t>());
     return true;
@@ -348,7 +363,7 @@ void decode_into(std::string_view body, DecodeResult& result) {
       !decoder.string(document, "producer", "producer", false, envelope.producer) ||
       !decoder.string(document, "producer_instance", "producer_instance", false,
                       envelope.producer_instance) ||
-      !decoder.traceparent(envelope.traceparent) ||
+      !decoder.traceparent(envelope.traceparent) || !decoder.sequence(envelope.sequence) ||
       !decoder.exception(envelope.exception_type, envelope.exception_message) ||
       !decoder.required("payload", payload)) {
     return;
@@ -393,6 +408,10 @@ std::string encode_envelope(const Envelope& envelope) {
   if (!envelope.traceparent.empty()) {
     out += ",\"traceparent\":";
     append_json_string(out, envelope.traceparent);
+  }
+  if (envelope.sequence != 0) {
+    out += ",\"sequence\":";
+    out += std::to_string(envelope.sequence);
   }
   if (envelope.exception_type || envelope.exception_message) {
     out += ",\"exception\":{\"type\":";

@@ -76,7 +76,11 @@ class Bridge {
 
   // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
   //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "received",
-  //  "malformed", "echo_suppressed", "dropped": {reason: n}}, "last_error"}
+  //  "malformed", "echo_suppressed", "lost", "dropped": {reason: n}}, "last_error"}
+  // "lost" counts events this bridge never received although a later event of the same producer
+  // instance and subject arrived (a gap in the envelopes' sequence): what an at-most-once
+  // transport lost on the way. Not counted for consumer groups (each member sees a part), nor
+  // for losses that no later event reveals.
   nlohmann::json health() const;
 
   const std::string& instance_id() const noexcept;

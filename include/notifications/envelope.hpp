@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,6 +30,9 @@ struct Envelope {
   std::string producer_instance;                  // sending process's instance id
   int schema_version = kSchemaVersion;
   std::string traceparent;                        // W3C trace context; empty when none
+  // Position among the events this producer instance sent on this subject, from 1; 0 = absent.
+  // Receivers count gaps as lost events.
+  std::uint64_t sequence = 0;
   std::optional<std::string> exception_type;      // set when the block threw
   std::optional<std::string> exception_message;
 };
