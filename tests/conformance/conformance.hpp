@@ -29,6 +29,8 @@ struct TransportUnderTest {
 };
 
 std::string name_of(const ::testing::TestParamInfo<TransportUnderTest>& info);
+// Failure messages name the transport instead of dumping its bytes.
+void PrintTo(const TransportUnderTest& transport, std::ostream* out);
 
 class Conformance : public ::testing::TestWithParam<TransportUnderTest> {};
 
