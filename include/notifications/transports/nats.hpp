@@ -1,0 +1,93 @@
+// NATS transport: core NATS through cnats (libnats), in its own library target notifications::nats.
+// Linking that target registers the "nats" and "tls" URL schemes with make_transport(); programs
+// that do not link it never load libnats.
+//
+// Delivery guarantee: core NATS is at-most-once. While the connection is up, messages of one
+// subject from one publisher arrive in order. While it is down, publishes go to cnats' reconnect
+// buffer (reconnect_buffer_bytes) and, once that is full, stay in the Bridge's own queue (publish
+// reports the refusal as transient). What the server had not yet delivered when it went away is
+// lost without the publisher being told; receivers count such gaps (see the Bridge's "lost"
+// counter). Choose JetStream or the SQLite outbox when nothing may be lost.
+//
+// Threads: cnats runs message callbacks on its own threads (one per subscription) and connection
+// callbacks on one library-wide thread. Every callback of this transport only records (atomic
+// counters, a state word) or hands off (the DeliveryHandler, which must only enqueue; a bounded
+// queue of connection events that this transport's own thread logs). No callback blocks, runs
+// user code or calls back into cnats.
+//
+// stop(deadline): flushes, then drains the connection (subscriptions hand over what they already
+// hold; the publish buffer is written out), waits for cnats' closed signal, and destroys it.
+// A drain refused while reconnecting is retried until the deadline; past the deadline the
+// connection is closed and the messages subscriptions still held are counted as "discarded".
+//
+// Fork: cnats must not be used across fork(). See notifications/fork.hpp (prepare_fork /
+// after_fork) for pre-fork servers.
+//
+// URL: nats://[user:password@|token@]host[:port][,host[:port]...][?key=value&...]; "tls://" is
+// the same with TLS required. Query keys and TransportConfig::options keys (the URL wins) are the
+// fields of NatsOptions below, by the same names; durations in milliseconds with an "_ms"
+// suffix. Unknown keys and bad values throw TransportError naming them. Credentials never
+// appear in errors, logs or health().
+//
+// health(): kind, state, connection ("connecting", "connected", "reconnecting", "draining",
+// "disconnected", "closed"), server (the URL in use, credentials removed), servers, name,
+// disconnects, reconnects, published, publish_errors, received, slow_consumer_dropped,
+// async_errors, discarded, pending, buffered_bytes, subscriptions, last_error.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "notifications/transport.hpp"
+
+namespace notifications {
+
+inline constexpr TransportCapabilities kNatsCapabilities{
+    .ordered = true, .consumer_groups = true, .needs_server = true};
+
+// Thread-safety: a plain value.
+struct NatsOptions {
+  std::vector<std::string> servers{"nats://127.0.0.1:4222"};  // tried in random order (a cluster)
+  // Authentication: at most one of user/password, token, creds_file, nkey_seed_file.
+  std::string user;
+  std::string password;
+  std::string token;
+  std::string creds_file;      // a .creds file (user JWT and NKey seed)
+  std::string nkey_public;     // with nkey_seed_file: the user's public NKey ("U...")
+  std::string nkey_seed_file;  // a file holding the user's NKey seed ("SU...")
+  // TLS: required when `tls` is true or any server URL is "tls://".
+  bool tls = false;
+  std::string tls_ca_file;    // trusted CA certificates (PEM)
+  std::string tls_cert_file;  // client certificate chain (PEM), with tls_key_file
+  std::string tls_key_file;
+  std::string tls_hostname;   // expected name in the server certificate, when not the host
+  std::string name = "notifications";  // the connection name the server shows
+  int max_reconnect = -1;              // attempts per outage; -1 = forever
+  std::chrono::milliseconds reconnect_wait{250};
+  std::chrono::milliseconds reconnect_jitter{100};
+  std::size_t reconnect_buffer_bytes = 8 * 1024 * 1024;
+  std::chrono::milliseconds ping_interval{10'000};
+  int max_pings_out = 2;
+  std::chrono::milliseconds connect_timeout{2'000};
+  bool retry_on_failed_connect = false;  // true: start() succeeds while no server is reachable
+  bool send_asap = false;  // true: write each publish at once (lower latency, more syscalls)
+  bool no_echo = true;     // the server does not send a connection's own messages back to it
+  int pending_messages_limit = 65'536;           // per subscription, before slow-consumer drops
+  int pending_bytes_limit = 64 * 1024 * 1024;    // per subscription
+};
+
+// A NATS transport, not started (start() connects). Throws TransportError for invalid options.
+std::unique_ptr<Transport> make_nats_transport(NatsOptions options);
+
+// The options that make_transport() uses for a "nats://" or "tls://" URL and config.options.
+// Throws TransportError naming the URL (credentials redacted) and the bad key or value.
+NatsOptions nats_options_from_config(const TransportConfig& config);
+
+// Registers the "nats" and "tls" schemes. Linking notifications::nats does this before main();
+// calling it again is harmless.
+void register_nats_transport();
+
+}  // namespace notifications

@@ -1,0 +1,619 @@
+// The NATS transport over cnats. Contract: include/notifications/transports/nats.hpp.
+#include <nats/nats.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "notifications/bounded_queue.hpp"
+#include "notifications/transports/nats.hpp"
+
+namespace notifications {
+
+void validate_nats_options(const NatsOptions& options);  // nats_options.cpp
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t millis_until(Deadline deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return std::max<std::int64_t>(left, 1);
+}
+
+// What a connection callback reports to the transport's own thread (which logs it).
+struct ConnectionEvent {
+  enum class Kind { connected, disconnected, reconnected, closed, error, lame_duck } kind;
+  natsStatus status = NATS_OK;
+};
+
+const char* kind_name(ConnectionEvent::Kind kind) {
+  switch (kind) {
+    case ConnectionEvent::Kind::connected:
+      return "connected";
+    case ConnectionEvent::Kind::disconnected:
+      return "disconnected";
+    case ConnectionEvent::Kind::reconnected:
+      return "reconnected";
+    case ConnectionEvent::Kind::closed:
+      return "closed";
+    case ConnectionEvent::Kind::error:
+      return "error";
+    case ConnectionEvent::Kind::lame_duck:
+      return "lame duck mode";
+  }
+  return "?";
+}
+
+// State that cnats callbacks touch. cnats may run a callback after the connection was destroyed
+// (its callbacks are queued), so this is reference-counted: the transport holds one reference,
+// the connection one (released by the closed callback, cnats' last), each subscription one
+// (released by its on-complete callback, after its last message callback returned).
+struct Shared {
+  std::atomic<int> refs{1};
+  void retain() { refs.fetch_add(1, std::memory_order_relaxed); }
+  void release() {
+    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  std::atomic<std::uint64_t> disconnects{0};
+  std::atomic<std::uint64_t> reconnects{0};
+  std::atomic<std::uint64_t> async_errors{0};
+  std::atomic<std::uint64_t> slow_consumer_events{0};
+  std::atomic<std::uint64_t> lame_duck{0};
+  std::atomic<std::uint64_t> received{0};
+  std::atomic<std::uint64_t> handler_errors{0};
+  std::atomic<std::uint64_t> events_unlogged{0};  // connection events the log queue refused
+
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool closed = false;  // guarded by mutex: cnats' closed callback ran
+
+  detail::BoundedQueue<ConnectionEvent> events{1024};
+
+  void report(ConnectionEvent::Kind kind, natsStatus status = NATS_OK) {
+    if (events.push(ConnectionEvent{kind, status}, OverflowPolicy::drop_newest, std::chrono::milliseconds(0)) !=
+        detail::BoundedQueue<ConnectionEvent>::Push::accepted) {
+      events_unlogged.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+};
+
+// ---- cnats callbacks: record, hand off, return ----------------------------------------------
+
+void on_disconnected(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->disconnects.fetch_add(1, std::memory_order_relaxed);
+  shared->report(ConnectionEvent::Kind::disconnected);
+}
+
+void on_reconnected(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->reconnects.fetch_add(1, std::memory_order_relaxed);
+  shared->report(ConnectionEvent::Kind::reconnected);
+}
+
+void on_connected(natsConnection*, void* closure) {
+  static_cast<Shared*>(closure)->report(ConnectionEvent::Kind::connected);
+}
+
+void on_lame_duck(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->lame_duck.fetch_add(1, std::memory_order_relaxed);
+  shared->report(ConnectionEvent::Kind::lame_duck);
+}
+
+void on_error(natsConnection*, natsSubscription*, natsStatus status, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  if (status == NATS_SLOW_CONSUMER) {
+    shared->slow_consumer_events.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    shared->async_errors.fetch_add(1, std::memory_order_relaxed);
+  }
+  shared->report(ConnectionEvent::Kind::error, status);
+}
+
+void on_closed(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->report(ConnectionEvent::Kind::closed);
+  {
+    std::lock_guard lock(shared->mutex);
+    shared->closed = true;
+  }
+  shared->changed.notify_all();
+  shared->release();  // the connection's reference: no connection callback follows this one
+}
+
+// One subscription's state; deleted by its on-complete callback.
+struct Subscription {
+  Shared* shared;  // one reference
+  DeliveryHandler handler;
+  std::atomic<bool> active{true};
+};
+
+void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  auto* sub = static_cast<Subscription*>(closure);
+  sub->shared->received.fetch_add(1, std::memory_order_relaxed);
+  if (sub->active.load(std::memory_order_acquire)) {
+    try {
+      Delivery delivery;
+      delivery.message.subject = natsMsg_GetSubject(msg);
+      const char* data = natsMsg_GetData(msg);
+      delivery.message.body.assign(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+      const char** keys = nullptr;
+      int count = 0;
+      if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
+        for (int i = 0; i < count; ++i) {
+          const char* value = nullptr;
+          if (natsMsgHeader_Get(msg, keys[i], &value) == NATS_OK && value != nullptr) {
+            delivery.message.headers.emplace_back(keys[i], value);
+          }
+        }
+        free(static_cast<void*>(keys));
+      }
+      sub->handler(std::move(delivery));
+    } catch (...) {
+      sub->shared->handler_errors.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  natsMsg_Destroy(msg);
+}
+
+void on_subscription_complete(void* closure) {
+  auto* sub = static_cast<Subscription*>(closure);
+  Shared* shared = sub->shared;
+  delete sub;
+  shared->release();
+}
+
+// ---- the transport ------------------------------------------------------------------------
+
+// "nats: <what>: <cnats status text> (<cnats detail>)", with every credential replaced by ***.
+class Scrubber {
+ public:
+  explicit Scrubber(const NatsOptions& options) {
+    for (const std::string* secret : {&options.password, &options.token}) {
+      if (!secret->empty()) secrets_.push_back(*secret);
+    }
+  }
+  std::string operator()(std::string text) const {
+    for (const std::string& secret : secrets_) {
+      for (std::size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3)) {
+        text.replace(at, secret.size(), "***");
+      }
+    }
+    return text;
+  }
+
+ private:
+  std::vector<std::string> secrets_;
+};
+
+bool transient(natsStatus status) {
+  switch (status) {
+    case NATS_INSUFFICIENT_BUFFER:  // the reconnect buffer is full: the connection is down
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_IO_ERROR:
+    case NATS_TIMEOUT:
+    case NATS_NO_MEMORY:
+    case NATS_STALE_CONNECTION:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Thread-safety: as every Transport, all members may be called from any thread (TransportBase
+// serialises the lifecycle; cnats connections are thread-safe).
+class NatsTransport final : public TransportBase {
+ public:
+  explicit NatsTransport(NatsOptions options) : options_(std::move(options)), scrub_(options_) {
+    validate_nats_options(options_);
+  }
+  ~NatsTransport() override {
+    try {
+      stop(Clock::now() + std::chrono::seconds(5));
+    } catch (...) {  // a destructor must not throw
+    }
+    shared_->release();
+  }
+
+  std::string kind() const override { return "nats"; }
+  TransportCapabilities capabilities() const override { return kNatsCapabilities; }
+
+ protected:
+  void do_start() override {
+    natsOptions* opts = nullptr;
+    check(natsOptions_Create(&opts), "creating options");
+    struct OptionsGuard {
+      natsOptions* o;
+      ~OptionsGuard() { natsOptions_Destroy(o); }
+    } guard{opts};
+    std::vector<const char*> servers;
+    for (const std::string& s : options_.servers) servers.push_back(s.c_str());
+    check(natsOptions_SetServers(opts, servers.data(), static_cast<int>(servers.size())), "servers");
+    if (!options_.user.empty()) {
+      check(natsOptions_SetUserInfo(opts, options_.user.c_str(), options_.password.c_str()), "user");
+    }
+    if (!options_.token.empty()) check(natsOptions_SetToken(opts, options_.token.c_str()), "token");
+    if (!options_.creds_file.empty()) {
+      check(natsOptions_SetUserCredentialsFromFiles(opts, options_.creds_file.c_str(), nullptr),
+            "creds_file \"" + options_.creds_file + "\"");
+    }
+    if (!options_.nkey_seed_file.empty()) {
+      check(natsOptions_SetNKeyFromSeed(opts, options_.nkey_public.c_str(), options_.nkey_seed_file.c_str()),
+            "nkey_seed_file \"" + options_.nkey_seed_file + "\"");
+    }
+    const bool tls = options_.tls || std::any_of(options_.servers.begin(), options_.servers.end(),
+                                                 [](const std::string& s) { return s.rfind("tls://", 0) == 0; });
+    if (tls) {
+      check(natsOptions_SetSecure(opts, true), "tls");
+      if (!options_.tls_ca_file.empty()) {
+        check(natsOptions_LoadCATrustedCertificates(opts, options_.tls_ca_file.c_str()),
+              "tls_ca_file \"" + options_.tls_ca_file + "\"");
+      }
+      if (!options_.tls_cert_file.empty()) {
+        check(natsOptions_LoadCertificatesChain(opts, options_.tls_cert_file.c_str(), options_.tls_key_file.c_str()),
+              "tls_cert_file \"" + options_.tls_cert_file + "\" / tls_key_file \"" + options_.tls_key_file + "\"");
+      }
+      if (!options_.tls_hostname.empty()) {
+        check(natsOptions_SetExpectedHostname(opts, options_.tls_hostname.c_str()), "tls_hostname");
+      }
+    }
+    check(natsOptions_SetName(opts, options_.name.c_str()), "name");
+    check(natsOptions_SetMaxReconnect(opts, options_.max_reconnect), "max_reconnect");
+    check(natsOptions_SetReconnectWait(opts, options_.reconnect_wait.count()), "reconnect_wait_ms");
+    check(natsOptions_SetReconnectJitter(opts, options_.reconnect_jitter.count(), options_.reconnect_jitter.count()),
+          "reconnect_jitter_ms");
+    check(natsOptions_SetReconnectBufSize(opts, static_cast<int>(options_.reconnect_buffer_bytes)),
+          "reconnect_buffer_bytes");
+    check(natsOptions_SetPingInterval(opts, options_.ping_interval.count()), "ping_interval_ms");
+    check(natsOptions_SetMaxPingsOut(opts, options_.max_pings_out), "max_pings_out");
+    check(natsOptions_SetTimeout(opts, options_.connect_timeout.count()), "connect_timeout_ms");
+    check(natsOptions_SetSendAsap(opts, options_.send_asap), "send_asap");
+    check(natsOptions_SetNoEcho(opts, options_.no_echo), "no_echo");
+    check(natsOptions_SetErrorHandler(opts, on_error, shared_), "error handler");
+    check(natsOptions_SetClosedCB(opts, on_closed, shared_), "closed callback");
+    check(natsOptions_SetDisconnectedCB(opts, on_disconnected, shared_), "disconnected callback");
+    check(natsOptions_SetReconnectedCB(opts, on_reconnected, shared_), "reconnected callback");
+    check(natsOptions_SetLameDuckModeCB(opts, on_lame_duck, shared_), "lame duck callback");
+    if (options_.retry_on_failed_connect) {
+      check(natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, shared_), "retry_on_failed_connect");
+    }
+
+    shared_->retain();  // the connection's reference, released by on_closed
+    natsConnection* nc = nullptr;
+    const natsStatus status = natsConnection_Connect(&nc, opts);
+    if (status != NATS_OK && status != NATS_NOT_YET_CONNECTED) {
+      shared_->release();  // no connection: no closed callback
+      throw TransportError(describe("cannot connect to " + servers_text(), status));
+    }
+    {
+      std::unique_lock lock(connection_mutex_);
+      nc_ = nc;
+    }
+    // Events reported before this thread runs wait in the queue.
+    log_thread_ = std::thread([this] { run_log(); });
+    if (status == NATS_NOT_YET_CONNECTED) {
+      spdlog::warn("notifications nats: no server reachable yet at {}; retrying in the background",
+                   servers_text());
+    } else {
+      spdlog::info("notifications nats: connected to {}", connected_url());
+    }
+  }
+
+  PublishResult do_publish(std::span<const Message> batch) override {
+    natsConnection* nc = nc_;  // stable between do_start and do_stop, which never overlap publish
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const Message& m = batch[i];
+      natsMsg* msg = nullptr;
+      natsStatus s = natsMsg_Create(&msg, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size()));
+      if (s == NATS_OK && headers_) {
+        for (const auto& [key, value] : m.headers) {
+          s = natsMsgHeader_Set(msg, key.c_str(), value.c_str());
+          if (s != NATS_OK) break;
+        }
+      }
+      if (s == NATS_OK) s = natsConnection_PublishMsg(nc, msg);
+      if (s == NATS_NO_SERVER_SUPPORT && headers_) {
+        // A server without headers: the envelope body carries everything; send it without them.
+        headers_ = false;
+        spdlog::warn("notifications nats: the server does not support headers; publishing bodies only");
+        natsMsg_Destroy(msg);
+        --i;
+        continue;
+      }
+      natsMsg_Destroy(msg);
+      if (s != NATS_OK) {
+        publish_errors_.fetch_add(1, std::memory_order_relaxed);
+        published_.fetch_add(i, std::memory_order_relaxed);
+        return PublishResult{i, transient(s),
+                             describe("publish to \"" + m.subject + "\"", s)};
+      }
+    }
+    published_.fetch_add(batch.size(), std::memory_order_relaxed);
+    return PublishResult{batch.size(), true, {}};
+  }
+
+  void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+                    DeliveryHandler handler) override {
+    auto* state = new Subscription{shared_, std::move(handler)};
+    shared_->retain();
+    natsSubscription* sub = nullptr;
+    natsStatus s = group.empty()
+                       ? natsConnection_Subscribe(&sub, nc_, pattern.c_str(), on_message, state)
+                       : natsConnection_QueueSubscribe(&sub, nc_, pattern.c_str(), group.c_str(), on_message, state);
+    if (s != NATS_OK) {
+      delete state;
+      shared_->release();
+      throw TransportError(describe("subscribe \"" + pattern + "\"", s));
+    }
+    s = natsSubscription_SetOnCompleteCB(sub, on_subscription_complete, state);
+    if (s == NATS_OK) {
+      s = natsSubscription_SetPendingLimits(sub, options_.pending_messages_limit, options_.pending_bytes_limit);
+    }
+    if (s != NATS_OK) {
+      // Without the on-complete callback the state may still be in use: leak it rather than race.
+      natsSubscription_Unsubscribe(sub);
+      natsSubscription_Destroy(sub);
+      throw TransportError(describe("subscribe \"" + pattern + "\"", s));
+    }
+    {
+      std::unique_lock lock(connection_mutex_);
+      subscriptions_[id] = Entry{sub, state, pattern};
+    }
+    // The server knows the interest once it answered a PING sent after the SUB: events
+    // published after subscribe() returns reach this subscription. While disconnected this
+    // fails; cnats subscribes again on reconnect.
+    natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
+  }
+
+  void do_unsubscribe(std::uint64_t id) override {
+    Entry entry;
+    {
+      std::unique_lock lock(connection_mutex_);
+      const auto it = subscriptions_.find(id);
+      if (it == subscriptions_.end()) return;
+      entry = it->second;
+      subscriptions_.erase(it);
+    }
+    entry.state->active.store(false, std::memory_order_release);  // `state` lives until on-complete
+    natsSubscription_Unsubscribe(entry.sub);
+    natsSubscription_Destroy(entry.sub);
+  }
+
+  // May run while do_stop drains (TransportBase does not serialise flush): the shared lock keeps
+  // the connection alive; once closed, FlushTimeout returns at once.
+  bool do_flush(Deadline deadline) override {
+    std::shared_lock lock(connection_mutex_);
+    return nc_ != nullptr && natsConnection_FlushTimeout(nc_, millis_until(deadline)) == NATS_OK;
+  }
+
+  void do_stop(Deadline deadline) override {
+    natsConnection* nc = nc_;
+    if (nc == nullptr) return;  // never started
+    natsConnection_FlushTimeout(nc, millis_until(deadline));
+    // Drain: subscriptions hand over what they hold, publishes are written out, then cnats
+    // closes the connection. Refused while reconnecting: retried until the deadline.
+    bool draining = false;
+    for (int attempt = 0; attempt < 100'000 && Clock::now() < deadline; ++attempt) {
+      const natsStatus s = natsConnection_DrainTimeout(nc, millis_until(deadline));
+      if (s == NATS_OK) {
+        draining = true;
+        break;
+      }
+      if (s == NATS_CONNECTION_CLOSED) break;
+      if (s != NATS_ILLEGAL_STATE && s != NATS_CONNECTION_DISCONNECTED) {
+        note_error(describe("drain", s));
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!draining || !wait_closed(deadline + std::chrono::milliseconds(200))) {
+      discarded_.fetch_add(pending_messages(), std::memory_order_relaxed);
+      natsConnection_Close(nc);
+      if (!wait_closed(Clock::now() + std::chrono::seconds(5))) {
+        spdlog::error("notifications nats: the connection did not report closed within 5 s after close");
+      }
+    }
+    if (const auto discarded = discarded_.load(); discarded > 0) {
+      spdlog::warn("notifications nats: {} received message(s) discarded at stop (deadline passed)", discarded);
+    }
+    std::map<std::uint64_t, Entry> subs;
+    {
+      std::unique_lock lock(connection_mutex_);
+      subs.swap(subscriptions_);
+      nc_ = nullptr;
+    }
+    for (auto& [id, entry] : subs) natsSubscription_Destroy(entry.sub);
+    natsConnection_Destroy(nc);
+    shared_->events.close();
+    if (log_thread_.joinable()) log_thread_.join();
+  }
+
+  nlohmann::json do_health() const override {
+    std::shared_lock lock(connection_mutex_);
+    nlohmann::json h{
+        {"connection", nc_ == nullptr ? "closed" : status_name(natsConnection_Status(nc_))},
+        {"server", nc_ == nullptr ? "" : connected_url_locked()},
+        {"servers", options_.servers},
+        {"name", options_.name},
+        {"disconnects", shared_->disconnects.load()},
+        {"reconnects", shared_->reconnects.load()},
+        {"published", published_.load()},
+        {"publish_errors", publish_errors_.load()},
+        {"received", shared_->received.load()},
+        {"async_errors", shared_->async_errors.load()},
+        {"lame_duck", shared_->lame_duck.load()},
+        {"handler_errors", shared_->handler_errors.load()},
+        {"discarded", discarded_.load()},
+        {"subscriptions", subscriptions_.size()},
+    };
+    std::int64_t dropped = 0;
+    std::int64_t pending = 0;
+    for (const auto& [id, entry] : subscriptions_) {
+      std::int64_t d = 0;
+      if (natsSubscription_GetDropped(entry.sub, &d) == NATS_OK) dropped += d;
+      int msgs = 0;
+      int bytes = 0;
+      if (natsSubscription_GetPending(entry.sub, &msgs, &bytes) == NATS_OK) pending += msgs;
+    }
+    h["slow_consumer_dropped"] = dropped;
+    h["slow_consumer_events"] = shared_->slow_consumer_events.load();
+    h["pending"] = pending;
+    h["buffered_bytes"] = nc_ == nullptr ? 0 : std::max(0, natsConnection_Buffered(nc_));
+    std::lock_guard error_lock(error_mutex_);
+    h["last_error"] = last_error_;
+    return h;
+  }
+
+ private:
+  struct Entry {
+    natsSubscription* sub = nullptr;
+    Subscription* state = nullptr;
+    std::string pattern;
+  };
+
+  void check(natsStatus status, const std::string& what) const {
+    if (status != NATS_OK) throw TransportError(describe(what, status));
+  }
+
+  std::string describe(const std::string& what, natsStatus status) const {
+    std::string text = "nats: " + what + ": " + natsStatus_GetText(status);
+    const char* detail = nats_GetLastError(nullptr);
+    if (detail != nullptr && *detail != '\0' && std::string_view(detail) != natsStatus_GetText(status)) {
+      text += std::string(" (") + detail + ")";
+    }
+    return scrub_(std::move(text));
+  }
+
+  void note_error(const std::string& text) {
+    spdlog::warn("notifications nats: {}", text);
+    std::lock_guard lock(error_mutex_);
+    last_error_ = text;
+  }
+
+  std::string servers_text() const {
+    std::string out;
+    for (const std::string& s : options_.servers) out += (out.empty() ? "" : ",") + s;
+    return out;
+  }
+
+  std::string connected_url() const {
+    std::shared_lock lock(connection_mutex_);
+    return connected_url_locked();
+  }
+  std::string connected_url_locked() const {
+    char buffer[512] = {0};
+    if (nc_ == nullptr || natsConnection_GetConnectedUrl(nc_, buffer, sizeof buffer) != NATS_OK) return "";
+    return scrub_(redact_url(buffer));
+  }
+
+  static const char* status_name(natsConnStatus status) {
+    switch (status) {
+      case NATS_CONN_STATUS_DISCONNECTED:
+        return "disconnected";
+      case NATS_CONN_STATUS_CONNECTING:
+        return "connecting";
+      case NATS_CONN_STATUS_CONNECTED:
+        return "connected";
+      case NATS_CONN_STATUS_CLOSED:
+        return "closed";
+      case NATS_CONN_STATUS_RECONNECTING:
+        return "reconnecting";
+      case NATS_CONN_STATUS_DRAINING_SUBS:
+      case NATS_CONN_STATUS_DRAINING_PUBS:
+        return "draining";
+    }
+    return "unknown";
+  }
+
+  std::uint64_t pending_messages() const {
+    std::shared_lock lock(connection_mutex_);
+    std::uint64_t total = 0;
+    for (const auto& [id, entry] : subscriptions_) {
+      int msgs = 0;
+      int bytes = 0;
+      if (natsSubscription_GetPending(entry.sub, &msgs, &bytes) == NATS_OK && msgs > 0) total += msgs;
+    }
+    return total;
+  }
+
+  bool wait_closed(Deadline deadline) {
+    std::unique_lock lock(shared_->mutex);
+    return shared_->changed.wait_until(lock, deadline, [&] { return shared_->closed; });
+  }
+
+  // The transport's own thread: logs what the connection callbacks reported.
+  void run_log() {
+    std::vector<ConnectionEvent> batch;
+    while (true) {
+      batch.clear();
+      if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(500))) break;
+      for (const ConnectionEvent& e : batch) {
+        if (e.kind == ConnectionEvent::Kind::error) {
+          note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
+        } else if (e.kind == ConnectionEvent::Kind::disconnected) {
+          note_error("disconnected from the server");
+        } else {
+          spdlog::info("notifications nats: {}{}", kind_name(e.kind),
+                       e.kind == ConnectionEvent::Kind::reconnected ? " to " + connected_url() : std::string());
+        }
+      }
+    }
+  }
+
+  const NatsOptions options_;
+  const Scrubber scrub_;
+  Shared* const shared_ = new Shared;  // one reference, released by the destructor
+  std::thread log_thread_;
+
+  // Exclusive to change nc_ or subscriptions_, shared to use them. do_publish and do_subscribe
+  // read nc_ without it: TransportBase never runs them during do_start or do_stop.
+  mutable std::shared_mutex connection_mutex_;
+  natsConnection* nc_ = nullptr;
+  std::map<std::uint64_t, Entry> subscriptions_;
+  bool headers_ = true;                               // publishing thread only
+
+  std::atomic<std::uint64_t> published_{0};
+  std::atomic<std::uint64_t> publish_errors_{0};
+  std::atomic<std::uint64_t> discarded_{0};
+  mutable std::mutex error_mutex_;
+  std::string last_error_;  // guarded by error_mutex_
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_nats_transport(NatsOptions options) {
+  return std::make_unique<NatsTransport>(std::move(options));
+}
+
+void register_nats_transport() {
+  for (const char* scheme : {"nats", "tls"}) {
+    register_transport(scheme, [](const TransportConfig& config) {
+      return make_nats_transport(nats_options_from_config(config));
+    });
+  }
+}
+
+}  // namespace notifications
+
+// Linking notifications::nats registers the schemes before main(); the target's link options
+// name this symbol so that the linker keeps this object file.
+extern "C" int notifications_nats_registered;
+int notifications_nats_registered = [] {
+  notifications::register_nats_transport();
+  return 1;
+}();
