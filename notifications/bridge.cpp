@@ -408,7 +408,14 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     while (true) {
       batch.clear();
       if (!inbound.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
-      for (Delivery& delivery : batch) dispatch(delivery);
+      for (Delivery& delivery : batch) {
+        if (past_deadline()) {  // shutdown's deadline passed: count the rest, deliver no more
+          drop(Drop::shutdown_deadline, "(inbound message)");
+          if (delivery.settle) delivery.settle(Settle::nak);
+          continue;
+        }
+        dispatch(delivery);
+      }
     }
   }
 
