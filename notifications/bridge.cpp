@@ -1,9 +1,12 @@
 #include "notifications/bridge.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -17,6 +20,7 @@
 #include "notifications/bounded_queue.hpp"
 #include "notifications/describe.hpp"
 #include "notifications/envelope.hpp"
+#include "notifications/fork_registry.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/ids.hpp"
 #include "notifications/subject.hpp"
@@ -75,7 +79,7 @@ constexpr std::chrono::microseconds kIdleSpin{50};
 
 }  // namespace
 
-struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
+struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkParticipant {
   Impl(Notifier& n, std::shared_ptr<Transport> t, BridgeConfig c, BridgeHooks h)
       : notifier(n),
         transport(std::move(t)),
@@ -101,6 +105,19 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
   std::vector<std::uint64_t> remote_subscriptions;  // guarded by lifecycle
   std::thread sender;
   std::thread dispatcher;
+
+  // Fork support: prepare_fork() asks the sender and dispatcher to park outside every lock.
+  struct Pause {
+    std::mutex mutex;
+    std::condition_variable changed;
+    bool requested = false;  // guarded by mutex
+    int parked = 0;          // guarded by mutex
+  };
+  std::atomic<bool> pause_requested{false};
+  std::unique_ptr<Pause> pause = std::make_unique<Pause>();  // replaced in a forked child
+  bool prepared_for_fork = false;  // guarded by lifecycle, which prepare_fork keeps locked
+  std::atomic<bool> registered_for_fork{false};
+  pid_t owner_pid = 0;  // the process that started the threads; guarded by lifecycle
   std::atomic<std::thread::id> dispatcher_id{};
   std::optional<ShutdownReport> report;  // guarded by lifecycle
   std::atomic<std::int64_t> deadline_ns{0};  // shutdown deadline (steady clock), 0 = none
@@ -294,6 +311,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     std::unordered_map<std::string, std::uint64_t> sequences;  // by subject: the last one sent
     batch.reserve(config.batch_size);
     while (true) {
+      park_if_requested();
       batch.clear();
       if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
         break;  // closed and empty
@@ -406,6 +424,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
     dispatcher_id.store(std::this_thread::get_id());
     std::vector<Delivery> batch;
     while (true) {
+      park_if_requested();
       batch.clear();
       if (!inbound.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
       for (Delivery& delivery : batch) {
@@ -448,14 +467,110 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl> {
         if (auto self = weak.lock()) self->forward(i, event);
       }));
     }
+    owner_pid = getpid();
     state.store(State::running);
     spdlog::debug("notifications bridge: started (transport {}, app \"{}\", instance {})",
                  transport->kind(), config.app, hooks.instance_id);
   }
 
+  // ---- fork ----------------------------------------------------------------------------------
+
+  // Sender and dispatcher threads: waits here, holding no other lock, while a fork is prepared.
+  void park_if_requested() {
+    if (!pause_requested.load(std::memory_order_acquire)) return;
+    Pause& p = *pause;
+    std::unique_lock lock(p.mutex);
+    if (!p.requested) return;
+    ++p.parked;
+    p.changed.notify_all();
+    p.changed.wait(lock, [&] { return !p.requested; });
+    --p.parked;
+  }
+
+  void set_pause(bool requested) {
+    {
+      std::lock_guard lock(pause->mutex);
+      pause->requested = requested;
+    }
+    pause_requested.store(requested, std::memory_order_release);
+    pause->changed.notify_all();
+  }
+
+  // Locks `lifecycle` until after_fork(). False (and unlocked) when the threads did not park in
+  // time; then they run on.
+  bool prepare_fork(Clock::time_point deadline) override {
+    lifecycle.lock();
+    prepared_for_fork = state.load() == State::running;
+    if (!prepared_for_fork) return true;  // nothing runs: nothing to park
+    set_pause(true);
+    bool parked = false;
+    {
+      std::unique_lock lock(pause->mutex);
+      parked = pause->changed.wait_until(lock, deadline, [&] { return pause->parked == 2; });
+    }
+    if (!parked) {
+      set_pause(false);
+      prepared_for_fork = false;
+      lifecycle.unlock();
+      return false;
+    }
+    transport->prepare_fork(deadline);
+    return true;
+  }
+
+  void after_fork(bool in_child) override {
+    if (prepared_for_fork) {
+      prepared_for_fork = false;
+      if (in_child) {
+        // The parked threads do not exist here: forget them without joining, and start afresh.
+        new std::thread(std::move(sender));      // leaked on purpose: never joined
+        new std::thread(std::move(dispatcher));  // leaked on purpose: never joined
+        (void)pause.release();                   // still counts the parent's waiters: leaked
+        pause = std::make_unique<Pause>();
+        pause_requested.store(false, std::memory_order_release);
+        hooks.instance_id = detail::random_uuid();
+        owner_pid = getpid();
+        outbound.take_all();  // the parent's events: the parent sends them
+        inbound.take_all();
+        reset_counters();
+        transport->after_fork(true);
+        sender = std::thread([this] { run_sender(); });
+        dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
+      } else {
+        transport->after_fork(false);
+        set_pause(false);
+      }
+    }
+    lifecycle.unlock();
+  }
+
+  // In a child forked without prepare_fork()/after_fork(): the sender and dispatcher threads do
+  // not exist here, and a client library must not be touched. Stops forwarding, leaves the rest.
+  ShutdownReport abandon_in_forked_child() {
+    accepting.store(false, std::memory_order_release);
+    state.store(State::stopped);
+    new std::thread(std::move(sender));      // leaked on purpose: never joined
+    new std::thread(std::move(dispatcher));  // leaked on purpose: never joined
+    const std::string detail =
+        "forked child without notifications::prepare_fork()/after_fork(): the bridge was abandoned; "
+        "its queue belongs to the parent";
+    spdlog::error("notifications bridge: {}", detail);
+    report = ShutdownReport{false, 0, 0, detail};
+    return *report;
+  }
+
+  void reset_counters() {
+    for (auto* counter : {&counters.accepted, &counters.sent, &counters.failed, &counters.retried,
+                          &counters.received, &counters.malformed, &counters.echo_suppressed, &counters.lost}) {
+      counter->store(0);
+    }
+    for (auto& counter : counters.dropped) counter.store(0);
+  }
+
   ShutdownReport shutdown(std::chrono::milliseconds timeout) {
     std::lock_guard lock(lifecycle);
     if (report) return *report;
+    if (state.load() == State::running && owner_pid != getpid()) return abandon_in_forked_child();
     const auto deadline = Clock::now() + timeout;
     const bool was_running = state.load() == State::running;
     state.store(State::stopping);
@@ -573,7 +688,11 @@ Bridge::~Bridge() {
   impl_->forwarders.clear();
 }
 
-void Bridge::start() { impl_->start(); }
+void Bridge::start() {
+  impl_->start();
+  // Outside the lifecycle lock: prepare_fork() takes the registry's lock, then each lifecycle.
+  if (!impl_->registered_for_fork.exchange(true)) detail::register_fork_participant(impl_);
+}
 bool Bridge::flush(std::chrono::milliseconds timeout) { return impl_->flush(timeout); }
 ShutdownReport Bridge::shutdown(std::chrono::milliseconds timeout) { return impl_->shutdown(timeout); }
 nlohmann::json Bridge::health() const { return impl_->health(); }

@@ -106,6 +106,14 @@ class Transport {
   virtual void stop(Deadline deadline) = 0;
   // State and counters as JSON; never contains credentials.
   virtual nlohmann::json health() const = 0;
+
+  // Fork support (notifications/fork.hpp), called with the Bridge's threads parked, so no
+  // publish, subscribe or flush runs meanwhile. prepare_fork closes what cannot cross fork()
+  // (connections, threads) and keeps the subscriptions; after_fork reopens both, in the parent
+  // and in the child, retrying in the background when the server cannot be reached. Defaults: do
+  // nothing (a transport that cannot cross fork() says so in its documentation).
+  virtual void prepare_fork(Deadline deadline) { (void)deadline; }
+  virtual void after_fork(bool in_child) { (void)in_child; }
 };
 
 // Lifecycle and locking for transports: created -> started -> stopped, checked once here.

@@ -381,9 +381,8 @@ TEST_P(Conformance, Reconnect) {
   const std::size_t sent = static_cast<std::size_t>(total + probes);
   const auto dropped = [&] {
     std::uint64_t sum = 0;
-    for (const auto& [reason, count] : sender.bridge->health()["counters"]["dropped"].items()) {
-      sum += count.get<std::uint64_t>();
-    }
+    const nlohmann::json health = sender.bridge->health();  // items() below must not outlive it
+    for (const auto& [reason, count] : health["counters"]["dropped"].items()) sum += count.get<std::uint64_t>();
     return sum;
   };
   // What the sender dropped is counted there; what the transport lost on the way shows as gaps

@@ -16,7 +16,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include "notifications/bounded_queue.hpp"
+#include "notifications/fork.hpp"
 #include "notifications/transports/nats.hpp"
 
 namespace notifications {
@@ -177,6 +180,13 @@ void on_subscription_complete(void* closure) {
   shared->release();
 }
 
+// Connections of this library that are open in this process: cnats can be closed for a fork
+// only when there are none.
+std::atomic<int>& open_connections() {
+  static std::atomic<int> count{0};
+  return count;
+}
+
 // ---- the transport ------------------------------------------------------------------------
 
 // "nats: <what>: <cnats status text> (<cnats detail>)", with every credential replaced by ***.
@@ -234,7 +244,11 @@ class NatsTransport final : public TransportBase {
   TransportCapabilities capabilities() const override { return kNatsCapabilities; }
 
  protected:
-  void do_start() override {
+  void do_start() override { connect(options_.retry_on_failed_connect); }
+
+  // Connects (in the background when `retry_in_background` and no server answers yet) and starts
+  // the log thread.
+  void connect(bool retry_in_background) {
     natsOptions* opts = nullptr;
     check(natsOptions_Create(&opts), "creating options");
     struct OptionsGuard {
@@ -289,7 +303,7 @@ class NatsTransport final : public TransportBase {
     check(natsOptions_SetDisconnectedCB(opts, on_disconnected, shared_), "disconnected callback");
     check(natsOptions_SetReconnectedCB(opts, on_reconnected, shared_), "reconnected callback");
     check(natsOptions_SetLameDuckModeCB(opts, on_lame_duck, shared_), "lame duck callback");
-    if (options_.retry_on_failed_connect) {
+    if (retry_in_background) {
       check(natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, shared_), "retry_on_failed_connect");
     }
 
@@ -304,7 +318,10 @@ class NatsTransport final : public TransportBase {
       std::unique_lock lock(connection_mutex_);
       nc_ = nc;
     }
+    open_connections().fetch_add(1);
+    owner_pid_ = getpid();
     // Events reported before this thread runs wait in the queue.
+    log_stop_.store(false);
     log_thread_ = std::thread([this] { run_log(); });
     if (status == NATS_NOT_YET_CONNECTED) {
       spdlog::warn("notifications nats: no server reachable yet at {}; retrying in the background",
@@ -315,7 +332,12 @@ class NatsTransport final : public TransportBase {
   }
 
   PublishResult do_publish(std::span<const Message> batch) override {
+    if (forked_without_after_fork()) {
+      return PublishResult{0, false, "nats: used in a forked child without notifications::after_fork(): "
+                                     "cnats cannot cross fork()"};
+    }
     natsConnection* nc = nc_;  // stable between do_start and do_stop, which never overlap publish
+    if (nc == nullptr) return PublishResult{0, true, "nats: not connected"};
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Message& m = batch[i];
       natsMsg* msg = nullptr;
@@ -349,7 +371,7 @@ class NatsTransport final : public TransportBase {
 
   void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
                     DeliveryHandler handler) override {
-    auto* state = new Subscription{shared_, std::move(handler)};
+    auto* state = new Subscription{shared_, handler};
     shared_->retain();
     natsSubscription* sub = nullptr;
     natsStatus s = group.empty()
@@ -372,7 +394,7 @@ class NatsTransport final : public TransportBase {
     }
     {
       std::unique_lock lock(connection_mutex_);
-      subscriptions_[id] = Entry{sub, state, pattern};
+      subscriptions_[id] = Entry{sub, state, id, pattern, group, std::move(handler)};
     }
     // The server knows the interest once it answered a PING sent after the SUB: events
     // published after subscribe() returns reach this subscription. While disconnected this
@@ -402,6 +424,45 @@ class NatsTransport final : public TransportBase {
   }
 
   void do_stop(Deadline deadline) override {
+    if (forked_without_after_fork()) {
+      spdlog::error("notifications nats: stopped in a forked child without notifications::after_fork(): "
+                    "the connection is abandoned (cnats cannot cross fork())");
+      return;
+    }
+    close_connection(deadline);
+    shared_->events.close();
+  }
+
+  void prepare_fork(Deadline deadline) override {
+    std::vector<Entry> keep;
+    {
+      std::shared_lock lock(connection_mutex_);
+      for (const auto& [id, entry] : subscriptions_) keep.push_back(entry);
+    }
+    close_connection(deadline);
+    fork_subscriptions_ = std::move(keep);
+  }
+
+  void after_fork(bool in_child) override {
+    {
+      std::lock_guard lock(shared_->mutex);
+      shared_->closed = false;
+    }
+    if (in_child) owner_pid_ = getpid();
+    try {
+      connect(true);  // cnats keeps trying in the background when no server answers
+      for (Entry& entry : fork_subscriptions_) do_subscribe(entry.id, entry.pattern, entry.group, entry.handler);
+    } catch (const std::exception& e) {
+      note_error(std::string("after fork: ") + e.what());
+    }
+    fork_subscriptions_.clear();
+  }
+
+ private:
+  // Flushes, drains (retried while reconnecting), waits for closed, destroys the connection and
+  // its subscriptions, and stops the log thread. The subscriptions' handlers are left to the
+  // caller (the map is emptied).
+  void close_connection(Deadline deadline) {
     natsConnection* nc = nc_;
     if (nc == nullptr) return;  // never started
     natsConnection_FlushTimeout(nc, millis_until(deadline));
@@ -439,9 +500,12 @@ class NatsTransport final : public TransportBase {
     }
     for (auto& [id, entry] : subs) natsSubscription_Destroy(entry.sub);
     natsConnection_Destroy(nc);
-    shared_->events.close();
+    open_connections().fetch_sub(1);
+    log_stop_.store(true);
     if (log_thread_.joinable()) log_thread_.join();
   }
+
+ protected:
 
   nlohmann::json do_health() const override {
     std::shared_lock lock(connection_mutex_);
@@ -483,7 +547,10 @@ class NatsTransport final : public TransportBase {
   struct Entry {
     natsSubscription* sub = nullptr;
     Subscription* state = nullptr;
+    std::uint64_t id = 0;
     std::string pattern;
+    std::string group;
+    DeliveryHandler handler;  // a copy, to subscribe again after a fork
   };
 
   void check(natsStatus status, const std::string& what) const {
@@ -559,9 +626,9 @@ class NatsTransport final : public TransportBase {
   // The transport's own thread: logs what the connection callbacks reported.
   void run_log() {
     std::vector<ConnectionEvent> batch;
-    while (true) {
+    while (!log_stop_.load()) {
       batch.clear();
-      if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(500))) break;
+      if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
       for (const ConnectionEvent& e : batch) {
         if (e.kind == ConnectionEvent::Kind::error) {
           note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
@@ -579,6 +646,11 @@ class NatsTransport final : public TransportBase {
   const Scrubber scrub_;
   Shared* const shared_ = new Shared;  // one reference, released by the destructor
   std::thread log_thread_;
+  std::atomic<bool> log_stop_{false};
+  pid_t owner_pid_ = 0;                     // the process that connected
+  std::vector<Entry> fork_subscriptions_;   // between prepare_fork and after_fork
+
+  bool forked_without_after_fork() const { return owner_pid_ != 0 && owner_pid_ != getpid(); }
 
   // Exclusive to change nc_ or subscriptions_, shared to use them. do_publish and do_subscribe
   // read nc_ without it: TransportBase never runs them during do_start or do_stop.
@@ -601,6 +673,24 @@ std::unique_ptr<Transport> make_nats_transport(NatsOptions options) {
 }
 
 void register_nats_transport() {
+  static std::once_flag fork_handler;
+  std::call_once(fork_handler, [] {
+    // After every Bridge closed its connection: close cnats itself, so that none of its threads
+    // exists when fork() runs; it opens again on the next connect, in either process.
+    register_fork_handler(
+        [] {
+          if (open_connections().load() != 0) {
+            spdlog::warn("notifications nats: {} connection(s) outside a Bridge are open at fork(): cnats "
+                         "stays open and must not be used in the child",
+                         open_connections().load());
+            return;
+          }
+          if (const natsStatus s = nats_CloseAndWait(5000); s != NATS_OK && s != NATS_NOT_INITIALIZED) {
+            spdlog::warn("notifications nats: closing cnats before fork(): {}", natsStatus_GetText(s));
+          }
+        },
+        nullptr);
+  });
   for (const char* scheme : {"nats", "tls"}) {
     register_transport(scheme, [](const TransportConfig& config) {
       return make_nats_transport(nats_options_from_config(config));

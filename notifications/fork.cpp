@@ -1,0 +1,97 @@
+#include "notifications/fork.hpp"
+
+#include <unistd.h>
+
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "notifications/errors.hpp"
+#include "notifications/fork_registry.hpp"
+
+namespace notifications {
+
+namespace {
+
+struct Handler {
+  std::function<void()> prepare;
+  std::function<void(bool)> after;
+};
+
+struct Registry {
+  std::mutex mutex;
+  std::vector<std::weak_ptr<detail::ForkParticipant>> participants;  // guarded by mutex
+  std::vector<Handler> handlers;                                     // guarded by mutex
+  // Between prepare_fork() and after_fork(), guarded by the thread that forks:
+  std::vector<std::shared_ptr<detail::ForkParticipant>> prepared;
+  pid_t prepared_in = 0;
+};
+
+Registry& registry() {
+  static Registry* instance = new Registry;  // never destroyed: usable from static destructors
+  return *instance;
+}
+
+}  // namespace
+
+namespace detail {
+void register_fork_participant(std::weak_ptr<ForkParticipant> participant) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  std::erase_if(r.participants, [](const auto& p) { return p.expired(); });
+  r.participants.push_back(std::move(participant));
+}
+}  // namespace detail
+
+void register_fork_handler(std::function<void()> prepare, std::function<void(bool)> after) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  r.handlers.push_back(Handler{std::move(prepare), std::move(after)});
+}
+
+void prepare_fork(std::chrono::milliseconds timeout) {
+  Registry& r = registry();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  r.mutex.lock();  // held until after_fork(): no participant comes or goes across the fork
+  if (r.prepared_in != 0) {
+    r.mutex.unlock();
+    throw Error("fork", "prepare_fork() called twice without after_fork()");
+  }
+  std::vector<std::shared_ptr<detail::ForkParticipant>> prepared;
+  for (const auto& weak : r.participants) {
+    auto participant = weak.lock();
+    if (!participant) continue;
+    if (!participant->prepare_fork(deadline)) {
+      for (auto& p : prepared) p->after_fork(false);
+      r.mutex.unlock();
+      throw Error("fork", "prepare_fork: a bridge's threads did not park within " +
+                              std::to_string(timeout.count()) + " ms; nothing was prepared");
+    }
+    prepared.push_back(std::move(participant));
+  }
+  for (const Handler& h : r.handlers) {
+    if (h.prepare) h.prepare();
+  }
+  r.prepared = std::move(prepared);
+  r.prepared_in = getpid();
+}
+
+void after_fork() {
+  Registry& r = registry();
+  if (r.prepared_in == 0) return;  // read by the thread that called prepare_fork(), which holds the lock
+  const bool in_child = getpid() != r.prepared_in;
+  r.prepared_in = 0;
+  for (const Handler& h : r.handlers) {
+    if (h.after) h.after(in_child);
+  }
+  auto prepared = std::move(r.prepared);
+  r.prepared.clear();
+  for (auto& p : prepared) p->after_fork(in_child);
+  r.mutex.unlock();
+  spdlog::debug("notifications: after_fork in the {}: {} bridge(s) resumed", in_child ? "child" : "parent",
+                prepared.size());
+}
+
+}  // namespace notifications
