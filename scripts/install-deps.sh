@@ -16,7 +16,12 @@ packages=(
   libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer and sanitizer runtimes for clang
   python3 python3-jsonschema  # validates real envelopes against docs/envelope.schema.json
+  openssl                 # certificates for the TLS tests against nats-server
 )
+# The nats.js interop test runs under Node.js: the machine's own when it has one, else Debian's.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,13 +30,14 @@ for p in "${packages[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -ne 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-echo "install-deps: installing ${missing[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The interop test's node packages (nats.js, ajv), from tests/nats/interop/package-lock.json.
+bash "$(dirname "${BASH_SOURCE[0]}")/../tests/nats/interop/install.sh"

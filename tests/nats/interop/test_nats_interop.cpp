@@ -1,0 +1,381 @@
+// Interop with a third-party client: nats.js (the npm package `nats`, run by node) and a Bridge
+// over the NATS transport exchange envelopes through a real nats-server, both ways. The node
+// side (peer.mjs) builds and checks envelopes from docs/envelope.md and envelope.schema.json
+// alone, so these tests prove the wire format, not just that our encoder agrees with our decoder.
+//
+// Skipped when node is not installed or tests/nats/interop/node_modules is missing (run
+// tests/nats/interop/install.sh). Every wait is bounded; the node child is stopped by its PID
+// and gets SIGKILL if this test's thread dies first.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nats_server.hpp"
+#include "notifications/bridge.hpp"
+#include "notifications/notifier.hpp"
+#include "notifications/transports/nats.hpp"
+#include "wait.hpp"
+
+#ifndef INTEROP_DIR
+#error "INTEROP_DIR (the tests/nats/interop source folder) must be defined by the build"
+#endif
+
+namespace n = notifications;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+const std::filesystem::path kInteropDir{INTEROP_DIR};
+constexpr auto kPeerStartTimeout = 20s;  // node start, module loading, connect, subscribe
+constexpr auto kPeerResultTimeout = 15s;  // the peer itself gives up after 10 s
+constexpr auto kPeerExitTimeout = 5s;
+constexpr auto kDeliveryTimeout = 10s;
+
+std::string errno_text() { return std::strerror(errno); }
+
+// The node executable: the first "node" on PATH, else /usr/bin/node; empty when there is none.
+std::string find_node() {
+  if (const char* path = std::getenv("PATH")) {
+    std::istringstream dirs(path);
+    std::string dir;
+    while (std::getline(dirs, dir, ':')) {
+      if (dir.empty()) continue;
+      const std::string candidate = dir + "/node";
+      if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate)) {
+        return candidate;
+      }
+    }
+  }
+  return ::access("/usr/bin/node", X_OK) == 0 ? "/usr/bin/node" : "";
+}
+
+// One child process (node peer.mjs ...) with its stdout and stderr on pipes.
+// Thread-safety: not thread-safe; the test thread owns it. The child gets SIGKILL when the thread
+// that started it exits, and when this object is destroyed before the child ended.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& args) {
+    if (args.empty() || args[0].empty() || args[0][0] != '/') {
+      throw std::runtime_error("Child: args[0] must be an absolute path");
+    }
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+
+    int out[2] = {-1, -1};
+    int err[2] = {-1, -1};
+    if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2: " + errno_text());
+    if (::pipe2(err, O_CLOEXEC) != 0) {
+      close_all({out[0], out[1]});
+      throw std::runtime_error("pipe2: " + errno_text());
+    }
+    const int null_in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null_in < 0) {
+      close_all({out[0], out[1], err[0], err[1]});
+      throw std::runtime_error("open /dev/null: " + errno_text());
+    }
+    rlimit files{};
+    ::getrlimit(RLIMIT_NOFILE, &files);
+    const int max_fd = static_cast<int>(std::min<rlim_t>(files.rlim_cur, 65536));
+    const pid_t parent = ::getpid();
+
+    pid_ = ::fork();
+    if (pid_ == 0) {  // the child: async-signal-safe calls only, then exec
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(126);
+      ::dup2(null_in, 0);
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      // No inherited descriptors (e.g. cnats' sockets) may outlive the parent's use of them.
+      if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
+        for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
+      }
+      ::execv(argv[0], argv.data());
+      static const char message[] = "interop test: exec of node failed\n";
+      (void)!::write(2, message, sizeof message - 1);
+      ::_exit(127);
+    }
+    const int fork_errno = errno;
+    close_all({out[1], err[1], null_in});
+    if (pid_ < 0) {
+      close_all({out[0], err[0]});
+      throw std::runtime_error(std::string("fork: ") + std::strerror(fork_errno));
+    }
+    out_fd_ = out[0];
+    err_fd_ = err[0];
+  }
+
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
+    close_all({out_fd_, err_fd_});
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  // The next line the child wrote on stdout (without the newline); nothing when `timeout` passed
+  // or stdout closed first.
+  std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      if (const auto newline = out_.find('\n'); newline != std::string::npos) {
+        std::string line = out_.substr(0, newline);
+        out_.erase(0, newline + 1);
+        return line;
+      }
+      if (out_fd_ < 0) return std::nullopt;  // EOF and no complete line left
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pump(static_cast<int>(std::min<long long>(left.count(), 100)));
+    }
+  }
+
+  // The exit status once the child exited within `timeout`; otherwise kills it (SIGKILL by PID),
+  // reaps it and returns nothing.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
+    if (pid_ <= 0) return exit_status_;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      int status = 0;
+      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = 0;
+        drain();
+        if (WIFEXITED(status)) exit_status_ = WEXITSTATUS(status);
+        else exit_status_ = 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        return exit_status_;
+      }
+      if (r < 0 && errno != EINTR) return std::nullopt;
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        }
+        pid_ = 0;
+        drain();
+        return std::nullopt;
+      }
+      pump(10);  // keeps the pipes flowing while waiting
+    }
+  }
+
+  // What the child wrote so far, for failure messages.
+  std::string diagnostics() {
+    pump(0);
+    return "child stdout (unread): " + out_ + "\nchild stderr: " + err_;
+  }
+
+ private:
+  static void close_all(std::initializer_list<int> fds) {
+    for (int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
+  // Reads what is available on stdout and stderr, waiting at most `wait_ms` for something.
+  void pump(int wait_ms) {
+    pollfd fds[2];
+    int count = 0;
+    if (out_fd_ >= 0) fds[count++] = {out_fd_, POLLIN, 0};
+    if (err_fd_ >= 0) fds[count++] = {err_fd_, POLLIN, 0};
+    if (count == 0) {
+      if (wait_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+      return;
+    }
+    if (::poll(fds, count, wait_ms) <= 0) return;
+    for (int i = 0; i < count; ++i) {
+      if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+      const bool is_out = fds[i].fd == out_fd_;
+      read_some(is_out ? out_fd_ : err_fd_, is_out ? out_ : err_);
+    }
+  }
+
+  // One read; closes the descriptor at EOF or on error.
+  static void read_some(int& fd, std::string& into) {
+    char buffer[4096];
+    const ssize_t got = ::read(fd, buffer, sizeof buffer);
+    if (got > 0) {
+      into.append(buffer, static_cast<std::size_t>(got));
+    } else if (got == 0 || errno != EINTR) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+
+  // Everything still in the pipes of an exited child (bounded: the writers are gone).
+  void drain() {
+    const auto deadline = std::chrono::steady_clock::now() + 1s;
+    while ((out_fd_ >= 0 || err_fd_ >= 0) && std::chrono::steady_clock::now() < deadline) pump(50);
+  }
+
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  int err_fd_ = -1;
+  std::string out_;
+  std::string err_;
+  std::optional<int> exit_status_;
+};
+
+class NatsInterop : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    node_ = find_node();
+    if (node_.empty()) GTEST_SKIP() << "node not found on PATH nor at /usr/bin/node";
+    for (const char* package : {"nats", "ajv"}) {
+      const auto dir = kInteropDir / "node_modules" / package;
+      if (!std::filesystem::is_directory(dir)) {
+        GTEST_SKIP() << dir.string() << " is missing: run tests/nats/interop/install.sh";
+      }
+    }
+    // Started on the test body's thread, which outlives the server (see NatsServer).
+    server_ = std::make_unique<test_support::NatsServer>();
+  }
+
+  // `node peer.mjs <url> interop <mode>`, started now.
+  std::unique_ptr<Child> start_peer(const std::string& mode) {
+    return std::make_unique<Child>(std::vector<std::string>{
+        node_, (kInteropDir / "peer.mjs").string(), server_->url(), "interop", mode});
+  }
+
+  std::shared_ptr<n::Transport> transport(const std::string& name) {
+    n::NatsOptions options;
+    options.servers = {server_->url()};
+    options.name = name;
+    return n::make_nats_transport(options);
+  }
+
+  static n::BridgeConfig config(std::vector<std::string> forward,
+                                std::vector<std::string> subscribe) {
+    n::BridgeConfig config;
+    config.app = "cpp";
+    config.prefix = "interop";
+    config.forward = std::move(forward);
+    config.subscribe = std::move(subscribe);  // relative to the prefix
+    return config;
+  }
+
+  std::string server_log() { return server_ ? "\nnats-server log:\n" + server_->log_tail() : ""; }
+
+  std::string node_;
+  std::unique_ptr<test_support::NatsServer> server_;
+};
+
+// The peer's result line as JSON; a discarded value when it is not JSON.
+json parse_result(const std::string& line) { return json::parse(line, nullptr, false); }
+
+TEST_F(NatsInterop, JsReceivesWhatTheBusPublished) {
+  auto peer = start_peer("receive");
+  const auto ready = peer->read_line(kPeerStartTimeout);
+  ASSERT_EQ(ready, std::optional<std::string>("ready")) << peer->diagnostics() << server_log();
+
+  n::Notifier notifier;
+  n::Bridge bridge(notifier, transport("interop-cpp-sender"), config({"order.>"}, {}));
+  bridge.start();
+  notifier.instrument("order.placed", json{{"order_id", 7}});
+  ASSERT_TRUE(bridge.flush(kDeliveryTimeout)) << bridge.health().dump() << server_log();
+
+  const auto line = peer->read_line(kPeerResultTimeout);
+  ASSERT_TRUE(line.has_value()) << "no result line from the peer\n"
+                                << peer->diagnostics() << server_log();
+  const json result = parse_result(*line);
+  ASSERT_FALSE(result.is_discarded()) << "not JSON: " << *line << "\n" << peer->diagnostics();
+  ASSERT_EQ(result.value("ok", false), true) << *line << "\n" << peer->diagnostics();
+  EXPECT_EQ(result.value("subject", ""), "interop.order.placed") << *line;
+  EXPECT_EQ(result.value("name", ""), "order.placed") << *line;
+  EXPECT_EQ(result.value("producer", ""), "cpp") << *line;
+  ASSERT_TRUE(result.contains("payload") && result["payload"].is_object()) << *line;
+  EXPECT_EQ(result["payload"].value("order_id", -1), 7) << *line;
+  EXPECT_EQ(peer->wait_exit(kPeerExitTimeout), std::optional<int>(0)) << peer->diagnostics();
+
+  const n::ShutdownReport report = bridge.shutdown(5s);
+  EXPECT_TRUE(report.clean) << report.detail;
+  EXPECT_EQ(report.sent, 1u) << report.detail;
+}
+
+TEST_F(NatsInterop, BusDeliversWhatJsPublished) {
+  n::Notifier notifier;
+  std::mutex mutex;
+  std::vector<n::Event> received;  // guarded by mutex; filled on the bridge's dispatcher thread
+  n::Subscription listener = notifier.subscribe("interop.from_js", [&](const n::Event& event) {
+    std::lock_guard lock(mutex);
+    received.push_back(event);
+  });
+  auto count = [&] {
+    std::lock_guard lock(mutex);
+    return received.size();
+  };
+
+  // Subscribes to "interop.>" (the pattern is relative to the prefix); start() returns once the
+  // server has the subscription.
+  n::Bridge bridge(notifier, transport("interop-cpp-receiver"), config({}, {">"}));
+  bridge.start();
+
+  auto peer = start_peer("send");
+  const auto line = peer->read_line(kPeerStartTimeout);
+  ASSERT_TRUE(line.has_value()) << "no result line from the peer\n"
+                                << peer->diagnostics() << server_log();
+  const json result = parse_result(*line);
+  ASSERT_FALSE(result.is_discarded()) << "not JSON: " << *line << "\n" << peer->diagnostics();
+  ASSERT_EQ(result.value("ok", false), true) << *line << "\n" << peer->diagnostics();
+  EXPECT_EQ(result.value("subject", ""), "interop.interop.from_js") << *line;
+  EXPECT_EQ(peer->wait_exit(kPeerExitTimeout), std::optional<int>(0)) << peer->diagnostics();
+
+  ASSERT_TRUE(test_support::wait_until([&] { return count() >= 1; }, kDeliveryTimeout))
+      << "no remote event interop.from_js; bridge health: " << bridge.health().dump()
+      << server_log();
+  std::this_thread::sleep_for(100ms);  // a duplicate would arrive about now
+  const n::ShutdownReport report = bridge.shutdown(5s);
+  EXPECT_TRUE(report.clean) << report.detail;
+
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(received.size(), 1u);
+  const n::Event& event = received.front();
+  EXPECT_EQ(event.name(), "interop.from_js");
+  EXPECT_TRUE(event.remote());
+  ASSERT_TRUE(event.origin().has_value());
+  EXPECT_EQ(event.origin()->producer, "nodejs");
+  EXPECT_FALSE(event.origin()->producer_instance.empty());
+  EXPECT_EQ(event.id(), result.value("id", "")) << "the receiver keeps the sender's id";
+  EXPECT_EQ(event.duration(), std::chrono::nanoseconds(0));
+  const auto age = std::chrono::system_clock::now() - event.time();
+  EXPECT_LT(std::chrono::abs(age), std::chrono::minutes(5)) << "the envelope's time was misread";
+  ASSERT_TRUE(event.payload().is_object()) << event.payload().dump();
+  EXPECT_EQ(event.payload().value("hello", ""), "from nats.js") << event.payload().dump();
+  EXPECT_EQ(event.payload().value("n", -1), 42) << event.payload().dump();
+
+  const json health = bridge.health();
+  EXPECT_EQ(health["counters"].value("malformed", 1), 0) << health.dump();
+  EXPECT_EQ(health["counters"].value("received", 0), 1) << health.dump();
+}
+
+}  // namespace
