@@ -322,6 +322,7 @@ class NatsTransport final : public TransportBase {
     owner_pid_ = getpid();
     // Events reported before this thread runs wait in the queue.
     log_stop_.store(false);
+    closing_.store(false);
     log_thread_ = std::thread([this] { run_log(); });
     if (status == NATS_NOT_YET_CONNECTED) {
       spdlog::warn("notifications nats: no server reachable yet at {}; retrying in the background",
@@ -465,6 +466,7 @@ class NatsTransport final : public TransportBase {
   void close_connection(Deadline deadline) {
     natsConnection* nc = nc_;
     if (nc == nullptr) return;  // never started
+    closing_.store(true);  // the disconnect that draining causes is no error
     natsConnection_FlushTimeout(nc, millis_until(deadline));
     // Drain: subscriptions hand over what they hold, publishes are written out, then cnats
     // closes the connection. Refused while reconnecting: retried until the deadline.
@@ -632,7 +634,7 @@ class NatsTransport final : public TransportBase {
       for (const ConnectionEvent& e : batch) {
         if (e.kind == ConnectionEvent::Kind::error) {
           note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
-        } else if (e.kind == ConnectionEvent::Kind::disconnected) {
+        } else if (e.kind == ConnectionEvent::Kind::disconnected && !closing_.load()) {
           note_error("disconnected from the server");
         } else {
           spdlog::info("notifications nats: {}{}", kind_name(e.kind),
@@ -647,6 +649,7 @@ class NatsTransport final : public TransportBase {
   Shared* const shared_ = new Shared;  // one reference, released by the destructor
   std::thread log_thread_;
   std::atomic<bool> log_stop_{false};
+  std::atomic<bool> closing_{false};  // close_connection() runs
   pid_t owner_pid_ = 0;                     // the process that connected
   std::vector<Entry> fork_subscriptions_;   // between prepare_fork and after_fork
 
