@@ -402,4 +402,22 @@ std::string redact_url(std::string_view url) {
   return out;
 }
 
+std::vector<std::pair<std::string, std::string>> url_query(std::string_view url) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const std::size_t q = url.find('?');
+  if (q == std::string_view::npos) return out;
+  std::string_view query = url.substr(q + 1);
+  query = query.substr(0, query.find('#'));
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (param.empty()) continue;
+    const std::size_t eq = param.find('=');
+    out.emplace_back(std::string(param.substr(0, eq)),
+                     std::string(eq == std::string_view::npos ? std::string_view{} : param.substr(eq + 1)));
+  }
+  return out;
+}
+
 }  // namespace notifications

@@ -175,5 +175,8 @@ void register_transport(const std::string& scheme, TransportFactory factory);
 std::unique_ptr<Transport> make_transport(const TransportConfig& config);
 // The URL with any user:password@ part replaced by "***@", for logs and errors.
 std::string redact_url(std::string_view url);
+// The parameters after the '?' of `url` (up to a '#'), in order, as written (not decoded); a
+// parameter without '=' has an empty value; empty parameters ("a=1&&b=2") are skipped.
+std::vector<std::pair<std::string, std::string>> url_query(std::string_view url);
 
 }  // namespace notifications

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "notifications/transport.hpp"
+#include "scale.hpp"
 
 namespace conformance {
 
@@ -34,10 +35,6 @@ void PrintTo(const TransportUnderTest& transport, std::ostream* out);
 
 class Conformance : public ::testing::TestWithParam<TransportUnderTest> {};
 
-#ifdef NOTIFICATIONS_TESTS_SHORT
-inline constexpr int kScale = 10;  // sanitizer builds: a tenth of the counts
-#else
-inline constexpr int kScale = 1;
-#endif
+using test_support::kScale;  // a tenth of the counts in the sanitizer builds
 
 }  // namespace conformance

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "nats_server.hpp"
+#include "scale.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/fork.hpp"
 #include "notifications/notifications.hpp"
@@ -29,11 +30,7 @@ namespace n = notifications;
 using namespace std::chrono_literals;
 using test_support::wait_until;
 
-#ifdef NOTIFICATIONS_TESTS_SHORT
-constexpr int kRounds = 5;
-#else
-constexpr int kRounds = 20;
-#endif
+constexpr int kRounds = 20 / (test_support::kScale == 1 ? 1 : 4);  // 5 in the sanitizer builds
 constexpr int kChildren = 4;
 
 n::BridgeConfig config(const std::string& app) {

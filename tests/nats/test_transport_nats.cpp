@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "nats_server.hpp"
+#include "scale.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
@@ -25,11 +26,7 @@ using test_support::NatsServer;
 using test_support::NatsServerOptions;
 using test_support::wait_until;
 
-#ifdef NOTIFICATIONS_TESTS_SHORT
-constexpr int kScale = 10;
-#else
-constexpr int kScale = 1;
-#endif
+using test_support::kScale;
 
 n::NatsOptions options_for(const std::string& url) {
   n::NatsOptions options;

@@ -370,15 +370,7 @@ void apply_config(const TransportConfig& config, std::string_view scheme, Endpoi
 
   std::vector<std::string> unknown;
   std::vector<std::pair<std::string, std::string>> known;
-  std::string_view query = rest.substr(q + 1);
-  while (!query.empty()) {
-    const std::size_t amp = query.find('&');
-    const std::string_view param = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    if (param.empty()) continue;
-    const std::size_t eq = param.find('=');
-    std::string key(param.substr(0, eq));
-    std::string value(eq == std::string_view::npos ? std::string_view{} : param.substr(eq + 1));
+  for (auto& [key, value] : url_query(rest)) {
     if (key == "mode" || key == "max_pending") {
       known.emplace_back(std::move(key), std::move(value));
     } else {

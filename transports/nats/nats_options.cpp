@@ -206,11 +206,7 @@ void apply_url(NatsOptions& options, std::string_view url) {
   if (scheme != "nats" && scheme != "tls") throw BadOption{"scheme \"" + scheme + "\": expected nats or tls"};
   if (scheme == "tls") options.tls = true;
   std::string_view rest = url.substr(sep + 3);
-  std::string_view query;
-  if (const std::size_t q = rest.find('?'); q != std::string_view::npos) {
-    query = rest.substr(q + 1);
-    rest = rest.substr(0, q);
-  }
+  rest = rest.substr(0, rest.find('?'));  // the query: url_query() below
   // Credentials end at the last '@' (a password may contain '@' unencoded).
   if (const std::size_t at = rest.rfind('@'); at != std::string_view::npos) {
     const std::string_view userinfo = rest.substr(0, at);
@@ -238,16 +234,7 @@ void apply_url(NatsOptions& options, std::string_view url) {
     }
     options.servers = std::move(servers);
   }
-  while (!query.empty()) {
-    const std::size_t amp = query.find('&');
-    const std::string_view param = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    if (param.empty()) continue;
-    const std::size_t eq = param.find('=');
-    const std::string key(param.substr(0, eq));
-    const std::string value = eq == std::string_view::npos ? "" : percent_decode(param.substr(eq + 1));
-    apply(options, key, json(value), "query key");
-  }
+  for (const auto& [key, value] : url_query(url)) apply(options, key, json(percent_decode(value)), "query key");
 }
 
 void check(const NatsOptions& o) {
