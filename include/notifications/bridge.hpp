@@ -79,8 +79,9 @@ class Bridge {
   //  "malformed", "echo_suppressed", "lost", "dropped": {reason: n}}, "last_error"}
   // "lost" counts events this bridge never received although a later event of the same producer
   // instance and subject arrived (a gap in the envelopes' sequence): what an at-most-once
-  // transport lost on the way. Not counted for consumer groups (each member sees a part), nor
-  // for losses that no later event reveals.
+  // transport lost on the way. Counted between two received events of one stream: not before
+  // the first one received nor after the last, and not for consumer groups (each member sees a
+  // part of the stream).
   nlohmann::json health() const;
 
   const std::string& instance_id() const noexcept;
