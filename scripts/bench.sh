@@ -127,3 +127,13 @@ for label, how, a, b, op, target in goals:
 print()
 print("%d goal(s) missed" % misses if misses else "all goals met")
 PY
+
+# End-to-end forwarding: in memory (bench_forward), and over NATS next to a raw cnats baseline
+# (bench_nats, which starts its own nats-server). Each prints one JSON line per measurement; what
+# they measure and the goals are in the comments at the top of bench/bench_forward.cpp and
+# bench/bench_nats.cpp.
+cmake --build "$build_dir" --target bench_forward bench_nats --parallel "$(nproc)"
+echo "bench: load average before bench_forward $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$build_dir/bench/bench_forward"
+echo "bench: load average before bench_nats $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$build_dir/bench/bench_nats"

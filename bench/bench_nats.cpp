@@ -1,0 +1,407 @@
+// Forwarding and ping-pong over NATS, each next to a raw cnats baseline doing the same work
+// without the bus: one JSON line per measurement, so runs can be compared.
+//
+//   {"bench":"nats_forward","events":N,"raw_msgs_per_s":...,"bus_msgs_per_s":...,"ratio":...,
+//    "instrument_p50_ns":...,"instrument_p99_ns":...}
+//   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
+//
+// nats_forward. Raw: a cnats connection publishes N copies of what the bus sends for an
+// "order.placed" event (a real envelope: subject, body, headers) to an async subscription of a
+// second connection. Bus: A's Bridge forwards N instrumented "order.placed" events to B's Bridge.
+// msgs/s: from the first publish (instrument) to the last message seen by the subscription (the
+// remote event seen by B's listener); ratio = bus / raw. Instrument latency: each instrument()
+// on A's thread, monotonic clock. Goals (issue): ratio >= 0.4, instrument p99 < 2 us.
+//
+// nats_pingpong: round trip there and back, send_asap on every connection, R rounds after 100
+// warm-up rounds. Raw: A publishes "ping.x", B's message callback publishes "pong.x", A's callback
+// wakes the main thread. Bus: A instruments "bench.ping"; B's listener for that remote event
+// instruments "bench.pong" (on B's dispatcher thread); A's listener for the remote "bench.pong"
+// wakes the main thread. Both wake it the same way (mutex and condvar).
+// Goals (issue): bus p50 <= 1.5x raw p50, bus p99 <= 2x raw p99.
+//
+// Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
+// The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port and stops it at the
+// end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
+// goes to stderr, exit status 1.
+//
+// Usage: bench_nats [events] [rounds]   (defaults 200000 and 2000)
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nats/nats.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "notifications/bridge.hpp"
+#include "notifications/envelope.hpp"
+#include "notifications/notifications.hpp"
+#include "notifications/transports/nats.hpp"
+
+namespace n = notifications;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::size_t kWarmup = 100;
+
+void check(natsStatus s, const std::string& what) {
+  if (s != NATS_OK) throw std::runtime_error(what + ": " + natsStatus_GetText(s));
+}
+
+template <class Done>
+bool wait_until(Done done, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (!done()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// ---- the server -------------------------------------------------------------------------------
+
+// A TCP socket on 127.0.0.1: `connect_to` false binds port 0 and returns the port the kernel picked
+// (0 on failure); true returns 1 when `port` accepts a connection, else 0.
+int loopback(int port, bool connect_to) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{.sin_family = AF_INET, .sin_port = htons(static_cast<std::uint16_t>(port)),
+                   .sin_addr = {htonl(INADDR_LOOPBACK)}, .sin_zero = {}};
+  auto* sa = reinterpret_cast<sockaddr*>(&addr);
+  socklen_t len = sizeof addr;
+  int result = 0;
+  if (fd >= 0 && connect_to) result = connect(fd, sa, len) == 0 ? 1 : 0;
+  if (fd >= 0 && !connect_to && bind(fd, sa, len) == 0 && getsockname(fd, sa, &len) == 0) result = ntohs(addr.sin_port);
+  if (fd >= 0) close(fd);
+  return result;
+}
+
+// nats-server on 127.0.0.1 at a free port; stopped by PID when destroyed.
+class Server {
+ public:
+  Server() : port_(loopback(0, false)) {
+    const std::string port = std::to_string(port_);  // built before fork: the child only execs
+    if (port_ == 0 || (pid_ = fork()) < 0) throw std::runtime_error("no free port on 127.0.0.1, or fork failed");
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // the server dies with this process, even on a crash
+      const int null = open("/dev/null", O_RDWR);
+      dup2(null, STDOUT_FILENO);  // keep stdout to the JSON lines
+      dup2(null, STDERR_FILENO);
+      execl("/usr/sbin/nats-server", "nats-server", "-a", "127.0.0.1", "-p", port.c_str(), nullptr);
+      _exit(127);
+    }
+    if (!wait_until([&] { return exited() || loopback(port_, true) == 1; }, 10s) || exited()) {
+      stop();
+      throw std::runtime_error("nats-server did not accept connections on port " + port + " within 10 s");
+    }
+  }
+  ~Server() { stop(); }
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  bool exited() {
+    if (pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == pid_) pid_ = -1;
+    return pid_ <= 0;
+  }
+  // SIGTERM, up to 5 s for it to exit, then SIGKILL and up to 2 s more.
+  void stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    if (wait_until([&] { return exited(); }, 5s)) return;
+    kill(pid_, SIGKILL);
+    if (!wait_until([&] { return exited(); }, 2s)) std::fprintf(stderr, "bench_nats: nats-server %d did not exit\n", pid_);
+  }
+
+  int port_;
+  pid_t pid_ = -1;
+};
+
+// ---- raw cnats --------------------------------------------------------------------------------
+
+std::atomic<std::uint64_t> async_errors{0};  // slow consumer and other async errors, any connection
+
+void on_async_error(natsConnection*, natsSubscription*, natsStatus, void*) { async_errors.fetch_add(1); }
+
+// One connection and its async subscriptions (pending limits lifted).
+struct RawConnection {
+  natsConnection* nc = nullptr;
+  std::vector<natsSubscription*> subs;
+  RawConnection(const std::string& url, bool send_asap) {
+    natsOptions* o = nullptr;
+    check(natsOptions_Create(&o), "natsOptions_Create");
+    natsStatus s = natsOptions_SetURL(o, url.c_str());
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(o, send_asap);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(o, on_async_error, nullptr);
+    if (s == NATS_OK) s = natsConnection_Connect(&nc, o);
+    natsOptions_Destroy(o);
+    check(s, "raw connect to " + url);
+  }
+  ~RawConnection() {
+    for (natsSubscription* sub : subs) natsSubscription_Destroy(sub);  // unsubscribes an active one
+    natsConnection_Destroy(nc);
+  }
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+  void subscribe(const char* subject, natsMsgHandler handler, void* closure) {
+    natsSubscription* sub = nullptr;
+    check(natsConnection_Subscribe(&sub, nc, subject, handler, closure), "raw subscribe");
+    subs.push_back(sub);
+    check(natsSubscription_SetPendingLimits(sub, -1, -1), "raw pending limits");
+    check(natsConnection_FlushTimeout(nc, 5000), "raw flush after subscribe");  // the server knows
+  }
+};
+
+using MsgPtr = std::unique_ptr<natsMsg, decltype(&natsMsg_Destroy)>;
+
+// A cnats message with the bytes of `m` (body and headers) on `subject`.
+MsgPtr raw_message(const n::Message& m, const std::string& subject) {
+  natsMsg* msg = nullptr;
+  check(natsMsg_Create(&msg, subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size())), "natsMsg_Create");
+  MsgPtr owned(msg, natsMsg_Destroy);
+  for (const auto& [key, value] : m.headers) check(natsMsgHeader_Set(msg, key.c_str(), value.c_str()), "natsMsgHeader_Set");
+  return owned;
+}
+
+// Counts deliveries; stamps the time the target count was reached (0 until then).
+struct Counter {
+  std::size_t target = 0;
+  std::atomic<std::size_t> count{0};
+  std::atomic<Clock::rep> last{0};
+  void hit() {
+    if (count.fetch_add(1) + 1 == target) last.store(Clock::now().time_since_epoch().count());
+  }
+  double seconds_since(Clock::time_point first) const {
+    return std::chrono::duration<double>(Clock::time_point(Clock::duration(last.load())) - first).count();
+  }
+  static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+    static_cast<Counter*>(self)->hit();
+    natsMsg_Destroy(msg);
+  }
+};
+
+nlohmann::json payload() {
+  return {{"order_id", 12345}, {"customer", "ada"}, {"total_cents", 4200}, {"items", {"mug", "hoodie"}}};
+}
+
+// What the bus puts on the wire for an event `name` with payload(), on `subject`.
+n::Message wire_message(const std::string& name, const std::string& subject, std::uint64_t sequence) {
+  n::Envelope e = n::envelope_from_event(n::Event(name, payload()), "a", "00000000-0000-4000-8000-000000000000");
+  e.sequence = sequence;
+  return n::message_from_envelope(e, subject);
+}
+
+// Room for a whole burst, and blocking rather than dropping when full.
+n::BridgeConfig config(const std::string& url, const std::string& app, std::vector<std::string> forward,
+                       std::vector<std::string> subscribe) {
+  n::BridgeConfig c;
+  c.url = url;
+  c.app = app;
+  c.prefix = "bench";
+  c.forward = std::move(forward);
+  c.subscribe = std::move(subscribe);
+  c.queue_capacity = 65536;
+  c.overflow = n::OverflowPolicy::block;
+  c.block_timeout = 30s;
+  return c;
+}
+
+std::shared_ptr<n::Transport> nats(const std::string& url, bool send_asap) {
+  n::NatsOptions o;
+  o.servers = {url};
+  o.send_asap = send_asap;
+  o.pending_messages_limit = 1 << 24;
+  o.pending_bytes_limit = 1 << 30;
+  return n::make_nats_transport(o);
+}
+
+std::uint64_t dropped(const nlohmann::json& health) {
+  std::uint64_t total = 0;
+  for (const auto& [reason, count] : health["counters"]["dropped"].items()) total += count.get<std::uint64_t>();
+  return total;
+}
+
+std::int64_t percentile(const std::vector<std::int64_t>& sorted, double p) {
+  return sorted[static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1))];
+}
+
+// ---- nats_forward -----------------------------------------------------------------------------
+
+double raw_forward(const std::string& url, std::size_t events) {
+  const n::Message m = wire_message("order.placed", "bench.order.placed", events);
+  Counter received{.target = events};
+  RawConnection publisher(url, false), subscriber(url, false);
+  subscriber.subscribe(m.subject.c_str(), Counter::on_message, &received);
+  const MsgPtr msg = raw_message(m, m.subject);
+  const auto first = Clock::now();
+  for (std::size_t i = 0; i < events; ++i) check(natsConnection_PublishMsg(publisher.nc, msg.get()), "raw publish");
+  check(natsConnection_FlushTimeout(publisher.nc, 60000), "raw flush");
+  if (!wait_until([&] { return received.last.load() != 0; }, 60s)) {
+    throw std::runtime_error("nats_forward raw: " + std::to_string(received.count.load()) + " of " +
+                             std::to_string(events) + " messages arrived in 60 s (async errors: " +
+                             std::to_string(async_errors.load()) + ")");
+  }
+  return static_cast<double>(events) / received.seconds_since(first);
+}
+
+void forward(const std::string& url, std::size_t events) {
+  const double raw = raw_forward(url, events);
+
+  n::Notifier a, b;
+  n::Bridge sender(a, nats(url, false), config(url, "a", {"order.>"}, {}));
+  n::Bridge receiver(b, nats(url, false), config(url, "b", {}, {"order.>"}));
+  Counter received{.target = events};
+  auto count = b.subscribe("order.placed", [&](const n::Event& e) {
+    if (e.remote()) received.hit();
+  });
+  receiver.start();
+  sender.start();
+
+  nlohmann::json body = payload();
+  std::vector<std::int64_t> latencies(events);
+  const auto first = Clock::now();
+  for (std::size_t i = 0; i < events; ++i) {
+    const auto t0 = Clock::now();
+    a.instrument("order.placed", body, [] {});
+    latencies[i] = (Clock::now() - t0).count();
+  }
+  const bool all = wait_until([&] { return received.last.load() != 0; }, 60s);
+  const nlohmann::json out = sender.health(), in = receiver.health();
+  if (!all || dropped(out) != 0 || dropped(in) != 0 || in["counters"]["lost"] != 0 || in["counters"]["received"] != events) {
+    throw std::runtime_error("nats_forward bus: " + std::to_string(received.count.load()) + " of " +
+                             std::to_string(events) + " events arrived (60 s max); sender " +
+                             out["counters"].dump() + "; receiver " + in["counters"].dump());
+  }
+  const double bus = static_cast<double>(events) / received.seconds_since(first);
+  std::sort(latencies.begin(), latencies.end());
+  std::printf(
+      "{\"bench\":\"nats_forward\",\"events\":%zu,\"raw_msgs_per_s\":%.0f,\"bus_msgs_per_s\":%.0f,\"ratio\":%.3f,"
+      "\"instrument_p50_ns\":%lld,\"instrument_p99_ns\":%lld}\n",
+      events, raw, bus, bus / raw, static_cast<long long>(percentile(latencies, 0.50)),
+      static_cast<long long>(percentile(latencies, 0.99)));
+  sender.shutdown(30s);
+  receiver.shutdown(30s);
+}
+
+// ---- nats_pingpong ----------------------------------------------------------------------------
+
+// Wakes the main thread once per pong.
+struct Signal {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::uint64_t count = 0;
+  void notify() {
+    std::lock_guard lock(mutex);
+    ++count;
+    changed.notify_one();
+  }
+  bool wait_for(std::uint64_t target, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, timeout, [&] { return count >= target; });
+  }
+  static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+    natsMsg_Destroy(msg);
+    static_cast<Signal*>(self)->notify();
+  }
+};
+
+struct Percentiles { double p50_us, p99_us; };
+
+// Times `rounds` round trips after kWarmup: `ping` sends, `pong` is notified when the answer is back.
+Percentiles round_trips(const char* what, std::size_t rounds, Signal& pong, const std::function<void()>& ping) {
+  std::vector<std::int64_t> rtt;
+  rtt.reserve(rounds);
+  for (std::size_t i = 0; i < kWarmup + rounds; ++i) {
+    const auto t0 = Clock::now();
+    ping();
+    if (!pong.wait_for(i + 1, 5s)) {
+      throw std::runtime_error(std::string(what) + ": no answer to round " + std::to_string(i) + " within 5 s");
+    }
+    if (i >= kWarmup) rtt.push_back((Clock::now() - t0).count());
+  }
+  std::sort(rtt.begin(), rtt.end());
+  return {static_cast<double>(percentile(rtt, 0.50)) / 1e3, static_cast<double>(percentile(rtt, 0.99)) / 1e3};
+}
+
+Percentiles raw_pingpong(const std::string& url, std::size_t rounds) {
+  const n::Message m = wire_message("bench.ping", "ping.x", rounds);
+  const MsgPtr ping = raw_message(m, "ping.x"), pong = raw_message(m, "pong.x");
+  Signal back;
+  RawConnection a(url, true), b(url, true);
+  b.subscribe("ping.x", [](natsConnection* nc, natsSubscription*, natsMsg* msg, void* answer) {
+    natsConnection_PublishMsg(nc, static_cast<natsMsg*>(answer));  // on B's cnats thread
+    natsMsg_Destroy(msg);
+  }, pong.get());
+  a.subscribe("pong.x", Signal::on_message, &back);
+  return round_trips("nats_pingpong raw", rounds, back,
+                     [&] { check(natsConnection_PublishMsg(a.nc, ping.get()), "raw publish ping"); });
+}
+
+void pingpong(const std::string& url, std::size_t rounds) {
+  const Percentiles raw = raw_pingpong(url, rounds);
+
+  n::Notifier a, b;
+  n::Bridge bridge_a(a, nats(url, true), config(url, "a", {"bench.ping"}, {"bench.pong"}));
+  n::Bridge bridge_b(b, nats(url, true), config(url, "b", {"bench.pong"}, {"bench.ping"}));
+  Signal back;
+  nlohmann::json ping_body = payload(), pong_body = payload();
+  auto echo = b.subscribe("bench.ping", [&](const n::Event& e) {
+    if (e.remote()) b.instrument("bench.pong", pong_body, [] {});  // on B's dispatcher thread
+  });
+  auto answer = a.subscribe("bench.pong", [&](const n::Event& e) {
+    if (e.remote()) back.notify();
+  });
+  bridge_b.start();
+  bridge_a.start();
+  const Percentiles bus = round_trips("nats_pingpong bus", rounds, back, [&] { a.instrument("bench.ping", ping_body, [] {}); });
+  std::printf(
+      "{\"bench\":\"nats_pingpong\",\"rounds\":%zu,\"raw_p50_us\":%.1f,\"raw_p99_us\":%.1f,\"bus_p50_us\":%.1f,"
+      "\"bus_p99_us\":%.1f}\n",
+      rounds, raw.p50_us, raw.p99_us, bus.p50_us, bus.p99_us);
+  bridge_a.shutdown(10s);
+  bridge_b.shutdown(10s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Keep stdout to the JSON lines: library logging goes to stderr, warnings and worse only.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
+  spdlog::set_level(spdlog::level::warn);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
+  const std::size_t events = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 200000;
+  const std::size_t rounds = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2000;
+  if (events == 0 || rounds == 0) {
+    std::fprintf(stderr, "usage: bench_nats [events > 0] [rounds > 0]\n");
+    return 2;
+  }
+  try {
+    Server server;  // stopped when this scope ends, after the bridges and connections are gone
+    forward(server.url(), events);
+    pingpong(server.url(), rounds);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_nats: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
