@@ -308,7 +308,12 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
     std::vector<Event> batch;
     std::vector<Message> messages;
     std::vector<std::string> names;
-    std::unordered_map<std::string, std::uint64_t> sequences;  // by subject: the last one sent
+    // By event name: its subject (validated once) and the last sequence number sent on it.
+    struct Stream {
+      std::string subject;
+      std::uint64_t sequence = 0;
+    };
+    std::unordered_map<std::string, Stream> streams;
     batch.reserve(config.batch_size);
     while (true) {
       park_if_requested();
@@ -324,18 +329,19 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
       messages.clear();
       names.clear();
       for (const Event& event : batch) {
-        std::string subject;
-        try {
-          subject = subject_for(config.prefix, event.name());
-        } catch (const std::exception& e) {
-          drop(Drop::invalid_subject, event.name(), 1, e.what());
-          continue;
+        auto stream = streams.find(std::string(event.name()));
+        if (stream == streams.end()) {
+          try {
+            stream = streams.emplace(std::string(event.name()), Stream{subject_for(config.prefix, event.name()), 0}).first;
+          } catch (const std::exception& e) {
+            drop(Drop::invalid_subject, event.name(), 1, e.what());
+            continue;
+          }
         }
         try {
-          Envelope envelope = envelope_from_event(event, config.app, hooks.instance_id);
-          envelope.sequence = sequences[subject] + 1;
-          messages.push_back(message_from_envelope(envelope, subject));
-          sequences[subject] = envelope.sequence;
+          messages.push_back(message_from_event(event, config.app, hooks.instance_id, stream->second.sequence + 1,
+                                                stream->second.subject));
+          ++stream->second.sequence;
           names.emplace_back(event.name());
         } catch (const std::exception& e) {
           drop(Drop::encode_failed, event.name(), 1, e.what());

@@ -388,42 +388,78 @@ void set_error(DecodeResult& result, const char* text) noexcept {
 
 }  // namespace
 
-std::string encode_envelope(const Envelope& envelope) {
+namespace {
+
+// One envelope's fields, borrowed: encoding copies nothing (the payload least of all).
+struct EnvelopeFields {
+  std::string_view id;
+  std::string_view name;
+  const nlohmann::json& payload;
+  std::chrono::system_clock::time_point time;
+  std::chrono::microseconds duration;
+  std::string_view producer;
+  std::string_view producer_instance;
+  int schema_version;
+  std::string_view traceparent;
+  std::uint64_t sequence;
+  const std::string* exception_type;     // null: absent
+  const std::string* exception_message;  // null: absent
+};
+
+std::string encode_fields(const EnvelopeFields& f) {
   std::string out;
-  out.reserve(256 + envelope.name.size());
+  out.reserve(256 + f.name.size());
   out += "{\"id\":";
-  append_json_string(out, envelope.id);
+  append_json_string(out, f.id);
   out += ",\"name\":";
-  append_json_string(out, envelope.name);
+  append_json_string(out, f.name);
   out += ",\"time\":\"";
-  out += format_rfc3339(envelope.time);
+  out += format_rfc3339(f.time);
   out += "\",\"duration_us\":";
-  out += std::to_string(envelope.duration.count());
+  out += std::to_string(f.duration.count());
   out += ",\"producer\":";
-  append_json_string(out, envelope.producer);
+  append_json_string(out, f.producer);
   out += ",\"producer_instance\":";
-  append_json_string(out, envelope.producer_instance);
+  append_json_string(out, f.producer_instance);
   out += ",\"schema_version\":";
-  out += std::to_string(envelope.schema_version);
-  if (!envelope.traceparent.empty()) {
+  out += std::to_string(f.schema_version);
+  if (!f.traceparent.empty()) {
     out += ",\"traceparent\":";
-    append_json_string(out, envelope.traceparent);
+    append_json_string(out, f.traceparent);
   }
-  if (envelope.sequence != 0) {
+  if (f.sequence != 0) {
     out += ",\"sequence\":";
-    out += std::to_string(envelope.sequence);
+    out += std::to_string(f.sequence);
   }
-  if (envelope.exception_type || envelope.exception_message) {
+  if (f.exception_type != nullptr || f.exception_message != nullptr) {
+    static const std::string kEmpty;
     out += ",\"exception\":{\"type\":";
-    append_json_string(out, envelope.exception_type.value_or(""));
+    append_json_string(out, f.exception_type != nullptr ? *f.exception_type : kEmpty);
     out += ",\"message\":";
-    append_json_string(out, envelope.exception_message.value_or(""));
+    append_json_string(out, f.exception_message != nullptr ? *f.exception_message : kEmpty);
     out += '}';
   }
   out += ",\"payload\":";
-  out += dump(envelope.payload, false);
+  out += dump(f.payload, false);
   out += '}';
   return out;
+}
+
+void add_headers(Message& message, std::string id, std::string_view traceparent) {
+  message.headers.reserve(3);
+  message.headers.emplace_back("Nats-Msg-Id", std::move(id));
+  message.headers.emplace_back("Content-Type", std::string(Envelope::kContentType));
+  if (!traceparent.empty()) message.headers.emplace_back("traceparent", std::string(traceparent));
+}
+
+}  // namespace
+
+std::string encode_envelope(const Envelope& envelope) {
+  return encode_fields(EnvelopeFields{
+      envelope.id, envelope.name, envelope.payload, envelope.time, envelope.duration, envelope.producer,
+      envelope.producer_instance, envelope.schema_version, envelope.traceparent, envelope.sequence,
+      envelope.exception_type ? &*envelope.exception_type : nullptr,
+      envelope.exception_message ? &*envelope.exception_message : nullptr});
 }
 
 DecodeResult decode_envelope(std::string_view body) noexcept {
@@ -448,13 +484,30 @@ std::string format_rfc3339(std::chrono::system_clock::time_point time) {
   const year_month_day date{day};
   const std::int64_t in_day = (micros - day).count();  // [0, 86'400'000'000)
   const std::int64_t second = in_day / 1'000'000;
-  char buffer[40];
-  std::snprintf(buffer, sizeof buffer, "%04d-%02u-%02uT%02d:%02d:%02d.%06dZ",
-                static_cast<int>(date.year()), static_cast<unsigned>(date.month()),
-                static_cast<unsigned>(date.day()), static_cast<int>(second / 3600),
-                static_cast<int>(second / 60 % 60), static_cast<int>(second % 60),
-                static_cast<int>(in_day % 1'000'000));
-  return buffer;
+  const int year = static_cast<int>(date.year());
+  if (year < 0 || year > 9999) {  // outside RFC 3339's four digits: the general (slow) path
+    char buffer[48];
+    std::snprintf(buffer, sizeof buffer, "%04d-%02u-%02uT%02d:%02d:%02d.%06dZ", year,
+                  static_cast<unsigned>(date.month()), static_cast<unsigned>(date.day()),
+                  static_cast<int>(second / 3600), static_cast<int>(second / 60 % 60),
+                  static_cast<int>(second % 60), static_cast<int>(in_day % 1'000'000));
+    return buffer;
+  }
+  std::string out = "0000-00-00T00:00:00.000000Z";
+  const auto put = [&out](std::size_t at, std::int64_t value, int digits) {
+    for (int i = digits - 1; i >= 0; --i) {
+      out[at + static_cast<std::size_t>(i)] = static_cast<char>('0' + value % 10);
+      value /= 10;
+    }
+  };
+  put(0, year, 4);
+  put(5, static_cast<unsigned>(date.month()), 2);
+  put(8, static_cast<unsigned>(date.day()), 2);
+  put(11, second / 3600, 2);
+  put(14, second / 60 % 60, 2);
+  put(17, second % 60, 2);
+  put(20, in_day % 1'000'000, 6);
+  return out;
 }
 
 std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text) {
@@ -510,10 +563,24 @@ Message message_from_envelope(const Envelope& envelope, std::string subject) {
   Message message;
   message.subject = std::move(subject);
   message.body = encode_envelope(envelope);
-  message.headers.emplace_back("Nats-Msg-Id", envelope.id);
-  message.headers.emplace_back("Content-Type", std::string(Envelope::kContentType));
-  if (!envelope.traceparent.empty())
-    message.headers.emplace_back("traceparent", envelope.traceparent);
+  add_headers(message, envelope.id, envelope.traceparent);
+  return message;
+}
+
+Message message_from_event(const Event& event, std::string_view producer, std::string_view producer_instance,
+                           std::uint64_t sequence, std::string subject) {
+  std::string id = event.id();
+  std::string traceparent = event.traceparent();
+  if (!is_traceparent(traceparent)) traceparent.clear();  // as envelope_from_event
+  const auto& exception = event.exception();
+  Message message;
+  message.subject = std::move(subject);
+  message.body = encode_fields(EnvelopeFields{
+      id, event.name(), event.payload(), event.time(),
+      std::chrono::duration_cast<std::chrono::microseconds>(event.duration()), producer, producer_instance,
+      Envelope::kSchemaVersion, traceparent, sequence, exception ? &exception->type : nullptr,
+      exception ? &exception->message : nullptr});
+  add_headers(message, std::move(id), traceparent);
   return message;
 }
 

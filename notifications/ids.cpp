@@ -29,20 +29,31 @@ const ProcessSalt& salt() {
 std::atomic<std::uint64_t> next_block{1};
 std::atomic<std::uint64_t> next_thread{1};
 
+// Writes `digits` lowercase hex digits of `value` (the low ones) at `out`.
+void put_hex(char* out, std::uint64_t value, int digits) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  for (int i = digits - 1; i >= 0; --i) {
+    out[i] = kDigits[value & 0xF];
+    value >>= 4;
+  }
+}
+
 std::string hex(std::uint64_t value, int digits) {
-  std::array<char, 17> buffer{};
-  std::snprintf(buffer.data(), buffer.size(), "%0*llx", digits,
-                static_cast<unsigned long long>(value));
-  return std::string(buffer.data());
+  std::string out(static_cast<std::size_t>(digits), '0');
+  put_hex(out.data(), value, digits);
+  return out;
 }
 
 std::string format_uuid(std::uint64_t high, std::uint64_t low, std::uint64_t version) {
   high = (high & ~0xF000ull) | (version << 12);
   low = (low & ~(3ull << 62)) | (2ull << 62);  // RFC 9562 variant
-  const std::string h = hex(high, 16);
-  const std::string l = hex(low, 16);
-  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + l.substr(0, 4) +
-         "-" + l.substr(4, 12);
+  std::string out(36, '-');                    // 8-4-4-4-12
+  put_hex(&out[0], high >> 32, 8);
+  put_hex(&out[9], high >> 16, 4);
+  put_hex(&out[14], high, 4);
+  put_hex(&out[19], low >> 48, 4);
+  put_hex(&out[24], low, 12);
+  return out;
 }
 
 }  // namespace

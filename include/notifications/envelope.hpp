@@ -63,5 +63,9 @@ Event event_from_envelope(Envelope envelope, std::string_view transport_kind);
 // A message carrying the envelope: body, and headers "Nats-Msg-Id" (the id), "Content-Type"
 // and, when present, "traceparent".
 Message message_from_envelope(const Envelope& envelope, std::string subject);
+// The same message for a local event as message_from_envelope(envelope_from_event(event, ...))
+// with `sequence` set, without building the Envelope (the payload is not copied).
+Message message_from_event(const Event& event, std::string_view producer, std::string_view producer_instance,
+                           std::uint64_t sequence, std::string subject);
 
 }  // namespace notifications
