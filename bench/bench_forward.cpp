@@ -64,7 +64,7 @@ void forward_memory(std::size_t events) {
   n::Notifier a, b;
   const std::string broker = "bench-forward";
   n::Bridge sender(a, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("a", {"order.>"}, {}, 65536));
-  n::Bridge receiver(b, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("b", {}, {"order.>"}, 65536));
+  n::Bridge receiver(b, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("b", {}, {"order.>"}, std::max<std::size_t>(65536, events)));  // inbound: no back-pressure, room for the burst
   std::atomic<std::size_t> received{0};
   Clock::time_point last_received;
   auto count = b.subscribe("order.placed", [&](const n::Event&) {

@@ -211,7 +211,9 @@ n::Message wire_message(const std::string& name, const std::string& subject, std
   return n::message_from_envelope(e, subject);
 }
 
-// Room for a whole burst, and blocking rather than dropping when full.
+// Blocking rather than dropping when the outbound queue is full, and room for a whole burst:
+// the inbound queue has no back-pressure (a transport callback must not block), so a receiver
+// slower than its sender would otherwise drop (counted) what does not fit.
 n::BridgeConfig config(const std::string& url, const std::string& app, std::vector<std::string> forward,
                        std::vector<std::string> subscribe) {
   n::BridgeConfig c;
@@ -220,7 +222,7 @@ n::BridgeConfig config(const std::string& url, const std::string& app, std::vect
   c.prefix = "bench";
   c.forward = std::move(forward);
   c.subscribe = std::move(subscribe);
-  c.queue_capacity = 65536;
+  c.queue_capacity = 1 << 20;
   c.overflow = n::OverflowPolicy::block;
   c.block_timeout = 30s;
   return c;
