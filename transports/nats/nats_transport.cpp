@@ -18,7 +18,7 @@
 
 #include <unistd.h>
 
-#include "notifications/bounded_queue.hpp"
+#include "nats_callbacks.hpp"
 #include "notifications/fork.hpp"
 #include "notifications/transports/nats.hpp"
 
@@ -28,156 +28,12 @@ void validate_nats_options(const NatsOptions& options);  // nats_options.cpp
 
 namespace {
 
+using namespace nats_detail;
 using Clock = std::chrono::steady_clock;
 
 std::int64_t millis_until(Deadline deadline) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return std::max<std::int64_t>(left, 1);
-}
-
-// What a connection callback reports to the transport's own thread (which logs it).
-struct ConnectionEvent {
-  enum class Kind { connected, disconnected, reconnected, closed, error, lame_duck } kind;
-  natsStatus status = NATS_OK;
-};
-
-const char* kind_name(ConnectionEvent::Kind kind) {
-  switch (kind) {
-    case ConnectionEvent::Kind::connected:
-      return "connected";
-    case ConnectionEvent::Kind::disconnected:
-      return "disconnected";
-    case ConnectionEvent::Kind::reconnected:
-      return "reconnected";
-    case ConnectionEvent::Kind::closed:
-      return "closed";
-    case ConnectionEvent::Kind::error:
-      return "error";
-    case ConnectionEvent::Kind::lame_duck:
-      return "lame duck mode";
-  }
-  return "?";
-}
-
-// State that cnats callbacks touch. cnats may run a callback after the connection was destroyed
-// (its callbacks are queued), so this is reference-counted: the transport holds one reference,
-// the connection one (released by the closed callback, cnats' last), each subscription one
-// (released by its on-complete callback, after its last message callback returned).
-struct Shared {
-  std::atomic<int> refs{1};
-  void retain() { refs.fetch_add(1, std::memory_order_relaxed); }
-  void release() {
-    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-
-  std::atomic<std::uint64_t> disconnects{0};
-  std::atomic<std::uint64_t> reconnects{0};
-  std::atomic<std::uint64_t> async_errors{0};
-  std::atomic<std::uint64_t> slow_consumer_events{0};
-  std::atomic<std::uint64_t> lame_duck{0};
-  std::atomic<std::uint64_t> received{0};
-  std::atomic<std::uint64_t> handler_errors{0};
-  std::atomic<std::uint64_t> events_unlogged{0};  // connection events the log queue refused
-
-  std::mutex mutex;
-  std::condition_variable changed;
-  bool closed = false;  // guarded by mutex: cnats' closed callback ran
-
-  detail::BoundedQueue<ConnectionEvent> events{1024};
-
-  void report(ConnectionEvent::Kind kind, natsStatus status = NATS_OK) {
-    if (events.push(ConnectionEvent{kind, status}, OverflowPolicy::drop_newest, std::chrono::milliseconds(0)) !=
-        detail::BoundedQueue<ConnectionEvent>::Push::accepted) {
-      events_unlogged.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-};
-
-// ---- cnats callbacks: record, hand off, return ----------------------------------------------
-
-void on_disconnected(natsConnection*, void* closure) {
-  auto* shared = static_cast<Shared*>(closure);
-  shared->disconnects.fetch_add(1, std::memory_order_relaxed);
-  shared->report(ConnectionEvent::Kind::disconnected);
-}
-
-void on_reconnected(natsConnection*, void* closure) {
-  auto* shared = static_cast<Shared*>(closure);
-  shared->reconnects.fetch_add(1, std::memory_order_relaxed);
-  shared->report(ConnectionEvent::Kind::reconnected);
-}
-
-void on_connected(natsConnection*, void* closure) {
-  static_cast<Shared*>(closure)->report(ConnectionEvent::Kind::connected);
-}
-
-void on_lame_duck(natsConnection*, void* closure) {
-  auto* shared = static_cast<Shared*>(closure);
-  shared->lame_duck.fetch_add(1, std::memory_order_relaxed);
-  shared->report(ConnectionEvent::Kind::lame_duck);
-}
-
-void on_error(natsConnection*, natsSubscription*, natsStatus status, void* closure) {
-  auto* shared = static_cast<Shared*>(closure);
-  if (status == NATS_SLOW_CONSUMER) {
-    shared->slow_consumer_events.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    shared->async_errors.fetch_add(1, std::memory_order_relaxed);
-  }
-  shared->report(ConnectionEvent::Kind::error, status);
-}
-
-void on_closed(natsConnection*, void* closure) {
-  auto* shared = static_cast<Shared*>(closure);
-  shared->report(ConnectionEvent::Kind::closed);
-  {
-    std::lock_guard lock(shared->mutex);
-    shared->closed = true;
-  }
-  shared->changed.notify_all();
-  shared->release();  // the connection's reference: no connection callback follows this one
-}
-
-// One subscription's state; deleted by its on-complete callback.
-struct Subscription {
-  Shared* shared;  // one reference
-  DeliveryHandler handler;
-  std::atomic<bool> active{true};
-};
-
-void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
-  auto* sub = static_cast<Subscription*>(closure);
-  sub->shared->received.fetch_add(1, std::memory_order_relaxed);
-  if (sub->active.load(std::memory_order_acquire)) {
-    try {
-      Delivery delivery;
-      delivery.message.subject = natsMsg_GetSubject(msg);
-      const char* data = natsMsg_GetData(msg);
-      delivery.message.body.assign(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
-      const char** keys = nullptr;
-      int count = 0;
-      if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
-        for (int i = 0; i < count; ++i) {
-          const char* value = nullptr;
-          if (natsMsgHeader_Get(msg, keys[i], &value) == NATS_OK && value != nullptr) {
-            delivery.message.headers.emplace_back(keys[i], value);
-          }
-        }
-        free(static_cast<void*>(keys));
-      }
-      sub->handler(std::move(delivery));
-    } catch (...) {
-      sub->shared->handler_errors.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-  natsMsg_Destroy(msg);
-}
-
-void on_subscription_complete(void* closure) {
-  auto* sub = static_cast<Subscription*>(closure);
-  Shared* shared = sub->shared;
-  delete sub;
-  shared->release();
 }
 
 // Connections of this library that are open in this process: cnats can be closed for a fork

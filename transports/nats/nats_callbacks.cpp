@@ -1,0 +1,88 @@
+// The cnats callbacks of the NATS transport (nats_callbacks.hpp): record, hand off, return.
+#include "nats_callbacks.hpp"
+
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+namespace notifications::nats_detail {
+
+void on_disconnected(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->disconnects.fetch_add(1, std::memory_order_relaxed);
+  shared->report(ConnectionEvent::Kind::disconnected);
+}
+
+void on_reconnected(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->reconnects.fetch_add(1, std::memory_order_relaxed);
+  shared->report(ConnectionEvent::Kind::reconnected);
+}
+
+void on_connected(natsConnection*, void* closure) {
+  static_cast<Shared*>(closure)->report(ConnectionEvent::Kind::connected);
+}
+
+void on_lame_duck(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->lame_duck.fetch_add(1, std::memory_order_relaxed);
+  shared->report(ConnectionEvent::Kind::lame_duck);
+}
+
+void on_error(natsConnection*, natsSubscription*, natsStatus status, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  if (status == NATS_SLOW_CONSUMER) {
+    shared->slow_consumer_events.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    shared->async_errors.fetch_add(1, std::memory_order_relaxed);
+  }
+  shared->report(ConnectionEvent::Kind::error, status);
+}
+
+void on_closed(natsConnection*, void* closure) {
+  auto* shared = static_cast<Shared*>(closure);
+  shared->report(ConnectionEvent::Kind::closed);
+  {
+    std::lock_guard lock(shared->mutex);
+    shared->closed = true;
+  }
+  shared->changed.notify_all();
+  shared->release();  // the connection's reference: no connection callback follows this one
+}
+
+void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  auto* sub = static_cast<Subscription*>(closure);
+  sub->shared->received.fetch_add(1, std::memory_order_relaxed);
+  if (sub->active.load(std::memory_order_acquire)) {
+    try {
+      Delivery delivery;
+      delivery.message.subject = natsMsg_GetSubject(msg);
+      const char* data = natsMsg_GetData(msg);
+      delivery.message.body.assign(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+      const char** keys = nullptr;
+      int count = 0;
+      if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
+        for (int i = 0; i < count; ++i) {
+          const char* value = nullptr;
+          if (natsMsgHeader_Get(msg, keys[i], &value) == NATS_OK && value != nullptr) {
+            delivery.message.headers.emplace_back(keys[i], value);
+          }
+        }
+        free(static_cast<void*>(keys));
+      }
+      sub->handler(std::move(delivery));
+    } catch (...) {
+      sub->shared->handler_errors.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  natsMsg_Destroy(msg);
+}
+
+void on_subscription_complete(void* closure) {
+  auto* sub = static_cast<Subscription*>(closure);
+  Shared* shared = sub->shared;
+  delete sub;
+  shared->release();
+}
+
+}  // namespace notifications::nats_detail
