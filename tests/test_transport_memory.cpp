@@ -17,12 +17,17 @@
 #include "notifications/transport.hpp"
 #include "notifications/transports/memory.hpp"
 #include "transports/memory/loopback.hpp"
+#include "transport_test_support.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+using test_support::error_of;
+using test_support::in;
+using test_support::publish1;
 
 #ifdef NOTIFICATIONS_TESTS_SHORT
 constexpr int kScale = 5;
@@ -32,13 +37,9 @@ constexpr int kScale = 1;
 
 constexpr auto kWait = 20s;  // bound of every wait that is expected to succeed
 
-n::Deadline in(std::chrono::milliseconds d) { return Clock::now() + d; }
-
 n::Message msg(std::string subject, std::string body = "", std::vector<std::pair<std::string, std::string>> headers = {}) {
   return n::Message{std::move(subject), std::move(body), std::move(headers)};
 }
-
-n::PublishResult publish1(n::Transport& t, const n::Message& m) { return t.publish(std::span<const n::Message>(&m, 1)); }
 
 // Collects deliveries; waits are bounded.
 class Collector {
@@ -130,22 +131,7 @@ std::unique_ptr<n::Transport> memory(std::string broker, bool inline_delivery, s
 }
 
 // A fresh broker name per test, so tests never see each other's messages.
-std::string fresh_broker() {
-  static std::atomic<int> next{0};
-  return "b" + std::to_string(next.fetch_add(1)) + "-" +
-         ::testing::UnitTest::GetInstance()->current_test_info()->name();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const n::TransportError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG TYPE: ") + e.what();
-  }
-  return "NO ERROR";
-}
+std::string fresh_broker() { return test_support::fresh_name("b"); }
 
 }  // namespace
 

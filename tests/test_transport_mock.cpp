@@ -14,12 +14,17 @@
 #include "notifications/transport.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
+#include "transport_test_support.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+using test_support::error_of;
+using test_support::in;
+using test_support::publish1;
 
 #ifdef NOTIFICATIONS_TESTS_SHORT
 constexpr int kScale = 5;
@@ -29,11 +34,7 @@ constexpr int kScale = 1;
 
 constexpr auto kWait = 20s;
 
-n::Deadline in(std::chrono::milliseconds d) { return Clock::now() + d; }
-
 n::Message msg(std::string subject, std::string body = "") { return n::Message{std::move(subject), std::move(body), {}}; }
-
-n::PublishResult publish1(n::Transport& t, const n::Message& m) { return t.publish(std::span<const n::Message>(&m, 1)); }
 
 class Collector {
  public:
@@ -71,11 +72,7 @@ class Collector {
   std::thread::id last_thread_;
 };
 
-std::string fresh_broker() {
-  static std::atomic<int> next{0};
-  return "m" + std::to_string(next.fetch_add(1)) + "-" +
-         ::testing::UnitTest::GetInstance()->current_test_info()->name();
-}
+std::string fresh_broker() { return test_support::fresh_name("m"); }
 
 std::shared_ptr<n::MockTransport> mock(const std::string& broker, bool inline_delivery = true, std::size_t max_pending = 65536) {
   n::MockOptions options;
@@ -85,17 +82,6 @@ std::shared_ptr<n::MockTransport> mock(const std::string& broker, bool inline_de
   auto t = std::make_shared<n::MockTransport>(options);
   t->start();
   return t;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const n::TransportError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG TYPE: ") + e.what();
-  }
-  return "NO ERROR";
 }
 
 }  // namespace

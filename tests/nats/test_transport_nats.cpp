@@ -17,8 +17,13 @@
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
 #include "wait.hpp"
+#include "transport_test_support.hpp"
 
 namespace {
+
+using test_support::error_of;
+using test_support::in;
+using test_support::publish1;
 
 namespace n = notifications;
 using namespace std::chrono_literals;
@@ -67,15 +72,6 @@ struct Service {
     return received.size();
   }
 };
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // ---- options ----------------------------------------------------------------------------------
 
