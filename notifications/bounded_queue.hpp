@@ -1,15 +1,17 @@
 // Private: the bounded, thread-safe handoff queue between threads that must not wait on each
 // other (instrumenting threads -> the Bridge's sender; transport callbacks -> its dispatcher).
 //
-// Thread-safety: every member may be called from any thread. One mutex guards the deque; pushes
+// Thread-safety: every member may be called from any thread. One mutex guards the items; pushes
 // never call out while holding it.
+//
+// Storage is a vector that changes hands with the consumer's batch vector: in steady state
+// neither side allocates, and buffers are not freed on a thread other than the one that made them.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -43,18 +45,18 @@ class BoundedQueue {
     std::unique_lock lock(mutex_);
     if (closed_) return Push::closed;
     Push result = Push::accepted;
-    if (items_.size() >= capacity_) {
+    if (live() >= capacity_) {
       switch (policy) {
         case OverflowPolicy::drop_newest:
           return Push::dropped_newest;
         case OverflowPolicy::drop_oldest:
-          if (evicted != nullptr) evicted->emplace(std::move(items_.front()));
-          items_.pop_front();
+          if (evicted != nullptr) evicted->emplace(std::move(items_[head_]));
+          ++head_;
+          compact();
           result = Push::accepted_dropped_oldest;
           break;
         case OverflowPolicy::block:
-          if (!not_full_.wait_for(lock, block_timeout,
-                                  [&] { return closed_ || items_.size() < capacity_; })) {
+          if (!not_full_.wait_for(lock, block_timeout, [&] { return closed_ || live() < capacity_; })) {
             return Push::dropped_newest;
           }
           if (closed_) return Push::closed;
@@ -62,7 +64,7 @@ class BoundedQueue {
       }
     }
     items_.push_back(std::move(item));
-    size_.store(items_.size(), std::memory_order_release);
+    size_.store(live(), std::memory_order_release);
     const bool wake = consumers_blocked_ > 0;
     lock.unlock();
     if (wake) not_empty_.notify_one();
@@ -70,9 +72,10 @@ class BoundedQueue {
   }
 
   // Moves up to `max` items into `out` (appending), waiting until at least one is there, the
-  // queue is closed, or `until`. Returns false only when the queue is closed and empty.
+  // queue is closed, or `until`. Returns false only when the queue is closed and empty. An empty
+  // `out` whose capacity is kept between calls is swapped in as the next storage when the whole
+  // queue fits: the items move in O(1) under the lock and no buffer is allocated again.
   bool pop_batch(std::vector<T>& out, std::size_t max, std::chrono::steady_clock::time_point until) {
-    std::deque<T> taken;
     if (idle_spin_.count() > 0 && size_.load(std::memory_order_acquire) == 0) {
       const auto spin_until = std::min(until, std::chrono::steady_clock::now() + idle_spin_);
       while (size_.load(std::memory_order_acquire) == 0 && !closed_flag_.load(std::memory_order_acquire) &&
@@ -82,21 +85,22 @@ class BoundedQueue {
     }
     std::unique_lock lock(mutex_);
     ++consumers_blocked_;
-    not_empty_.wait_until(lock, until, [&] { return closed_ || !items_.empty(); });
+    not_empty_.wait_until(lock, until, [&] { return closed_ || live() > 0; });
     --consumers_blocked_;
-    if (items_.empty()) return !closed_;
-    if (items_.size() <= max) {
-      taken.swap(items_);  // O(1) under the lock: producers are not held up by the moves below
+    if (live() == 0) return !closed_;
+    if (live() <= max && head_ == 0 && out.empty()) {
+      items_.swap(out);
+      if (items_.capacity() > kKeptCapacity) std::vector<T>().swap(items_);
     } else {
-      for (std::size_t i = 0; i < max; ++i) {
-        taken.push_back(std::move(items_.front()));
-        items_.pop_front();
-      }
+      const std::size_t count = std::min(max, live());
+      out.reserve(out.size() + count);
+      for (std::size_t i = 0; i < count; ++i) out.push_back(std::move(items_[head_ + i]));
+      head_ += count;
+      compact();
     }
-    size_.store(items_.size(), std::memory_order_release);
+    size_.store(live(), std::memory_order_release);
     lock.unlock();
     not_full_.notify_all();
-    for (T& item : taken) out.push_back(std::move(item));
     return true;
   }
 
@@ -112,11 +116,13 @@ class BoundedQueue {
   }
 
   // Removes and returns everything still queued.
-  std::deque<T> take_all() {
-    std::deque<T> rest;
+  std::vector<T> take_all() {
+    std::vector<T> rest;
     {
       std::lock_guard lock(mutex_);
       rest.swap(items_);
+      rest.erase(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
       size_.store(0, std::memory_order_release);
     }
     not_full_.notify_all();
@@ -125,7 +131,7 @@ class BoundedQueue {
 
   std::size_t size() const {
     std::lock_guard lock(mutex_);
-    return items_.size();
+    return live();
   }
   std::size_t capacity() const noexcept { return capacity_; }
 
@@ -135,7 +141,28 @@ class BoundedQueue {
   mutable std::mutex mutex_;
   std::condition_variable not_empty_;
   std::condition_variable not_full_;
-  std::deque<T> items_;  // guarded by mutex_
+  static constexpr std::size_t kKeptCapacity = 4096;  // items an empty queue keeps room for
+
+  std::size_t live() const { return items_.size() - head_; }  // mutex_ held
+
+  // Drops the moved-from prefix once it is at least half of the storage (amortised O(1)), and
+  // the memory of a past burst once the queue is empty.
+  void compact() {  // mutex_ held
+    if (head_ == items_.size()) {
+      if (items_.capacity() > kKeptCapacity) {
+        std::vector<T>().swap(items_);
+      } else {
+        items_.clear();
+      }
+      head_ = 0;
+    } else if (head_ >= items_.size() / 2) {
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+  }
+
+  std::vector<T> items_;  // guarded by mutex_: [head_, size) are queued, [0, head_) moved from
+  std::size_t head_ = 0;  // guarded by mutex_
   bool closed_ = false;  // guarded by mutex_
   std::size_t consumers_blocked_ = 0;  // guarded by mutex_: consumers inside wait_until
   // Written under mutex_, read without it by a spinning consumer.
