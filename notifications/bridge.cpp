@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -23,6 +24,7 @@
 #include "notifications/fork_registry.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/ids.hpp"
+#include "notifications/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
 namespace notifications {
@@ -95,7 +97,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   const BridgeConfig config;
   BridgeHooks hooks;
 
-  detail::BoundedQueue<Event> outbound;
+  detail::BoundedQueue<detail::OutgoingEvent> outbound;
   detail::BoundedQueue<Delivery> inbound;
 
   std::mutex lifecycle;  // serialises start() and shutdown()
@@ -226,19 +228,27 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
       drop(Drop::after_shutdown, event.name());
       return;
     }
-    std::optional<Event> evicted;
-    switch (outbound.push(Event(event), config.overflow, config.block_timeout, &evicted)) {
-      case detail::BoundedQueue<Event>::Push::accepted:
+    detail::OutgoingEvent outgoing;
+    try {
+      outgoing = detail::outgoing_from_event(event);
+    } catch (const std::exception& e) {
+      drop(Drop::encode_failed, event.name(), 1, e.what());
+      return;
+    }
+    using Queue = detail::BoundedQueue<detail::OutgoingEvent>;
+    std::optional<detail::OutgoingEvent> evicted;
+    switch (outbound.push(std::move(outgoing), config.overflow, config.block_timeout, &evicted)) {
+      case Queue::Push::accepted:
         counters.accepted.fetch_add(1, std::memory_order_relaxed);
         break;
-      case detail::BoundedQueue<Event>::Push::accepted_dropped_oldest:
+      case Queue::Push::accepted_dropped_oldest:
         counters.accepted.fetch_add(1, std::memory_order_relaxed);
-        drop(Drop::queue_evicted, evicted ? evicted->name() : std::string_view("?"));
+        drop(Drop::queue_evicted, evicted ? std::string_view(evicted->name) : std::string_view("?"));
         break;
-      case detail::BoundedQueue<Event>::Push::dropped_newest:
+      case Queue::Push::dropped_newest:
         drop(Drop::queue_full, event.name());
         break;
-      case detail::BoundedQueue<Event>::Push::closed:
+      case Queue::Push::closed:
         drop(Drop::after_shutdown, event.name());
         break;
     }
@@ -268,7 +278,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   // Publishes `messages` in order, retrying transient failures. Everything ends as sent or
   // dropped (counted, by name).
-  void publish_in_order(std::vector<Message>& messages, const std::vector<std::string>& names,
+  void publish_in_order(std::span<const Message> messages, const std::vector<std::string>& names,
                         std::mt19937& rng) {
     std::size_t offset = 0;
     int attempt = 0;
@@ -277,8 +287,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
       offset = messages.size();
     };
     while (offset < messages.size()) {
-      const PublishResult result =
-          transport->publish(std::span<const Message>(messages).subspan(offset));
+      const PublishResult result = transport->publish(messages.subspan(offset));
       const std::size_t published = std::min(result.published, messages.size() - offset);
       offset += published;
       note_sent(published);
@@ -305,7 +314,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   void run_sender() {
     std::mt19937 rng(std::random_device{}());
-    std::vector<Event> batch;
+    std::vector<detail::OutgoingEvent> batch;
+    // Messages and names are overwritten in place batch after batch: their buffers are reused.
     std::vector<Message> messages;
     std::vector<std::string> names;
     // By event name: its subject (validated once) and the last sequence number sent on it.
@@ -323,34 +333,39 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
       }
       if (batch.empty()) continue;
       if (past_deadline()) {
-        for (const Event& event : batch) drop(Drop::shutdown_deadline, event.name());
+        for (const auto& event : batch) drop(Drop::shutdown_deadline, event.name);
         continue;
       }
-      messages.clear();
-      names.clear();
-      for (const Event& event : batch) {
-        auto stream = streams.find(std::string(event.name()));
+      std::size_t count = 0;
+      for (const auto& event : batch) {
+        auto stream = streams.find(event.name);
         if (stream == streams.end()) {
           try {
-            stream = streams.emplace(std::string(event.name()), Stream{subject_for(config.prefix, event.name()), 0}).first;
+            stream = streams.emplace(event.name, Stream{subject_for(config.prefix, event.name), 0}).first;
           } catch (const std::exception& e) {
-            drop(Drop::invalid_subject, event.name(), 1, e.what());
+            drop(Drop::invalid_subject, event.name, 1, e.what());
             continue;
           }
         }
-        try {
-          messages.push_back(message_from_event(event, config.app, hooks.instance_id, stream->second.sequence + 1,
-                                                stream->second.subject));
-          ++stream->second.sequence;
-          names.emplace_back(event.name());
-        } catch (const std::exception& e) {
-          drop(Drop::encode_failed, event.name(), 1, e.what());
+        if (count == messages.size()) {
+          messages.emplace_back();
+          names.emplace_back();
         }
+        try {
+          detail::encode_outgoing(event, config.app, hooks.instance_id, stream->second.sequence + 1,
+                                  stream->second.subject, messages[count]);
+        } catch (const std::exception& e) {
+          drop(Drop::encode_failed, event.name, 1, e.what());
+          continue;
+        }
+        ++stream->second.sequence;
+        names[count].assign(event.name);
+        ++count;
       }
-      publish_in_order(messages, names, rng);
+      publish_in_order(std::span<const Message>(messages).first(count), names, rng);
     }
     // Anything left (deadline passed while retrying, then closed) is counted.
-    for (Event& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+    for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name);
   }
 
   // ---- inbound ------------------------------------------------------------------------------
@@ -589,7 +604,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
     outbound.close();
     signal_progress();
     if (sender.joinable()) sender.join();
-    for (Event& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+    for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name);
     // 3. Flush the transport, 4. let its subscriptions hand over what they hold (into the
     // inbound queue), and close it.
     const bool flushed = was_running ? transport->flush(deadline) : true;

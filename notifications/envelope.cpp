@@ -7,7 +7,11 @@
 #include <string>
 #include <utility>
 
+#include "notifications/envelope_plain.hpp"
+#include "notifications/envelope_rules.hpp"
 #include "notifications/event_access.hpp"
+#include "notifications/ids.hpp"
+#include "notifications/outgoing_event.hpp"
 
 namespace notifications {
 
@@ -15,13 +19,10 @@ namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::system_clock;
+using namespace detail;  // the field rules (envelope_rules.hpp)
 
 // Values quoted in decode errors are cut after this many bytes.
 constexpr std::size_t kQuoteLimit = 64;
-// Arrays and objects nest at most this deep in a body; the envelope object is level 1.
-constexpr std::size_t kMaxDepth = 64;
-// The largest duration_us and sequence accepted: 2^53 - 1, the largest integer every JSON reader holds exactly.
-constexpr std::int64_t kMaxExactInteger = (std::int64_t{1} << 53) - 1;
 
 constexpr std::string_view kTimeExample = "2026-11-25T12:00:00.000000Z";
 constexpr std::string_view kUuidExample = "0190c3c5-7d0e-8000-8000-000000000001";
@@ -34,7 +35,23 @@ std::string dump(const json& value, bool ensure_ascii) {
   return value.dump(-1, ' ', ensure_ascii, json::error_handler_t::replace);
 }
 
-void append_json_string(std::string& out, std::string_view text) { out += dump(json(text), false); }
+// Appends `value` as compact JSON (invalid UTF-8 replaced by U+FFFD), as dump(value, false).
+void append_json(std::string& out, const json& value) {
+  nlohmann::detail::serializer<json> writer(nlohmann::detail::output_adapter<char, std::string>(out), ' ',
+                                            json::error_handler_t::replace);
+  writer.dump(value, false, false, 0);
+}
+
+// Appends `text` as a JSON string, as append_json(out, json(text)).
+void append_json_string(std::string& out, std::string_view text) {
+  const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+    return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
+  });
+  if (!plain) return append_json(out, json(text));
+  out += '"';
+  out += text;
+  out += '"';
+}
 
 // A JSON value as a decode error shows it: strings quoted, other values with their type; ASCII
 // only, cut after kQuoteLimit bytes.
@@ -53,108 +70,6 @@ std::string describe(const json& value) {
   if (shown.size() > kQuoteLimit) shown = shown.substr(0, kQuoteLimit) + "...";
   std::string type = value.type_name();
   return type + " " + shown;
-}
-
-bool is_hex(char c, bool lower_only) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (!lower_only && c >= 'A' && c <= 'F');
-}
-
-// 8-4-4-4-12 hex digits, either case, any version and variant.
-bool is_uuid(std::string_view text) {
-  if (text.size() != 36) return false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? text[i] != '-' : !is_hex(text[i], false)) return false;
-  }
-  return true;
-}
-
-// W3C Trace Context: version-traceid-parentid-flags in lowercase hex; version ff and all-zero
-// ids are invalid.
-bool is_traceparent(std::string_view text) {
-  if (text.size() != 55) return false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const bool dash = i == 2 || i == 35 || i == 52;
-    if (dash ? text[i] != '-' : !is_hex(text[i], true)) return false;
-  }
-  if (text.substr(0, 2) == "ff") return false;
-  if (text.substr(3, 32).find_first_not_of('0') == std::string_view::npos) return false;
-  if (text.substr(36, 16).find_first_not_of('0') == std::string_view::npos) return false;
-  return true;
-}
-
-// ---- RFC 3339
-
-enum class TimeProblem { none, malformed, no_such_date, out_of_range };
-
-// `count` decimal digits at text[pos...], or -1.
-int digits(std::string_view text, std::size_t pos, std::size_t count) {
-  int value = 0;
-  for (std::size_t i = pos; i < pos + count; ++i) {
-    if (text[i] < '0' || text[i] > '9') return -1;
-    value = value * 10 + (text[i] - '0');
-  }
-  return value;
-}
-
-// YYYY-MM-DDTHH:MM:SS[.F]Z with 0 to 9 fraction digits, uppercase 'T' and 'Z' only.
-std::optional<Clock::time_point> parse_time(std::string_view text, TimeProblem& problem) {
-  using namespace std::chrono;
-  static_assert(Clock::period::num == 1 && 1'000'000'000 % Clock::period::den == 0,
-                "system_clock ticks must divide a nanosecond");
-  constexpr std::int64_t kTicksPerSecond = Clock::period::den;
-
-  problem = TimeProblem::malformed;
-  if (text.size() < 20 || text.size() > 30) return std::nullopt;
-  if (text[4] != '-' || text[7] != '-' || text[10] != 'T' || text[13] != ':' || text[16] != ':') {
-    return std::nullopt;
-  }
-  const int y = digits(text, 0, 4);
-  const int mo = digits(text, 5, 2);
-  const int d = digits(text, 8, 2);
-  const int h = digits(text, 11, 2);
-  const int mi = digits(text, 14, 2);
-  const int s = digits(text, 17, 2);
-  if (y < 0 || mo < 0 || d < 0 || h < 0 || mi < 0 || s < 0) return std::nullopt;
-
-  std::size_t pos = 19;
-  std::int64_t nanos = 0;
-  if (text[pos] == '.') {
-    ++pos;
-    std::size_t count = 0;
-    while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') {
-      if (++count > 9) return std::nullopt;
-      nanos = nanos * 10 + (text[pos] - '0');
-      ++pos;
-    }
-    if (count == 0) return std::nullopt;
-    for (std::size_t i = count; i < 9; ++i) nanos *= 10;
-  }
-  if (pos + 1 != text.size() || text[pos] != 'Z') return std::nullopt;
-
-  problem = TimeProblem::no_such_date;
-  const year_month_day date{year{y}, month{static_cast<unsigned>(mo)},
-                            day{static_cast<unsigned>(d)}};
-  if (!date.ok() || h > 23 || mi > 59 || s > 59) return std::nullopt;
-
-  problem = TimeProblem::out_of_range;
-  const std::int64_t seconds =
-      std::int64_t{sys_days{date}.time_since_epoch().count()} * 86400 + h * 3600 + mi * 60 + s;
-  const std::int64_t fraction = nanos / (1'000'000'000 / kTicksPerSecond);
-  // seconds * tps + fraction without intermediate overflow: for negative seconds the product
-  // alone may leave the range while the sum does not, so it is formed from (seconds + 1).
-  Clock::rep ticks = 0;
-  if (seconds >= 0) {
-    if (__builtin_mul_overflow(seconds, kTicksPerSecond, &ticks) ||
-        __builtin_add_overflow(ticks, fraction, &ticks)) {
-      return std::nullopt;
-    }
-  } else if (__builtin_mul_overflow(seconds + 1, kTicksPerSecond, &ticks) ||
-             __builtin_add_overflow(ticks, fraction - kTicksPerSecond, &ticks)) {
-    return std::nullopt;
-  }
-  problem = TimeProblem::none;
-  return Clock::time_point(Clock::duration(ticks));
 }
 
 // ---- decoding
@@ -226,8 +141,8 @@ class Decoder {
     TimeProblem problem = TimeProblem::none;
     auto parsed = parse_time(value->get_ref<const std::string&>(), problem);
     // Times are kept to the microsecond: the range is that of the clock, rounded inwards.
-    const auto lowest = std::chrono::ceil<std::chrono::microseconds>(Clock::time_point::min());
-    const auto highest = std::chrono::floor<std::chrono::microseconds>(Clock::time_point::max());
+    const auto lowest = kEarliestEnvelopeTime;
+    const auto highest = kLatestEnvelopeTime;
     if (parsed && *parsed < lowest) {
       parsed.reset();
       problem = TimeProblem::out_of_range;
@@ -308,30 +223,6 @@ class Decoder {
   std::string& error_;
 };
 
-// The index of the bracket at which the nesting of arrays and objects first exceeds `limit`, or
-// npos. Brackets inside strings do not count; malformed JSON is left to the parser.
-std::size_t too_deep_at(std::string_view body, std::size_t limit) {
-  std::size_t depth = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < body.size(); ++i) {
-    const char c = body[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return i;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return std::string_view::npos;
-}
-
 void decode_into(std::string_view body, DecodeResult& result) {
   std::string& error = result.error;
   if (const std::size_t at = too_deep_at(body, kMaxDepth); at != std::string_view::npos) {
@@ -394,7 +285,8 @@ namespace {
 struct EnvelopeFields {
   std::string_view id;
   std::string_view name;
-  const nlohmann::json& payload;
+  const nlohmann::json* payload;  // null: payload_json holds it, serialised
+  std::string_view payload_json;
   std::chrono::system_clock::time_point time;
   std::chrono::microseconds duration;
   std::string_view producer;
@@ -406,30 +298,49 @@ struct EnvelopeFields {
   const std::string* exception_message;  // null: absent
 };
 
-std::string encode_fields(const EnvelopeFields& f) {
-  std::string out;
-  out.reserve(256 + f.name.size());
+void append_decimal(std::string& out, std::uint64_t value) {
+  char digits[20];
+  std::size_t count = 0;
+  do {
+    digits[count++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value != 0);
+  while (count > 0) out += digits[--count];
+}
+
+void append_integer(std::string& out, std::int64_t value) {
+  if (value < 0) {
+    out += '-';
+    append_decimal(out, 0 - static_cast<std::uint64_t>(value));
+  } else {
+    append_decimal(out, static_cast<std::uint64_t>(value));
+  }
+}
+
+// Appends the envelope object to `out`.
+void encode_fields(const EnvelopeFields& f, std::string& out) {
+  out.reserve(out.size() + 224 + f.name.size() + f.producer.size() + f.payload_json.size());
   out += "{\"id\":";
   append_json_string(out, f.id);
   out += ",\"name\":";
   append_json_string(out, f.name);
   out += ",\"time\":\"";
-  out += format_rfc3339(f.time);
+  detail::append_rfc3339(out, f.time);
   out += "\",\"duration_us\":";
-  out += std::to_string(f.duration.count());
+  append_integer(out, f.duration.count());
   out += ",\"producer\":";
   append_json_string(out, f.producer);
   out += ",\"producer_instance\":";
   append_json_string(out, f.producer_instance);
   out += ",\"schema_version\":";
-  out += std::to_string(f.schema_version);
+  append_integer(out, f.schema_version);
   if (!f.traceparent.empty()) {
     out += ",\"traceparent\":";
     append_json_string(out, f.traceparent);
   }
   if (f.sequence != 0) {
     out += ",\"sequence\":";
-    out += std::to_string(f.sequence);
+    append_decimal(out, f.sequence);
   }
   if (f.exception_type != nullptr || f.exception_message != nullptr) {
     static const std::string kEmpty;
@@ -440,8 +351,17 @@ std::string encode_fields(const EnvelopeFields& f) {
     out += '}';
   }
   out += ",\"payload\":";
-  out += dump(f.payload, false);
+  if (f.payload != nullptr) {
+    append_json(out, *f.payload);
+  } else {
+    out += f.payload_json;
+  }
   out += '}';
+}
+
+std::string encode_fields(const EnvelopeFields& f) {
+  std::string out;
+  encode_fields(f, out);
   return out;
 }
 
@@ -456,13 +376,15 @@ void add_headers(Message& message, std::string id, std::string_view traceparent)
 
 std::string encode_envelope(const Envelope& envelope) {
   return encode_fields(EnvelopeFields{
-      envelope.id, envelope.name, envelope.payload, envelope.time, envelope.duration, envelope.producer,
+      envelope.id, envelope.name, &envelope.payload, {}, envelope.time, envelope.duration, envelope.producer,
       envelope.producer_instance, envelope.schema_version, envelope.traceparent, envelope.sequence,
       envelope.exception_type ? &*envelope.exception_type : nullptr,
       envelope.exception_message ? &*envelope.exception_message : nullptr});
 }
 
-DecodeResult decode_envelope(std::string_view body) noexcept {
+namespace detail {
+
+DecodeResult decode_general_envelope(std::string_view body) noexcept {
   DecodeResult result;
   try {
     decode_into(body, result);
@@ -475,7 +397,25 @@ DecodeResult decode_envelope(std::string_view body) noexcept {
   return result;
 }
 
-std::string format_rfc3339(std::chrono::system_clock::time_point time) {
+}  // namespace detail
+
+DecodeResult decode_envelope(std::string_view body) noexcept {
+  try {
+    Envelope envelope;
+    if (detail::decode_plain_envelope(body, envelope)) {
+      DecodeResult result;
+      result.envelope = std::move(envelope);
+      return result;
+    }
+  } catch (...) {
+    // Out of memory, most likely: the general decoder tries again and reports it.
+  }
+  return detail::decode_general_envelope(body);
+}
+
+namespace detail {
+
+void append_rfc3339(std::string& out, std::chrono::system_clock::time_point time) {
   using namespace std::chrono;
   // Microseconds first: the day boundary of the earliest nanosecond time points lies outside
   // the nanosecond range, but not outside the microsecond one.
@@ -491,12 +431,14 @@ std::string format_rfc3339(std::chrono::system_clock::time_point time) {
                   static_cast<unsigned>(date.month()), static_cast<unsigned>(date.day()),
                   static_cast<int>(second / 3600), static_cast<int>(second / 60 % 60),
                   static_cast<int>(second % 60), static_cast<int>(in_day % 1'000'000));
-    return buffer;
+    out += buffer;
+    return;
   }
-  std::string out = "0000-00-00T00:00:00.000000Z";
-  const auto put = [&out](std::size_t at, std::int64_t value, int digits) {
+  const std::size_t at = out.size();
+  out += "0000-00-00T00:00:00.000000Z";
+  const auto put = [&out, at](std::size_t offset, std::int64_t value, int digits) {
     for (int i = digits - 1; i >= 0; --i) {
-      out[at + static_cast<std::size_t>(i)] = static_cast<char>('0' + value % 10);
+      out[at + offset + static_cast<std::size_t>(i)] = static_cast<char>('0' + value % 10);
       value /= 10;
     }
   };
@@ -507,6 +449,13 @@ std::string format_rfc3339(std::chrono::system_clock::time_point time) {
   put(14, second / 60 % 60, 2);
   put(17, second % 60, 2);
   put(20, in_day % 1'000'000, 6);
+}
+
+}  // namespace detail
+
+std::string format_rfc3339(std::chrono::system_clock::time_point time) {
+  std::string out;
+  detail::append_rfc3339(out, time);
   return out;
 }
 
@@ -576,12 +525,60 @@ Message message_from_event(const Event& event, std::string_view producer, std::s
   Message message;
   message.subject = std::move(subject);
   message.body = encode_fields(EnvelopeFields{
-      id, event.name(), event.payload(), event.time(),
+      id, event.name(), &event.payload(), {}, event.time(),
       std::chrono::duration_cast<std::chrono::microseconds>(event.duration()), producer, producer_instance,
       Envelope::kSchemaVersion, traceparent, sequence, exception ? &exception->type : nullptr,
       exception ? &exception->message : nullptr});
   add_headers(message, std::move(id), traceparent);
   return message;
 }
+
+namespace detail {
+
+OutgoingEvent outgoing_from_event(const Event& event) {
+  OutgoingEvent out;
+  out.name = event.name();
+  out.payload.reserve(128);
+  append_json(out.payload, event.payload());
+  if (std::string traceparent = event.traceparent(); is_traceparent(traceparent)) {
+    out.traceparent = std::move(traceparent);  // as envelope_from_event
+  }
+  out.id = EventAccess::explicit_id(event);
+  out.id_sequence = EventAccess::id_sequence(event);
+  out.time = event.time();
+  out.duration = std::chrono::duration_cast<std::chrono::microseconds>(event.duration());
+  if (const auto& exception = event.exception()) {
+    out.exception = std::make_unique<std::pair<std::string, std::string>>(exception->type, exception->message);
+  }
+  return out;
+}
+
+void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std::string_view producer_instance,
+                     std::uint64_t sequence, std::string_view subject, Message& message) {
+  message.subject.assign(subject);
+  const std::size_t header_count = event.traceparent.empty() ? 2 : 3;
+  message.headers.resize(header_count);
+  auto& [id_key, id] = message.headers[0];
+  id_key.assign("Nats-Msg-Id");
+  if (event.id.empty()) {
+    assign_event_id(id, event.id_sequence);
+  } else {
+    id.assign(event.id);
+  }
+  message.headers[1].first.assign("Content-Type");
+  message.headers[1].second.assign(Envelope::kContentType);
+  if (header_count == 3) {
+    message.headers[2].first.assign("traceparent");
+    message.headers[2].second.assign(event.traceparent);
+  }
+  message.body.clear();
+  encode_fields(EnvelopeFields{id, event.name, nullptr, event.payload, event.time, event.duration, producer,
+                               producer_instance, Envelope::kSchemaVersion, event.traceparent, sequence,
+                               event.exception ? &event.exception->first : nullptr,
+                               event.exception ? &event.exception->second : nullptr},
+                message.body);
+}
+
+}  // namespace detail
 
 }  // namespace notifications

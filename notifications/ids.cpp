@@ -44,15 +44,21 @@ std::string hex(std::uint64_t value, int digits) {
   return out;
 }
 
-std::string format_uuid(std::uint64_t high, std::uint64_t low, std::uint64_t version) {
+// Writes 36 characters, 8-4-4-4-12, at `out`.
+void put_uuid(char* out, std::uint64_t high, std::uint64_t low, std::uint64_t version) {
   high = (high & ~0xF000ull) | (version << 12);
   low = (low & ~(3ull << 62)) | (2ull << 62);  // RFC 9562 variant
-  std::string out(36, '-');                    // 8-4-4-4-12
   put_hex(&out[0], high >> 32, 8);
   put_hex(&out[9], high >> 16, 4);
   put_hex(&out[14], high, 4);
   put_hex(&out[19], low >> 48, 4);
   put_hex(&out[24], low, 12);
+  out[8] = out[13] = out[18] = out[23] = '-';
+}
+
+std::string format_uuid(std::uint64_t high, std::uint64_t low, std::uint64_t version) {
+  std::string out(36, '-');
+  put_uuid(out.data(), high, low, version);
   return out;
 }
 
@@ -76,6 +82,11 @@ std::uint64_t thread_transaction() noexcept {
 
 std::string format_event_id(std::uint64_t sequence) {
   return format_uuid(salt().event, sequence, 8);
+}
+
+void assign_event_id(std::string& out, std::uint64_t sequence) {
+  out.resize(36);
+  put_uuid(out.data(), salt().event, sequence, 8);
 }
 
 std::string format_transaction_id(std::uint64_t transaction) {

@@ -6,7 +6,9 @@
 #include <string>
 
 #include "notifications/envelope.hpp"
+#include "notifications/envelope_plain.hpp"
 #include "notifications/event_access.hpp"
+#include "notifications/outgoing_event.hpp"
 
 using namespace std::chrono;
 using nlohmann::json;
@@ -639,6 +641,95 @@ TEST(MessageFromEnvelope, BodyAndHeaders) {
       notifications::message_from_envelope(minimal_envelope(), "s");
   EXPECT_EQ(plain.headers.size(), 2u);
   EXPECT_EQ(plain.header("traceparent"), "");
+}
+
+// ---- the fast decoder (envelope_plain.hpp) and the queued-event encoder (outgoing_event.hpp)
+
+// What the fast decoder made of `body`, checked against the general decoder: it may decline,
+// but what it accepts must be decoded identically. Returns whether it accepted.
+bool plain_agrees(const std::string& body) {
+  Envelope plain;
+  if (!notifications::detail::decode_plain_envelope(body, plain)) return false;
+  const auto general = notifications::detail::decode_general_envelope(body);
+  EXPECT_TRUE(general) << body << ": the fast decoder accepted what the general one rejects: " << general.error;
+  if (general) {
+    expect_same(plain, *general.envelope);
+    EXPECT_EQ(plain.sequence, general.envelope->sequence) << body;
+  }
+  return true;
+}
+
+TEST(PlainDecoder, TakesEverythingTheEncoderWrites) {
+  Envelope with_sequence = full_envelope();
+  with_sequence.sequence = 9'007'199'254'740'991;  // 2^53 - 1
+  Envelope empty_message = minimal_envelope();
+  empty_message.exception_type = "E";
+  empty_message.exception_message = "";
+  Envelope unicode = minimal_envelope();
+  unicode.name = "caf\xc3\xa9.\xe2\x9c\x93";
+  unicode.producer = "tab\there \"q\" \\ /";
+  unicode.payload = json::array({json::object(), json::array(), "", 0, -1, 1.5e300, false});
+  for (const Envelope& e : {full_envelope(), minimal_envelope(), with_sequence, empty_message, unicode}) {
+    EXPECT_TRUE(plain_agrees(encode_envelope(e))) << encode_envelope(e);
+  }
+}
+
+TEST(PlainDecoder, TakesOtherKeyOrdersAndWhitespace) {
+  const std::string sorted = valid_body().dump();  // keys in alphabetical order
+  EXPECT_TRUE(plain_agrees(sorted)) << sorted;
+  const std::string spaced = valid_body().dump(2);  // newlines and indentation everywhere
+  EXPECT_TRUE(plain_agrees(spaced)) << spaced;
+  EXPECT_TRUE(plain_agrees(" \t\r\n" + sorted + " \n"));
+}
+
+TEST(PlainDecoder, DeclinesWhatTheGeneralDecoderMustJudge) {
+  const std::string body = encode_envelope(full_envelope());
+  const std::string head = body.substr(0, body.size() - 1);  // without the closing brace
+  const std::vector<std::string> declined = {
+      head + ",\"name\":\"again\"}",      // a repeated key: the general decoder keeps the last
+      head + ",\"extra\":1}",             // an unknown key: ignored by the general decoder
+      head + ",\"sequence\":1.0}",        // not a plain integer
+      head + "} x",                       // trailing text
+      "{}",
+      "",
+      "[1]",
+  };
+  for (const std::string& text : declined) EXPECT_FALSE(plain_agrees(text)) << text;
+  // Invalid values are declined, so that the general decoder names them.
+  for (const auto& [field, value] : std::vector<std::pair<const char*, json>>{
+           {"id", "not-a-uuid"}, {"time", "2026-02-30T00:00:00Z"}, {"duration_us", -1},
+           {"duration_us", 9'007'199'254'740'992}, {"schema_version", 2}, {"name", ""},
+           {"traceparent", "00-xyz"}, {"exception", {{"type", ""}, {"message", ""}}},
+           {"producer", "\xff"}}) {
+    json changed = valid_body();
+    changed[field] = value;
+    const std::string text = changed.dump(-1, ' ', false, json::error_handler_t::ignore);
+    EXPECT_FALSE(plain_agrees(text)) << text;
+  }
+  json deep = valid_body();
+  json* at = &deep["payload"];
+  for (int i = 0; i < 63; ++i) at = &((*at)["x"] = json::object());  // 64 levels in the payload
+  EXPECT_FALSE(plain_agrees(deep.dump()));
+  EXPECT_FALSE(decode_envelope(deep.dump()));
+}
+
+TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {
+  json payload = {{"order_id", 7}, {"traceparent", kTrace}, {"note", "caf\xc3\xa9 \"q\""}};
+  Event with_everything("order.placed", payload);
+  notifications::detail::EventAccess::set_exception(with_everything,
+                                                    {"std::runtime_error", "out of \"stock\"", nullptr});
+  Event bare("ping", nullptr);
+  notifications::Message reused;  // one Message for all three: buffers are overwritten in place
+  for (const Event* event : {&with_everything, &bare, &with_everything}) {
+    const auto outgoing = notifications::detail::outgoing_from_event(*event);
+    notifications::detail::encode_outgoing(outgoing, "shop", "instance-1", 42, "app.order", reused);
+    const notifications::Message expected =
+        notifications::message_from_event(*event, "shop", "instance-1", 42, "app.order");
+    EXPECT_EQ(reused.subject, expected.subject);
+    EXPECT_EQ(reused.body, expected.body);
+    EXPECT_EQ(reused.headers, expected.headers);
+    EXPECT_TRUE(plain_agrees(reused.body)) << reused.body;
+  }
 }
 
 }  // namespace

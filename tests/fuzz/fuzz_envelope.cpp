@@ -2,7 +2,9 @@
 //   1. decode_envelope neither crashes nor throws, and sets exactly one of envelope and error;
 //   2. an accepted envelope survives encode -> decode unchanged, and encodes to the same bytes
 //      again;
-//   3. it survives event_from_envelope -> envelope_from_event unchanged.
+//   3. it survives event_from_envelope -> envelope_from_event unchanged;
+//   4. the fast decoder (envelope_plain.hpp) either declines or decodes exactly what the general
+//      decoder decodes.
 // A broken promise prints what differed and aborts, which libFuzzer reports as a crash.
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include <string_view>
 
 #include "notifications/envelope.hpp"
+#include "notifications/envelope_plain.hpp"
 
 namespace {
 
@@ -33,6 +36,7 @@ const char* difference(const Envelope& a, const Envelope& b) {
   if (a.producer_instance != b.producer_instance) return "producer_instance";
   if (a.schema_version != b.schema_version) return "schema_version";
   if (a.traceparent != b.traceparent) return "traceparent";
+  if (a.sequence != b.sequence) return "sequence";
   if (a.exception_type != b.exception_type) return "exception.type";
   if (a.exception_message != b.exception_message) return "exception.message";
   return nullptr;
@@ -42,6 +46,14 @@ const char* difference(const Envelope& a, const Envelope& b) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data), size);
+  notifications::Envelope plain;
+  if (notifications::detail::decode_plain_envelope(body, plain)) {
+    const notifications::DecodeResult general = notifications::detail::decode_general_envelope(body);
+    if (!general) fail("the fast decoder accepted what the general decoder rejects", general.error);
+    if (const char* field = difference(plain, *general.envelope)) {
+      fail("the fast and the general decoder differ", std::string(field) + "\n" + std::string(body));
+    }
+  }
   const notifications::DecodeResult first = notifications::decode_envelope(body);
   if (first.envelope.has_value() == !first.error.empty()) {
     fail("decode set both or neither of envelope and error", first.error);

@@ -1,0 +1,278 @@
+// The fast envelope decoder (envelope_plain.hpp): one pass over the body with no JSON tree for
+// the envelope itself; only the payload (and any string with escapes) goes through nlohmann.
+#include "notifications/envelope_plain.hpp"
+
+#include <cstdint>
+#include <string>
+
+#include "notifications/envelope_rules.hpp"
+
+namespace notifications::detail {
+
+namespace {
+
+using nlohmann::json;
+
+class Scanner {
+ public:
+  explicit Scanner(std::string_view text) : text_(text) {}
+
+  bool at_end() {
+    skip_space();
+    return pos_ == text_.size();
+  }
+
+  bool consume(char c) {
+    skip_space();
+    if (pos_ < text_.size() && text_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+
+  // A string of printable ASCII without escapes: its characters, without the quotes.
+  bool plain_string(std::string_view& out) {
+    skip_space();
+    if (pos_ >= text_.size() || text_[pos_] != '"') return false;
+    const std::size_t start = ++pos_;
+    for (; pos_ < text_.size(); ++pos_) {
+      const char c = text_[pos_];
+      if (c == '"') {
+        out = text_.substr(start, pos_ - start);
+        ++pos_;
+        return true;
+      }
+      if (c < 0x20 || c > 0x7E || c == '\\') return false;
+    }
+    return false;
+  }
+
+  // Any JSON string; one with escapes or non-ASCII bytes is decoded (and its UTF-8 checked) by
+  // nlohmann.
+  bool string(std::string& out) {
+    const std::size_t start = pos_;
+    std::string_view plain;
+    if (plain_string(plain)) {
+      out.assign(plain);
+      return true;
+    }
+    pos_ = start;
+    skip_space();
+    if (pos_ >= text_.size() || text_[pos_] != '"') return false;
+    const std::size_t token = pos_;
+    if (!skip_string()) return false;
+    json value = json::parse(text_.substr(token, pos_ - token), nullptr, false);
+    if (!value.is_string()) return false;  // also when discarded (invalid)
+    out = std::move(value.get_ref<std::string&>());
+    return true;
+  }
+
+  // A non-negative integer of at most 16 digits, no leading zeros, no fraction or exponent.
+  bool integer(std::uint64_t& out) {
+    skip_space();
+    const std::size_t start = pos_;
+    std::uint64_t value = 0;
+    while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
+      value = value * 10 + static_cast<std::uint64_t>(text_[pos_] - '0');
+      ++pos_;
+    }
+    const std::size_t count = pos_ - start;
+    if (count == 0 || count > 16 || (count > 1 && text_[start] == '0')) return false;
+    if (pos_ < text_.size() && (text_[pos_] == '.' || text_[pos_] == 'e' || text_[pos_] == 'E')) return false;
+    out = value;
+    return true;
+  }
+
+  // Any JSON value, parsed by nlohmann; nesting (within the value) at most `max_depth`.
+  bool value(json& out, std::size_t max_depth) {
+    skip_space();
+    const std::size_t start = pos_;
+    if (pos_ >= text_.size()) return false;
+    const char c = text_[pos_];
+    if (c == '"') {
+      if (!skip_string()) return false;
+    } else if (c == '{' || c == '[') {
+      if (!skip_nested()) return false;
+    } else {
+      while (pos_ < text_.size() && !is_delimiter(text_[pos_])) ++pos_;
+    }
+    const std::string_view token = text_.substr(start, pos_ - start);
+    if (too_deep_at(token, max_depth) != std::string_view::npos) return false;
+    out = json::parse(token, nullptr, false);
+    return !out.is_discarded();
+  }
+
+ private:
+  static bool is_delimiter(char c) {
+    return c == ',' || c == '}' || c == ']' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+  }
+
+  void skip_space() {
+    while (pos_ < text_.size() &&
+           (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r')) {
+      ++pos_;
+    }
+  }
+
+  // From an opening quote to just past its closing one.
+  bool skip_string() {
+    for (++pos_; pos_ < text_.size(); ++pos_) {
+      if (text_[pos_] == '\\') {
+        ++pos_;
+      } else if (text_[pos_] == '"') {
+        ++pos_;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // From an opening bracket to just past the bracket that closes it (kinds are left to the parser).
+  bool skip_nested() {
+    std::size_t depth = 0;
+    while (pos_ < text_.size()) {
+      const char c = text_[pos_];
+      if (c == '"') {
+        if (!skip_string()) return false;
+        continue;
+      }
+      ++pos_;
+      if (c == '{' || c == '[') {
+        ++depth;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  std::string_view text_;
+  std::size_t pos_ = 0;
+};
+
+enum Field : unsigned {
+  kSchemaVersion = 1u << 0,
+  kId = 1u << 1,
+  kName = 1u << 2,
+  kTime = 1u << 3,
+  kDuration = 1u << 4,
+  kProducer = 1u << 5,
+  kProducerInstance = 1u << 6,
+  kTraceparent = 1u << 7,
+  kSequence = 1u << 8,
+  kException = 1u << 9,
+  kPayload = 1u << 10,
+};
+constexpr unsigned kRequired =
+    kSchemaVersion | kId | kName | kTime | kDuration | kProducer | kProducerInstance | kPayload;
+
+Field field_of(std::string_view key) {
+  static constexpr std::pair<std::string_view, Field> kFields[] = {
+      {"id", kId},
+      {"name", kName},
+      {"time", kTime},
+      {"duration_us", kDuration},
+      {"producer", kProducer},
+      {"producer_instance", kProducerInstance},
+      {"schema_version", kSchemaVersion},
+      {"traceparent", kTraceparent},
+      {"sequence", kSequence},
+      {"exception", kException},
+      {"payload", kPayload},
+  };
+  for (const auto& [name, field] : kFields) {
+    if (name == key) return field;
+  }
+  return Field{};
+}
+
+// {"type": non-empty string, "message": string}, each once, nothing else.
+bool exception(Scanner& in, Envelope& out) {
+  std::string type;
+  std::string message;
+  bool have_type = false;
+  bool have_message = false;
+  if (!in.consume('{')) return false;
+  do {
+    std::string_view key;
+    if (!in.plain_string(key) || !in.consume(':')) return false;
+    if (key == "type" && !have_type) {
+      if (!in.string(type) || type.empty()) return false;
+      have_type = true;
+    } else if (key == "message" && !have_message) {
+      if (!in.string(message)) return false;
+      have_message = true;
+    } else {
+      return false;
+    }
+  } while (in.consume(','));
+  if (!in.consume('}') || !have_type || !have_message) return false;
+  out.exception_type = std::move(type);
+  out.exception_message = std::move(message);
+  return true;
+}
+
+bool member(Scanner& in, Field field, Envelope& out) {
+  std::string_view text;
+  std::uint64_t number = 0;
+  switch (field) {
+    case kSchemaVersion:
+      if (!in.integer(number) || number != static_cast<std::uint64_t>(Envelope::kSchemaVersion)) return false;
+      out.schema_version = Envelope::kSchemaVersion;
+      return true;
+    case kId:
+      if (!in.plain_string(text) || !is_uuid(text)) return false;
+      out.id.assign(text);
+      return true;
+    case kName:
+      return in.string(out.name) && !out.name.empty();
+    case kTime: {
+      if (!in.plain_string(text)) return false;
+      const auto time = envelope_time(text);
+      if (!time) return false;
+      out.time = *time;
+      return true;
+    }
+    case kDuration:
+      if (!in.integer(number) || number > static_cast<std::uint64_t>(kMaxExactInteger)) return false;
+      out.duration = std::chrono::microseconds(static_cast<std::int64_t>(number));
+      return true;
+    case kProducer:
+      return in.string(out.producer) && !out.producer.empty();
+    case kProducerInstance:
+      return in.string(out.producer_instance) && !out.producer_instance.empty();
+    case kTraceparent:
+      if (!in.plain_string(text) || !is_traceparent(text)) return false;
+      out.traceparent.assign(text);
+      return true;
+    case kSequence:
+      if (!in.integer(number) || number < 1 || number > static_cast<std::uint64_t>(kMaxExactInteger)) return false;
+      out.sequence = number;
+      return true;
+    case kException:
+      return exception(in, out);
+    case kPayload:
+      return in.value(out.payload, kMaxDepth - 1);  // the envelope object is level 1
+  }
+  return false;
+}
+
+}  // namespace
+
+bool decode_plain_envelope(std::string_view body, Envelope& out) {
+  Scanner in(body);
+  unsigned seen = 0;
+  if (!in.consume('{')) return false;
+  do {
+    std::string_view key;
+    if (!in.plain_string(key) || !in.consume(':')) return false;
+    const Field field = field_of(key);
+    if (field == Field{} || (seen & field) != 0) return false;  // unknown or repeated
+    seen |= field;
+    if (!member(in, field, out)) return false;
+  } while (in.consume(','));
+  return in.consume('}') && in.at_end() && (seen & kRequired) == kRequired;
+}
+
+}  // namespace notifications::detail

@@ -1,0 +1,47 @@
+// Private: the field rules of envelope version 1 that the encoder and both decoders share
+// (docs/envelope.md states them for readers in other languages).
+//
+// Thread-safety: constants and stateless functions, safe from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace notifications::detail {
+
+// Arrays and objects nest at most this deep in a body; the envelope object is level 1.
+constexpr std::size_t kMaxDepth = 64;
+// The largest duration_us and sequence accepted: 2^53 - 1, the largest integer every JSON reader
+// holds exactly.
+constexpr std::int64_t kMaxExactInteger = (std::int64_t{1} << 53) - 1;
+// Times are kept to the microsecond: the range is that of the clock, rounded inwards.
+inline constexpr auto kEarliestEnvelopeTime =
+    std::chrono::ceil<std::chrono::microseconds>(std::chrono::system_clock::time_point::min());
+inline constexpr auto kLatestEnvelopeTime =
+    std::chrono::floor<std::chrono::microseconds>(std::chrono::system_clock::time_point::max());
+
+// 8-4-4-4-12 hex digits, either case, any version and variant.
+bool is_uuid(std::string_view text);
+
+// W3C Trace Context: version-traceid-parentid-flags in lowercase hex; version ff and all-zero
+// ids are invalid.
+bool is_traceparent(std::string_view text);
+
+enum class TimeProblem { none, malformed, no_such_date, out_of_range };
+
+// YYYY-MM-DDTHH:MM:SS[.F]Z with 0 to 9 fraction digits, uppercase 'T' and 'Z' only; on failure
+// `problem` says why.
+std::optional<std::chrono::system_clock::time_point> parse_time(std::string_view text, TimeProblem& problem);
+
+// The "time" field's value: parse_time() within [kEarliestEnvelopeTime, kLatestEnvelopeTime],
+// floored to the microsecond; nullopt when it is not acceptable.
+std::optional<std::chrono::system_clock::time_point> envelope_time(std::string_view text);
+
+// The index of the bracket at which the nesting of arrays and objects first exceeds `limit`, or
+// npos. Brackets inside strings do not count; malformed JSON is left to the parser.
+std::size_t too_deep_at(std::string_view body, std::size_t limit);
+
+}  // namespace notifications::detail
