@@ -470,8 +470,10 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
     transport->start();
     std::weak_ptr<Impl> weak = shared_from_this();
     for (const std::string& pattern : config.subscribe) {
+      DeliveryOptions options(config.group);
+      options.headers = false;  // the envelope body carries everything the dispatcher reads
       remote_subscriptions.push_back(transport->subscribe(
-          config.prefix + "." + pattern, config.group, [weak](Delivery&& delivery) {
+          config.prefix + "." + pattern, options, [weak](Delivery&& delivery) {
             if (auto self = weak.lock()) {
               self->receive(std::move(delivery));
             } else if (delivery.settle) {

@@ -258,8 +258,9 @@ PublishResult TransportBase::publish(std::span<const Message> batch) {
   return result;
 }
 
-std::uint64_t TransportBase::subscribe(const std::string& pattern, const std::string& group,
+std::uint64_t TransportBase::subscribe(const std::string& pattern, const DeliveryOptions& options,
                                        DeliveryHandler handler) {
+  const std::string& group = options.group;
   if (const std::string problem = subject_pattern_problem(pattern); !problem.empty()) {
     throw TransportError("subscribe pattern \"" + pattern + "\": " + problem);
   }
@@ -275,7 +276,7 @@ std::uint64_t TransportBase::subscribe(const std::string& pattern, const std::st
   }
   if (p != kStarted) throw TransportError("subscribe \"" + pattern + "\": transport stopped");
   const std::uint64_t id = next_subscription_;
-  do_subscribe(id, pattern, group, std::move(handler));
+  do_subscribe(id, pattern, options, std::move(handler));
   ++next_subscription_;  // only after success, so ids stay dense
   return id;
 }

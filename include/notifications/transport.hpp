@@ -65,6 +65,20 @@ enum class Settle { ack, nak, term };
 
 // One received message. `settle` is empty on transports without acknowledgements; otherwise it
 // must be called exactly once, from any thread, after the message was handled.
+// How to subscribe. Built implicitly from a group name, so subscribe(pattern, "workers", handler)
+// and subscribe(pattern, "", handler) read as before.
+struct DeliveryOptions {
+  DeliveryOptions() = default;
+  DeliveryOptions(std::string consumer_group) : group(std::move(consumer_group)) {}  // NOLINT: implicit on purpose
+  DeliveryOptions(const char* consumer_group) : group(consumer_group) {}            // NOLINT: implicit on purpose
+
+  // Non-empty: the subscription is a member of this consumer group; each message goes to one member.
+  std::string group;
+  // False: the handler does not read Message::headers, and the transport may leave them empty
+  // (on NATS, reading a message's headers costs about as much as the rest of its delivery).
+  bool headers = true;
+};
+
 struct Delivery {
   Message message;
   std::function<void(Settle)> settle;
@@ -92,10 +106,9 @@ class Transport {
   virtual void start() = 0;
   // Publishes in order. Never throws; reports what was accepted.
   virtual PublishResult publish(std::span<const Message> batch) = 0;
-  // Receives messages whose subject matches `pattern` (NATS wildcards). A non-empty `group`
-  // makes the subscription part of a consumer group: each message goes to one member.
-  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern).
-  virtual std::uint64_t subscribe(const std::string& pattern, const std::string& group,
+  // Receives messages whose subject matches `pattern` (NATS wildcards), as `options` say.
+  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern or group).
+  virtual std::uint64_t subscribe(const std::string& pattern, const DeliveryOptions& options,
                                   DeliveryHandler handler) = 0;
   // Stops deliveries to that subscription. Deliveries already handed to the handler stay handed.
   virtual void unsubscribe(std::uint64_t id) = 0;
@@ -132,7 +145,7 @@ class TransportBase : public Transport {
 
   void start() final;
   PublishResult publish(std::span<const Message> batch) final;
-  std::uint64_t subscribe(const std::string& pattern, const std::string& group,
+  std::uint64_t subscribe(const std::string& pattern, const DeliveryOptions& options,
                           DeliveryHandler handler) final;
   void unsubscribe(std::uint64_t id) final;
   bool flush(Deadline deadline) final;
@@ -144,7 +157,7 @@ class TransportBase : public Transport {
  protected:
   virtual void do_start() = 0;
   virtual PublishResult do_publish(std::span<const Message> batch) = 0;
-  virtual void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+  virtual void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                             DeliveryHandler handler) = 0;
   virtual void do_unsubscribe(std::uint64_t id) = 0;
   virtual bool do_flush(Deadline deadline) = 0;

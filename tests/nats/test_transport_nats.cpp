@@ -315,6 +315,45 @@ TEST(NatsSlowConsumer, DropsAreCountedInHealth) {
   sending->stop(std::chrono::steady_clock::now() + 10s);
 }
 
+// ---- headers ----------------------------------------------------------------------------------
+
+// Headers reach a subscription that wants them (the default) and are left out, with the body
+// intact, for one that does not (as the Bridge subscribes).
+TEST(NatsHeaders, DeliveredOnlyWhenWanted) {
+  NatsServer server;
+  auto receiving = n::make_nats_transport(options_for(server.url()));
+  receiving->start();
+  std::mutex mutex;
+  std::vector<n::Message> with, without;
+  receiving->subscribe("h.>", "", [&](n::Delivery&& d) {
+    std::lock_guard lock(mutex);
+    with.push_back(std::move(d.message));
+  });
+  n::DeliveryOptions body_only;
+  body_only.headers = false;
+  receiving->subscribe("h.>", body_only, [&](n::Delivery&& d) {
+    std::lock_guard lock(mutex);
+    without.push_back(std::move(d.message));
+  });
+  auto sending = n::make_nats_transport(options_for(server.url()));
+  sending->start();
+  const n::Message m{"h.x", "{\"k\":1}", {{"Nats-Msg-Id", "id-1"}, {"traceparent", "tp"}}};
+  ASSERT_EQ(publish1(*sending, m).published, 1u);
+  ASSERT_TRUE(sending->flush(in(10s)));
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return with.size() == 1 && without.size() == 1;
+  }, 10s));
+  EXPECT_EQ(with[0].body, m.body);
+  EXPECT_EQ(with[0].header("Nats-Msg-Id"), "id-1");
+  EXPECT_EQ(with[0].header("traceparent"), "tp");
+  EXPECT_EQ(without[0].subject, "h.x");
+  EXPECT_EQ(without[0].body, m.body);
+  EXPECT_TRUE(without[0].headers.empty());
+  receiving->stop(in(10s));
+  sending->stop(in(10s));
+}
+
 // ---- cluster --------------------------------------------------------------------------------------
 
 // Three nodes joined by routes; the node a client is connected to dies; it fails over to another

@@ -739,9 +739,9 @@ class MemoryTransport final : public TransportBase {
  protected:
   void do_start() override {}
   PublishResult do_publish(std::span<const Message> batch) override { return endpoint_.publish(batch); }
-  void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+  void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override {
-    endpoint_.subscribe(id, pattern, group, std::move(handler));
+    endpoint_.subscribe(id, pattern, options.group, std::move(handler));  // headers always kept
   }
   void do_unsubscribe(std::uint64_t id) override { endpoint_.unsubscribe(id); }
   bool do_flush(Deadline deadline) override { return endpoint_.flush(deadline); }

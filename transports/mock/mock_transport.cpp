@@ -273,12 +273,12 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
   return PublishResult{batch.size(), true, {}};
 }
 
-void MockTransport::do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+void MockTransport::do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                                  DeliveryHandler handler) {
-  impl_->endpoint.subscribe(id, pattern, group, std::move(handler));
+  impl_->endpoint.subscribe(id, pattern, options.group, std::move(handler));
   {
     std::lock_guard lock(impl_->mutex);
-    impl_->subscriptions.push_back(MockSubscription{id, pattern, group, true});
+    impl_->subscriptions.push_back(MockSubscription{id, pattern, options.group, true});
   }
   impl_->changed.notify_all();
 }

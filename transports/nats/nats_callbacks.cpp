@@ -61,7 +61,7 @@ void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure)
       delivery.message.body.assign(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
       const char** keys = nullptr;
       int count = 0;
-      if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
+      if (sub->headers && natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
         for (int i = 0; i < count; ++i) {
           const char* value = nullptr;
           if (natsMsgHeader_Get(msg, keys[i], &value) == NATS_OK && value != nullptr) {

@@ -80,6 +80,7 @@ struct Shared {
 struct Subscription {
   Shared* shared;  // one reference
   DeliveryHandler handler;
+  bool headers;  // copy the headers into the Delivery (cnats parses them on first access)
   std::atomic<bool> active{true};
 };
 

@@ -226,9 +226,10 @@ class NatsTransport final : public TransportBase {
     return PublishResult{batch.size(), true, {}};
   }
 
-  void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+  void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override {
-    auto* state = new Subscription{shared_, handler};
+    const std::string& group = options.group;
+    auto* state = new Subscription{shared_, handler, options.headers};
     shared_->retain();
     natsSubscription* sub = nullptr;
     natsStatus s = group.empty()
@@ -251,7 +252,7 @@ class NatsTransport final : public TransportBase {
     }
     {
       std::unique_lock lock(connection_mutex_);
-      subscriptions_[id] = Entry{sub, state, id, pattern, group, std::move(handler)};
+      subscriptions_[id] = Entry{sub, state, id, pattern, options, std::move(handler)};
     }
     // The server knows the interest once it answered a PING sent after the SUB: events
     // published after subscribe() returns reach this subscription. While disconnected this
@@ -308,7 +309,7 @@ class NatsTransport final : public TransportBase {
     if (in_child) owner_pid_ = getpid();
     try {
       connect(true);  // cnats keeps trying in the background when no server answers
-      for (Entry& entry : fork_subscriptions_) do_subscribe(entry.id, entry.pattern, entry.group, entry.handler);
+      for (Entry& entry : fork_subscriptions_) do_subscribe(entry.id, entry.pattern, entry.options, entry.handler);
     } catch (const std::exception& e) {
       note_error(std::string("after fork: ") + e.what());
     }
@@ -407,7 +408,7 @@ class NatsTransport final : public TransportBase {
     Subscription* state = nullptr;
     std::uint64_t id = 0;
     std::string pattern;
-    std::string group;
+    DeliveryOptions options;
     DeliveryHandler handler;  // a copy, to subscribe again after a fork
   };
 

@@ -103,7 +103,7 @@ class MockTransport : public TransportBase {
  protected:
   void do_start() override;
   PublishResult do_publish(std::span<const Message> batch) override;
-  void do_subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+  void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override;
   void do_unsubscribe(std::uint64_t id) override;
   bool do_flush(Deadline deadline) override;
