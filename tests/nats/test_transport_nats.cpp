@@ -77,13 +77,15 @@ struct Service {
 
 TEST(NatsOptions, UrlCarriesServersCredentialsAndKeys) {
   const auto o = n::nats_options_from_config(
-      {"nats://alice:s%40cret@10.0.0.1:4222,nats://10.0.0.2:4223?name=shop&send_asap=true&reconnect_wait_ms=75", {}});
+      {"nats://alice:s%40cret@10.0.0.1:4222,nats://10.0.0.2:4223?name=shop&send_asap=true&reconnect_wait_ms=75&headers=false", {}});
   EXPECT_EQ(o.servers, (std::vector<std::string>{"nats://10.0.0.1:4222", "nats://10.0.0.2:4223"}));
   EXPECT_EQ(o.user, "alice");
   EXPECT_EQ(o.password, "s@cret");
   EXPECT_EQ(o.name, "shop");
   EXPECT_TRUE(o.send_asap);
   EXPECT_EQ(o.reconnect_wait, 75ms);
+  EXPECT_FALSE(o.headers);
+  EXPECT_TRUE(n::nats_options_from_config({"nats://h", {}}).headers);
   const auto t = n::nats_options_from_config({"tls://tok3n@example.org", {{"tls_ca_file", "/ca.pem"}}});
   EXPECT_TRUE(t.tls);
   EXPECT_EQ(t.token, "tok3n");
@@ -318,8 +320,9 @@ TEST(NatsSlowConsumer, DropsAreCountedInHealth) {
 // ---- headers ----------------------------------------------------------------------------------
 
 // Headers reach a subscription that wants them (the default) and are left out, with the body
-// intact, for one that does not (as the Bridge subscribes).
-TEST(NatsHeaders, DeliveredOnlyWhenWanted) {
+// intact, for one that does not (as the Bridge subscribes). A transport with headers = false
+// publishes bodies only.
+TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
   NatsServer server;
   auto receiving = n::make_nats_transport(options_for(server.url()));
   receiving->start();
@@ -350,8 +353,22 @@ TEST(NatsHeaders, DeliveredOnlyWhenWanted) {
   EXPECT_EQ(without[0].subject, "h.x");
   EXPECT_EQ(without[0].body, m.body);
   EXPECT_TRUE(without[0].headers.empty());
+
+  auto options = options_for(server.url());
+  options.headers = false;
+  auto body_only_sender = n::make_nats_transport(options);
+  body_only_sender->start();
+  ASSERT_EQ(publish1(*body_only_sender, m).published, 1u);
+  ASSERT_TRUE(body_only_sender->flush(in(10s)));
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return with.size() == 2 && without.size() == 2;
+  }, 10s));
+  EXPECT_EQ(with[1].body, m.body);
+  EXPECT_TRUE(with[1].headers.empty());
   receiving->stop(in(10s));
   sending->stop(in(10s));
+  body_only_sender->stop(in(10s));
 }
 
 // ---- cluster --------------------------------------------------------------------------------------

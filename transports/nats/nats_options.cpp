@@ -135,6 +135,7 @@ const std::map<std::string, Setter>& setters() {
     flag("retry_on_failed_connect", &NatsOptions::retry_on_failed_connect);
     flag("send_asap", &NatsOptions::send_asap);
     flag("no_echo", &NatsOptions::no_echo);
+    flag("headers", &NatsOptions::headers);
     whole("pending_messages_limit", &NatsOptions::pending_messages_limit, 1);
     whole("pending_bytes_limit", &NatsOptions::pending_bytes_limit, 1);
     t["servers"] = Setter{false, [](NatsOptions& o, const json& v, const std::string& where) {

@@ -197,24 +197,20 @@ class NatsTransport final : public TransportBase {
     if (nc == nullptr) return PublishResult{0, true, "nats: not connected"};
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Message& m = batch[i];
-      natsMsg* msg = nullptr;
-      natsStatus s = natsMsg_Create(&msg, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size()));
-      if (s == NATS_OK && headers_) {
-        for (const auto& [key, value] : m.headers) {
-          s = natsMsgHeader_Set(msg, key.c_str(), value.c_str());
-          if (s != NATS_OK) break;
+      natsStatus s = NATS_OK;
+      if (headers_ && !m.headers.empty()) {
+        s = publish_with_headers(nc, m);
+        if (s == NATS_NO_SERVER_SUPPORT) {
+          // A server without headers: the envelope body carries everything; send it without them.
+          headers_ = false;
+          spdlog::warn("notifications nats: the server does not support headers; publishing bodies only");
+          --i;
+          continue;
         }
+      } else {
+        // No natsMsg at all: cnats copies the body straight into its write buffer.
+        s = natsConnection_Publish(nc, m.subject.c_str(), m.body.data(), static_cast<int>(m.body.size()));
       }
-      if (s == NATS_OK) s = natsConnection_PublishMsg(nc, msg);
-      if (s == NATS_NO_SERVER_SUPPORT && headers_) {
-        // A server without headers: the envelope body carries everything; send it without them.
-        headers_ = false;
-        spdlog::warn("notifications nats: the server does not support headers; publishing bodies only");
-        natsMsg_Destroy(msg);
-        --i;
-        continue;
-      }
-      natsMsg_Destroy(msg);
       if (s != NATS_OK) {
         publish_errors_.fetch_add(1, std::memory_order_relaxed);
         published_.fetch_add(i, std::memory_order_relaxed);
@@ -224,6 +220,17 @@ class NatsTransport final : public TransportBase {
     }
     published_.fetch_add(batch.size(), std::memory_order_relaxed);
     return PublishResult{batch.size(), true, {}};
+  }
+
+  static natsStatus publish_with_headers(natsConnection* nc, const Message& m) {
+    natsMsg* msg = nullptr;
+    natsStatus s = natsMsg_Create(&msg, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size()));
+    for (std::size_t h = 0; s == NATS_OK && h < m.headers.size(); ++h) {
+      s = natsMsgHeader_Set(msg, m.headers[h].first.c_str(), m.headers[h].second.c_str());
+    }
+    if (s == NATS_OK) s = natsConnection_PublishMsg(nc, msg);
+    natsMsg_Destroy(msg);
+    return s;
   }
 
   void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
@@ -517,7 +524,7 @@ class NatsTransport final : public TransportBase {
   mutable std::shared_mutex connection_mutex_;
   natsConnection* nc_ = nullptr;
   std::map<std::uint64_t, Entry> subscriptions_;
-  bool headers_ = true;                               // publishing thread only
+  bool headers_ = options_.headers;                   // publishing thread only
 
   std::atomic<std::uint64_t> published_{0};
   std::atomic<std::uint64_t> publish_errors_{0};

@@ -75,6 +75,10 @@ struct NatsOptions {
   bool retry_on_failed_connect = false;  // true: start() succeeds while no server is reachable
   bool send_asap = false;  // true: write each publish at once (lower latency, more syscalls)
   bool no_echo = true;     // the server does not send a connection's own messages back to it
+  // false: publish bodies only, without the Nats-Msg-Id, Content-Type and traceparent headers
+  // (the envelope body carries the same fields). cnats builds a header map per message, which
+  // costs about as much again as the rest of a publish: docs/benchmarks.md has the figures.
+  bool headers = true;
   int pending_messages_limit = 65'536;           // per subscription, before slow-consumer drops
   int pending_bytes_limit = 64 * 1024 * 1024;    // per subscription
 };
