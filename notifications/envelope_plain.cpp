@@ -1,7 +1,11 @@
 // The fast envelope decoder (envelope_plain.hpp): one pass over the body with no JSON tree for
-// the envelope itself; only the payload (and any string with escapes) goes through nlohmann.
+// the envelope itself. A payload of ASCII strings without escapes and plain numbers is built
+// straight into its JSON value; any other payload, and any string with escapes, goes through
+// nlohmann's parser.
 #include "notifications/envelope_plain.hpp"
 
+#include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -84,6 +88,62 @@ class Scanner {
     return true;
   }
 
+  // A JSON value built directly, as nlohmann's parser would build it, when it holds nothing but
+  // objects, arrays, literals, strings of printable ASCII without escapes and numbers that
+  // std::from_chars reads exactly (both round correctly). Containers nest at most `depth` deep.
+  // False (`out` and the position unspecified) otherwise: the caller then uses value().
+  bool simple_value(json& out, std::size_t depth) {
+    skip_space();
+    if (pos_ >= text_.size()) return false;
+    switch (text_[pos_]) {
+      case '{': {
+        if (depth == 0) return false;
+        ++pos_;
+        out = json::object();
+        if (consume('}')) return true;
+        do {
+          std::string_view key;
+          if (!plain_string(key) || !consume(':')) return false;
+          if (!simple_value(out[std::string(key)], depth - 1)) return false;  // a repeated key: the last wins
+        } while (consume(','));
+        return consume('}');
+      }
+      case '[': {
+        if (depth == 0) return false;
+        ++pos_;
+        out = json::array();
+        if (consume(']')) return true;
+        do {
+          if (!simple_value(out.emplace_back(), depth - 1)) return false;
+        } while (consume(','));
+        return consume(']');
+      }
+      case '"': {
+        std::string_view text;
+        if (!plain_string(text)) return false;
+        out = std::string(text);
+        return true;
+      }
+      case 't':
+        return literal("true", out, true);
+      case 'f':
+        return literal("false", out, false);
+      case 'n':
+        return literal("null", out, nullptr);
+      default:
+        return number(out);
+    }
+  }
+
+  // The payload: built directly when simple_value() can, else parsed by nlohmann. The envelope
+  // object is level 1 of the nesting limit.
+  bool payload(json& out) {
+    const std::size_t start = pos_;
+    if (simple_value(out, kMaxDepth - 1)) return true;
+    pos_ = start;
+    return value(out, kMaxDepth - 1);
+  }
+
   // Any JSON value, parsed by nlohmann; nesting (within the value) at most `max_depth`.
   bool value(json& out, std::size_t max_depth) {
     skip_space();
@@ -104,6 +164,62 @@ class Scanner {
   }
 
  private:
+  template <class T>
+  bool literal(std::string_view word, json& out, T value) {
+    if (text_.substr(pos_, word.size()) != word) return false;
+    pos_ += word.size();
+    out = value;
+    return true;
+  }
+
+  // JSON's number grammar; integers become number_unsigned (>= 0) or number_integer (< 0), others
+  // number_float, as in nlohmann. Out of range: false.
+  bool number(json& out) {
+    const std::size_t start = pos_;
+    const auto digit = [&] { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; };
+    const bool negative = pos_ < text_.size() && text_[pos_] == '-';
+    if (negative) ++pos_;
+    if (!digit()) return false;
+    if (text_[pos_] == '0') {
+      ++pos_;
+    } else {
+      while (digit()) ++pos_;
+    }
+    bool integral = true;
+    if (pos_ < text_.size() && text_[pos_] == '.') {
+      integral = false;
+      ++pos_;
+      if (!digit()) return false;
+      while (digit()) ++pos_;
+    }
+    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
+      integral = false;
+      ++pos_;
+      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
+      if (!digit()) return false;
+      while (digit()) ++pos_;
+    }
+    const char* first = text_.data() + start;
+    const char* last = text_.data() + pos_;
+    if (integral && negative) {
+      std::int64_t value = 0;
+      const auto [end, error] = std::from_chars(first, last, value);
+      if (error != std::errc() || end != last) return false;
+      out = value;
+    } else if (integral) {
+      std::uint64_t value = 0;
+      const auto [end, error] = std::from_chars(first, last, value);
+      if (error != std::errc() || end != last) return false;
+      out = value;
+    } else {
+      double value = 0;
+      const auto [end, error] = std::from_chars(first, last, value);
+      if (error != std::errc() || end != last || !std::isfinite(value)) return false;
+      out = value;
+    }
+    return true;
+  }
+
   static bool is_delimiter(char c) {
     return c == ',' || c == '}' || c == ']' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
   }
@@ -253,7 +369,7 @@ bool member(Scanner& in, Field field, Envelope& out) {
     case kException:
       return exception(in, out);
     case kPayload:
-      return in.value(out.payload, kMaxDepth - 1);  // the envelope object is level 1
+      return in.payload(out.payload);
   }
   return false;
 }

@@ -645,6 +645,26 @@ TEST(MessageFromEnvelope, BodyAndHeaders) {
 
 // ---- the fast decoder (envelope_plain.hpp) and the queued-event encoder (outgoing_event.hpp)
 
+// Equal values of the same types throughout (json's == holds 1 == 1.0 and 1u == 1).
+bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
+  if (a.type() != b.type()) return false;
+  if (a.is_object()) {
+    if (a.size() != b.size()) return false;
+    for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
+      if (ia.key() != ib.key() || !same_json(*ia, *ib)) return false;
+    }
+    return true;
+  }
+  if (a.is_array()) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (!same_json(a[i], b[i])) return false;
+    }
+    return true;
+  }
+  return a == b;
+}
+
 // What the fast decoder made of `body`, checked against the general decoder: it may decline,
 // but what it accepts must be decoded identically. Returns whether it accepted.
 bool plain_agrees(const std::string& body) {
@@ -654,6 +674,8 @@ bool plain_agrees(const std::string& body) {
   EXPECT_TRUE(general) << body << ": the fast decoder accepted what the general one rejects: " << general.error;
   if (general) {
     expect_same(plain, *general.envelope);
+    EXPECT_TRUE(same_json(plain.payload, general.envelope->payload))
+        << body << "\nfast: " << plain.payload.dump() << "\ngeneral: " << general.envelope->payload.dump();
     EXPECT_EQ(plain.sequence, general.envelope->sequence) << body;
   }
   return true;
@@ -711,6 +733,31 @@ TEST(PlainDecoder, DeclinesWhatTheGeneralDecoderMustJudge) {
   for (int i = 0; i < 63; ++i) at = &((*at)["x"] = json::object());  // 64 levels in the payload
   EXPECT_FALSE(plain_agrees(deep.dump()));
   EXPECT_FALSE(decode_envelope(deep.dump()));
+}
+
+TEST(PlainDecoder, PayloadsOfEveryKind) {
+  const std::string body = encode_envelope(minimal_envelope());
+  const std::string head = body.substr(0, body.rfind("\"payload\":") + 10);
+  const std::vector<std::string> taken = {
+      "null", "true", "false", "0", "-0", "7", "-7", "18446744073709551615", "-9223372036854775808",
+      "0.5", "-0.0", "1e3", "1E-3", "2.5e+10", "123456789012345678901234567890.0", "\"\"", "\"text\"",
+      "{}", "[]", "[[],{}]", "{\"a\":{\"b\":[1,2.5,\"x\",null,true]}}", " { \"a\" : [ 1 , 2 ] } ",
+      "{\"k\":1,\"k\":2}",  // a repeated key: the last wins, in both decoders
+  };
+  for (const std::string& payload : taken) EXPECT_TRUE(plain_agrees(head + payload + "}")) << payload;
+  // Taken by nlohmann's parser of the payload, or declined for the general decoder: either way
+  // the same outcome as the general decoder.
+  const std::vector<std::string> others = {
+      "18446744073709551616", "-9223372036854775809", "1e400", "1e-400", "\"caf\u00e9\"",
+      "\"caf\xc3\xa9\"", "\"\xff\"", "[01]", "-", "1.", ".5", "+1", "[1,]", "{\"a\"}", "tru", "nul",
+      "[1 2]", "\"tab\there\"",
+  };
+  for (const std::string& payload : others) {
+    const std::string text = head + payload + "}";
+    plain_agrees(text);
+    const auto general = notifications::detail::decode_general_envelope(text);
+    EXPECT_EQ(decode_envelope(text).envelope.has_value(), general.envelope.has_value()) << payload;
+  }
 }
 
 TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {

@@ -25,11 +25,31 @@ using notifications::Envelope;
   std::abort();
 }
 
+// Equal values of the same types throughout (json's == holds 1 == 1.0 and 1u == 1).
+bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
+  if (a.type() != b.type()) return false;
+  if (a.is_object()) {
+    if (a.size() != b.size()) return false;
+    for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
+      if (ia.key() != ib.key() || !same_json(*ia, *ib)) return false;
+    }
+    return true;
+  }
+  if (a.is_array()) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (!same_json(a[i], b[i])) return false;
+    }
+    return true;
+  }
+  return a == b;
+}
+
 // The first field in which a and b differ, or nullptr.
 const char* difference(const Envelope& a, const Envelope& b) {
   if (a.id != b.id) return "id";
   if (a.name != b.name) return "name";
-  if (a.payload != b.payload) return "payload";
+  if (!same_json(a.payload, b.payload)) return "payload";
   if (a.time != b.time) return "time";
   if (a.duration != b.duration) return "duration_us";
   if (a.producer != b.producer) return "producer";
