@@ -45,18 +45,18 @@ bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
   return a == b;
 }
 
-// The first field in which a and b differ, or nullptr.
-const char* difference(const Envelope& a, const Envelope& b) {
+// The first field in which a and b differ, or nullptr. `typed`: payload numbers must also have the
+// same JSON type (a round trip may turn -0 into 0, an integer into an unsigned one).
+const char* difference(const Envelope& a, const Envelope& b, bool typed = false) {
   if (a.id != b.id) return "id";
   if (a.name != b.name) return "name";
-  if (!same_json(a.payload, b.payload)) return "payload";
+  if (typed ? !same_json(a.payload, b.payload) : a.payload != b.payload) return "payload";
   if (a.time != b.time) return "time";
   if (a.duration != b.duration) return "duration_us";
   if (a.producer != b.producer) return "producer";
   if (a.producer_instance != b.producer_instance) return "producer_instance";
   if (a.schema_version != b.schema_version) return "schema_version";
   if (a.traceparent != b.traceparent) return "traceparent";
-  if (a.sequence != b.sequence) return "sequence";
   if (a.exception_type != b.exception_type) return "exception.type";
   if (a.exception_message != b.exception_message) return "exception.message";
   return nullptr;
@@ -70,7 +70,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (notifications::detail::decode_plain_envelope(body, plain)) {
     const notifications::DecodeResult general = notifications::detail::decode_general_envelope(body);
     if (!general) fail("the fast decoder accepted what the general decoder rejects", general.error);
-    if (const char* field = difference(plain, *general.envelope)) {
+    const char* field = difference(plain, *general.envelope, true);
+    if (field == nullptr && plain.sequence != general.envelope->sequence) field = "sequence";
+    if (field != nullptr) {
       fail("the fast and the general decoder differ", std::string(field) + "\n" + std::string(body));
     }
   }
@@ -83,7 +85,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string encoded = notifications::encode_envelope(*first.envelope);
   const notifications::DecodeResult second = notifications::decode_envelope(encoded);
   if (!second) fail("an encoded envelope did not decode", second.error + "\n" + encoded);
-  if (const char* field = difference(*first.envelope, *second.envelope)) {
+  const char* changed = difference(*first.envelope, *second.envelope);
+  if (changed == nullptr && first.envelope->sequence != second.envelope->sequence) changed = "sequence";
+  if (const char* field = changed) {
     fail("encode -> decode changed a field", std::string(field) + "\n" + encoded);
   }
   const std::string again = notifications::encode_envelope(*second.envelope);
