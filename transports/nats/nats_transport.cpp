@@ -349,14 +349,15 @@ class NatsTransport final : public TransportBase {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (!draining || !wait_closed(deadline + std::chrono::milliseconds(200))) {
-      discarded_.fetch_add(pending_messages(), std::memory_order_relaxed);
+      for (const auto& [pattern, count] : pending_by_pattern()) {
+        discarded_.fetch_add(count, std::memory_order_relaxed);
+        spdlog::warn("notifications nats: {} received message(s) on \"{}\" discarded at stop (deadline passed)",
+                     count, pattern);
+      }
       natsConnection_Close(nc);
       if (!wait_closed(Clock::now() + std::chrono::seconds(5))) {
         spdlog::error("notifications nats: the connection did not report closed within 5 s after close");
       }
-    }
-    if (const auto discarded = discarded_.load(); discarded > 0) {
-      spdlog::warn("notifications nats: {} received message(s) discarded at stop (deadline passed)", discarded);
     }
     std::map<std::uint64_t, Entry> subs;
     {
@@ -473,15 +474,18 @@ class NatsTransport final : public TransportBase {
     return "unknown";
   }
 
-  std::uint64_t pending_messages() const {
+  // Messages cnats holds for each subscription that has any, by subscription pattern.
+  std::vector<std::pair<std::string, std::uint64_t>> pending_by_pattern() const {
     std::shared_lock lock(connection_mutex_);
-    std::uint64_t total = 0;
+    std::vector<std::pair<std::string, std::uint64_t>> pending;
     for (const auto& [id, entry] : subscriptions_) {
       int msgs = 0;
       int bytes = 0;
-      if (natsSubscription_GetPending(entry.sub, &msgs, &bytes) == NATS_OK && msgs > 0) total += msgs;
+      if (natsSubscription_GetPending(entry.sub, &msgs, &bytes) == NATS_OK && msgs > 0) {
+        pending.emplace_back(entry.pattern, static_cast<std::uint64_t>(msgs));
+      }
     }
-    return total;
+    return pending;
   }
 
   bool wait_closed(Deadline deadline) {
