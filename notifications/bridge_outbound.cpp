@@ -1,0 +1,152 @@
+// Bridge, outbound: instrumenting threads -> outbound queue -> sender thread -> transport.
+#include "notifications/bridge_impl.hpp"
+
+namespace notifications {
+
+using namespace bridge_internal;
+
+void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
+  if (event.remote()) return;  // remote events are never forwarded again
+  // With several forward patterns, the first matching one forwards the event.
+  for (std::size_t i = 0; i < pattern_index; ++i) {
+    if (forward_patterns[i].matches(event.name())) return;
+  }
+  if (!accepting.load(std::memory_order_acquire)) {
+    drop(Drop::after_shutdown, event.name());
+    return;
+  }
+  detail::OutgoingEvent outgoing;
+  try {
+    outgoing = detail::outgoing_from_event(event);
+  } catch (const std::exception& e) {
+    drop(Drop::encode_failed, event.name(), 1, e.what());
+    return;
+  }
+  using Queue = detail::BoundedQueue<detail::OutgoingEvent>;
+  std::optional<detail::OutgoingEvent> evicted;
+  switch (outbound.push(std::move(outgoing), config.overflow, config.block_timeout, &evicted)) {
+    case Queue::Push::accepted:
+      counters.accepted.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case Queue::Push::accepted_dropped_oldest:
+      counters.accepted.fetch_add(1, std::memory_order_relaxed);
+      drop(Drop::queue_evicted, evicted ? std::string_view(evicted->name) : std::string_view("?"));
+      break;
+    case Queue::Push::dropped_newest:
+      drop(Drop::queue_full, event.name());
+      break;
+    case Queue::Push::closed:
+      drop(Drop::after_shutdown, event.name());
+      break;
+  }
+}
+
+std::chrono::milliseconds Bridge::Impl::backoff(int attempt, std::mt19937& rng) const {
+  double wait = static_cast<double>(config.retry.initial.count());
+  for (int i = 1; i < attempt && wait < static_cast<double>(config.retry.max.count()); ++i) {
+    wait *= config.retry.multiplier;
+  }
+  wait = std::min(wait, static_cast<double>(config.retry.max.count()));
+  std::uniform_real_distribution<double> jitter(1.0 - config.retry.jitter, 1.0 + config.retry.jitter);
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::max(1.0, wait * jitter(rng))));
+}
+
+bool Bridge::Impl::sleep_or_deadline(std::chrono::milliseconds duration) {
+  auto until = Clock::now() + duration;
+  const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
+  if (ns != 0) until = std::min(until, Clock::time_point(Clock::duration(ns)));
+  std::unique_lock lock(progress_mutex);
+  progress.wait_until(lock, until, [&] { return past_deadline(); });
+  return past_deadline();
+}
+
+void Bridge::Impl::publish_in_order(std::span<const Message> messages, const std::vector<std::string>& names, std::mt19937& rng) {
+  std::size_t offset = 0;
+  int attempt = 0;
+  auto drop_rest = [&](Drop reason, std::string_view why) {
+    for (std::size_t i = offset; i < messages.size(); ++i) drop(reason, names[i], 1, why);
+    offset = messages.size();
+  };
+  while (offset < messages.size()) {
+    const PublishResult result = transport->publish(messages.subspan(offset));
+    const std::size_t published = std::min(result.published, messages.size() - offset);
+    offset += published;
+    note_sent(published);
+    if (offset == messages.size()) break;
+    if (published > 0) attempt = 0;  // progress: back off from the start again
+    counters.failed.fetch_add(1, std::memory_order_relaxed);
+    set_error(result.error);
+    if (!result.transient) {
+      drop_rest(Drop::publish_rejected, result.error);
+      break;
+    }
+    ++attempt;
+    if (config.retry.max_attempts > 0 && attempt >= config.retry.max_attempts) {
+      drop_rest(Drop::retries_exhausted, result.error);
+      break;
+    }
+    if (past_deadline() || sleep_or_deadline(backoff(attempt, rng))) {
+      drop_rest(Drop::shutdown_deadline, result.error);
+      break;
+    }
+    counters.retried.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void Bridge::Impl::run_sender() {
+  std::mt19937 rng(std::random_device{}());
+  std::vector<detail::OutgoingEvent> batch;
+  // Messages and names are overwritten in place batch after batch: their buffers are reused.
+  std::vector<Message> messages;
+  std::vector<std::string> names;
+  // By event name: its subject (validated once) and the last sequence number sent on it.
+  struct Stream {
+    std::string subject;
+    std::uint64_t sequence = 0;
+  };
+  std::unordered_map<std::string, Stream> streams;
+  batch.reserve(config.batch_size);
+  while (true) {
+    park_if_requested();
+    batch.clear();
+    if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
+      break;  // closed and empty
+    }
+    if (batch.empty()) continue;
+    if (past_deadline()) {
+      for (const auto& event : batch) drop(Drop::shutdown_deadline, event.name);
+      continue;
+    }
+    std::size_t count = 0;
+    for (const auto& event : batch) {
+      auto stream = streams.find(event.name);
+      if (stream == streams.end()) {
+        try {
+          stream = streams.emplace(event.name, Stream{subject_for(config.prefix, event.name), 0}).first;
+        } catch (const std::exception& e) {
+          drop(Drop::invalid_subject, event.name, 1, e.what());
+          continue;
+        }
+      }
+      if (count == messages.size()) {
+        messages.emplace_back();
+        names.emplace_back();
+      }
+      try {
+        detail::encode_outgoing(event, config.app, hooks.instance_id, stream->second.sequence + 1,
+                                stream->second.subject, messages[count]);
+      } catch (const std::exception& e) {
+        drop(Drop::encode_failed, event.name, 1, e.what());
+        continue;
+      }
+      ++stream->second.sequence;
+      names[count].assign(event.name);
+      ++count;
+    }
+    publish_in_order(std::span<const Message>(messages).first(count), names, rng);
+  }
+  // Anything left (deadline passed while retrying, then closed) is counted.
+  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name);
+}
+
+}  // namespace notifications
