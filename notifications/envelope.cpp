@@ -488,18 +488,17 @@ Envelope envelope_from_event(const Event& event, std::string_view producer,
 
 Event event_from_envelope(Envelope envelope, std::string_view transport_kind) {
   using namespace std::chrono;
-  Event event(std::move(envelope.name), std::move(envelope.payload));
+  const auto now = Event::mono_clock::now();  // one clock read for the whole event
+  Event event = detail::EventAccess::make(std::move(envelope.name), std::move(envelope.payload), now);
   // The event's monotonic end is now + duration: keep it inside the steady clock's range.
-  const auto room =
-      duration_cast<microseconds>(Event::mono_clock::time_point::max() - Event::mono_clock::now()) -
-      hours(24);
+  const auto room = duration_cast<microseconds>(Event::mono_clock::time_point::max() - now) - hours(24);
   const microseconds duration =
       std::min(std::max(envelope.duration, microseconds(0)), std::max(room, microseconds(0)));
   detail::EventAccess::set_remote(
       event, std::move(envelope.id), envelope.time, duration_cast<nanoseconds>(duration),
       EventOrigin{std::move(envelope.producer), std::move(envelope.producer_instance),
                   std::string(transport_kind)},
-      std::move(envelope.traceparent));
+      std::move(envelope.traceparent), now);
   if (envelope.exception_type || envelope.exception_message) {
     detail::EventAccess::set_exception(
         event, ExceptionInfo{envelope.exception_type.value_or(""),

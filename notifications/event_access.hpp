@@ -50,14 +50,28 @@ struct EventAccess {
   static std::uint64_t id_sequence(const Event& event) { return event.sequence_; }
   static const std::string& explicit_id(const Event& event) { return event.explicit_id_; }
 
+  // A self-contained event started and ended at `now`, as Event(name, payload) at that instant.
+  static Event make(std::string name, nlohmann::json payload, Event::mono_clock::time_point now) {
+    Event event;
+    event.owned_name_ = std::move(name);
+    event.owned_payload_ = std::move(payload);
+    event.name_ = event.owned_name_;
+    event.payload_ = &event.owned_payload_;
+    event.start_ = event.end_ = now;
+    event.time_ = wall_time_at(now);
+    event.sequence_ = next_event_sequence();
+    event.transaction_ = thread_transaction();
+    return event;
+  }
+
   // For events received from another process: the sender's id, times and trace context. The
-  // monotonic start is "now" and end - start equals the sender's duration.
+  // monotonic start is `now` and end - start equals the sender's duration.
   static void set_remote(Event& event, std::string id, Event::wall_clock::time_point time,
                          std::chrono::nanoseconds duration, EventOrigin origin,
-                         std::string traceparent) {
+                         std::string traceparent, Event::mono_clock::time_point now) {
     event.explicit_id_ = std::move(id);
     event.time_ = time;
-    event.start_ = Event::mono_clock::now();
+    event.start_ = now;
     event.end_ = event.start_ + std::chrono::duration_cast<Event::mono_clock::duration>(duration);
     event.origin_ = std::move(origin);
     event.traceparent_ = std::move(traceparent);
