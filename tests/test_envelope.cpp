@@ -7,6 +7,7 @@
 
 #include "notifications/envelope.hpp"
 #include "notifications/envelope_plain.hpp"
+#include "tests/same_json.hpp"
 #include "notifications/event_access.hpp"
 #include "notifications/outgoing_event.hpp"
 
@@ -20,6 +21,8 @@ using notifications::format_rfc3339;
 using notifications::parse_rfc3339;
 
 namespace {
+
+using test_support::same_json;
 
 constexpr const char* kId = "0190c3c5-7d0e-8000-8000-000000000001";
 constexpr const char* kTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -644,26 +647,6 @@ TEST(MessageFromEnvelope, BodyAndHeaders) {
 }
 
 // ---- the fast decoder (envelope_plain.hpp) and the queued-event encoder (outgoing_event.hpp)
-
-// Equal values of the same types throughout (json's == holds 1 == 1.0 and 1u == 1).
-bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
-  if (a.type() != b.type()) return false;
-  if (a.is_object()) {
-    if (a.size() != b.size()) return false;
-    for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
-      if (ia.key() != ib.key() || !same_json(*ia, *ib)) return false;
-    }
-    return true;
-  }
-  if (a.is_array()) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      if (!same_json(a[i], b[i])) return false;
-    }
-    return true;
-  }
-  return a == b;
-}
 
 // What the fast decoder made of `body`, checked against the general decoder: it may decline,
 // but what it accepts must be decoded identically. Returns whether it accepted.

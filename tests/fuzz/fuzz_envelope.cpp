@@ -15,34 +15,17 @@
 
 #include "notifications/envelope.hpp"
 #include "notifications/envelope_plain.hpp"
+#include "tests/same_json.hpp"
 
 namespace {
+
+using test_support::same_json;
 
 using notifications::Envelope;
 
 [[noreturn]] void fail(const char* what, const std::string& detail) {
   std::fprintf(stderr, "fuzz_envelope: %s\n%s\n", what, detail.c_str());
   std::abort();
-}
-
-// Equal values of the same types throughout (json's == holds 1 == 1.0 and 1u == 1).
-bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
-  if (a.type() != b.type()) return false;
-  if (a.is_object()) {
-    if (a.size() != b.size()) return false;
-    for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
-      if (ia.key() != ib.key() || !same_json(*ia, *ib)) return false;
-    }
-    return true;
-  }
-  if (a.is_array()) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      if (!same_json(a[i], b[i])) return false;
-    }
-    return true;
-  }
-  return a == b;
 }
 
 // The first field in which a and b differ, or nullptr. `typed`: payload numbers must also have the
