@@ -8,7 +8,8 @@
 // events_per_s: from the first instrument() on service A to the last event received by service
 // B's listener. Instrument latency: each instrument() call on A's thread, timed with the
 // monotonic clock (the two clock reads of the timing itself are included). Bytes per queued
-// event: heap growth (mallinfo2) while the sender is stalled on a disconnected mock transport,
+// event: heap growth (mallinfo2: arena bytes in use plus mmapped blocks, where large buffers such
+// as the queue's storage live) while the sender is stalled on a disconnected mock transport,
 // divided by the events queued.
 //
 // Usage: bench_forward [events]   (default 200000)
@@ -108,9 +109,13 @@ void forward_memory(std::size_t events) {
   mock->disconnect();
   c.instrument("order.placed", body, [] {});  // the sender takes this one and starts retrying
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const auto before = mallinfo2().uordblks;
+  const auto heap = [] {
+    const struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
+  };
+  const auto before = heap();
   for (std::size_t i = 0; i < queued; ++i) c.instrument("order.placed", body, [] {});
-  const auto after = mallinfo2().uordblks;
+  const auto after = heap();
   const std::size_t depth = stalled.health()["queue"]["depth"].get<std::size_t>();
   const double bytes_per_event = depth > 0 ? static_cast<double>(after - before) / static_cast<double>(depth) : 0;
   mock->reconnect();

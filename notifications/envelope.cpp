@@ -542,7 +542,6 @@ OutgoingEvent outgoing_from_event(const Event& event) {
   if (std::string traceparent = event.traceparent(); is_traceparent(traceparent)) {
     out.traceparent = std::move(traceparent);  // as envelope_from_event
   }
-  out.id = EventAccess::explicit_id(event);
   out.id_sequence = EventAccess::id_sequence(event);
   out.time = event.time();
   out.duration = std::chrono::duration_cast<std::chrono::microseconds>(event.duration());
@@ -559,11 +558,7 @@ void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std:
   message.headers.resize(header_count);
   auto& [id_key, id] = message.headers[0];
   id_key.assign("Nats-Msg-Id");
-  if (event.id.empty()) {
-    assign_event_id(id, event.id_sequence);
-  } else {
-    id.assign(event.id);
-  }
+  assign_event_id(id, event.id_sequence);
   message.headers[1].first.assign("Content-Type");
   message.headers[1].second.assign(Envelope::kContentType);
   if (header_count == 3) {

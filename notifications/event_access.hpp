@@ -46,9 +46,8 @@ struct EventAccess {
   static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }
   static void set_exception(Event& event, ExceptionInfo info) { event.exception_ = std::move(info); }
   static nlohmann::json& payload(Event& event) { return *event.payload_; }
-  // What id() formats: the sequence, unless the event carries an explicit id (remote events).
+  // What id() formats, unless the event carries an explicit id (remote events).
   static std::uint64_t id_sequence(const Event& event) { return event.sequence_; }
-  static const std::string& explicit_id(const Event& event) { return event.explicit_id_; }
 
   // A self-contained event started and ended at `now`, as Event(name, payload) at that instant.
   static Event make(std::string name, nlohmann::json payload, Event::mono_clock::time_point now) {

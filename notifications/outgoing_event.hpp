@@ -23,14 +23,14 @@ struct OutgoingEvent {
   std::string name;
   std::string payload;      // compact JSON text
   std::string traceparent;  // well-formed, or empty (malformed ones do not travel)
-  std::string id;           // the event's id when it carries one; empty: formatted from id_sequence
-  std::uint64_t id_sequence = 0;
+  std::uint64_t id_sequence = 0;  // formats the id (local events have no explicit id)
   std::chrono::system_clock::time_point time{};
   std::chrono::microseconds duration{0};
   std::unique_ptr<std::pair<std::string, std::string>> exception;  // type and message; null: none
 };
 
-// Throws (nlohmann::json::exception) only when the payload cannot be serialised.
+// For local events (a remote one, which carries its sender's id, is never forwarded). Throws
+// only when the payload cannot be serialised (out of memory).
 OutgoingEvent outgoing_from_event(const Event& event);
 
 // Makes `message` the envelope of `event` on `subject`, with headers as message_from_event();

@@ -2,9 +2,10 @@
 // theirs to it as remote events. Application code keeps calling instrument(); only
 // configuration decides where events go.
 //
-//   outbound: instrumenting thread -> forward listener (copies the event into a bounded queue,
-//             never waits on the network) -> sender thread (encodes envelopes, publishes in
-//             batches, retries transient failures with backoff, keeping order)
+//   outbound: instrumenting thread -> forward listener (queues the event with its payload
+//             serialised, in a bounded queue; never waits on the network) -> sender thread
+//             (encodes envelopes, publishes in batches, retries transient failures with
+//             backoff, keeping order)
 //   inbound:  transport thread (only enqueues) -> dispatcher thread (decodes, publishes onto the
 //             Notifier as a remote event)
 //
