@@ -35,22 +35,99 @@ std::string dump(const json& value, bool ensure_ascii) {
   return value.dump(-1, ' ', ensure_ascii, json::error_handler_t::replace);
 }
 
-// Appends `value` as compact JSON (invalid UTF-8 replaced by U+FFFD), as dump(value, false).
-void append_json(std::string& out, const json& value) {
+// Appends `value` through nlohmann's serializer: compact, invalid UTF-8 replaced by U+FFFD.
+void append_json_general(std::string& out, const json& value) {
   nlohmann::detail::serializer<json> writer(nlohmann::detail::output_adapter<char, std::string>(out), ' ',
                                             json::error_handler_t::replace);
   writer.dump(value, false, false, 0);
 }
 
-// Appends `text` as a JSON string, as append_json(out, json(text)).
+void append_decimal(std::string& out, std::uint64_t value) {
+  char digits[20];
+  std::size_t count = 0;
+  do {
+    digits[count++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value != 0);
+  while (count > 0) out += digits[--count];
+}
+
+void append_integer(std::string& out, std::int64_t value) {
+  if (value < 0) {
+    out += '-';
+    append_decimal(out, 0 - static_cast<std::uint64_t>(value));
+  } else {
+    append_decimal(out, static_cast<std::uint64_t>(value));
+  }
+}
+
+// Appends `text` as a JSON string, byte for byte as append_json_general(out, json(text)).
 void append_json_string(std::string& out, std::string_view text) {
   const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
     return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
   });
-  if (!plain) return append_json(out, json(text));
+  if (!plain) return append_json_general(out, json(text));
   out += '"';
   out += text;
   out += '"';
+}
+
+// Appends `value` as compact JSON, byte for byte as dump(value, false): containers, strings without
+// escapes, integers, booleans and null written here; escaped strings, floats (nlohmann's shortest
+// round-trip form) and the rest by nlohmann.
+void append_json(std::string& out, const json& value) {
+  switch (value.type()) {
+    case json::value_t::object: {
+      out += '{';
+      bool first = true;
+      for (auto it = value.begin(); it != value.end(); ++it) {
+        if (!first) out += ',';
+        first = false;
+        append_json_string(out, it.key());
+        out += ':';
+        append_json(out, it.value());
+      }
+      out += '}';
+      return;
+    }
+    case json::value_t::array: {
+      out += '[';
+      bool first = true;
+      for (const json& element : value) {
+        if (!first) out += ',';
+        first = false;
+        append_json(out, element);
+      }
+      out += ']';
+      return;
+    }
+    case json::value_t::string: {
+      const auto& text = value.get_ref<const std::string&>();
+      const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+        return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
+      });
+      if (!plain) return append_json_general(out, value);
+      out += '"';
+      out += text;
+      out += '"';
+      return;
+    }
+    case json::value_t::boolean:
+      out += value.get<bool>() ? "true" : "false";
+      return;
+    case json::value_t::null:
+      out += "null";
+      return;
+    case json::value_t::number_integer:
+      append_integer(out, value.get<std::int64_t>());
+      return;
+    case json::value_t::number_unsigned:
+      append_decimal(out, value.get<std::uint64_t>());
+      return;
+    default:
+      append_json_general(out, value);
+      return;
+  }
 }
 
 // A JSON value as a decode error shows it: strings quoted, other values with their type; ASCII
@@ -297,25 +374,6 @@ struct EnvelopeFields {
   const std::string* exception_type;     // null: absent
   const std::string* exception_message;  // null: absent
 };
-
-void append_decimal(std::string& out, std::uint64_t value) {
-  char digits[20];
-  std::size_t count = 0;
-  do {
-    digits[count++] = static_cast<char>('0' + value % 10);
-    value /= 10;
-  } while (value != 0);
-  while (count > 0) out += digits[--count];
-}
-
-void append_integer(std::string& out, std::int64_t value) {
-  if (value < 0) {
-    out += '-';
-    append_decimal(out, 0 - static_cast<std::uint64_t>(value));
-  } else {
-    append_decimal(out, static_cast<std::uint64_t>(value));
-  }
-}
 
 // Appends the envelope object to `out`.
 void encode_fields(const EnvelopeFields& f, std::string& out) {

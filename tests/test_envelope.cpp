@@ -743,6 +743,23 @@ TEST(PlainDecoder, PayloadsOfEveryKind) {
   }
 }
 
+TEST(Envelope, PayloadIsWrittenAsNlohmannDumpsIt) {
+  const std::vector<json> payloads = {
+      nullptr, true, false, 0, -1, std::int64_t{-9223372036854775807 - 1}, std::uint64_t{18446744073709551615u},
+      0.1, -0.0, 1e300, 5e-324, 1.0, "", "plain", "caf\xc3\xa9", "quote \" backslash \\ tab \t nl \n",
+      "\x01\x1f\x7f", "bad \xff utf-8", json::object(), json::array(),
+      {{"k\"ey", {1, 2.5, "x"}}, {"", nullptr}, {"\xc3\xa9", {{"nested", json::array({json::object()})}}}},
+  };
+  for (const json& payload : payloads) {
+    Envelope e = minimal_envelope();
+    e.payload = payload;
+    const std::string body = encode_envelope(e);
+    const std::string expected = "\"payload\":" + payload.dump(-1, ' ', false, json::error_handler_t::replace) + "}";
+    ASSERT_GE(body.size(), expected.size());
+    EXPECT_EQ(body.substr(body.size() - expected.size()), expected) << payload.dump(-1, ' ', true, json::error_handler_t::replace);
+  }
+}
+
 TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {
   json payload = {{"order_id", 7}, {"traceparent", kTrace}, {"note", "caf\xc3\xa9 \"q\""}};
   Event with_everything("order.placed", payload);

@@ -4,7 +4,8 @@
 //      again;
 //   3. it survives event_from_envelope -> envelope_from_event unchanged;
 //   4. the fast decoder (envelope_plain.hpp) either declines or decodes exactly what the general
-//      decoder decodes.
+//      decoder decodes;
+//   5. the encoder writes the payload byte for byte as nlohmann's dump() does.
 // A broken promise prints what differed and aborts, which libFuzzer reports as a crash.
 #include <cstddef>
 #include <cstdint>
@@ -72,6 +73,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (changed == nullptr && first.envelope->sequence != second.envelope->sequence) changed = "sequence";
   if (const char* field = changed) {
     fail("encode -> decode changed a field", std::string(field) + "\n" + encoded);
+  }
+  const std::string payload_text =
+      "\"payload\":" + first.envelope->payload.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "}";
+  if (encoded.size() < payload_text.size() ||
+      encoded.compare(encoded.size() - payload_text.size(), payload_text.size(), payload_text) != 0) {
+    fail("the payload is not written as nlohmann's dump() writes it", encoded + "\n" + payload_text);
   }
   const std::string again = notifications::encode_envelope(*second.envelope);
   if (again != encoded) fail("encoding is not stable", encoded + "\n" + again);
