@@ -208,7 +208,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   // Dispatcher thread only. The last sequence seen per (producer instance, subject); bounded:
   // when full it starts over (a gap spanning that moment goes uncounted).
   std::unordered_map<std::string, std::uint64_t> last_sequence;
+  std::string sequence_key;  // dispatcher thread only: the lookup key, reused
   static constexpr std::size_t kMaxSequenceStreams = 65536;
+  static constexpr std::size_t kDispatchBatch = 1024;  // deliveries taken from the inbound queue at once
 
   void note_sequence(const Envelope& envelope, const std::string& subject);
 

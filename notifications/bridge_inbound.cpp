@@ -28,11 +28,16 @@ void Bridge::Impl::dead_letter(const Message& message, const std::string& reason
 }
 
 void Bridge::Impl::note_sequence(const Envelope& envelope, const std::string& subject) {
-  std::string key = envelope.producer_instance;
+  std::string& key = sequence_key;  // reused: no allocation per event once warm
+  key.assign(envelope.producer_instance);
   key.push_back('\0');
   key += subject;
-  if (last_sequence.size() >= kMaxSequenceStreams && last_sequence.count(key) == 0) last_sequence.clear();
-  std::uint64_t& last = last_sequence[key];
+  auto found = last_sequence.find(key);
+  if (found == last_sequence.end()) {
+    if (last_sequence.size() >= kMaxSequenceStreams) last_sequence.clear();
+    found = last_sequence.emplace(key, 0).first;
+  }
+  std::uint64_t& last = found->second;
   if (last != 0 && envelope.sequence > last + 1) {
     const std::uint64_t missing = envelope.sequence - last - 1;
     counters.lost.fetch_add(missing, std::memory_order_relaxed);
@@ -76,7 +81,7 @@ void Bridge::Impl::run_dispatcher() {
   while (true) {
     park_if_requested();
     batch.clear();
-    if (!inbound.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
+    if (!inbound.pop_batch(batch, kDispatchBatch, Clock::now() + std::chrono::milliseconds(100))) break;
     for (Delivery& delivery : batch) {
       if (past_deadline()) {  // shutdown's deadline passed: count the rest, deliver no more
         drop(Drop::shutdown_deadline, "(inbound message)");

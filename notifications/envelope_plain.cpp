@@ -4,6 +4,7 @@
 // nlohmann's parser.
 #include "notifications/envelope_plain.hpp"
 
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +17,13 @@ namespace notifications::detail {
 namespace {
 
 using nlohmann::json;
+
+// The bytes a plain string may hold: printable ASCII but '"' and '\\'.
+constexpr auto kPlainByte = [] {
+  std::array<bool, 256> table{};
+  for (int c = 0x20; c <= 0x7E; ++c) table[static_cast<std::size_t>(c)] = c != '"' && c != '\\';
+  return table;
+}();
 
 class Scanner {
  public:
@@ -40,16 +48,11 @@ class Scanner {
     skip_space();
     if (pos_ >= text_.size() || text_[pos_] != '"') return false;
     const std::size_t start = ++pos_;
-    for (; pos_ < text_.size(); ++pos_) {
-      const char c = text_[pos_];
-      if (c == '"') {
-        out = text_.substr(start, pos_ - start);
-        ++pos_;
-        return true;
-      }
-      if (c < 0x20 || c > 0x7E || c == '\\') return false;
-    }
-    return false;
+    while (pos_ < text_.size() && kPlainByte[static_cast<unsigned char>(text_[pos_])]) ++pos_;
+    if (pos_ >= text_.size() || text_[pos_] != '"') return false;  // the end, an escape or another byte
+    out = text_.substr(start, pos_ - start);
+    ++pos_;
+    return true;
   }
 
   // Any JSON string; one with escapes or non-ASCII bytes is decoded (and its UTF-8 checked) by
