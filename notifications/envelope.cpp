@@ -61,12 +61,15 @@ void append_integer(std::string& out, std::int64_t value) {
   }
 }
 
+// Printable ASCII without '"' and '\\': written as it is between quotes.
+bool needs_no_escapes(std::string_view text) {
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\'; });
+}
+
 // Appends `text` as a JSON string, byte for byte as append_json_general(out, json(text)).
 void append_json_string(std::string& out, std::string_view text) {
-  const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
-    return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
-  });
-  if (!plain) return append_json_general(out, json(text));
+  if (!needs_no_escapes(text)) return append_json_general(out, json(text));
   out += '"';
   out += text;
   out += '"';
@@ -103,10 +106,7 @@ void append_json(std::string& out, const json& value) {
     }
     case json::value_t::string: {
       const auto& text = value.get_ref<const std::string&>();
-      const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
-        return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
-      });
-      if (!plain) return append_json_general(out, value);
+      if (!needs_no_escapes(text)) return append_json_general(out, value);
       out += '"';
       out += text;
       out += '"';
