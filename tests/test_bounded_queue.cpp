@@ -1,0 +1,152 @@
+// The bounded handoff queue between the Bridge's threads (notifications/bounded_queue.hpp): order,
+// the three overflow policies, close and take_all, and two producers against one consumer.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "notifications/bounded_queue.hpp"
+#include "scale.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using notifications::OverflowPolicy;
+using Queue = notifications::detail::BoundedQueue<int>;
+using Clock = std::chrono::steady_clock;
+
+// Pops everything that is there now, `max` at a time, appending to `out`.
+void drain(Queue& q, std::vector<int>& out, std::size_t max) {
+  std::vector<int> batch;
+  while (q.size() > 0) {
+    batch.clear();
+    ASSERT_TRUE(q.pop_batch(batch, max, Clock::now() + 1s));
+    ASSERT_LE(batch.size(), max);
+    out.insert(out.end(), batch.begin(), batch.end());
+  }
+}
+
+TEST(BoundedQueue, KeepsOrderAcrossWholeAndPartialBatches) {
+  Queue q(1000);
+  std::vector<int> got;
+  int next = 0;
+  for (std::size_t round = 0; round < 50; ++round) {
+    for (int i = 0; i < static_cast<int>(round % 13) + 1; ++i) {
+      ASSERT_EQ(q.push(int(next++), OverflowPolicy::drop_newest, 0ms), Queue::Push::accepted);
+    }
+    drain(q, got, round % 2 == 0 ? 3 : 64);  // partial takes, then whole swaps
+  }
+  ASSERT_EQ(got.size(), static_cast<std::size_t>(next));
+  for (int i = 0; i < next; ++i) ASSERT_EQ(got[static_cast<std::size_t>(i)], i);
+}
+
+TEST(BoundedQueue, DropNewestRefusesWhenFull) {
+  Queue q(3);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(q.push(int(i), OverflowPolicy::drop_newest, 0ms), Queue::Push::accepted);
+  EXPECT_EQ(q.push(3, OverflowPolicy::drop_newest, 0ms), Queue::Push::dropped_newest);
+  std::vector<int> got;
+  drain(q, got, 10);
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2}));
+}
+
+TEST(BoundedQueue, DropOldestEvictsInOrderAndStaysBounded) {
+  Queue q(4);
+  std::vector<int> evicted_values;
+  for (int i = 0; i < 1000; ++i) {
+    std::optional<int> evicted;
+    const auto result = q.push(int(i), OverflowPolicy::drop_oldest, 0ms, &evicted);
+    if (i < 4) {
+      ASSERT_EQ(result, Queue::Push::accepted);
+    } else {
+      ASSERT_EQ(result, Queue::Push::accepted_dropped_oldest);
+      ASSERT_TRUE(evicted.has_value());
+      evicted_values.push_back(*evicted);
+    }
+    ASSERT_LE(q.size(), 4u);
+  }
+  ASSERT_EQ(evicted_values.size(), 996u);
+  for (std::size_t i = 0; i < evicted_values.size(); ++i) ASSERT_EQ(evicted_values[i], static_cast<int>(i));
+  std::vector<int> got;
+  drain(q, got, 2);
+  EXPECT_EQ(got, (std::vector<int>{996, 997, 998, 999}));
+}
+
+TEST(BoundedQueue, BlockWaitsForRoomOrTimesOut) {
+  Queue q(1);
+  ASSERT_EQ(q.push(1, OverflowPolicy::block, 0ms), Queue::Push::accepted);
+  EXPECT_EQ(q.push(2, OverflowPolicy::block, 20ms), Queue::Push::dropped_newest);
+  std::thread consumer([&] {
+    std::this_thread::sleep_for(50ms);
+    std::vector<int> batch;
+    q.pop_batch(batch, 1, Clock::now() + 1s);
+  });
+  EXPECT_EQ(q.push(3, OverflowPolicy::block, 10s), Queue::Push::accepted);  // once the consumer took 1
+  consumer.join();
+  std::vector<int> got;
+  drain(q, got, 1);
+  EXPECT_EQ(got, (std::vector<int>{3}));
+}
+
+TEST(BoundedQueue, CloseRefusesPushesButKeepsItemsThenTakeAllEmpties) {
+  Queue q(10);
+  for (int i = 0; i < 6; ++i) q.push(int(i), OverflowPolicy::drop_newest, 0ms);
+  std::vector<int> batch;
+  ASSERT_TRUE(q.pop_batch(batch, 2, Clock::now() + 1s));  // a partial take first
+  EXPECT_EQ(batch, (std::vector<int>{0, 1}));
+  q.close();
+  EXPECT_EQ(q.push(9, OverflowPolicy::drop_newest, 0ms), Queue::Push::closed);
+  EXPECT_EQ(q.take_all(), (std::vector<int>{2, 3, 4, 5}));
+  EXPECT_EQ(q.size(), 0u);
+  batch.clear();
+  EXPECT_FALSE(q.pop_batch(batch, 10, Clock::now() + 1s));  // closed and empty
+}
+
+TEST(BoundedQueue, PopWaitsUntilItsDeadlineOnAnEmptyQueue) {
+  Queue q(10, 50us);  // with the idle spin the Bridge uses
+  std::vector<int> batch;
+  const auto start = Clock::now();
+  EXPECT_TRUE(q.pop_batch(batch, 10, start + 30ms));  // open: true, nothing taken
+  EXPECT_TRUE(batch.empty());
+  EXPECT_GE(Clock::now() - start, 30ms);
+}
+
+// Two producers, one consumer taking small and large batches: every item arrives once, each
+// producer's items in the order it pushed them.
+TEST(BoundedQueue, TwoProducersOneConsumerLoseNothing) {
+  const int per_producer = 200'000 / test_support::kScale;
+  Queue q(256, 50us);
+  std::atomic<int> refused{0};
+  auto produce = [&](int id) {
+    for (int i = 0; i < per_producer; ++i) {
+      if (q.push(id * per_producer + i, OverflowPolicy::block, 30s) != Queue::Push::accepted) refused.fetch_add(1);
+    }
+  };
+  std::thread a(produce, 0), b(produce, 1);
+  std::vector<int> last = {-1, -1};
+  int received = 0;
+  int out_of_order = 0;
+  std::vector<int> batch;
+  const auto deadline = Clock::now() + 60s;
+  for (std::size_t round = 0; received < 2 * per_producer && Clock::now() < deadline; ++round) {
+    batch.clear();
+    if (!q.pop_batch(batch, round % 3 == 0 ? 7 : 1024, Clock::now() + 100ms)) break;
+    for (const int item : batch) {
+      int& previous = last[static_cast<std::size_t>(item / per_producer)];
+      if (item <= previous) ++out_of_order;  // out of order, or twice
+      previous = item;
+      ++received;
+    }
+  }
+  q.close();  // releases a producer still blocked if the consumer gave up
+  a.join();
+  b.join();
+  EXPECT_EQ(refused.load(), 0);
+  EXPECT_EQ(out_of_order, 0);
+  EXPECT_EQ(received, 2 * per_producer);
+  EXPECT_EQ(q.size(), 0u);
+}
+
+}  // namespace
