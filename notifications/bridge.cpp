@@ -79,7 +79,9 @@ void Bridge::Impl::start() {
   std::weak_ptr<Impl> weak = shared_from_this();
   for (const std::string& pattern : config.subscribe) {
     DeliveryOptions options(config.group);
-    options.headers = false;  // the envelope body carries everything the dispatcher reads
+    // The envelope body carries everything the dispatcher reads; a dead-letter hook sees the
+    // message as it arrived, headers included.
+    options.headers = static_cast<bool>(hooks.dead_letter);
     remote_subscriptions.push_back(transport->subscribe(
         config.prefix + "." + pattern, options, [weak](Delivery&& delivery) {
           if (auto self = weak.lock()) {

@@ -197,6 +197,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
                         std::mt19937& rng);
 
   void run_sender();
+  static constexpr std::size_t kKeptBodyBytes = 64 * 1024;  // a reused message body keeps at most this
 
   // ---- inbound ------------------------------------------------------------------------------
 

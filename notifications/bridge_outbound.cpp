@@ -19,6 +19,8 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
   try {
     outgoing = detail::outgoing_from_event(event);
   } catch (const std::exception& e) {
+    // Accepted and lost at once, so that accepted = sent + dropped keeps holding for flush().
+    counters.accepted.fetch_add(1, std::memory_order_relaxed);
     drop(Drop::encode_failed, event.name(), 1, e.what());
     return;
   }
@@ -144,6 +146,9 @@ void Bridge::Impl::run_sender() {
       ++count;
     }
     publish_in_order(std::span<const Message>(messages).first(count), names, rng);
+    for (std::size_t i = 0; i < count; ++i) {
+      if (messages[i].body.capacity() > kKeptBodyBytes) std::string().swap(messages[i].body);  // after a rare large event
+    }
   }
   // Anything left (deadline passed while retrying, then closed) is counted.
   for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name);

@@ -69,6 +69,7 @@ class Scanner {
     if (pos_ >= text_.size() || text_[pos_] != '"') return false;
     const std::size_t token = pos_;
     if (!skip_string()) return false;
+    if (!parses_alone_as_in_the_body(text_.substr(token, pos_ - token))) return false;
     json value = json::parse(text_.substr(token, pos_ - token), nullptr, false);
     if (!value.is_string()) return false;  // also when discarded (invalid)
     out = std::move(value.get_ref<std::string&>());
@@ -161,7 +162,7 @@ class Scanner {
       while (pos_ < text_.size() && !is_delimiter(text_[pos_])) ++pos_;
     }
     const std::string_view token = text_.substr(start, pos_ - start);
-    if (too_deep_at(token, max_depth) != std::string_view::npos) return false;
+    if (!parses_alone_as_in_the_body(token) || too_deep_at(token, max_depth) != std::string_view::npos) return false;
     out = json::parse(token, nullptr, false);
     return !out.is_discarded();
   }
@@ -221,6 +222,16 @@ class Scanner {
       out = value;
     }
     return true;
+  }
+
+  // nlohmann, given a token alone, skips a UTF-8 byte order mark before it and stops at a NUL
+  // byte, where the same token inside the body is an error: such tokens are left to the general
+  // decoder.
+  static bool parses_alone_as_in_the_body(std::string_view token) {
+    if (token.empty() || token.find('\0') != std::string_view::npos) return false;
+    const char c = token.front();
+    return c == '{' || c == '[' || c == '"' || c == '-' || (c >= '0' && c <= '9') || c == 't' || c == 'f' ||
+           c == 'n';
   }
 
   static bool is_delimiter(char c) {

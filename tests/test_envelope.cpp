@@ -741,6 +741,15 @@ TEST(PlainDecoder, PayloadsOfEveryKind) {
     const auto general = notifications::detail::decode_general_envelope(text);
     EXPECT_EQ(decode_envelope(text).envelope.has_value(), general.envelope.has_value()) << payload;
   }
+  // Tokens that nlohmann would read alone but not inside the body: a byte order mark before a
+  // value, a NUL byte after one. Both decoders must reject them.
+  using namespace std::string_literals;
+  for (const std::string& payload : {"\xEF\xBB\xBF" "1"s, "\xEF\xBB\xBF\"x\""s, "18446744073709551616\0xyz"s,
+                                     "\"a\\n\0\""s}) {
+    const std::string text = head + payload + "}";
+    EXPECT_FALSE(plain_agrees(text)) << payload;
+    EXPECT_FALSE(decode_envelope(text)) << payload;
+  }
 }
 
 TEST(Envelope, PayloadIsWrittenAsNlohmannDumpsIt) {

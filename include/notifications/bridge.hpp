@@ -39,8 +39,10 @@ namespace notifications {
 
 // Collaborators of a Bridge besides its notifier and transport; all optional.
 struct BridgeHooks {
-  // Receives every inbound message that could not be decoded, with the reason. Runs on the
-  // dispatcher thread; must not throw (exceptions are caught and counted).
+  // Receives every inbound message that could not be decoded, with the reason and the headers it
+  // arrived with. Runs on the dispatcher thread; must not throw (exceptions are caught and
+  // counted). Setting it makes the Bridge read every message's headers (on NATS, a noticeable
+  // cost per message: docs/benchmarks.md).
   std::function<void(const Message& message, std::string_view reason)> dead_letter;
   // This process's instance id in envelopes; default: a random UUID.
   std::string instance_id;

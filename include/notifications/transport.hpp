@@ -63,8 +63,6 @@ struct TransportCapabilities {
 // How a delivery is settled on transports with acknowledgements.
 enum class Settle { ack, nak, term };
 
-// One received message. `settle` is empty on transports without acknowledgements; otherwise it
-// must be called exactly once, from any thread, after the message was handled.
 // How to subscribe. Built implicitly from a group name, so subscribe(pattern, "workers", handler)
 // and subscribe(pattern, "", handler) read as before.
 struct DeliveryOptions {
@@ -79,6 +77,8 @@ struct DeliveryOptions {
   bool headers = true;
 };
 
+// One received message. `settle` is empty on transports without acknowledgements; otherwise it
+// must be called exactly once, from any thread, after the message was handled.
 struct Delivery {
   Message message;
   std::function<void(Settle)> settle;

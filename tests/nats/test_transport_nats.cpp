@@ -371,6 +371,38 @@ TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
   body_only_sender->stop(in(10s));
 }
 
+// A Bridge reads no headers for itself, but its dead-letter hook gets a malformed message with
+// the headers it arrived with.
+TEST(NatsHeaders, DeadLetterHookSeesTheHeaders) {
+  NatsServer server;
+  std::mutex mutex;
+  std::vector<n::Message> dead;
+  n::BridgeHooks hooks;
+  hooks.dead_letter = [&](const n::Message& m, std::string_view) {
+    std::lock_guard lock(mutex);
+    dead.push_back(m);
+  };
+  n::Notifier notifier;
+  n::BridgeConfig config;
+  config.app = "receiver";
+  config.prefix = "t";
+  config.subscribe = {">"};
+  n::Bridge bridge(notifier, n::make_nats_transport(options_for(server.url())), config, hooks);
+  bridge.start();
+  auto sending = n::make_nats_transport(options_for(server.url()));
+  sending->start();
+  ASSERT_EQ(publish1(*sending, n::Message{"t.broken", "not json", {{"Nats-Msg-Id", "m-1"}}}).published, 1u);
+  ASSERT_TRUE(sending->flush(in(10s)));
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return !dead.empty();
+  }, 10s));
+  EXPECT_EQ(dead[0].body, "not json");
+  EXPECT_EQ(dead[0].header("Nats-Msg-Id"), "m-1");
+  sending->stop(in(10s));
+  bridge.shutdown(10s);
+}
+
 // ---- cluster --------------------------------------------------------------------------------------
 
 // Three nodes joined by routes; the node a client is connected to dies; it fails over to another
