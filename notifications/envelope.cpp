@@ -61,11 +61,8 @@ void append_integer(std::string& out, std::int64_t value) {
   }
 }
 
-// Printable ASCII without '"' and '\\': written as it is between quotes.
-bool needs_no_escapes(std::string_view text) {
-  return std::all_of(text.begin(), text.end(),
-                     [](char c) { return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\'; });
-}
+// Written as it is between quotes (envelope_rules.hpp).
+bool needs_no_escapes(std::string_view text) { return std::all_of(text.begin(), text.end(), is_plain_string_byte); }
 
 // Appends `text` as a JSON string, byte for byte as append_json_general(out, json(text)).
 void append_json_string(std::string& out, std::string_view text) {

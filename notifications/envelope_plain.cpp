@@ -4,7 +4,6 @@
 // nlohmann's parser.
 #include "notifications/envelope_plain.hpp"
 
-#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -17,13 +16,6 @@ namespace notifications::detail {
 namespace {
 
 using nlohmann::json;
-
-// The bytes a plain string may hold: printable ASCII but '"' and '\\'.
-constexpr auto kPlainByte = [] {
-  std::array<bool, 256> table{};
-  for (int c = 0x20; c <= 0x7E; ++c) table[static_cast<std::size_t>(c)] = c != '"' && c != '\\';
-  return table;
-}();
 
 class Scanner {
  public:
@@ -48,7 +40,7 @@ class Scanner {
     skip_space();
     if (pos_ >= text_.size() || text_[pos_] != '"') return false;
     const std::size_t start = ++pos_;
-    while (pos_ < text_.size() && kPlainByte[static_cast<unsigned char>(text_[pos_])]) ++pos_;
+    while (pos_ < text_.size() && is_plain_string_byte(text_[pos_])) ++pos_;
     if (pos_ >= text_.size() || text_[pos_] != '"') return false;  // the end, an escape or another byte
     out = text_.substr(start, pos_ - start);
     ++pos_;

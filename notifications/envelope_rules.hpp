@@ -4,6 +4,7 @@
 // Thread-safety: constants and stateless functions, safe from any thread.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -22,6 +23,15 @@ inline constexpr auto kEarliestEnvelopeTime =
     std::chrono::ceil<std::chrono::microseconds>(std::chrono::system_clock::time_point::min());
 inline constexpr auto kLatestEnvelopeTime =
     std::chrono::floor<std::chrono::microseconds>(std::chrono::system_clock::time_point::max());
+
+// The bytes a JSON string may hold as they are, with no escape: printable ASCII but '"' and '\\'.
+// The encoder writes such strings between quotes; the fast decoder reads them without nlohmann.
+inline constexpr auto kPlainStringByte = [] {
+  std::array<bool, 256> table{};
+  for (int c = 0x20; c <= 0x7E; ++c) table[static_cast<std::size_t>(c)] = c != '"' && c != '\\';
+  return table;
+}();
+inline bool is_plain_string_byte(char c) { return kPlainStringByte[static_cast<unsigned char>(c)]; }
 
 // 8-4-4-4-12 hex digits, either case, any version and variant.
 bool is_uuid(std::string_view text);

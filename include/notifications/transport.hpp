@@ -7,7 +7,8 @@
 // Thread-safety: every Transport member may be called from any thread. The Bridge calls
 // publish() from its one sender thread only. Delivery handlers run on a thread of the transport
 // (or of its client library): they must only hand the delivery off (enqueue it) and return; they
-// must not block, throw, or call back into the transport.
+// must not block, throw, or call back into the transport. The structs (TransportCapabilities,
+// Message, DeliveryOptions, Delivery, PublishResult, TransportConfig) are values.
 #pragma once
 
 #include <chrono>
