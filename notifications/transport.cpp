@@ -163,7 +163,10 @@ bool secret_query_key(std::string_view key) {
   return false;
 }
 
-// "?a=1&token=x#f" -> "?a=1&token=***#f"
+std::string redact_one(std::string_view url);
+
+// "?a=1&token=x#f" -> "?a=1&token=***#f"; a value that holds credentials itself
+// ("servers=nats://u:pw@h") keeps only what follows them: "servers=nats://***@h".
 std::string redact_query(std::string_view query) {
   std::string out;
   std::size_t fragment = query.find('#');
@@ -176,6 +179,14 @@ std::string redact_query(std::string_view query) {
     const std::size_t eq = param.find('=');
     if (eq != std::string_view::npos && secret_query_key(param.substr(0, eq))) {
       out.append(param.substr(0, eq + 1)).append("***");
+    } else if (eq != std::string_view::npos && param.find('@', eq) != std::string_view::npos) {
+      const std::string_view value = param.substr(eq + 1);
+      out.append(param.substr(0, eq + 1));
+      if (scheme_prefix(value) != 0) {
+        out.append(redact_one(value));
+      } else {
+        out.append("***").append(value.substr(value.rfind('@')));
+      }
     } else {
       out.append(param);
     }

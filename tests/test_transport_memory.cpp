@@ -927,5 +927,8 @@ TEST(TransportFactory, RedactUrl) {
   EXPECT_EQ(n::redact_url("postgres://u:pw@host/db?sslmode=require&password=x&token=y"),
             "postgres://***@host/db?sslmode=require&password=***&token=***");
   EXPECT_EQ(n::redact_url("user:pass@host"), "***@host");
+  // Credentials inside a query value, whatever its key.
+  EXPECT_EQ(n::redact_url("nats://h?servers=nats://u:pw@h2:4222&name=x"), "nats://h?servers=nats://***@h2:4222&name=x");
+  EXPECT_EQ(n::redact_url("nats://h?servers=u:pw@h2"), "nats://h?servers=***@h2");
   EXPECT_EQ(n::redact_url(""), "");
 }

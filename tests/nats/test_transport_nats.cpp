@@ -113,6 +113,16 @@ TEST(NatsOptions, BadInputNamesKeyAndValueButNeverASecret) {
   EXPECT_NE(secret.find("\"password\""), std::string::npos) << secret;
   EXPECT_EQ(secret.find("12345"), std::string::npos) << secret;
 
+  // A server given with credentials, in the options or in the query, is refused without them.
+  for (const n::TransportConfig& config :
+       {n::TransportConfig{"nats://h", {{"servers", "u:s3cret@h2:1"}}},
+        n::TransportConfig{"nats://h?servers=nats://u:s3cret@h2", {}},
+        n::TransportConfig{"nats://h?servers=u:s3cret@h2", {}}}) {
+    const std::string error = error_of([&] { n::nats_options_from_config(config); });
+    EXPECT_NE(error.find("credentials"), std::string::npos) << error;
+    EXPECT_EQ(error.find("s3cret"), std::string::npos) << error;
+  }
+
   const std::string port = error_of([] { n::nats_options_from_config({"nats://h:99999", {}}); });
   EXPECT_NE(port.find("port"), std::string::npos) << port;
 

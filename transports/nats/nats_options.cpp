@@ -241,11 +241,12 @@ void apply_url(NatsOptions& options, std::string_view url) {
 void check(const NatsOptions& o) {
   if (o.servers.empty()) throw BadOption{"no server given"};
   for (const std::string& server : o.servers) {
-    const std::size_t sep = server.find("://");
-    if (sep == std::string::npos) throw BadOption{"server \"" + server + "\": expected nats://host[:port]"};
+    // Before anything quotes the server: its credentials must not reach the error.
     if (server.find('@') != std::string::npos) {
       throw BadOption{"a server URL carries credentials: give them once, in the main URL or in user/password/token"};
     }
+    const std::size_t sep = server.find("://");
+    if (sep == std::string::npos) throw BadOption{"server \"" + server + "\": expected nats://host[:port]"};
     check_host_port(std::string_view(server).substr(sep + 3));
   }
   int methods = 0;
