@@ -115,7 +115,7 @@ TEST(NatsOptions, BadInputNamesKeyAndValueButNeverASecret) {
 
   // A server given with credentials, in the options or in the query, is refused without them.
   for (const n::TransportConfig& config :
-       {n::TransportConfig{"nats://h", {{"servers", "u:s3cret@h2:1"}}},
+       {n::TransportConfig{"nats://", {{"servers", "u:s3cret@h2:1"}}},
         n::TransportConfig{"nats://h?servers=nats://u:s3cret@h2", {}},
         n::TransportConfig{"nats://h?servers=u:s3cret@h2", {}}}) {
     const std::string error = error_of([&] { n::nats_options_from_config(config); });
@@ -310,7 +310,7 @@ TEST(NatsSlowConsumer, DropsAreCountedInHealth) {
   auto receiving = n::make_nats_transport(options);
   receiving->start();
   std::atomic<int> handled{0};
-  receiving->subscribe("slow.>", "", [&](n::Delivery&&) {
+  const std::uint64_t slow = receiving->subscribe("slow.>", "", [&](n::Delivery&&) {
     std::this_thread::sleep_for(5ms);
     handled.fetch_add(1);
   });
@@ -323,7 +323,12 @@ TEST(NatsSlowConsumer, DropsAreCountedInHealth) {
       << receiving->health().dump();
   EXPECT_TRUE(wait_until([&] { return receiving->health()["slow_consumer_events"].get<int>() > 0; }, 10s))
       << receiving->health().dump();
+  // The count outlives the subscription and the connection.
+  const auto dropped = receiving->health()["slow_consumer_dropped"].get<std::int64_t>();
+  receiving->unsubscribe(slow);
+  EXPECT_GE(receiving->health()["slow_consumer_dropped"].get<std::int64_t>(), dropped) << receiving->health().dump();
   receiving->stop(std::chrono::steady_clock::now() + 10s);
+  EXPECT_GE(receiving->health()["slow_consumer_dropped"].get<std::int64_t>(), dropped) << receiving->health().dump();
   sending->stop(std::chrono::steady_clock::now() + 10s);
 }
 

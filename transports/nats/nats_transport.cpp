@@ -198,16 +198,17 @@ class NatsTransport final : public TransportBase {
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Message& m = batch[i];
       natsStatus s = NATS_OK;
+      bool sent = false;
       if (headers_ && !m.headers.empty()) {
         s = publish_with_headers(nc, m);
-        if (s == NATS_NO_SERVER_SUPPORT) {
+        sent = s != NATS_NO_SERVER_SUPPORT;
+        if (!sent) {
           // A server without headers: the envelope body carries everything; send it without them.
           headers_ = false;
           spdlog::warn("notifications nats: the server does not support headers; publishing bodies only");
-          --i;
-          continue;
         }
-      } else {
+      }
+      if (!sent) {
         // No natsMsg at all: cnats copies the body straight into its write buffer.
         s = natsConnection_Publish(nc, m.subject.c_str(), m.body.data(), static_cast<int>(m.body.size()));
       }
@@ -277,6 +278,7 @@ class NatsTransport final : public TransportBase {
       subscriptions_.erase(it);
     }
     entry.state->active.store(false, std::memory_order_release);  // `state` lives until on-complete
+    if (!entry.dropped_kept) keep_dropped_count(entry.sub);  // before unsubscribing: cnats refuses it after
     natsSubscription_Unsubscribe(entry.sub);
     natsSubscription_Destroy(entry.sub);
   }
@@ -331,6 +333,14 @@ class NatsTransport final : public TransportBase {
     natsConnection* nc = nc_;
     if (nc == nullptr) return;  // never started
     closing_.store(true);  // the disconnect that draining causes is no error
+    {
+      // cnats gives no drop count for a closed subscription: keep them now, before draining.
+      std::unique_lock lock(connection_mutex_);
+      for (auto& [id, entry] : subscriptions_) {
+        keep_dropped_count(entry.sub);
+        entry.dropped_kept = true;
+      }
+    }
     natsConnection_FlushTimeout(nc, millis_until(deadline));
     // Drain: subscriptions hand over what they hold, publishes are written out, then cnats
     // closes the connection. Refused while reconnecting: retried until the deadline.
@@ -396,12 +406,13 @@ class NatsTransport final : public TransportBase {
     std::int64_t pending = 0;
     for (const auto& [id, entry] : subscriptions_) {
       std::int64_t d = 0;
-      if (natsSubscription_GetDropped(entry.sub, &d) == NATS_OK) dropped += d;
+      if (!entry.dropped_kept && natsSubscription_GetDropped(entry.sub, &d) == NATS_OK) dropped += d;
       int msgs = 0;
       int bytes = 0;
       if (natsSubscription_GetPending(entry.sub, &msgs, &bytes) == NATS_OK) pending += msgs;
     }
-    h["slow_consumer_dropped"] = dropped;
+    h["slow_consumer_dropped"] = dropped + static_cast<std::int64_t>(dropped_by_closed_.load());
+    h["events_unlogged"] = shared_->events_unlogged.load();
     h["slow_consumer_events"] = shared_->slow_consumer_events.load();
     h["pending"] = pending;
     h["buffered_bytes"] = nc_ == nullptr ? 0 : std::max(0, natsConnection_Buffered(nc_));
@@ -418,6 +429,7 @@ class NatsTransport final : public TransportBase {
     std::string pattern;
     DeliveryOptions options;
     DeliveryHandler handler;  // a copy, to subscribe again after a fork
+    bool dropped_kept = false;  // its slow-consumer drops are in dropped_by_closed_
   };
 
   void check(natsStatus status, const std::string& what) const {
@@ -493,23 +505,34 @@ class NatsTransport final : public TransportBase {
     return shared_->changed.wait_until(lock, deadline, [&] { return shared_->closed; });
   }
 
-  // The transport's own thread: logs what the connection callbacks reported.
+  // Adds what cnats dropped for `sub` (slow consumer) to the total kept once it is gone.
+  void keep_dropped_count(natsSubscription* sub) {
+    std::int64_t dropped = 0;
+    if (natsSubscription_GetDropped(sub, &dropped) == NATS_OK && dropped > 0) {
+      dropped_by_closed_.fetch_add(static_cast<std::uint64_t>(dropped), std::memory_order_relaxed);
+    }
+  }
+
+  // The transport's own thread: logs what the connection callbacks reported, up to the last
+  // event queued before it was asked to stop.
   void run_log() {
+    const auto log = [this](const ConnectionEvent& e) {
+      if (e.kind == ConnectionEvent::Kind::error) {
+        note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
+      } else if (e.kind == ConnectionEvent::Kind::disconnected && !closing_.load()) {
+        note_error("disconnected from the server");
+      } else {
+        spdlog::info("notifications nats: {}{}", kind_name(e.kind),
+                     e.kind == ConnectionEvent::Kind::reconnected ? " to " + connected_url() : std::string());
+      }
+    };
     std::vector<ConnectionEvent> batch;
     while (!log_stop_.load()) {
       batch.clear();
       if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
-      for (const ConnectionEvent& e : batch) {
-        if (e.kind == ConnectionEvent::Kind::error) {
-          note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
-        } else if (e.kind == ConnectionEvent::Kind::disconnected && !closing_.load()) {
-          note_error("disconnected from the server");
-        } else {
-          spdlog::info("notifications nats: {}{}", kind_name(e.kind),
-                       e.kind == ConnectionEvent::Kind::reconnected ? " to " + connected_url() : std::string());
-        }
-      }
+      for (const ConnectionEvent& e : batch) log(e);
     }
+    for (const ConnectionEvent& e : shared_->events.take_all()) log(e);
   }
 
   const NatsOptions options_;
@@ -533,6 +556,7 @@ class NatsTransport final : public TransportBase {
   std::atomic<std::uint64_t> published_{0};
   std::atomic<std::uint64_t> publish_errors_{0};
   std::atomic<std::uint64_t> discarded_{0};
+  std::atomic<std::uint64_t> dropped_by_closed_{0};  // slow-consumer drops of subscriptions now gone
   mutable std::mutex error_mutex_;
   std::string last_error_;  // guarded by error_mutex_
 };

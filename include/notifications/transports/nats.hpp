@@ -31,8 +31,10 @@
 //
 // health(): kind, state, connection ("connecting", "connected", "reconnecting", "draining",
 // "disconnected", "closed"), server (the URL in use, credentials removed), servers, name,
-// disconnects, reconnects, published, publish_errors, received, slow_consumer_dropped,
-// async_errors, discarded, pending, buffered_bytes, subscriptions, last_error.
+// disconnects, reconnects, published, publish_errors, received, slow_consumer_dropped (over the
+// transport's life, subscriptions since closed included), slow_consumer_events, async_errors,
+// lame_duck, handler_errors, events_unlogged (connection events past the log queue's bound),
+// discarded, pending, buffered_bytes, subscriptions, last_error.
 #pragma once
 
 #include <chrono>
