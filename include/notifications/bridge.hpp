@@ -19,7 +19,8 @@
 //
 // Thread-safety: every member may be called from any thread, concurrently, including from
 // listeners of remote events (shutdown() called on the dispatcher thread does not wait for that
-// thread). The destructor shuts down (5 s) if shutdown() was not called.
+// thread). The destructor shuts down (5 s) if shutdown() was not called. BridgeHooks and
+// ShutdownReport are values; the hooks themselves run on the threads their comments name.
 #pragma once
 
 #include <chrono>

@@ -1,7 +1,7 @@
 // Bridge configuration: from code, from a JSON file named by NOTIFICATIONS_CONFIG, and from the
 // environment (NOTIFICATIONS_URL and friends override the file).
 //
-// Thread-safety: BridgeConfig is a value; the loading functions are safe from any thread (they
+// Thread-safety: BridgeConfig and RetryPolicy are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
 // read the environment, which the program must not modify concurrently).
 #pragma once
 

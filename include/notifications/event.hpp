@@ -1,6 +1,6 @@
 // Event: what a subscriber receives for one instrumented block (or one instant event).
 //
-// Thread-safety: an Event is a value. Const member functions may be called concurrently from any
+// Thread-safety: an Event (like ExceptionInfo and EventOrigin) is a value. Const member functions may be called concurrently from any
 // number of threads. The Event a listener receives by reference lives only for that call and
 // borrows the instrumenting call's name and payload; copy it (copies are self-contained: they own
 // their name and payload) to keep it or to hand it to another thread.

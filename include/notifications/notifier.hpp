@@ -4,6 +4,7 @@
 // Thread-safety: every member function may be called from any thread, concurrently, and from
 // inside listeners (see docs/dispatch.md for the numbered promises on nested dispatch). Listeners
 // run synchronously on the instrumenting thread; no lock of the notifier is held while they run.
+// The option, listener and statistics structs below are values.
 #pragma once
 
 #include <atomic>

@@ -4,7 +4,8 @@
 // '_' and '-'. A published subject has no wildcards; a subscription pattern may use '*' as a whole
 // token and '>' as the last token.
 //
-// Thread-safety: stateless functions, safe from any thread.
+// Thread-safety: stateless functions, safe from any thread; InvalidSubject is an immutable
+// exception.
 #pragma once
 
 #include <optional>
