@@ -234,33 +234,30 @@ class Decoder {
     return true;
   }
 
-  bool sequence(std::uint64_t& out) {
-    json* value = find(object_, "sequence");
-    if (value == nullptr) return true;  // optional
-    const std::string expected =
-        "expected an integer from 1 to " + std::to_string(kMaxExactInteger) + ", got ";
-    if (!value->is_number_integer()) return fail("sequence", expected + describe(*value));
-    const bool in_range =
-        value->is_number_unsigned()
-            ? value->get<std::uint64_t>() >= 1 && value->get<std::uint64_t>() <= std::uint64_t{kMaxExactInteger}
-            : value->get<std::int64_t>() >= 1 && value->get<std::int64_t>() <= kMaxExactInteger;
-    if (!in_range) return fail("sequence", expected + describe(*value));
-    out = value->get<std::uint64_t>();
+  // An integer from `lowest` to kMaxExactInteger.
+  bool exact_integer(const json& value, const char* field, std::int64_t lowest, std::uint64_t& out) {
+    const std::string expected = "expected an integer from " + std::to_string(lowest) + " to " +
+                                 std::to_string(kMaxExactInteger) + ", got ";
+    if (!value.is_number_integer()) return fail(field, expected + describe(value));
+    const bool in_range = value.is_number_unsigned()
+                              ? value.get<std::uint64_t>() >= static_cast<std::uint64_t>(lowest) &&
+                                    value.get<std::uint64_t>() <= std::uint64_t{kMaxExactInteger}
+                              : value.get<std::int64_t>() >= lowest && value.get<std::int64_t>() <= kMaxExactInteger;
+    if (!in_range) return fail(field, expected + describe(value));
+    out = value.get<std::uint64_t>();
     return true;
+  }
+
+  bool sequence(std::uint64_t& out) {
+    const json* value = find(object_, "sequence");
+    return value == nullptr || exact_integer(*value, "sequence", 1, out);  // optional
   }
 
   bool duration(std::chrono::microseconds& out) {
     json* value = nullptr;
-    if (!required("duration_us", value)) return false;
-    const std::string expected =
-        "expected an integer from 0 to " + std::to_string(kMaxExactInteger) + ", got ";
-    if (!value->is_number_integer()) return fail("duration_us", expected + describe(*value));
-    const bool in_range =
-        value->is_number_unsigned()
-            ? value->get<std::uint64_t>() <= std::uint64_t{kMaxExactInteger}
-            : value->get<std::int64_t>() >= 0 && value->get<std::int64_t>() <= kMaxExactInteger;
-    if (!in_range) return fail("duration_us", expected + describe(*value));
-    out = std::chrono::microseconds(value->get<std::int64_t>());
+    std::uint64_t micros = 0;
+    if (!required("duration_us", value) || !exact_integer(*value, "duration_us", 0, micros)) return false;
+    out = std::chrono::microseconds(static_cast<std::int64_t>(micros));
     return true;
   }
 
