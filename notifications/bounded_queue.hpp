@@ -4,15 +4,21 @@
 // Thread-safety: every member may be called from any thread. One mutex guards the items; pushes
 // never call out while holding it.
 //
-// Storage is a vector that changes hands with the consumer's batch vector: in steady state
-// neither side allocates, and buffers are not freed on a thread other than the one that made them.
+// Storage is a chain of segments of `segment_items` items each. A consumer whose batch fits takes
+// the oldest segment whole (O(1) under the lock) and hands its previous batch back as a spare, so
+// in steady state nothing is allocated or moved. A segment is allocated with its pages already
+// touched (PrefaultingAllocator): during a burst that outgrows the spares, the page faults of new
+// memory are paid by one push per segment instead of one push in every few.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <deque>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -21,9 +27,39 @@
 
 namespace notifications::detail {
 
+// std::allocator whose allocations come back with every page written once, so that first-touch
+// page faults happen inside allocate() rather than on later, scattered writes.
+// Thread-safety: stateless; safe from any thread.
+template <class T>
+struct PrefaultingAllocator {
+  using value_type = T;
+  static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "over-aligned items need an aligned operator new");
+  static constexpr std::size_t kPageBytes = 4096;  // touching more often than the page size is harmless
+
+  PrefaultingAllocator() noexcept = default;
+  template <class U>
+  PrefaultingAllocator(const PrefaultingAllocator<U>&) noexcept {}  // NOLINT: rebinding is implicit
+
+  T* allocate(std::size_t n) {
+    const std::size_t bytes = n * sizeof(T);
+    void* memory = ::operator new(bytes);
+    auto* page = static_cast<volatile unsigned char*>(memory);
+    for (std::size_t offset = 0; offset < bytes; offset += kPageBytes) page[offset] = 0;
+    return static_cast<T*>(memory);
+  }
+  void deallocate(T* p, std::size_t n) noexcept { ::operator delete(p, n * sizeof(T)); }
+
+  template <class U>
+  bool operator==(const PrefaultingAllocator<U>&) const noexcept {
+    return true;
+  }
+};
+
 template <class T>
 class BoundedQueue {
  public:
+  using Batch = std::vector<T, PrefaultingAllocator<T>>;
+
   enum class Push {
     accepted,
     accepted_dropped_oldest,  // accepted; the oldest item was removed to make room
@@ -34,9 +70,15 @@ class BoundedQueue {
   // `idle_spin`: how long pop_batch polls an empty queue, yielding the CPU, before it blocks.
   // While the consumer polls, a push wakes nobody: at steady rates the producer never pays for a
   // futex wake-up (several microseconds, often with its own preemption). Zero blocks at once.
+  // `segment_items`: items per storage segment; a consumer taking at least that many per
+  // pop_batch takes whole segments. Clamped to [1, capacity].
   explicit BoundedQueue(std::size_t capacity,
-                        std::chrono::microseconds idle_spin = std::chrono::microseconds(0))
-      : capacity_(capacity), idle_spin_(idle_spin) {}
+                        std::chrono::microseconds idle_spin = std::chrono::microseconds(0),
+                        std::size_t segment_items = 256)
+      : capacity_(capacity),
+        idle_spin_(idle_spin),
+        segment_items_(std::clamp<std::size_t>(segment_items, 1, std::max<std::size_t>(capacity, 1))),
+        max_spares_(std::max<std::size_t>(2, kKeptItems / segment_items_)) {}
 
   // Adds `item` under `policy`. With OverflowPolicy::block, waits up to `block_timeout` for room.
   // `evicted` receives the removed item for accepted_dropped_oldest.
@@ -45,37 +87,41 @@ class BoundedQueue {
     std::unique_lock lock(mutex_);
     if (closed_) return Push::closed;
     Push result = Push::accepted;
-    if (live() >= capacity_) {
+    if (live_ >= capacity_) {
       switch (policy) {
         case OverflowPolicy::drop_newest:
           return Push::dropped_newest;
         case OverflowPolicy::drop_oldest:
-          if (evicted != nullptr) evicted->emplace(std::move(items_[head_]));
+          if (evicted != nullptr) evicted->emplace(std::move(segments_.front()[head_]));
           ++head_;
-          compact();
+          --live_;
+          retire_front_if_spent();
           result = Push::accepted_dropped_oldest;
           break;
         case OverflowPolicy::block:
-          if (!not_full_.wait_for(lock, block_timeout, [&] { return closed_ || live() < capacity_; })) {
+          if (!not_full_.wait_for(lock, block_timeout, [&] { return closed_ || live_ < capacity_; })) {
             return Push::dropped_newest;
           }
           if (closed_) return Push::closed;
           break;
       }
     }
-    items_.push_back(std::move(item));
-    size_.store(live(), std::memory_order_release);
+    if (segments_.empty() || segments_.back().size() >= segment_items_) segments_.push_back(fresh_segment());
+    segments_.back().push_back(std::move(item));
+    ++live_;
+    size_.store(live_, std::memory_order_release);
     const bool wake = consumers_blocked_ > 0;
     lock.unlock();
     if (wake) not_empty_.notify_one();
     return result;
   }
 
-  // Moves up to `max` items into `out` (appending), waiting until at least one is there, the
-  // queue is closed, or `until`. Returns false only when the queue is closed and empty. An empty
-  // `out` whose capacity is kept between calls is swapped in as the next storage when the whole
-  // queue fits: the items move in O(1) under the lock and no buffer is allocated again.
-  bool pop_batch(std::vector<T>& out, std::size_t max, std::chrono::steady_clock::time_point until) {
+  // Replaces the content of `out` with up to `max` of the oldest items, waiting until at least
+  // one is there, the queue is closed, or `until`. Returns false only when the queue is closed
+  // and empty. `out`'s previous buffer is kept as a spare segment: a consumer that reuses one
+  // Batch across calls lets the queue run without allocating.
+  bool pop_batch(Batch& out, std::size_t max, std::chrono::steady_clock::time_point until) {
+    out.clear();
     if (idle_spin_.count() > 0 && size_.load(std::memory_order_acquire) == 0) {
       const auto spin_until = std::min(until, std::chrono::steady_clock::now() + idle_spin_);
       while (size_.load(std::memory_order_acquire) == 0 && !closed_flag_.load(std::memory_order_acquire) &&
@@ -85,20 +131,24 @@ class BoundedQueue {
     }
     std::unique_lock lock(mutex_);
     ++consumers_blocked_;
-    not_empty_.wait_until(lock, until, [&] { return closed_ || live() > 0; });
+    not_empty_.wait_until(lock, until, [&] { return closed_ || live_ > 0; });
     --consumers_blocked_;
-    if (live() == 0) return !closed_;
-    if (live() <= max && head_ == 0 && out.empty()) {
-      items_.swap(out);
-      if (items_.capacity() > kKeptCapacity) std::vector<T>().swap(items_);
-    } else {
-      const std::size_t count = std::min(max, live());
-      out.reserve(out.size() + count);
-      for (std::size_t i = 0; i < count; ++i) out.push_back(std::move(items_[head_ + i]));
-      head_ += count;
-      compact();
+    if (live_ == 0) return !closed_;
+    if (head_ == 0 && segments_.front().size() <= max) {
+      keep_spare(std::move(out));
+      out = std::move(segments_.front());
+      segments_.pop_front();
+      live_ -= out.size();
+    } else if (out.capacity() < segment_items_) {
+      out.reserve(segment_items_);
     }
-    size_.store(live(), std::memory_order_release);
+    while (out.size() < max && live_ > 0) {  // a partial segment, or room for more than one
+      out.push_back(std::move(segments_.front()[head_]));
+      ++head_;
+      --live_;
+      retire_front_if_spent();
+    }
+    size_.store(live_, std::memory_order_release);
     lock.unlock();
     not_full_.notify_all();
     return true;
@@ -115,14 +165,18 @@ class BoundedQueue {
     not_full_.notify_all();
   }
 
-  // Removes and returns everything still queued.
-  std::vector<T> take_all() {
-    std::vector<T> rest;
+  // Removes and returns everything still queued, oldest first.
+  Batch take_all() {
+    Batch rest;
     {
       std::lock_guard lock(mutex_);
-      rest.swap(items_);
-      rest.erase(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(head_));
-      head_ = 0;
+      rest.reserve(live_);
+      for (Batch& segment : segments_) {
+        for (std::size_t i = head_; i < segment.size(); ++i) rest.push_back(std::move(segment[i]));
+        head_ = 0;
+      }
+      segments_.clear();
+      live_ = 0;
       size_.store(0, std::memory_order_release);
     }
     not_full_.notify_all();
@@ -131,39 +185,55 @@ class BoundedQueue {
 
   std::size_t size() const {
     std::lock_guard lock(mutex_);
-    return live();
+    return live_;
   }
   std::size_t capacity() const noexcept { return capacity_; }
 
  private:
-  const std::size_t capacity_;
-  const std::chrono::microseconds idle_spin_;
-  mutable std::mutex mutex_;
-  std::condition_variable not_empty_;
-  std::condition_variable not_full_;
-  static constexpr std::size_t kKeptCapacity = 4096;  // items an empty queue keeps room for
+  static constexpr std::size_t kKeptItems = 4096;  // spare room an idle queue keeps, in items
 
-  std::size_t live() const { return items_.size() - head_; }  // mutex_ held
+  // mutex_ held. A spare if there is one, else a new segment with its pages touched.
+  Batch fresh_segment() {
+    Batch segment;
+    if (!spares_.empty()) {
+      segment = std::move(spares_.back());
+      spares_.pop_back();
+    } else {
+      segment.reserve(segment_items_);
+    }
+    return segment;
+  }
 
-  // Drops the moved-from prefix once it is at least half of the storage (amortised O(1)), and
-  // the memory of a past burst once the queue is empty.
-  void compact() {  // mutex_ held
-    if (head_ == items_.size()) {
-      if (items_.capacity() > kKeptCapacity) {
-        std::vector<T>().swap(items_);
-      } else {
-        items_.clear();
-      }
-      head_ = 0;
-    } else if (head_ >= items_.size() / 2) {
-      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
-      head_ = 0;
+  // mutex_ held. Keeps an emptied buffer of at least a segment's room, up to max_spares_.
+  void keep_spare(Batch&& buffer) {
+    buffer.clear();
+    if (buffer.capacity() >= segment_items_ && buffer.capacity() <= 4 * segment_items_ &&
+        spares_.size() < max_spares_) {
+      spares_.push_back(std::move(buffer));
     }
   }
 
-  std::vector<T> items_;  // guarded by mutex_: [head_, size) are queued, [0, head_) moved from
-  std::size_t head_ = 0;  // guarded by mutex_
-  bool closed_ = false;  // guarded by mutex_
+  // mutex_ held. Recycles the oldest segment once every item in it has been moved out.
+  void retire_front_if_spent() {
+    if (segments_.empty() || head_ < segments_.front().size()) return;
+    keep_spare(std::move(segments_.front()));
+    segments_.pop_front();
+    head_ = 0;
+  }
+
+  const std::size_t capacity_;
+  const std::chrono::microseconds idle_spin_;
+  const std::size_t segment_items_;
+  const std::size_t max_spares_;
+  mutable std::mutex mutex_;
+  std::condition_variable not_empty_;
+  std::condition_variable not_full_;
+
+  std::deque<Batch> segments_;  // guarded by mutex_: oldest first; only the newest is partly filled
+  std::size_t head_ = 0;        // guarded by mutex_: items already moved out of segments_.front()
+  std::size_t live_ = 0;        // guarded by mutex_: items queued
+  std::vector<Batch> spares_;   // guarded by mutex_: emptied buffers with room for a segment
+  bool closed_ = false;         // guarded by mutex_
   std::size_t consumers_blocked_ = 0;  // guarded by mutex_: consumers inside wait_until
   // Written under mutex_, read without it by a spinning consumer.
   std::atomic<std::size_t> size_{0};

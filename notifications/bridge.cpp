@@ -209,7 +209,7 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   outbound.close();
   signal_progress();
   if (sender.joinable()) sender.join();
-  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name);
+  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
   // 3. Flush the transport, 4. let its subscriptions hand over what they hold (into the
   // inbound queue), and close it.
   const bool flushed = was_running ? transport->flush(deadline) : true;

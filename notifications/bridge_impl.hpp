@@ -99,8 +99,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
         transport(std::move(t)),
         config(std::move(c)),
         hooks(std::move(h)),
-        outbound(config.queue_capacity, bridge_internal::kIdleSpin),
-        inbound(config.queue_capacity, bridge_internal::kIdleSpin) {
+        outbound(config.queue_capacity, bridge_internal::kIdleSpin,
+                 std::min<std::size_t>(config.batch_size, kDispatchBatch)),
+        inbound(config.queue_capacity, bridge_internal::kIdleSpin, kDispatchBatch) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
   }
 

@@ -77,10 +77,9 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
 
 void Bridge::Impl::run_dispatcher() {
   dispatcher_id.store(std::this_thread::get_id());
-  std::vector<Delivery> batch;
+  decltype(inbound)::Batch batch;
   while (true) {
     park_if_requested();
-    batch.clear();
     if (!inbound.pop_batch(batch, kDispatchBatch, Clock::now() + std::chrono::milliseconds(100))) break;
     for (Delivery& delivery : batch) {
       if (past_deadline()) {  // shutdown's deadline passed: count the rest, deliver no more

@@ -32,7 +32,7 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
       break;
     case Queue::Push::accepted_dropped_oldest:
       counters.accepted.fetch_add(1, std::memory_order_relaxed);
-      drop(Drop::queue_evicted, evicted ? std::string_view(evicted->name) : std::string_view("?"));
+      drop(Drop::queue_evicted, evicted ? evicted->name() : std::string_view("?"));
       break;
     case Queue::Push::dropped_newest:
       drop(Drop::queue_full, event.name());
@@ -97,7 +97,7 @@ void Bridge::Impl::publish_in_order(std::span<const Message> messages, const std
 
 void Bridge::Impl::run_sender() {
   std::mt19937 rng(std::random_device{}());
-  std::vector<detail::OutgoingEvent> batch;
+  decltype(outbound)::Batch batch;
   // Messages and names are overwritten in place batch after batch: their buffers are reused.
   std::vector<Message> messages;
   std::vector<std::string> names;
@@ -106,27 +106,30 @@ void Bridge::Impl::run_sender() {
     std::string subject;
     std::uint64_t sequence = 0;
   };
-  std::unordered_map<std::string, Stream> streams;
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view name) const noexcept { return std::hash<std::string_view>{}(name); }
+  };
+  std::unordered_map<std::string, Stream, NameHash, std::equal_to<>> streams;
   batch.reserve(config.batch_size);
   while (true) {
     park_if_requested();
-    batch.clear();
     if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
       break;  // closed and empty
     }
     if (batch.empty()) continue;
     if (past_deadline()) {
-      for (const auto& event : batch) drop(Drop::shutdown_deadline, event.name);
+      for (const auto& event : batch) drop(Drop::shutdown_deadline, event.name());
       continue;
     }
     std::size_t count = 0;
     for (const auto& event : batch) {
-      auto stream = streams.find(event.name);
+      auto stream = streams.find(event.name());
       if (stream == streams.end()) {
         try {
-          stream = streams.emplace(event.name, Stream{subject_for(config.prefix, event.name), 0}).first;
+          stream = streams.emplace(std::string(event.name()), Stream{subject_for(config.prefix, std::string(event.name())), 0}).first;
         } catch (const std::exception& e) {
-          drop(Drop::invalid_subject, event.name, 1, e.what());
+          drop(Drop::invalid_subject, event.name(), 1, e.what());
           continue;
         }
       }
@@ -138,11 +141,11 @@ void Bridge::Impl::run_sender() {
         detail::encode_outgoing(event, config.app, hooks.instance_id, stream->second.sequence + 1,
                                 stream->second.subject, messages[count]);
       } catch (const std::exception& e) {
-        drop(Drop::encode_failed, event.name, 1, e.what());
+        drop(Drop::encode_failed, event.name(), 1, e.what());
         continue;
       }
       ++stream->second.sequence;
-      names[count].assign(event.name);
+      names[count].assign(event.name());
       ++count;
     }
     publish_in_order(std::span<const Message>(messages).first(count), names, rng);
@@ -151,7 +154,7 @@ void Bridge::Impl::run_sender() {
     }
   }
   // Anything left (deadline passed while retrying, then closed) is counted.
-  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name);
+  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
 }
 
 }  // namespace notifications

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <stdexcept>
 #include <new>
 #include <string>
 #include <utility>
@@ -586,14 +590,46 @@ Message message_from_event(const Event& event, std::string_view producer, std::s
 
 namespace detail {
 
-OutgoingEvent outgoing_from_event(const Event& event) {
-  OutgoingEvent out;
-  out.name = event.name();
-  out.payload.reserve(128);
-  append_json(out.payload, event.payload());
-  if (std::string traceparent = event.traceparent(); is_traceparent(traceparent)) {
-    out.traceparent = std::move(traceparent);  // as envelope_from_event
+void OutgoingEvent::set_text(std::string_view name, std::string_view payload, std::string_view traceparent) {
+  constexpr std::size_t kMax = std::numeric_limits<std::uint32_t>::max();
+  if (name.size() > kMax || payload.size() > kMax || traceparent.size() > kMax) {
+    throw std::length_error("event text over 4 GiB");
   }
+  const std::size_t total = name.size() + payload.size() + traceparent.size();
+  std::unique_ptr<char[]> heap = total > kInlineBytes ? std::make_unique_for_overwrite<char[]>(total) : nullptr;
+  char* out = heap ? heap.get() : inline_;
+  for (const std::string_view part : {name, payload, traceparent}) {
+    if (!part.empty()) std::memcpy(out, part.data(), part.size());
+    out += part.size();
+  }
+  heap_ = std::move(heap);
+  name_size_ = static_cast<std::uint32_t>(name.size());
+  payload_size_ = static_cast<std::uint32_t>(payload.size());
+  traceparent_size_ = static_cast<std::uint32_t>(traceparent.size());
+}
+
+void OutgoingEvent::take(OutgoingEvent& other) noexcept {
+  heap_ = std::move(other.heap_);
+  name_size_ = std::exchange(other.name_size_, 0);
+  payload_size_ = std::exchange(other.payload_size_, 0);
+  traceparent_size_ = std::exchange(other.traceparent_size_, 0);
+  if (!heap_ && text_size() > 0) std::memcpy(inline_, other.inline_, text_size());
+  id_sequence = other.id_sequence;
+  time = other.time;
+  duration = other.duration;
+  exception = std::move(other.exception);
+}
+
+OutgoingEvent outgoing_from_event(const Event& event) {
+  // The payload is written into a per-thread buffer first, then copied next to the name.
+  thread_local std::string payload;
+  constexpr std::size_t kKeptPayloadBytes = 64 * 1024;
+  payload.clear();
+  append_json(payload, event.payload());
+  OutgoingEvent out;
+  const std::string traceparent = event.traceparent();
+  out.set_text(event.name(), payload, is_traceparent(traceparent) ? std::string_view(traceparent) : std::string_view());
+  if (payload.capacity() > kKeptPayloadBytes) std::string().swap(payload);  // after a rare large payload
   out.id_sequence = EventAccess::id_sequence(event);
   out.time = event.time();
   out.duration = std::chrono::duration_cast<std::chrono::microseconds>(event.duration());
@@ -606,7 +642,7 @@ OutgoingEvent outgoing_from_event(const Event& event) {
 void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std::string_view producer_instance,
                      std::uint64_t sequence, std::string_view subject, Message& message) {
   message.subject.assign(subject);
-  const std::size_t header_count = event.traceparent.empty() ? 2 : 3;
+  const std::size_t header_count = event.traceparent().empty() ? 2 : 3;
   message.headers.resize(header_count);
   auto& [id_key, id] = message.headers[0];
   id_key.assign("Nats-Msg-Id");
@@ -615,11 +651,11 @@ void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std:
   message.headers[1].second.assign(Envelope::kContentType);
   if (header_count == 3) {
     message.headers[2].first.assign("traceparent");
-    message.headers[2].second.assign(event.traceparent);
+    message.headers[2].second.assign(event.traceparent());
   }
   message.body.clear();
-  encode_fields(EnvelopeFields{id, event.name, nullptr, event.payload, event.time, event.duration, producer,
-                               producer_instance, Envelope::kSchemaVersion, event.traceparent, sequence,
+  encode_fields(EnvelopeFields{id, event.name(), nullptr, event.payload(), event.time, event.duration, producer,
+                               producer_instance, Envelope::kSchemaVersion, event.traceparent(), sequence,
                                event.exception ? &event.exception->first : nullptr,
                                event.exception ? &event.exception->second : nullptr},
                 message.body);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,14 +20,46 @@
 
 namespace notifications::detail {
 
-struct OutgoingEvent {
-  std::string name;
-  std::string payload;      // compact JSON text
-  std::string traceparent;  // well-formed, or empty (malformed ones do not travel)
+// Name, payload and traceparent are kept back to back inside the object when together they fit
+// in kInlineBytes (most events), so queueing one allocates nothing; longer texts go to one heap
+// buffer. Move-only.
+class OutgoingEvent {
+ public:
+  static constexpr std::size_t kInlineBytes = 200;  // makes the whole object 256 bytes
+
+  OutgoingEvent() noexcept = default;
+  OutgoingEvent(OutgoingEvent&& other) noexcept { take(other); }
+  OutgoingEvent& operator=(OutgoingEvent&& other) noexcept {
+    if (this != &other) take(other);
+    return *this;
+  }
+  OutgoingEvent(const OutgoingEvent&) = delete;
+  OutgoingEvent& operator=(const OutgoingEvent&) = delete;
+  ~OutgoingEvent() = default;
+
+  // Throws std::length_error past 4 GiB in one text, std::bad_alloc when out of memory.
+  void set_text(std::string_view name, std::string_view payload, std::string_view traceparent);
+
+  std::string_view name() const noexcept { return {text(), name_size_}; }
+  std::string_view payload() const noexcept { return {text() + name_size_, payload_size_}; }  // compact JSON
+  // Well-formed, or empty (malformed ones do not travel).
+  std::string_view traceparent() const noexcept { return {text() + name_size_ + payload_size_, traceparent_size_}; }
+
   std::uint64_t id_sequence = 0;  // formats the id (local events have no explicit id)
   std::chrono::system_clock::time_point time{};
   std::chrono::microseconds duration{0};
   std::unique_ptr<std::pair<std::string, std::string>> exception;  // type and message; null: none
+
+ private:
+  const char* text() const noexcept { return heap_ ? heap_.get() : inline_; }
+  std::size_t text_size() const noexcept { return std::size_t{name_size_} + payload_size_ + traceparent_size_; }
+  void take(OutgoingEvent& other) noexcept;
+
+  std::unique_ptr<char[]> heap_;  // null: the text is in inline_
+  std::uint32_t name_size_ = 0;
+  std::uint32_t payload_size_ = 0;
+  std::uint32_t traceparent_size_ = 0;
+  char inline_[kInlineBytes];
 };
 
 // For local events (a remote one, which carries its sender's id, is never forwarded). Throws

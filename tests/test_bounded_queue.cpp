@@ -20,27 +20,31 @@ using Clock = std::chrono::steady_clock;
 
 // Pops everything that is there now, `max` at a time, appending to `out`.
 void drain(Queue& q, std::vector<int>& out, std::size_t max) {
-  std::vector<int> batch;
+  Queue::Batch batch;
   while (q.size() > 0) {
-    batch.clear();
     ASSERT_TRUE(q.pop_batch(batch, max, Clock::now() + 1s));
     ASSERT_LE(batch.size(), max);
     out.insert(out.end(), batch.begin(), batch.end());
   }
 }
 
+// Segments of 1, 5 and 256 items against takes of 3 and 64: partial segments, whole segments
+// taken over, and takes that span several segments.
 TEST(BoundedQueue, KeepsOrderAcrossWholeAndPartialBatches) {
-  Queue q(1000);
-  std::vector<int> got;
-  int next = 0;
-  for (std::size_t round = 0; round < 50; ++round) {
-    for (int i = 0; i < static_cast<int>(round % 13) + 1; ++i) {
-      ASSERT_EQ(q.push(int(next++), OverflowPolicy::drop_newest, 0ms), Queue::Push::accepted);
+  for (const std::size_t segment : {1u, 5u, 256u}) {
+    SCOPED_TRACE(segment);
+    Queue q(1000, 0us, segment);
+    std::vector<int> got;
+    int next = 0;
+    for (std::size_t round = 0; round < 50; ++round) {
+      for (int i = 0; i < static_cast<int>(round % 13) + 1; ++i) {
+        ASSERT_EQ(q.push(int(next++), OverflowPolicy::drop_newest, 0ms), Queue::Push::accepted);
+      }
+      drain(q, got, round % 2 == 0 ? 3 : 64);
     }
-    drain(q, got, round % 2 == 0 ? 3 : 64);  // partial takes, then whole swaps
+    ASSERT_EQ(got.size(), static_cast<std::size_t>(next));
+    for (int i = 0; i < next; ++i) ASSERT_EQ(got[static_cast<std::size_t>(i)], i);
   }
-  ASSERT_EQ(got.size(), static_cast<std::size_t>(next));
-  for (int i = 0; i < next; ++i) ASSERT_EQ(got[static_cast<std::size_t>(i)], i);
 }
 
 TEST(BoundedQueue, DropNewestRefusesWhenFull) {
@@ -53,7 +57,7 @@ TEST(BoundedQueue, DropNewestRefusesWhenFull) {
 }
 
 TEST(BoundedQueue, DropOldestEvictsInOrderAndStaysBounded) {
-  Queue q(4);
+  Queue q(4, 0us, 3);  // evictions cross segment boundaries
   std::vector<int> evicted_values;
   for (int i = 0; i < 1000; ++i) {
     std::optional<int> evicted;
@@ -80,7 +84,7 @@ TEST(BoundedQueue, BlockWaitsForRoomOrTimesOut) {
   EXPECT_EQ(q.push(2, OverflowPolicy::block, 20ms), Queue::Push::dropped_newest);
   std::thread consumer([&] {
     std::this_thread::sleep_for(50ms);
-    std::vector<int> batch;
+    Queue::Batch batch;
     q.pop_batch(batch, 1, Clock::now() + 1s);
   });
   EXPECT_EQ(q.push(3, OverflowPolicy::block, 10s), Queue::Push::accepted);  // once the consumer took 1
@@ -93,20 +97,19 @@ TEST(BoundedQueue, BlockWaitsForRoomOrTimesOut) {
 TEST(BoundedQueue, CloseRefusesPushesButKeepsItemsThenTakeAllEmpties) {
   Queue q(10);
   for (int i = 0; i < 6; ++i) q.push(int(i), OverflowPolicy::drop_newest, 0ms);
-  std::vector<int> batch;
+  Queue::Batch batch;
   ASSERT_TRUE(q.pop_batch(batch, 2, Clock::now() + 1s));  // a partial take first
-  EXPECT_EQ(batch, (std::vector<int>{0, 1}));
+  EXPECT_EQ(batch, (Queue::Batch{0, 1}));
   q.close();
   EXPECT_EQ(q.push(9, OverflowPolicy::drop_newest, 0ms), Queue::Push::closed);
-  EXPECT_EQ(q.take_all(), (std::vector<int>{2, 3, 4, 5}));
+  EXPECT_EQ(q.take_all(), (Queue::Batch{2, 3, 4, 5}));
   EXPECT_EQ(q.size(), 0u);
-  batch.clear();
   EXPECT_FALSE(q.pop_batch(batch, 10, Clock::now() + 1s));  // closed and empty
 }
 
 TEST(BoundedQueue, PopWaitsUntilItsDeadlineOnAnEmptyQueue) {
   Queue q(10, 50us);  // with the idle spin the Bridge uses
-  std::vector<int> batch;
+  Queue::Batch batch;
   const auto start = Clock::now();
   EXPECT_TRUE(q.pop_batch(batch, 10, start + 30ms));  // open: true, nothing taken
   EXPECT_TRUE(batch.empty());
@@ -128,10 +131,9 @@ TEST(BoundedQueue, TwoProducersOneConsumerLoseNothing) {
   std::vector<int> last = {-1, -1};
   int received = 0;
   int out_of_order = 0;
-  std::vector<int> batch;
+  Queue::Batch batch;
   const auto deadline = Clock::now() + 60s;
   for (std::size_t round = 0; received < 2 * per_producer && Clock::now() < deadline; ++round) {
-    batch.clear();
     if (!q.pop_batch(batch, round % 3 == 0 ? 7 : 1024, Clock::now() + 100ms)) break;
     for (const int item : batch) {
       int& previous = last[static_cast<std::size_t>(item / per_producer)];

@@ -775,9 +775,17 @@ TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {
   notifications::detail::EventAccess::set_exception(with_everything,
                                                     {"std::runtime_error", "out of \"stock\"", nullptr});
   Event bare("ping", nullptr);
-  notifications::Message reused;  // one Message for all three: buffers are overwritten in place
-  for (const Event* event : {&with_everything, &bare, &with_everything}) {
-    const auto outgoing = notifications::detail::outgoing_from_event(*event);
+  // Past OutgoingEvent::kInlineBytes: its text lives on the heap.
+  Event large("report.ready",
+              {{"rows", std::string(3 * notifications::detail::OutgoingEvent::kInlineBytes, 'r')}, {"traceparent", kTrace}});
+  notifications::Message reused;  // one Message for all: buffers are overwritten in place
+  for (const Event* event : {&with_everything, &bare, &large, &with_everything}) {
+    // Moved twice, as the outbound queue may: inline text is copied, heap text changes hands.
+    auto made = notifications::detail::outgoing_from_event(*event);
+    notifications::detail::OutgoingEvent moved(std::move(made));
+    notifications::detail::OutgoingEvent outgoing;
+    outgoing = std::move(moved);
+    EXPECT_TRUE(made.name().empty() && made.payload().empty() && moved.name().empty());
     notifications::detail::encode_outgoing(outgoing, "shop", "instance-1", 42, "app.order", reused);
     const notifications::Message expected =
         notifications::message_from_event(*event, "shop", "instance-1", 42, "app.order");

@@ -526,9 +526,8 @@ class NatsTransport final : public TransportBase {
                      e.kind == ConnectionEvent::Kind::reconnected ? " to " + connected_url() : std::string());
       }
     };
-    std::vector<ConnectionEvent> batch;
+    decltype(shared_->events)::Batch batch;
     while (!log_stop_.load()) {
-      batch.clear();
       if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
       for (const ConnectionEvent& e : batch) log(e);
     }
