@@ -47,7 +47,7 @@ struct PrefaultingAllocator {
     for (std::size_t offset = 0; offset < bytes; offset += kPageBytes) page[offset] = 0;
     return static_cast<T*>(memory);
   }
-  void deallocate(T* p, std::size_t n) noexcept { ::operator delete(p, n * sizeof(T)); }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
 
   template <class U>
   bool operator==(const PrefaultingAllocator<U>&) const noexcept {
