@@ -26,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include "notifications/bounded_queue.hpp"
+#include "notifications/thread_name.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/describe.hpp"
 #include "notifications/envelope.hpp"

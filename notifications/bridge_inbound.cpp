@@ -76,6 +76,7 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
 }
 
 void Bridge::Impl::run_dispatcher() {
+  detail::name_this_thread("ntf-dispatcher");
   dispatcher_id.store(std::this_thread::get_id());
   decltype(inbound)::Batch batch;
   while (true) {

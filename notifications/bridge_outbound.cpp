@@ -96,6 +96,7 @@ void Bridge::Impl::publish_in_order(std::span<const Message> messages, const std
 }
 
 void Bridge::Impl::run_sender() {
+  detail::name_this_thread("ntf-sender");
   std::mt19937 rng(std::random_device{}());
   decltype(outbound)::Batch batch;
   // Messages and names are overwritten in place batch after batch: their buffers are reused.

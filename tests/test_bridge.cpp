@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -112,6 +114,33 @@ TEST(Bridge, ForwardsEventsToAnotherServiceAsRemoteEvents) {
     EXPECT_EQ(counter(services.b->health(), "received"), 1u);
   }
 }
+
+#if defined(__linux__)
+// Threads of this process whose name (as top -H and gdb show it) is `name`.
+std::size_t threads_named(const std::string& name) {
+  std::size_t count = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string line;
+    if (std::getline(comm, line) && line == name) ++count;
+  }
+  return count;
+}
+
+TEST(Bridge, ItsThreadsAreNamedAndGoneAfterShutdown) {
+  const std::size_t senders = threads_named("ntf-sender"), dispatchers = threads_named("ntf-dispatcher");
+  {
+    TwoServices services(false);
+    EXPECT_TRUE(wait_until([&] {
+      return threads_named("ntf-sender") == senders + 2 && threads_named("ntf-dispatcher") == dispatchers + 2;
+    }));
+    services.a->shutdown(5s);
+    services.b->shutdown(5s);
+    EXPECT_EQ(threads_named("ntf-sender"), senders);
+    EXPECT_TRUE(wait_until([&] { return threads_named("ntf-dispatcher") == dispatchers; }));
+  }
+}
+#endif
 
 TEST(Bridge, KeepsIdTimeDurationExceptionAndTraceparent) {
   TwoServices services(true);

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "notifications/subject.hpp"
+#include "notifications/thread_name.hpp"
 #include "transports/memory/loopback.hpp"
 
 #define GUARDED_BY(m)  // documentation only: the member is read and written with m held
@@ -187,6 +188,7 @@ void deliver_inline(Sub& s) {
 
 // Queued mode: the delivery thread of one subscription.
 void run_delivery(const std::shared_ptr<Sub>& s) {
+  detail::name_this_thread("ntf-memory");
   std::unique_lock lock(s->mutex);
   for (;;) {
     s->changed.wait(lock, [&] {

@@ -20,6 +20,7 @@
 
 #include "nats_callbacks.hpp"
 #include "notifications/fork.hpp"
+#include "notifications/thread_name.hpp"
 #include "notifications/transports/nats.hpp"
 
 namespace notifications {
@@ -516,6 +517,7 @@ class NatsTransport final : public TransportBase {
   // The transport's own thread: logs what the connection callbacks reported, up to the last
   // event queued before it was asked to stop.
   void run_log() {
+    detail::name_this_thread("ntf-nats-log");
     const auto log = [this](const ConnectionEvent& e) {
       if (e.kind == ConnectionEvent::Kind::error) {
         note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
