@@ -22,19 +22,11 @@
 // Goals (issue): bus p50 <= 1.5x raw p50, bus p99 <= 2x raw p99.
 //
 // Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
-// The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port and stops it at the
-// end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
+// The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port through the tests'
+// harness (tests/nats/nats_server.hpp) and stops it by PID at the end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
 // goes to stderr, exit status 1.
 //
 // Usage: bench_nats [events] [rounds]   (defaults 200000 and 2000)
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -57,6 +49,8 @@
 #include "notifications/envelope.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
+#include "nats_server.hpp"
+#include "wait.hpp"
 
 namespace n = notifications;
 using Clock = std::chrono::steady_clock;
@@ -70,74 +64,7 @@ void check(natsStatus s, const std::string& what) {
   if (s != NATS_OK) throw std::runtime_error(what + ": " + natsStatus_GetText(s));
 }
 
-template <class Done>
-bool wait_until(Done done, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!done()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-// ---- the server -------------------------------------------------------------------------------
-
-// A TCP socket on 127.0.0.1: `connect_to` false binds port 0 and returns the port the kernel picked
-// (0 on failure); true returns 1 when `port` accepts a connection, else 0.
-int loopback(int port, bool connect_to) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{.sin_family = AF_INET, .sin_port = htons(static_cast<std::uint16_t>(port)),
-                   .sin_addr = {htonl(INADDR_LOOPBACK)}, .sin_zero = {}};
-  auto* sa = reinterpret_cast<sockaddr*>(&addr);
-  socklen_t len = sizeof addr;
-  int result = 0;
-  if (fd >= 0 && connect_to) result = connect(fd, sa, len) == 0 ? 1 : 0;
-  if (fd >= 0 && !connect_to && bind(fd, sa, len) == 0 && getsockname(fd, sa, &len) == 0) result = ntohs(addr.sin_port);
-  if (fd >= 0) close(fd);
-  return result;
-}
-
-// nats-server on 127.0.0.1 at a free port; stopped by PID when destroyed.
-class Server {
- public:
-  Server() : port_(loopback(0, false)) {
-    const std::string port = std::to_string(port_);  // built before fork: the child only execs
-    if (port_ == 0 || (pid_ = fork()) < 0) throw std::runtime_error("no free port on 127.0.0.1, or fork failed");
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM);  // the server dies with this process, even on a crash
-      const int null = open("/dev/null", O_RDWR);
-      dup2(null, STDOUT_FILENO);  // keep stdout to the JSON lines
-      dup2(null, STDERR_FILENO);
-      execl("/usr/sbin/nats-server", "nats-server", "-a", "127.0.0.1", "-p", port.c_str(), nullptr);
-      _exit(127);
-    }
-    if (!wait_until([&] { return exited() || loopback(port_, true) == 1; }, 10s) || exited()) {
-      stop();
-      throw std::runtime_error("nats-server did not accept connections on port " + port + " within 10 s");
-    }
-  }
-  ~Server() { stop(); }
-  Server(const Server&) = delete;
-  Server& operator=(const Server&) = delete;
-  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
-
- private:
-  bool exited() {
-    if (pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == pid_) pid_ = -1;
-    return pid_ <= 0;
-  }
-  // SIGTERM, up to 5 s for it to exit, then SIGKILL and up to 2 s more.
-  void stop() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    if (wait_until([&] { return exited(); }, 5s)) return;
-    kill(pid_, SIGKILL);
-    if (!wait_until([&] { return exited(); }, 2s)) std::fprintf(stderr, "bench_nats: nats-server %d did not exit\n", pid_);
-  }
-
-  int port_;
-  pid_t pid_ = -1;
-};
+using test_support::wait_until;
 
 // ---- raw cnats --------------------------------------------------------------------------------
 
@@ -406,7 +333,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    Server server;  // stopped when this scope ends, after the bridges and connections are gone
+    test_support::NatsServer server;  // stopped by PID when this scope ends, after every connection is gone
     forward(server.url(), events, true);
     forward(server.url(), events, false);
     pingpong(server.url(), rounds);
