@@ -249,6 +249,16 @@ class NatsTransport final : public TransportBase {
 
   void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override {
+    subscribe_unflushed(id, pattern, options, std::move(handler));
+    // The server knows the interest once it answered a PING sent after the SUB: events
+    // published after subscribe() returns reach this subscription. While disconnected this
+    // fails; cnats subscribes again on reconnect.
+    natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
+  }
+
+  // do_subscribe() without its closing flush.
+  void subscribe_unflushed(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
+                           DeliveryHandler handler) {
     const std::string& group = options.group;
     auto* state = new Subscription{shared_, handler, options.headers};
     shared_->retain();
@@ -275,10 +285,6 @@ class NatsTransport final : public TransportBase {
       std::unique_lock lock(connection_mutex_);
       subscriptions_[id] = Entry{sub, state, id, pattern, options, std::move(handler)};
     }
-    // The server knows the interest once it answered a PING sent after the SUB: events
-    // published after subscribe() returns reach this subscription. While disconnected this
-    // fails; cnats subscribes again on reconnect.
-    natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
   }
 
   void do_unsubscribe(std::uint64_t id) override {
@@ -331,7 +337,10 @@ class NatsTransport final : public TransportBase {
     if (in_child) owner_pid_ = getpid();
     try {
       connect(true);  // cnats keeps trying in the background when no server answers
-      for (Entry& entry : fork_subscriptions_) do_subscribe(entry.id, entry.pattern, entry.options, entry.handler);
+      for (Entry& entry : fork_subscriptions_) {
+        subscribe_unflushed(entry.id, entry.pattern, entry.options, entry.handler);
+      }
+      if (!fork_subscriptions_.empty()) natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
     } catch (const std::exception& e) {
       note_error(std::string("after fork: ") + e.what());
     }
