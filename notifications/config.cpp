@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "notifications/ascii.hpp"
 #include "notifications/pattern.hpp"
 #include "notifications/subject.hpp"
 
@@ -137,10 +138,7 @@ std::string url_for_display(std::string_view url) {
 }
 
 bool secret_looking(std::string_view key) {
-  std::string lower(key);
-  for (char& c : lower) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
+  const std::string lower = detail::ascii_lower(key);
   for (const std::string_view word : {"pass", "token", "secret", "key", "seed", "cred", "auth"}) {
     if (lower.find(word) != std::string::npos) return true;
   }

@@ -32,6 +32,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "notifications/ascii.hpp"
 #include "notifications/subject.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
@@ -129,11 +130,6 @@ Registry& registry() {
   return *instance;
 }
 
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 bool valid_scheme(std::string_view scheme) {
   if (scheme.empty() || std::isalpha(static_cast<unsigned char>(scheme[0])) == 0) return false;
@@ -156,7 +152,7 @@ std::size_t scheme_prefix(std::string_view text) {
 }
 
 bool secret_query_key(std::string_view key) {
-  const std::string k = lower(key);
+  const std::string k = detail::ascii_lower(key);
   for (const char* word : {"pass", "pwd", "token", "secret", "key", "jwt", "cred", "auth"}) {
     if (k.find(word) != std::string::npos) return true;
   }
@@ -362,7 +358,7 @@ void register_transport(const std::string& scheme, TransportFactory factory) {
   if (!factory) throw TransportError("register_transport: scheme \"" + scheme + "\": empty factory");
   Registry& r = registry();
   std::lock_guard lock(r.mutex);
-  r.factories[lower(scheme)] = std::move(factory);
+  r.factories[detail::ascii_lower(scheme)] = std::move(factory);
 }
 
 std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
@@ -376,7 +372,7 @@ std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
       throw TransportError("url \"" + shown + "\": no scheme (expected <scheme>://...; known schemes: " +
                            known_schemes(r) + ")");
     }
-    const std::string scheme = lower(std::string_view(config.url).substr(0, sep));
+    const std::string scheme = detail::ascii_lower(std::string_view(config.url).substr(0, sep));
     const auto it = r.factories.find(scheme);
     if (it == r.factories.end()) {
       throw TransportError("url \"" + shown + "\": unknown scheme \"" + scheme +

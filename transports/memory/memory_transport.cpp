@@ -13,6 +13,7 @@
 #include <thread>
 #include <utility>
 
+#include "notifications/ascii.hpp"
 #include "notifications/subject.hpp"
 #include "notifications/thread_name.hpp"
 #include "transports/memory/loopback.hpp"
@@ -242,11 +243,6 @@ void join_or_detach(std::thread& thread) {
   }
 }
 
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 std::string name_problem(std::string_view name) {
   if (name.empty()) return "is empty";
@@ -335,7 +331,7 @@ void apply_config(const TransportConfig& config, std::string_view scheme, Endpoi
 
   const std::string prefix = std::string(scheme) + "://";
   const std::string_view url = config.url;
-  if (url.size() < prefix.size() || lower(url.substr(0, prefix.size())) != prefix) {
+  if (url.size() < prefix.size() || detail::ascii_lower(url.substr(0, prefix.size())) != prefix) {
     fail("expected " + prefix + "[<broker>][?mode=inline|queued&max_pending=<n>]");
   }
 

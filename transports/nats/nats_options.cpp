@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "notifications/ascii.hpp"
 #include "notifications/transports/nats.hpp"
 
 namespace notifications {
@@ -16,13 +17,6 @@ namespace notifications {
 namespace {
 
 using nlohmann::json;
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 // "%40" -> "@". Malformed escapes are kept as they are.
 std::string percent_decode(std::string_view text) {
@@ -57,7 +51,7 @@ std::string shown(const json& value, bool secret) { return secret ? std::string(
 bool as_bool(const json& value, const std::string& where) {
   if (value.is_boolean()) return value.get<bool>();
   if (value.is_string()) {
-    const std::string v = lower(value.get<std::string>());
+    const std::string v = detail::ascii_lower(value.get<std::string>());
     if (v == "true" || v == "1" || v == "yes") return true;
     if (v == "false" || v == "0" || v == "no") return false;
   }
@@ -203,7 +197,7 @@ void check_host_port(std::string_view hostport) {
 void apply_url(NatsOptions& options, std::string_view url) {
   const std::size_t sep = url.find("://");
   if (sep == std::string_view::npos) throw BadOption{"expected nats://host[:port] or tls://host[:port]"};
-  const std::string scheme = lower(url.substr(0, sep));
+  const std::string scheme = detail::ascii_lower(url.substr(0, sep));
   if (scheme != "nats" && scheme != "tls") throw BadOption{"scheme \"" + scheme + "\": expected nats or tls"};
   if (scheme == "tls") options.tls = true;
   std::string_view rest = url.substr(sep + 3);
