@@ -2,7 +2,19 @@
 # Installs the Debian packages the project builds, tests and benchmarks with.
 # Idempotent: installs only what is missing, and does nothing (no apt-get update)
 # when everything is already there. Needs root (or sudo) only when something is missing.
+#
+# Usage: scripts/install-deps.sh [--with-interop]
+#   --with-interop  also Node.js and the nats.js interop test's node packages (scripts/test.sh
+#                   asks for them; builds, benchmarks and samples do not need them)
 set -euo pipefail
+
+with_interop=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-interop) with_interop=true ;;
+    *) echo "install-deps: unknown argument '$arg' (expected --with-interop)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake pkg-config
@@ -19,7 +31,7 @@ packages=(
   openssl                 # certificates for the TLS tests against nats-server
 )
 # The nats.js interop test runs under Node.js: the machine's own when it has one, else Debian's.
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+if $with_interop && { ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; }; then
   packages+=(nodejs npm)
 fi
 
@@ -40,4 +52,6 @@ if [ ${#missing[@]} -ne 0 ]; then
 fi
 
 # The interop test's node packages (nats.js, ajv), from tests/nats/interop/package-lock.json.
-bash "$(dirname "${BASH_SOURCE[0]}")/../tests/nats/interop/install.sh"
+if $with_interop; then
+  bash "$(dirname "${BASH_SOURCE[0]}")/../tests/nats/interop/install.sh"
+fi

@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
+bash scripts/install-deps.sh --with-interop || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
 
 jobs=$(nproc 2>/dev/null || echo 2)
 stages=("$@")

@@ -4,7 +4,7 @@
 # package-lock.json; otherwise runs `npm ci`. Fails with a message naming what is missing when
 # node or npm are not installed (Debian: apt-get install nodejs npm).
 #
-# Called by scripts/install-deps.sh; safe to run by hand from any directory.
+# Called by scripts/install-deps.sh --with-interop (scripts/test.sh); safe to run by hand from any directory.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
