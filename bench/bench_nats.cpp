@@ -2,7 +2,8 @@
 // without the bus: one JSON line per measurement, so runs can be compared.
 //
 //   {"bench":"nats_forward","headers":true,"events":N,"raw_msgs_per_s":...,"bus_msgs_per_s":...,
-//    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...}
+//    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,
+//    "raw_msg_per_publish_msgs_per_s":...,"ratio_to_msg_per_publish":...}   (the last two with headers)
 //   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
 //
 // nats_forward. Raw: a cnats connection publishes N copies of what the bus sends for an
@@ -13,6 +14,9 @@
 // on A's thread, monotonic clock. Goals (issue): ratio >= 0.4, instrument p99 < 2 us.
 // Measured twice: with headers (the default; raw re-publishes one natsMsg carrying them) and with
 // the NATS option headers = false (bodies only; raw calls natsConnection_Publish with the body).
+// With headers, a second raw figure for reference: raw_msg_per_publish_msgs_per_s, a natsMsg
+// created with its headers and destroyed per publish (what sending distinct messages costs in
+// cnats), and ratio_to_msg_per_publish = bus / that.
 //
 // nats_pingpong: round trip there and back, send_asap on every connection, R rounds after 100
 // warm-up rounds. Raw: A publishes "ping.x", B's message callback publishes "pong.x", A's callback
@@ -179,7 +183,12 @@ std::int64_t percentile(const std::vector<std::int64_t>& sorted, double p) {
 
 // ---- nats_forward -----------------------------------------------------------------------------
 
-double raw_forward(const std::string& url, std::size_t events, bool headers) {
+// How the raw publisher sends: the body alone; one natsMsg (with headers) published N times, the
+// issue's baseline; or a natsMsg created, given its headers and destroyed per publish, as a cnats
+// program sending distinct messages with headers must.
+enum class RawMode { body, one_msg, msg_per_publish };
+
+double raw_forward(const std::string& url, std::size_t events, RawMode mode) {
   const n::Message m = wire_message("order.placed", "bench.order.placed", events);
   Counter received{.target = events};
   RawConnection publisher(url, false), subscriber(url, false);
@@ -188,9 +197,17 @@ double raw_forward(const std::string& url, std::size_t events, bool headers) {
   const auto first = Clock::now();
   const int size = static_cast<int>(m.body.size());
   for (std::size_t i = 0; i < events; ++i) {
-    check(headers ? natsConnection_PublishMsg(publisher.nc, msg.get())
-                  : natsConnection_Publish(publisher.nc, m.subject.c_str(), m.body.data(), size),
-          "raw publish");
+    switch (mode) {
+      case RawMode::body:
+        check(natsConnection_Publish(publisher.nc, m.subject.c_str(), m.body.data(), size), "raw publish");
+        break;
+      case RawMode::one_msg:
+        check(natsConnection_PublishMsg(publisher.nc, msg.get()), "raw publish");
+        break;
+      case RawMode::msg_per_publish:
+        check(natsConnection_PublishMsg(publisher.nc, raw_message(m, m.subject).get()), "raw publish");
+        break;
+    }
   }
   check(natsConnection_FlushTimeout(publisher.nc, 60000), "raw flush");
   if (!wait_until([&] { return received.last.load() != 0; }, 60s)) {
@@ -202,7 +219,8 @@ double raw_forward(const std::string& url, std::size_t events, bool headers) {
 }
 
 void forward(const std::string& url, std::size_t events, bool headers) {
-  const double raw = raw_forward(url, events, headers);
+  const double raw = raw_forward(url, events, headers ? RawMode::one_msg : RawMode::body);
+  const double raw_msg_per_publish = headers ? raw_forward(url, events, RawMode::msg_per_publish) : 0;
 
   n::Notifier a, b;
   n::Bridge sender(a, nats(url, false, headers), config(url, "a", {"order.>"}, {}));
@@ -233,9 +251,14 @@ void forward(const std::string& url, std::size_t events, bool headers) {
   std::sort(latencies.begin(), latencies.end());
   std::printf(
       "{\"bench\":\"nats_forward\",\"headers\":%s,\"events\":%zu,\"raw_msgs_per_s\":%.0f,\"bus_msgs_per_s\":%.0f,\"ratio\":%.3f,"
-      "\"instrument_p50_ns\":%lld,\"instrument_p99_ns\":%lld}\n",
+      "\"instrument_p50_ns\":%lld,\"instrument_p99_ns\":%lld",
       headers ? "true" : "false", events, raw, bus, bus / raw, static_cast<long long>(percentile(latencies, 0.50)),
       static_cast<long long>(percentile(latencies, 0.99)));
+  if (headers) {
+    std::printf(",\"raw_msg_per_publish_msgs_per_s\":%.0f,\"ratio_to_msg_per_publish\":%.3f", raw_msg_per_publish,
+                bus / raw_msg_per_publish);
+  }
+  std::printf("}\n");
   sender.shutdown(30s);
   receiver.shutdown(30s);
 }
