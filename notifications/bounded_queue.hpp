@@ -16,11 +16,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <mutex>
 #include <new>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "notifications/config.hpp"
@@ -45,6 +45,7 @@ struct PrefaultingAllocator {
     void* memory = ::operator new(bytes);
     auto* page = static_cast<volatile unsigned char*>(memory);
     for (std::size_t offset = 0; offset < bytes; offset += kPageBytes) page[offset] = 0;
+    if (bytes > 0) page[bytes - 1] = 0;  // the last page, when the block does not start on a page
     return static_cast<T*>(memory);
   }
   void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
@@ -57,6 +58,8 @@ struct PrefaultingAllocator {
 
 template <class T>
 class BoundedQueue {
+  static_assert(std::is_nothrow_move_constructible_v<T>, "items move between segments under the lock");
+
  public:
   using Batch = std::vector<T, PrefaultingAllocator<T>>;
 
@@ -70,29 +73,40 @@ class BoundedQueue {
   // `idle_spin`: how long pop_batch polls an empty queue, yielding the CPU, before it blocks.
   // While the consumer polls, a push wakes nobody: at steady rates the producer never pays for a
   // futex wake-up (several microseconds, often with its own preemption). Zero blocks at once.
-  // `segment_items`: items per storage segment; a consumer taking at least that many per
-  // pop_batch takes whole segments. Clamped to [1, capacity].
+  // `segment_items`: items per storage segment; a consumer taking `segment_items` per pop_batch
+  // takes whole segments. Clamped to [1, capacity].
   explicit BoundedQueue(std::size_t capacity,
                         std::chrono::microseconds idle_spin = std::chrono::microseconds(0),
                         std::size_t segment_items = 256)
       : capacity_(capacity),
         idle_spin_(idle_spin),
         segment_items_(std::clamp<std::size_t>(segment_items, 1, std::max<std::size_t>(capacity, 1))),
-        max_spares_(std::max<std::size_t>(2, kKeptItems / segment_items_)) {}
+        max_spares_(std::max<std::size_t>(2, kKeptItems / segment_items_)) {
+    spares_.reserve(max_spares_);  // keep_spare() never allocates
+  }
 
   // Adds `item` under `policy`. With OverflowPolicy::block, waits up to `block_timeout` for room.
-  // `evicted` receives the removed item for accepted_dropped_oldest.
+  // `evicted` receives the removed item for accepted_dropped_oldest. Throws std::bad_alloc when
+  // there is no memory for a new segment; then nothing changed and `item` was not queued.
   Push push(T&& item, OverflowPolicy policy, std::chrono::milliseconds block_timeout,
             std::optional<T>* evicted = nullptr) {
+    Batch fresh;  // a new segment, allocated (pages touched) without holding the lock
     std::unique_lock lock(mutex_);
     if (closed_) return Push::closed;
+    if (tail_full() && spares_.empty()) {
+      lock.unlock();
+      fresh.reserve(segment_items_);
+      lock.lock();
+      if (closed_) return Push::closed;
+    }
+    reserve_segment_slot();  // the last step that may throw: nothing has changed yet
     Push result = Push::accepted;
     if (live_ >= capacity_) {
       switch (policy) {
         case OverflowPolicy::drop_newest:
           return Push::dropped_newest;
         case OverflowPolicy::drop_oldest:
-          if (evicted != nullptr) evicted->emplace(std::move(segments_.front()[head_]));
+          if (evicted != nullptr) evicted->emplace(std::move(front()[head_]));
           ++head_;
           --live_;
           retire_front_if_spent();
@@ -106,10 +120,13 @@ class BoundedQueue {
           break;
       }
     }
-    if (segments_.empty() || segments_.back().size() >= segment_items_) segments_.push_back(fresh_segment());
-    segments_.back().push_back(std::move(item));
+    // Allocates only when `fresh` is empty and another producer took the last spare while this
+    // one waited for room (block): nothing was evicted then, so a throw still changes nothing.
+    if (tail_full()) segments_.push_back(next_segment(fresh));
+    segments_.back().push_back(std::move(item));  // within the segment's reserved room
     ++live_;
     size_.store(live_, std::memory_order_release);
+    if (fresh.capacity() > 0) keep_spare(std::move(fresh));
     const bool wake = consumers_blocked_ > 0;
     lock.unlock();
     if (wake) not_empty_.notify_one();
@@ -118,8 +135,10 @@ class BoundedQueue {
 
   // Replaces the content of `out` with up to `max` of the oldest items, waiting until at least
   // one is there, the queue is closed, or `until`. Returns false only when the queue is closed
-  // and empty. `out`'s previous buffer is kept as a spare segment: a consumer that reuses one
-  // Batch across calls lets the queue run without allocating.
+  // and empty. With `max` at most segment_items, a whole segment changes hands and `out`'s
+  // previous buffer becomes a spare: a consumer reusing one Batch runs without allocating. A
+  // larger `max` moves the items into `out`, whose buffer it keeps and grows to what it needed.
+  // Throws std::bad_alloc (nothing taken) when `out` cannot grow.
   bool pop_batch(Batch& out, std::size_t max, std::chrono::steady_clock::time_point until) {
     out.clear();
     if (idle_spin_.count() > 0 && size_.load(std::memory_order_acquire) == 0) {
@@ -134,19 +153,20 @@ class BoundedQueue {
     not_empty_.wait_until(lock, until, [&] { return closed_ || live_ > 0; });
     --consumers_blocked_;
     if (live_ == 0) return !closed_;
-    if (head_ == 0 && segments_.front().size() <= max) {
+    if (max <= segment_items_ && head_ == 0 && front().size() <= max) {
       keep_spare(std::move(out));
-      out = std::move(segments_.front());
-      segments_.pop_front();
+      out = std::move(front());
+      pop_front_segment();
       live_ -= out.size();
-    } else if (out.capacity() < segment_items_) {
-      out.reserve(segment_items_);
-    }
-    while (out.size() < max && live_ > 0) {  // a partial segment, or room for more than one
-      out.push_back(std::move(segments_.front()[head_]));
-      ++head_;
-      --live_;
-      retire_front_if_spent();
+    } else {
+      const std::size_t count = std::min(max, live_);
+      out.reserve(count);
+      for (std::size_t i = 0; i < count; ++i) {
+        out.push_back(std::move(front()[head_]));
+        ++head_;
+        --live_;
+        retire_front_if_spent();
+      }
     }
     size_.store(live_, std::memory_order_release);
     lock.unlock();
@@ -165,17 +185,19 @@ class BoundedQueue {
     not_full_.notify_all();
   }
 
-  // Removes and returns everything still queued, oldest first.
+  // Removes and returns everything still queued, oldest first. Throws std::bad_alloc (nothing
+  // taken) when there is no memory for the result.
   Batch take_all() {
     Batch rest;
     {
       std::lock_guard lock(mutex_);
       rest.reserve(live_);
-      for (Batch& segment : segments_) {
-        for (std::size_t i = head_; i < segment.size(); ++i) rest.push_back(std::move(segment[i]));
-        head_ = 0;
+      for (std::size_t s = first_; s < segments_.size(); ++s) {
+        for (std::size_t i = s == first_ ? head_ : 0; i < segments_[s].size(); ++i) rest.push_back(std::move(segments_[s][i]));
       }
       segments_.clear();
+      first_ = 0;
+      head_ = 0;
       live_ = 0;
       size_.store(0, std::memory_order_release);
     }
@@ -192,33 +214,61 @@ class BoundedQueue {
  private:
   static constexpr std::size_t kKeptItems = 4096;  // spare room an idle queue keeps, in items
 
-  // mutex_ held. A spare if there is one, else a new segment with its pages touched.
-  Batch fresh_segment() {
-    Batch segment;
-    if (!spares_.empty()) {
-      segment = std::move(spares_.back());
-      spares_.pop_back();
-    } else {
-      segment.reserve(segment_items_);
+  // All with mutex_ held.
+  Batch& front() noexcept { return segments_[first_]; }
+  bool tail_full() const noexcept { return first_ == segments_.size() || segments_.back().size() >= segment_items_; }
+
+  // Room for one more segment in segments_, so that adding one cannot throw.
+  void reserve_segment_slot() {
+    if (segments_.size() < segments_.capacity()) return;
+    if (first_ > 0) {  // reuse the slots of segments already taken
+      segments_.erase(segments_.begin(), segments_.begin() + static_cast<std::ptrdiff_t>(first_));
+      first_ = 0;
+      return;
     }
+    segments_.reserve(std::max<std::size_t>(8, 2 * segments_.size()));
+  }
+
+  void pop_front_segment() noexcept {
+    ++first_;
+    if (first_ == segments_.size()) {
+      segments_.clear();
+      first_ = 0;
+    }
+  }
+
+  // `fresh` when it was allocated, else a spare, else a new allocation.
+  Batch next_segment(Batch& fresh) {
+    if (fresh.capacity() > 0) return std::move(fresh);
+    if (!spares_.empty()) {
+      Batch spare = std::move(spares_.back());
+      spares_.pop_back();
+      return spare;
+    }
+    Batch segment;
+    segment.reserve(segment_items_);
     return segment;
   }
 
-  // mutex_ held. Keeps an emptied buffer of at least a segment's room, up to max_spares_.
-  void keep_spare(Batch&& buffer) {
+  // Keeps an emptied buffer with room for a segment (up to four), while there are fewer than
+  // max_spares_; frees it otherwise.
+  void keep_spare(Batch&& buffer) noexcept {
     buffer.clear();
     if (buffer.capacity() >= segment_items_ && buffer.capacity() <= 4 * segment_items_ &&
         spares_.size() < max_spares_) {
-      spares_.push_back(std::move(buffer));
+      spares_.push_back(std::move(buffer));  // within the room reserved at construction
+    } else {
+      Batch().swap(buffer);
     }
   }
 
-  // mutex_ held. Recycles the oldest segment once every item in it has been moved out.
-  void retire_front_if_spent() {
-    if (segments_.empty() || head_ < segments_.front().size()) return;
-    keep_spare(std::move(segments_.front()));
-    segments_.pop_front();
+  // Recycles the oldest segment once every item in it has been moved out.
+  void retire_front_if_spent() noexcept {
+    if (first_ == segments_.size() || head_ < front().size()) return;
+    Batch spent = std::move(front());
     head_ = 0;
+    pop_front_segment();
+    keep_spare(std::move(spent));
   }
 
   const std::size_t capacity_;
@@ -229,12 +279,15 @@ class BoundedQueue {
   std::condition_variable not_empty_;
   std::condition_variable not_full_;
 
-  std::deque<Batch> segments_;  // guarded by mutex_: oldest first; only the newest is partly filled
-  std::size_t head_ = 0;        // guarded by mutex_: items already moved out of segments_.front()
-  std::size_t live_ = 0;        // guarded by mutex_: items queued
-  std::vector<Batch> spares_;   // guarded by mutex_: emptied buffers with room for a segment
-  bool closed_ = false;         // guarded by mutex_
-  std::size_t consumers_blocked_ = 0;  // guarded by mutex_: consumers inside wait_until
+  // Guarded by mutex_. segments_[first_ ..] hold the items, oldest first; only the last is partly
+  // filled. Slots before first_ were taken and are reused by reserve_segment_slot().
+  std::vector<Batch> segments_;
+  std::size_t first_ = 0;
+  std::size_t head_ = 0;       // items already moved out of front()
+  std::size_t live_ = 0;       // items queued
+  std::vector<Batch> spares_;  // emptied buffers with room for a segment, at most max_spares_
+  bool closed_ = false;
+  std::size_t consumers_blocked_ = 0;  // consumers inside wait_until
   // Written under mutex_, read without it by a spinning consumer.
   std::atomic<std::size_t> size_{0};
   std::atomic<bool> closed_flag_{false};

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <random>
 #include <span>
@@ -44,7 +45,7 @@ using Clock = std::chrono::steady_clock;
 
 // Why an event or message was not delivered. Each has a counter in health()["counters"]["dropped"].
 enum class Drop {
-  queue_full,          // outbound queue full (drop_newest, or block timed out)
+  queue_full,          // outbound queue full (drop_newest, or block timed out), or no memory for it
   queue_evicted,       // removed to make room (drop_oldest)
   after_shutdown,      // instrumented after shutdown() began
   invalid_subject,     // the event name cannot be a subject

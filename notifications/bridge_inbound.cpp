@@ -7,12 +7,18 @@ using namespace bridge_internal;
 
 void Bridge::Impl::receive(Delivery&& delivery) {
   auto settle = delivery.settle;
-  const auto result = inbound.push(std::move(delivery), OverflowPolicy::drop_newest,
-                                   std::chrono::milliseconds(0));
-  if (result == detail::BoundedQueue<Delivery>::Push::accepted) return;
+  using Queue = detail::BoundedQueue<Delivery>;
+  Queue::Push result = Queue::Push::dropped_newest;
+  std::string_view why;
+  try {
+    result = inbound.push(std::move(delivery), OverflowPolicy::drop_newest, std::chrono::milliseconds(0));
+  } catch (const std::bad_alloc&) {  // never into the transport's (C library's) thread
+    why = "out of memory";
+  }
+  if (result == Queue::Push::accepted) return;
   // Not taken: let a transport with acknowledgements redeliver it later.
   if (settle) settle(Settle::nak);
-  drop(Drop::inbound_full, "(inbound message)");
+  drop(Drop::inbound_full, "(inbound message)", 1, why);
 }
 
 void Bridge::Impl::dead_letter(const Message& message, const std::string& reason) {

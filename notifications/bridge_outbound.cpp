@@ -26,7 +26,14 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
   }
   using Queue = detail::BoundedQueue<detail::OutgoingEvent>;
   std::optional<detail::OutgoingEvent> evicted;
-  switch (outbound.push(std::move(outgoing), config.overflow, config.block_timeout, &evicted)) {
+  Queue::Push result = Queue::Push::dropped_newest;
+  std::string_view why;
+  try {
+    result = outbound.push(std::move(outgoing), config.overflow, config.block_timeout, &evicted);
+  } catch (const std::bad_alloc&) {  // no room for a new queue segment: refused, nothing else changed
+    why = "out of memory";
+  }
+  switch (result) {
     case Queue::Push::accepted:
       counters.accepted.fetch_add(1, std::memory_order_relaxed);
       break;
@@ -35,7 +42,7 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
       drop(Drop::queue_evicted, evicted ? evicted->name() : std::string_view("?"));
       break;
     case Queue::Push::dropped_newest:
-      drop(Drop::queue_full, event.name());
+      drop(Drop::queue_full, event.name(), 1, why);
       break;
     case Queue::Push::closed:
       drop(Drop::after_shutdown, event.name());

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <optional>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -114,6 +116,59 @@ TEST(BoundedQueue, PopWaitsUntilItsDeadlineOnAnEmptyQueue) {
   EXPECT_TRUE(q.pop_batch(batch, 10, start + 30ms));  // open: true, nothing taken
   EXPECT_TRUE(batch.empty());
   EXPECT_GE(Clock::now() - start, 30ms);
+}
+
+// Random pushes (all three policies), pops of random size and take_all against a std::deque
+// model, over random capacities and segment sizes: same results, same order, bounded size.
+TEST(BoundedQueue, BehavesLikeABoundedDequeUnderRandomOperations) {
+  std::mt19937 rng(20261125);
+  auto pick = [&](std::size_t low, std::size_t high) { return std::uniform_int_distribution<std::size_t>(low, high)(rng); };
+  const OverflowPolicy policies[] = {OverflowPolicy::drop_newest, OverflowPolicy::drop_oldest, OverflowPolicy::block};
+  for (int trial = 0; trial < 300 / test_support::kScale; ++trial) {
+    const std::size_t capacity = pick(1, 40);
+    const std::size_t segment = pick(1, 12);
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", capacity " + std::to_string(capacity) + ", segment " +
+                 std::to_string(segment));
+    Queue q(capacity, 0us, segment);
+    std::deque<int> model;
+    Queue::Batch batch;
+    int next = 0;
+    for (int step = 0; step < 400; ++step) {
+      const std::size_t op = pick(0, 9);
+      if (op < 6) {
+        const OverflowPolicy policy = policies[pick(0, 2)];
+        std::optional<int> evicted;
+        const auto result = q.push(int(next), policy, 0ms, &evicted);
+        if (model.size() < capacity) {
+          ASSERT_EQ(result, Queue::Push::accepted);
+          model.push_back(next);
+        } else if (policy == OverflowPolicy::drop_oldest) {
+          ASSERT_EQ(result, Queue::Push::accepted_dropped_oldest);
+          ASSERT_EQ(evicted, model.front());
+          model.pop_front();
+          model.push_back(next);
+        } else {
+          ASSERT_EQ(result, Queue::Push::dropped_newest);  // block with a zero timeout, or drop_newest
+        }
+        ++next;
+      } else if (op < 9) {
+        const std::size_t max = pick(1, 3 * segment);
+        ASSERT_TRUE(q.pop_batch(batch, max, Clock::now()));
+        const std::size_t expected = std::min(max, model.size());
+        ASSERT_EQ(batch.size(), expected);
+        for (const int item : batch) {
+          ASSERT_EQ(item, model.front());
+          model.pop_front();
+        }
+      } else {
+        const Queue::Batch rest = q.take_all();
+        ASSERT_EQ(std::vector<int>(rest.begin(), rest.end()), std::vector<int>(model.begin(), model.end()));
+        model.clear();
+      }
+      ASSERT_EQ(q.size(), model.size());
+      ASSERT_LE(q.size(), capacity);
+    }
+  }
 }
 
 // Two producers, one consumer taking small and large batches: every item arrives once, each
