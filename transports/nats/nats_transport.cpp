@@ -196,21 +196,25 @@ class NatsTransport final : public TransportBase {
     }
     natsConnection* nc = nc_;  // stable between do_start and do_stop, which never overlap publish
     if (nc == nullptr) return PublishResult{0, true, "nats: not connected"};
-    // Published messages are destroyed together after the batch: cnats hands each destroyed
-    // natsMsg to its garbage-collector thread, and one hand-over per batch wakes that thread once
-    // instead of once per message.
-    struct DestroyAfterBatch {
+    // Published messages are destroyed in groups of kDestroyEvery: cnats hands each destroyed
+    // natsMsg to its garbage-collector thread, and a group wakes that thread once instead of once
+    // per message. The group bounds how many published messages are alive at once.
+    struct DestroyInGroups {
       std::vector<natsMsg*> published;
-      ~DestroyAfterBatch() {
+      void destroy() noexcept {
         for (natsMsg* msg : published) natsMsg_Destroy(msg);
+        published.clear();
       }
+      ~DestroyInGroups() { destroy(); }
     } created;
-    if (headers_.load(std::memory_order_relaxed)) created.published.reserve(batch.size());
+    constexpr std::size_t kDestroyEvery = 256;
+    if (headers_.load(std::memory_order_relaxed)) created.published.reserve(std::min(batch.size(), kDestroyEvery));
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Message& m = batch[i];
       natsStatus s = NATS_OK;
       bool sent = false;
       if (!m.headers.empty() && headers_.load(std::memory_order_relaxed)) {
+        if (created.published.size() == kDestroyEvery) created.destroy();
         s = publish_with_headers(nc, m, created.published);
         sent = s != NATS_NO_SERVER_SUPPORT;
         if (!sent) {
