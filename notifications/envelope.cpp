@@ -620,9 +620,25 @@ void OutgoingEvent::take(OutgoingEvent& other) noexcept {
   exception = std::move(other.exception);
 }
 
+namespace {
+
+// The per-thread buffer outgoing_from_event() writes payloads into. The flag is trivially
+// destructible, so it stays readable after the buffer is destroyed at thread or program exit,
+// when a destructor may still instrument an event.
+thread_local bool payload_scratch_gone = false;
+struct PayloadScratch {
+  std::string text;
+  ~PayloadScratch() { payload_scratch_gone = true; }
+};
+thread_local PayloadScratch payload_scratch;
+
+}  // namespace
+
 OutgoingEvent outgoing_from_event(const Event& event) {
-  // The payload is written into a per-thread buffer first, then copied next to the name.
-  thread_local std::string payload;
+  // The payload is written into the per-thread buffer first (no allocation per event), then
+  // copied next to the name; a local buffer once the thread's buffer is gone.
+  std::string local;
+  std::string& payload = payload_scratch_gone ? local : payload_scratch.text;
   constexpr std::size_t kKeptPayloadBytes = 64 * 1024;
   payload.clear();
   append_json(payload, event.payload());

@@ -47,9 +47,30 @@ std::shared_ptr<const ListenerSet> build_set(const NotifierState& state, std::st
 }
 }  // namespace
 
+namespace {
+// How many of this thread's caches were destroyed. Trivially destructible, so it stays readable
+// while the thread exits: a thread_local destructor (or, on the main thread, a static one) that
+// instruments after the cache is gone gets a new cache instead of the destroyed one.
+thread_local int thread_caches_gone = 0;
+struct CountedCache {
+  ThreadCache cache;
+  ~CountedCache() { ++thread_caches_gone; }  // before `cache` releases its sets
+};
+}  // namespace
+
 ThreadCache& thread_cache() {
-  thread_local ThreadCache cache;
-  return cache;
+  if (thread_caches_gone == 0) {
+    thread_local CountedCache first;
+    return first.cache;
+  }
+  if (thread_caches_gone == 1) {
+    thread_local CountedCache second;  // made while the thread exits; destroyed after the first
+    return second.cache;
+  }
+  // Destructors instrumenting from destructors instrumenting at exit: a cache for the rest of the
+  // thread's (or process's) life, deliberately never freed.
+  thread_local ThreadCache* const last = new ThreadCache;
+  return *last;
 }
 
 void throw_empty_name() { throw InvalidName("event name \"\": empty"); }

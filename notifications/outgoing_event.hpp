@@ -37,7 +37,8 @@ class OutgoingEvent {
   OutgoingEvent& operator=(const OutgoingEvent&) = delete;
   ~OutgoingEvent() = default;
 
-  // Throws std::length_error past 4 GiB in one text, std::bad_alloc when out of memory.
+  // The views must not point into this event's own text. Throws std::length_error past 4 GiB in
+  // one text, std::bad_alloc when out of memory.
   void set_text(std::string_view name, std::string_view payload, std::string_view traceparent);
 
   std::string_view name() const noexcept { return {text(), name_size_}; }
