@@ -48,29 +48,39 @@ std::shared_ptr<const ListenerSet> build_set(const NotifierState& state, std::st
 }  // namespace
 
 namespace {
-// How many of this thread's caches were destroyed. Trivially destructible, so it stays readable
-// while the thread exits: a thread_local destructor (or, on the main thread, a static one) that
-// instruments after the cache is gone gets a new cache instead of the destroyed one.
-thread_local int thread_caches_gone = 0;
+// This thread's cache, or null before its first use and once it is destroyed. Both variables are
+// trivially destructible, so they stay readable while the thread exits: a thread_local destructor
+// (or, on the main thread, a static one) that instruments after the cache is gone gets a new
+// cache instead of the destroyed one.
+constinit thread_local ThreadCache* current_cache = nullptr;
+constinit thread_local int caches_gone = 0;
 struct CountedCache {
   ThreadCache cache;
-  ~CountedCache() { ++thread_caches_gone; }  // before `cache` releases its sets
+  ~CountedCache() {  // runs before `cache` releases its sets, which may instrument again
+    current_cache = nullptr;
+    ++caches_gone;
+  }
 };
+
+[[gnu::noinline]] ThreadCache& make_thread_cache() {
+  if (caches_gone == 0) {
+    thread_local CountedCache first;
+    current_cache = &first.cache;
+  } else if (caches_gone == 1) {
+    thread_local CountedCache second;  // made while the thread exits; destroyed after the first
+    current_cache = &second.cache;
+  } else {
+    // Destructors instrumenting from destructors instrumenting at exit: a cache for the rest of
+    // the thread's (or process's) life, deliberately never freed.
+    current_cache = new ThreadCache;
+  }
+  return *current_cache;
+}
 }  // namespace
 
 ThreadCache& thread_cache() {
-  if (thread_caches_gone == 0) {
-    thread_local CountedCache first;
-    return first.cache;
-  }
-  if (thread_caches_gone == 1) {
-    thread_local CountedCache second;  // made while the thread exits; destroyed after the first
-    return second.cache;
-  }
-  // Destructors instrumenting from destructors instrumenting at exit: a cache for the rest of the
-  // thread's (or process's) life, deliberately never freed.
-  thread_local ThreadCache* const last = new ThreadCache;
-  return *last;
+  if (ThreadCache* cache = current_cache) [[likely]] return *cache;
+  return make_thread_cache();
 }
 
 void throw_empty_name() { throw InvalidName("event name \"\": empty"); }
