@@ -92,36 +92,33 @@ class BoundedQueue {
             std::optional<T>* evicted = nullptr) {
     Batch fresh;  // a new segment, allocated (pages touched) without holding the lock
     std::unique_lock lock(mutex_);
-    if (closed_) return Push::closed;
-    if (tail_full() && spares_.empty()) {
+    std::optional<std::chrono::steady_clock::time_point> give_up;  // block: set at the first wait
+    while (true) {  // every check again after the lock was released (waiting, or allocating)
+      if (closed_) return Push::closed;
+      if (live_ >= capacity_ && policy == OverflowPolicy::drop_newest) return Push::dropped_newest;
+      if (live_ >= capacity_ && policy == OverflowPolicy::block) {
+        if (!give_up) give_up = std::chrono::steady_clock::now() + block_timeout;
+        if (!not_full_.wait_until(lock, *give_up, [&] { return closed_ || live_ < capacity_; })) {
+          return Push::dropped_newest;
+        }
+        continue;
+      }
+      if (!tail_full() || !spares_.empty() || fresh.capacity() > 0) break;  // room for the item
       lock.unlock();
       fresh.reserve(segment_items_);
       lock.lock();
-      if (closed_) return Push::closed;
     }
-    reserve_segment_slot();  // the last step that may throw: nothing has changed yet
+    if (tail_full()) reserve_segment_slot();  // the last step that may throw: nothing changed yet
     Push result = Push::accepted;
-    if (live_ >= capacity_) {
-      switch (policy) {
-        case OverflowPolicy::drop_newest:
-          return Push::dropped_newest;
-        case OverflowPolicy::drop_oldest:
-          if (evicted != nullptr) evicted->emplace(std::move(front()[head_]));
-          ++head_;
-          --live_;
-          retire_front_if_spent();
-          result = Push::accepted_dropped_oldest;
-          break;
-        case OverflowPolicy::block:
-          if (!not_full_.wait_for(lock, block_timeout, [&] { return closed_ || live_ < capacity_; })) {
-            return Push::dropped_newest;
-          }
-          if (closed_) return Push::closed;
-          break;
-      }
+    if (live_ >= capacity_) {  // drop_oldest: the only policy that gets here with the queue full
+      if (evicted != nullptr) evicted->emplace(std::move(front()[head_]));
+      ++head_;
+      --live_;
+      retire_front_if_spent();
+      result = Push::accepted_dropped_oldest;
     }
-    // Allocates only when `fresh` is empty and another producer took the last spare while this
-    // one waited for room (block): nothing was evicted then, so a throw still changes nothing.
+    // No allocation: the loop above left room in the last segment, a spare or `fresh`, under
+    // this same hold of the lock (an eviction only adds spares).
     if (tail_full()) segments_.push_back(next_segment(fresh));
     segments_.back().push_back(std::move(item));  // within the segment's reserved room
     ++live_;
@@ -216,7 +213,7 @@ class BoundedQueue {
 
   // All with mutex_ held.
   Batch& front() noexcept { return segments_[first_]; }
-  bool tail_full() const noexcept { return first_ == segments_.size() || segments_.back().size() >= segment_items_; }
+  bool tail_full() const noexcept { return segments_.empty() || segments_.back().size() >= segment_items_; }
 
   // Room for one more segment in segments_, so that adding one cannot throw.
   void reserve_segment_slot() {
@@ -237,17 +234,12 @@ class BoundedQueue {
     }
   }
 
-  // `fresh` when it was allocated, else a spare, else a new allocation.
-  Batch next_segment(Batch& fresh) {
+  // `fresh` when it was allocated, else a spare (push() made sure there is one of the two).
+  Batch next_segment(Batch& fresh) noexcept {
     if (fresh.capacity() > 0) return std::move(fresh);
-    if (!spares_.empty()) {
-      Batch spare = std::move(spares_.back());
-      spares_.pop_back();
-      return spare;
-    }
-    Batch segment;
-    segment.reserve(segment_items_);
-    return segment;
+    Batch spare = std::move(spares_.back());
+    spares_.pop_back();
+    return spare;
   }
 
   // Keeps an emptied buffer with room for a segment (up to four), while there are fewer than
