@@ -1,12 +1,18 @@
 #include "notifications/notifier.hpp"
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <functional>
+#include <memory>
+#include <new>
 #include <utility>
 
 #include "notifications/errors.hpp"
 #include "notifications/registry.hpp"
 #include "notifications/thread_cache.hpp"
+
+extern "C" void* __dso_handle;  // this module, for the C++ runtime's thread-exit list
 
 namespace notifications {
 
@@ -48,32 +54,25 @@ std::shared_ptr<const ListenerSet> build_set(const NotifierState& state, std::st
 }  // namespace
 
 namespace {
-// This thread's cache, or null before its first use and once it is destroyed. Both variables are
-// trivially destructible, so they stay readable while the thread exits: a thread_local destructor
-// (or, on the main thread, a static one) that instruments after the cache is gone gets a new
-// cache instead of the destroyed one.
+// This thread's cache, or null before its first use and once it is released. Trivially
+// destructible, so it stays readable while the thread exits.
 constinit thread_local ThreadCache* current_cache = nullptr;
-constinit thread_local int caches_gone = 0;
-struct CountedCache {
-  ThreadCache cache;
-  ~CountedCache() {  // runs before `cache` releases its sets, which may instrument again
-    current_cache = nullptr;
-    ++caches_gone;
-  }
-};
+
+// Registered per cache with the C++ runtime's thread-exit list. A cache made while the thread
+// exits (a thread_local destructor, or on the main thread a static one, that instruments) is
+// registered then too, and released right after the destructor that made it: none is leaked, and
+// none is used after its release.
+void release_thread_cache(void* cache) noexcept {
+  if (current_cache == cache) current_cache = nullptr;  // first: releasing sets may instrument
+  delete static_cast<ThreadCache*>(cache);
+}
 
 [[gnu::noinline]] ThreadCache& make_thread_cache() {
-  if (caches_gone == 0) {
-    thread_local CountedCache first;
-    current_cache = &first.cache;
-  } else if (caches_gone == 1) {
-    thread_local CountedCache second;  // made while the thread exits; destroyed after the first
-    current_cache = &second.cache;
-  } else {
-    // Destructors instrumenting from destructors instrumenting at exit: a cache for the rest of
-    // the thread's (or process's) life, deliberately never freed.
-    current_cache = new ThreadCache;
+  auto cache = std::make_unique<ThreadCache>();
+  if (__cxxabiv1::__cxa_thread_atexit(release_thread_cache, cache.get(), &__dso_handle) != 0) {
+    throw std::bad_alloc();
   }
+  current_cache = cache.release();
   return *current_cache;
 }
 }  // namespace
