@@ -12,7 +12,7 @@ void Bridge::Impl::receive(Delivery&& delivery) {
   std::string_view why;
   try {
     result = inbound.push(std::move(delivery), OverflowPolicy::drop_newest, std::chrono::milliseconds(0));
-  } catch (const std::bad_alloc&) {  // never into the transport's (C library's) thread
+  } catch (const std::bad_alloc&) {  // refused like a full queue: counted, and nak'd below
     why = "out of memory";
   }
   if (result == Queue::Push::accepted) return;

@@ -130,7 +130,6 @@ Registry& registry() {
   return *instance;
 }
 
-
 bool valid_scheme(std::string_view scheme) {
   if (scheme.empty() || std::isalpha(static_cast<unsigned char>(scheme[0])) == 0) return false;
   return std::all_of(scheme.begin(), scheme.end(), [](char c) {

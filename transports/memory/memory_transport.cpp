@@ -243,7 +243,6 @@ void join_or_detach(std::thread& thread) {
   }
 }
 
-
 std::string name_problem(std::string_view name) {
   if (name.empty()) return "is empty";
   if (name.size() > kMaxSubjectBytes) return "is longer than " + std::to_string(kMaxSubjectBytes) + " bytes";

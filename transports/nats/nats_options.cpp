@@ -1,5 +1,4 @@
 // NatsOptions from a "nats://" / "tls://" URL and TransportConfig::options (see transports/nats.hpp).
-#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <functional>
