@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <deque>
+#include <new>
 #include <optional>
 #include <random>
 #include <thread>
@@ -12,6 +14,29 @@
 
 #include "notifications/bounded_queue.hpp"
 #include "scale.hpp"
+
+// Allocation-failure injection for this test program: when armed on a thread, the allocation
+// that many allocations later (0: the next one) throws std::bad_alloc, once.
+thread_local long allocations_before_failure = -1;  // -1: disarmed
+
+void* operator new(std::size_t size) {
+  if (allocations_before_failure == 0) {
+    allocations_before_failure = -1;
+    throw std::bad_alloc();
+  }
+  if (allocations_before_failure > 0) --allocations_before_failure;
+  if (void* memory = std::malloc(size == 0 ? 1 : size)) return memory;
+  throw std::bad_alloc();
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // this operator new is malloc
+#endif
+void operator delete(void* memory) noexcept { std::free(memory); }
+void operator delete(void* memory, std::size_t) noexcept { std::free(memory); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 namespace {
 
@@ -169,6 +194,71 @@ TEST(BoundedQueue, BehavesLikeABoundedDequeUnderRandomOperations) {
       ASSERT_LE(q.size(), capacity);
     }
   }
+}
+
+// The same random operations with an allocation failing now and then inside push, pop_batch
+// or take_all: the operation throws std::bad_alloc and the queue is exactly as before it.
+TEST(BoundedQueue, AnAllocationFailureChangesNothing) {
+  std::mt19937 rng(1125);
+  auto pick = [&](std::size_t low, std::size_t high) { return std::uniform_int_distribution<std::size_t>(low, high)(rng); };
+  const OverflowPolicy policies[] = {OverflowPolicy::drop_newest, OverflowPolicy::drop_oldest, OverflowPolicy::block};
+  std::size_t failures = 0;
+  for (int trial = 0; trial < 200 / test_support::kScale; ++trial) {
+    const std::size_t capacity = pick(1, 40);
+    const std::size_t segment = pick(1, 12);
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", capacity " + std::to_string(capacity) + ", segment " +
+                 std::to_string(segment));
+    Queue q(capacity, 0us, segment);
+    std::deque<int> model;
+    Queue::Batch batch;
+    int next = 0;
+    for (int step = 0; step < 300; ++step) {
+      const std::size_t op = pick(0, 9);
+      const long arm = pick(0, 2) == 0 ? static_cast<long>(pick(0, 2)) : -1;
+      bool threw = false;
+      try {
+        allocations_before_failure = arm;
+        if (op < 6) {
+          const OverflowPolicy policy = policies[pick(0, 2)];
+          std::optional<int> evicted;
+          const auto result = q.push(int(next), policy, 0ms, &evicted);
+          allocations_before_failure = -1;
+          if (result == Queue::Push::accepted || result == Queue::Push::accepted_dropped_oldest) {
+            if (result == Queue::Push::accepted_dropped_oldest) {
+              ASSERT_EQ(evicted, model.front());
+              model.pop_front();
+            }
+            model.push_back(next);
+          }
+          ++next;
+        } else if (op < 9) {
+          const std::size_t max = pick(1, 3 * segment);
+          ASSERT_TRUE(q.pop_batch(batch, max, Clock::now()));
+          allocations_before_failure = -1;
+          ASSERT_EQ(batch.size(), std::min(max, model.size()));
+          for (const int item : batch) {
+            ASSERT_EQ(item, model.front());
+            model.pop_front();
+          }
+        } else {
+          const Queue::Batch rest = q.take_all();
+          allocations_before_failure = -1;
+          ASSERT_EQ(std::vector<int>(rest.begin(), rest.end()), std::vector<int>(model.begin(), model.end()));
+          model.clear();
+        }
+      } catch (const std::bad_alloc&) {
+        allocations_before_failure = -1;
+        threw = true;
+        ++failures;
+      }
+      allocations_before_failure = -1;
+      ASSERT_EQ(q.size(), model.size()) << (threw ? "after a failed allocation" : "");
+    }
+    std::vector<int> rest;
+    drain(q, rest, segment);
+    ASSERT_EQ(rest, std::vector<int>(model.begin(), model.end()));
+  }
+  EXPECT_GT(failures, 0u);  // the injection did hit the queue's allocations
 }
 
 // Two producers, one consumer taking small and large batches: every item arrives once, each
