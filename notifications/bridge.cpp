@@ -29,7 +29,7 @@ bool Bridge::Impl::should_log(int kind, std::string_view name) {
 
 void Bridge::Impl::log_loss(const std::string& subject, std::uint64_t missing) {
   if (!should_log(kLossKind, subject)) return;
-  spdlog::warn("notifications bridge: {} event(s) on \"{}\" never arrived (a gap in the sender's "
+  detail::log(detail::LogLevel::warn, "notifications bridge: {} event(s) on \"{}\" never arrived (a gap in the sender's "
                "sequence); total lost: {}",
                missing, truncated(subject, 120), counters.lost.load());
 }
@@ -38,7 +38,7 @@ void Bridge::Impl::drop(Drop reason, std::string_view name, std::uint64_t count,
   if (count == 0) return;
   counters.dropped[static_cast<std::size_t>(reason)].fetch_add(count, std::memory_order_relaxed);
   if (should_log(static_cast<int>(reason), name)) {
-    spdlog::warn("notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}",
+    detail::log(detail::LogLevel::warn, "notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}",
                  count, truncated(name, 120), kDropNames[static_cast<int>(reason)],
                  why.empty() ? "" : ": ", truncated(why),
                  counters.dropped[static_cast<std::size_t>(reason)].load());
@@ -102,7 +102,7 @@ void Bridge::Impl::start() {
   }
   owner_pid = getpid();
   state.store(State::running);
-  spdlog::debug("notifications bridge: started (transport {}, app \"{}\", instance {})",
+  detail::log(detail::LogLevel::debug, "notifications bridge: started (transport {}, app \"{}\", instance {})",
                transport->kind(), config.app, hooks.instance_id);
 }
 
@@ -180,7 +180,7 @@ ShutdownReport Bridge::Impl::abandon_in_forked_child() {
   const std::string detail =
       "forked child without notifications::prepare_fork()/after_fork(): the bridge was abandoned; "
       "its queue belongs to the parent";
-  spdlog::error("notifications bridge: {}", detail);
+  detail::log(detail::LogLevel::error, "notifications bridge: {}", detail);
   report = ShutdownReport{false, 0, 0, detail};
   return *report;
 }
@@ -191,6 +191,19 @@ void Bridge::Impl::reset_counters() {
     counter->store(0);
   }
   for (auto& counter : counters.dropped) counter.store(0);
+}
+
+void Bridge::Impl::shut_down_at_exit(Clock::time_point deadline, const char* why) {
+  {
+    std::lock_guard lock(lifecycle);
+    if (report || state.load() != State::running) return;
+  }
+  detail::log(detail::LogLevel::warn,
+              "notifications bridge \"{}\": shutdown() was not called and {}; shutting down now "
+              "(within {} ms)",
+              config.app, why,
+              std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+  shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
 }
 
 ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
@@ -237,9 +250,9 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
                   ", undelivered " + std::to_string(result.undelivered) +
                   (flushed ? "" : ", transport flush timed out");
   if (result.clean) {
-    spdlog::info("notifications bridge: shut down: {}", result.detail);
+    detail::log(detail::LogLevel::info, "notifications bridge: shut down: {}", result.detail);
   } else {
-    spdlog::warn("notifications bridge: shut down with losses: {}", result.detail);
+    detail::log(detail::LogLevel::warn, "notifications bridge: shut down with losses: {}", result.detail);
   }
   report = result;
   return result;
@@ -316,6 +329,7 @@ Bridge::~Bridge() {
 }
 
 void Bridge::start() {
+  detail::install_exit_hooks();
   impl_->start();
   // Outside the lifecycle lock: prepare_fork() takes the registry's lock, then each lifecycle.
   if (!impl_->registered_for_fork.exchange(true)) detail::register_fork_participant(impl_);

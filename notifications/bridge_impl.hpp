@@ -24,8 +24,6 @@
 #include <utility>
 #include <vector>
 
-#include <spdlog/spdlog.h>
-
 #include "notifications/bounded_queue.hpp"
 #include "notifications/thread_name.hpp"
 #include "notifications/bridge.hpp"
@@ -34,6 +32,8 @@
 #include "notifications/fork_registry.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/ids.hpp"
+#include "notifications/log.hpp"
+#include "notifications/process.hpp"
 #include "notifications/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
@@ -238,6 +238,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   bool prepare_fork(Clock::time_point deadline) override;
 
   void after_fork(bool in_child) override;
+
+  void shut_down_at_exit(Clock::time_point deadline, const char* why) override;
 
   // In a child forked without prepare_fork()/after_fork(): the sender and dispatcher threads do
   // not exist here, and a client library must not be touched. Stops forwarding, leaves the rest.

@@ -23,7 +23,7 @@ void Bridge::Impl::receive(Delivery&& delivery) {
 
 void Bridge::Impl::dead_letter(const Message& message, const std::string& reason) {
   counters.malformed.fetch_add(1, std::memory_order_relaxed);
-  spdlog::warn("notifications bridge: malformed message on \"{}\": {}; body: {}",
+  detail::log(detail::LogLevel::warn, "notifications bridge: malformed message on \"{}\": {}; body: {}",
                truncated(message.subject, 120), truncated(reason), truncated(message.body, 120));
   if (!hooks.dead_letter) return;
   try {

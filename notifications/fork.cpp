@@ -6,10 +6,10 @@
 #include <utility>
 #include <vector>
 
-#include <spdlog/spdlog.h>
 
 #include "notifications/errors.hpp"
 #include "notifications/fork_registry.hpp"
+#include "notifications/log.hpp"
 
 namespace notifications {
 
@@ -21,7 +21,7 @@ struct Handler {
 };
 
 struct Registry {
-  std::mutex mutex;
+  std::timed_mutex mutex;
   std::vector<std::weak_ptr<detail::ForkParticipant>> participants;  // guarded by mutex
   std::vector<Handler> handlers;                                     // guarded by mutex
   // Between prepare_fork() and after_fork(), guarded by the thread that forks:
@@ -42,6 +42,19 @@ void register_fork_participant(std::weak_ptr<ForkParticipant> participant) {
   std::lock_guard lock(r.mutex);
   std::erase_if(r.participants, [](const auto& p) { return p.expired(); });
   r.participants.push_back(std::move(participant));
+}
+
+void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadline, const char* why) {
+  Registry& r = registry();
+  std::vector<std::shared_ptr<ForkParticipant>> alive;
+  {
+    std::unique_lock lock(r.mutex, std::defer_lock);
+    if (!lock.try_lock_until(deadline)) return;  // a fork is being prepared by a thread that is gone
+    for (const auto& weak : r.participants) {
+      if (auto participant = weak.lock()) alive.push_back(std::move(participant));
+    }
+  }
+  for (auto& participant : alive) participant->shut_down_at_exit(deadline, why);
 }
 }  // namespace detail
 
@@ -90,8 +103,8 @@ void after_fork() {
   r.prepared.clear();
   for (auto& p : prepared) p->after_fork(in_child);
   r.mutex.unlock();
-  spdlog::debug("notifications: after_fork in the {}: {} bridge(s) resumed", in_child ? "child" : "parent",
-                prepared.size());
+  detail::log(detail::LogLevel::debug, "notifications: after_fork in the {}: {} bridge(s) resumed",
+              in_child ? "child" : "parent", prepared.size());
 }
 
 }  // namespace notifications

@@ -1,4 +1,5 @@
 #include "notifications/ids.hpp"
+#include "notifications/process.hpp"
 
 #include <array>
 #include <atomic>
@@ -11,20 +12,28 @@ namespace {
 
 constexpr std::uint64_t kBlock = 1u << 16;
 
+// Random per process: a forked child draws its own (reseed_ids_after_fork), so ids made in the
+// parent and in each child never collide although their sequence counters continue alike.
 struct ProcessSalt {
   std::uint64_t event = 0;
   std::uint64_t transaction = 0;
   ProcessSalt() {
+    draw();
+    install_fork_hook();
+  }
+  void draw() {
     std::random_device device;
     event = (static_cast<std::uint64_t>(device()) << 32) ^ device();
     transaction = (static_cast<std::uint64_t>(device()) << 32) ^ device();
   }
 };
 
-const ProcessSalt& salt() {
-  static const ProcessSalt value;
+ProcessSalt& mutable_salt() {
+  static ProcessSalt value;
   return value;
 }
+
+const ProcessSalt& salt() { return mutable_salt(); }
 
 std::atomic<std::uint64_t> next_block{1};
 std::atomic<std::uint64_t> next_thread{1};
@@ -99,9 +108,28 @@ std::string format_transaction_id(std::uint64_t transaction) {
 }
 
 std::string random_uuid() {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  const std::uint64_t high = generator();
-  return format_uuid(high, generator(), 4);
+  // Seeded again when this thread finds itself in a forked child: fork() copies the generator's
+  // state, and parent and child would draw the same "random" ids.
+  struct Generator {
+    std::uint64_t generation = fork_generation();
+    std::mt19937_64 engine{std::random_device{}()};
+  };
+  thread_local Generator generator;
+  if (generator.generation != fork_generation()) {
+    generator.generation = fork_generation();
+    generator.engine.seed(std::random_device{}());
+  }
+  install_fork_hook();
+  const std::uint64_t high = generator.engine();
+  return format_uuid(high, generator.engine(), 4);
+}
+
+void reseed_ids_after_fork() noexcept {
+  try {
+    mutable_salt().draw();
+  } catch (...) {
+    // No random device in the child: its ids keep the parent's salt (unique within each process).
+  }
 }
 
 }  // namespace notifications::detail

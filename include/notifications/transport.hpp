@@ -120,6 +120,10 @@ class Transport {
   virtual void stop(Deadline deadline) = 0;
   // State and counters as JSON; never contains credentials.
   virtual nlohmann::json health() const = 0;
+  // The largest Message::body (plus headers) that this transport can carry now, in bytes; 0 when
+  // it has no limit or does not know it yet (NATS learns the server's max_payload on connect).
+  // The Bridge refuses larger events at once (a counted drop) instead of retrying them.
+  virtual std::size_t max_message_bytes() const { return 0; }
 
   // Fork support (notifications/fork.hpp), called with the Bridge's threads parked, so no
   // publish, subscribe or flush runs meanwhile. prepare_fork closes what cannot cross fork()
