@@ -46,6 +46,10 @@ struct BridgeConfig {
   std::vector<std::string> subscribe{">"};  // remote patterns received (subject patterns, no prefix)
   std::string group;                        // consumer group for subscribe; empty: every process gets every event
   std::size_t queue_capacity = 65536;
+  // Bytes the outbound queue may hold, and the inbound queue too, each (an event's name, payload
+  // and headers as queued, plus a fixed per-item cost). Past it, events are refused as past
+  // queue_capacity. 0: no byte bound.
+  std::size_t queue_max_bytes = 64 * 1024 * 1024;
   OverflowPolicy overflow = OverflowPolicy::block;
   std::chrono::milliseconds block_timeout{100};
   std::size_t batch_size = 256;
