@@ -4,6 +4,11 @@
 // Thread-safety: every member may be called from any thread. One mutex guards the items; pushes
 // never call out while holding it.
 //
+// Bounds: `capacity` items, and, when `max_bytes` is not 0, `max_bytes` as SizeOf counts them
+// (an item is always accepted into an empty queue, so that one large item is not refused for
+// ever). Past the byte bound the new item is refused (drop_newest and drop_oldest alike: evicting
+// many small items for one large one would lose more than it keeps) or, with block, waits.
+//
 // Storage is a chain of segments of `segment_items` items each. A consumer whose batch fits takes
 // the oldest segment whole (O(1) under the lock) and hands its previous batch back as a spare, so
 // in steady state nothing is allocated or moved. A segment is allocated with its pages already
@@ -56,7 +61,19 @@ struct PrefaultingAllocator {
   }
 };
 
-template <class T>
+// The default SizeOf: items count nothing towards a byte bound.
+struct NoBytes {
+  template <class T>
+  constexpr std::size_t operator()(const T&) const noexcept {
+    return 0;
+  }
+};
+
+// For tests: when set, called by pop_batch while it holds the queue's mutex (a test forks while
+// the consumer holds the lock). One load of a global per pop_batch when unset.
+inline std::atomic<void (*)()> queue_locked_test_hook{nullptr};
+
+template <class T, class SizeOf = NoBytes>
 class BoundedQueue {
   static_assert(std::is_nothrow_move_constructible_v<T>, "items move between segments under the lock");
 
@@ -77,8 +94,9 @@ class BoundedQueue {
   // takes whole segments. Clamped to [1, capacity].
   explicit BoundedQueue(std::size_t capacity,
                         std::chrono::microseconds idle_spin = std::chrono::microseconds(0),
-                        std::size_t segment_items = 256)
+                        std::size_t segment_items = 256, std::size_t max_bytes = 0)
       : capacity_(capacity),
+        max_bytes_(max_bytes),
         idle_spin_(idle_spin),
         segment_items_(std::clamp<std::size_t>(segment_items, 1, std::max<std::size_t>(capacity, 1))),
         max_spares_(std::max<std::size_t>(2, kKeptItems / segment_items_)) {
@@ -86,23 +104,30 @@ class BoundedQueue {
   }
 
   // Adds `item` under `policy`. With OverflowPolicy::block, waits up to `block_timeout` for room.
-  // `evicted` receives the removed item for accepted_dropped_oldest. Throws std::bad_alloc when
-  // there is no memory for a new segment; then nothing changed and `item` was not queued.
+  // `evicted` receives the removed item for accepted_dropped_oldest; `waited` is set to true when
+  // the call had to wait for room (block). Throws std::bad_alloc when there is no memory for a
+  // new segment; then nothing changed and `item` was not queued.
   Push push(T&& item, OverflowPolicy policy, std::chrono::milliseconds block_timeout,
-            std::optional<T>* evicted = nullptr) {
+            std::optional<T>* evicted = nullptr, bool* waited = nullptr) {
+    const std::size_t item_bytes = SizeOf{}(item);
     Batch fresh;  // a new segment, allocated (pages touched) without holding the lock
     std::unique_lock lock(mutex_);
     std::optional<std::chrono::steady_clock::time_point> give_up;  // block: set at the first wait
+    const auto bytes_full = [&] { return max_bytes_ != 0 && live_ > 0 && bytes_ + item_bytes > max_bytes_; };
     while (true) {  // every check again after the lock was released (waiting, or allocating)
       if (closed_) return Push::closed;
-      if (live_ >= capacity_ && policy == OverflowPolicy::drop_newest) return Push::dropped_newest;
-      if (live_ >= capacity_ && policy == OverflowPolicy::block) {
+      const bool count_full = live_ >= capacity_;
+      if ((count_full || bytes_full()) && policy == OverflowPolicy::block) {
         if (!give_up) give_up = std::chrono::steady_clock::now() + block_timeout;
-        if (!not_full_.wait_until(lock, *give_up, [&] { return closed_ || live_ < capacity_; })) {
+        if (waited != nullptr) *waited = true;
+        if (!not_full_.wait_until(lock, *give_up,
+                                  [&] { return closed_ || (live_ < capacity_ && !bytes_full()); })) {
           return Push::dropped_newest;
         }
         continue;
       }
+      if (bytes_full()) return Push::dropped_newest;
+      if (count_full && policy == OverflowPolicy::drop_newest) return Push::dropped_newest;
       if (!tail_full() || !spares_.empty() || fresh.capacity() > 0) break;  // room for the item
       lock.unlock();
       fresh.reserve(segment_items_);
@@ -111,6 +136,7 @@ class BoundedQueue {
     if (tail_full()) reserve_segment_slot();  // the last step that may throw: nothing changed yet
     Push result = Push::accepted;
     if (live_ >= capacity_) {  // drop_oldest: the only policy that gets here with the queue full
+      bytes_ -= SizeOf{}(front()[head_]);
       if (evicted != nullptr) evicted->emplace(std::move(front()[head_]));
       ++head_;
       --live_;
@@ -122,6 +148,7 @@ class BoundedQueue {
     if (tail_full()) segments_.push_back(next_segment(fresh));
     segments_.back().push_back(std::move(item));  // within the segment's reserved room
     ++live_;
+    bytes_ += item_bytes;
     size_.store(live_, std::memory_order_release);
     if (fresh.capacity() > 0) keep_spare(std::move(fresh));
     const bool wake = consumers_blocked_ > 0;
@@ -146,6 +173,7 @@ class BoundedQueue {
       }
     }
     std::unique_lock lock(mutex_);
+    if (auto hook = queue_locked_test_hook.load(std::memory_order_relaxed)) hook();
     ++consumers_blocked_;
     not_empty_.wait_until(lock, until, [&] { return closed_ || live_ > 0; });
     --consumers_blocked_;
@@ -155,16 +183,21 @@ class BoundedQueue {
       out = std::move(front());
       pop_front_segment();
       live_ -= out.size();
+      if constexpr (!std::is_same_v<SizeOf, NoBytes>) {
+        for (const T& item : out) bytes_ -= SizeOf{}(item);
+      }
     } else {
       const std::size_t count = std::min(max, live_);
       out.reserve(count);
       for (std::size_t i = 0; i < count; ++i) {
+        bytes_ -= SizeOf{}(front()[head_]);
         out.push_back(std::move(front()[head_]));
         ++head_;
         --live_;
         retire_front_if_spent();
       }
     }
+    if (live_ == 0) bytes_ = 0;
     size_.store(live_, std::memory_order_release);
     lock.unlock();
     not_full_.notify_all();
@@ -196,6 +229,7 @@ class BoundedQueue {
       first_ = 0;
       head_ = 0;
       live_ = 0;
+      bytes_ = 0;
       size_.store(0, std::memory_order_release);
     }
     not_full_.notify_all();
@@ -207,6 +241,14 @@ class BoundedQueue {
     return live_;
   }
   std::size_t capacity() const noexcept { return capacity_; }
+  std::size_t bytes() const {
+    std::lock_guard lock(mutex_);
+    return bytes_;
+  }
+  std::size_t max_bytes() const noexcept { return max_bytes_; }
+  // The item count without taking the lock (may be a moment old): for a forked child, where the
+  // lock may be held by a thread that does not exist.
+  std::size_t size_unlocked() const noexcept { return size_.load(std::memory_order_acquire); }
 
  private:
   static constexpr std::size_t kKeptItems = 4096;  // spare room an idle queue keeps, in items
@@ -264,6 +306,7 @@ class BoundedQueue {
   }
 
   const std::size_t capacity_;
+  const std::size_t max_bytes_;
   const std::chrono::microseconds idle_spin_;
   const std::size_t segment_items_;
   const std::size_t max_spares_;
@@ -277,6 +320,7 @@ class BoundedQueue {
   std::size_t first_ = 0;
   std::size_t head_ = 0;       // items already moved out of front()
   std::size_t live_ = 0;       // items queued
+  std::size_t bytes_ = 0;      // SizeOf of the items queued
   std::vector<Batch> spares_;  // emptied buffers with room for a segment, at most max_spares_
   bool closed_ = false;
   std::size_t consumers_blocked_ = 0;  // consumers inside wait_until

@@ -15,35 +15,61 @@ void Bridge::Impl::set_error(std::string text) {
   last_error = std::move(text);
 }
 
-bool Bridge::Impl::should_log(int kind, std::string_view name) {
+bool Bridge::Impl::should_log(int kind, std::string_view key, std::uint64_t* suppressed) {
   std::lock_guard lock(error_mutex);
   const auto now = Clock::now();
   if (drop_logged.size() > 1024) drop_logged.clear();
-  auto [it, inserted] = drop_logged.try_emplace({kind, std::string(name)}, now);
-  if (inserted || now - it->second >= std::chrono::seconds(1)) {
-    it->second = now;
+  auto [it, inserted] = drop_logged.try_emplace({kind, std::string(key)}, Logged{now, 0});
+  if (inserted || now - it->second.at >= std::chrono::seconds(1)) {
+    if (suppressed != nullptr) *suppressed = inserted ? 0 : it->second.suppressed;
+    it->second = Logged{now, 0};
     return true;
   }
+  ++it->second.suppressed;
   return false;
 }
 
+namespace {
+std::string suppressed_note(std::uint64_t suppressed) {
+  return suppressed == 0 ? std::string() : " (" + std::to_string(suppressed) + " similar line(s) suppressed)";
+}
+}  // namespace
+
 void Bridge::Impl::log_loss(const std::string& subject, std::uint64_t missing) {
-  if (!should_log(kLossKind, subject)) return;
-  detail::log(detail::LogLevel::warn, "notifications bridge: {} event(s) on \"{}\" never arrived (a gap in the sender's "
-               "sequence); total lost: {}",
-               missing, truncated(subject, 120), counters.lost.load());
+  std::uint64_t suppressed = 0;
+  if (!should_log(kLossKind, subject, &suppressed)) return;
+  detail::log(detail::LogLevel::warn,
+              "notifications bridge: {} event(s) on \"{}\" never arrived (a gap in the sender's "
+              "sequence); total lost: {}{}",
+              missing, truncated(subject, 120), counters.lost.load(), suppressed_note(suppressed));
 }
 
 void Bridge::Impl::drop(Drop reason, std::string_view name, std::uint64_t count, std::string_view why) {
   if (count == 0) return;
   counters.dropped[static_cast<std::size_t>(reason)].fetch_add(count, std::memory_order_relaxed);
-  if (should_log(static_cast<int>(reason), name)) {
-    detail::log(detail::LogLevel::warn, "notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}",
-                 count, truncated(name, 120), kDropNames[static_cast<int>(reason)],
-                 why.empty() ? "" : ": ", truncated(why),
-                 counters.dropped[static_cast<std::size_t>(reason)].load());
+  // Outbound drops are logged per local event name; names of inbound ones come from the wire, and
+  // are rate-limited per reason alone, so that a peer cannot flood the log with distinct names.
+  const bool per_name = counts_accepted(reason) || reason == Drop::queue_full || reason == Drop::after_shutdown;
+  std::uint64_t suppressed = 0;
+  if (should_log(static_cast<int>(reason), per_name ? name : std::string_view(), &suppressed)) {
+    detail::log(detail::LogLevel::warn,
+                "notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}{}",
+                count, truncated(name, 120), kDropNames[static_cast<int>(reason)], why.empty() ? "" : ": ",
+                truncated(why), counters.dropped[static_cast<std::size_t>(reason)].load(),
+                suppressed_note(suppressed));
   }
   signal_progress();
+}
+
+void Bridge::Impl::refuse_in_forked_child() {
+  counters.dropped[static_cast<std::size_t>(Drop::forked_child)].fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t now = detail::fork_generation();
+  if (fork_refusal_told.exchange(now, std::memory_order_relaxed) == now) return;
+  // No spdlog here: its lock may have been held by another thread when fork() ran.
+  detail::write_stderr_unlocked(
+      "[notifications] bridge used in a forked child without notifications::prepare_fork() before "
+      "fork() and notifications::after_fork() after it: its threads and connection belong to the "
+      "parent; events are refused and counted (health: counters.dropped.forked_child)\n");
 }
 
 void Bridge::Impl::note_sent(std::uint64_t count) {
@@ -59,14 +85,18 @@ void Bridge::Impl::signal_progress() {
 std::uint64_t Bridge::Impl::settled() const {
   std::uint64_t total = counters.sent.load();
   for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
-    const auto reason = static_cast<Drop>(i);
-    if (reason == Drop::queue_full || reason == Drop::after_shutdown ||
-        reason == Drop::inbound_full || reason == Drop::dispatch_failed) {
-      continue;  // never accepted into the outbound queue, or inbound
-    }
-    total += counters.dropped[i].load();
+    if (counts_accepted(static_cast<Drop>(i))) total += counters.dropped[i].load();
   }
   return total;
+}
+
+bool Bridge::Impl::confirm(Deadline deadline) {
+  const std::uint64_t sent_before = counters.sent.load();
+  if (!transport->flush(deadline)) return false;
+  std::uint64_t current = counters.confirmed.load();
+  while (current < sent_before && !counters.confirmed.compare_exchange_weak(current, sent_before)) {
+  }
+  return true;
 }
 
 void Bridge::Impl::start() {
@@ -91,8 +121,10 @@ void Bridge::Impl::start() {
           }
         }));
   }
-  sender = std::thread([this] { run_sender(); });  // joined by shutdown(), which ~Bridge calls
-  // The dispatcher keeps the Impl alive: shutdown() may run on it and not wait for it.
+  generation.store(detail::fork_generation(), std::memory_order_relaxed);
+  // Both threads keep the Impl alive: shutdown() may run on the dispatcher, and leaves either
+  // behind when it does not return by the deadline.
+  sender = std::thread([self = shared_from_this()] { self->run_sender(); });
   dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
   accepting.store(true, std::memory_order_release);
   for (std::size_t i = 0; i < forward_patterns.size(); ++i) {
@@ -100,7 +132,6 @@ void Bridge::Impl::start() {
       if (auto self = weak.lock()) self->forward(i, event);
     }));
   }
-  owner_pid = getpid();
   state.store(State::running);
   detail::log(detail::LogLevel::debug, "notifications bridge: started (transport {}, app \"{}\", instance {})",
                transport->kind(), config.app, hooks.instance_id);
@@ -157,12 +188,17 @@ void Bridge::Impl::after_fork(bool in_child) {
       pause = std::make_unique<Pause>();
       pause_requested.store(false, std::memory_order_release);
       hooks.instance_id = detail::random_uuid();
-      owner_pid = getpid();
+      generation.store(detail::fork_generation(), std::memory_order_relaxed);
       outbound.take_all();  // the parent's events: the parent sends them
       inbound.take_all();
       reset_counters();
+      {
+        std::lock_guard lock(progress_mutex);
+        sender_done = false;
+        dispatcher_done = false;
+      }
       transport->after_fork(true);
-      sender = std::thread([this] { run_sender(); });
+      sender = std::thread([self = shared_from_this()] { self->run_sender(); });
       dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
     } else {
       transport->after_fork(false);
@@ -173,43 +209,63 @@ void Bridge::Impl::after_fork(bool in_child) {
 }
 
 ShutdownReport Bridge::Impl::abandon_in_forked_child() {
+  // No lock: any of them may have been held by a thread that does not exist in this process.
   accepting.store(false, std::memory_order_release);
-  state.store(State::stopped);
-  new std::thread(std::move(sender));      // leaked on purpose: never joined
-  new std::thread(std::move(dispatcher));  // leaked on purpose: never joined
-  const std::string detail =
+  if (!abandoned.exchange(true)) {
+    new std::thread(std::move(sender));      // leaked on purpose: never joined
+    new std::thread(std::move(dispatcher));  // leaked on purpose: never joined
+    refuse_in_forked_child();
+    counters.dropped[static_cast<std::size_t>(Drop::forked_child)].fetch_sub(1, std::memory_order_relaxed);
+  }
+  ShutdownReport abandoned_report;
+  abandoned_report.clean = false;
+  abandoned_report.detail =
       "forked child without notifications::prepare_fork()/after_fork(): the bridge was abandoned; "
       "its queue belongs to the parent";
-  detail::log(detail::LogLevel::error, "notifications bridge: {}", detail);
-  report = ShutdownReport{false, 0, 0, detail};
-  return *report;
+  return abandoned_report;
+}
+
+void Bridge::Impl::shut_down_at_exit(Clock::time_point deadline, const char* why) {
+  if (in_forked_child()) return;  // started in the parent, which shuts it down
+  {
+    std::lock_guard lock(lifecycle);
+    if (report || state.load() != State::running) return;
+  }
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  detail::log(detail::LogLevel::warn,
+              "notifications bridge \"{}\": shutdown() was not called and {}; shutting down now "
+              "(within {} ms)",
+              config.app, why, left.count());
+  shutdown(std::max(left, std::chrono::milliseconds(0)));
 }
 
 void Bridge::Impl::reset_counters() {
-  for (auto* counter : {&counters.accepted, &counters.sent, &counters.failed, &counters.retried,
-                        &counters.received, &counters.malformed, &counters.echo_suppressed, &counters.lost}) {
+  for (auto* counter : {&counters.accepted, &counters.sent, &counters.confirmed, &counters.blocked,
+                        &counters.failed, &counters.retried, &counters.received, &counters.malformed,
+                        &counters.echo_suppressed, &counters.lost, &counters.sequence_resets}) {
     counter->store(0);
   }
   for (auto& counter : counters.dropped) counter.store(0);
 }
 
-void Bridge::Impl::shut_down_at_exit(Clock::time_point deadline, const char* why) {
+bool Bridge::Impl::finish_thread(std::thread& thread, const bool& done, Clock::time_point until) {
+  if (!thread.joinable()) return true;
   {
-    std::lock_guard lock(lifecycle);
-    if (report || state.load() != State::running) return;
+    std::unique_lock lock(progress_mutex);
+    if (!progress.wait_until(lock, until, [&] { return done; })) {
+      thread.detach();  // it holds a reference to this Impl: nothing it touches is freed
+      return false;
+    }
   }
-  detail::log(detail::LogLevel::warn,
-              "notifications bridge \"{}\": shutdown() was not called and {}; shutting down now "
-              "(within {} ms)",
-              config.app, why,
-              std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
-  shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+  thread.join();
+  return true;
 }
 
 ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
+  // Before any lock: in a forked child each may have been held by a thread that is gone.
+  if (state.load() != State::created && in_forked_child()) return abandon_in_forked_child();
   std::lock_guard lock(lifecycle);
   if (report) return *report;
-  if (state.load() == State::running && owner_pid != getpid()) return abandon_in_forked_child();
   const auto deadline = Clock::now() + timeout;
   const bool was_running = state.load() == State::running;
   state.store(State::stopping);
@@ -218,37 +274,60 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   // 1. Stop accepting: later events are refused and counted (the forward listeners stay
   // subscribed until the Bridge is destroyed, to count them).
   accepting.store(false, std::memory_order_release);
-  // 2. Drain the outbound queue through the sender (it gives up at the deadline).
+  // 2. Drain the outbound queue through the sender (it gives up at the deadline; a sender stuck
+  // in the transport is left behind kJoinGrace after it).
   outbound.close();
   signal_progress();
-  if (sender.joinable()) sender.join();
+  const bool sender_returned = finish_thread(sender, sender_done, deadline + kJoinGrace);
   for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
-  // 3. Flush the transport, 4. let its subscriptions hand over what they hold (into the
-  // inbound queue), and close it.
-  const bool flushed = was_running ? transport->flush(deadline) : true;
+  // 3. Flush the transport (what it confirms is counted as confirmed), 4. let its subscriptions
+  // hand over what they hold (into the inbound queue), and close it.
+  const bool flushed = was_running && sender_returned ? confirm(deadline) : !was_running;
   transport->stop(deadline);
   remote_subscriptions.clear();
   // 5. Deliver what was received, then stop the dispatcher. On the dispatcher thread itself
-  // (shutdown from a remote-event listener) it stops after the current listener returns.
+  // (shutdown from a remote-event listener) it stops after the current listener returns; a
+  // dispatcher inside a listener past the deadline is left behind, and what it still held counted.
   inbound.close();
+  bool dispatcher_returned = true;
+  std::uint64_t left_with_dispatcher = 0;
   if (dispatcher.joinable()) {
     if (dispatcher_id.load() == std::this_thread::get_id()) {
       dispatcher.detach();  // it owns a reference to this Impl and exits once the queue is empty
     } else {
-      dispatcher.join();
+      dispatcher_returned = finish_thread(dispatcher, dispatcher_done, deadline + kJoinGrace);
     }
+  }
+  if (!dispatcher_returned) {
+    std::uint64_t left = 0;
+    for (auto& delivery : inbound.take_all()) {
+      if (delivery.settle) delivery.settle(Settle::nak);
+      ++left;
+    }
+    drop(Drop::inbound_deadline, "(inbound message)", left);
+    left_with_dispatcher = dispatcher_backlog.load();
+    detail::log(detail::LogLevel::warn,
+                "notifications bridge: a listener of remote events was still running at shutdown's "
+                "deadline; the dispatcher is left to finish it ({} received event(s) not delivered)",
+                left_with_dispatcher);
   }
   state.store(State::stopped);
 
   ShutdownReport result;
   result.sent = counters.sent.load();
+  result.confirmed = counters.confirmed.load();
   const std::uint64_t accepted = counters.accepted.load();
-  const std::uint64_t settled_now = settled();
-  result.undelivered = accepted > result.sent ? accepted - result.sent : 0;
-  result.clean = flushed && result.undelivered == 0 && settled_now >= accepted;
+  result.undelivered = accepted > result.confirmed ? accepted - result.confirmed : 0;
+  result.inbound_undelivered =
+      counters.dropped[static_cast<std::size_t>(Drop::inbound_deadline)].load() + left_with_dispatcher;
+  result.clean = flushed && result.undelivered == 0 && result.inbound_undelivered == 0 && sender_returned &&
+                 dispatcher_returned;
   result.detail = "accepted " + std::to_string(accepted) + ", sent " + std::to_string(result.sent) +
-                  ", undelivered " + std::to_string(result.undelivered) +
-                  (flushed ? "" : ", transport flush timed out");
+                  ", confirmed " + std::to_string(result.confirmed) + ", undelivered " +
+                  std::to_string(result.undelivered) + ", received " + std::to_string(counters.received.load()) +
+                  ", received but not delivered " + std::to_string(result.inbound_undelivered) +
+                  (flushed || !sender_returned ? "" : ", transport flush failed or timed out") +
+                  (sender_returned ? "" : ", sender still inside the transport at the deadline");
   if (result.clean) {
     detail::log(detail::LogLevel::info, "notifications bridge: shut down: {}", result.detail);
   } else {
@@ -266,13 +345,40 @@ bool Bridge::Impl::flush(std::chrono::milliseconds timeout) {
       return false;
     }
   }
-  return transport->flush(deadline);
+  return confirm(deadline);
 }
 
-nlohmann::json Bridge::Impl::health() const {
+nlohmann::json Bridge::Impl::counters_json() const {
   nlohmann::json dropped = nlohmann::json::object();
   for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
     dropped[kDropNames[i]] = counters.dropped[i].load();
+  }
+  return {{"accepted", counters.accepted.load()},
+          {"sent", counters.sent.load()},
+          {"confirmed", counters.confirmed.load()},
+          {"blocked", counters.blocked.load()},
+          {"failed", counters.failed.load()},
+          {"retried", counters.retried.load()},
+          {"received", counters.received.load()},
+          {"malformed", counters.malformed.load()},
+          {"echo_suppressed", counters.echo_suppressed.load()},
+          {"lost", counters.lost.load()},
+          {"sequence_resets", counters.sequence_resets.load()},
+          {"dropped", std::move(dropped)}};
+}
+
+nlohmann::json Bridge::Impl::health() const {
+  if (state.load() != State::created && in_forked_child()) {
+    // Atomics only: the transport, the queues' and the error locks may be held by threads that
+    // do not exist in this process.
+    return {{"state", "forked_child"},
+            {"instance_id", hooks.instance_id},
+            {"app", config.app},
+            {"detail",
+             "this process was forked without notifications::prepare_fork()/after_fork(): the bridge "
+             "refuses events (counters.dropped.forked_child)"},
+            {"queue", {{"depth", outbound.size_unlocked()}, {"capacity", outbound.capacity()}}},
+            {"counters", counters_json()}};
   }
   nlohmann::json transport_health;
   try {
@@ -292,23 +398,14 @@ nlohmann::json Bridge::Impl::health() const {
       {"url", redact_url(config.url)},
       {"transport", std::move(transport_health)},
       {"queue", {{"depth", outbound.size()}, {"capacity", outbound.capacity()},
-                 {"overflow", to_string(config.overflow)}}},
-      {"inbound_queue", {{"depth", inbound.size()}, {"capacity", inbound.capacity()}}},
-      {"counters",
-       {{"accepted", counters.accepted.load()},
-        {"sent", counters.sent.load()},
-        {"failed", counters.failed.load()},
-        {"retried", counters.retried.load()},
-        {"received", counters.received.load()},
-        {"malformed", counters.malformed.load()},
-        {"echo_suppressed", counters.echo_suppressed.load()},
-        {"lost", counters.lost.load()},
-        {"dropped", std::move(dropped)}}},
+                 {"bytes", outbound.bytes()}, {"max_bytes", outbound.max_bytes()},
+                 {"overflow", to_string(config.overflow)}, {"saturated", saturated.load()}}},
+      {"inbound_queue", {{"depth", inbound.size()}, {"capacity", inbound.capacity()},
+                         {"bytes", inbound.bytes()}, {"max_bytes", inbound.max_bytes()}}},
+      {"counters", counters_json()},
       {"last_error", error},
   };
 }
-
-
 
 Bridge::Bridge(Notifier& notifier, std::shared_ptr<Transport> transport, BridgeConfig config,
                BridgeHooks hooks) {
@@ -324,6 +421,9 @@ Bridge::~Bridge() {
   } catch (...) {
     // A destructor must not throw; shutdown() already logged what it could not do.
   }
+  // In a forked child the forward listeners stay (unsubscribing takes the notifier's lock, which
+  // a thread that is gone may have held); they find the bridge refusing.
+  if (impl_->state.load() != Impl::State::created && impl_->in_forked_child()) return;
   std::lock_guard lock(impl_->lifecycle);
   impl_->forwarders.clear();
 }
@@ -370,7 +470,11 @@ ShutdownReport shutdown(std::chrono::milliseconds timeout) {
     std::lock_guard lock(default_bridge_mutex);
     bridge = std::move(default_bridge);
   }
-  if (!bridge) return ShutdownReport{true, 0, 0, "no bridge configured"};
+  if (!bridge) {
+    ShutdownReport none;
+    none.detail = "no bridge configured";
+    return none;
+  }
   return bridge->shutdown(timeout);
 }
 

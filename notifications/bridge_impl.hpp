@@ -45,7 +45,8 @@ using Clock = std::chrono::steady_clock;
 
 // Why an event or message was not delivered. Each has a counter in health()["counters"]["dropped"].
 enum class Drop {
-  queue_full,          // outbound queue full (drop_newest, or block timed out), or no memory for it
+  queue_full,          // outbound queue full by count or bytes (drop_newest, block timed out or
+                       // saturated), or no memory for it
   queue_evicted,       // removed to make room (drop_oldest)
   after_shutdown,      // instrumented after shutdown() began
   invalid_subject,     // the event name cannot be a subject
@@ -55,22 +56,71 @@ enum class Drop {
   shutdown_deadline,   // still queued or retrying when shutdown's deadline passed
   inbound_full,        // inbound queue full: the transport's delivery was refused
   dispatch_failed,     // a local listener threw in strict mode while delivering a remote event
+  too_large,           // larger than the transport can carry (Transport::max_message_bytes)
+  forked_child,        // instrumented in a forked child that did not call after_fork()
+  inbound_deadline,    // received, not yet delivered when shutdown's deadline passed
   count_,
 };
 
 inline constexpr const char* kDropNames[] = {
     "queue_full",        "queue_evicted",     "after_shutdown",    "invalid_subject",
     "encode_failed",     "publish_rejected",  "retries_exhausted", "shutdown_deadline",
-    "inbound_full",      "dispatch_failed",
+    "inbound_full",      "dispatch_failed",   "too_large",         "forked_child",
+    "inbound_deadline",
 };
-static_assert(std::size(kDropNames) == static_cast<std::size_t>(Drop::count_));
 
-inline std::string truncated(std::string_view text, std::size_t limit = 200) {
-  if (text.size() <= limit) return std::string(text);
-  return std::string(text.substr(0, limit)) + "... (" + std::to_string(text.size()) + " bytes)";
+// True for reasons that count outbound events after they were accepted (accepted = sent +
+// these, once settled).
+inline constexpr bool counts_accepted(Drop reason) {
+  switch (reason) {
+    case Drop::queue_evicted:
+    case Drop::invalid_subject:
+    case Drop::encode_failed:
+    case Drop::publish_rejected:
+    case Drop::retries_exhausted:
+    case Drop::shutdown_deadline:
+    case Drop::too_large:
+      return true;
+    default:
+      return false;
+  }
 }
 
+// True for reasons that count received messages that were not delivered to listeners.
+inline constexpr bool counts_inbound(Drop reason) {
+  return reason == Drop::inbound_full || reason == Drop::inbound_deadline;
+}
+static_assert(std::size(kDropNames) == static_cast<std::size_t>(Drop::count_));
+
+// For logs and last_error: cut, with every byte outside printable ASCII escaped (names, subjects
+// and bodies may come from the wire).
+inline std::string truncated(std::string_view text, std::size_t limit = 200) { return detail::wire_text(text, limit); }
+
+// Sequence jumps larger than this (forward or back) are taken as a producer reset or a forged
+// sequence, logged, and not counted as loss.
+inline constexpr std::uint64_t kMaxPlausibleGap = std::uint64_t{1} << 22;
+
+// Bytes an item holds in a bridge queue, for the byte bound (BridgeConfig::queue_max_bytes).
+struct OutgoingBytes {
+  std::size_t operator()(const detail::OutgoingEvent& event) const noexcept { return event.queued_bytes(); }
+};
+struct DeliveryBytes {
+  std::size_t operator()(const Delivery& delivery) const noexcept {
+    std::size_t bytes = sizeof(Delivery) + delivery.message.subject.size() + delivery.message.body.size();
+    for (const auto& [key, value] : delivery.message.headers) bytes += key.size() + value.size() + 64;
+    return bytes;
+  }
+};
+
 enum class State { created, running, stopping, stopped };
+
+// How long shutdown() waits past its deadline for the sender or the dispatcher to return before
+// leaving it behind (it holds a reference to the bridge's state, so nothing it touches is freed).
+inline constexpr std::chrono::milliseconds kJoinGrace{100};
+
+// How often the sender asks the transport to confirm what it sent (a flush round trip), while
+// something sent is unconfirmed: when idle, and at most this often under load.
+inline constexpr std::chrono::milliseconds kConfirmInterval{200};
 
 inline const char* state_name(State state) {
   switch (state) {
@@ -102,8 +152,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
         config(std::move(c)),
         hooks(std::move(h)),
         outbound(config.queue_capacity, bridge_internal::kIdleSpin,
-                 std::min<std::size_t>(config.batch_size, kDispatchBatch)),
-        inbound(config.queue_capacity, bridge_internal::kIdleSpin, kDispatchBatch) {
+                 std::min<std::size_t>(config.batch_size, kDispatchBatch), config.queue_max_bytes),
+        inbound(config.queue_capacity, bridge_internal::kIdleSpin, kDispatchBatch, config.queue_max_bytes),
+        keep_notifier_state(n.handle("notifications.bridge")) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
   }
 
@@ -112,8 +163,30 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   const BridgeConfig config;
   BridgeHooks hooks;
 
-  detail::BoundedQueue<detail::OutgoingEvent> outbound;
-  detail::BoundedQueue<Delivery> inbound;
+  detail::BoundedQueue<detail::OutgoingEvent, bridge_internal::OutgoingBytes> outbound;
+  detail::BoundedQueue<Delivery, bridge_internal::DeliveryBytes> inbound;
+  // Keeps the notifier's shared state alive for a dispatcher left inside a listener past
+  // shutdown's deadline (the Notifier object itself must outlive shutdown()).
+  const Handle keep_notifier_state;
+
+  // The fork generation (detail::fork_generation) the threads were started in; a different one
+  // means this is a forked child where they do not exist.
+  std::atomic<std::uint64_t> generation{detail::fork_generation()};
+  std::atomic<std::uint64_t> fork_refusal_told{~std::uint64_t{0}};  // generation told in
+  std::atomic<bool> abandoned{false};  // a forked child gave the bridge up
+  bool in_forked_child() const noexcept {
+    return detail::fork_generation() != generation.load(std::memory_order_relaxed);
+  }
+  // Counts a refusal in a forked child and says so once per process, without taking any lock.
+  void refuse_in_forked_child();
+
+  // Block policy: set when a push waited its whole block_timeout; until the transport accepts
+  // something again, pushes do not wait (the queue drops the newest instead).
+  std::atomic<bool> saturated{false};
+  // Sender and dispatcher exits, for shutdown's bounded waits (under progress_mutex).
+  bool sender_done = false;
+  bool dispatcher_done = false;
+  std::atomic<std::uint64_t> dispatcher_backlog{0};  // popped, not yet dispatched
 
   std::mutex lifecycle;  // serialises start() and shutdown()
   std::atomic<State> state{State::created};
@@ -134,7 +207,6 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   std::unique_ptr<Pause> pause = std::make_unique<Pause>();  // replaced in a forked child
   bool prepared_for_fork = false;  // guarded by lifecycle, which prepare_fork keeps locked
   std::atomic<bool> registered_for_fork{false};
-  pid_t owner_pid = 0;  // the process that started the threads; guarded by lifecycle
   std::atomic<std::thread::id> dispatcher_id{};
   std::optional<ShutdownReport> report;  // guarded by lifecycle
   std::atomic<std::int64_t> deadline_ns{0};  // shutdown deadline (steady clock), 0 = none
@@ -145,19 +217,26 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   struct Counters {
     std::atomic<std::uint64_t> accepted{0};
-    std::atomic<std::uint64_t> sent{0};
+    std::atomic<std::uint64_t> sent{0};       // handed to the transport
+    std::atomic<std::uint64_t> confirmed{0};  // covered by a successful transport flush
+    std::atomic<std::uint64_t> blocked{0};    // instrument calls that waited on a full queue
     std::atomic<std::uint64_t> failed{0};   // publish calls that did not accept everything
     std::atomic<std::uint64_t> retried{0};
     std::atomic<std::uint64_t> received{0};
     std::atomic<std::uint64_t> malformed{0};
     std::atomic<std::uint64_t> echo_suppressed{0};
     std::atomic<std::uint64_t> lost{0};  // gaps in received sequences
+    std::atomic<std::uint64_t> sequence_resets{0};  // implausible jumps, not counted as lost
     std::atomic<std::uint64_t> dropped[static_cast<std::size_t>(Drop::count_)]{};
   } counters;
 
   mutable std::mutex error_mutex;
   std::string last_error;  // guarded by error_mutex
-  std::map<std::pair<int, std::string>, Clock::time_point> drop_logged;  // guarded by error_mutex
+  struct Logged {
+    Clock::time_point at;
+    std::uint64_t suppressed = 0;
+  };
+  std::map<std::pair<int, std::string>, Logged> drop_logged;  // guarded by error_mutex
 
   // ---- helpers ------------------------------------------------------------------------------
 
@@ -165,9 +244,12 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   void set_error(std::string text);
 
-  // True at most once a second per kind (a Drop, or kLossKind) and name: rate-limited logging.
+  // Rate-limited logging: true at most once a second per kind (a Drop, or one of the kinds below)
+  // and key; `suppressed` receives how many calls were refused since the last true.
   static constexpr int kLossKind = -1;
-  bool should_log(int kind, std::string_view name);
+  static constexpr int kMalformedKind = -2;
+  static constexpr int kResetKind = -3;
+  bool should_log(int kind, std::string_view key, std::uint64_t* suppressed = nullptr);
 
   void log_loss(const std::string& subject, std::uint64_t missing);
 
@@ -175,6 +257,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   void drop(Drop reason, std::string_view name, std::uint64_t count = 1, std::string_view why = {});
 
   void note_sent(std::uint64_t count);
+
+  // Asks the transport to flush; on success everything sent before the call is confirmed.
+  bool confirm(Deadline deadline);
 
   // Wakes flush() and a sender waiting out a backoff. Taking the mutex orders the change before
   // the waiters' predicate checks, so no wake-up is lost.
@@ -191,7 +276,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   std::chrono::milliseconds backoff(int attempt, std::mt19937& rng) const;
 
-  // Waits `duration`, or less when shutdown's deadline comes first. True when the deadline passed.
+  // Waits `duration`, or less when shutdown's deadline comes first (also one set while waiting).
+  // True when the deadline passed.
   bool sleep_or_deadline(std::chrono::milliseconds duration);
 
   // Publishes `messages` in order, retrying transient failures. Everything ends as sent or
@@ -220,6 +306,10 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   void dispatch(Delivery& delivery);
 
+  // Empty when `name` (from an envelope) is what `subject` (where it arrived) carries under the
+  // configured prefix and is a valid name; otherwise why not, naming the envelope field.
+  std::string name_subject_problem(std::string_view name, std::string_view subject) const;
+
   void run_dispatcher();
 
   // ---- lifecycle ----------------------------------------------------------------------------
@@ -247,7 +337,13 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   void reset_counters();
 
+  // Waits until `done` (set by the thread as it returns) or `until`; joins it, or detaches it and
+  // returns false.
+  bool finish_thread(std::thread& thread, const bool& done, Clock::time_point until);
+
   ShutdownReport shutdown(std::chrono::milliseconds timeout);
+
+  nlohmann::json counters_json() const;
 
   bool flush(std::chrono::milliseconds timeout);
 

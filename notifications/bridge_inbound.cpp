@@ -7,7 +7,7 @@ using namespace bridge_internal;
 
 void Bridge::Impl::receive(Delivery&& delivery) {
   auto settle = delivery.settle;
-  using Queue = detail::BoundedQueue<Delivery>;
+  using Queue = decltype(inbound);
   Queue::Push result = Queue::Push::dropped_newest;
   std::string_view why;
   try {
@@ -23,8 +23,14 @@ void Bridge::Impl::receive(Delivery&& delivery) {
 
 void Bridge::Impl::dead_letter(const Message& message, const std::string& reason) {
   counters.malformed.fetch_add(1, std::memory_order_relaxed);
-  detail::log(detail::LogLevel::warn, "notifications bridge: malformed message on \"{}\": {}; body: {}",
-               truncated(message.subject, 120), truncated(reason), truncated(message.body, 120));
+  std::uint64_t suppressed = 0;
+  if (should_log(kMalformedKind, {}, &suppressed)) {  // one line a second, whatever the peer sends
+    detail::log(detail::LogLevel::warn,
+                "notifications bridge: malformed message on \"{}\": {}; body: {}{}; total malformed: {}",
+                truncated(message.subject, 120), truncated(reason), truncated(message.body, 120),
+                suppressed == 0 ? std::string() : " (" + std::to_string(suppressed) + " more malformed since the last line)",
+                counters.malformed.load());
+  }
   if (!hooks.dead_letter) return;
   try {
     hooks.dead_letter(message, reason);
@@ -44,20 +50,51 @@ void Bridge::Impl::note_sequence(const Envelope& envelope, const std::string& su
     found = last_sequence.emplace(key, 0).first;
   }
   std::uint64_t& last = found->second;
-  if (last != 0 && envelope.sequence > last + 1) {
-    const std::uint64_t missing = envelope.sequence - last - 1;
+  const std::uint64_t sequence = envelope.sequence;
+  if (last == 0) {
+    last = sequence;
+    return;
+  }
+  const bool forward_jump = sequence > last && sequence - last - 1 > kMaxPlausibleGap;
+  const bool backward_jump = sequence < last && last - sequence > kMaxPlausibleGap;
+  if (forward_jump || backward_jump) {
+    // A producer that restarted its sequence, or a forged one: start over from here, count no
+    // loss, and say so.
+    counters.sequence_resets.fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t suppressed = 0;
+    if (should_log(kResetKind, {}, &suppressed)) {
+      detail::log(detail::LogLevel::warn,
+                  "notifications bridge: sequence on \"{}\" from {} jumped from {} to {}: taken as a reset "
+                  "of the producer's sequence, not as loss{}",
+                  truncated(subject, 120), truncated(envelope.producer, 60), last, sequence,
+                  suppressed == 0 ? std::string() : " (" + std::to_string(suppressed) + " more resets since the last line)");
+    }
+    last = sequence;
+    return;
+  }
+  if (sequence > last + 1) {
+    const std::uint64_t missing = sequence - last - 1;
     counters.lost.fetch_add(missing, std::memory_order_relaxed);
-    set_error(std::to_string(missing) + " event(s) lost on \"" + subject + "\" from " + envelope.producer +
-              " (sequence " + std::to_string(last) + " then " + std::to_string(envelope.sequence) + ")");
+    set_error(std::to_string(missing) + " event(s) lost on \"" + truncated(subject, 120) + "\" from " +
+              truncated(envelope.producer, 60) + " (sequence " + std::to_string(last) + " then " +
+              std::to_string(sequence) + ")");
     log_loss(subject, missing);
   }
-  if (envelope.sequence > last) last = envelope.sequence;
+  if (sequence > last) last = sequence;  // an older one (a duplicate or reordering) moves nothing
 }
 
 void Bridge::Impl::dispatch(Delivery& delivery) {
   DecodeResult decoded = decode_envelope(delivery.message.body);
   if (!decoded) {
     dead_letter(delivery.message, decoded.error);
+    if (delivery.settle) delivery.settle(Settle::term);
+    return;
+  }
+  // The subject is what the broker's permissions protect: the name in the body must be the one the
+  // subject carries, and a valid subject token sequence (no spaces, wildcards or control bytes).
+  if (const std::string problem = name_subject_problem(decoded.envelope->name, delivery.message.subject);
+      !problem.empty()) {
+    dead_letter(delivery.message, problem);
     if (delivery.settle) delivery.settle(Settle::term);
     return;
   }
@@ -83,20 +120,48 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
 
 void Bridge::Impl::run_dispatcher() {
   detail::name_this_thread("ntf-dispatcher");
+  detail::mark_bus_thread();
+  struct Done {  // tells shutdown() this thread returned, however it leaves
+    Impl& impl;
+    ~Done() {
+      impl.dispatcher_backlog.store(0, std::memory_order_relaxed);
+      {
+        std::lock_guard lock(impl.progress_mutex);
+        impl.dispatcher_done = true;
+      }
+      impl.progress.notify_all();
+    }
+  } done{*this};
   dispatcher_id.store(std::this_thread::get_id());
   decltype(inbound)::Batch batch;
   while (true) {
     park_if_requested();
     if (!inbound.pop_batch(batch, kDispatchBatch, Clock::now() + std::chrono::milliseconds(100))) break;
+    dispatcher_backlog.store(batch.size(), std::memory_order_relaxed);
     for (Delivery& delivery : batch) {
+      dispatcher_backlog.fetch_sub(1, std::memory_order_relaxed);
       if (past_deadline()) {  // shutdown's deadline passed: count the rest, deliver no more
-        drop(Drop::shutdown_deadline, "(inbound message)");
+        drop(Drop::inbound_deadline, "(inbound message)");
         if (delivery.settle) delivery.settle(Settle::nak);
         continue;
       }
       dispatch(delivery);
     }
   }
+}
+
+std::string Bridge::Impl::name_subject_problem(std::string_view name, std::string_view subject) const {
+  const std::string& prefix = config.prefix;
+  const bool maps = subject.size() == prefix.size() + 1 + name.size() && subject.starts_with(prefix) &&
+                    subject[prefix.size()] == '.' && subject.ends_with(name);
+  if (!maps) {
+    return "envelope field \"name\" is \"" + truncated(name, 120) + "\" but the message arrived on subject \"" +
+           truncated(subject, 120) + "\" (expected \"" + prefix + "." + truncated(name, 120) + "\")";
+  }
+  if (std::string problem = subject_problem(subject); !problem.empty()) {
+    return "envelope field \"name\" \"" + truncated(name, 120) + "\" is not a valid event name: " + truncated(problem);
+  }
+  return {};
 }
 
 }  // namespace notifications

@@ -7,6 +7,10 @@ using namespace bridge_internal;
 
 void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
   if (event.remote()) return;  // remote events are never forwarded again
+  if (in_forked_child()) {     // before any lock: the queue's may be held by a thread that is gone
+    refuse_in_forked_child();
+    return;
+  }
   // With several forward patterns, the first matching one forwards the event.
   for (std::size_t i = 0; i < pattern_index; ++i) {
     if (forward_patterns[i].matches(event.name())) return;
@@ -24,14 +28,35 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
     drop(Drop::encode_failed, event.name(), 1, e.what());
     return;
   }
-  using Queue = detail::BoundedQueue<detail::OutgoingEvent>;
+  if (const std::size_t limit = transport->max_message_bytes();
+      limit != 0 && outgoing.name().size() + outgoing.payload().size() > limit) {
+    // Counted as accepted and dropped at once, like an encoding failure: never retried.
+    counters.accepted.fetch_add(1, std::memory_order_relaxed);
+    drop(Drop::too_large, event.name(), 1,
+         "payload of " + std::to_string(outgoing.payload().size()) + " bytes; the transport carries at most " +
+             std::to_string(limit) + " bytes per message");
+    return;
+  }
+  using Queue = decltype(outbound);
   std::optional<detail::OutgoingEvent> evicted;
   Queue::Push result = Queue::Push::dropped_newest;
   std::string_view why;
+  // Block policy, once saturated (a wait timed out and the transport has accepted nothing since):
+  // no further call waits, so an outage costs the application at most one block_timeout.
+  OverflowPolicy policy = config.overflow;
+  const bool saturated_now = policy == OverflowPolicy::block && saturated.load(std::memory_order_relaxed);
+  if (saturated_now) policy = OverflowPolicy::drop_newest;
+  bool waited = false;
   try {
-    result = outbound.push(std::move(outgoing), config.overflow, config.block_timeout, &evicted);
+    result = outbound.push(std::move(outgoing), policy, config.block_timeout, &evicted, &waited);
   } catch (const std::bad_alloc&) {  // no room for a new queue segment: refused, nothing else changed
     why = "out of memory";
+  }
+  if (waited) counters.blocked.fetch_add(1, std::memory_order_relaxed);
+  if (waited && result == Queue::Push::dropped_newest && !saturated.exchange(true)) {
+    why = "waited block_timeout_ms for room; until the transport accepts events again, no call waits";
+  } else if (saturated_now && result == Queue::Push::dropped_newest) {
+    why = "queue saturated: the transport has accepted nothing since a wait timed out";
   }
   switch (result) {
     case Queue::Push::accepted:
@@ -61,11 +86,16 @@ std::chrono::milliseconds Bridge::Impl::backoff(int attempt, std::mt19937& rng) 
 }
 
 bool Bridge::Impl::sleep_or_deadline(std::chrono::milliseconds duration) {
-  auto until = Clock::now() + duration;
-  const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
-  if (ns != 0) until = std::min(until, Clock::time_point(Clock::duration(ns)));
+  const auto wake = Clock::now() + duration;
   std::unique_lock lock(progress_mutex);
-  progress.wait_until(lock, until, [&] { return past_deadline(); });
+  while (!past_deadline()) {
+    // shutdown() sets the deadline and then signals progress: the wait is cut to it.
+    const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
+    auto until = wake;
+    if (ns != 0) until = std::min(until, Clock::time_point(Clock::duration(ns)));
+    if (Clock::now() >= until) break;
+    progress.wait_until(lock, until, [&] { return past_deadline() || deadline_ns.load(std::memory_order_acquire) != ns; });
+  }
   return past_deadline();
 }
 
@@ -80,14 +110,22 @@ void Bridge::Impl::publish_in_order(std::span<const Message> messages, const std
     const PublishResult result = transport->publish(messages.subspan(offset));
     const std::size_t published = std::min(result.published, messages.size() - offset);
     offset += published;
+    if (published > 0) saturated.store(false, std::memory_order_relaxed);  // the transport takes events again
     note_sent(published);
     if (offset == messages.size()) break;
     if (published > 0) attempt = 0;  // progress: back off from the start again
     counters.failed.fetch_add(1, std::memory_order_relaxed);
     set_error(result.error);
     if (!result.transient) {
-      drop_rest(Drop::publish_rejected, result.error);
-      break;
+      // The first message was refused for good; the rest may still go (a message too large for
+      // the server does not make the next one fail).
+      const std::size_t limit = transport->max_message_bytes();
+      const Message& refused = messages[offset];
+      const bool too_large = limit != 0 && refused.body.size() > limit;
+      drop(too_large ? Drop::too_large : Drop::publish_rejected, names[offset], 1, result.error);
+      ++offset;
+      attempt = 0;
+      continue;
     }
     ++attempt;
     if (config.retry.max_attempts > 0 && attempt >= config.retry.max_attempts) {
@@ -104,6 +142,18 @@ void Bridge::Impl::publish_in_order(std::span<const Message> messages, const std
 
 void Bridge::Impl::run_sender() {
   detail::name_this_thread("ntf-sender");
+  detail::mark_bus_thread();
+  struct Done {  // tells shutdown() this thread returned, however it leaves
+    Impl& impl;
+    ~Done() {
+      {
+        std::lock_guard lock(impl.progress_mutex);
+        impl.sender_done = true;
+      }
+      impl.progress.notify_all();
+    }
+  } done{*this};
+  auto last_confirm = Clock::now();
   std::mt19937 rng(std::random_device{}());
   decltype(outbound)::Batch batch;
   // Messages and names are overwritten in place batch after batch: their buffers are reused.
@@ -124,6 +174,13 @@ void Bridge::Impl::run_sender() {
     park_if_requested();
     if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
       break;  // closed and empty
+    }
+    // What was sent is confirmed by a transport flush when the queue is idle, and at most every
+    // kConfirmInterval under load; nothing is asked once everything sent is confirmed.
+    if (counters.confirmed.load(std::memory_order_relaxed) < counters.sent.load(std::memory_order_relaxed) &&
+        (batch.empty() || Clock::now() - last_confirm >= kConfirmInterval) && !past_deadline()) {
+      last_confirm = Clock::now();
+      confirm(last_confirm + kConfirmInterval);
     }
     if (batch.empty()) continue;
     if (past_deadline()) {

@@ -45,6 +45,12 @@ class OutgoingEvent {
   std::string_view payload() const noexcept { return {text() + name_size_, payload_size_}; }  // compact JSON
   // Well-formed, or empty (malformed ones do not travel).
   std::string_view traceparent() const noexcept { return {text() + name_size_ + payload_size_, traceparent_size_}; }
+  // What this event holds in memory while queued: the object, its heap text and its exception.
+  std::size_t queued_bytes() const noexcept {
+    std::size_t bytes = sizeof(OutgoingEvent) + (heap_ ? text_size() : 0);
+    if (exception) bytes += exception->first.size() + exception->second.size() + sizeof(*exception);
+    return bytes;
+  }
 
   std::uint64_t id_sequence = 0;  // formats the id (local events have no explicit id)
   std::chrono::system_clock::time_point time{};

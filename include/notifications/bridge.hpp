@@ -21,6 +21,19 @@
 // listeners of remote events (shutdown() called on the dispatcher thread does not wait for that
 // thread). The destructor shuts down (5 s) if shutdown() was not called. BridgeHooks and
 // ShutdownReport are values; the hooks themselves run on the threads their comments name.
+//
+// Ending the process: a started bridge that was not shut down is shut down by the library's exit
+// hook when the process exits (a return from main, std::exit from any thread) or terminates (an
+// exception escaping main), within 2 s, with a warning; shutdown_on_signals()
+// (notifications/signals.hpp) does the same for SIGTERM and SIGINT. In a child forked without
+// prepare_fork()/after_fork() (notifications/fork.hpp) the bridge refuses every event (counted as
+// dropped "forked_child", said once on stderr, health()["state"] "forked_child") and never
+// blocks.
+//
+// Deadlines: shutdown(timeout) returns within the timeout plus about 100 ms whatever the
+// transport and the listeners do; a listener still running then is left to finish on the
+// dispatcher thread (which keeps the bridge's state alive; the Notifier must outlive shutdown())
+// and what was not delivered is counted in the report.
 #pragma once
 
 #include <chrono>
@@ -51,9 +64,18 @@ struct BridgeHooks {
 
 // What shutdown() did.
 struct ShutdownReport {
-  bool clean = true;            // everything accepted was sent and the transport closed in time
-  std::uint64_t sent = 0;       // total sent over the bridge's life
-  std::uint64_t undelivered = 0;  // accepted but not sent (deadline, permanent errors)
+  // Everything accepted was confirmed by the transport, nothing received was left undelivered,
+  // and every thread returned in time.
+  bool clean = true;
+  std::uint64_t sent = 0;       // handed to the transport over the bridge's life
+  // Of those, covered by a successful transport flush (NATS: a round trip with the server after
+  // they were written): what is known to have left the process. Events that a transport only
+  // buffered (cnats' reconnect buffer during an outage) are sent but not confirmed.
+  std::uint64_t confirmed = 0;
+  std::uint64_t undelivered = 0;  // accepted but not confirmed (deadline, errors, only buffered)
+  // Received from the transport but not delivered to local listeners: discarded at the deadline,
+  // or left with a listener that had not returned by then.
+  std::uint64_t inbound_undelivered = 0;
   std::string detail;           // human-readable summary
 };
 
