@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <memory>
+#include <chrono>
 #include <shared_mutex>
 
 #include <spdlog/spdlog.h>
@@ -13,7 +14,7 @@ namespace {
 
 // Never destroyed: usable from static destructors and from threads still running at exit.
 struct LogState {
-  std::shared_mutex mutex;
+  std::shared_timed_mutex mutex;
   bool exiting = false;                       // guarded by mutex
   std::shared_ptr<spdlog::logger> kept;       // guarded by mutex; set when exiting
 };
@@ -60,8 +61,10 @@ void log_line(LogLevel level, std::string_view text) noexcept {
 void begin_exit_logging() noexcept {
   try {
     LogState& s = state();
-    std::unique_lock lock(s.mutex);
-    if (s.exiting) return;
+    // Bounded: in a forked child a reader that no longer exists may hold the lock for ever; then
+    // lines keep going to spdlog's logger, which nothing else in such a child is using.
+    std::unique_lock lock(s.mutex, std::chrono::milliseconds(200));
+    if (!lock.owns_lock() || s.exiting) return;
     s.kept = spdlog::default_logger();
     if (s.kept) s.kept->flush();
     s.exiting = true;

@@ -112,4 +112,29 @@ inline ChildResult run_child(const std::vector<std::string>& args, const std::ve
   return result;
 }
 
+// Waits for a child made by fork(), at most `bound`; then kills it (SIGKILL) and reports a hang.
+inline ChildResult wait_for_child(pid_t pid, std::chrono::milliseconds bound) {
+  ChildResult result;
+  const auto give_up = std::chrono::steady_clock::now() + bound;
+  int status = 0;
+  while (true) {
+    const pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) break;
+    if (std::chrono::steady_clock::now() >= give_up) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      result.timed_out = true;
+      return result;
+    }
+    ::usleep(5'000);
+  }
+  if (WIFEXITED(status)) {
+    result.exited = true;
+    result.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    result.signal = WTERMSIG(status);
+  }
+  return result;
+}
+
 }  // namespace test_support

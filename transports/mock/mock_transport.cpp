@@ -38,6 +38,8 @@ struct MockTransport::Impl {
   Clock::duration latency{0};
   std::size_t drop = 0;
   std::size_t duplicate = 0;
+  bool buffer_while_disconnected = false;
+  std::vector<Message> buffered;  // accepted while disconnected, sent by reconnect()
 
   // records (clear_records() resets them)
   std::size_t publish_calls = 0;
@@ -96,16 +98,31 @@ void MockTransport::disconnect() {
 }
 
 void MockTransport::reconnect() {
+  std::vector<Message> buffered;
   {
     std::lock_guard connection(impl_->connection);
     {
       std::lock_guard lock(impl_->mutex);
-      impl_->disconnected = false;
+      buffered = std::move(impl_->buffered);
+      impl_->buffered.clear();
     }
     impl_->endpoint.set_paused(false);
+    for (const Message& m : buffered) impl_->endpoint.route(m);  // before anything published later
+    {
+      std::lock_guard lock(impl_->mutex);
+      impl_->disconnected = false;
+    }
   }
   impl_->endpoint.deliver_held();  // inline subscriptions: on this thread, no lock held
+  impl_->changed.notify_all();
 }
+
+void MockTransport::buffer_while_disconnected(bool buffer) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->buffer_while_disconnected = buffer;
+}
+
+std::size_t MockTransport::max_message_bytes() const { return impl_->options.max_message_bytes; }
 
 bool MockTransport::connected() const {
   std::lock_guard lock(impl_->mutex);
@@ -225,6 +242,10 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
   if (latency > Clock::duration::zero()) std::this_thread::sleep_for(latency);
   {
     std::lock_guard lock(d.mutex);
+    if (d.disconnected && d.buffer_while_disconnected) {
+      d.buffered.insert(d.buffered.end(), batch.begin(), batch.end());
+      return PublishResult{batch.size(), true, ""};
+    }
     if (d.disconnected) {
       ++d.refused_disconnected;
       return PublishResult{0, true, "mock: disconnected"};
@@ -236,6 +257,11 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
     }
   }
   for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (d.options.max_message_bytes != 0 && batch[i].body.size() > d.options.max_message_bytes) {
+      return PublishResult{i, false,
+                           "mock: message of " + std::to_string(batch[i].body.size()) + " bytes exceeds max_message_bytes " +
+                               std::to_string(d.options.max_message_bytes)};
+    }
     bool drop = false;
     bool duplicate = false;
     {
@@ -295,7 +321,14 @@ void MockTransport::do_unsubscribe(std::uint64_t id) {
   impl_->changed.notify_all();
 }
 
-bool MockTransport::do_flush(Deadline deadline) { return impl_->endpoint.flush(deadline); }
+bool MockTransport::do_flush(Deadline deadline) {
+  {
+    std::unique_lock lock(impl_->mutex);
+    // As a client with a reconnect buffer: nothing buffered has left the process.
+    if (!impl_->changed.wait_until(lock, deadline, [&] { return impl_->buffered.empty(); })) return false;
+  }
+  return impl_->endpoint.flush(deadline);
+}
 
 void MockTransport::do_stop(Deadline deadline) {
   impl_->endpoint.close(deadline);

@@ -18,6 +18,11 @@
 //     lists them) but never delivered; counted in health() as "dropped_by_fault".
 //   duplicate_next(n): the next n messages are delivered twice; "duplicated_by_fault".
 //   fail_next_starts(n): the next n start() calls throw TransportError (the mock stays created).
+//   buffer_while_disconnected(true): as cnats' reconnect buffer, publish() while disconnected
+//     accepts every message (reports them published) and keeps them; flush() returns false
+//     while it keeps any; reconnect() sends them, in order, before anything published later.
+// MockOptions::max_message_bytes: bodies larger than this are refused for good (transient = false)
+// and max_message_bytes() reports it (0: no limit).
 // The order of checks in publish(): record the call, latency, disconnected, fail_next_publishes,
 // then per message drop_next, duplicate_next.
 //
@@ -45,6 +50,7 @@ struct MockOptions {
   bool inline_delivery = true;     // false: queued mode, a delivery thread per subscription
   std::size_t max_pending = 65536; // per subscription, >= 1
   TransportCapabilities capabilities = kMemoryCapabilities;
+  std::size_t max_message_bytes = 0;  // 0: no limit
 };
 
 // One subscribe() call as the mock saw it. Thread-safety: a plain value.
@@ -79,6 +85,8 @@ class MockTransport : public TransportBase {
   void set_latency(std::chrono::steady_clock::duration latency);
   void drop_next(std::size_t messages);
   void duplicate_next(std::size_t messages);
+  void buffer_while_disconnected(bool buffer);
+  std::size_t max_message_bytes() const override;
 
   // ---- records (since construction or the last clear_records())
   std::size_t publish_calls() const;           // every publish() that reached the mock (started)

@@ -1,0 +1,195 @@
+// A child forked without notifications::prepare_fork()/after_fork() never hangs: the bridge it
+// inherited refuses events (counted, visible in health, said once without a lock), shuts down
+// and exits, even when the fork came while another thread held the queue's lock or was logging.
+// Every process gets its own ids after fork(). No server is needed: the bridges use mock://.
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "child_process.hpp"
+#include "notifications/bounded_queue.hpp"
+#include "notifications/bridge.hpp"
+#include "notifications/ids.hpp"
+#include "notifications/log.hpp"
+#include "notifications/notifications.hpp"
+#include "notifications/transports/mock.hpp"
+#include "scale.hpp"
+#include "wait.hpp"
+
+namespace n = notifications;
+using namespace std::chrono_literals;
+using test_support::wait_for_child;
+using test_support::wait_until;
+
+namespace {
+
+constexpr auto kHangBound = std::chrono::seconds(20);  // detects a hang; never a speed check
+
+std::shared_ptr<n::MockTransport> mock() {
+  static std::atomic<int> counter{0};
+  n::MockOptions options;
+  options.broker = "fork-" + std::to_string(counter.fetch_add(1));
+  return std::make_shared<n::MockTransport>(options);
+}
+
+// What a child does with the bridge it inherited: the exit code says which check failed.
+[[noreturn]] void child_uses_inherited_bridge(n::Notifier& notifier, n::Bridge& bridge) {
+  for (int i = 0; i < 100; ++i) notifier.instrument("order.placed", {{"i", i}});
+  const auto health = bridge.health();
+  if (health["state"] != "forked_child") std::exit(10);
+  if (health["counters"]["dropped"]["forked_child"] != 100) std::exit(11);
+  const n::ShutdownReport report = bridge.shutdown(1s);
+  if (report.clean) std::exit(12);
+  std::exit(0);  // the library's exit hook runs here too
+}
+
+void expect_child_refused_and_exited(pid_t pid) {
+  const auto r = wait_for_child(pid, kHangBound);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "10: health state, 11: forked_child count, 12: report said clean";
+}
+
+// ---- fork while the sender holds the outbound queue's lock ---------------------------------------
+
+std::atomic<bool> hook_armed{false};
+std::atomic<bool> hook_holding{false};
+std::atomic<bool> hook_release{false};
+
+void hold_queue_lock_on_sender() {
+  char name[16] = {};
+  pthread_getname_np(pthread_self(), name, sizeof name);
+  if (std::string(name) != "ntf-sender" || !hook_armed.exchange(false)) return;
+  hook_holding.store(true);
+  for (int i = 0; i < 1000 && !hook_release.load(); ++i) std::this_thread::sleep_for(5ms);  // bounded: 5 s
+  hook_holding.store(false);
+}
+
+TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileTheSenderHeldTheQueueLock) {
+  n::Notifier notifier;
+  n::Bridge bridge(notifier, mock(), n::BridgeConfig{});
+  bridge.start();
+  hook_release.store(false);
+  n::detail::queue_locked_test_hook.store(hold_queue_lock_on_sender);
+  hook_armed.store(true);
+  ASSERT_TRUE(wait_until([] { return hook_holding.load(); }, 10s));
+  const pid_t pid = ::fork();
+  if (pid == 0) child_uses_inherited_bridge(notifier, bridge);
+  hook_release.store(true);
+  ASSERT_TRUE(wait_until([] { return !hook_holding.load(); }, 10s));
+  n::detail::queue_locked_test_hook.store(nullptr);
+  expect_child_refused_and_exited(pid);
+  notifier.instrument("order.placed");
+  EXPECT_TRUE(bridge.flush(10s)) << "the parent goes on";
+  EXPECT_EQ(bridge.health()["state"], "running");
+}
+
+// ---- fork while another thread is logging --------------------------------------------------------
+
+std::atomic<bool> sink_holding{false};
+std::atomic<bool> sink_release{false};
+
+// Blocks inside a log call (spdlog's sink lock and the library's log lock held) until released.
+class BlockingSink : public spdlog::sinks::base_sink<std::mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg&) override {
+    sink_holding.store(true);
+    for (int i = 0; i < 1000 && !sink_release.load(); ++i) std::this_thread::sleep_for(5ms);  // bounded: 5 s
+    sink_holding.store(false);
+  }
+  void flush_() override {}
+};
+
+TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileAnotherThreadWasLogging) {
+  n::Notifier notifier;
+  n::Bridge bridge(notifier, mock(), n::BridgeConfig{});
+  bridge.start();
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("blocking", std::make_shared<BlockingSink>()));
+  sink_release.store(false);
+  std::thread logger([] { n::detail::log(n::detail::LogLevel::warn, "a line that blocks in its sink"); });
+  ASSERT_TRUE(wait_until([] { return sink_holding.load(); }, 10s));
+  const pid_t pid = ::fork();
+  if (pid == 0) child_uses_inherited_bridge(notifier, bridge);
+  sink_release.store(true);
+  logger.join();
+  spdlog::set_default_logger(previous);
+  expect_child_refused_and_exited(pid);
+}
+
+// ---- many forks while another thread instruments at full speed -----------------------------------
+
+TEST(ForkWithoutPrepare, ManyForksWhileAnotherThreadInstrumentsNeverHang) {
+  n::Notifier notifier;
+  n::BridgeConfig config;
+  config.queue_capacity = 1024;  // often full: the instrumenting thread waits on the queue's lock
+  n::Bridge bridge(notifier, mock(), config);
+  bridge.start();
+  std::atomic<bool> stop{false};
+  std::thread instrumenting([&] {
+    for (int i = 0; i < 100'000'000 && !stop.load(std::memory_order_relaxed); ++i) {
+      notifier.instrument("order.placed", {{"i", i}});
+    }
+  });
+  const int forks = std::max(6, 60 / test_support::kScale);
+  int hangs = 0;
+  int failures = 0;
+  for (int f = 0; f < forks; ++f) {
+    const pid_t pid = ::fork();
+    if (pid == 0) child_uses_inherited_bridge(notifier, bridge);
+    const auto r = wait_for_child(pid, kHangBound);
+    if (r.timed_out) ++hangs;
+    else if (!r.exited || r.exit_code != 0) ++failures;
+  }
+  stop.store(true);
+  instrumenting.join();
+  EXPECT_EQ(hangs, 0) << "of " << forks << " forks";
+  EXPECT_EQ(failures, 0) << "of " << forks << " forks";
+}
+
+// ---- ids -------------------------------------------------------------------------------------------
+
+// Each child reports a new bridge's instance id and an event id through a pipe.
+TEST(ForkWithoutPrepare, EveryProcessGetsItsOwnIds) {
+  n::Notifier notifier;
+  const std::string parent_instance = n::detail::random_uuid();
+  const std::string parent_event = n::detail::format_event_id(n::detail::next_event_sequence());
+  std::set<std::string> seen{parent_instance, parent_event};
+  for (int child = 0; child < 4; ++child) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(fds[0]);
+      n::Bridge fresh(notifier, mock(), n::BridgeConfig{});
+      const std::string line = fresh.instance_id() + " " +
+                               n::detail::format_event_id(n::detail::next_event_sequence()) + "\n";
+      [[maybe_unused]] const auto written = ::write(fds[1], line.data(), line.size());
+      ::_exit(0);
+    }
+    ::close(fds[1]);
+    std::string text;
+    char buffer[256];
+    for (ssize_t got; (got = ::read(fds[0], buffer, sizeof buffer)) > 0;) text.append(buffer, static_cast<std::size_t>(got));
+    ::close(fds[0]);
+    expect_child_refused_and_exited(pid);
+    const auto space = text.find(' ');
+    ASSERT_NE(space, std::string::npos) << text;
+    const std::string instance = text.substr(0, space);
+    const std::string event = text.substr(space + 1, text.size() - space - 2);
+    EXPECT_TRUE(seen.insert(instance).second) << "instance id " << instance << " seen before";
+    EXPECT_TRUE(seen.insert(event).second) << "event id " << event << " seen before";
+  }
+}
+
+}  // namespace
