@@ -118,8 +118,8 @@ enum class State { created, running, stopping, stopped };
 // leaving it behind (it holds a reference to the bridge's state, so nothing it touches is freed).
 inline constexpr std::chrono::milliseconds kJoinGrace{100};
 
-// How often the sender asks the transport to confirm what it sent (a flush round trip), while
-// something sent is unconfirmed: when idle, and at most this often under load.
+// How often, at most, the sender asks the transport to confirm what it sent (a flush), while
+// something sent is unconfirmed and no event waits; also that flush's time limit.
 inline constexpr std::chrono::milliseconds kConfirmInterval{200};
 
 inline const char* state_name(State state) {

@@ -153,7 +153,7 @@ void Bridge::Impl::run_sender() {
       impl.progress.notify_all();
     }
   } done{*this};
-  auto last_confirm = Clock::now();
+  auto last_confirm = Clock::now() - kConfirmInterval;
   std::mt19937 rng(std::random_device{}());
   decltype(outbound)::Batch batch;
   // Messages and names are overwritten in place batch after batch: their buffers are reused.
@@ -175,10 +175,11 @@ void Bridge::Impl::run_sender() {
     if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
       break;  // closed and empty
     }
-    // What was sent is confirmed by a transport flush when the queue is idle, and at most every
-    // kConfirmInterval under load; nothing is asked once everything sent is confirmed.
-    if (counters.confirmed.load(std::memory_order_relaxed) < counters.sent.load(std::memory_order_relaxed) &&
-        (batch.empty() || Clock::now() - last_confirm >= kConfirmInterval) && !past_deadline()) {
+    // What was sent is confirmed by a transport flush once the queue is idle, at most every
+    // kConfirmInterval (a flush may wait for a round trip, or for a slow in-process subscriber:
+    // never while events wait); nothing is asked once everything sent is confirmed.
+    if (batch.empty() && !past_deadline() && Clock::now() - last_confirm >= kConfirmInterval &&
+        counters.confirmed.load(std::memory_order_relaxed) < counters.sent.load(std::memory_order_relaxed)) {
       last_confirm = Clock::now();
       confirm(last_confirm + kConfirmInterval);
     }

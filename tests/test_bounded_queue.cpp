@@ -261,3 +261,69 @@ TEST(BoundedQueue, TwoProducersOneConsumerLoseNothing) {
 }
 
 }  // namespace
+
+// ---- the byte bound ------------------------------------------------------------------------------
+
+namespace {
+
+// Items are strings; each counts its length.
+struct StringBytes {
+  std::size_t operator()(const std::string& s) const noexcept { return s.size(); }
+};
+using ByteQueue = notifications::detail::BoundedQueue<std::string, StringBytes>;
+using notifications::OverflowPolicy;
+
+}  // namespace
+
+TEST(BoundedQueueBytes, RefusesAnItemThatWouldPassTheByteBoundUnderEveryNonBlockingPolicy) {
+  for (const auto policy : {OverflowPolicy::drop_newest, OverflowPolicy::drop_oldest}) {
+    ByteQueue queue(100, std::chrono::microseconds(0), 8, 1000);
+    EXPECT_EQ(queue.push(std::string(600, 'a'), policy, std::chrono::milliseconds(0)), ByteQueue::Push::accepted);
+    EXPECT_EQ(queue.push(std::string(500, 'b'), policy, std::chrono::milliseconds(0)), ByteQueue::Push::dropped_newest);
+    EXPECT_EQ(queue.push(std::string(400, 'c'), policy, std::chrono::milliseconds(0)), ByteQueue::Push::accepted);
+    EXPECT_EQ(queue.bytes(), 1000u);
+    EXPECT_EQ(queue.size(), 2u);
+  }
+}
+
+TEST(BoundedQueueBytes, AnEmptyQueueTakesOneItemLargerThanTheBound) {
+  ByteQueue queue(100, std::chrono::microseconds(0), 8, 1000);
+  EXPECT_EQ(queue.push(std::string(5000, 'a'), OverflowPolicy::drop_newest, std::chrono::milliseconds(0)),
+            ByteQueue::Push::accepted);
+  EXPECT_EQ(queue.push(std::string(1, 'b'), OverflowPolicy::drop_newest, std::chrono::milliseconds(0)),
+            ByteQueue::Push::dropped_newest);
+}
+
+TEST(BoundedQueueBytes, PopsTakeAllAndEvictionsGiveTheBytesBack) {
+  ByteQueue queue(4, std::chrono::microseconds(0), 2, 10'000);
+  for (int i = 0; i < 4; ++i) queue.push(std::string(100, 'a'), OverflowPolicy::drop_newest, std::chrono::milliseconds(0));
+  std::optional<std::string> evicted;
+  EXPECT_EQ(queue.push(std::string(50, 'b'), OverflowPolicy::drop_oldest, std::chrono::milliseconds(0), &evicted),
+            ByteQueue::Push::accepted_dropped_oldest);
+  EXPECT_EQ(queue.bytes(), 350u);
+  ByteQueue::Batch batch;
+  ASSERT_TRUE(queue.pop_batch(batch, 2, std::chrono::steady_clock::now()));
+  EXPECT_EQ(queue.bytes(), 150u);
+  queue.take_all();
+  EXPECT_EQ(queue.bytes(), 0u);
+}
+
+TEST(BoundedQueueBytes, BlockWaitsForBytesAndSaysItWaited) {
+  ByteQueue queue(100, std::chrono::microseconds(0), 8, 1000);
+  queue.push(std::string(900, 'a'), OverflowPolicy::block, std::chrono::milliseconds(0));
+  bool waited = false;
+  EXPECT_EQ(queue.push(std::string(200, 'b'), OverflowPolicy::block, std::chrono::milliseconds(20), nullptr, &waited),
+            ByteQueue::Push::dropped_newest);
+  EXPECT_TRUE(waited);
+  std::thread consumer([&] {
+    ByteQueue::Batch batch;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    queue.pop_batch(batch, 1, std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  });
+  waited = false;
+  EXPECT_EQ(queue.push(std::string(200, 'c'), OverflowPolicy::block, std::chrono::seconds(10), nullptr, &waited),
+            ByteQueue::Push::accepted);
+  EXPECT_TRUE(waited);
+  consumer.join();
+  EXPECT_EQ(queue.bytes(), 200u);
+}
