@@ -31,8 +31,8 @@ constexpr std::size_t kProblemBytes = 256;
 constexpr std::size_t kMaxFileBytes = 16 * 1024 * 1024;
 
 constexpr std::string_view kKnownKeys =
-    "url, app, prefix, forward, subscribe, group, queue_capacity, overflow, block_timeout_ms, "
-    "batch_size, retry, transport";
+    "url, app, prefix, forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
+    "block_timeout_ms, batch_size, retry, transport";
 constexpr std::string_view kKnownRetryKeys = "initial_ms, max_ms, multiplier, jitter, max_attempts";
 
 // What each key expects, as it appears after "expected " in messages.
@@ -57,6 +57,8 @@ struct IntegerRule {
   std::string_view key;  // key path, e.g. "retry.initial_ms"
   std::int64_t min;
   std::int64_t max;
+  // Non-empty: 0 is allowed too (below `min`), and this says what it means, e.g. "no byte bound".
+  std::string_view zero_means = {};
 };
 
 struct NumberRule {
@@ -66,6 +68,10 @@ struct NumberRule {
 };
 
 constexpr IntegerRule kQueueCapacity{"queue_capacity", 1, 10'000'000};
+// 0: no byte bound. Otherwise at least a page (a smaller bound would refuse ordinary events) and
+// at most 1 TiB (a larger one is no bound at all in practice, and more likely a typo).
+constexpr IntegerRule kQueueMaxBytes{"queue_max_bytes", 4096, std::int64_t{1} << 40,
+                                     "no byte bound"};
 constexpr IntegerRule kBlockTimeout{"block_timeout_ms", 0, 600'000};
 constexpr IntegerRule kBatchSize{"batch_size", 1, 100'000};
 constexpr IntegerRule kRetryInitial{"retry.initial_ms", 1, 600'000};
@@ -246,7 +252,10 @@ std::string problem_for_display(std::string_view value, std::string problem) {
 }
 
 std::string integer_expectation(const IntegerRule& rule) {
-  return "an integer from " + std::to_string(rule.min) + " to " + std::to_string(rule.max);
+  std::string text =
+      "an integer from " + std::to_string(rule.min) + " to " + std::to_string(rule.max);
+  if (!rule.zero_means.empty()) text = "0 (" + std::string(rule.zero_means) + ") or " + text;
+  return text;
 }
 
 std::string number_expectation(const NumberRule& rule) {
@@ -265,6 +274,7 @@ std::string describe_byte(char c) {
 
 template <typename Integer>
 void check_integer(std::string_view where, const IntegerRule& rule, Integer value) {
+  if (!rule.zero_means.empty() && value == 0) return;
   if (std::cmp_less(value, rule.min) || std::cmp_greater(value, rule.max)) {
     fail_expected(where, integer_expectation(rule), std::to_string(value));
   }
@@ -556,6 +566,7 @@ void BridgeConfig::validate() const {
   }
   check_group(key_label("group"), group);
   check_integer(key_label(kQueueCapacity.key), kQueueCapacity, queue_capacity);
+  check_integer(key_label(kQueueMaxBytes.key), kQueueMaxBytes, queue_max_bytes);
   check_overflow(key_label("overflow"), overflow);
   check_integer(key_label(kBlockTimeout.key), kBlockTimeout, block_timeout.count());
   check_integer(key_label(kBatchSize.key), kBatchSize, batch_size);
@@ -612,6 +623,9 @@ BridgeConfig config_from_json(const json& value) {
   }
   if (const json* v = member(value, "queue_capacity")) {
     config.queue_capacity = static_cast<std::size_t>(read_integer(kQueueCapacity, *v));
+  }
+  if (const json* v = member(value, "queue_max_bytes")) {
+    config.queue_max_bytes = static_cast<std::size_t>(read_integer(kQueueMaxBytes, *v));
   }
   if (const json* v = member(value, "overflow")) config.overflow = read_overflow(*v);
   if (const json* v = member(value, "block_timeout_ms")) {

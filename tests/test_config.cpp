@@ -56,6 +56,7 @@ void expect_defaults(const BridgeConfig& c) {
   EXPECT_EQ(c.subscribe, std::vector<std::string>{">"});
   EXPECT_EQ(c.group, "");
   EXPECT_EQ(c.queue_capacity, 65536u);
+  EXPECT_EQ(c.queue_max_bytes, 64u * 1024 * 1024);
   EXPECT_EQ(c.overflow, OverflowPolicy::block);
   EXPECT_EQ(c.block_timeout, std::chrono::milliseconds(100));
   EXPECT_EQ(c.batch_size, 256u);
@@ -143,6 +144,25 @@ TEST(ConfigBasic, BoundariesAreAccepted) {
   EXPECT_NO_THROW(config_from_json({{"group", ""}}));
 }
 
+TEST(ConfigQueueMaxBytes, ReadFromJson) {
+  EXPECT_EQ(config_from_json({{"queue_max_bytes", 0}}).queue_max_bytes, 0u);  // no byte bound
+  EXPECT_EQ(config_from_json({{"queue_max_bytes", 4096}}).queue_max_bytes, 4096u);
+  EXPECT_EQ(config_from_json({{"queue_max_bytes", 1099511627776}}).queue_max_bytes,
+            std::size_t{1} << 40);
+  EXPECT_EQ(config_from_text(R"({"queue_max_bytes": 1048576})").queue_max_bytes, 1048576u);
+}
+
+TEST(ConfigQueueMaxBytes, OutOfRangeNamesTheRule) {
+  EXPECT_EQ(json_error({{"queue_max_bytes", 4095}}),
+            "[notifications.config] key \"queue_max_bytes\": expected 0 (no byte bound) or an "
+            "integer from 4096 to 1099511627776, got 4095");
+  BridgeConfig config;
+  config.queue_max_bytes = std::numeric_limits<std::size_t>::max();
+  EXPECT_EQ(validate_error(config),
+            "[notifications.config] key \"queue_max_bytes\": expected 0 (no byte bound) or an "
+            "integer from 4096 to 1099511627776, got 18446744073709551615");
+}
+
 TEST(ConfigBasic, OverflowNames) {
   EXPECT_EQ(notifications::to_string(OverflowPolicy::block), "block");
   EXPECT_EQ(notifications::to_string(OverflowPolicy::drop_newest), "drop_newest");
@@ -189,6 +209,10 @@ const BadValue kWrongTypes[] = {
     {R"({"group": 7})", "group", "7", "an empty string or a subject token"},
     {R"({"queue_capacity": "big"})", "queue_capacity", "\"big\"", "an integer from 1 to 10000000"},
     {R"({"queue_capacity": 100.0})", "queue_capacity", "100.0", "an integer from 1 to 10000000"},
+    {R"({"queue_max_bytes": "64MiB"})", "queue_max_bytes", "\"64MiB\"",
+     "0 (no byte bound) or an integer from 4096 to 1099511627776"},
+    {R"({"queue_max_bytes": 4096.0})", "queue_max_bytes", "4096.0", "0 (no byte bound) or an"},
+    {R"({"queue_max_bytes": null})", "queue_max_bytes", "null", "0 (no byte bound) or an"},
     {R"({"overflow": 1})", "overflow", "1", "one of \"block\", \"drop_newest\", \"drop_oldest\""},
     {R"({"block_timeout_ms": false})", "block_timeout_ms", "false", "an integer from 0 to 600000"},
     {R"({"batch_size": [1]})", "batch_size", "[1]", "an integer from 1 to 100000"},
@@ -235,6 +259,13 @@ const BadValue kOutOfRange[] = {
      "an integer from 1 to 10000000"},
     {R"({"queue_capacity": -9223372036854775808})", "queue_capacity", "-9223372036854775808",
      "an integer from 1 to 10000000"},
+    {R"({"queue_max_bytes": 1})", "queue_max_bytes", "1",
+     "0 (no byte bound) or an integer from 4096 to 1099511627776"},
+    {R"({"queue_max_bytes": -1})", "queue_max_bytes", "-1", "0 (no byte bound) or an"},
+    {R"({"queue_max_bytes": 1099511627777})", "queue_max_bytes", "1099511627777",
+     "0 (no byte bound) or an integer from 4096 to 1099511627776"},
+    {R"({"queue_max_bytes": 18446744073709551615})", "queue_max_bytes", "18446744073709551615",
+     "0 (no byte bound) or an"},
     {R"({"overflow": "drop"})", "overflow", "\"drop\"", "one of \"block\""},
     {R"({"overflow": "Block"})", "overflow", "\"Block\"", "one of \"block\""},
     {R"({"block_timeout_ms": -1})", "block_timeout_ms", "-1", "an integer from 0 to 600000"},
@@ -269,8 +300,8 @@ TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
             "600000, got \"fast\"");
   EXPECT_EQ(json_error({{"queue_capasity", 5}}),
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
-            "forward, subscribe, group, queue_capacity, overflow, block_timeout_ms, batch_size, "
-            "retry, transport)");
+            "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, block_timeout_ms, "
+            "batch_size, retry, transport)");
 }
 
 TEST(ConfigErrors, ProblemIsExplained) {
@@ -465,6 +496,7 @@ TEST(ConfigValidate, NamesFieldsLikeJsonKeys) {
   EXPECT_PRED2(starts,
                bad([](auto& c) { c.queue_capacity = std::numeric_limits<std::size_t>::max(); }),
                "queue_capacity");
+  EXPECT_PRED2(starts, bad([](auto& c) { c.queue_max_bytes = 4095; }), "queue_max_bytes");
   EXPECT_PRED2(starts, bad([](auto& c) { c.overflow = static_cast<OverflowPolicy>(9); }),
                "overflow");
   EXPECT_PRED2(starts, bad([](auto& c) { c.block_timeout = std::chrono::milliseconds(-5); }),
@@ -580,7 +612,8 @@ TEST_F(ConfigEnvironment, VariablesOverrideTheFile) {
   setenv("NOTIFICATIONS_CONFIG",
          write_file(R"({
     "url": "mock://", "app": "file_app", "prefix": "file", "forward": ["f.*"],
-    "subscribe": ["f.>"], "group": "file_group", "queue_capacity": 777
+    "subscribe": ["f.>"], "group": "file_group", "queue_capacity": 777,
+    "queue_max_bytes": 8192
   })")
              .c_str(),
          1);
@@ -598,6 +631,7 @@ TEST_F(ConfigEnvironment, VariablesOverrideTheFile) {
   EXPECT_EQ(config.subscribe, std::vector<std::string>{"a.*"});
   EXPECT_EQ(config.group, "env_group");
   EXPECT_EQ(config.queue_capacity, 777u);  // from the file: no variable for it
+  EXPECT_EQ(config.queue_max_bytes, 8192u);  // likewise
 }
 
 TEST_F(ConfigEnvironment, VariablesWithoutAFile) {
