@@ -1,11 +1,14 @@
 #include "notifications/config.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -27,7 +30,7 @@ using nlohmann::json;
 constexpr std::size_t kShownBytes = 64;
 // Explanations longer than this are cut: they may quote a long value.
 constexpr std::size_t kProblemBytes = 256;
-// A config file larger than this is refused (NOTIFICATIONS_CONFIG=/dev/zero must not hang).
+// A config file larger than this is refused.
 constexpr std::size_t kMaxFileBytes = 16 * 1024 * 1024;
 
 constexpr std::string_view kKnownKeys =
@@ -502,25 +505,64 @@ std::vector<std::string> env_list(std::string_view variable, std::string_view va
   return items;
 }
 
+// What a file that is not a regular file is, for messages: "a FIFO", "a directory", ...
+std::string_view file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "a special file";
+}
+
+[[noreturn]] void fail_not_regular(std::string_view where, const char* path, mode_t mode) {
+  fail(where, quoted(path) + " is " + std::string(file_kind(mode)) +
+                  ", not a regular file (expected the path of a JSON config file)");
+}
+
+// Closes a descriptor on every way out.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() { ::close(fd); }
+};
+
+// The text of the regular file at `path`, at most kMaxFileBytes. Anything else (a FIFO, a
+// directory, a device, a socket) is refused before a byte is read, so neither a FIFO without a
+// writer nor an endless device can stall start-up: the file is opened non-blocking, and its type
+// checked on the opened descriptor (no race with a rename).
 std::string read_file(const char* path) {
   const std::string where = env_label("NOTIFICATIONS_CONFIG");
-  std::FILE* file = std::fopen(path, "rb");
-  if (file == nullptr) {
+  const int fd = ::open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
     const int error = errno;
+    // A socket cannot be opened (ENXIO): say what it is rather than "No such device".
+    struct stat status {};
+    if (::stat(path, &status) == 0 && !S_ISREG(status.st_mode)) {
+      fail_not_regular(where, path, status.st_mode);
+    }
     fail(where, "cannot open " + quoted(path) + ": " + std::generic_category().message(error));
   }
+  const FileDescriptor file{fd};
+  struct stat status {};
+  if (::fstat(fd, &status) != 0) {
+    const int error = errno;
+    fail(where, "cannot stat " + quoted(path) + ": " + std::generic_category().message(error));
+  }
+  if (!S_ISREG(status.st_mode)) fail_not_regular(where, path, status.st_mode);
+
+  // st_size is only a hint (the file may change, /proc files report 0): read to the end, or to
+  // one byte past the limit.
   std::string text;
   char buffer[8192];
   while (text.size() <= kMaxFileBytes) {
-    const std::size_t got = std::fread(buffer, 1, sizeof buffer, file);
-    text.append(buffer, got);
-    if (got < sizeof buffer) break;
-  }
-  const int error = errno;
-  const bool failed = std::ferror(file) != 0;
-  std::fclose(file);
-  if (failed) {
-    fail(where, "cannot read " + quoted(path) + ": " + std::generic_category().message(error));
+    const ::ssize_t got = ::read(fd, buffer, sizeof buffer);
+    if (got < 0) {
+      const int error = errno;
+      if (error == EINTR) continue;
+      fail(where, "cannot read " + quoted(path) + ": " + std::generic_category().message(error));
+    }
+    if (got == 0) break;
+    text.append(buffer, static_cast<std::size_t>(got));
   }
   if (text.size() > kMaxFileBytes) {
     fail(where, quoted(path) + " is larger than " + std::to_string(kMaxFileBytes) +

@@ -1,5 +1,13 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
 
 #include <cmath>
 #include <cstdio>
@@ -579,13 +587,20 @@ class ConfigEnvironment : public testing::Test {
     for (const auto& path : files_) std::filesystem::remove(path);
   }
 
-  std::string write_file(const std::string& text) {
-    const auto path =
-        std::filesystem::temp_directory_path() /
-        ("test_config_" + std::to_string(getpid()) + "_" + std::to_string(files_.size()) + ".json");
-    std::ofstream(path) << text;
+  // A fresh path in the temp directory, removed by TearDown.
+  std::string temp_path(const std::string& suffix) {
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("test_config_" + std::to_string(getpid()) + "_" +
+                       std::to_string(files_.size()) + suffix);
+    std::filesystem::remove(path);
     files_.push_back(path);
     return path.string();
+  }
+
+  std::string write_file(const std::string& text) {
+    const std::string path = temp_path(".json");
+    std::ofstream(path) << text;
+    return path;
   }
 
   static std::string env_error() {
@@ -656,10 +671,75 @@ TEST_F(ConfigEnvironment, MissingFileNamesPathAndReason) {
   EXPECT_NE(message.find("No such file or directory"), std::string::npos) << message;
 }
 
+// config_from_environment() with NOTIFICATIONS_CONFIG=`path`, on another thread so that a
+// regression (a read that blocks) fails the test instead of hanging it; the message it threw.
+std::string env_error_within_bound(const std::string& path) {
+  setenv("NOTIFICATIONS_CONFIG", path.c_str(), 1);
+  auto result = std::async(std::launch::async, [] {
+    try {
+      config_from_environment();
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  });
+  if (result.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "config_from_environment() still blocked after 30 s on " << path;
+    // Unblock a reader waiting in open() or read() of a FIFO: a writer that appears and goes.
+    const int fd = open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) close(fd);
+  }
+  return result.get();
+}
+
+// "[notifications.config] environment variable NOTIFICATIONS_CONFIG: "<path>" is <what>, ..."
+void expect_not_regular(const std::string& message, const std::string& path,
+                        const std::string& what) {
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_CONFIG: \"" +
+                              path + "\" is " + what + ", not a regular file",
+                          0),
+            0u)
+      << message;
+}
+
 TEST_F(ConfigEnvironment, DirectoryIsUnreadable) {
-  setenv("NOTIFICATIONS_CONFIG", std::filesystem::temp_directory_path().c_str(), 1);
-  const std::string message = env_error();
-  EXPECT_NE(message.find("Is a directory"), std::string::npos) << message;
+  const std::string path = std::filesystem::temp_directory_path().string();
+  expect_not_regular(env_error_within_bound(path), path, "a directory");
+}
+
+TEST_F(ConfigEnvironment, FifoIsRefusedWithoutWaitingForAWriter) {
+  const std::string path = temp_path(".fifo");
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+  expect_not_regular(env_error_within_bound(path), path, "a FIFO");
+}
+
+TEST_F(ConfigEnvironment, CharacterDevicesAreRefused) {
+  for (const std::string path : {"/dev/zero", "/dev/null"}) {
+    expect_not_regular(env_error_within_bound(path), path, "a character device");
+  }
+}
+
+TEST_F(ConfigEnvironment, SocketIsRefused) {
+  const std::string path = temp_path(".sock");
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof address.sun_path);
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address), 0)
+      << std::strerror(errno);
+  const std::string message = env_error_within_bound(path);
+  close(fd);
+  expect_not_regular(message, path, "a socket");
+}
+
+TEST_F(ConfigEnvironment, SymlinkToARegularFileIsRead) {
+  const std::string target = write_file(R"({"app": "linked"})");
+  const std::string link = temp_path(".link");
+  std::filesystem::create_symlink(target, link);
+  setenv("NOTIFICATIONS_CONFIG", link.c_str(), 1);
+  EXPECT_EQ(config_from_environment().app, "linked");
 }
 
 TEST_F(ConfigEnvironment, EmptyConfigVariableIsAnError) {
@@ -668,11 +748,25 @@ TEST_F(ConfigEnvironment, EmptyConfigVariableIsAnError) {
             std::string::npos);
 }
 
-TEST_F(ConfigEnvironment, EndlessFileIsRefused) {
-  setenv("NOTIFICATIONS_CONFIG", "/dev/zero", 1);
+TEST_F(ConfigEnvironment, LargeFileIsRefused) {
+  const std::string path = write_file("");
+  std::filesystem::resize_file(path, 16 * 1024 * 1024 + 1);  // sparse: zeros, one past the limit
+  setenv("NOTIFICATIONS_CONFIG", path.c_str(), 1);
   const std::string message = env_error();
-  EXPECT_NE(message.find("\"/dev/zero\" is larger than 16777216 bytes"), std::string::npos)
+  EXPECT_NE(message.find("\"" + path + "\" is larger than 16777216 bytes"), std::string::npos)
       << message;
+}
+
+TEST_F(ConfigEnvironment, FileAtTheSizeLimitIsRead) {
+  const std::string path = write_file(R"({"app": "big"})");
+  std::filesystem::resize_file(path, 16 * 1024 * 1024);
+  {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(14);
+    file << std::string(16 * 1024 * 1024 - 14, ' ');  // JSON whitespace up to the limit
+  }
+  setenv("NOTIFICATIONS_CONFIG", path.c_str(), 1);
+  EXPECT_EQ(config_from_environment().app, "big");
 }
 
 TEST_F(ConfigEnvironment, FileErrorsNameTheFile) {
