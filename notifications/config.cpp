@@ -32,6 +32,12 @@ constexpr std::size_t kShownBytes = 64;
 constexpr std::size_t kProblemBytes = 256;
 // A config file larger than this is refused.
 constexpr std::size_t kMaxFileBytes = 16 * 1024 * 1024;
+// `forward` and `subscribe` hold at most this many patterns each (JSON arrays, the
+// NOTIFICATIONS_FORWARD / NOTIFICATIONS_SUBSCRIBE lists and validate() alike).
+constexpr std::size_t kMaxPatterns = 1024;
+// A forward pattern is at most this many bytes. (A subscribe pattern is a subject pattern: the
+// subject rules already bound it, and prefix + "." + it, to kMaxSubjectBytes.)
+constexpr std::size_t kMaxForwardPatternBytes = 1024;
 
 constexpr std::string_view kKnownKeys =
     "url, app, prefix, forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
@@ -335,7 +341,20 @@ void check_prefix(std::string_view where, std::string_view prefix) {
   }
 }
 
+// `count` patterns in one list (`where` names it) are within kMaxPatterns; `what` names the items.
+void check_pattern_count(std::string_view where, std::string_view what, std::size_t count) {
+  if (count > kMaxPatterns) {
+    fail_expected(where, "at most " + std::to_string(kMaxPatterns) + " " + std::string(what),
+                  std::to_string(count));
+  }
+}
+
 void check_forward_item(std::string_view where, std::string_view text) {
+  if (text.size() > kMaxForwardPatternBytes) {
+    fail_expected(where, kExpectPattern, shown_text(text),
+                  std::to_string(text.size()) + " bytes long (at most " +
+                      std::to_string(kMaxForwardPatternBytes) + ")");
+  }
   try {
     const Pattern pattern(text);
   } catch (const InvalidPattern& e) {
@@ -405,9 +424,12 @@ double read_number(const NumberRule& rule, const json& value) {
   return value.get<double>();
 }
 
-std::vector<std::string> read_string_list(std::string_view path, std::string_view expected,
-                                          std::string_view item_expected, const json& value) {
+// A pattern list: an array of at most kMaxPatterns strings, its length checked before any item
+// is read or copied.
+std::vector<std::string> read_pattern_list(std::string_view path, std::string_view expected,
+                                           std::string_view item_expected, const json& value) {
   if (!value.is_array()) fail_type(path, expected, value);
+  check_pattern_count(key_label(path), "patterns", value.size());
   std::vector<std::string> items;
   items.reserve(value.size());
   for (std::size_t i = 0; i < value.size(); ++i) {
@@ -474,31 +496,36 @@ RetryPolicy read_retry(const json& value) {
 
 // ---- the environment ----
 
-std::string trimmed(std::string_view text) {
+std::string_view trimmed(std::string_view text) {
   constexpr std::string_view kSpace = " \t\n\r\f\v";
   const std::size_t begin = text.find_first_not_of(kSpace);
   if (begin == std::string_view::npos) return {};
   const std::size_t end = text.find_last_not_of(kSpace);
-  return std::string(text.substr(begin, end - begin + 1));
+  return text.substr(begin, end - begin + 1);
 }
 
-// Splits a comma-separated variable; each item is trimmed and checked by `check(where, item)`.
+// Splits a comma-separated variable of at most kMaxPatterns items (counted before any is
+// copied); each item is trimmed and checked by `check(where, item)`.
 template <typename Check>
 std::vector<std::string> env_list(std::string_view variable, std::string_view value,
                                   std::string_view expected, Check check) {
+  const auto commas = static_cast<std::size_t>(std::count(value.begin(), value.end(), ','));
+  check_pattern_count(env_label(variable), "comma-separated " + std::string(expected),
+                      commas + 1);
   std::vector<std::string> items;
+  items.reserve(commas + 1);
   std::size_t begin = 0;
   while (true) {
     const std::size_t comma = value.find(',', begin);
     const std::size_t end = comma == std::string_view::npos ? value.size() : comma;
-    std::string item = trimmed(value.substr(begin, end - begin));
+    const std::string_view item = trimmed(value.substr(begin, end - begin));
     const std::string where = env_label(variable) + ": item " + std::to_string(items.size() + 1);
     if (item.empty()) {
       throw ConfigError(where + " is empty (expected comma-separated " + std::string(expected) +
                         ")");
     }
     check(where, item);
-    items.push_back(std::move(item));
+    items.emplace_back(item);
     if (comma == std::string_view::npos) break;
     begin = comma + 1;
   }
@@ -600,9 +627,11 @@ void BridgeConfig::validate() const {
   check_url(key_label("url"), url);
   check_token(key_label("app"), kExpectToken, app);
   check_prefix(key_label("prefix"), prefix);
+  check_pattern_count(key_label("forward"), "patterns", forward.size());
   for (std::size_t i = 0; i < forward.size(); ++i) {
     check_forward_item(key_label("forward[" + std::to_string(i) + "]"), forward[i]);
   }
+  check_pattern_count(key_label("subscribe"), "patterns", subscribe.size());
   for (std::size_t i = 0; i < subscribe.size(); ++i) {
     check_subscribe_item(key_label("subscribe[" + std::to_string(i) + "]"), subscribe[i], prefix);
   }
@@ -654,11 +683,11 @@ BridgeConfig config_from_json(const json& value) {
     config.prefix = read_string("prefix", kExpectPrefix, *v);
   }
   if (const json* v = member(value, "forward")) {
-    config.forward = read_string_list("forward", kExpectPatternList, kExpectPattern, *v);
+    config.forward = read_pattern_list("forward", kExpectPatternList, kExpectPattern, *v);
   }
   if (const json* v = member(value, "subscribe")) {
     config.subscribe =
-        read_string_list("subscribe", kExpectSubjectPatternList, kExpectSubjectPattern, *v);
+        read_pattern_list("subscribe", kExpectSubjectPatternList, kExpectSubjectPattern, *v);
   }
   if (const json* v = member(value, "group")) {
     config.group = read_string("group", kExpectGroup, *v);

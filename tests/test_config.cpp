@@ -171,6 +171,73 @@ TEST(ConfigQueueMaxBytes, OutOfRangeNamesTheRule) {
             "integer from 4096 to 1099511627776, got 18446744073709551615");
 }
 
+// ---- list limits: at most 1024 patterns per list, forward patterns at most 1024 bytes ----
+
+// `count` patterns "p0", "p1", ...
+std::vector<std::string> patterns(std::size_t count) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < count; ++i) out.push_back("p" + std::to_string(i));
+  return out;
+}
+
+TEST(ConfigLists, ListsAtTheLimitAreAccepted) {
+  const auto config =
+      config_from_json({{"forward", patterns(1024)}, {"subscribe", patterns(1024)}});
+  EXPECT_EQ(config.forward.size(), 1024u);
+  EXPECT_EQ(config.subscribe.size(), 1024u);
+}
+
+TEST(ConfigLists, JsonListPastTheLimitIsRefused) {
+  EXPECT_EQ(json_error({{"forward", patterns(1025)}}),
+            "[notifications.config] key \"forward\": expected at most 1024 patterns, got 1025");
+  EXPECT_EQ(json_error({{"subscribe", patterns(1025)}}),
+            "[notifications.config] key \"subscribe\": expected at most 1024 patterns, got 1025");
+}
+
+TEST(ConfigLists, JsonListLengthIsCheckedBeforeItsItems) {
+  // Not one item is a string: the length is what is reported, so nothing was read item by item.
+  const json nulls(std::vector<json>(100000, nullptr));
+  EXPECT_EQ(json_error({{"forward", nulls}}),
+            "[notifications.config] key \"forward\": expected at most 1024 patterns, got 100000");
+  EXPECT_EQ(json_error({{"subscribe", nulls}}),
+            "[notifications.config] key \"subscribe\": expected at most 1024 patterns, got "
+            "100000");
+}
+
+TEST(ConfigLists, ValidateBoundsTheLists) {
+  BridgeConfig config;
+  config.forward = patterns(1025);
+  EXPECT_EQ(validate_error(config), json_error({{"forward", patterns(1025)}}));
+  config = BridgeConfig{};
+  config.subscribe = patterns(1025);
+  EXPECT_EQ(validate_error(config), json_error({{"subscribe", patterns(1025)}}));
+}
+
+TEST(ConfigLists, LongForwardPatternIsRefused) {
+  EXPECT_NO_THROW(config_from_json({{"forward", {std::string(1024, 'a')}}}));
+  const std::string message =
+      json_error({{"forward", {"a", "b.*", std::string(1023, 'a') + ".*"}}});
+  EXPECT_EQ(
+      message.rfind("[notifications.config] key \"forward[2]\": expected a pattern string", 0), 0u)
+      << message;
+  EXPECT_NE(message.find("1025 bytes long (at most 1024)"), std::string::npos) << message;
+  EXPECT_LT(message.size(), 400u) << message;
+  BridgeConfig config;
+  config.forward = {"a", std::string(5000, 'x')};
+  EXPECT_NE(validate_error(config).find("key \"forward[1]\""), std::string::npos);
+}
+
+TEST(ConfigLists, LongSubscribePatternIsRefused) {
+  // A subscribe pattern is a subject pattern: at most 255 bytes, and so is prefix.pattern.
+  const std::string message = json_error({{"subscribe", {"a", std::string(5000, 'x')}}});
+  EXPECT_EQ(message.rfind("[notifications.config] key \"subscribe[1]\": expected a subject "
+                          "pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("5000 bytes long (at most 255)"), std::string::npos) << message;
+}
+
 TEST(ConfigBasic, OverflowNames) {
   EXPECT_EQ(notifications::to_string(OverflowPolicy::block), "block");
   EXPECT_EQ(notifications::to_string(OverflowPolicy::drop_newest), "drop_newest");
@@ -308,8 +375,8 @@ TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
             "600000, got \"fast\"");
   EXPECT_EQ(json_error({{"queue_capasity", 5}}),
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
-            "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, block_timeout_ms, "
-            "batch_size, retry, transport)");
+            "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
+            "block_timeout_ms, batch_size, retry, transport)");
 }
 
 TEST(ConfigErrors, ProblemIsExplained) {
@@ -817,6 +884,50 @@ TEST_F(ConfigEnvironment, BadVariablesAreNamed) {
         << message;
     unsetenv(name.c_str());
   }
+}
+
+// `count` comma-separated patterns "p0,p1,...".
+std::string pattern_list(std::size_t count) {
+  std::string out;
+  for (std::size_t i = 0; i < count; ++i) out += (i == 0 ? "p" : ",p") + std::to_string(i);
+  return out;
+}
+
+TEST_F(ConfigEnvironment, ListVariablesAreBounded) {
+  setenv("NOTIFICATIONS_FORWARD", pattern_list(1024).c_str(), 1);
+  setenv("NOTIFICATIONS_SUBSCRIBE", pattern_list(1024).c_str(), 1);
+  const auto config = config_from_environment();
+  EXPECT_EQ(config.forward.size(), 1024u);
+  EXPECT_EQ(config.subscribe.size(), 1024u);
+
+  setenv("NOTIFICATIONS_FORWARD", pattern_list(1025).c_str(), 1);
+  EXPECT_EQ(env_error(),
+            "[notifications.config] environment variable NOTIFICATIONS_FORWARD: expected at most "
+            "1024 comma-separated patterns, got 1025");
+  setenv("NOTIFICATIONS_FORWARD", "a", 1);
+  setenv("NOTIFICATIONS_SUBSCRIBE", pattern_list(1025).c_str(), 1);
+  EXPECT_EQ(env_error(),
+            "[notifications.config] environment variable NOTIFICATIONS_SUBSCRIBE: expected at "
+            "most 1024 comma-separated subject patterns, got 1025");
+}
+
+TEST_F(ConfigEnvironment, ListVariableIsCountedBeforeItsItems) {
+  // 200000 empty items: the count is reported, not "item 1 is empty".
+  setenv("NOTIFICATIONS_FORWARD", std::string(199999, ',').c_str(), 1);
+  EXPECT_EQ(env_error(),
+            "[notifications.config] environment variable NOTIFICATIONS_FORWARD: expected at most "
+            "1024 comma-separated patterns, got 200000");
+}
+
+TEST_F(ConfigEnvironment, LongForwardItemIsRefused) {
+  setenv("NOTIFICATIONS_FORWARD", ("a, " + std::string(1025, 'b') + " ,c").c_str(), 1);
+  const std::string message = env_error();
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_FORWARD: "
+                          "item 2: expected a pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("1025 bytes long (at most 1024)"), std::string::npos) << message;
 }
 
 TEST_F(ConfigEnvironment, SubscribeIsCheckedAgainstTheFinalPrefix) {
