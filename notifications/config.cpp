@@ -349,11 +349,38 @@ void check_pattern_count(std::string_view where, std::string_view what, std::siz
   }
 }
 
+// Empty when every dot-separated token of `text` is non-empty; otherwise which one is empty, in
+// the words of the subject rules. A forward pattern with an empty token ("order..placed", ".a",
+// "a.") never matches an event that can be sent: its subject would break the same rule.
+std::string empty_token_problem(std::string_view text) {
+  std::size_t number = 1;
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t dot = text.find('.', begin);
+    const std::size_t end = dot == std::string_view::npos ? text.size() : dot;
+    if (end == begin) {
+      return "token " + std::to_string(number) +
+             " is empty (tokens are separated by single dots, with none at either end)";
+    }
+    if (dot == std::string_view::npos) return {};
+    begin = dot + 1;
+    ++number;
+  }
+}
+
 void check_forward_item(std::string_view where, std::string_view text) {
   if (text.size() > kMaxForwardPatternBytes) {
     fail_expected(where, kExpectPattern, shown_text(text),
                   std::to_string(text.size()) + " bytes long (at most " +
                       std::to_string(kMaxForwardPatternBytes) + ")");
+  }
+  // Before the Pattern parser, which accepts exact names with empty tokens, so that every
+  // pattern with one (exact or wildcard) is refused with the same words.
+  if (!text.empty()) {
+    const std::string problem = empty_token_problem(text);
+    if (!problem.empty()) {
+      fail_expected(where, kExpectPattern, shown_text(text), problem_for_display(text, problem));
+    }
   }
   try {
     const Pattern pattern(text);

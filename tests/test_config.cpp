@@ -238,6 +238,56 @@ TEST(ConfigLists, LongSubscribePatternIsRefused) {
   EXPECT_NE(message.find("5000 bytes long (at most 255)"), std::string::npos) << message;
 }
 
+// ---- empty tokens: a pattern with one never matches an event that can be sent or received ----
+
+TEST(ConfigPatterns, ForwardPatternWithAnEmptyTokenIsRefused) {
+  for (const auto& [pattern, token] : std::map<std::string, std::string>{
+           {"order..placed", "token 2"},
+           {".order", "token 1"},
+           {"order.", "token 2"},
+           {".", "token 1"},
+           {"a.b..", "token 3"},
+           {"order..*", "token 2"},
+           {"..>", "token 1"},
+       }) {
+    const std::string message = json_error({{"forward", {"ok", pattern}}});
+    EXPECT_EQ(message, "[notifications.config] key \"forward[1]\": expected " +
+                           std::string("a pattern string (e.g. \"order.placed\", \"sql.*\", "
+                                       "\"order.>\", \">\"), got \"") +
+                           pattern + "\": " + token +
+                           " is empty (tokens are separated by single dots, with none at either "
+                           "end)");
+  }
+}
+
+TEST(ConfigPatterns, SubscribePatternWithAnEmptyTokenIsRefused) {
+  for (const auto& [pattern, token] : std::map<std::string, std::string>{
+           {"order..placed", "token 2"},
+           {".order", "token 1"},
+           {"order.", "token 2"},
+           {"order..*", "token 2"},
+       }) {
+    const std::string message = json_error({{"subscribe", {"ok", pattern}}});
+    EXPECT_EQ(message.rfind("[notifications.config] key \"subscribe[1]\": expected a subject "
+                            "pattern string",
+                            0),
+              0u)
+        << message;
+    EXPECT_NE(message.find("got \"" + pattern + "\": " + token + " is empty"), std::string::npos)
+        << message;
+  }
+}
+
+TEST(ConfigPatterns, ValidateRefusesEmptyTokens) {
+  BridgeConfig config;
+  config.forward = {"a", "b.c", "order."};
+  EXPECT_EQ(validate_error(config), json_error({{"forward", config.forward}}));
+  EXPECT_NE(validate_error(config).find("key \"forward[2]\""), std::string::npos);
+  config = BridgeConfig{};
+  config.subscribe = {".a"};
+  EXPECT_NE(validate_error(config).find("key \"subscribe[0]\""), std::string::npos);
+}
+
 TEST(ConfigBasic, OverflowNames) {
   EXPECT_EQ(notifications::to_string(OverflowPolicy::block), "block");
   EXPECT_EQ(notifications::to_string(OverflowPolicy::drop_newest), "drop_newest");
@@ -928,6 +978,26 @@ TEST_F(ConfigEnvironment, LongForwardItemIsRefused) {
             0u)
       << message;
   EXPECT_NE(message.find("1025 bytes long (at most 1024)"), std::string::npos) << message;
+}
+
+TEST_F(ConfigEnvironment, EmptyTokensInListVariablesAreRefused) {
+  setenv("NOTIFICATIONS_FORWARD", "a, order..placed", 1);
+  std::string message = env_error();
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_FORWARD: "
+                          "item 2: expected a pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("got \"order..placed\": token 2 is empty"), std::string::npos) << message;
+  unsetenv("NOTIFICATIONS_FORWARD");
+  setenv("NOTIFICATIONS_SUBSCRIBE", "a,b.", 1);
+  message = env_error();
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_SUBSCRIBE: "
+                          "item 2: expected a subject pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("got \"b.\": token 2 is empty"), std::string::npos) << message;
 }
 
 TEST_F(ConfigEnvironment, SubscribeIsCheckedAgainstTheFinalPrefix) {
