@@ -1,11 +1,14 @@
 #include "notifications/config.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -27,12 +30,18 @@ using nlohmann::json;
 constexpr std::size_t kShownBytes = 64;
 // Explanations longer than this are cut: they may quote a long value.
 constexpr std::size_t kProblemBytes = 256;
-// A config file larger than this is refused (NOTIFICATIONS_CONFIG=/dev/zero must not hang).
+// A config file larger than this is refused.
 constexpr std::size_t kMaxFileBytes = 16 * 1024 * 1024;
+// `forward` and `subscribe` hold at most this many patterns each (JSON arrays, the
+// NOTIFICATIONS_FORWARD / NOTIFICATIONS_SUBSCRIBE lists and validate() alike).
+constexpr std::size_t kMaxPatterns = 1024;
+// A forward pattern is at most this many bytes. (A subscribe pattern is a subject pattern: the
+// subject rules already bound it, and prefix + "." + it, to kMaxSubjectBytes.)
+constexpr std::size_t kMaxForwardPatternBytes = 1024;
 
 constexpr std::string_view kKnownKeys =
-    "url, app, prefix, forward, subscribe, group, queue_capacity, overflow, block_timeout_ms, "
-    "batch_size, retry, transport";
+    "url, app, prefix, forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
+    "block_timeout_ms, batch_size, retry, transport";
 constexpr std::string_view kKnownRetryKeys = "initial_ms, max_ms, multiplier, jitter, max_attempts";
 
 // What each key expects, as it appears after "expected " in messages.
@@ -57,6 +66,8 @@ struct IntegerRule {
   std::string_view key;  // key path, e.g. "retry.initial_ms"
   std::int64_t min;
   std::int64_t max;
+  // Non-empty: 0 is allowed too (below `min`), and this says what it means, e.g. "no byte bound".
+  std::string_view zero_means = {};
 };
 
 struct NumberRule {
@@ -66,6 +77,10 @@ struct NumberRule {
 };
 
 constexpr IntegerRule kQueueCapacity{"queue_capacity", 1, 10'000'000};
+// 0: no byte bound. Otherwise at least a page (a smaller bound would refuse ordinary events) and
+// at most 1 TiB (a larger one is no bound at all in practice, and more likely a typo).
+constexpr IntegerRule kQueueMaxBytes{"queue_max_bytes", 4096, std::int64_t{1} << 40,
+                                     "no byte bound"};
 constexpr IntegerRule kBlockTimeout{"block_timeout_ms", 0, 600'000};
 constexpr IntegerRule kBatchSize{"batch_size", 1, 100'000};
 constexpr IntegerRule kRetryInitial{"retry.initial_ms", 1, 600'000};
@@ -246,7 +261,10 @@ std::string problem_for_display(std::string_view value, std::string problem) {
 }
 
 std::string integer_expectation(const IntegerRule& rule) {
-  return "an integer from " + std::to_string(rule.min) + " to " + std::to_string(rule.max);
+  std::string text =
+      "an integer from " + std::to_string(rule.min) + " to " + std::to_string(rule.max);
+  if (!rule.zero_means.empty()) text = "0 (" + std::string(rule.zero_means) + ") or " + text;
+  return text;
 }
 
 std::string number_expectation(const NumberRule& rule) {
@@ -265,6 +283,7 @@ std::string describe_byte(char c) {
 
 template <typename Integer>
 void check_integer(std::string_view where, const IntegerRule& rule, Integer value) {
+  if (!rule.zero_means.empty() && value == 0) return;
   if (std::cmp_less(value, rule.min) || std::cmp_greater(value, rule.max)) {
     fail_expected(where, integer_expectation(rule), std::to_string(value));
   }
@@ -322,7 +341,47 @@ void check_prefix(std::string_view where, std::string_view prefix) {
   }
 }
 
+// `count` patterns in one list (`where` names it) are within kMaxPatterns; `what` names the items.
+void check_pattern_count(std::string_view where, std::string_view what, std::size_t count) {
+  if (count > kMaxPatterns) {
+    fail_expected(where, "at most " + std::to_string(kMaxPatterns) + " " + std::string(what),
+                  std::to_string(count));
+  }
+}
+
+// Empty when every dot-separated token of `text` is non-empty; otherwise which one is empty, in
+// the words of the subject rules. A forward pattern with an empty token ("order..placed", ".a",
+// "a.") never matches an event that can be sent: its subject would break the same rule.
+std::string empty_token_problem(std::string_view text) {
+  std::size_t number = 1;
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t dot = text.find('.', begin);
+    const std::size_t end = dot == std::string_view::npos ? text.size() : dot;
+    if (end == begin) {
+      return "token " + std::to_string(number) +
+             " is empty (tokens are separated by single dots, with none at either end)";
+    }
+    if (dot == std::string_view::npos) return {};
+    begin = dot + 1;
+    ++number;
+  }
+}
+
 void check_forward_item(std::string_view where, std::string_view text) {
+  if (text.size() > kMaxForwardPatternBytes) {
+    fail_expected(where, kExpectPattern, shown_text(text),
+                  std::to_string(text.size()) + " bytes long (at most " +
+                      std::to_string(kMaxForwardPatternBytes) + ")");
+  }
+  // Before the Pattern parser, which accepts exact names with empty tokens, so that every
+  // pattern with one (exact or wildcard) is refused with the same words.
+  if (!text.empty()) {
+    const std::string problem = empty_token_problem(text);
+    if (!problem.empty()) {
+      fail_expected(where, kExpectPattern, shown_text(text), problem_for_display(text, problem));
+    }
+  }
   try {
     const Pattern pattern(text);
   } catch (const InvalidPattern& e) {
@@ -392,9 +451,12 @@ double read_number(const NumberRule& rule, const json& value) {
   return value.get<double>();
 }
 
-std::vector<std::string> read_string_list(std::string_view path, std::string_view expected,
-                                          std::string_view item_expected, const json& value) {
+// A pattern list: an array of at most kMaxPatterns strings, its length checked before any item
+// is read or copied.
+std::vector<std::string> read_pattern_list(std::string_view path, std::string_view expected,
+                                           std::string_view item_expected, const json& value) {
   if (!value.is_array()) fail_type(path, expected, value);
+  check_pattern_count(key_label(path), "patterns", value.size());
   std::vector<std::string> items;
   items.reserve(value.size());
   for (std::size_t i = 0; i < value.size(); ++i) {
@@ -461,56 +523,100 @@ RetryPolicy read_retry(const json& value) {
 
 // ---- the environment ----
 
-std::string trimmed(std::string_view text) {
+std::string_view trimmed(std::string_view text) {
   constexpr std::string_view kSpace = " \t\n\r\f\v";
   const std::size_t begin = text.find_first_not_of(kSpace);
   if (begin == std::string_view::npos) return {};
   const std::size_t end = text.find_last_not_of(kSpace);
-  return std::string(text.substr(begin, end - begin + 1));
+  return text.substr(begin, end - begin + 1);
 }
 
-// Splits a comma-separated variable; each item is trimmed and checked by `check(where, item)`.
+// Splits a comma-separated variable of at most kMaxPatterns items (counted before any is
+// copied); each item is trimmed and checked by `check(where, item)`.
 template <typename Check>
 std::vector<std::string> env_list(std::string_view variable, std::string_view value,
                                   std::string_view expected, Check check) {
+  const auto commas = static_cast<std::size_t>(std::count(value.begin(), value.end(), ','));
+  check_pattern_count(env_label(variable), "comma-separated " + std::string(expected),
+                      commas + 1);
   std::vector<std::string> items;
+  items.reserve(commas + 1);
   std::size_t begin = 0;
   while (true) {
     const std::size_t comma = value.find(',', begin);
     const std::size_t end = comma == std::string_view::npos ? value.size() : comma;
-    std::string item = trimmed(value.substr(begin, end - begin));
+    const std::string_view item = trimmed(value.substr(begin, end - begin));
     const std::string where = env_label(variable) + ": item " + std::to_string(items.size() + 1);
     if (item.empty()) {
       throw ConfigError(where + " is empty (expected comma-separated " + std::string(expected) +
                         ")");
     }
     check(where, item);
-    items.push_back(std::move(item));
+    items.emplace_back(item);
     if (comma == std::string_view::npos) break;
     begin = comma + 1;
   }
   return items;
 }
 
+// What a file that is not a regular file is, for messages: "a FIFO", "a directory", ...
+std::string_view file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "a special file";
+}
+
+[[noreturn]] void fail_not_regular(std::string_view where, const char* path, mode_t mode) {
+  fail(where, quoted(path) + " is " + std::string(file_kind(mode)) +
+                  ", not a regular file (expected the path of a JSON config file)");
+}
+
+// Closes a descriptor on every way out.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() { ::close(fd); }
+};
+
+// The text of the regular file at `path`, at most kMaxFileBytes. Anything else (a FIFO, a
+// directory, a device, a socket) is refused before a byte is read, so neither a FIFO without a
+// writer nor an endless device can stall start-up: the file is opened non-blocking, and its type
+// checked on the opened descriptor (no race with a rename).
 std::string read_file(const char* path) {
   const std::string where = env_label("NOTIFICATIONS_CONFIG");
-  std::FILE* file = std::fopen(path, "rb");
-  if (file == nullptr) {
+  const int fd = ::open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
     const int error = errno;
+    // A socket cannot be opened (ENXIO): say what it is rather than "No such device".
+    struct stat status {};
+    if (::stat(path, &status) == 0 && !S_ISREG(status.st_mode)) {
+      fail_not_regular(where, path, status.st_mode);
+    }
     fail(where, "cannot open " + quoted(path) + ": " + std::generic_category().message(error));
   }
+  const FileDescriptor file{fd};
+  struct stat status {};
+  if (::fstat(fd, &status) != 0) {
+    const int error = errno;
+    fail(where, "cannot stat " + quoted(path) + ": " + std::generic_category().message(error));
+  }
+  if (!S_ISREG(status.st_mode)) fail_not_regular(where, path, status.st_mode);
+
+  // st_size is only a hint (the file may change, /proc files report 0): read to the end, or to
+  // one byte past the limit.
   std::string text;
   char buffer[8192];
   while (text.size() <= kMaxFileBytes) {
-    const std::size_t got = std::fread(buffer, 1, sizeof buffer, file);
-    text.append(buffer, got);
-    if (got < sizeof buffer) break;
-  }
-  const int error = errno;
-  const bool failed = std::ferror(file) != 0;
-  std::fclose(file);
-  if (failed) {
-    fail(where, "cannot read " + quoted(path) + ": " + std::generic_category().message(error));
+    const ::ssize_t got = ::read(fd, buffer, sizeof buffer);
+    if (got < 0) {
+      const int error = errno;
+      if (error == EINTR) continue;
+      fail(where, "cannot read " + quoted(path) + ": " + std::generic_category().message(error));
+    }
+    if (got == 0) break;
+    text.append(buffer, static_cast<std::size_t>(got));
   }
   if (text.size() > kMaxFileBytes) {
     fail(where, quoted(path) + " is larger than " + std::to_string(kMaxFileBytes) +
@@ -548,14 +654,17 @@ void BridgeConfig::validate() const {
   check_url(key_label("url"), url);
   check_token(key_label("app"), kExpectToken, app);
   check_prefix(key_label("prefix"), prefix);
+  check_pattern_count(key_label("forward"), "patterns", forward.size());
   for (std::size_t i = 0; i < forward.size(); ++i) {
     check_forward_item(key_label("forward[" + std::to_string(i) + "]"), forward[i]);
   }
+  check_pattern_count(key_label("subscribe"), "patterns", subscribe.size());
   for (std::size_t i = 0; i < subscribe.size(); ++i) {
     check_subscribe_item(key_label("subscribe[" + std::to_string(i) + "]"), subscribe[i], prefix);
   }
   check_group(key_label("group"), group);
   check_integer(key_label(kQueueCapacity.key), kQueueCapacity, queue_capacity);
+  check_integer(key_label(kQueueMaxBytes.key), kQueueMaxBytes, queue_max_bytes);
   check_overflow(key_label("overflow"), overflow);
   check_integer(key_label(kBlockTimeout.key), kBlockTimeout, block_timeout.count());
   check_integer(key_label(kBatchSize.key), kBatchSize, batch_size);
@@ -601,17 +710,20 @@ BridgeConfig config_from_json(const json& value) {
     config.prefix = read_string("prefix", kExpectPrefix, *v);
   }
   if (const json* v = member(value, "forward")) {
-    config.forward = read_string_list("forward", kExpectPatternList, kExpectPattern, *v);
+    config.forward = read_pattern_list("forward", kExpectPatternList, kExpectPattern, *v);
   }
   if (const json* v = member(value, "subscribe")) {
     config.subscribe =
-        read_string_list("subscribe", kExpectSubjectPatternList, kExpectSubjectPattern, *v);
+        read_pattern_list("subscribe", kExpectSubjectPatternList, kExpectSubjectPattern, *v);
   }
   if (const json* v = member(value, "group")) {
     config.group = read_string("group", kExpectGroup, *v);
   }
   if (const json* v = member(value, "queue_capacity")) {
     config.queue_capacity = static_cast<std::size_t>(read_integer(kQueueCapacity, *v));
+  }
+  if (const json* v = member(value, "queue_max_bytes")) {
+    config.queue_max_bytes = static_cast<std::size_t>(read_integer(kQueueMaxBytes, *v));
   }
   if (const json* v = member(value, "overflow")) config.overflow = read_overflow(*v);
   if (const json* v = member(value, "block_timeout_ms")) {

@@ -1,5 +1,13 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
 
 #include <cmath>
 #include <cstdio>
@@ -56,6 +64,7 @@ void expect_defaults(const BridgeConfig& c) {
   EXPECT_EQ(c.subscribe, std::vector<std::string>{">"});
   EXPECT_EQ(c.group, "");
   EXPECT_EQ(c.queue_capacity, 65536u);
+  EXPECT_EQ(c.queue_max_bytes, 64u * 1024 * 1024);
   EXPECT_EQ(c.overflow, OverflowPolicy::block);
   EXPECT_EQ(c.block_timeout, std::chrono::milliseconds(100));
   EXPECT_EQ(c.batch_size, 256u);
@@ -143,6 +152,142 @@ TEST(ConfigBasic, BoundariesAreAccepted) {
   EXPECT_NO_THROW(config_from_json({{"group", ""}}));
 }
 
+TEST(ConfigQueueMaxBytes, ReadFromJson) {
+  EXPECT_EQ(config_from_json({{"queue_max_bytes", 0}}).queue_max_bytes, 0u);  // no byte bound
+  EXPECT_EQ(config_from_json({{"queue_max_bytes", 4096}}).queue_max_bytes, 4096u);
+  EXPECT_EQ(config_from_json({{"queue_max_bytes", 1099511627776}}).queue_max_bytes,
+            std::size_t{1} << 40);
+  EXPECT_EQ(config_from_text(R"({"queue_max_bytes": 1048576})").queue_max_bytes, 1048576u);
+}
+
+TEST(ConfigQueueMaxBytes, OutOfRangeNamesTheRule) {
+  EXPECT_EQ(json_error({{"queue_max_bytes", 4095}}),
+            "[notifications.config] key \"queue_max_bytes\": expected 0 (no byte bound) or an "
+            "integer from 4096 to 1099511627776, got 4095");
+  BridgeConfig config;
+  config.queue_max_bytes = std::numeric_limits<std::size_t>::max();
+  EXPECT_EQ(validate_error(config),
+            "[notifications.config] key \"queue_max_bytes\": expected 0 (no byte bound) or an "
+            "integer from 4096 to 1099511627776, got 18446744073709551615");
+}
+
+// ---- list limits: at most 1024 patterns per list, forward patterns at most 1024 bytes ----
+
+// `count` patterns "p0", "p1", ...
+std::vector<std::string> patterns(std::size_t count) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < count; ++i) out.push_back("p" + std::to_string(i));
+  return out;
+}
+
+TEST(ConfigLists, ListsAtTheLimitAreAccepted) {
+  const auto config =
+      config_from_json({{"forward", patterns(1024)}, {"subscribe", patterns(1024)}});
+  EXPECT_EQ(config.forward.size(), 1024u);
+  EXPECT_EQ(config.subscribe.size(), 1024u);
+}
+
+TEST(ConfigLists, JsonListPastTheLimitIsRefused) {
+  EXPECT_EQ(json_error({{"forward", patterns(1025)}}),
+            "[notifications.config] key \"forward\": expected at most 1024 patterns, got 1025");
+  EXPECT_EQ(json_error({{"subscribe", patterns(1025)}}),
+            "[notifications.config] key \"subscribe\": expected at most 1024 patterns, got 1025");
+}
+
+TEST(ConfigLists, JsonListLengthIsCheckedBeforeItsItems) {
+  // Not one item is a string: the length is what is reported, so nothing was read item by item.
+  const json nulls(std::vector<json>(100000, nullptr));
+  EXPECT_EQ(json_error({{"forward", nulls}}),
+            "[notifications.config] key \"forward\": expected at most 1024 patterns, got 100000");
+  EXPECT_EQ(json_error({{"subscribe", nulls}}),
+            "[notifications.config] key \"subscribe\": expected at most 1024 patterns, got "
+            "100000");
+}
+
+TEST(ConfigLists, ValidateBoundsTheLists) {
+  BridgeConfig config;
+  config.forward = patterns(1025);
+  EXPECT_EQ(validate_error(config), json_error({{"forward", patterns(1025)}}));
+  config = BridgeConfig{};
+  config.subscribe = patterns(1025);
+  EXPECT_EQ(validate_error(config), json_error({{"subscribe", patterns(1025)}}));
+}
+
+TEST(ConfigLists, LongForwardPatternIsRefused) {
+  EXPECT_NO_THROW(config_from_json({{"forward", {std::string(1024, 'a')}}}));
+  const std::string message =
+      json_error({{"forward", {"a", "b.*", std::string(1023, 'a') + ".*"}}});
+  EXPECT_EQ(
+      message.rfind("[notifications.config] key \"forward[2]\": expected a pattern string", 0), 0u)
+      << message;
+  EXPECT_NE(message.find("1025 bytes long (at most 1024)"), std::string::npos) << message;
+  EXPECT_LT(message.size(), 400u) << message;
+  BridgeConfig config;
+  config.forward = {"a", std::string(5000, 'x')};
+  EXPECT_NE(validate_error(config).find("key \"forward[1]\""), std::string::npos);
+}
+
+TEST(ConfigLists, LongSubscribePatternIsRefused) {
+  // A subscribe pattern is a subject pattern: at most 255 bytes, and so is prefix.pattern.
+  const std::string message = json_error({{"subscribe", {"a", std::string(5000, 'x')}}});
+  EXPECT_EQ(message.rfind("[notifications.config] key \"subscribe[1]\": expected a subject "
+                          "pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("5000 bytes long (at most 255)"), std::string::npos) << message;
+}
+
+// ---- empty tokens: a pattern with one never matches an event that can be sent or received ----
+
+TEST(ConfigPatterns, ForwardPatternWithAnEmptyTokenIsRefused) {
+  for (const auto& [pattern, token] : std::map<std::string, std::string>{
+           {"order..placed", "token 2"},
+           {".order", "token 1"},
+           {"order.", "token 2"},
+           {".", "token 1"},
+           {"a.b..", "token 3"},
+           {"order..*", "token 2"},
+           {"..>", "token 1"},
+       }) {
+    const std::string message = json_error({{"forward", {"ok", pattern}}});
+    EXPECT_EQ(message, "[notifications.config] key \"forward[1]\": expected " +
+                           std::string("a pattern string (e.g. \"order.placed\", \"sql.*\", "
+                                       "\"order.>\", \">\"), got \"") +
+                           pattern + "\": " + token +
+                           " is empty (tokens are separated by single dots, with none at either "
+                           "end)");
+  }
+}
+
+TEST(ConfigPatterns, SubscribePatternWithAnEmptyTokenIsRefused) {
+  for (const auto& [pattern, token] : std::map<std::string, std::string>{
+           {"order..placed", "token 2"},
+           {".order", "token 1"},
+           {"order.", "token 2"},
+           {"order..*", "token 2"},
+       }) {
+    const std::string message = json_error({{"subscribe", {"ok", pattern}}});
+    EXPECT_EQ(message.rfind("[notifications.config] key \"subscribe[1]\": expected a subject "
+                            "pattern string",
+                            0),
+              0u)
+        << message;
+    EXPECT_NE(message.find("got \"" + pattern + "\": " + token + " is empty"), std::string::npos)
+        << message;
+  }
+}
+
+TEST(ConfigPatterns, ValidateRefusesEmptyTokens) {
+  BridgeConfig config;
+  config.forward = {"a", "b.c", "order."};
+  EXPECT_EQ(validate_error(config), json_error({{"forward", config.forward}}));
+  EXPECT_NE(validate_error(config).find("key \"forward[2]\""), std::string::npos);
+  config = BridgeConfig{};
+  config.subscribe = {".a"};
+  EXPECT_NE(validate_error(config).find("key \"subscribe[0]\""), std::string::npos);
+}
+
 TEST(ConfigBasic, OverflowNames) {
   EXPECT_EQ(notifications::to_string(OverflowPolicy::block), "block");
   EXPECT_EQ(notifications::to_string(OverflowPolicy::drop_newest), "drop_newest");
@@ -189,6 +334,10 @@ const BadValue kWrongTypes[] = {
     {R"({"group": 7})", "group", "7", "an empty string or a subject token"},
     {R"({"queue_capacity": "big"})", "queue_capacity", "\"big\"", "an integer from 1 to 10000000"},
     {R"({"queue_capacity": 100.0})", "queue_capacity", "100.0", "an integer from 1 to 10000000"},
+    {R"({"queue_max_bytes": "64MiB"})", "queue_max_bytes", "\"64MiB\"",
+     "0 (no byte bound) or an integer from 4096 to 1099511627776"},
+    {R"({"queue_max_bytes": 4096.0})", "queue_max_bytes", "4096.0", "0 (no byte bound) or an"},
+    {R"({"queue_max_bytes": null})", "queue_max_bytes", "null", "0 (no byte bound) or an"},
     {R"({"overflow": 1})", "overflow", "1", "one of \"block\", \"drop_newest\", \"drop_oldest\""},
     {R"({"block_timeout_ms": false})", "block_timeout_ms", "false", "an integer from 0 to 600000"},
     {R"({"batch_size": [1]})", "batch_size", "[1]", "an integer from 1 to 100000"},
@@ -235,6 +384,13 @@ const BadValue kOutOfRange[] = {
      "an integer from 1 to 10000000"},
     {R"({"queue_capacity": -9223372036854775808})", "queue_capacity", "-9223372036854775808",
      "an integer from 1 to 10000000"},
+    {R"({"queue_max_bytes": 1})", "queue_max_bytes", "1",
+     "0 (no byte bound) or an integer from 4096 to 1099511627776"},
+    {R"({"queue_max_bytes": -1})", "queue_max_bytes", "-1", "0 (no byte bound) or an"},
+    {R"({"queue_max_bytes": 1099511627777})", "queue_max_bytes", "1099511627777",
+     "0 (no byte bound) or an integer from 4096 to 1099511627776"},
+    {R"({"queue_max_bytes": 18446744073709551615})", "queue_max_bytes", "18446744073709551615",
+     "0 (no byte bound) or an"},
     {R"({"overflow": "drop"})", "overflow", "\"drop\"", "one of \"block\""},
     {R"({"overflow": "Block"})", "overflow", "\"Block\"", "one of \"block\""},
     {R"({"block_timeout_ms": -1})", "block_timeout_ms", "-1", "an integer from 0 to 600000"},
@@ -269,8 +425,8 @@ TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
             "600000, got \"fast\"");
   EXPECT_EQ(json_error({{"queue_capasity", 5}}),
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
-            "forward, subscribe, group, queue_capacity, overflow, block_timeout_ms, batch_size, "
-            "retry, transport)");
+            "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
+            "block_timeout_ms, batch_size, retry, transport)");
 }
 
 TEST(ConfigErrors, ProblemIsExplained) {
@@ -465,6 +621,7 @@ TEST(ConfigValidate, NamesFieldsLikeJsonKeys) {
   EXPECT_PRED2(starts,
                bad([](auto& c) { c.queue_capacity = std::numeric_limits<std::size_t>::max(); }),
                "queue_capacity");
+  EXPECT_PRED2(starts, bad([](auto& c) { c.queue_max_bytes = 4095; }), "queue_max_bytes");
   EXPECT_PRED2(starts, bad([](auto& c) { c.overflow = static_cast<OverflowPolicy>(9); }),
                "overflow");
   EXPECT_PRED2(starts, bad([](auto& c) { c.block_timeout = std::chrono::milliseconds(-5); }),
@@ -547,13 +704,20 @@ class ConfigEnvironment : public testing::Test {
     for (const auto& path : files_) std::filesystem::remove(path);
   }
 
-  std::string write_file(const std::string& text) {
-    const auto path =
-        std::filesystem::temp_directory_path() /
-        ("test_config_" + std::to_string(getpid()) + "_" + std::to_string(files_.size()) + ".json");
-    std::ofstream(path) << text;
+  // A fresh path in the temp directory, removed by TearDown.
+  std::string temp_path(const std::string& suffix) {
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("test_config_" + std::to_string(getpid()) + "_" +
+                       std::to_string(files_.size()) + suffix);
+    std::filesystem::remove(path);
     files_.push_back(path);
     return path.string();
+  }
+
+  std::string write_file(const std::string& text) {
+    const std::string path = temp_path(".json");
+    std::ofstream(path) << text;
+    return path;
   }
 
   static std::string env_error() {
@@ -580,7 +744,8 @@ TEST_F(ConfigEnvironment, VariablesOverrideTheFile) {
   setenv("NOTIFICATIONS_CONFIG",
          write_file(R"({
     "url": "mock://", "app": "file_app", "prefix": "file", "forward": ["f.*"],
-    "subscribe": ["f.>"], "group": "file_group", "queue_capacity": 777
+    "subscribe": ["f.>"], "group": "file_group", "queue_capacity": 777,
+    "queue_max_bytes": 8192
   })")
              .c_str(),
          1);
@@ -598,6 +763,7 @@ TEST_F(ConfigEnvironment, VariablesOverrideTheFile) {
   EXPECT_EQ(config.subscribe, std::vector<std::string>{"a.*"});
   EXPECT_EQ(config.group, "env_group");
   EXPECT_EQ(config.queue_capacity, 777u);  // from the file: no variable for it
+  EXPECT_EQ(config.queue_max_bytes, 8192u);  // likewise
 }
 
 TEST_F(ConfigEnvironment, VariablesWithoutAFile) {
@@ -622,10 +788,75 @@ TEST_F(ConfigEnvironment, MissingFileNamesPathAndReason) {
   EXPECT_NE(message.find("No such file or directory"), std::string::npos) << message;
 }
 
+// config_from_environment() with NOTIFICATIONS_CONFIG=`path`, on another thread so that a
+// regression (a read that blocks) fails the test instead of hanging it; the message it threw.
+std::string env_error_within_bound(const std::string& path) {
+  setenv("NOTIFICATIONS_CONFIG", path.c_str(), 1);
+  auto result = std::async(std::launch::async, [] {
+    try {
+      config_from_environment();
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  });
+  if (result.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "config_from_environment() still blocked after 30 s on " << path;
+    // Unblock a reader waiting in open() or read() of a FIFO: a writer that appears and goes.
+    const int fd = open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) close(fd);
+  }
+  return result.get();
+}
+
+// "[notifications.config] environment variable NOTIFICATIONS_CONFIG: "<path>" is <what>, ..."
+void expect_not_regular(const std::string& message, const std::string& path,
+                        const std::string& what) {
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_CONFIG: \"" +
+                              path + "\" is " + what + ", not a regular file",
+                          0),
+            0u)
+      << message;
+}
+
 TEST_F(ConfigEnvironment, DirectoryIsUnreadable) {
-  setenv("NOTIFICATIONS_CONFIG", std::filesystem::temp_directory_path().c_str(), 1);
-  const std::string message = env_error();
-  EXPECT_NE(message.find("Is a directory"), std::string::npos) << message;
+  const std::string path = std::filesystem::temp_directory_path().string();
+  expect_not_regular(env_error_within_bound(path), path, "a directory");
+}
+
+TEST_F(ConfigEnvironment, FifoIsRefusedWithoutWaitingForAWriter) {
+  const std::string path = temp_path(".fifo");
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+  expect_not_regular(env_error_within_bound(path), path, "a FIFO");
+}
+
+TEST_F(ConfigEnvironment, CharacterDevicesAreRefused) {
+  for (const std::string path : {"/dev/zero", "/dev/null"}) {
+    expect_not_regular(env_error_within_bound(path), path, "a character device");
+  }
+}
+
+TEST_F(ConfigEnvironment, SocketIsRefused) {
+  const std::string path = temp_path(".sock");
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof address.sun_path);
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address), 0)
+      << std::strerror(errno);
+  const std::string message = env_error_within_bound(path);
+  close(fd);
+  expect_not_regular(message, path, "a socket");
+}
+
+TEST_F(ConfigEnvironment, SymlinkToARegularFileIsRead) {
+  const std::string target = write_file(R"({"app": "linked"})");
+  const std::string link = temp_path(".link");
+  std::filesystem::create_symlink(target, link);
+  setenv("NOTIFICATIONS_CONFIG", link.c_str(), 1);
+  EXPECT_EQ(config_from_environment().app, "linked");
 }
 
 TEST_F(ConfigEnvironment, EmptyConfigVariableIsAnError) {
@@ -634,11 +865,25 @@ TEST_F(ConfigEnvironment, EmptyConfigVariableIsAnError) {
             std::string::npos);
 }
 
-TEST_F(ConfigEnvironment, EndlessFileIsRefused) {
-  setenv("NOTIFICATIONS_CONFIG", "/dev/zero", 1);
+TEST_F(ConfigEnvironment, LargeFileIsRefused) {
+  const std::string path = write_file("");
+  std::filesystem::resize_file(path, 16 * 1024 * 1024 + 1);  // sparse: zeros, one past the limit
+  setenv("NOTIFICATIONS_CONFIG", path.c_str(), 1);
   const std::string message = env_error();
-  EXPECT_NE(message.find("\"/dev/zero\" is larger than 16777216 bytes"), std::string::npos)
+  EXPECT_NE(message.find("\"" + path + "\" is larger than 16777216 bytes"), std::string::npos)
       << message;
+}
+
+TEST_F(ConfigEnvironment, FileAtTheSizeLimitIsRead) {
+  const std::string path = write_file(R"({"app": "big"})");
+  std::filesystem::resize_file(path, 16 * 1024 * 1024);
+  {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(14);
+    file << std::string(16 * 1024 * 1024 - 14, ' ');  // JSON whitespace up to the limit
+  }
+  setenv("NOTIFICATIONS_CONFIG", path.c_str(), 1);
+  EXPECT_EQ(config_from_environment().app, "big");
 }
 
 TEST_F(ConfigEnvironment, FileErrorsNameTheFile) {
@@ -689,6 +934,70 @@ TEST_F(ConfigEnvironment, BadVariablesAreNamed) {
         << message;
     unsetenv(name.c_str());
   }
+}
+
+// `count` comma-separated patterns "p0,p1,...".
+std::string pattern_list(std::size_t count) {
+  std::string out;
+  for (std::size_t i = 0; i < count; ++i) out += (i == 0 ? "p" : ",p") + std::to_string(i);
+  return out;
+}
+
+TEST_F(ConfigEnvironment, ListVariablesAreBounded) {
+  setenv("NOTIFICATIONS_FORWARD", pattern_list(1024).c_str(), 1);
+  setenv("NOTIFICATIONS_SUBSCRIBE", pattern_list(1024).c_str(), 1);
+  const auto config = config_from_environment();
+  EXPECT_EQ(config.forward.size(), 1024u);
+  EXPECT_EQ(config.subscribe.size(), 1024u);
+
+  setenv("NOTIFICATIONS_FORWARD", pattern_list(1025).c_str(), 1);
+  EXPECT_EQ(env_error(),
+            "[notifications.config] environment variable NOTIFICATIONS_FORWARD: expected at most "
+            "1024 comma-separated patterns, got 1025");
+  setenv("NOTIFICATIONS_FORWARD", "a", 1);
+  setenv("NOTIFICATIONS_SUBSCRIBE", pattern_list(1025).c_str(), 1);
+  EXPECT_EQ(env_error(),
+            "[notifications.config] environment variable NOTIFICATIONS_SUBSCRIBE: expected at "
+            "most 1024 comma-separated subject patterns, got 1025");
+}
+
+TEST_F(ConfigEnvironment, ListVariableIsCountedBeforeItsItems) {
+  // 200000 empty items: the count is reported, not "item 1 is empty".
+  setenv("NOTIFICATIONS_FORWARD", std::string(199999, ',').c_str(), 1);
+  EXPECT_EQ(env_error(),
+            "[notifications.config] environment variable NOTIFICATIONS_FORWARD: expected at most "
+            "1024 comma-separated patterns, got 200000");
+}
+
+TEST_F(ConfigEnvironment, LongForwardItemIsRefused) {
+  setenv("NOTIFICATIONS_FORWARD", ("a, " + std::string(1025, 'b') + " ,c").c_str(), 1);
+  const std::string message = env_error();
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_FORWARD: "
+                          "item 2: expected a pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("1025 bytes long (at most 1024)"), std::string::npos) << message;
+}
+
+TEST_F(ConfigEnvironment, EmptyTokensInListVariablesAreRefused) {
+  setenv("NOTIFICATIONS_FORWARD", "a, order..placed", 1);
+  std::string message = env_error();
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_FORWARD: "
+                          "item 2: expected a pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("got \"order..placed\": token 2 is empty"), std::string::npos) << message;
+  unsetenv("NOTIFICATIONS_FORWARD");
+  setenv("NOTIFICATIONS_SUBSCRIBE", "a,b.", 1);
+  message = env_error();
+  EXPECT_EQ(message.rfind("[notifications.config] environment variable NOTIFICATIONS_SUBSCRIBE: "
+                          "item 2: expected a subject pattern string",
+                          0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("got \"b.\": token 2 is empty"), std::string::npos) << message;
 }
 
 TEST_F(ConfigEnvironment, SubscribeIsCheckedAgainstTheFinalPrefix) {

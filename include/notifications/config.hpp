@@ -62,7 +62,8 @@ struct BridgeConfig {
 
 // Parses a JSON object. Unknown keys, wrong types and bad values throw ConfigError naming the
 // key path (e.g. "retry.initial_ms"), the value and what was expected. Keys:
-//   url, app, prefix, forward, subscribe, group, queue_capacity,
+//   url, app, prefix, forward, subscribe, group, queue_capacity (1 .. 10000000),
+//   queue_max_bytes (0: no byte bound, else 4096 .. 1099511627776 = 1 TiB),
 //   overflow ("block" | "drop_newest" | "drop_oldest"), block_timeout_ms, batch_size,
 //   retry { initial_ms, max_ms, multiplier, jitter, max_attempts }, transport { ... }
 BridgeConfig config_from_json(const nlohmann::json& json);
