@@ -314,6 +314,28 @@ TEST(NotifierBasic, UnsubscribeByNameRemovesExactAndExcludesFromPatterns) {
   EXPECT_EQ(all.names(), std::vector<std::string>({"sql.query", "sql.write"}));  // as Rails
 }
 
+// Rails' unsubscribe(name) never touches subscribers without a pattern: Pattern::all() is one,
+// in every listener shape.
+TEST(NotifierBasic, UnsubscribeByNameKeepsEveryAllEventsSubscriber) {
+  n::Notifier notifier;
+  Recorder event_shape, no_pattern;
+  std::vector<std::string> started, finished;
+  auto a = notifier.subscribe(n::Pattern::all(), event_shape.listener());
+  auto b = notifier.subscribe(
+      n::Pattern::all(),
+      n::StartFinishListener{[&](const n::Event& e) { started.emplace_back(e.name()); },
+                             [&](const n::Event& e) { finished.emplace_back(e.name()); }});
+  auto c = notifier.subscribe(no_pattern.listener());
+  notifier.unsubscribe("sql.query");
+  notifier.instrument("sql.query");
+  EXPECT_EQ(event_shape.names(), std::vector<std::string>({"sql.query"}));
+  EXPECT_EQ(started, std::vector<std::string>({"sql.query"}));
+  EXPECT_EQ(finished, std::vector<std::string>({"sql.query"}));
+  EXPECT_EQ(no_pattern.names(), std::vector<std::string>({"sql.query"}));
+  EXPECT_TRUE(a.active());
+  EXPECT_TRUE(b.active());
+}
+
 TEST(NotifierBasic, ListeningReflectsCurrentSubscribers) {
   n::Notifier notifier;
   EXPECT_FALSE(notifier.listening("a.b"));

@@ -48,6 +48,21 @@ TEST(TestingHelpers, CountsAndAbsence) {
   EXPECT_NE(std::string(present.message()).find("\"a.b\""), std::string::npos);
 }
 
+TEST(TestingHelpers, UnsubscribeByNameDoesNotBlindCaptureOfEveryEvent) {
+  n::Notifier notifier;
+  const auto events = t::capture(notifier, n::Pattern::all(), [&] {
+    notifier.unsubscribe("order.placed");
+    notifier.instrument("order.placed");
+  });
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].name(), "order.placed");
+  // notified() captures every event and filters afterwards: it must not be blinded either.
+  EXPECT_TRUE(t::notified(notifier, "order.placed", [&] {
+    notifier.unsubscribe("order.placed");
+    notifier.instrument("order.placed");
+  }));
+}
+
 TEST(TestingHelpers, JsonContains) {
   EXPECT_TRUE(t::json_contains({{"a", 1}, {"b", 2}}, {{"a", 1}}));
   EXPECT_FALSE(t::json_contains({{"a", 1}}, {{"a", 2}}));

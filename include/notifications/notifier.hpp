@@ -254,7 +254,9 @@ class Notifier {
   }
 
   // As Rails' unsubscribe(name): removes the exact-name subscriptions of `name` and excludes
-  // `name` from the wildcard, regex and all-events subscriptions that match it now.
+  // `name` from the wildcard and regex subscriptions that match it now. Never touches
+  // subscriptions without a pattern (subscribe(listener) or Pattern::all(), in any listener
+  // shape, testing::capture included): they keep receiving `name`.
   void unsubscribe(std::string_view name);
 
   // ---- Errors and introspection --------------------------------------------------------------
