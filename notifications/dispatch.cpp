@@ -103,7 +103,7 @@ ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string
     : core_(core), set_(set) {
   ++thread_cache().dispatch_depth;
   EventAccess::begin(event_, name, payload);
-  if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();
+  if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();  // after the wall clock: see complete()
   start_listeners();
 }
 
@@ -167,9 +167,16 @@ void ActiveEvent::report(std::size_t index, const char* phase, const std::except
 }
 
 void ActiveEvent::complete(bool instant) {
-  if (!instant) EventAccess::end(event_);
-  if (cpu_start_ns_ >= 0) {
-    EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(thread_cpu_ns() - cpu_start_ns_));
+  // The CPU clock is read inside the wall-clock pair (start: wall, then CPU; here: CPU, then
+  // wall), so the CPU time measured never spans more than the duration. An instant event spans
+  // no time and so used no CPU time.
+  if (instant) {
+    if (cpu_start_ns_ >= 0) EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(0));
+  } else {
+    if (cpu_start_ns_ >= 0) {
+      EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(thread_cpu_ns() - cpu_start_ns_));
+    }
+    EventAccess::end(event_);
   }
   const auto& subscribers = set_.subscribers;
   for (std::size_t i = 0; i < subscribers.size(); ++i) {

@@ -2,6 +2,7 @@
 // each subscription form selects events.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <memory>
 #include <regex>
 #include <stdexcept>
@@ -152,6 +153,30 @@ TEST(NotifierBasic, CpuTimeIsMeasuredOnlyWhenASubscriberAsks) {
   ASSERT_TRUE(timed.events[0].cpu_time().has_value());
   EXPECT_GT(timed.events[0].cpu_time()->count(), 0);
   ASSERT_TRUE(timed.events[0].idle_time().has_value());
+}
+
+// The CPU clock is read inside the wall-clock pair and idle_time() is clamped at zero (as
+// Rails does), so neither an instant event nor a CPU-bound block gives a negative idle time.
+TEST(NotifierBasic, IdleTimeIsNeverNegative) {
+  n::Notifier notifier;
+  std::vector<std::chrono::nanoseconds> idle;
+  auto sub = notifier.subscribe(
+      "cpu.>", [&](const n::Event& e) { idle.push_back(e.idle_time().value()); },
+      {.cpu_time = true});
+  auto with_start = notifier.subscribe("cpu.started.>", n::StartFinishListener{{}, {}});
+  for (int i = 0; i < 100; ++i) {
+    notifier.instrument("cpu.instant");
+    notifier.instrument("cpu.started.instant");
+    notifier.instrument("cpu.busy", [] {
+      volatile int x = 0;
+      for (int j = 0; j < 1000; ++j) x = x + j;
+    });
+    notifier.instrument("cpu.started.empty", [] {});
+  }
+  ASSERT_EQ(idle.size(), 400u);
+  for (std::size_t i = 0; i < idle.size(); ++i) {
+    EXPECT_GE(idle[i].count(), 0) << "event " << i;
+  }
 }
 
 TEST(NotifierBasic, ThrowingBlockPublishesTheEventAndPropagatesUnchanged) {
