@@ -63,6 +63,22 @@ TEST(TestingHelpers, UnsubscribeByNameDoesNotBlindCaptureOfEveryEvent) {
   }));
 }
 
+TEST(TestingHelpers, EveryHelperHasADefaultNotifierForm) {
+  auto place = [] { n::instrument("helpers.default.placed", {{"id", 42}}); };
+  EXPECT_TRUE(t::notified("helpers.default.placed", place));
+  EXPECT_TRUE(t::notified("helpers.default.placed", {{"id", 42}}, place));
+  EXPECT_FALSE(t::notified("helpers.default.placed", {{"id", 43}}, place));
+  EXPECT_TRUE(t::notified_times("helpers.default.*", 1, place));
+  EXPECT_FALSE(t::notified_times("helpers.default.*", 2, place));
+  EXPECT_TRUE(t::not_notified("helpers.default.failed", place));
+  EXPECT_FALSE(t::not_notified("helpers.default.placed", place));
+  // They watch the default notifier only.
+  n::Notifier other;
+  EXPECT_TRUE(t::not_notified("helpers.default.placed",
+                              [&] { other.instrument("helpers.default.placed"); }));
+  EXPECT_FALSE(n::listening("helpers.default.placed"));
+}
+
 TEST(TestingHelpers, JsonContains) {
   EXPECT_TRUE(t::json_contains({{"a", 1}, {"b", 2}}, {{"a", 1}}));
   EXPECT_FALSE(t::json_contains({{"a", 1}}, {{"a", 2}}));
