@@ -64,6 +64,19 @@ class DefaultErrorLog {
   std::uint64_t suppressed_ = 0;
 };
 
+// Appends `error` to `errors`, or, when it is a SubscriberErrors (thrown by an event that a
+// listener instrumented), its members instead: as in Rails, one aggregate holds every exception
+// and none holds another aggregate.
+void append_flattened(std::vector<std::exception_ptr>& errors, const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const SubscriberErrors& nested) {
+    errors.insert(errors.end(), nested.errors().begin(), nested.errors().end());
+  } catch (...) {
+    errors.push_back(error);
+  }
+}
+
 DefaultErrorLog& default_error_log() {
   static DefaultErrorLog* const log = new DefaultErrorLog();  // outlives static destructors
   return *log;
@@ -206,7 +219,7 @@ void ActiveEvent::finish(bool instant) {
   complete(instant);
   if (!failures_ || failures_->errors.empty()) return;
   std::vector<std::exception_ptr> errors;
-  for (const auto& kept : failures_->errors) errors.push_back(kept.error);
+  for (const auto& kept : failures_->errors) append_flattened(errors, kept.error);
   failures_->errors.clear();
   if (errors.size() == 1) std::rethrow_exception(errors.front());
   throw SubscriberErrors(std::string(event_.name()), std::move(errors));

@@ -59,7 +59,9 @@ struct NotifierOptions {
   // name, at most 10 lines a second (every error is still counted in stats()).
   ErrorHandler error_handler{};
   // Rethrow subscriber errors to the instrumenting caller (after the block and every subscriber
-  // ran): one error as is, several as SubscriberErrors. Never masks the block's own exception.
+  // ran): one error as is, several as SubscriberErrors. A SubscriberErrors that a listener let
+  // out (from an event it instrumented) is flattened into its members, so an aggregate never
+  // holds another. Never masks the block's own exception.
   bool strict = false;
   // Bound on the number of event names whose listener sets are memoised per notifier.
   std::size_t name_cache_capacity = 4096;
