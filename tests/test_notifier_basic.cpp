@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstddef>
 #include <memory>
 #include <regex>
 #include <stdexcept>
@@ -359,6 +360,66 @@ TEST(NotifierBasic, UnsubscribeByNameKeepsEveryAllEventsSubscriber) {
   EXPECT_EQ(no_pattern.names(), std::vector<std::string>({"sql.query"}));
   EXPECT_TRUE(a.active());
   EXPECT_TRUE(b.active());
+}
+
+// A null pattern does not compile (it would otherwise convert to a null C string): every
+// subscribing function rejects it, while a C-string pattern still works.
+struct AroundObject {
+  void start(const n::Event&) {}
+  void finish(const n::Event&) {}
+};
+struct NoOpBlock {
+  void operator()() const {}
+};
+template <class P>
+constexpr bool subscribes_event_listener =
+    requires(n::Notifier& notifier, P pattern, n::EventListener listener) {
+      notifier.subscribe(pattern, listener);
+    };
+template <class L>
+constexpr bool subscribes_alone = requires(n::Notifier& notifier, L listener) {
+  notifier.subscribe(listener);
+};
+template <class P>
+constexpr bool subscribes_start_finish_listener =
+    requires(n::Notifier& notifier, P pattern, n::StartFinishListener listener) {
+      notifier.subscribe(pattern, listener);
+    };
+template <class P>
+constexpr bool subscribes_object =
+    requires(n::Notifier& notifier, P pattern, std::shared_ptr<AroundObject> object) {
+      notifier.subscribe(pattern, object);
+    };
+template <class P>
+constexpr bool subscribes_for_a_block =
+    requires(n::Notifier& notifier, P pattern, n::EventListener listener, NoOpBlock block) {
+      notifier.subscribed(pattern, listener, block);
+    };
+template <class P>
+constexpr bool free_function_subscribes = requires(P pattern, n::EventListener listener) {
+  n::subscribe(pattern, listener);
+};
+template <class P>
+constexpr bool free_function_subscribes_for_a_block =
+    requires(P pattern, n::EventListener listener, NoOpBlock block) {
+      n::subscribed(pattern, listener, block);
+    };
+
+TEST(NotifierBasic, NullPatternDoesNotCompile) {
+  static_assert(subscribes_event_listener<const char*>);
+  static_assert(subscribes_start_finish_listener<const char*>);
+  static_assert(subscribes_object<const char*>);
+  static_assert(subscribes_for_a_block<const char*>);
+  static_assert(free_function_subscribes<const char*>);
+  static_assert(free_function_subscribes_for_a_block<const char*>);
+  static_assert(!subscribes_event_listener<std::nullptr_t>);
+  static_assert(!subscribes_start_finish_listener<std::nullptr_t>);
+  static_assert(!subscribes_object<std::nullptr_t>);
+  static_assert(!subscribes_for_a_block<std::nullptr_t>);
+  static_assert(!free_function_subscribes<std::nullptr_t>);
+  static_assert(!free_function_subscribes_for_a_block<std::nullptr_t>);
+  static_assert(subscribes_alone<n::EventListener>);
+  static_assert(!subscribes_alone<std::nullptr_t>);  // a null listener is no pattern either
 }
 
 TEST(NotifierBasic, ListeningReflectsCurrentSubscribers) {

@@ -235,6 +235,10 @@ class Notifier {
                          SubscribeOptions options = {});
   // Every event.
   Subscription subscribe(EventListener listener, SubscribeOptions options = {});
+  // A null pattern does not compile (it would otherwise become a null C string): for every
+  // event, subscribe without a pattern or with Pattern::all().
+  template <class... Args>
+  Subscription subscribe(std::nullptr_t, Args&&...) = delete;
   // An object with start(const Event&) and finish(const Event&) members, shared with the caller.
   template <class Object>
     requires requires(Object& object, const Event& event) {
@@ -254,6 +258,8 @@ class Notifier {
     Subscription subscription = subscribe(std::move(pattern), std::move(listener));
     return std::forward<Block>(block)();
   }
+  template <class... Args>
+  void subscribed(std::nullptr_t, Args&&...) = delete;  // as subscribe(nullptr, ...)
 
   // As Rails' unsubscribe(name): removes the exact-name subscriptions of `name` and excludes
   // `name` from the wildcard and regex subscriptions that match it now. Never touches
