@@ -525,6 +525,37 @@ TEST(NotifierBasic, TraceparentComesFromThePayload) {
   EXPECT_EQ(traced.traceparent(), tp);
 }
 
+// Each difference from Rails that README "Where we differ from Rails" lists, as the code does it.
+TEST(NotifierBasic, TheReadmesDifferencesFromRailsHold) {
+  n::Notifier notifier({.error_handler = [](const n::SubscriberFailure&) {}});
+  {  // Subscriber errors are not raised by default.
+    auto thrower = notifier.subscribe("e", [](const n::Event&) { throw std::runtime_error("x"); });
+    EXPECT_NO_THROW(notifier.instrument("e", [] {}));
+  }
+  Recorder recorder;
+  auto sub = notifier.subscribe("d.>", recorder.listener());
+  // instrument(name) without a block is an instant event; CPU time is opt-in.
+  notifier.instrument("d.instant");
+  ASSERT_EQ(recorder.events.size(), 1u);
+  EXPECT_EQ(recorder.events[0].start(), recorder.events[0].end());
+  EXPECT_FALSE(recorder.events[0].cpu_time().has_value());
+  // publish(Event) calls start and finish listeners.
+  std::vector<std::string> calls;
+  auto around = notifier.subscribe(
+      "d.published", n::StartFinishListener{[&](const n::Event&) { calls.emplace_back("start"); },
+                                            [&](const n::Event&) { calls.emplace_back("finish"); }});
+  notifier.publish(n::Event("d.published", nullptr));
+  EXPECT_EQ(calls, std::vector<std::string>({"start", "finish"}));
+  // The exception object is in event.exception(), not in the payload.
+  EXPECT_THROW(notifier.instrument("d.failed", [] { throw std::logic_error("bad"); }),
+               std::logic_error);
+  const n::Event& failed = recorder.events.back();
+  ASSERT_EQ(failed.name(), "d.failed");
+  ASSERT_TRUE(failed.exception().has_value());
+  EXPECT_THROW(std::rethrow_exception(failed.exception()->object), std::logic_error);
+  EXPECT_EQ(failed.payload(), json({{"exception", {"std::logic_error", "bad"}}}));
+}
+
 TEST(DefaultNotifier, FreeFunctionsUseTheProcessWideNotifier) {
   Recorder recorder;
   auto sub = n::subscribe("default.test", recorder.listener());
