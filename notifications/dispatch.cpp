@@ -64,6 +64,19 @@ class DefaultErrorLog {
   std::uint64_t suppressed_ = 0;
 };
 
+// Appends `error` to `errors`, or, when it is a SubscriberErrors (thrown by an event that a
+// listener instrumented), its members instead: as in Rails, one aggregate holds every exception
+// and none holds another aggregate.
+void append_flattened(std::vector<std::exception_ptr>& errors, const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const SubscriberErrors& nested) {
+    errors.insert(errors.end(), nested.errors().begin(), nested.errors().end());
+  } catch (...) {
+    errors.push_back(error);
+  }
+}
+
 DefaultErrorLog& default_error_log() {
   static DefaultErrorLog* const log = new DefaultErrorLog();  // outlives static destructors
   return *log;
@@ -103,7 +116,7 @@ ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string
     : core_(core), set_(set) {
   ++thread_cache().dispatch_depth;
   EventAccess::begin(event_, name, payload);
-  if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();
+  if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();  // after the wall clock: see complete()
   start_listeners();
 }
 
@@ -167,9 +180,16 @@ void ActiveEvent::report(std::size_t index, const char* phase, const std::except
 }
 
 void ActiveEvent::complete(bool instant) {
-  if (!instant) EventAccess::end(event_);
-  if (cpu_start_ns_ >= 0) {
-    EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(thread_cpu_ns() - cpu_start_ns_));
+  // The CPU clock is read inside the wall-clock pair (start: wall, then CPU; here: CPU, then
+  // wall), so the CPU time measured never spans more than the duration. An instant event spans
+  // no time and so used no CPU time.
+  if (instant) {
+    if (cpu_start_ns_ >= 0) EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(0));
+  } else {
+    if (cpu_start_ns_ >= 0) {
+      EventAccess::set_cpu_time(event_, std::chrono::nanoseconds(thread_cpu_ns() - cpu_start_ns_));
+    }
+    EventAccess::end(event_);
   }
   const auto& subscribers = set_.subscribers;
   for (std::size_t i = 0; i < subscribers.size(); ++i) {
@@ -199,7 +219,7 @@ void ActiveEvent::finish(bool instant) {
   complete(instant);
   if (!failures_ || failures_->errors.empty()) return;
   std::vector<std::exception_ptr> errors;
-  for (const auto& kept : failures_->errors) errors.push_back(kept.error);
+  for (const auto& kept : failures_->errors) append_flattened(errors, kept.error);
   failures_->errors.clear();
   if (errors.size() == 1) std::rethrow_exception(errors.front());
   throw SubscriberErrors(std::string(event_.name()), std::move(errors));

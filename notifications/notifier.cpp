@@ -184,7 +184,7 @@ Subscription add(const std::shared_ptr<detail::NotifierCore>& core,
 
 Subscription Notifier::subscribe(Pattern pattern, EventListener listener,
                                  SubscribeOptions options) {
-  auto subscriber = std::make_shared<detail::Subscriber>(std::move(pattern), false);
+  auto subscriber = std::make_shared<detail::Subscriber>(std::move(pattern));
   subscriber->on_event = std::move(listener);
   subscriber->cpu_time = options.cpu_time;
   return add(core_, std::move(subscriber));
@@ -192,7 +192,7 @@ Subscription Notifier::subscribe(Pattern pattern, EventListener listener,
 
 Subscription Notifier::subscribe(Pattern pattern, StartFinishListener listener,
                                  SubscribeOptions options) {
-  auto subscriber = std::make_shared<detail::Subscriber>(std::move(pattern), false);
+  auto subscriber = std::make_shared<detail::Subscriber>(std::move(pattern));
   subscriber->on_start = listener.start ? std::move(listener.start) : [](const Event&) {};
   subscriber->on_finish = listener.finish ? std::move(listener.finish) : [](const Event&) {};
   subscriber->cpu_time = options.cpu_time;
@@ -200,7 +200,7 @@ Subscription Notifier::subscribe(Pattern pattern, StartFinishListener listener,
 }
 
 Subscription Notifier::subscribe(EventListener listener, SubscribeOptions options) {
-  auto subscriber = std::make_shared<detail::Subscriber>(Pattern::all(), true);
+  auto subscriber = std::make_shared<detail::Subscriber>(Pattern::all());
   subscriber->on_event = std::move(listener);
   subscriber->cpu_time = options.cpu_time;
   return add(core_, std::move(subscriber));
@@ -218,8 +218,9 @@ void Notifier::unsubscribe(std::string_view name) {
       it = subscribers.erase(it);
       continue;
     }
-    // As Rails: pattern subscribers stop receiving this name; all-event subscribers are kept.
-    if (!subscriber.all_events && subscriber.pattern.matches(name)) {
+    // As Rails: wildcard and regex subscribers stop receiving this name. Subscribers without a
+    // pattern (Pattern::all(), in any listener shape) are never touched.
+    if (subscriber.pattern.kind() != Pattern::Kind::all && subscriber.pattern.matches(name)) {
       subscriber.excluded.emplace_back(name);
     }
     ++it;

@@ -24,18 +24,17 @@ namespace notifications::detail {
 
 struct Subscriber {
   std::uint64_t id = 0;
-  Pattern pattern;
-  bool all_events = false;  // subscribed without a pattern
+  Pattern pattern;  // Pattern::all() when subscribed without a pattern
   EventListener on_event;   // Event shape: called once, after the block
   std::function<void(const Event&)> on_start;   // start/finish shape
   std::function<void(const Event&)> on_finish;  // start/finish shape
   bool cpu_time = false;
   // Cleared (release) when unsubscribed; dispatch checks it (acquire) before every call.
   std::atomic<bool> active{true};
-  // Names excluded by Notifier::unsubscribe(name).
+  // Names excluded by Notifier::unsubscribe(name); always empty for Pattern::all().
   std::vector<std::string> excluded;  // GUARDED_BY(NotifierState::mutex)
 
-  Subscriber(Pattern p, bool all) : pattern(std::move(p)), all_events(all) {}
+  explicit Subscriber(Pattern p) : pattern(std::move(p)) {}
   bool start_finish_shape() const noexcept { return static_cast<bool>(on_start); }
   // Requires NotifierState::mutex.
   bool receives(std::string_view name) const;

@@ -2,6 +2,8 @@
 // each subscription form selects events.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstddef>
 #include <memory>
 #include <regex>
 #include <stdexcept>
@@ -152,6 +154,30 @@ TEST(NotifierBasic, CpuTimeIsMeasuredOnlyWhenASubscriberAsks) {
   ASSERT_TRUE(timed.events[0].cpu_time().has_value());
   EXPECT_GT(timed.events[0].cpu_time()->count(), 0);
   ASSERT_TRUE(timed.events[0].idle_time().has_value());
+}
+
+// The CPU clock is read inside the wall-clock pair and idle_time() is clamped at zero (as
+// Rails does), so neither an instant event nor a CPU-bound block gives a negative idle time.
+TEST(NotifierBasic, IdleTimeIsNeverNegative) {
+  n::Notifier notifier;
+  std::vector<std::chrono::nanoseconds> idle;
+  auto sub = notifier.subscribe(
+      "cpu.>", [&](const n::Event& e) { idle.push_back(e.idle_time().value()); },
+      {.cpu_time = true});
+  auto with_start = notifier.subscribe("cpu.started.>", n::StartFinishListener{{}, {}});
+  for (int i = 0; i < 100; ++i) {
+    notifier.instrument("cpu.instant");
+    notifier.instrument("cpu.started.instant");
+    notifier.instrument("cpu.busy", [] {
+      volatile int x = 0;
+      for (int j = 0; j < 1000; ++j) x = x + j;
+    });
+    notifier.instrument("cpu.started.empty", [] {});
+  }
+  ASSERT_EQ(idle.size(), 400u);
+  for (std::size_t i = 0; i < idle.size(); ++i) {
+    EXPECT_GE(idle[i].count(), 0) << "event " << i;
+  }
 }
 
 TEST(NotifierBasic, ThrowingBlockPublishesTheEventAndPropagatesUnchanged) {
@@ -314,6 +340,88 @@ TEST(NotifierBasic, UnsubscribeByNameRemovesExactAndExcludesFromPatterns) {
   EXPECT_EQ(all.names(), std::vector<std::string>({"sql.query", "sql.write"}));  // as Rails
 }
 
+// Rails' unsubscribe(name) never touches subscribers without a pattern: Pattern::all() is one,
+// in every listener shape.
+TEST(NotifierBasic, UnsubscribeByNameKeepsEveryAllEventsSubscriber) {
+  n::Notifier notifier;
+  Recorder event_shape, no_pattern;
+  std::vector<std::string> started, finished;
+  auto a = notifier.subscribe(n::Pattern::all(), event_shape.listener());
+  auto b = notifier.subscribe(
+      n::Pattern::all(),
+      n::StartFinishListener{[&](const n::Event& e) { started.emplace_back(e.name()); },
+                             [&](const n::Event& e) { finished.emplace_back(e.name()); }});
+  auto c = notifier.subscribe(no_pattern.listener());
+  notifier.unsubscribe("sql.query");
+  notifier.instrument("sql.query");
+  EXPECT_EQ(event_shape.names(), std::vector<std::string>({"sql.query"}));
+  EXPECT_EQ(started, std::vector<std::string>({"sql.query"}));
+  EXPECT_EQ(finished, std::vector<std::string>({"sql.query"}));
+  EXPECT_EQ(no_pattern.names(), std::vector<std::string>({"sql.query"}));
+  EXPECT_TRUE(a.active());
+  EXPECT_TRUE(b.active());
+}
+
+// A null pattern does not compile (it would otherwise convert to a null C string): every
+// subscribing function rejects it, while a C-string pattern still works.
+struct AroundObject {
+  void start(const n::Event&) {}
+  void finish(const n::Event&) {}
+};
+struct NoOpBlock {
+  void operator()() const {}
+};
+template <class P>
+constexpr bool subscribes_event_listener =
+    requires(n::Notifier& notifier, P pattern, n::EventListener listener) {
+      notifier.subscribe(pattern, listener);
+    };
+template <class L>
+constexpr bool subscribes_alone = requires(n::Notifier& notifier, L listener) {
+  notifier.subscribe(listener);
+};
+template <class P>
+constexpr bool subscribes_start_finish_listener =
+    requires(n::Notifier& notifier, P pattern, n::StartFinishListener listener) {
+      notifier.subscribe(pattern, listener);
+    };
+template <class P>
+constexpr bool subscribes_object =
+    requires(n::Notifier& notifier, P pattern, std::shared_ptr<AroundObject> object) {
+      notifier.subscribe(pattern, object);
+    };
+template <class P>
+constexpr bool subscribes_for_a_block =
+    requires(n::Notifier& notifier, P pattern, n::EventListener listener, NoOpBlock block) {
+      notifier.subscribed(pattern, listener, block);
+    };
+template <class P>
+constexpr bool free_function_subscribes = requires(P pattern, n::EventListener listener) {
+  n::subscribe(pattern, listener);
+};
+template <class P>
+constexpr bool free_function_subscribes_for_a_block =
+    requires(P pattern, n::EventListener listener, NoOpBlock block) {
+      n::subscribed(pattern, listener, block);
+    };
+
+TEST(NotifierBasic, NullPatternDoesNotCompile) {
+  static_assert(subscribes_event_listener<const char*>);
+  static_assert(subscribes_start_finish_listener<const char*>);
+  static_assert(subscribes_object<const char*>);
+  static_assert(subscribes_for_a_block<const char*>);
+  static_assert(free_function_subscribes<const char*>);
+  static_assert(free_function_subscribes_for_a_block<const char*>);
+  static_assert(!subscribes_event_listener<std::nullptr_t>);
+  static_assert(!subscribes_start_finish_listener<std::nullptr_t>);
+  static_assert(!subscribes_object<std::nullptr_t>);
+  static_assert(!subscribes_for_a_block<std::nullptr_t>);
+  static_assert(!free_function_subscribes<std::nullptr_t>);
+  static_assert(!free_function_subscribes_for_a_block<std::nullptr_t>);
+  static_assert(subscribes_alone<n::EventListener>);
+  static_assert(!subscribes_alone<std::nullptr_t>);  // a null listener is no pattern either
+}
+
 TEST(NotifierBasic, ListeningReflectsCurrentSubscribers) {
   n::Notifier notifier;
   EXPECT_FALSE(notifier.listening("a.b"));
@@ -415,6 +523,37 @@ TEST(NotifierBasic, TraceparentComesFromThePayload) {
   const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   n::Event traced("a", {{"traceparent", tp}});
   EXPECT_EQ(traced.traceparent(), tp);
+}
+
+// Each difference from Rails that README "Where we differ from Rails" lists, as the code does it.
+TEST(NotifierBasic, TheReadmesDifferencesFromRailsHold) {
+  n::Notifier notifier({.error_handler = [](const n::SubscriberFailure&) {}});
+  {  // Subscriber errors are not raised by default.
+    auto thrower = notifier.subscribe("e", [](const n::Event&) { throw std::runtime_error("x"); });
+    EXPECT_NO_THROW(notifier.instrument("e", [] {}));
+  }
+  Recorder recorder;
+  auto sub = notifier.subscribe("d.>", recorder.listener());
+  // instrument(name) without a block is an instant event; CPU time is opt-in.
+  notifier.instrument("d.instant");
+  ASSERT_EQ(recorder.events.size(), 1u);
+  EXPECT_EQ(recorder.events[0].start(), recorder.events[0].end());
+  EXPECT_FALSE(recorder.events[0].cpu_time().has_value());
+  // publish(Event) calls start and finish listeners.
+  std::vector<std::string> calls;
+  auto around = notifier.subscribe(
+      "d.published", n::StartFinishListener{[&](const n::Event&) { calls.emplace_back("start"); },
+                                            [&](const n::Event&) { calls.emplace_back("finish"); }});
+  notifier.publish(n::Event("d.published", nullptr));
+  EXPECT_EQ(calls, std::vector<std::string>({"start", "finish"}));
+  // The exception object is in event.exception(), not in the payload.
+  EXPECT_THROW(notifier.instrument("d.failed", [] { throw std::logic_error("bad"); }),
+               std::logic_error);
+  const n::Event& failed = recorder.events.back();
+  ASSERT_EQ(failed.name(), "d.failed");
+  ASSERT_TRUE(failed.exception().has_value());
+  EXPECT_THROW(std::rethrow_exception(failed.exception()->object), std::logic_error);
+  EXPECT_EQ(failed.payload(), json({{"exception", {"std::logic_error", "bad"}}}));
 }
 
 TEST(DefaultNotifier, FreeFunctionsUseTheProcessWideNotifier) {

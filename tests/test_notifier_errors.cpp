@@ -83,6 +83,44 @@ TEST(NotifierErrors, StrictModeAggregatesSeveralErrors) {
   EXPECT_EQ(ran, 1);
 }
 
+// As Rails: a listener's SubscriberErrors (from an event it instrumented) joins the others
+// as its members, never as one nested aggregate.
+TEST(NotifierErrors, StrictModeFlattensNestedSubscriberErrors) {
+  n::Notifier notifier({.strict = true});
+  auto inner_a = notifier.subscribe("inner", [](const n::Event&) { throw std::runtime_error("inner one"); });
+  auto inner_b = notifier.subscribe("inner", [](const n::Event&) { throw std::logic_error("inner two"); });
+  auto relay = notifier.subscribe("outer", [&](const n::Event&) { notifier.instrument("inner"); });
+  auto outer = notifier.subscribe("outer", [](const n::Event&) { throw std::out_of_range("outer"); });
+  try {
+    notifier.instrument("outer", [] {});
+    FAIL() << "expected SubscriberErrors";
+  } catch (const n::SubscriberErrors& e) {
+    ASSERT_EQ(e.errors().size(), 3u) << e.what();
+    EXPECT_THROW(std::rethrow_exception(e.errors()[0]), std::runtime_error);
+    EXPECT_THROW(std::rethrow_exception(e.errors()[1]), std::logic_error);
+    EXPECT_THROW(std::rethrow_exception(e.errors()[2]), std::out_of_range);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("event \"outer\": 3 subscribers failed"), std::string::npos) << what;
+  }
+}
+
+// A nested aggregate that is the only error: the event's aggregate holds its members.
+TEST(NotifierErrors, StrictModeKeepsTheMembersOfALoneNestedAggregate) {
+  n::Notifier notifier({.strict = true});
+  auto inner_a = notifier.subscribe("inner", [](const n::Event&) { throw std::runtime_error("one"); });
+  auto inner_b = notifier.subscribe("inner", [](const n::Event&) { throw std::logic_error("two"); });
+  auto relay = notifier.subscribe(
+      "outer", n::StartFinishListener{[&](const n::Event&) { notifier.instrument("inner"); }, {}});
+  try {
+    notifier.instrument("outer", [] {});
+    FAIL() << "expected SubscriberErrors";
+  } catch (const n::SubscriberErrors& e) {
+    ASSERT_EQ(e.errors().size(), 2u) << e.what();
+    EXPECT_THROW(std::rethrow_exception(e.errors()[0]), std::runtime_error);
+    EXPECT_THROW(std::rethrow_exception(e.errors()[1]), std::logic_error);
+  }
+}
+
 TEST(NotifierErrors, StrictModeNeverMasksTheBlocksException) {
   Failures failures;
   n::Notifier notifier({.error_handler = failures.handler(), .strict = true});

@@ -48,6 +48,37 @@ TEST(TestingHelpers, CountsAndAbsence) {
   EXPECT_NE(std::string(present.message()).find("\"a.b\""), std::string::npos);
 }
 
+TEST(TestingHelpers, UnsubscribeByNameDoesNotBlindCaptureOfEveryEvent) {
+  n::Notifier notifier;
+  const auto events = t::capture(notifier, n::Pattern::all(), [&] {
+    notifier.unsubscribe("order.placed");
+    notifier.instrument("order.placed");
+  });
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].name(), "order.placed");
+  // notified() captures every event and filters afterwards: it must not be blinded either.
+  EXPECT_TRUE(t::notified(notifier, "order.placed", [&] {
+    notifier.unsubscribe("order.placed");
+    notifier.instrument("order.placed");
+  }));
+}
+
+TEST(TestingHelpers, EveryHelperHasADefaultNotifierForm) {
+  auto place = [] { n::instrument("helpers.default.placed", {{"id", 42}}); };
+  EXPECT_TRUE(t::notified("helpers.default.placed", place));
+  EXPECT_TRUE(t::notified("helpers.default.placed", {{"id", 42}}, place));
+  EXPECT_FALSE(t::notified("helpers.default.placed", {{"id", 43}}, place));
+  EXPECT_TRUE(t::notified_times("helpers.default.*", 1, place));
+  EXPECT_FALSE(t::notified_times("helpers.default.*", 2, place));
+  EXPECT_TRUE(t::not_notified("helpers.default.failed", place));
+  EXPECT_FALSE(t::not_notified("helpers.default.placed", place));
+  // They watch the default notifier only.
+  n::Notifier other;
+  EXPECT_TRUE(t::not_notified("helpers.default.placed",
+                              [&] { other.instrument("helpers.default.placed"); }));
+  EXPECT_FALSE(n::listening("helpers.default.placed"));
+}
+
 TEST(TestingHelpers, JsonContains) {
   EXPECT_TRUE(t::json_contains({{"a", 1}, {"b", 2}}, {{"a", 1}}));
   EXPECT_FALSE(t::json_contains({{"a", 1}}, {{"a", 2}}));

@@ -70,12 +70,16 @@ class Event {
   }
 
   // CPU time of the instrumenting thread during the block. Only measured when a subscriber of
-  // this event asked for it (SubscribeOptions::cpu_time); empty otherwise.
+  // this event asked for it (SubscribeOptions::cpu_time); empty otherwise. Zero for an instant
+  // event. Its clock is read inside the wall-clock pair, so it does not exceed duration() by
+  // more than the two clocks' rates differ.
   std::optional<std::chrono::nanoseconds> cpu_time() const noexcept { return cpu_time_; }
-  // duration() - cpu_time(), when cpu_time() is known.
+  // duration() - cpu_time(), never negative (clamped at zero, as Rails does), when cpu_time() is
+  // known.
   std::optional<std::chrono::nanoseconds> idle_time() const noexcept {
     if (!cpu_time_) return std::nullopt;
-    return duration() - *cpu_time_;
+    const std::chrono::nanoseconds idle = duration() - *cpu_time_;
+    return idle.count() > 0 ? idle : std::chrono::nanoseconds(0);
   }
 
   // Set when the instrumented block threw.

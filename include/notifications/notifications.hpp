@@ -6,6 +6,7 @@
 // Thread-safety: every function here may be called from any thread, concurrently.
 #pragma once
 
+#include <cstddef>
 #include <string_view>
 #include <utility>
 
@@ -54,7 +55,11 @@ void instrument(std::string_view name, LazyPayload<Make> payload) {
   default_notifier().instrument(name, std::move(payload));
 }
 
+// Takes what Notifier::subscribe takes (so a null pattern does not compile here either).
 template <class... Args>
+  requires requires(Notifier& notifier, Args&&... args) {
+    notifier.subscribe(std::forward<Args>(args)...);
+  }
 Subscription subscribe(Args&&... args) {
   return default_notifier().subscribe(std::forward<Args>(args)...);
 }
@@ -64,6 +69,8 @@ decltype(auto) subscribed(Pattern pattern, EventListener listener, Block&& block
   return default_notifier().subscribed(std::move(pattern), std::move(listener),
                                        std::forward<Block>(block));
 }
+template <class... Args>
+void subscribed(std::nullptr_t, Args&&...) = delete;  // as Notifier::subscribe(nullptr, ...)
 
 inline void unsubscribe(std::string_view name) { default_notifier().unsubscribe(name); }
 inline bool listening(std::string_view name) { return default_notifier().listening(name); }

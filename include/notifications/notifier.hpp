@@ -59,7 +59,9 @@ struct NotifierOptions {
   // name, at most 10 lines a second (every error is still counted in stats()).
   ErrorHandler error_handler{};
   // Rethrow subscriber errors to the instrumenting caller (after the block and every subscriber
-  // ran): one error as is, several as SubscriberErrors. Never masks the block's own exception.
+  // ran): one error as is, several as SubscriberErrors. A SubscriberErrors that a listener let
+  // out (from an event it instrumented) is flattened into its members, so an aggregate never
+  // holds another. Never masks the block's own exception.
   bool strict = false;
   // Bound on the number of event names whose listener sets are memoised per notifier.
   std::size_t name_cache_capacity = 4096;
@@ -233,6 +235,10 @@ class Notifier {
                          SubscribeOptions options = {});
   // Every event.
   Subscription subscribe(EventListener listener, SubscribeOptions options = {});
+  // A null pattern does not compile (it would otherwise become a null C string): for every
+  // event, subscribe without a pattern or with Pattern::all().
+  template <class... Args>
+  Subscription subscribe(std::nullptr_t, Args&&...) = delete;
   // An object with start(const Event&) and finish(const Event&) members, shared with the caller.
   template <class Object>
     requires requires(Object& object, const Event& event) {
@@ -252,9 +258,13 @@ class Notifier {
     Subscription subscription = subscribe(std::move(pattern), std::move(listener));
     return std::forward<Block>(block)();
   }
+  template <class... Args>
+  void subscribed(std::nullptr_t, Args&&...) = delete;  // as subscribe(nullptr, ...)
 
   // As Rails' unsubscribe(name): removes the exact-name subscriptions of `name` and excludes
-  // `name` from the wildcard, regex and all-events subscriptions that match it now.
+  // `name` from the wildcard and regex subscriptions that match it now. Never touches
+  // subscriptions without a pattern (subscribe(listener) or Pattern::all(), in any listener
+  // shape, testing::capture included): they keep receiving `name`.
   void unsubscribe(std::string_view name);
 
   // ---- Errors and introspection --------------------------------------------------------------

@@ -7,6 +7,7 @@
 //   EXPECT_TRUE(notified_times(notifier, "order.*", 3, [&] { ... }));
 //   EXPECT_TRUE(not_notified(notifier, "order.failed", [&] { ... }));
 //   auto events = capture(notifier, "order.>", [&] { ... });
+//   EXPECT_TRUE(notified("order.placed", [&] { ... }));   // every helper: the default notifier
 //
 // Link the target notifications::testing (it brings GoogleTest). Every helper subscribes only for
 // the duration of its block.
@@ -67,6 +68,16 @@ template <class Block>
 ::testing::AssertionResult notified(Notifier& notifier, Pattern pattern, Block&& block) {
   return notified(notifier, std::move(pattern), nullptr, std::forward<Block>(block));
 }
+template <class Block>
+::testing::AssertionResult notified(Pattern pattern, const nlohmann::json& payload_subset,
+                                    Block&& block) {
+  return notified(default_notifier(), std::move(pattern), payload_subset,
+                  std::forward<Block>(block));
+}
+template <class Block>
+::testing::AssertionResult notified(Pattern pattern, Block&& block) {
+  return notified(default_notifier(), std::move(pattern), nullptr, std::forward<Block>(block));
+}
 
 // Success when exactly `count` events matching `pattern` were instrumented while `block` ran.
 template <class Block>
@@ -76,6 +87,10 @@ template <class Block>
   if (events.size() == count) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "expected " << count << " events matching \""
                                        << pattern.text() << "\", got " << events.size();
+}
+template <class Block>
+::testing::AssertionResult notified_times(Pattern pattern, std::size_t count, Block&& block) {
+  return notified_times(default_notifier(), std::move(pattern), count, std::forward<Block>(block));
 }
 
 // Success when no event matching `pattern` was instrumented while `block` ran.
@@ -87,6 +102,10 @@ template <class Block>
          << "expected no events matching \"" << pattern.text() << "\", got " << events.size()
          << ", the first \"" << events.front().name() << "\" with payload "
          << events.front().payload().dump();
+}
+template <class Block>
+::testing::AssertionResult not_notified(Pattern pattern, Block&& block) {
+  return not_notified(default_notifier(), std::move(pattern), std::forward<Block>(block));
 }
 
 }  // namespace notifications::testing
