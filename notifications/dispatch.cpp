@@ -6,7 +6,7 @@
 #include <set>
 #include <utility>
 
-#include <spdlog/spdlog.h>
+#include "notifications/log.hpp"
 
 #include "notifications/describe.hpp"
 #include "notifications/errors.hpp"
@@ -36,7 +36,7 @@ class DefaultErrorLog {
     const auto now = std::chrono::steady_clock::now();
     if (now - window_start_ >= std::chrono::seconds(1)) {
       if (suppressed_ > 0) {
-        spdlog::warn("notifications: {} further subscriber failure reports suppressed", suppressed_);
+        detail::log(LogLevel::warn, "notifications: {} further subscriber failure reports suppressed", suppressed_);
       }
       window_start_ = now;
       lines_ = 0;
@@ -47,11 +47,11 @@ class DefaultErrorLog {
       return;
     }
     ++lines_;
-    spdlog::error(
+    detail::log(LogLevel::error,
         "notifications: subscriber {} (pattern \"{}\") failed in {} for event \"{}\": {} "
         "(reported once per subscriber and event name)",
-        failure.subscription_id, failure.pattern, failure.phase, failure.event_name,
-        failure.message);
+        failure.subscription_id, wire_text(failure.pattern), failure.phase, wire_text(failure.event_name),
+        wire_text(failure.message, 500));
   }
 
  private:

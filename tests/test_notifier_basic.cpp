@@ -420,6 +420,7 @@ TEST(NotifierBasic, NullPatternDoesNotCompile) {
   static_assert(!free_function_subscribes_for_a_block<std::nullptr_t>);
   static_assert(subscribes_alone<n::EventListener>);
   static_assert(!subscribes_alone<std::nullptr_t>);  // a null listener is no pattern either
+  static_assert(!std::is_constructible_v<n::Pattern, std::nullptr_t>);  // nor a Pattern, for capture() and friends
 }
 
 TEST(NotifierBasic, ListeningReflectsCurrentSubscribers) {

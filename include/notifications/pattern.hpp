@@ -12,6 +12,7 @@
 // Pattern::exact() for a name that really contains those characters.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -32,6 +33,8 @@ class Pattern {
   Pattern(std::string_view text);  // NOLINT(google-explicit-constructor): patterns read as strings
   Pattern(const char* text) : Pattern(std::string_view(text)) {}  // NOLINT
   Pattern(const std::string& text) : Pattern(std::string_view(text)) {}  // NOLINT
+  // A null pattern does not compile (it would be a null C string); Pattern::all() is every event.
+  Pattern(std::nullptr_t) = delete;
 
   static Pattern exact(std::string_view name);
   static Pattern wildcard(std::string_view pattern);
