@@ -26,6 +26,12 @@
 #include "scale.hpp"
 #include "wait.hpp"
 
+// LeakSanitizer asks this at exit. A child forked without after_fork() holds memory that only the
+// parent's threads (which do not exist in the child) reach: not a leak of the child's, so the
+// check is skipped in children (and kept in the test process itself).
+const pid_t test_process = ::getpid();
+extern "C" int __lsan_is_turned_off() { return ::getpid() != test_process ? 1 : 0; }
+
 namespace n = notifications;
 using namespace std::chrono_literals;
 using test_support::wait_for_child;
@@ -130,6 +136,12 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileAnotherThreadWasLogging) {
 // ---- many forks while another thread instruments at full speed -----------------------------------
 
 TEST(ForkWithoutPrepare, ManyForksWhileAnotherThreadInstrumentsNeverHang) {
+#if defined(__SANITIZE_ADDRESS__)
+  // Seen here: GCC 12's ASan allocator takes no lock around fork(), so a child forked while the
+  // other thread allocates can block for ever inside ASan's own allocator (any allocation in the
+  // child). glibc's malloc is fork-safe: the release and TSan builds run this test.
+  GTEST_SKIP() << "ASan's allocator is not fork-safe while another thread allocates";
+#endif
   n::Notifier notifier;
   n::BridgeConfig config;
   config.queue_capacity = 1024;  // often full: the instrumenting thread waits on the queue's lock
