@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -21,7 +22,7 @@ struct Handler {
 };
 
 struct Registry {
-  std::timed_mutex mutex;
+  std::mutex mutex;
   std::vector<std::weak_ptr<detail::ForkParticipant>> participants;  // guarded by mutex
   std::vector<Handler> handlers;                                     // guarded by mutex
   // Between prepare_fork() and after_fork(), guarded by the thread that forks:
@@ -48,8 +49,13 @@ void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadli
   Registry& r = registry();
   std::vector<std::shared_ptr<ForkParticipant>> alive;
   {
+    // Polled with try_lock rather than a timed lock: ThreadSanitizer does not see
+    // pthread_mutex_clocklock, which std::timed_mutex uses.
     std::unique_lock lock(r.mutex, std::defer_lock);
-    if (!lock.try_lock_until(deadline)) return;  // a fork is being prepared by a thread that is gone
+    while (!lock.try_lock()) {
+      if (std::chrono::steady_clock::now() >= deadline) return;  // held by a thread that is gone
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     for (const auto& weak : r.participants) {
       if (auto participant = weak.lock()) alive.push_back(std::move(participant));
     }

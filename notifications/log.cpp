@@ -5,6 +5,7 @@
 #include <memory>
 #include <chrono>
 #include <shared_mutex>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -14,7 +15,7 @@ namespace {
 
 // Never destroyed: usable from static destructors and from threads still running at exit.
 struct LogState {
-  std::shared_timed_mutex mutex;
+  std::shared_mutex mutex;
   bool exiting = false;                       // guarded by mutex
   std::shared_ptr<spdlog::logger> kept;       // guarded by mutex; set when exiting
 };
@@ -63,8 +64,14 @@ void begin_exit_logging() noexcept {
     LogState& s = state();
     // Bounded: in a forked child a reader that no longer exists may hold the lock for ever; then
     // lines keep going to spdlog's logger, which nothing else in such a child is using.
-    std::unique_lock lock(s.mutex, std::chrono::milliseconds(200));
-    if (!lock.owns_lock() || s.exiting) return;
+    // Polled with try_lock (ThreadSanitizer does not see the timed rwlock calls).
+    std::unique_lock lock(s.mutex, std::defer_lock);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (!lock.try_lock()) {
+      if (std::chrono::steady_clock::now() >= give_up) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (s.exiting) return;
     s.kept = spdlog::default_logger();
     if (s.kept) s.kept->flush();
     s.exiting = true;
