@@ -239,7 +239,23 @@ class NatsTransport final : public TransportBase {
     int expected = Shared::kLinkRefresh;
     if (!shared_->link.compare_exchange_strong(expected, Shared::kLinkUp)) return;
     max_payload_.store(natsConnection_GetMaxPayload(nc_), std::memory_order_relaxed);
-    headers_.store(options_.headers && natsConnection_HasHeaderSupport(nc_) == NATS_OK, std::memory_order_relaxed);
+    if (natsConnection_HasHeaderSupport(nc_) == NATS_OK) {
+      headers_.store(options_.headers, std::memory_order_relaxed);
+    } else if (options_.headers) {
+      headers_off();
+    }
+  }
+
+  // The server of this connection has no headers: bodies alone until it changes. Asked again on
+  // every batch meanwhile (the reconnected callback may run after the first publishes to the next
+  // server), so headers return with the first batch the next server gets; that costs a few cnats
+  // calls per batch, on such servers only.
+  void headers_off() const {
+    if (headers_.exchange(false, std::memory_order_relaxed)) {
+      detail::log(LogLevel::warn, "notifications nats: the server does not support headers; publishing bodies only");
+    }
+    int expected = Shared::kLinkUp;
+    shared_->link.compare_exchange_strong(expected, Shared::kLinkRefresh);
   }
 
   PublishResult do_publish(std::span<const Message> batch) override {
@@ -326,13 +342,9 @@ class NatsTransport final : public TransportBase {
 
   // cnats refused headers. Before the first connect it has no server INFO yet, so that says
   // nothing about the server: only a connected server without header support turns them off,
-  // until the next (re)connect asks again.
+  // until a server with headers is met again.
   void no_header_support(natsConnection* nc) {
-    if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) return;
-    if (headers_.exchange(false, std::memory_order_relaxed)) {
-      detail::log(LogLevel::warn, "notifications nats: the server does not support headers; publishing bodies only "
-                                  "until the next reconnect");
-    }
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) headers_off();
   }
 
   // The message is appended to `created` (room reserved by the caller), which destroys it.
