@@ -144,7 +144,7 @@ enum ChildSaw : int {
   kPublishNotRefused = 1,  // publish() did not fail for good
   kFlushTrue = 2,          // flush() said everything left the process
   kHealthWrong = 4,        // health() did not say "forked_child"
-  kStopHung = 8,           // stop() did not return within 3 s
+  kStopSlow = 8,           // stop() took more than 3 s (it should return at once)
 };
 
 // fork() without prepare_fork() while one thread publishes and the transport's log thread is
@@ -229,13 +229,11 @@ TEST(NatsFork, ChildWithoutAfterForkNeverTouchesCnatsOrHeldLocks) {
       step[f].store(4);
       // A publish() in flight at fork() never returns in the child, and TransportBase::stop()
       // waits for it (outside this transport): only a child forked between publishes stops.
+      // Called directly (no new thread in a forked child): a hang shows as step 4.
       if (!publishing) {
-        std::atomic<bool> stopped{false};
-        std::thread([&] {
-          transport->stop(test_support::in(300ms));
-          stopped.store(true);
-        }).detach();
-        if (!wait_until([&] { return stopped.load(); }, 3s)) saw |= kStopHung;
+        const auto started = std::chrono::steady_clock::now();
+        transport->stop(test_support::in(300ms));
+        if (std::chrono::steady_clock::now() - started > 3s) saw |= kStopSlow;
       }
       step[f].store(5);
       _exit(saw + (publishing ? 64 : 0));
@@ -283,7 +281,7 @@ TEST(NatsFork, ChildWithoutAfterForkNeverTouchesCnatsOrHeldLocks) {
     EXPECT_EQ(saw & kPublishNotRefused, 0) << "child " << f;
     EXPECT_EQ(saw & kFlushTrue, 0) << "child " << f;
     EXPECT_EQ(saw & kHealthWrong, 0) << "child " << f;
-    EXPECT_EQ(saw & kStopHung, 0) << "child " << f;
+    EXPECT_EQ(saw & kStopSlow, 0) << "child " << f;
   }
   std::printf("%d of %d children were forked between publishes and called stop()\n", stopped_children, kForks);
 }
