@@ -3,7 +3,9 @@
 // and nothing hangs. Real fork() calls, a real nats-server.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 #include "notifications/fork.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
+#include "transport_test_support.hpp"
 #include "wait.hpp"
 
 namespace {
@@ -132,6 +135,155 @@ TEST(NatsFork, ParentAndFourChildrenPublishAndReceiveForTwentyRounds) {
     }
   }
   EXPECT_TRUE(bridge.shutdown(10s).clean);
+}
+
+// ---- a fork without after_fork() ------------------------------------------------------------------
+
+// What a child saw, as bits of its exit code.
+enum ChildSaw : int {
+  kPublishNotRefused = 1,  // publish() did not fail for good
+  kFlushTrue = 2,          // flush() said everything left the process
+  kHealthWrong = 4,        // health() did not say "forked_child"
+  kStopSlow = 8,           // stop() took more than 3 s (it should return at once)
+};
+
+// fork() without prepare_fork() while one thread publishes and the transport's log thread is
+// blocked in the middle of writing a line (standard output is a full pipe, so the logger's locks
+// are held at fork()). In the child, publish, flush, health and stop must neither touch cnats
+// nor take those locks: each returns at once. A child that hangs is killed after 20 s.
+TEST(NatsFork, ChildWithoutAfterForkNeverTouchesCnatsOrHeldLocks) {
+  test_support::NatsServer server;
+  n::NatsOptions options;
+  options.servers = {server.url()};
+  options.pending_messages_limit = 1;  // slow-consumer events: lines for the log thread
+  auto transport = n::make_nats_transport(options);
+  transport->start();
+  transport->subscribe("fk.>", "", [](n::Delivery&&) { std::this_thread::sleep_for(100us); });
+  n::NatsOptions feeder_options;
+  feeder_options.servers = {server.url()};
+  auto feeder = n::make_nats_transport(feeder_options);
+  feeder->start();
+
+  // Standard output becomes a small pipe filled to the brim: the next log line blocks its writer
+  // with the logger's and stdio's locks held, until the pipe is drained below.
+  std::fflush(stdout);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
+  fcntl(pipe_fds[1], F_SETPIPE_SZ, 4096);
+  const int saved_stdout = dup(STDOUT_FILENO);
+  dup2(pipe_fds[1], STDOUT_FILENO);
+  fcntl(pipe_fds[1], F_SETFL, O_NONBLOCK);
+  const std::string filler(1024, '.');
+  while (write(pipe_fds[1], filler.data(), filler.size()) > 0) {
+  }
+  fcntl(pipe_fds[1], F_SETFL, 0);
+
+  // Where each child got to, for the message when one hangs.
+  auto* step = static_cast<std::atomic<int>*>(
+      mmap(nullptr, sizeof(std::atomic<int>) * 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(step, MAP_FAILED);
+
+  std::atomic<bool> stop_threads{false};
+  std::atomic<bool> in_publish{false};
+  std::thread publisher([&] {
+    const std::vector<n::Message> batch(20, n::Message{"fk.p", "{}", {{"Nats-Msg-Id", "x"}}});
+    for (int i = 0; i < 1'000'000 && !stop_threads.load(); ++i) {
+      in_publish.store(true);
+      transport->publish(batch);
+      in_publish.store(false);
+      std::this_thread::sleep_for(1ms);  // most forks fall between publishes: those children also stop()
+    }
+  });
+  std::thread flooder([&] {
+    const std::vector<n::Message> batch(50, n::Message{"fk.f", "{}", {}});
+    for (int i = 0; i < 1'000'000 && !stop_threads.load(); ++i) {
+      feeder->publish(batch);
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  wait_until([&] { return transport->health()["slow_consumer_events"].get<int>() > 0; }, 10s);
+  std::this_thread::sleep_for(100ms);
+
+  constexpr int kForks = 6;
+  struct Outcome {
+    int code = -1;  // exit code; -1: hung
+    int step = 0;
+    bool publish_in_flight = false;
+  };
+  std::vector<Outcome> outcomes;
+  for (int f = 0; f < kForks; ++f) {
+    step[f].store(0);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const bool publishing = in_publish.load();  // as it was at fork()
+      int saw = 0;
+      step[f].store(1);
+      const n::Message m{"fk.child", "{}", {}};
+      const n::PublishResult r = test_support::publish1(*transport, m);
+      if (r.published != 0 || r.transient) saw |= kPublishNotRefused;
+      step[f].store(2);
+      if (transport->flush(test_support::in(200ms))) saw |= kFlushTrue;
+      step[f].store(3);
+      const nlohmann::json h = transport->health();
+      if (h.value("connection", "") != "forked_child") saw |= kHealthWrong;
+      step[f].store(4);
+      // A publish() in flight at fork() never returns in the child, and TransportBase::stop()
+      // waits for it (outside this transport): only a child forked between publishes stops.
+      // Called directly (no new thread in a forked child): a hang shows as step 4.
+      if (!publishing) {
+        const auto started = std::chrono::steady_clock::now();
+        transport->stop(test_support::in(300ms));
+        if (std::chrono::steady_clock::now() - started > 3s) saw |= kStopSlow;
+      }
+      step[f].store(5);
+      _exit(saw + (publishing ? 64 : 0));
+    }
+    Outcome outcome;
+    int status = 0;
+    const bool exited = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 20s);
+    if (!exited) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    } else {
+      outcome.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    outcome.step = step[f].load();
+    outcomes.push_back(outcome);
+    std::this_thread::sleep_for(20ms);
+  }
+
+  // Standard output back, and the pipe drained so the blocked writer goes on.
+  dup2(saved_stdout, STDOUT_FILENO);
+  close(saved_stdout);
+  close(pipe_fds[1]);
+  std::thread drain([fd = pipe_fds[0]] {
+    char buffer[4096];
+    while (read(fd, buffer, sizeof buffer) > 0) {
+    }
+    close(fd);
+  });
+  stop_threads.store(true);
+  publisher.join();
+  flooder.join();
+  feeder->stop(test_support::in(10s));
+  transport->stop(test_support::in(10s));
+  drain.join();
+  munmap(step, sizeof(std::atomic<int>) * 8);
+
+  int stopped_children = 0;
+  for (std::size_t f = 0; f < outcomes.size(); ++f) {
+    const Outcome& o = outcomes[f];
+    ASSERT_NE(o.code, -1) << "child " << f << " hung at step " << o.step
+                          << " (1 publish, 2 flush, 3 health, 4 stop)";
+    ASSERT_LT(o.code, 128) << "child " << f << " died of signal " << o.code - 128;
+    const int saw = o.code & 63;
+    if ((o.code & 64) == 0) ++stopped_children;
+    EXPECT_EQ(saw & kPublishNotRefused, 0) << "child " << f;
+    EXPECT_EQ(saw & kFlushTrue, 0) << "child " << f;
+    EXPECT_EQ(saw & kHealthWrong, 0) << "child " << f;
+    EXPECT_EQ(saw & kStopSlow, 0) << "child " << f;
+  }
+  std::printf("%d of %d children were forked between publishes and called stop()\n", stopped_children, kForks);
 }
 
 }  // namespace

@@ -10,17 +10,23 @@ namespace notifications::nats_detail {
 void on_disconnected(natsConnection*, void* closure) {
   auto* shared = static_cast<Shared*>(closure);
   shared->disconnects.fetch_add(1, std::memory_order_relaxed);
+  shared->link.store(Shared::kLinkDown, std::memory_order_relaxed);
   shared->report(ConnectionEvent::Kind::disconnected);
 }
 
 void on_reconnected(natsConnection*, void* closure) {
   auto* shared = static_cast<Shared*>(closure);
   shared->reconnects.fetch_add(1, std::memory_order_relaxed);
+  shared->reconnect_buffered_bytes.store(0, std::memory_order_relaxed);
+  shared->link.store(Shared::kLinkRefresh, std::memory_order_release);
   shared->report(ConnectionEvent::Kind::reconnected);
 }
 
 void on_connected(natsConnection*, void* closure) {
-  static_cast<Shared*>(closure)->report(ConnectionEvent::Kind::connected);
+  auto* shared = static_cast<Shared*>(closure);
+  shared->reconnect_buffered_bytes.store(0, std::memory_order_relaxed);
+  shared->link.store(Shared::kLinkRefresh, std::memory_order_release);
+  shared->report(ConnectionEvent::Kind::connected);
 }
 
 void on_lame_duck(natsConnection*, void* closure) {
@@ -29,14 +35,14 @@ void on_lame_duck(natsConnection*, void* closure) {
   shared->report(ConnectionEvent::Kind::lame_duck);
 }
 
-void on_error(natsConnection*, natsSubscription*, natsStatus status, void* closure) {
+void on_error(natsConnection*, natsSubscription* sub, natsStatus status, void* closure) {
   auto* shared = static_cast<Shared*>(closure);
   if (status == NATS_SLOW_CONSUMER) {
     shared->slow_consumer_events.fetch_add(1, std::memory_order_relaxed);
   } else {
     shared->async_errors.fetch_add(1, std::memory_order_relaxed);
   }
-  shared->report(ConnectionEvent::Kind::error, status);
+  shared->report(ConnectionEvent::Kind::error, status, sub);
 }
 
 void on_closed(natsConnection*, void* closure) {

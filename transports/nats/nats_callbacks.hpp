@@ -22,6 +22,9 @@ namespace notifications::nats_detail {
 struct ConnectionEvent {
   enum class Kind { connected, disconnected, reconnected, closed, error, lame_duck } kind;
   natsStatus status = NATS_OK;
+  // The subscription an error is about (slow consumer), only compared with the transport's own
+  // subscriptions to name the pattern in the log line; never dereferenced.
+  const void* subscription = nullptr;
 };
 
 inline const char* kind_name(ConnectionEvent::Kind kind) {
@@ -62,14 +65,27 @@ struct Shared {
   std::atomic<std::uint64_t> handler_errors{0};
   std::atomic<std::uint64_t> events_unlogged{0};  // connection events the log queue refused
 
+  // What the publish path checks once per batch (one load, one compare when nothing changed):
+  // kLinkUp while connected with nothing new to learn. The connected and reconnected callbacks
+  // set kLinkRefresh (the transport then asks cnats for the server's max_payload and header
+  // support, from its own threads), the disconnected callback kLinkDown.
+  static constexpr int kLinkUp = 0;
+  static constexpr int kLinkRefresh = 1;
+  static constexpr int kLinkDown = 2;
+  std::atomic<int> link{kLinkDown};
+  // Bytes published while the link was down since it last came up: an estimate of cnats'
+  // reconnect buffer, which cnats 3.4 does not expose (natsConnection_Buffered counts only the
+  // socket's write buffer).
+  std::atomic<std::uint64_t> reconnect_buffered_bytes{0};
+
   std::mutex mutex;
   std::condition_variable changed;
   bool closed = false;  // guarded by mutex: cnats' closed callback ran
 
   detail::BoundedQueue<ConnectionEvent> events{1024};
 
-  void report(ConnectionEvent::Kind kind, natsStatus status = NATS_OK) {
-    if (events.push(ConnectionEvent{kind, status}, OverflowPolicy::drop_newest, std::chrono::milliseconds(0)) !=
+  void report(ConnectionEvent::Kind kind, natsStatus status = NATS_OK, const void* subscription = nullptr) {
+    if (events.push(ConnectionEvent{kind, status, subscription}, OverflowPolicy::drop_newest, std::chrono::milliseconds(0)) !=
         detail::BoundedQueue<ConnectionEvent>::Push::accepted) {
       events_unlogged.fetch_add(1, std::memory_order_relaxed);
     }

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -14,12 +16,10 @@
 #include <utility>
 #include <vector>
 
-#include <spdlog/spdlog.h>
-
-#include <unistd.h>
-
 #include "nats_callbacks.hpp"
 #include "notifications/fork.hpp"
+#include "notifications/log.hpp"
+#include "notifications/process.hpp"
 #include "notifications/thread_name.hpp"
 #include "notifications/transports/nats.hpp"
 
@@ -31,6 +31,14 @@ namespace {
 
 using namespace nats_detail;
 using Clock = std::chrono::steady_clock;
+using detail::LogLevel;
+
+// stop() waits at most this long past its deadline for cnats to report the connection closed.
+constexpr std::chrono::milliseconds kCloseGrace{200};
+// Per reason (connection event kind and status), at most one log line per this interval.
+constexpr std::chrono::seconds kLogInterval{1};
+// No connection yet in any process generation.
+constexpr std::uint64_t kNoGeneration = std::numeric_limits<std::uint64_t>::max();
 
 std::int64_t millis_until(Deadline deadline) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
@@ -67,6 +75,17 @@ class Scrubber {
   std::vector<std::string> secrets_;
 };
 
+// The bytes a message takes against the server's max_payload: the body, plus cnats' header block
+// ("NATS/1.0\r\n", "key: value\r\n" per header, "\r\n") when it is sent with headers.
+std::size_t payload_bytes(const Message& m, bool with_headers) {
+  std::size_t bytes = m.body.size();
+  if (with_headers && !m.headers.empty()) {
+    bytes += 12;
+    for (const auto& [key, value] : m.headers) bytes += key.size() + value.size() + 4;
+  }
+  return bytes;
+}
+
 bool transient(natsStatus status) {
   switch (status) {
     case NATS_INSUFFICIENT_BUFFER:  // the reconnect buffer is full: the connection is down
@@ -94,11 +113,24 @@ class NatsTransport final : public TransportBase {
       stop(Clock::now() + std::chrono::seconds(5));
     } catch (...) {  // a destructor must not throw
     }
+    if (forked_without_after_fork()) {
+      // The log thread does not exist in this child: its handle is abandoned, not joined.
+      (void)log_thread_.release();
+      return;  // Shared stays: cnats' callbacks may still refer to it in the parent's image
+    }
     shared_->release();
   }
 
   std::string kind() const override { return "nats"; }
   TransportCapabilities capabilities() const override { return kNatsCapabilities; }
+
+  // The server's max_payload, as learnt on the last (re)connect; 0 before the first connect,
+  // after stop, and in a forked child.
+  std::size_t max_message_bytes() const override {
+    if (forked_without_after_fork()) return 0;
+    refresh_link_info();
+    return static_cast<std::size_t>(max_payload_.load(std::memory_order_relaxed));
+  }
 
  protected:
   void do_start() override { connect(options_.retry_on_failed_connect); }
@@ -165,28 +197,65 @@ class NatsTransport final : public TransportBase {
     }
 
     shared_->retain();  // the connection's reference, released by on_closed
+    shared_->link.store(Shared::kLinkDown);
+    shared_->reconnect_buffered_bytes.store(0);
+    max_payload_.store(0);
+    // Until a server tells: optimistic. A publish before the first connect falls back to the
+    // body alone for that message (cnats refuses headers without a server's INFO).
+    headers_.store(options_.headers);
     natsConnection* nc = nullptr;
     const natsStatus status = natsConnection_Connect(&nc, opts);
     if (status != NATS_OK && status != NATS_NOT_YET_CONNECTED) {
       shared_->release();  // no connection: no closed callback
       throw TransportError(describe("cannot connect to " + servers_text(), status));
     }
+    if (status == NATS_OK) shared_->link.store(Shared::kLinkRefresh);
     {
       std::unique_lock lock(connection_mutex_);
       nc_ = nc;
     }
+    refresh_link_info();
     open_connections().fetch_add(1);
-    owner_pid_ = getpid();
+    generation_.store(detail::fork_generation());
     // Events reported before this thread runs wait in the queue.
     log_stop_.store(false);
     closing_.store(false);
-    log_thread_ = std::thread([this] { run_log(); });
+    log_thread_ = std::make_unique<std::thread>([this] { run_log(); });
     if (status == NATS_NOT_YET_CONNECTED) {
-      spdlog::warn("notifications nats: no server reachable yet at {}; retrying in the background",
-                   servers_text());
+      detail::log(LogLevel::warn, "notifications nats: no server reachable yet at {}; retrying in the background",
+                  servers_text());
     } else {
-      spdlog::info("notifications nats: connected to {}", connected_url());
+      detail::log(LogLevel::info, "notifications nats: connected to {}", connected_url());
     }
+  }
+
+  // After a (re)connect: what this server allows (max_payload, headers). Cheap when nothing
+  // changed (one load). Any thread; cnats is asked without the transport's locks.
+  void refresh_link_info() const {
+    if (shared_->link.load(std::memory_order_acquire) != Shared::kLinkRefresh) return;
+    std::shared_lock lock(connection_mutex_, std::try_to_lock);
+    if (!lock.owns_lock() || nc_ == nullptr) return;  // being replaced: the next call refreshes
+    if (natsConnection_Status(nc_) != NATS_CONN_STATUS_CONNECTED) return;
+    int expected = Shared::kLinkRefresh;
+    if (!shared_->link.compare_exchange_strong(expected, Shared::kLinkUp)) return;
+    max_payload_.store(natsConnection_GetMaxPayload(nc_), std::memory_order_relaxed);
+    if (natsConnection_HasHeaderSupport(nc_) == NATS_OK) {
+      headers_.store(options_.headers, std::memory_order_relaxed);
+    } else if (options_.headers) {
+      headers_off();
+    }
+  }
+
+  // The server of this connection has no headers: bodies alone until it changes. Asked again on
+  // every batch meanwhile (the reconnected callback may run after the first publishes to the next
+  // server), so headers return with the first batch the next server gets; that costs a few cnats
+  // calls per batch, on such servers only.
+  void headers_off() const {
+    if (headers_.exchange(false, std::memory_order_relaxed)) {
+      detail::log(LogLevel::warn, "notifications nats: the server does not support headers; publishing bodies only");
+    }
+    int expected = Shared::kLinkUp;
+    shared_->link.compare_exchange_strong(expected, Shared::kLinkRefresh);
   }
 
   PublishResult do_publish(std::span<const Message> batch) override {
@@ -196,6 +265,26 @@ class NatsTransport final : public TransportBase {
     }
     natsConnection* nc = nc_;  // stable between do_start and do_stop, which never overlap publish
     if (nc == nullptr) return PublishResult{0, true, "nats: not connected"};
+    // Once per batch: has the link changed since the last batch?
+    const int link = shared_->link.load(std::memory_order_acquire);
+    if (link == Shared::kLinkUp) [[likely]] return publish_batch(nc, batch);
+    if (link == Shared::kLinkRefresh) refresh_link_info();
+    PublishResult result = publish_batch(nc, batch);
+    if (link == Shared::kLinkDown) {
+      // What went to cnats' reconnect buffer (an estimate: its own size is not exposed).
+      std::uint64_t bytes = 0;
+      for (std::size_t i = 0; i < result.published; ++i) {
+        bytes += batch[i].subject.size() + payload_bytes(batch[i], headers_.load()) + 16;
+      }
+      shared_->reconnect_buffered_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    }
+    return result;
+  }
+
+  PublishResult publish_batch(natsConnection* nc, std::span<const Message> batch) {
+    // 0 (unknown): no check here; cnats checks against what the server announced.
+    const auto known_limit = static_cast<std::uint64_t>(max_payload_.load(std::memory_order_relaxed));
+    const std::uint64_t limit = known_limit > 0 ? known_limit : std::numeric_limits<std::uint64_t>::max();
     // Published messages are destroyed in groups of kDestroyEvery: cnats hands each destroyed
     // natsMsg to its garbage-collector thread, and a group wakes that thread once instead of once
     // per message. The group bounds how many published messages are alive at once.
@@ -211,23 +300,21 @@ class NatsTransport final : public TransportBase {
     if (headers_.load(std::memory_order_relaxed)) created.published.reserve(std::min(batch.size(), kDestroyEvery));
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Message& m = batch[i];
+      if (m.body.size() > limit) [[unlikely]] return too_large(batch, i, known_limit);
       natsStatus s = NATS_OK;
       bool sent = false;
       if (!m.headers.empty() && headers_.load(std::memory_order_relaxed)) {
         if (created.published.size() == kDestroyEvery) created.destroy();
         s = publish_with_headers(nc, m, created.published);
         sent = s != NATS_NO_SERVER_SUPPORT;
-        if (!sent) {
-          // A server without headers: the envelope body carries everything; send it without them.
-          headers_.store(false, std::memory_order_relaxed);
-          spdlog::warn("notifications nats: the server does not support headers; publishing bodies only");
-        }
+        if (!sent) no_header_support(nc);  // the envelope body carries everything: sent without them
       }
       if (!sent) {
         // No natsMsg at all: cnats copies the body straight into its write buffer.
         s = natsConnection_Publish(nc, m.subject.c_str(), m.body.data(), static_cast<int>(m.body.size()));
       }
-      if (s != NATS_OK) {
+      if (s != NATS_OK) [[unlikely]] {
+        if (s == NATS_MAX_PAYLOAD) return too_large(batch, i, natsConnection_GetMaxPayload(nc));
         publish_errors_.fetch_add(1, std::memory_order_relaxed);
         published_.fetch_add(i, std::memory_order_relaxed);
         return PublishResult{i, transient(s),
@@ -236,6 +323,28 @@ class NatsTransport final : public TransportBase {
     }
     published_.fetch_add(batch.size(), std::memory_order_relaxed);
     return PublishResult{batch.size(), true, {}};
+  }
+
+  // batch[index] is larger than the server accepts: a permanent failure for that message (it
+  // would fail the same way every time; the Bridge drops it instead of retrying).
+  PublishResult too_large(std::span<const Message> batch, std::size_t index, std::int64_t limit) {
+    const Message& m = batch[index];
+    publish_errors_.fetch_add(1, std::memory_order_relaxed);
+    too_large_.fetch_add(1, std::memory_order_relaxed);
+    published_.fetch_add(index, std::memory_order_relaxed);
+    const bool with_headers = headers_.load(std::memory_order_relaxed);
+    return PublishResult{index, false,
+                         scrub_("nats: publish to \"" + m.subject + "\": the message is " +
+                                std::to_string(payload_bytes(m, with_headers)) + " bytes (body " +
+                                std::to_string(m.body.size()) + (with_headers && !m.headers.empty() ? " plus headers" : "") +
+                                "), more than the server's max_payload of " + std::to_string(limit) + " bytes")};
+  }
+
+  // cnats refused headers. Before the first connect it has no server INFO yet, so that says
+  // nothing about the server: only a connected server without header support turns them off,
+  // until a server with headers is met again.
+  void no_header_support(natsConnection* nc) {
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) headers_off();
   }
 
   // The message is appended to `created` (room reserved by the caller), which destroys it.
@@ -253,11 +362,21 @@ class NatsTransport final : public TransportBase {
 
   void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override {
+    if (forked_without_after_fork()) {
+      throw TransportError("nats: subscribe \"" + pattern + "\" in a forked child without notifications::after_fork()");
+    }
     subscribe_unflushed(id, pattern, options, std::move(handler));
-    // The server knows the interest once it answered a PING sent after the SUB: events
-    // published after subscribe() returns reach this subscription. While disconnected this
-    // fails; cnats subscribes again on reconnect.
-    natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
+    flush_subscriptions();
+  }
+
+  // The server knows the interest once it answered a PING sent after the SUB: events published
+  // after subscribe() returns reach this subscription. Only while connected: before the first
+  // connect and while reconnecting, cnats sends every subscription when the connection is made,
+  // and waiting here would only block start() (retry_on_failed_connect) for connect_timeout.
+  void flush_subscriptions() {
+    if (natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED) {
+      natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
+    }
   }
 
   // do_subscribe() without its closing flush.
@@ -292,6 +411,7 @@ class NatsTransport final : public TransportBase {
   }
 
   void do_unsubscribe(std::uint64_t id) override {
+    if (forked_without_after_fork()) return;
     Entry entry;
     {
       std::unique_lock lock(connection_mutex_);
@@ -306,17 +426,39 @@ class NatsTransport final : public TransportBase {
     natsSubscription_Destroy(entry.sub);
   }
 
+  // True only when a PING sent after everything published so far was answered by the server.
+  // While the connection is down (publishes wait in cnats' reconnect buffer) it waits for the
+  // reconnect and flushes then, or returns false at the deadline.
   // May run while do_stop drains (TransportBase does not serialise flush): the shared lock keeps
   // the connection alive; once closed, FlushTimeout returns at once.
   bool do_flush(Deadline deadline) override {
+    if (forked_without_after_fork()) return false;
     std::shared_lock lock(connection_mutex_);
-    return nc_ != nullptr && natsConnection_FlushTimeout(nc_, millis_until(deadline)) == NATS_OK;
+    if (nc_ == nullptr) return false;
+    for (int attempt = 0; attempt < 1'000'000; ++attempt) {
+      if (closing_.load()) return false;
+      const natsConnStatus status = natsConnection_Status(nc_);
+      if (status == NATS_CONN_STATUS_CLOSED) return false;
+      if (status == NATS_CONN_STATUS_CONNECTED) {
+        const natsStatus s = natsConnection_FlushTimeout(nc_, millis_until(deadline));
+        if (s == NATS_OK) return true;
+        // Disconnected meanwhile: the PING was lost with the connection; try again once back.
+        if (s != NATS_CONNECTION_DISCONNECTED) return false;
+      }
+      const auto now = Clock::now();
+      if (now >= deadline) return false;
+      std::this_thread::sleep_for(std::min<Clock::duration>(deadline - now, std::chrono::milliseconds(5)));
+    }
+    return false;
   }
 
   void do_stop(Deadline deadline) override {
     if (forked_without_after_fork()) {
-      spdlog::error("notifications nats: stopped in a forked child without notifications::after_fork(): "
-                    "the connection is abandoned (cnats cannot cross fork())");
+      // Nothing here may take a lock: another thread may have held it at fork(). No cnats call,
+      // no logger (its locks), no join (the threads do not exist in this child).
+      detail::write_stderr_unlocked(
+          "notifications nats: stopped in a forked child without notifications::after_fork(): "
+          "the connection is abandoned (cnats cannot cross fork())\n");
       return;
     }
     close_connection(deadline);
@@ -338,13 +480,16 @@ class NatsTransport final : public TransportBase {
       std::lock_guard lock(shared_->mutex);
       shared_->closed = false;
     }
-    if (in_child) owner_pid_ = getpid();
+    if (in_child) {
+      (void)log_thread_.release();  // the parent's log thread: gone in the child, not joinable
+    }
+    generation_.store(detail::fork_generation());  // this process may use the transport again
     try {
       connect(true);  // cnats keeps trying in the background when no server answers
       for (Entry& entry : fork_subscriptions_) {
         subscribe_unflushed(entry.id, entry.pattern, entry.options, entry.handler);
       }
-      if (!fork_subscriptions_.empty()) natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
+      if (!fork_subscriptions_.empty()) flush_subscriptions();
     } catch (const std::exception& e) {
       note_error(std::string("after fork: ") + e.what());
     }
@@ -367,7 +512,7 @@ class NatsTransport final : public TransportBase {
         entry.dropped_kept = true;
       }
     }
-    natsConnection_FlushTimeout(nc, millis_until(deadline));
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(nc, millis_until(deadline));
     // Drain: subscriptions hand over what they hold, publishes are written out, then cnats
     // closes the connection. Refused while reconnecting: retried until the deadline.
     bool draining = false;
@@ -384,15 +529,18 @@ class NatsTransport final : public TransportBase {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    if (!draining || !wait_closed(deadline + std::chrono::milliseconds(200))) {
+    if (!draining || !wait_closed(deadline + kCloseGrace)) {
       for (const auto& [pattern, count] : pending_by_pattern()) {
         discarded_.fetch_add(count, std::memory_order_relaxed);
-        spdlog::warn("notifications nats: {} received message(s) on \"{}\" discarded at stop (deadline passed)",
-                     count, pattern);
+        detail::log(LogLevel::warn,
+                    "notifications nats: {} received message(s) on \"{}\" discarded at stop (deadline passed)", count,
+                    detail::wire_text(pattern));
       }
       natsConnection_Close(nc);
-      if (!wait_closed(Clock::now() + std::chrono::seconds(5))) {
-        spdlog::error("notifications nats: the connection did not report closed within 5 s after close");
+      // Close is synchronous; the closed callback is queued behind other connections' callbacks.
+      // Not waiting past the deadline: Shared is reference-counted, so the callback may come late.
+      if (!wait_closed(std::max(deadline, Clock::now()) + kCloseGrace)) {
+        detail::log(LogLevel::debug, "notifications nats: the closed callback had not run by the stop deadline");
       }
     }
     std::map<std::uint64_t, Entry> subs;
@@ -404,13 +552,25 @@ class NatsTransport final : public TransportBase {
     for (auto& [id, entry] : subs) natsSubscription_Destroy(entry.sub);
     natsConnection_Destroy(nc);
     open_connections().fetch_sub(1);
+    max_payload_.store(0);
     log_stop_.store(true);
-    if (log_thread_.joinable()) log_thread_.join();
+    if (log_thread_ && log_thread_->joinable()) log_thread_->join();
+    log_thread_.reset();
   }
 
  protected:
 
   nlohmann::json do_health() const override {
+    if (forked_without_after_fork()) {
+      // Atomics only: a lock or a cnats call could wait forever on what another thread held at fork().
+      return nlohmann::json{
+          {"connection", "forked_child"},
+          {"forked_child", true},
+          {"published", published_.load()},
+          {"publish_errors", publish_errors_.load()},
+          {"last_error", "used in a forked child without notifications::after_fork()"},
+      };
+    }
     std::shared_lock lock(connection_mutex_);
     nlohmann::json h{
         {"connection", nc_ == nullptr ? "closed" : status_name(natsConnection_Status(nc_))},
@@ -442,6 +602,9 @@ class NatsTransport final : public TransportBase {
     h["slow_consumer_events"] = shared_->slow_consumer_events.load();
     h["pending"] = pending;
     h["buffered_bytes"] = nc_ == nullptr ? 0 : std::max(0, natsConnection_Buffered(nc_));
+    h["reconnect_buffered_bytes"] = nc_ == nullptr ? 0 : shared_->reconnect_buffered_bytes.load();
+    h["max_payload"] = max_payload_.load();
+    h["too_large"] = too_large_.load();
     std::lock_guard error_lock(error_mutex_);
     h["last_error"] = last_error_;
     return h;
@@ -472,7 +635,10 @@ class NatsTransport final : public TransportBase {
   }
 
   void note_error(const std::string& text) {
-    spdlog::warn("notifications nats: {}", text);
+    detail::log(LogLevel::warn, "notifications nats: {}", text);
+    record_error(text);
+  }
+  void record_error(const std::string& text) {
     std::lock_guard lock(error_mutex_);
     last_error_ = text;
   }
@@ -539,49 +705,128 @@ class NatsTransport final : public TransportBase {
     }
   }
 
+  // The pattern of the subscription whose cnats handle is `sub`, or "" (already gone).
+  std::string pattern_of(const void* sub) const {
+    if (sub == nullptr) return {};
+    std::shared_lock lock(connection_mutex_);
+    for (const auto& [id, entry] : subscriptions_) {
+      if (entry.sub == sub) return entry.pattern;
+    }
+    return {};
+  }
+
+  // The server's text for the last error on the connection ("-ERR '...'"), escaped, or "".
+  std::string server_error_text() const {
+    std::shared_lock lock(connection_mutex_);
+    const char* text = nullptr;
+    if (nc_ == nullptr || natsConnection_GetLastError(nc_, &text) == NATS_OK || text == nullptr || *text == '\0') {
+      return {};
+    }
+    return detail::wire_text(text);
+  }
+
   // The transport's own thread: logs what the connection callbacks reported, up to the last
-  // event queued before it was asked to stop.
+  // event queued before it was asked to stop. Every event updates the counters and last_error;
+  // log lines are limited per reason (event kind and status) to one per kLogInterval, the next
+  // line saying how many were suppressed meanwhile, so a flood of slow-consumer or other
+  // per-message errors costs a line a second, not a line an event.
   void run_log() {
     detail::name_this_thread("ntf-nats-log");
-    const auto log = [this](const ConnectionEvent& e) {
-      if (e.kind == ConnectionEvent::Kind::error) {
-        note_error(std::string("asynchronous error: ") + natsStatus_GetText(e.status));
-      } else if (e.kind == ConnectionEvent::Kind::disconnected && !closing_.load()) {
-        note_error("disconnected from the server");
-      } else {
-        spdlog::info("notifications nats: {}{}", kind_name(e.kind),
-                     e.kind == ConnectionEvent::Kind::reconnected ? " to " + connected_url() : std::string());
+    struct Reason {
+      Clock::time_point last_line{};
+      std::uint64_t suppressed = 0;
+      bool logged = false;
+    };
+    std::map<std::pair<int, int>, Reason> reasons;
+    const auto describe_event = [this](const ConnectionEvent& e) -> std::pair<LogLevel, std::string> {
+      switch (e.kind) {
+        case ConnectionEvent::Kind::error: {
+          std::string text = std::string("asynchronous error: ") + natsStatus_GetText(e.status);
+          if (e.status == NATS_SLOW_CONSUMER) {
+            const std::string pattern = pattern_of(e.subscription);
+            if (!pattern.empty()) text += " on \"" + detail::wire_text(pattern) + "\"";
+          } else if (const std::string server = server_error_text(); !server.empty()) {
+            text += " (" + server + ")";
+          }
+          return {LogLevel::warn, text};
+        }
+        case ConnectionEvent::Kind::disconnected:
+          if (closing_.load()) return {LogLevel::info, "disconnected (stopping)"};
+          return {LogLevel::warn, "disconnected from the server"};
+        case ConnectionEvent::Kind::connected:
+        case ConnectionEvent::Kind::reconnected:
+          refresh_link_info();
+          return {LogLevel::info, std::string(kind_name(e.kind)) + " to " + detail::wire_text(connected_url())};
+        case ConnectionEvent::Kind::lame_duck:
+          return {LogLevel::warn, "the server " + detail::wire_text(connected_url()) +
+                                      " entered lame duck mode (it will shut down; cnats reconnects elsewhere)"};
+        case ConnectionEvent::Kind::closed:
+          break;
       }
+      return {LogLevel::info, kind_name(e.kind)};
+    };
+    const auto handle = [&](const ConnectionEvent& e) {
+      auto [level, text] = describe_event(e);
+      if (level == LogLevel::warn) record_error(text);
+      Reason& reason = reasons[{static_cast<int>(e.kind), static_cast<int>(e.status)}];
+      const auto now = Clock::now();
+      if (reason.logged && now - reason.last_line < kLogInterval) {
+        ++reason.suppressed;
+        return;
+      }
+      if (reason.suppressed > 0) {
+        text += " (" + std::to_string(reason.suppressed) + " more like it suppressed)";
+      }
+      detail::log(level, "notifications nats: {}", text);
+      reason = Reason{now, 0, true};
     };
     decltype(shared_->events)::Batch batch;
     while (!log_stop_.load()) {
       if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
-      for (const ConnectionEvent& e : batch) log(e);
+      for (const ConnectionEvent& e : batch) handle(e);
     }
-    for (const ConnectionEvent& e : shared_->events.take_all()) log(e);
+    for (const ConnectionEvent& e : shared_->events.take_all()) handle(e);
+    for (const auto& [key, reason] : reasons) {
+      if (reason.suppressed == 0) continue;
+      const auto kind = static_cast<ConnectionEvent::Kind>(key.first);
+      const auto status = static_cast<natsStatus>(key.second);
+      detail::log(LogLevel::warn, "notifications nats: {} more \"{}{}\" event(s) suppressed in the log before stop",
+                  reason.suppressed, kind_name(kind),
+                  kind == ConnectionEvent::Kind::error ? std::string(": ") + natsStatus_GetText(status) : std::string());
+    }
   }
 
   const NatsOptions options_;
   const Scrubber scrub_;
   Shared* const shared_ = new Shared;  // one reference, released by the destructor
-  std::thread log_thread_;
+  std::unique_ptr<std::thread> log_thread_;
   std::atomic<bool> log_stop_{false};
   std::atomic<bool> closing_{false};  // close_connection() runs
-  pid_t owner_pid_ = 0;                     // the process that connected
+  // The fork generation (notifications/process.hpp) that connected, or kNoGeneration.
+  std::atomic<std::uint64_t> generation_{kNoGeneration};
   std::vector<Entry> fork_subscriptions_;   // between prepare_fork and after_fork
 
-  bool forked_without_after_fork() const { return owner_pid_ != 0 && owner_pid_ != getpid(); }
+  // In a child forked without after_fork(): the connection, its threads and any lock another
+  // thread held at fork() belong to the parent. One load and a compare (it runs per batch).
+  bool forked_without_after_fork() const {
+    const std::uint64_t generation = generation_.load(std::memory_order_relaxed);
+    return generation != kNoGeneration && generation != detail::fork_generation();
+  }
 
   // Exclusive to change nc_ or subscriptions_, shared to use them. do_publish and do_subscribe
   // read nc_ without it: TransportBase never runs them during do_start or do_stop.
   mutable std::shared_mutex connection_mutex_;
   natsConnection* nc_ = nullptr;
   std::map<std::uint64_t, Entry> subscriptions_;
-  std::atomic<bool> headers_{options_.headers};  // false once a server without headers was met
+  // Publish with headers: options.headers and the server of the current connection has them
+  // (asked after every (re)connect; optimistic until the first connect).
+  mutable std::atomic<bool> headers_{options_.headers};
+  mutable std::atomic<std::int64_t> max_payload_{0};  // the server's max_payload; 0 = unknown
 
   std::atomic<std::uint64_t> published_{0};
   std::atomic<std::uint64_t> publish_errors_{0};
   std::atomic<std::uint64_t> discarded_{0};
+  std::atomic<std::uint64_t> too_large_{0};  // messages refused for good: over max_payload
   std::atomic<std::uint64_t> dropped_by_closed_{0};  // slow-consumer drops of subscriptions now gone
   mutable std::mutex error_mutex_;
   std::string last_error_;  // guarded by error_mutex_
@@ -601,13 +846,14 @@ void register_nats_transport() {
     register_fork_handler(
         [] {
           if (open_connections().load() != 0) {
-            spdlog::warn("notifications nats: {} connection(s) outside a Bridge are open at fork(): cnats "
-                         "stays open and must not be used in the child",
-                         open_connections().load());
+            detail::log(LogLevel::warn,
+                        "notifications nats: {} connection(s) outside a Bridge are open at fork(): cnats "
+                        "stays open and must not be used in the child",
+                        open_connections().load());
             return;
           }
           if (const natsStatus s = nats_CloseAndWait(5000); s != NATS_OK && s != NATS_NOT_INITIALIZED) {
-            spdlog::warn("notifications nats: closing cnats before fork(): {}", natsStatus_GetText(s));
+            detail::log(LogLevel::warn, "notifications nats: closing cnats before fork(): {}", natsStatus_GetText(s));
           }
         },
         nullptr);

@@ -19,9 +19,33 @@
 // hold; the publish buffer is written out), waits for cnats' closed signal, and destroys it.
 // A drain refused while reconnecting is retried until the deadline; past the deadline the
 // connection is closed and the messages subscriptions still held are counted as "discarded".
+// stop() returns by its deadline plus a small constant (about 100 ms: the log thread's wake-up),
+// whether the server is up, gone, or was never reached.
+//
+// start() with retry_on_failed_connect returns at once when no server answers; subscriptions
+// made before the first connection (or while reconnecting) reach the server when it is made.
+//
+// flush(deadline) is true only when the server answered a PING sent after everything published
+// before the call; while the connection is down (publishes wait in cnats' reconnect buffer) it
+// waits for the reconnect, or returns false at the deadline.
+//
+// Headers: used when `headers` is set and the server of the current connection supports them,
+// asked again after every (re)connect; a publish before the first connect (cnats knows no server
+// yet) sends that message's body alone, without switching headers off.
+//
+// max_message_bytes(): the server's max_payload as announced on the last (re)connect; 0 before
+// the first connect and after stop. A message larger than that (body plus headers) fails for
+// good: publish() returns its index in `published`, transient = false, and an error naming its
+// size and the limit; it is never retried (health: "too_large").
+//
+// Logging: connection events and per-message errors (slow consumer, asynchronous errors) are
+// logged by the transport's own thread, at most one line a second per reason (event kind and
+// status), the next line counting what was suppressed; text from the server is escaped.
 //
 // Fork: cnats must not be used across fork(). See notifications/fork.hpp (prepare_fork /
-// after_fork) for pre-fork servers.
+// after_fork) for pre-fork servers. In a child forked without after_fork() the transport touches
+// neither cnats nor any lock: publish() fails for good, flush() is false, health() says
+// "connection": "forked_child", stop() returns at once (the connection belongs to the parent).
 //
 // URL: nats://[user:password@|token@]host[:port][,host[:port]...][?key=value&...]; "tls://" is
 // the same with TLS required. Query keys and TransportConfig::options keys (the URL wins) are the
@@ -34,7 +58,10 @@
 // disconnects, reconnects, published, publish_errors, received, slow_consumer_dropped (over the
 // transport's life, subscriptions since closed included), slow_consumer_events, async_errors,
 // lame_duck, handler_errors, events_unlogged (connection events past the log queue's bound),
-// discarded, pending, buffered_bytes, subscriptions, last_error.
+// discarded, pending, buffered_bytes (cnats' socket write buffer), reconnect_buffered_bytes (an
+// estimate of what waits in cnats' reconnect buffer: bytes published while disconnected since the
+// last (re)connect; cnats 3.4 does not expose the buffer's size), max_payload, too_large,
+// subscriptions, last_error.
 #pragma once
 
 #include <chrono>
