@@ -33,6 +33,7 @@
 #include <stdexcept>
 
 #include "notifications/ascii.hpp"
+#include "notifications/process.hpp"
 #include "notifications/subject.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
@@ -231,10 +232,25 @@ void TransportBase::start() {
   if (p == kStarted) return;
   if (p != kCreated) throw TransportError(kind() + ": start() after stop(); create a new transport");
   do_start();  // throws: stays created
+  generation_ = detail::fork_generation();
   set_phase(ref, kStarted);
 }
 
+bool TransportBase::in_forked_child() const {
+  // const member: atomic_ref needs a non-const object; the load does not modify it.
+  const int p = phase(StateRef(const_cast<State&>(state_)).load(std::memory_order_acquire));
+  return p != kCreated && generation_ != detail::fork_generation();
+}
+
+void TransportBase::after_fork(bool in_child) {
+  if (in_child) generation_ = detail::fork_generation();  // the threads are parked: no reader
+  do_after_fork(in_child);
+}
+
 PublishResult TransportBase::publish(std::span<const Message> batch) {
+  if (in_forked_child()) {
+    return PublishResult{0, false, kind() + ": used in a forked child without notifications::after_fork()"};
+  }
   StateRef ref(state_);
   // Register this call, but only while started (one CAS checks and counts).
   State w = ref.load(std::memory_order_acquire);
@@ -274,6 +290,10 @@ std::uint64_t TransportBase::subscribe(const std::string& pattern, const Deliver
     throw TransportError("subscribe group \"" + group + "\": " + problem);
   }
   if (!handler) throw TransportError("subscribe \"" + pattern + "\": empty handler");
+  if (in_forked_child()) {
+    throw TransportError("subscribe \"" + pattern + "\": " + kind() +
+                         " transport used in a forked child without notifications::after_fork()");
+  }
 
   std::lock_guard lock(lifecycle_);
   const int p = phase(StateRef(state_).load(std::memory_order_acquire));
@@ -288,18 +308,25 @@ std::uint64_t TransportBase::subscribe(const std::string& pattern, const Deliver
 }
 
 void TransportBase::unsubscribe(std::uint64_t id) {
+  if (in_forked_child()) return;
   std::lock_guard lock(lifecycle_);
   if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
   do_unsubscribe(id);
 }
 
 bool TransportBase::flush(Deadline deadline) {
+  if (in_forked_child()) return false;
   if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return true;
   return do_flush(deadline);
 }
 
 void TransportBase::stop(Deadline deadline) {
   StateRef ref(state_);
+  if (in_forked_child()) {
+    // No hook, no lock, no wait: a publish() in flight at fork() never returns in this process.
+    ref.store(make_word(kStopped), std::memory_order_release);
+    return;
+  }
   {
     std::unique_lock lock(lifecycle_);
     const int p = phase(ref.load(std::memory_order_acquire));
@@ -327,6 +354,11 @@ void TransportBase::stop(Deadline deadline) {
 }
 
 nlohmann::json TransportBase::health() const {
+  if (in_forked_child()) {
+    return {{"kind", kind()},
+            {"state", "forked_child"},
+            {"detail", "forked without notifications::after_fork(): this process does not use the transport"}};
+  }
   nlohmann::json out;
   try {
     out = do_health();

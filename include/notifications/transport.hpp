@@ -144,6 +144,10 @@ class Transport {
 //   so a handler may unsubscribe while the transport drains.
 // - health() adds "kind" and "state" ("stopping" while do_stop runs) to do_health().
 // - Derived destructors must call stop() themselves (the base cannot call their hooks).
+// - In a child process forked after start() without after_fork(true) (notifications/fork.hpp),
+//   the base runs no hook and takes no lock another thread may have held at fork(): publish()
+//   refuses (transient = false), flush() is false, subscribe() throws, unsubscribe() does
+//   nothing, stop() only marks the transport stopped, health() says "forked_child".
 class TransportBase : public Transport {
  public:
   enum class State { created, started, stopped };
@@ -156,6 +160,8 @@ class TransportBase : public Transport {
   bool flush(Deadline deadline) final;
   void stop(Deadline deadline) final;
   nlohmann::json health() const final;
+  // Records that this process now owns the transport (in a child), then calls do_after_fork.
+  void after_fork(bool in_child) final;
 
   State state() const;
 
@@ -169,6 +175,8 @@ class TransportBase : public Transport {
   virtual void do_stop(Deadline deadline) = 0;
   // Transport-specific fields; the base adds "kind" and "state".
   virtual nlohmann::json do_health() const = 0;
+  // See Transport::after_fork. Default: nothing.
+  virtual void do_after_fork(bool in_child) { (void)in_child; }
 
  private:
   mutable std::mutex lifecycle_;
@@ -176,6 +184,10 @@ class TransportBase : public Transport {
   // std::atomic_ref in transport.cpp, written under lifecycle_.
   State state_ = State::created;
   std::uint64_t next_subscription_ = 1;  // guarded by lifecycle_
+  // The fork generation (notifications/process.hpp) that started the transport or adopted it in
+  // after_fork(true); written before the phase becomes started, read after loading it.
+  std::uint64_t generation_ = 0;
+  bool in_forked_child() const;
 };
 
 // Where and how to connect: the URL (its scheme picks the factory) and transport options.

@@ -225,7 +225,7 @@ TEST(NatsFork, ChildWithoutAfterForkNeverTouchesCnatsOrHeldLocks) {
       if (transport->flush(test_support::in(200ms))) saw |= kFlushTrue;
       step[f].store(3);
       const nlohmann::json h = transport->health();
-      if (h.value("connection", "") != "forked_child") saw |= kHealthWrong;
+      if (h.value("state", "") != "forked_child") saw |= kHealthWrong;
       step[f].store(4);
       // A publish() in flight at fork() never returns in the child, and TransportBase::stop()
       // waits for it (outside this transport): only a child forked between publishes stops.

@@ -293,11 +293,13 @@ TEST(NatsShutdown, HandlerBlockingForSecondsDoesNotHangShutdown) {
   ASSERT_TRUE(wait_until([&] { return entered.load() >= 1; }, 10s));
   const auto start = std::chrono::steady_clock::now();
   receiver.bridge->shutdown(500ms);
-  // Bounded: the handler in progress finishes (2 s); no further one starts after the deadline,
-  // and what was not handed over is counted.
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  // shutdown returns by its deadline plus a small constant while the handler in progress goes on
+  // (generous bound: it detects a wait for the handler, never a speed); no further handler starts
+  // after the deadline, and what was not handed over is counted once the dispatcher is free.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 500ms + 1s);
+  ASSERT_TRUE(wait_until([&] { return receiver.bridge->health()["counters"]["dropped"]["inbound_deadline"] == 2; }, 10s))
+      << receiver.bridge->health().dump();
   EXPECT_EQ(entered.load(), 1);
-  EXPECT_EQ(receiver.bridge->health()["counters"]["dropped"]["shutdown_deadline"], 2);
 }
 
 // ---- slow consumers -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "child_process.hpp"
 #include "notifications/bounded_queue.hpp"
@@ -167,6 +168,44 @@ TEST(ForkWithoutPrepare, ManyForksWhileAnotherThreadInstrumentsNeverHang) {
   instrumenting.join();
   EXPECT_EQ(hangs, 0) << "of " << forks << " forks";
   EXPECT_EQ(failures, 0) << "of " << forks << " forks";
+}
+
+// ---- a transport used directly -------------------------------------------------------------------
+
+// A publish() in flight at fork() never returns in the child: the transport there refuses work,
+// and stop() neither waits for that call nor takes a lock.
+TEST(ForkWithoutPrepare, ATransportWithAPublishInFlightAtForkRefusesAndStopsInTheChild) {
+  auto transport = mock();
+  transport->start();
+  transport->set_latency(std::chrono::milliseconds(1500));
+  std::atomic<bool> publishing{false};
+  std::thread publisher([&] {
+    publishing.store(true);
+    n::Message m;
+    m.subject = "fork.test";
+    m.body = "{}";
+    (void)transport->publish(std::vector<n::Message>{m});
+  });
+  ASSERT_TRUE(wait_until([&] { return publishing.load(); }, 10s));
+  std::this_thread::sleep_for(50ms);  // inside the publish call's latency
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    n::Message m;
+    m.subject = "fork.test";
+    const n::PublishResult result = transport->publish(std::vector<n::Message>{m});
+    if (result.published != 0 || result.transient) std::exit(20);
+    if (transport->flush(std::chrono::steady_clock::now() + 100ms)) std::exit(21);
+    if (transport->health()["state"] != "forked_child") std::exit(22);
+    transport->stop(std::chrono::steady_clock::now() + 1s);
+    std::exit(0);
+  }
+  publisher.join();
+  const auto r = wait_for_child(pid, kHangBound);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "20: publish accepted or transient, 21: flush true, 22: health state";
+  transport->set_latency(std::chrono::milliseconds(0));
+  EXPECT_EQ(transport->health()["state"], "started") << "the parent keeps its transport";
 }
 
 // ---- ids -------------------------------------------------------------------------------------------

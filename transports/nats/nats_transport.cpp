@@ -475,7 +475,7 @@ class NatsTransport final : public TransportBase {
     fork_subscriptions_ = std::move(keep);
   }
 
-  void after_fork(bool in_child) override {
+  void do_after_fork(bool in_child) override {
     {
       std::lock_guard lock(shared_->mutex);
       shared_->closed = false;
