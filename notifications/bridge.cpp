@@ -348,6 +348,18 @@ bool Bridge::Impl::flush(std::chrono::milliseconds timeout) {
   return confirm(deadline);
 }
 
+bool Bridge::Impl::wait_delivered(std::chrono::milliseconds timeout) {
+  const std::uint64_t target = inbound_taken.load();
+  wait_delivered_waiters.fetch_add(1);
+  bool done = false;
+  {
+    std::unique_lock lock(progress_mutex);
+    done = progress.wait_until(lock, Clock::now() + timeout, [&] { return inbound_handled.load() >= target; });
+  }
+  wait_delivered_waiters.fetch_sub(1);
+  return done;
+}
+
 nlohmann::json Bridge::Impl::counters_json() const {
   nlohmann::json dropped = nlohmann::json::object();
   for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
@@ -435,10 +447,17 @@ void Bridge::start() {
   if (!impl_->registered_for_fork.exchange(true)) detail::register_fork_participant(impl_);
 }
 bool Bridge::flush(std::chrono::milliseconds timeout) { return impl_->flush(timeout); }
+bool Bridge::wait_delivered(std::chrono::milliseconds timeout) { return impl_->wait_delivered(timeout); }
 ShutdownReport Bridge::shutdown(std::chrono::milliseconds timeout) { return impl_->shutdown(timeout); }
 nlohmann::json Bridge::health() const { return impl_->health(); }
 const std::string& Bridge::instance_id() const noexcept { return impl_->hooks.instance_id; }
 const BridgeConfig& Bridge::config() const noexcept { return impl_->config; }
+
+std::unique_ptr<Bridge> make_bridge(Notifier& notifier, BridgeConfig config, BridgeHooks hooks) {
+  config.validate();
+  std::shared_ptr<Transport> transport = make_transport(TransportConfig{config.url, config.transport});
+  return std::make_unique<Bridge>(notifier, std::move(transport), std::move(config), std::move(hooks));
+}
 
 // ---- configure() --------------------------------------------------------------------------------
 
@@ -447,14 +466,32 @@ std::mutex default_bridge_mutex;
 std::shared_ptr<Bridge> default_bridge;  // guarded by default_bridge_mutex
 }  // namespace
 
-std::shared_ptr<Bridge> configure() { return configure(config_from_environment()); }
+std::shared_ptr<Bridge> configure() {
+  for (const std::string& name : unknown_environment_variables()) {
+    detail::log(detail::LogLevel::warn,
+                "notifications: environment variable {} is not one this library reads (it reads "
+                "NOTIFICATIONS_URL, NOTIFICATIONS_CONFIG, NOTIFICATIONS_APP, NOTIFICATIONS_PREFIX, "
+                "NOTIFICATIONS_FORWARD, NOTIFICATIONS_SUBSCRIBE, NOTIFICATIONS_GROUP): a typo?",
+                detail::wire_text(name, 80));
+  }
+  const std::string source = environment_source();
+  return configure(config_from_environment(),
+                   source.empty() ? "the default: neither NOTIFICATIONS_URL nor NOTIFICATIONS_CONFIG is set"
+                                  : "from " + source);
+}
 
-std::shared_ptr<Bridge> configure(BridgeConfig config) {
+std::shared_ptr<Bridge> configure(BridgeConfig config) { return configure(std::move(config), "given in code"); }
+
+std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why) {
   config.validate();
   TransportConfig transport_config{config.url, config.transport};
   auto bridge = std::make_shared<Bridge>(default_notifier(), make_transport(transport_config),
                                          std::move(config));
   bridge->start();
+  const std::string url = redact_url(bridge->config().url);
+  const bool in_process = url.rfind("memory://", 0) == 0 || url.rfind("mock://", 0) == 0;
+  detail::log(detail::LogLevel::info, "notifications: bridge \"{}\" started on {} ({}){}", bridge->config().app, url,
+              why, in_process ? "; events reach only bridges in this process" : "");
   std::shared_ptr<Bridge> previous;
   {
     std::lock_guard lock(default_bridge_mutex);

@@ -187,6 +187,11 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   bool sender_done = false;
   bool dispatcher_done = false;
   std::atomic<std::uint64_t> dispatcher_backlog{0};  // popped, not yet dispatched
+  // Deliveries taken into the inbound queue, and those dispatched (or dropped) since: equal when
+  // every delivery handed over so far was handled (wait_delivered).
+  std::atomic<std::uint64_t> inbound_taken{0};
+  std::atomic<std::uint64_t> inbound_handled{0};
+  std::atomic<int> wait_delivered_waiters{0};
 
   std::mutex lifecycle;  // serialises start() and shutdown()
   std::atomic<State> state{State::created};
@@ -346,6 +351,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   nlohmann::json counters_json() const;
 
   bool flush(std::chrono::milliseconds timeout);
+
+  bool wait_delivered(std::chrono::milliseconds timeout);
 
   nlohmann::json health() const;
 };

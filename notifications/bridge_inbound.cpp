@@ -15,7 +15,10 @@ void Bridge::Impl::receive(Delivery&& delivery) {
   } catch (const std::bad_alloc&) {  // refused like a full queue: counted, and nak'd below
     why = "out of memory";
   }
-  if (result == Queue::Push::accepted) return;
+  if (result == Queue::Push::accepted) {
+    inbound_taken.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   // Not taken: let a transport with acknowledgements redeliver it later.
   if (settle) settle(Settle::nak);
   drop(Drop::inbound_full, "(inbound message)", 1, why);
@@ -147,6 +150,10 @@ void Bridge::Impl::run_dispatcher() {
       }
       dispatch(delivery);
     }
+    // Sequentially consistent, as in wait_delivered(): either it sees this count, or this sees
+    // its waiter and wakes it. Once per batch, and a wake-up only when someone waits.
+    inbound_handled.fetch_add(batch.size());
+    if (wait_delivered_waiters.load() > 0) signal_progress();
   }
 }
 

@@ -20,6 +20,8 @@
 #include "notifications/pattern.hpp"
 #include "notifications/subject.hpp"
 
+extern char** environ;
+
 namespace notifications {
 
 namespace {
@@ -815,6 +817,32 @@ BridgeConfig config_from_environment() {
   }
   config.validate();
   return config;
+}
+
+namespace {
+constexpr const char* kEnvironmentVariables[] = {
+    "NOTIFICATIONS_URL",     "NOTIFICATIONS_CONFIG",    "NOTIFICATIONS_APP", "NOTIFICATIONS_PREFIX",
+    "NOTIFICATIONS_FORWARD", "NOTIFICATIONS_SUBSCRIBE", "NOTIFICATIONS_GROUP",
+};
+}  // namespace
+
+std::vector<std::string> unknown_environment_variables() {
+  std::vector<std::string> unknown;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    const std::string_view text = *entry;
+    const std::string_view name = text.substr(0, text.find('='));
+    if (!detail::ascii_lower(name).starts_with("notification")) continue;
+    const bool known = std::any_of(std::begin(kEnvironmentVariables), std::end(kEnvironmentVariables),
+                                   [&](const char* k) { return name == k; });
+    if (!known && unknown.size() < 64) unknown.emplace_back(name);
+  }
+  return unknown;
+}
+
+std::string environment_source() {
+  if (std::getenv("NOTIFICATIONS_URL") != nullptr) return "NOTIFICATIONS_URL";
+  if (const char* path = std::getenv("NOTIFICATIONS_CONFIG")) return "NOTIFICATIONS_CONFIG (" + std::string(path) + ")";
+  return "";
 }
 
 }  // namespace notifications

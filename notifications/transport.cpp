@@ -212,6 +212,30 @@ std::string redact_one(std::string_view url) {
   return out;
 }
 
+// The schemes this project ships in components of their own, and what provides each: an unknown
+// scheme's error says what to link instead of only "unknown".
+struct ShippedScheme {
+  const char* scheme;
+  const char* provided_by;
+};
+constexpr ShippedScheme kShippedSchemes[] = {
+    {"nats", "the notifications::nats component: find_package(notifications CONFIG REQUIRED COMPONENTS nats) "
+             "and target_link_libraries(<your target> PRIVATE notifications::nats)"},
+    {"tls", "the notifications::nats component: find_package(notifications CONFIG REQUIRED COMPONENTS nats) "
+            "and target_link_libraries(<your target> PRIVATE notifications::nats)"},
+    {"jetstream", "nothing yet: JetStream is a planned transport"},
+    {"sqlite", "nothing yet: SQLite is a planned transport"},
+};
+
+std::string shipped_scheme_hint(std::string_view scheme) {
+  for (const ShippedScheme& shipped : kShippedSchemes) {
+    if (scheme == shipped.scheme) {
+      return std::string(": this program does not link its transport, provided by ") + shipped.provided_by;
+    }
+  }
+  return {};
+}
+
 std::string known_schemes(const Registry& r) {
   std::string out;
   for (const auto& [scheme, factory] : r.factories) {
@@ -406,8 +430,8 @@ std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
     const std::string scheme = detail::ascii_lower(std::string_view(config.url).substr(0, sep));
     const auto it = r.factories.find(scheme);
     if (it == r.factories.end()) {
-      throw TransportError("url \"" + shown + "\": unknown scheme \"" + scheme +
-                           "\" (known schemes: " + known_schemes(r) + ")");
+      throw TransportError("url \"" + shown + "\": unknown scheme \"" + scheme + "\"" + shipped_scheme_hint(scheme) +
+                           " (known schemes: " + known_schemes(r) + ")");
     }
     factory = it->second;  // called without the registry lock: it may use the registry itself
   }

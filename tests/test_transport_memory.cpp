@@ -883,6 +883,13 @@ TEST(TransportFactory, UnknownSchemeNamesRedactedUrlAndKnownSchemes) {
   EXPECT_NE(err.find("known schemes: "), std::string::npos) << err;
   EXPECT_NE(err.find("memory"), std::string::npos) << err;
   EXPECT_NE(err.find("mock"), std::string::npos) << err;
+  // A scheme the project ships in a component this program does not link: say what to link.
+  EXPECT_NE(err.find("target_link_libraries(<your target> PRIVATE notifications::nats)"), std::string::npos) << err;
+  EXPECT_NE(err.find("COMPONENTS nats"), std::string::npos) << err;
+  err = error_of([] { n::make_transport({"tls://nats.example:4222", {}}); });
+  EXPECT_NE(err.find("notifications::nats"), std::string::npos) << err;
+  err = error_of([] { n::make_transport({"bogus://x", {}}); });
+  EXPECT_EQ(err.find("notifications::nats"), std::string::npos) << "no hint for a scheme nobody ships: " << err;
 
   err = error_of([] { n::make_transport({"tok3n@localhost:4222", {}}); });
   EXPECT_NE(err.find("no scheme"), std::string::npos) << err;

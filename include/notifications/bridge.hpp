@@ -94,8 +94,15 @@ class Bridge {
   void start();
 
   // Waits until every event accepted so far was handed to the transport and the transport
-  // flushed it. False when `timeout` passed first. For tests and orderly hand-offs.
+  // flushed it (counted as confirmed). False when `timeout` passed first. For tests and orderly
+  // hand-offs.
   bool flush(std::chrono::milliseconds timeout);
+
+  // Waits until every message the transport handed this bridge so far was delivered to local
+  // listeners (or counted as dropped or malformed). False when `timeout` passed first. With two
+  // bridges in one process, sender.flush() then receiver.wait_delivered() is the point where a
+  // test's listeners have seen everything.
+  bool wait_delivered(std::chrono::milliseconds timeout);
 
   // See the lifecycle above. Idempotent: later calls return the first report.
   ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
@@ -118,12 +125,21 @@ class Bridge {
   std::shared_ptr<Impl> impl_;
 };
 
+// A bridge for `notifier` with the transport that config.url and config.transport name
+// (make_transport): one call instead of passing the URL twice. Wired, not started. Throws
+// ConfigError or TransportError.
+std::unique_ptr<Bridge> make_bridge(Notifier& notifier, BridgeConfig config, BridgeHooks hooks = {});
+
 // Attaches a bridge configured from the environment (config_from_environment) to the default
 // notifier and starts it: the one line an application's main() adds. Returns the bridge, which
 // stays alive until notifications::shutdown(). Calling it again replaces (and shuts down) the
 // previous one. Throws ConfigError or TransportError.
+// It logs which transport it chose and why (an environment variable, the config file, the
+// default), and warns about environment variables that look like this library's but are not.
 std::shared_ptr<Bridge> configure();
 std::shared_ptr<Bridge> configure(BridgeConfig config);
+// As configure(config); `why` says where the configuration came from, for the start-up log line.
+std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why);
 // Shuts down the bridge attached by configure(), if any.
 ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 

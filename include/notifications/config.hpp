@@ -77,4 +77,12 @@ BridgeConfig config_from_environment();
 
 std::string to_string(OverflowPolicy policy);
 
+// Names of environment variables that look like this library's (they start with
+// "NOTIFICATION", in any case) but that config_from_environment() does not read: typos such as
+// NOTIFICATION_URL. configure() warns about each.
+std::vector<std::string> unknown_environment_variables();
+// Where config_from_environment() takes the URL from: "NOTIFICATIONS_URL",
+// "NOTIFICATIONS_CONFIG (<path>)", or "" when neither is set (the default, memory://).
+std::string environment_source();
+
 }  // namespace notifications
