@@ -49,6 +49,26 @@ TEST(BridgeSetup, TwoServicesInOneTestSeeEachOthersEventsAfterFlushAndWaitDelive
   }
 }
 
+// The README's example, as written there.
+TEST(BridgeSetup, ReadmeTwoServicesExample) {
+  notifications::Notifier orders, analytics;
+  notifications::BridgeConfig config;
+  config.url = "memory://shop?mode=inline";      // one in-process broker named "shop"
+  config.app = "orders";
+  auto sender = notifications::make_bridge(orders, config);      // transport from config.url
+  config.app = "analytics";
+  auto receiver = notifications::make_bridge(analytics, config);
+  sender->start();
+  receiver->start();
+  auto events = notifications::testing::capture(analytics, "order.>", [&] {
+    orders.instrument("order.placed", {{"id", 7}});
+    sender->flush(std::chrono::seconds(5));            // handed to the transport and flushed
+    receiver->wait_delivered(std::chrono::seconds(5)); // and delivered to analytics' listeners
+  });
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_TRUE(events[0].remote());
+}
+
 TEST(BridgeSetup, MakeBridgeTakesTheTransportFromTheConfig) {
   n::Notifier notifier;
   auto bridge = n::make_bridge(notifier, service("app", "mock://setup-mock"));
