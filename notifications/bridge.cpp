@@ -46,19 +46,19 @@ void Bridge::Impl::log_loss(const std::string& subject, std::uint64_t missing) {
 
 void Bridge::Impl::drop(Drop reason, std::string_view name, std::uint64_t count, std::string_view why) {
   if (count == 0) return;
-  counters.dropped[static_cast<std::size_t>(reason)].fetch_add(count, std::memory_order_relaxed);
-  // Outbound drops are logged per local event name; names of inbound ones come from the wire, and
-  // are rate-limited per reason alone, so that a peer cannot flood the log with distinct names.
-  const bool per_name = counts_accepted(reason) || reason == Drop::queue_full || reason == Drop::after_shutdown;
+  const auto index = static_cast<std::size_t>(reason);
+  counters.dropped[index].fetch_add(count, std::memory_order_relaxed);
+  // One line a second per reason, naming the event that got it through: a peer (or an outage)
+  // cannot flood the log, and a suppressed line costs no lock.
   std::uint64_t suppressed = 0;
-  if (should_log(static_cast<int>(reason), per_name ? name : std::string_view(), &suppressed)) {
+  if (drop_log_rate[index].allow(suppressed)) {
     detail::log(detail::LogLevel::warn,
                 "notifications bridge: dropped {} event(s) \"{}\" ({}{}{}); total for this reason: {}{}",
-                count, truncated(name, 120), kDropNames[static_cast<int>(reason)], why.empty() ? "" : ": ",
-                truncated(why), counters.dropped[static_cast<std::size_t>(reason)].load(),
-                suppressed_note(suppressed));
+                count, truncated(name, 120), kDropNames[index], why.empty() ? "" : ": ", truncated(why),
+                counters.dropped[index].load(), suppressed_note(suppressed));
   }
-  signal_progress();
+  // flush() waits for accepted events to settle: only their drops can end its wait.
+  if (counts_accepted(reason)) signal_progress();
 }
 
 void Bridge::Impl::refuse_in_forked_child() {

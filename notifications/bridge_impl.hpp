@@ -100,6 +100,29 @@ inline std::string truncated(std::string_view text, std::size_t limit = 200) { r
 // sequence, logged, and not counted as loss.
 inline constexpr std::uint64_t kMaxPlausibleGap = std::uint64_t{1} << 22;
 
+// At most one log line a second for one reason, without a lock: a drop or a malformed message
+// costs two atomic operations when its line is suppressed. Counts what it suppressed.
+class LogRate {
+ public:
+  // True when a line may be written now; `suppressed` receives the lines refused since the last.
+  bool allow(std::uint64_t& suppressed) noexcept {
+    const std::int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    std::int64_t last = last_ns_.load(std::memory_order_relaxed);
+    if ((last != 0 && now - last < kInterval) || !last_ns_.compare_exchange_strong(last, now)) {
+      suppressed_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    suppressed = suppressed_.exchange(0, std::memory_order_relaxed);
+    return true;
+  }
+
+ private:
+  static constexpr std::int64_t kInterval =
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::seconds(1)).count();
+  std::atomic<std::int64_t> last_ns_{0};
+  std::atomic<std::uint64_t> suppressed_{0};
+};
+
 // Bytes an item holds in a bridge queue, for the byte bound (BridgeConfig::queue_max_bytes).
 struct OutgoingBytes {
   std::size_t operator()(const detail::OutgoingEvent& event) const noexcept { return event.queued_bytes(); }
@@ -252,9 +275,11 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   // Rate-limited logging: true at most once a second per kind (a Drop, or one of the kinds below)
   // and key; `suppressed` receives how many calls were refused since the last true.
   static constexpr int kLossKind = -1;
-  static constexpr int kMalformedKind = -2;
-  static constexpr int kResetKind = -3;
   bool should_log(int kind, std::string_view key, std::uint64_t* suppressed = nullptr);
+  // One line a second per drop reason, for malformed messages, and for sequence resets.
+  bridge_internal::LogRate drop_log_rate[static_cast<std::size_t>(Drop::count_)];
+  bridge_internal::LogRate malformed_log_rate;
+  bridge_internal::LogRate reset_log_rate;
 
   void log_loss(const std::string& subject, std::uint64_t missing);
 

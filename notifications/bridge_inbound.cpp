@@ -27,7 +27,7 @@ void Bridge::Impl::receive(Delivery&& delivery) {
 void Bridge::Impl::dead_letter(const Message& message, const std::string& reason) {
   counters.malformed.fetch_add(1, std::memory_order_relaxed);
   std::uint64_t suppressed = 0;
-  if (should_log(kMalformedKind, {}, &suppressed)) {  // one line a second, whatever the peer sends
+  if (malformed_log_rate.allow(suppressed)) {  // one line a second, whatever the peer sends
     detail::log(detail::LogLevel::warn,
                 "notifications bridge: malformed message on \"{}\": {}; body: {}{}; total malformed: {}",
                 truncated(message.subject, 120), truncated(reason), truncated(message.body, 120),
@@ -65,7 +65,7 @@ void Bridge::Impl::note_sequence(const Envelope& envelope, const std::string& su
     // loss, and say so.
     counters.sequence_resets.fetch_add(1, std::memory_order_relaxed);
     std::uint64_t suppressed = 0;
-    if (should_log(kResetKind, {}, &suppressed)) {
+    if (reset_log_rate.allow(suppressed)) {
       detail::log(detail::LogLevel::warn,
                   "notifications bridge: sequence on \"{}\" from {} jumped from {} to {}: taken as a reset "
                   "of the producer's sequence, not as loss{}",
