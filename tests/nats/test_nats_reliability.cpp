@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -31,6 +32,7 @@ namespace {
 namespace n = notifications;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using test_support::error_of;
 using test_support::in;
 using test_support::NatsServer;
 using test_support::publish1;
@@ -408,6 +410,62 @@ TEST(NatsReliability, SlowConsumerLogLinesAreRateLimited) {
   // At most about one line a second per reason (+2: the first line, and one at stop).
   EXPECT_LE(lines, seconds + 2) << events << " events, " << lines << " lines in " << seconds << " s\n" << log;
   EXPECT_NE(log.find("suppressed"), std::string::npos) << log;
+}
+
+// ---- connect failures say what happened, what was offered and what to check -----------------
+
+// No "function:123" (cnats' C source locations); URLs are 127.0.0.1:<port>, which do not match.
+bool has_source_location(const std::string& text) {
+  return std::regex_search(text, std::regex("[a-zA-Z_]+:[0-9]+"));
+}
+
+TEST(NatsReliability, ConnectErrorsNameTheCredentialsOfferedAndWhatToCheck) {
+  test_support::NatsServerOptions server_options;
+  server_options.user = "alice";
+  server_options.password = "s3cret-pw";
+  NatsServer server(server_options);
+
+  auto wrong_password = options_for(server.url());
+  wrong_password.user = "alice";
+  wrong_password.password = "wrong-pw-123";
+  auto token = options_for(server.url());
+  token.token = "t0ken-xyz";
+  const auto none = options_for(server.url());
+
+  const std::string user_error = error_of([&] { n::make_nats_transport(wrong_password)->start(); });
+  const std::string token_error = error_of([&] { n::make_nats_transport(token)->start(); });
+  const std::string none_error = error_of([&] { n::make_nats_transport(none)->start(); });
+
+  EXPECT_NE(user_error, token_error);
+  EXPECT_NE(user_error, none_error);
+  EXPECT_NE(token_error, none_error);
+  EXPECT_NE(user_error.find("user \"alice\""), std::string::npos) << user_error;
+  EXPECT_NE(token_error.find("a token"), std::string::npos) << token_error;
+  EXPECT_NE(none_error.find("no credentials"), std::string::npos) << none_error;
+  for (const std::string& error : {user_error, token_error, none_error}) {
+    EXPECT_NE(error.find("cannot connect to " + server.url()), std::string::npos) << error;
+    EXPECT_NE(error.find("refused"), std::string::npos) << error;
+    EXPECT_NE(error.find("check "), std::string::npos) << error;
+    EXPECT_EQ(error.find("wrong-pw-123"), std::string::npos) << error;
+    EXPECT_EQ(error.find("s3cret-pw"), std::string::npos) << error;
+    EXPECT_EQ(error.find("t0ken-xyz"), std::string::npos) << error;
+    EXPECT_FALSE(has_source_location(error)) << error;
+  }
+}
+
+TEST(NatsReliability, ConnectErrorWithNothingListeningSaysNoServerAnswered) {
+  const int port = test_support::free_tcp_port();
+  const std::string url = "nats://127.0.0.1:" + std::to_string(port);
+  auto options = options_for(url);  // retry_on_failed_connect is off
+  options.user = "alice";
+  options.password = "hunter2";
+  const std::string error = error_of([&] { n::make_nats_transport(options)->start(); });
+  EXPECT_NE(error.find("cannot connect to " + url), std::string::npos) << error;
+  EXPECT_NE(error.find("no server answered"), std::string::npos) << error;
+  EXPECT_NE(error.find("check that nats-server runs"), std::string::npos) << error;
+  EXPECT_NE(error.find("user \"alice\" with a password"), std::string::npos) << error;
+  EXPECT_EQ(error.find("hunter2"), std::string::npos) << error;
+  EXPECT_FALSE(has_source_location(error)) << error;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <regex>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -207,7 +209,7 @@ class NatsTransport final : public TransportBase {
     const natsStatus status = natsConnection_Connect(&nc, opts);
     if (status != NATS_OK && status != NATS_NOT_YET_CONNECTED) {
       shared_->release();  // no connection: no closed callback
-      throw TransportError(describe("cannot connect to " + servers_text(), status));
+      throw TransportError(describe_connect_failure(status));
     }
     if (status == NATS_OK) shared_->link.store(Shared::kLinkRefresh);
     {
@@ -627,11 +629,84 @@ class NatsTransport final : public TransportBase {
 
   std::string describe(const std::string& what, natsStatus status) const {
     std::string text = "nats: " + what + ": " + natsStatus_GetText(status);
-    const char* detail = nats_GetLastError(nullptr);
-    if (detail != nullptr && *detail != '\0' && std::string_view(detail) != natsStatus_GetText(status)) {
-      text += std::string(" (") + detail + ")";
-    }
+    const std::string detail = last_error_detail(status);
+    if (!detail.empty()) text += " (" + detail + ")";
     return scrub_(std::move(text));
+  }
+
+  // cnats' last error without its C source locations ("(conn.c:1905): ", "natsConn_connect:123: "),
+  // or "" when it says no more than the status does.
+  static std::string last_error_detail(natsStatus status) {
+    const char* raw = nats_GetLastError(nullptr);
+    if (raw == nullptr || *raw == '\0') return {};
+    static const std::regex parenthesised(R"(\(\s*[A-Za-z_][\w.]*:[0-9]+\s*\)\s*:?\s*)");
+    static const std::regex prefix(R"(^\s*[A-Za-z_][\w.]*:[0-9]+\s*:?\s*)");
+    static const std::regex suffix(R"(\s*[A-Za-z_][\w.]*:[0-9]+\s*$)");
+    std::string text = std::regex_replace(raw, parenthesised, "");
+    text = std::regex_replace(text, prefix, "");
+    text = std::regex_replace(text, suffix, "");
+    const auto lower = [](std::string s) {
+      for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return s;
+    };
+    if (text.empty() || lower(text) == lower(natsStatus_GetText(status))) return {};
+    return text;
+  }
+
+  // Which credentials the connect attempt offered, never the secret itself.
+  std::string credentials_offered() const {
+    if (!options_.user.empty()) {
+      return "user \"" + options_.user + "\"" + (options_.password.empty() ? " without a password" : " with a password");
+    }
+    if (!options_.token.empty()) return "a token";
+    if (!options_.creds_file.empty()) return "a credentials file " + options_.creds_file;
+    if (!options_.nkey_seed_file.empty()) return "an nkey " + options_.nkey_public;
+    return "no credentials";
+  }
+
+  // "nats: cannot connect to <servers>: <what happened>: check <what>; offered <credentials>".
+  std::string describe_connect_failure(natsStatus status) const {
+    const std::string detail = last_error_detail(status);
+    std::string lower_detail = detail;
+    for (char& c : lower_detail) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string outcome;
+    std::string check;
+    if (status == NATS_CONNECTION_AUTH_FAILED || lower_detail.find("authorization violation") != std::string::npos ||
+        lower_detail.find("authentication") != std::string::npos) {
+      outcome = "the server refused the credentials offered (authorization violation)";
+      if (!options_.user.empty()) {
+        check = "check the user name and password, and that the server's authorization lists this user";
+      } else if (!options_.token.empty()) {
+        check = "check the token, and that the server expects a token (not a user and password)";
+      } else if (!options_.creds_file.empty()) {
+        check = "check the credentials file, and that the server trusts its account";
+      } else if (!options_.nkey_seed_file.empty()) {
+        check = "check nkey_public and nkey_seed_file, and that the server lists this nkey";
+      } else {
+        check = "check which credentials the server requires and set user and password, token, creds_file or "
+                "nkey_seed_file";
+      }
+    } else if (status == NATS_NO_SERVER) {
+      outcome = "no server answered";
+      check = "check that nats-server runs and the host and port";
+    } else if (status == NATS_TIMEOUT) {
+      outcome = "connect timed out after " + std::to_string(options_.connect_timeout.count()) + " ms";
+      check = "check that the host and port are reachable (firewall, routing) and connect_timeout_ms";
+    } else if (status == NATS_SSL_ERROR) {
+      outcome = "TLS handshake failed" + (detail.empty() ? std::string() : " (" + detail + ")");
+      check = "check tls_ca_file, tls_hostname, and the server's and client's certificates";
+    } else if (status == NATS_SECURE_CONNECTION_REQUIRED) {
+      outcome = "the server requires TLS";
+      check = "check the URL scheme (tls://) and the tls options";
+    } else if (status == NATS_SECURE_CONNECTION_WANTED) {
+      outcome = "TLS was asked for but the server does not offer it";
+      check = "check the URL scheme (nats://) and the server's tls block";
+    } else {
+      outcome = natsStatus_GetText(status) + (detail.empty() ? std::string() : " (" + detail + ")");
+      check = "check the server's log and the connection options";
+    }
+    return scrub_("nats: cannot connect to " + servers_text() + ": " + outcome + ": " + check + "; offered " +
+                  credentials_offered());
   }
 
   void note_error(const std::string& text) {

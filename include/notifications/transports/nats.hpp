@@ -22,8 +22,11 @@
 // stop() returns by its deadline plus a small constant (about 100 ms: the log thread's wake-up),
 // whether the server is up, gone, or was never reached.
 //
-// start() with retry_on_failed_connect returns at once when no server answers; subscriptions
-// made before the first connection (or while reconnecting) reach the server when it is made.
+// By default (without retry_on_failed_connect) an unreachable server fails configure() (and
+// start()) with a TransportError; with it, start() returns at once and connects in the background.
+// Subscriptions made before the first connection (or while reconnecting) reach the server when it
+// is made. A failed connect names the servers, what happened, what to check and which credentials
+// were offered (user name, token, credentials file, nkey or none; never a secret).
 //
 // flush(deadline) is true only when the server answered a PING sent after everything published
 // before the call; while the connection is down (publishes wait in cnats' reconnect buffer) it
