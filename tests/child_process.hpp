@@ -37,6 +37,16 @@ struct ChildResult {
   }
 };
 
+// How a waitpid() status says the child ended.
+inline void record_status(int status, ChildResult& result) {
+  if (WIFEXITED(status)) {
+    result.exited = true;
+    result.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    result.signal = WTERMSIG(status);
+  }
+}
+
 // `args[0]` is the program's path. `env` entries ("KEY=value") are added to this process's
 // environment (a KEY set here too is replaced). Kills the child with SIGKILL after `bound`.
 inline ChildResult run_child(const std::vector<std::string>& args, const std::vector<std::string>& env,
@@ -103,12 +113,7 @@ inline ChildResult run_child(const std::vector<std::string>& args, const std::ve
     }
     ::usleep(10'000);
   }
-  if (WIFEXITED(status)) {
-    result.exited = true;
-    result.exit_code = WEXITSTATUS(status);
-  } else if (WIFSIGNALED(status)) {
-    result.signal = WTERMSIG(status);
-  }
+  record_status(status, result);
   return result;
 }
 
@@ -128,12 +133,7 @@ inline ChildResult wait_for_child(pid_t pid, std::chrono::milliseconds bound) {
     }
     ::usleep(5'000);
   }
-  if (WIFEXITED(status)) {
-    result.exited = true;
-    result.exit_code = WEXITSTATUS(status);
-  } else if (WIFSIGNALED(status)) {
-    result.signal = WTERMSIG(status);
-  }
+  record_status(status, result);
   return result;
 }
 

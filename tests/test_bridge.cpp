@@ -19,6 +19,7 @@
 #include "notifications/notifications.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
+#include "bridge_test_support.hpp"
 #include "wait.hpp"
 
 namespace n = notifications;
@@ -54,21 +55,9 @@ struct Inbox {
   }
 };
 
-n::BridgeConfig config_for(const std::string& app) {
-  n::BridgeConfig config;
-  config.app = app;
-  config.prefix = "test";
-  config.retry.initial = 1ms;
-  config.retry.max = 5ms;
-  return config;
-}
-
-std::uint64_t counter(const json& health, const std::string& name) {
-  return health["counters"][name].get<std::uint64_t>();
-}
-std::uint64_t dropped(const json& health, const std::string& reason) {
-  return health["counters"]["dropped"][reason].get<std::uint64_t>();
-}
+using test_support::config_for;
+using test_support::counter;
+using test_support::dropped;
 
 // Two services in one process over one memory broker.
 struct TwoServices {
