@@ -86,7 +86,9 @@ fuzz_check() {
 }
 
 mkdir -p build
+stage_times=()
 for stage in "${stages[@]}"; do
+  stage_start=$(date +%s)
   case "$stage" in
     release) configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
     package) package_check ;;
@@ -97,9 +99,12 @@ for stage in "${stages[@]}"; do
     fuzz) fuzz_check ;;
     *) echo "test.sh: unknown stage '$stage' (expected release, package, asan, tsan or fuzz)" >&2; exit 2 ;;
   esac
+  stage_times+=("$stage $(($(date +%s) - stage_start)) s")
+  echo "=== $stage: took $(($(date +%s) - stage_start)) s"
 done
 
 echo
+echo "stage times: $(IFS=','; echo "${stage_times[*]}" | sed 's/,/, /g')"
 if [ ${#failed_stages[@]} -ne 0 ]; then
   echo "FAILED stages: ${failed_stages[*]}"
 fi
