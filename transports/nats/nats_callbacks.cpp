@@ -9,8 +9,9 @@ namespace notifications::nats_detail {
 
 void on_disconnected(natsConnection*, void* closure) {
   auto* shared = static_cast<Shared*>(closure);
-  shared->disconnects.fetch_add(1, std::memory_order_relaxed);
-  shared->link.store(Shared::kLinkDown, std::memory_order_relaxed);
+  // The link first: whoever sees the disconnect counted also sees the link down.
+  shared->link.store(Shared::kLinkDown, std::memory_order_release);
+  shared->disconnects.fetch_add(1, std::memory_order_release);
   shared->report(ConnectionEvent::Kind::disconnected);
 }
 
