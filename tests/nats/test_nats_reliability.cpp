@@ -25,6 +25,7 @@
 #include "notifications/transports/nats.hpp"
 #include "scale.hpp"
 #include "transport_test_support.hpp"
+#include "nats/nats_test_options.hpp"
 #include "wait.hpp"
 
 namespace {
@@ -38,13 +39,7 @@ using test_support::NatsServer;
 using test_support::publish1;
 using test_support::wait_until;
 
-n::NatsOptions options_for(const std::string& url) {
-  n::NatsOptions options;
-  options.servers = {url};
-  options.reconnect_wait = 50ms;
-  options.reconnect_jitter = 10ms;
-  return options;
-}
+using test_support::options_for;
 
 std::string connection_of(const n::Transport& t) { return t.health()["connection"].get<std::string>(); }
 

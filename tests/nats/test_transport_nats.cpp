@@ -16,6 +16,7 @@
 #include "notifications/bridge.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
+#include "nats/nats_test_options.hpp"
 #include "wait.hpp"
 #include "transport_test_support.hpp"
 
@@ -33,13 +34,7 @@ using test_support::wait_until;
 
 using test_support::kScale;
 
-n::NatsOptions options_for(const std::string& url) {
-  n::NatsOptions options;
-  options.servers = {url};
-  options.reconnect_wait = 50ms;
-  options.reconnect_jitter = 10ms;
-  return options;
-}
+using test_support::options_for;
 
 // One process: a notifier, a NATS bridge, and the remote events it received.
 struct Service {
