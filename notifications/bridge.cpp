@@ -63,6 +63,10 @@ void Bridge::Impl::drop(Drop reason, std::string_view name, std::uint64_t count,
 
 void Bridge::Impl::refuse_in_forked_child() {
   counters.dropped[static_cast<std::size_t>(Drop::forked_child)].fetch_add(1, std::memory_order_relaxed);
+  tell_forked_child_once();
+}
+
+void Bridge::Impl::tell_forked_child_once() {
   const std::uint64_t now = detail::fork_generation();
   if (fork_refusal_told.exchange(now, std::memory_order_relaxed) == now) return;
   // No spdlog here: its lock may have been held by another thread when fork() ran.
@@ -214,8 +218,7 @@ ShutdownReport Bridge::Impl::abandon_in_forked_child() {
   if (!abandoned.exchange(true)) {
     new std::thread(std::move(sender));      // leaked on purpose: never joined
     new std::thread(std::move(dispatcher));  // leaked on purpose: never joined
-    refuse_in_forked_child();
-    counters.dropped[static_cast<std::size_t>(Drop::forked_child)].fetch_sub(1, std::memory_order_relaxed);
+    tell_forked_child_once();
   }
   ShutdownReport abandoned_report;
   abandoned_report.clean = false;

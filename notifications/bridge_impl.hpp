@@ -202,6 +202,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   }
   // Counts a refusal in a forked child and says so once per process, without taking any lock.
   void refuse_in_forked_child();
+  void tell_forked_child_once();
 
   // Block policy: set when a push waited its whole block_timeout; until the transport accepts
   // something again, pushes do not wait (the queue drops the newest instead).
