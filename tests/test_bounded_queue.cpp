@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "notifications/bounded_queue.hpp"
+#include "transport/bounded_queue.hpp"
 #include "scale.hpp"
 
 // Allocation-failure injection for this test program: when armed on a thread, the allocation

@@ -6,10 +6,10 @@
 #include <string>
 
 #include "notifications/envelope.hpp"
-#include "notifications/envelope_plain.hpp"
+#include "remote/envelope_plain.hpp"
 #include "tests/same_json.hpp"
-#include "notifications/event_access.hpp"
-#include "notifications/outgoing_event.hpp"
+#include "local/event_access.hpp"
+#include "remote/outgoing_event.hpp"
 
 using namespace std::chrono;
 using nlohmann::json;

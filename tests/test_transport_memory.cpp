@@ -16,7 +16,7 @@
 
 #include "notifications/transport.hpp"
 #include "notifications/transports/memory.hpp"
-#include "transports/memory/loopback.hpp"
+#include "transports/memory/loopback_broker.hpp"
 #include "transport_test_support.hpp"
 
 namespace n = notifications;

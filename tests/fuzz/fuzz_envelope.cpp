@@ -15,7 +15,7 @@
 #include <string_view>
 
 #include "notifications/envelope.hpp"
-#include "notifications/envelope_plain.hpp"
+#include "remote/envelope_plain.hpp"
 #include "tests/same_json.hpp"
 
 namespace {

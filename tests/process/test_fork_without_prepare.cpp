@@ -18,10 +18,10 @@
 #include <vector>
 
 #include "child_process.hpp"
-#include "notifications/bounded_queue.hpp"
+#include "transport/bounded_queue.hpp"
 #include "notifications/bridge.hpp"
-#include "notifications/ids.hpp"
-#include "notifications/log.hpp"
+#include "process/ids.hpp"
+#include "process/log.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/mock.hpp"
 #include "scale.hpp"

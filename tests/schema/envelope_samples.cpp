@@ -12,7 +12,7 @@
 #include <string>
 
 #include "notifications/envelope.hpp"
-#include "notifications/event_access.hpp"
+#include "local/event_access.hpp"
 
 using namespace std::chrono;
 using nlohmann::json;

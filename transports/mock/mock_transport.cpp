@@ -7,7 +7,7 @@
 #include <thread>
 #include <utility>
 
-#include "transports/memory/loopback.hpp"
+#include "transports/memory/loopback_broker.hpp"
 
 namespace notifications {
 
@@ -362,3 +362,14 @@ MockOptions mock_options_from_config(const TransportConfig& config) {
 }
 
 }  // namespace notifications
+
+// Linking notifications::mock (part of notifications::core) registers the scheme before main();
+// the target's link options keep this object in a static link.
+extern "C" int notifications_mock_registered;
+int notifications_mock_registered = [] {
+  notifications::register_transport("mock", [](const notifications::TransportConfig& config)
+                                                -> std::unique_ptr<notifications::Transport> {
+    return std::make_unique<notifications::MockTransport>(notifications::mock_options_from_config(config));
+  });
+  return 1;
+}();

@@ -13,7 +13,7 @@
 #include <condition_variable>
 #include <mutex>
 
-#include "notifications/bounded_queue.hpp"
+#include "transport/kit.hpp"
 #include "notifications/transport.hpp"
 
 namespace notifications::nats_detail {

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "notifications/ascii.hpp"
+#include "transport/kit.hpp"
 #include "notifications/transports/nats.hpp"
 
 namespace notifications {

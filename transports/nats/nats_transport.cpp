@@ -20,9 +20,7 @@
 
 #include "nats_callbacks.hpp"
 #include "notifications/fork.hpp"
-#include "notifications/log.hpp"
-#include "notifications/process.hpp"
-#include "notifications/thread_name.hpp"
+#include "transport/kit.hpp"
 #include "notifications/transports/nats.hpp"
 
 namespace notifications {

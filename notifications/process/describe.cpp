@@ -1,4 +1,4 @@
-#include "notifications/describe.hpp"
+#include "process/describe.hpp"
 
 #include <cxxabi.h>
 

@@ -1,5 +1,5 @@
-#include "notifications/ids.hpp"
-#include "notifications/process.hpp"
+#include "process/ids.hpp"
+#include "process/process.hpp"
 
 #include <array>
 #include <atomic>

@@ -9,8 +9,8 @@
 
 
 #include "notifications/errors.hpp"
-#include "notifications/fork_registry.hpp"
-#include "notifications/log.hpp"
+#include "process/fork_registry.hpp"
+#include "process/log.hpp"
 
 namespace notifications {
 

@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "notifications/ids.hpp"
+#include "process/ids.hpp"
 
 namespace notifications {
 

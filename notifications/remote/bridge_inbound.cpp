@@ -1,5 +1,5 @@
 // Bridge, inbound: transport callback -> inbound queue -> dispatcher thread -> local notifier.
-#include "notifications/bridge_impl.hpp"
+#include "remote/bridge_impl.hpp"
 
 namespace notifications {
 

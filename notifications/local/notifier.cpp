@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "notifications/errors.hpp"
-#include "notifications/registry.hpp"
-#include "notifications/thread_cache.hpp"
+#include "local/registry.hpp"
+#include "local/thread_cache.hpp"
 
 extern "C" void* __dso_handle;  // this module, for the C++ runtime's thread-exit list
 

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "notifications/describe.hpp"
+#include "process/describe.hpp"
 
 namespace notifications {
 

@@ -1,5 +1,5 @@
 // Bridge: lifecycle, fork, drop accounting and health (see bridge_impl.hpp for the other parts).
-#include "notifications/bridge_impl.hpp"
+#include "remote/bridge_impl.hpp"
 
 namespace notifications {
 

@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "notifications/event.hpp"
-#include "notifications/ids.hpp"
+#include "process/ids.hpp"
 
 namespace notifications::detail {
 

@@ -2,14 +2,14 @@
 // the envelope itself. A payload of ASCII strings without escapes and plain numbers is built
 // straight into its JSON value; any other payload, and any string with escapes, goes through
 // nlohmann's parser.
-#include "notifications/envelope_plain.hpp"
+#include "remote/envelope_plain.hpp"
 
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
-#include "notifications/envelope_rules.hpp"
+#include "remote/envelope_rules.hpp"
 
 namespace notifications::detail {
 

@@ -13,9 +13,9 @@
 
 #include "notifications/bridge.hpp"
 #include "notifications/errors.hpp"
-#include "notifications/log.hpp"
-#include "notifications/process.hpp"
-#include "notifications/thread_name.hpp"
+#include "process/log.hpp"
+#include "process/process.hpp"
+#include "process/thread_name.hpp"
 
 namespace notifications {
 

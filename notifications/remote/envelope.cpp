@@ -11,11 +11,11 @@
 #include <string>
 #include <utility>
 
-#include "notifications/envelope_plain.hpp"
-#include "notifications/envelope_rules.hpp"
-#include "notifications/event_access.hpp"
-#include "notifications/ids.hpp"
-#include "notifications/outgoing_event.hpp"
+#include "remote/envelope_plain.hpp"
+#include "remote/envelope_rules.hpp"
+#include "local/event_access.hpp"
+#include "process/ids.hpp"
+#include "remote/outgoing_event.hpp"
 
 namespace notifications {
 

@@ -24,17 +24,17 @@
 #include <utility>
 #include <vector>
 
-#include "notifications/bounded_queue.hpp"
-#include "notifications/thread_name.hpp"
+#include "transport/bounded_queue.hpp"
+#include "process/thread_name.hpp"
 #include "notifications/bridge.hpp"
-#include "notifications/describe.hpp"
+#include "process/describe.hpp"
 #include "notifications/envelope.hpp"
-#include "notifications/fork_registry.hpp"
+#include "process/fork_registry.hpp"
 #include "notifications/notifications.hpp"
-#include "notifications/ids.hpp"
-#include "notifications/log.hpp"
-#include "notifications/process.hpp"
-#include "notifications/outgoing_event.hpp"
+#include "process/ids.hpp"
+#include "process/log.hpp"
+#include "process/process.hpp"
+#include "remote/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
 namespace notifications {

@@ -6,14 +6,14 @@
 #include <set>
 #include <utility>
 
-#include "notifications/log.hpp"
+#include "process/log.hpp"
 
-#include "notifications/describe.hpp"
+#include "process/describe.hpp"
 #include "notifications/errors.hpp"
-#include "notifications/event_access.hpp"
-#include "notifications/ids.hpp"
-#include "notifications/registry.hpp"
-#include "notifications/thread_cache.hpp"
+#include "local/event_access.hpp"
+#include "process/ids.hpp"
+#include "local/registry.hpp"
+#include "local/thread_cache.hpp"
 
 namespace notifications::detail {
 

@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "notifications/ascii.hpp"
+#include "local/ascii.hpp"
 #include "notifications/pattern.hpp"
 #include "notifications/subject.hpp"
 

@@ -1,4 +1,4 @@
-#include "notifications/log.hpp"
+#include "process/log.hpp"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "notifications/process.hpp"
+#include "process/process.hpp"
 
 #include <pthread.h>
 
@@ -7,8 +7,8 @@
 #include <exception>
 #include <mutex>
 
-#include "notifications/fork_registry.hpp"
-#include "notifications/log.hpp"
+#include "process/fork_registry.hpp"
+#include "process/log.hpp"
 
 namespace notifications::detail {
 

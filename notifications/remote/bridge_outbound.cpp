@@ -1,5 +1,5 @@
 // Bridge, outbound: instrumenting threads -> outbound queue -> sender thread -> transport.
-#include "notifications/bridge_impl.hpp"
+#include "remote/bridge_impl.hpp"
 
 namespace notifications {
 

@@ -1,5 +1,5 @@
 // The field rules of envelope version 1 (envelope_rules.hpp).
-#include "notifications/envelope_rules.hpp"
+#include "remote/envelope_rules.hpp"
 
 namespace notifications::detail {
 

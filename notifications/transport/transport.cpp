@@ -32,11 +32,8 @@
 #include <map>
 #include <stdexcept>
 
-#include "notifications/ascii.hpp"
-#include "notifications/process.hpp"
+#include "transport/kit.hpp"
 #include "notifications/subject.hpp"
-#include "notifications/transports/memory.hpp"
-#include "notifications/transports/mock.hpp"
 
 namespace notifications {
 
@@ -115,19 +112,10 @@ struct Registry {
   std::map<std::string, TransportFactory> factories;  // GUARDED_BY(mutex), by lower-case scheme
 };
 
-// Created on first use with the built-in transports, never destroyed (factories may be looked up
-// from static destructors). The built-ins are referenced here, so the linker keeps them.
+// Created on first use, never destroyed (factories may be looked up from static destructors).
+// Every transport, the built-in memory:// and mock:// too, registers itself from its own folder.
 Registry& registry() {
-  static Registry* const instance = [] {
-    auto* r = new Registry;
-    r->factories["memory"] = [](const TransportConfig& config) {
-      return make_memory_transport(memory_options_from_config(config));
-    };
-    r->factories["mock"] = [](const TransportConfig& config) -> std::unique_ptr<Transport> {
-      return std::make_unique<MockTransport>(mock_options_from_config(config));
-    };
-    return r;
-  }();
+  static Registry* const instance = new Registry;
   return *instance;
 }
 
@@ -212,28 +200,16 @@ std::string redact_one(std::string_view url) {
   return out;
 }
 
-// The schemes this project ships in components of their own, and what provides each: an unknown
-// scheme's error says what to link instead of only "unknown".
-struct ShippedScheme {
-  const char* scheme;
-  const char* provided_by;
-};
-constexpr ShippedScheme kShippedSchemes[] = {
-    {"nats", "the notifications::nats component: find_package(notifications CONFIG REQUIRED COMPONENTS nats) "
-             "and target_link_libraries(<your target> PRIVATE notifications::nats)"},
-    {"tls", "the notifications::nats component: find_package(notifications CONFIG REQUIRED COMPONENTS nats) "
-            "and target_link_libraries(<your target> PRIVATE notifications::nats)"},
-    {"jetstream", "nothing yet: JetStream is a planned transport"},
-    {"sqlite", "nothing yet: SQLite is a planned transport"},
-};
-
 std::string shipped_scheme_hint(std::string_view scheme) {
-  for (const ShippedScheme& shipped : kShippedSchemes) {
-    if (scheme == shipped.scheme) {
-      return std::string(": this program does not link its transport, provided by ") + shipped.provided_by;
-    }
+  const kit::ShippedScheme* shipped = kit::shipped_scheme(scheme);
+  if (shipped == nullptr) return {};
+  std::string hint = ": this program does not link its transport, provided by ";
+  hint += shipped->component;
+  if (!shipped->how_to_link.empty()) {
+    hint += ": ";
+    hint += shipped->how_to_link;
   }
-  return {};
+  return hint;
 }
 
 std::string known_schemes(const Registry& r) {
