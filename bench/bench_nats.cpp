@@ -27,7 +27,7 @@
 //
 // Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
 // The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port through the tests'
-// harness (tests/nats/nats_server.hpp) and stops it by PID at the end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
+// harness (tests/transports/nats/nats_server.hpp) and stops it by PID at the end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
 // goes to stderr, exit status 1.
 //
 // Usage: bench_nats [events] [rounds]   (defaults 200000 and 2000)

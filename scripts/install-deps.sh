@@ -51,7 +51,7 @@ if [ ${#missing[@]} -ne 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The interop test's node packages (nats.js, ajv), from tests/nats/interop/package-lock.json.
+# The interop test's node packages (nats.js, ajv), from tests/transports/nats/interop/package-lock.json.
 if $with_interop; then
-  bash "$(dirname "${BASH_SOURCE[0]}")/../tests/nats/interop/install.sh"
+  bash "$(dirname "${BASH_SOURCE[0]}")/../tests/transports/nats/interop/install.sh"
 fi

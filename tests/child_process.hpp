@@ -1,16 +1,24 @@
-// Runs a program as a child process with its stdout and stderr captured, and waits for it within
-// a bound: the one launcher for the tests that crash, exit, fork or signal processes.
+// The one launcher of child processes for the tests and the benchmarks:
+// - run_child: runs a program to completion within a bound, stdout and stderr captured (the tests
+//   that crash, exit, fork or signal processes);
+// - spawn_child: starts a program in the background (nats-server, the nats.js interop peer), to
+//   be stopped by its PID; wait_for_child reaps it (or a child made by fork()) within a bound.
 //
-// Thread-safety: run_child may be called from any thread; each call owns its child.
+// Thread-safety: every function may be called from any thread; each call owns its child.
 #pragma once
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -117,7 +125,79 @@ inline ChildResult run_child(const std::vector<std::string>& args, const std::ve
   return result;
 }
 
-// Waits for a child made by fork(), at most `bound`; then kills it (SIGKILL) and reports a hang.
+// A child started by spawn_child. `stdout_fd` and `stderr_fd` are the read ends of its output
+// pipes (close-on-exec; the caller closes them), or -1 when the output goes to a log file.
+struct SpawnedChild {
+  pid_t pid = -1;
+  int stdout_fd = -1;
+  int stderr_fd = -1;
+};
+
+// Starts `args` (args[0] an absolute path) in the background with stdin from /dev/null and
+// stdout and stderr appended to `log_path`, or, when `log_path` is empty, on two pipes. The child
+// inherits no other descriptor (a client library's sockets must not outlive the parent's use of
+// them) and gets SIGKILL when the thread that started it exits. Throws std::runtime_error naming
+// what failed; a failed exec shows as exit code 127.
+inline SpawnedChild spawn_child(const std::vector<std::string>& args, const std::string& log_path = {}) {
+  if (args.empty() || args[0].empty() || args[0][0] != '/') {
+    throw std::runtime_error("spawn_child: args[0] must be an absolute path");
+  }
+  const auto fail = [](const std::string& what, const std::vector<int>& fds) {
+    const int saved = errno;
+    for (const int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+    throw std::runtime_error("spawn_child: " + what + ": " + std::strerror(saved));
+  };
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  int out[2] = {-1, -1};
+  int err[2] = {-1, -1};
+  if (log_path.empty()) {
+    if (::pipe2(out, O_CLOEXEC) != 0) fail("pipe2", {});
+    if (::pipe2(err, O_CLOEXEC) != 0) fail("pipe2", {out[0], out[1]});
+  } else {
+    out[1] = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (out[1] < 0) fail("open " + log_path, {});
+    err[1] = out[1];
+  }
+  const auto ours = [&] {
+    std::vector<int> fds{out[0], out[1], err[0]};
+    if (err[1] != out[1]) fds.push_back(err[1]);
+    return fds;
+  };
+  const int null_in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_in < 0) fail("open /dev/null", ours());
+  rlimit files{};
+  ::getrlimit(RLIMIT_NOFILE, &files);
+  const int max_fd = static_cast<int>(std::min<rlim_t>(files.rlim_cur, 65536));
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid == 0) {  // the child: async-signal-safe calls only, then exec
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(126);
+    ::dup2(null_in, 0);
+    ::dup2(out[1], 1);
+    ::dup2(err[1], 2);
+    if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
+      for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
+    }
+    ::execv(argv[0], argv.data());
+    static const char message[] = "spawn_child: exec failed\n";
+    (void)!::write(2, message, sizeof message - 1);
+    ::_exit(127);
+  }
+  std::vector<int> fds = ours();
+  fds.push_back(null_in);
+  if (pid < 0) fail("fork", fds);
+  ::close(null_in);
+  ::close(out[1]);
+  if (err[1] != out[1]) ::close(err[1]);
+  return SpawnedChild{pid, out[0], err[0]};
+}
+
+// Waits for a child made by fork() or spawn_child(), at most `bound`; then kills it (SIGKILL) and reports a hang.
 inline ChildResult wait_for_child(pid_t pid, std::chrono::milliseconds bound) {
   ChildResult result;
   const auto give_up = std::chrono::steady_clock::now() + bound;

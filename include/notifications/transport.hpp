@@ -135,19 +135,25 @@ class Transport {
 };
 
 // Lifecycle and locking for transports: created -> started -> stopped, checked once here.
-// - subscribe() is refused (TransportError) before start() and after stop(); unsubscribe() then
-//   does nothing. start() after stop() throws; a start() whose do_start threw may be retried.
-// - publish() takes no lock and never throws; before start or after stop it accepts nothing
-//   (transient = false). do_publish never runs during or after do_stop.
-// - stop() is idempotent and allowed from created; a concurrent second stop() waits for the
-//   first. The base serialises start/stop/subscribe/unsubscribe; do_stop runs without the lock,
-//   so a handler may unsubscribe while the transport drains.
-// - health() adds "kind" and "state" ("stopping" while do_stop runs) to do_health().
-// - Derived destructors must call stop() themselves (the base cannot call their hooks).
-// - In a child process forked after start() without after_fork(true) (notifications/fork.hpp),
-//   the base runs no hook and takes no lock another thread may have held at fork(): publish()
-//   refuses (transient = false), flush() is false, subscribe() throws, unsubscribe() does
-//   nothing, stop() only marks the transport stopped, health() says "forked_child".
+// Its promises, each with a test named TransportBasePromiseN_... (tests/transport/):
+// 1. subscribe() is refused (TransportError) before start() and after stop(); unsubscribe() then
+//    does nothing.
+// 2. A start() whose do_start threw leaves the transport created, and may be retried; start() on
+//    a started transport does nothing; start() after stop() throws.
+// 3. publish() takes no lock and never throws; before start or after stop it accepts nothing
+//    (transient = false).
+// 4. do_publish never runs during or after do_stop: stop() refuses new publishes at once, waits
+//    for the ones in flight, then runs do_stop.
+// 5. stop() is idempotent and allowed from created (no hook runs then); a concurrent second
+//    stop() waits for the first.
+// 6. The base serialises start/stop/subscribe/unsubscribe, but do_stop runs without the lock, so
+//    a handler may unsubscribe while the transport drains.
+// 7. health() adds "kind" and "state" ("stopping" while do_stop runs) to do_health().
+// 8. In a child process forked after start() without after_fork(true) (notifications/fork.hpp),
+//    the base runs no hook and takes no lock another thread may have held at fork(): publish()
+//    refuses (transient = false), flush() is false, subscribe() throws, unsubscribe() does
+//    nothing, stop() only marks the transport stopped, health() says "forked_child".
+// Derived destructors must call stop() themselves (the base cannot call their hooks).
 class TransportBase : public Transport {
  public:
   enum class State { created, started, stopped };

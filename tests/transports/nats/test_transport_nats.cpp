@@ -16,7 +16,7 @@
 #include "notifications/bridge.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
-#include "nats/nats_test_options.hpp"
+#include "nats_test_options.hpp"
 #include "wait.hpp"
 #include "transport_test_support.hpp"
 

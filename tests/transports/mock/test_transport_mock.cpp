@@ -15,6 +15,7 @@
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
 #include "transport_test_support.hpp"
+#include "scale.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
@@ -26,11 +27,7 @@ using test_support::error_of;
 using test_support::in;
 using test_support::publish1;
 
-#ifdef NOTIFICATIONS_TESTS_SHORT
-constexpr int kScale = 5;
-#else
-constexpr int kScale = 1;
-#endif
+using test_support::kScale;  // tests/scale.hpp: a tenth of the counts in the sanitizer builds
 
 constexpr auto kWait = 20s;
 

@@ -25,7 +25,7 @@
 #include "notifications/transports/nats.hpp"
 #include "scale.hpp"
 #include "transport_test_support.hpp"
-#include "nats/nats_test_options.hpp"
+#include "nats_test_options.hpp"
 #include "wait.hpp"
 
 namespace {

@@ -12,17 +12,14 @@
 #include <vector>
 
 #include "notifications/notifications.hpp"
+#include "scale.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
 
 namespace {
 
-#ifdef NOTIFICATIONS_TESTS_SHORT
-constexpr int kScale = 10;
-#else
-constexpr int kScale = 1;
-#endif
+using test_support::kScale;  // tests/scale.hpp: a tenth of the counts in the sanitizer builds
 
 // Runs `work` on `threads` threads and fails (instead of hanging) if they do not finish in time.
 void run_threads(int threads, const std::function<void(int)>& work, std::chrono::seconds limit = 60s) {

@@ -3,8 +3,8 @@
 // side (peer.mjs) builds and checks envelopes from docs/envelope.md and envelope.schema.json
 // alone, so these tests prove the wire format, not just that our encoder agrees with our decoder.
 //
-// Skipped when node is not installed or tests/nats/interop/node_modules is missing (run
-// tests/nats/interop/install.sh). Every wait is bounded; the node child is stopped by its PID
+// Skipped when node is not installed or tests/transports/nats/interop/node_modules is missing (run
+// tests/transports/nats/interop/install.sh). Every wait is bounded; the node child is stopped by its PID
 // and gets SIGKILL if this test's thread dies first.
 #include <gtest/gtest.h>
 
@@ -35,6 +35,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "child_process.hpp"
 #include "nats_server.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/notifier.hpp"
@@ -42,7 +43,7 @@
 #include "wait.hpp"
 
 #ifndef INTEROP_DIR
-#error "INTEROP_DIR (the tests/nats/interop source folder) must be defined by the build"
+#error "INTEROP_DIR (the tests/transports/nats/interop source folder) must be defined by the build"
 #endif
 
 namespace n = notifications;
@@ -81,54 +82,10 @@ std::string find_node() {
 class Child {
  public:
   explicit Child(const std::vector<std::string>& args) {
-    if (args.empty() || args[0].empty() || args[0][0] != '/') {
-      throw std::runtime_error("Child: args[0] must be an absolute path");
-    }
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-
-    int out[2] = {-1, -1};
-    int err[2] = {-1, -1};
-    if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2: " + errno_text());
-    if (::pipe2(err, O_CLOEXEC) != 0) {
-      close_all({out[0], out[1]});
-      throw std::runtime_error("pipe2: " + errno_text());
-    }
-    const int null_in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (null_in < 0) {
-      close_all({out[0], out[1], err[0], err[1]});
-      throw std::runtime_error("open /dev/null: " + errno_text());
-    }
-    rlimit files{};
-    ::getrlimit(RLIMIT_NOFILE, &files);
-    const int max_fd = static_cast<int>(std::min<rlim_t>(files.rlim_cur, 65536));
-    const pid_t parent = ::getpid();
-
-    pid_ = ::fork();
-    if (pid_ == 0) {  // the child: async-signal-safe calls only, then exec
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(126);
-      ::dup2(null_in, 0);
-      ::dup2(out[1], 1);
-      ::dup2(err[1], 2);
-      // No inherited descriptors (e.g. cnats' sockets) may outlive the parent's use of them.
-      if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
-        for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
-      }
-      ::execv(argv[0], argv.data());
-      static const char message[] = "interop test: exec of node failed\n";
-      (void)!::write(2, message, sizeof message - 1);
-      ::_exit(127);
-    }
-    const int fork_errno = errno;
-    close_all({out[1], err[1], null_in});
-    if (pid_ < 0) {
-      close_all({out[0], err[0]});
-      throw std::runtime_error(std::string("fork: ") + std::strerror(fork_errno));
-    }
-    out_fd_ = out[0];
-    err_fd_ = err[0];
+    const test_support::SpawnedChild child = test_support::spawn_child(args);  // output on pipes
+    pid_ = child.pid;
+    out_fd_ = child.stdout_fd;
+    err_fd_ = child.stderr_fd;
   }
 
   ~Child() {
@@ -254,7 +211,7 @@ class NatsInterop : public ::testing::Test {
     for (const char* package : {"nats", "ajv"}) {
       const auto dir = kInteropDir / "node_modules" / package;
       if (!std::filesystem::is_directory(dir)) {
-        GTEST_SKIP() << dir.string() << " is missing: run tests/nats/interop/install.sh";
+        GTEST_SKIP() << dir.string() << " is missing: run tests/transports/nats/interop/install.sh";
       }
     }
     // Started on the test body's thread, which outlives the server (see NatsServer).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the node packages of the nats.js interop peer (tests/nats/interop/node_modules) from
+# Installs the node packages of the nats.js interop peer (tests/transports/nats/interop/node_modules) from
 # package-lock.json. Idempotent: does nothing, silently, when node_modules is newer than
 # package-lock.json; otherwise runs `npm ci`. Fails with a message naming what is missing when
 # node or npm are not installed (Debian: apt-get install nodejs npm).
@@ -11,7 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 fail() {
-  echo "tests/nats/interop/install.sh: $*" >&2
+  echo "tests/transports/nats/interop/install.sh: $*" >&2
   exit 1
 }
 
@@ -33,7 +33,7 @@ if [[ -f "$stamp" && -d node_modules/nats && -d node_modules/ajv && "$stamp" -nt
   exit 0
 fi
 
-echo "tests/nats/interop: installing node packages (npm ci)"
+echo "tests/transports/nats/interop: installing node packages (npm ci)"
 if ! npm ci --no-audit --no-fund --loglevel=error; then
   fail "npm ci failed in $here (is the npm registry reachable? does package-lock.json match package.json?)"
 fi

@@ -18,6 +18,7 @@
 #include "notifications/transports/memory.hpp"
 #include "transports/memory/loopback_broker.hpp"
 #include "transport_test_support.hpp"
+#include "scale.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
@@ -29,11 +30,7 @@ using test_support::error_of;
 using test_support::in;
 using test_support::publish1;
 
-#ifdef NOTIFICATIONS_TESTS_SHORT
-constexpr int kScale = 5;
-#else
-constexpr int kScale = 1;
-#endif
+using test_support::kScale;  // tests/scale.hpp: a tenth of the counts in the sanitizer builds
 
 constexpr auto kWait = 20s;  // bound of every wait that is expected to succeed
 

@@ -1,6 +1,8 @@
 // NatsServer: the child process, its config and certificates, and the readiness probes.
 #include "nats_server.hpp"
 
+#include "child_process.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -105,36 +107,13 @@ std::string describe_status(int status) {
   return "status " + std::to_string(status);
 }
 
-// fork+exec of args[0] (an absolute path), stdin from /dev/null, stdout and stderr appended to
-// `log_path`. The child inherits no other descriptor and gets SIGKILL when the calling thread exits.
+// args[0] in the background, output appended to `log_path` (tests/child_process.hpp).
 pid_t spawn(const std::vector<std::string>& args, const std::string& log_path) {
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const Fd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  const Fd null_in(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (log.fd < 0 || null_in.fd < 0) fail("cannot open " + log_path + ": " + errno_text());
-  rlimit files{};
-  ::getrlimit(RLIMIT_NOFILE, &files);
-  const int max_fd = static_cast<int>(std::min<rlim_t>(files.rlim_cur, 65536));
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork failed: " + errno_text());
-  if (pid == 0) {  // the child: async-signal-safe calls only
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(126);
-    ::dup2(null_in.fd, 0);
-    ::dup2(log.fd, 1);
-    ::dup2(log.fd, 2);
-    if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
-      for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
-    }
-    ::execv(argv[0], argv.data());
-    static const char msg[] = "harness: exec failed\n";
-    (void)!::write(2, msg, sizeof msg - 1);
-    ::_exit(127);
+  try {
+    return test_support::spawn_child(args, log_path).pid;
+  } catch (const std::runtime_error& e) {
+    fail(e.what());
   }
-  return pid;
 }
 
 // Runs a short tool to completion (bounded); throws naming `what`, with the tool's log, when it fails.
