@@ -210,7 +210,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   // Sender and dispatcher exits, for shutdown's bounded waits (under progress_mutex).
   bool sender_done = false;
   bool dispatcher_done = false;
-  std::atomic<std::uint64_t> dispatcher_backlog{0};  // popped, not yet dispatched
+  std::atomic<std::uint64_t> dispatcher_backlog{0};  // popped, not yet returned from its listeners
   // Deliveries taken into the inbound queue, and those dispatched (or dropped) since: equal when
   // every delivery handed over so far was handled (wait_delivered).
   std::atomic<std::uint64_t> inbound_taken{0};

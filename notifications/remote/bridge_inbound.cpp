@@ -142,13 +142,15 @@ void Bridge::Impl::run_dispatcher() {
     if (!inbound.pop_batch(batch, kDispatchBatch, Clock::now() + std::chrono::milliseconds(100))) break;
     dispatcher_backlog.store(batch.size(), std::memory_order_relaxed);
     for (Delivery& delivery : batch) {
-      dispatcher_backlog.fetch_sub(1, std::memory_order_relaxed);
       if (past_deadline()) {  // shutdown's deadline passed: count the rest, deliver no more
+        dispatcher_backlog.fetch_sub(1, std::memory_order_relaxed);
         drop(Drop::inbound_deadline, "(inbound message)");
         if (delivery.settle) delivery.settle(Settle::nak);
         continue;
       }
       dispatch(delivery);
+      // Only now: one still inside a listener at shutdown's deadline was not delivered.
+      dispatcher_backlog.fetch_sub(1, std::memory_order_relaxed);
     }
     // Sequentially consistent, as in wait_delivered(): either it sees this count, or this sees
     // its waiter and wakes it. Once per batch, and a wake-up only when someone waits.

@@ -231,6 +231,9 @@ void TransportBase::start() {
   const int p = phase(ref.load(std::memory_order_acquire));
   if (p == kStarted) return;
   if (p != kCreated) throw TransportError(kind() + ": start() after stop(); create a new transport");
+  // Before anything fork() must not copy exists: a child forked from here on knows it is one
+  // (promise 8), with or without a Bridge.
+  detail::install_fork_hook();
   do_start();  // throws: stays created
   generation_ = detail::fork_generation();
   set_phase(ref, kStarted);

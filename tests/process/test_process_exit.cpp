@@ -12,7 +12,7 @@
 #include "child_process.hpp"
 #include "scale.hpp"
 #ifdef NOTIFICATIONS_TEST_NATS
-#include "nats/nats_server.hpp"
+#include "transports/nats/nats_server.hpp"
 #endif
 
 namespace {

@@ -98,17 +98,18 @@ TEST(BridgePromises, BridgePromise4_EveryAcceptedEventIsSentDroppedOrReportedOnc
   auto transport = mock_on(broker("p4"));
   n::BridgeConfig config = config_for("p4");
   config.queue_capacity = 64;
+  config.batch_size = 16;
   config.overflow = n::OverflowPolicy::drop_oldest;
   config.retry.max_attempts = 3;
   n::Bridge bridge(notifier, transport, config);
   bridge.start();
-  for (int i = 0; i < 100; ++i) notifier.instrument("account.ok", {{"i", i}});
+  for (int i = 0; i < 50; ++i) notifier.instrument("account.ok", {{"i", i}});  // fits the queue
   ASSERT_TRUE(bridge.flush(10s));
   transport->fail_next_publishes(1, /*transient=*/false);  // one batch refused for good
-  notifier.instrument("account.rejected", {{"i", 100}});
+  notifier.instrument("account.rejected", {{"i", 50}});
   ASSERT_TRUE(wait_until([&] { return dropped(bridge.health(), "publish_rejected") == 1; }));
   transport->disconnect();  // the rest cannot leave: evicted or still queued at the deadline
-  for (int i = 101; i < 400; ++i) notifier.instrument("account.stuck", {{"i", i}});
+  for (int i = 51; i < 400; ++i) notifier.instrument("account.stuck", {{"i", i}});
   const auto report = bridge.shutdown(300ms);
   const json health = bridge.health();
   std::uint64_t dropped_after_accept = 0;
@@ -117,11 +118,11 @@ TEST(BridgePromises, BridgePromise4_EveryAcceptedEventIsSentDroppedOrReportedOnc
     dropped_after_accept += dropped(health, reason);
   }
   EXPECT_EQ(counter(health, "accepted"), counter(health, "sent") + dropped_after_accept) << health.dump();
-  EXPECT_EQ(counter(health, "sent"), 100u);
+  EXPECT_EQ(counter(health, "sent"), 50u);
   EXPECT_EQ(dropped(health, "publish_rejected"), 1u);
   EXPECT_GT(dropped(health, "queue_evicted"), 0u) << health.dump();
   EXPECT_EQ(report.undelivered, counter(health, "accepted") - report.confirmed) << health.dump();
-  EXPECT_EQ(report.confirmed, 100u);
+  EXPECT_EQ(report.confirmed, 50u);
   EXPECT_FALSE(report.clean);
 }
 
@@ -174,7 +175,7 @@ TEST(BridgePromises, BridgePromise7_AnEnvelopeThatFailsItsChecksNeverReachesALis
   n::Notifier notifier;
   std::atomic<int> dead{0}, heard{0};
   n::Bridge bridge(notifier, mock_on(name), config_for("p7"),
-                   {.dead_letter = [&](const n::Message&, std::string_view) { dead.fetch_add(1); }});
+                   {.dead_letter = [&](const n::Message&, std::string_view) { dead.fetch_add(1); }, .instance_id = {}});
   bridge.start();
   auto sub = notifier.subscribe([&](const n::Event&) { heard.fetch_add(1); });
   // A valid envelope of "order.placed" under the subject of another name, and one that is not JSON.

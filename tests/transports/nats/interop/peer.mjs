@@ -58,7 +58,7 @@ function bounded(promise, ms, what) {
 }
 
 function loadValidator() {
-  const schemaUrl = new URL("../../../docs/envelope.schema.json", import.meta.url);
+  const schemaUrl = new URL("../../../../docs/envelope.schema.json", import.meta.url);
   let schema;
   try {
     schema = JSON.parse(readFileSync(schemaUrl, "utf8"));

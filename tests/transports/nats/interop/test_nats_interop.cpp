@@ -58,7 +58,6 @@ constexpr auto kPeerResultTimeout = 15s;  // the peer itself gives up after 10 s
 constexpr auto kPeerExitTimeout = 5s;
 constexpr auto kDeliveryTimeout = 10s;
 
-std::string errno_text() { return std::strerror(errno); }
 
 // The node executable: the first "node" on PATH, else /usr/bin/node; empty when there is none.
 std::string find_node() {
