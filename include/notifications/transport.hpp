@@ -8,7 +8,8 @@
 // publish() from its one sender thread only. Delivery handlers run on a thread of the transport
 // (or of its client library): they must only hand the delivery off (enqueue it) and return; they
 // must not block, throw, or call back into the transport. The structs (TransportCapabilities,
-// Message, DeliveryOptions, Delivery, PublishResult, TransportConfig) are values.
+// Message, Settlement, StartPosition, DeliveryOptions, Delivery, PublishResult, TransportConfig)
+// are values; Delivery::settle and Delivery::in_progress may be called from any thread.
 #pragma once
 
 #include <chrono>
