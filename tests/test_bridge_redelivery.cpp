@@ -8,6 +8,8 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -90,7 +92,87 @@ std::string id(int i) {
   return "00000000-0000-4000-8000-" + std::string(12 - text.size(), '0') + text;
 }
 
+// A transport with acknowledgements, driven by the test: deliver() hands a Delivery to the
+// subscription, whose settle records the outcome. Thread-safety: as every Transport.
+class AckingTransport final : public n::TransportBase {
+ public:
+  struct Settled {
+    n::Settle outcome;
+    int listener_calls;  // how many times the listener had run when settle was called
+  };
+  explicit AckingTransport(const std::atomic<int>& listener_calls) : listener_calls_(listener_calls) {}
+  ~AckingTransport() override { stop(Clock::now() + 5s); }
+
+  std::string kind() const override { return "acking"; }
+  n::TransportCapabilities capabilities() const override {
+    return n::TransportCapabilities{.acknowledgements = true};
+  }
+
+  void deliver(n::Message message, std::uint32_t redelivery) {
+    n::Delivery delivery;
+    delivery.message = std::move(message);
+    delivery.redelivery = redelivery;
+    delivery.settle = [this](n::Settlement settlement) {
+      std::lock_guard lock(mutex_);
+      settled_.push_back(Settled{settlement.outcome, listener_calls_.load()});
+    };
+    n::DeliveryHandler handler;
+    {
+      std::lock_guard lock(mutex_);
+      handler = handler_;
+    }
+    handler(std::move(delivery));
+  }
+  std::vector<Settled> settled() const {
+    std::lock_guard lock(mutex_);
+    return settled_;
+  }
+
+ protected:
+  void do_start() override {}
+  n::PublishResult do_publish(std::span<const n::Message> batch) override { return {batch.size(), true, {}}; }
+  void do_subscribe(std::uint64_t, const std::string&, const n::DeliveryOptions&, n::DeliveryHandler handler) override {
+    std::lock_guard lock(mutex_);
+    handler_ = std::move(handler);
+  }
+  void do_unsubscribe(std::uint64_t) override {}
+  bool do_flush(n::Deadline) override { return true; }
+  void do_stop(n::Deadline) override {}
+  nlohmann::json do_health() const override { return json::object(); }
+
+ private:
+  const std::atomic<int>& listener_calls_;
+  mutable std::mutex mutex_;
+  n::DeliveryHandler handler_;
+  std::vector<Settled> settled_;
+};
+
 }  // namespace
+
+// I1 and I2 on a transport with acknowledgements: each delivery is settled once, after the
+// listener ran (take, then settle); the redelivery of an id already delivered is acked without
+// reaching the listener.
+TEST(BridgeRedelivery, ASuppressedRedeliveryIsAckedAndEverySettleFollowsHandling) {
+  n::Notifier notifier;
+  std::atomic<int> calls{0};
+  auto subscription = notifier.subscribe("order.placed", [&](const n::Event&) { calls.fetch_add(1); });
+  auto transport = std::make_shared<AckingTransport>(calls);
+  n::Bridge bridge(notifier, transport, config_for("receiver"));
+  bridge.start();
+  transport->deliver(Receiver::message(id(1), 1), 0);
+  transport->deliver(Receiver::message(id(1), 1), 1);  // redelivered: suppressed
+  transport->deliver(Receiver::message(id(2), 2), 0);
+  ASSERT_TRUE(bridge.wait_delivered(10s));
+  const auto settled = transport->settled();
+  ASSERT_EQ(settled.size(), 3u);
+  for (const auto& s : settled) EXPECT_EQ(s.outcome, n::Settle::ack);
+  EXPECT_EQ(settled[0].listener_calls, 1);  // after the listener saw id 1
+  EXPECT_EQ(settled[1].listener_calls, 1);  // the redelivery: acked, not delivered
+  EXPECT_EQ(settled[2].listener_calls, 2);
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(counter(bridge.health(), "redeliveries_suppressed"), 1u);
+  bridge.shutdown(5s);
+}
 
 // I2: a redelivery (same Message::id, Delivery::redelivery 1) is delivered once, counted as
 // suppressed, and neither dropped nor lost nor a sequence gap.
