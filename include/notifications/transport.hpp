@@ -201,7 +201,8 @@ class Transport {
   // Publishes in order. Never throws; reports what was accepted.
   virtual PublishResult publish(std::span<const Message> batch) = 0;
   // Receives messages whose subject matches `pattern` (NATS wildcards), as `options` say.
-  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern or group).
+  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern or group, or
+  // a DeliveryOptions field its capabilities() do not cover, named in the message).
   virtual std::uint64_t subscribe(const std::string& pattern, const DeliveryOptions& options,
                                   DeliveryHandler handler) = 0;
   // Stops deliveries to that subscription. Deliveries already handed to the handler stay handed.
