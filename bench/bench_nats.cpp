@@ -107,12 +107,14 @@ struct RawConnection {
 
 using MsgPtr = std::unique_ptr<natsMsg, decltype(&natsMsg_Destroy)>;
 
-// A cnats message with the bytes of `m` (body and headers) on `subject`.
+// A cnats message with the bytes of `m` (body, headers, and Message::id as Nats-Msg-Id, as the
+// NATS transport sends it) on `subject`.
 MsgPtr raw_message(const n::Message& m, const std::string& subject) {
   natsMsg* msg = nullptr;
   check(natsMsg_Create(&msg, subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size())), "natsMsg_Create");
   MsgPtr owned(msg, natsMsg_Destroy);
   for (const auto& [key, value] : m.headers) check(natsMsgHeader_Set(msg, key.c_str(), value.c_str()), "natsMsgHeader_Set");
+  if (!m.id.empty()) check(natsMsgHeader_Set(msg, "Nats-Msg-Id", m.id.c_str()), "natsMsgHeader_Set");
   return owned;
 }
 

@@ -109,12 +109,23 @@ class Bridge {
 
   // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
   //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "received",
-  //  "malformed", "echo_suppressed", "lost", "dropped": {reason: n}}, "last_error"}
+  //  "malformed", "echo_suppressed", "lost", "sequence_resets", "redeliveries_suppressed",
+  //  "dropped": {reason: n}}, "redelivery": {...}, "last_error"}
   // "lost" counts events this bridge never received although a later event of the same producer
   // instance and subject arrived (a gap in the envelopes' sequence): what an at-most-once
   // transport lost on the way. Counted between two received events of one stream: not before
   // the first one received nor after the last, and not for consumer groups (each member sees a
   // part of the stream).
+  // "redeliveries_suppressed" counts deliveries of a Message::id this bridge had already
+  // delivered within its redelivery window (BridgeConfig::redelivery): not delivered again, and
+  // not counted as dropped, lost or a sequence gap. "redelivery": {"active", "window_ms",
+  // "window_count"} says whether suppression runs (only on transports whose capabilities say they
+  // may deliver an id twice: acknowledgements or persistent) and its window.
+  //
+  // Inbound promise, take then settle: on transports with acknowledgements a delivery is settled
+  // only after it was handled (delivered to the listeners, or suppressed as a redelivery: ack;
+  // malformed: term; refused by a full inbound queue or still queued at shutdown's deadline: nak).
+  // A delivery waiting in the inbound queue is never acknowledged.
   nlohmann::json health() const;
 
   const std::string& instance_id() const noexcept;

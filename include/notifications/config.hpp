@@ -1,7 +1,7 @@
 // Bridge configuration: from code, from a JSON file named by NOTIFICATIONS_CONFIG, and from the
 // environment (NOTIFICATIONS_URL and friends override the file).
 //
-// Thread-safety: BridgeConfig and RetryPolicy are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
+// Thread-safety: BridgeConfig, RetryPolicy and RedeliveryPolicy are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
 // read the environment, which the program must not modify concurrently).
 #pragma once
 
@@ -38,6 +38,20 @@ struct RetryPolicy {
   int max_attempts = 0;   // 0: keep retrying until shutdown's deadline
 };
 
+// How a Bridge suppresses redeliveries (docs/bridge.md, "Redeliveries"): it remembers the
+// Message::id of what it delivered, within a window bounded by time and by count (the oldest id
+// is forgotten first), and a delivery of a remembered id is not delivered again: it is counted in
+// health()["counters"]["redeliveries_suppressed"] (not as a drop, loss or sequence gap) and
+// acknowledged where the transport has acknowledgements. Active only on transports that may
+// deliver an id twice (TransportCapabilities::acknowledgements or persistent).
+struct RedeliveryPolicy {
+  // 0: the default, the longer of 2 minutes (JetStream's dedupe window) and the transport's
+  // TransportCapabilities::dedupe_window. Otherwise 1 ms .. 1 day.
+  std::chrono::milliseconds window{0};
+  // Ids remembered at most, 0 .. 10000000; 0 turns suppression off.
+  std::size_t window_count = 65536;
+};
+
 struct BridgeConfig {
   std::string url = "memory://";            // picks the transport by scheme
   std::string app = "app";                  // producer name in envelopes
@@ -54,6 +68,7 @@ struct BridgeConfig {
   std::chrono::milliseconds block_timeout{100};
   std::size_t batch_size = 256;
   RetryPolicy retry;
+  RedeliveryPolicy redelivery;
   nlohmann::json transport = nlohmann::json::object();  // transport-specific options
 
   // Validates every field; throws ConfigError naming the first bad key.
@@ -65,7 +80,9 @@ struct BridgeConfig {
 //   url, app, prefix, forward, subscribe, group, queue_capacity (1 .. 10000000),
 //   queue_max_bytes (0: no byte bound, else 4096 .. 1099511627776 = 1 TiB),
 //   overflow ("block" | "drop_newest" | "drop_oldest"), block_timeout_ms, batch_size,
-//   retry { initial_ms, max_ms, multiplier, jitter, max_attempts }, transport { ... }
+//   retry { initial_ms, max_ms, multiplier, jitter, max_attempts },
+//   redelivery { window_ms (0: default, else 1 .. 86400000), window_count (0: off .. 10000000) },
+//   transport { ... }
 BridgeConfig config_from_json(const nlohmann::json& json);
 // Parses JSON text; a syntax error is a ConfigError naming `source` and the position.
 BridgeConfig config_from_text(std::string_view text, std::string_view source = "config");

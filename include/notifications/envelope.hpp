@@ -60,8 +60,8 @@ Envelope envelope_from_event(const Event& event, std::string_view producer,
 // The remote event for a received envelope (remote() is true; origin names the producer).
 Event event_from_envelope(Envelope envelope, std::string_view transport_kind);
 
-// A message carrying the envelope: body, and headers "Nats-Msg-Id" (the id), "Content-Type"
-// and, when present, "traceparent".
+// A message carrying the envelope: body, Message::id = the envelope's id (each transport maps it
+// to its own dedupe mechanism), and headers "Content-Type" and, when present, "traceparent".
 Message message_from_envelope(const Envelope& envelope, std::string subject);
 // The same message for a local event as message_from_envelope(envelope_from_event(event, ...))
 // with `sequence` set, without building the Envelope (the payload is not copied).

@@ -8,7 +8,8 @@
 // publish() from its one sender thread only. Delivery handlers run on a thread of the transport
 // (or of its client library): they must only hand the delivery off (enqueue it) and return; they
 // must not block, throw, or call back into the transport. The structs (TransportCapabilities,
-// Message, DeliveryOptions, Delivery, PublishResult, TransportConfig) are values.
+// Message, Settlement, StartPosition, DeliveryOptions, Delivery, PublishResult, TransportConfig)
+// are values; Delivery::settle and Delivery::in_progress may be called from any thread.
 #pragma once
 
 #include <chrono>
@@ -36,11 +37,19 @@ class TransportError : public Error {
   explicit TransportError(const std::string& message) : Error("transport", message) {}
 };
 
-// One message on the wire: a subject, an encoded body, and headers where the transport has them.
+// One message on the wire: a subject, an encoded body, headers where the transport has them, and
+// an id.
+//
+// Message::id is the message's identity for deduplication (the Bridge sets it to the envelope's
+// id). The core writes no transport-specific header for it: each transport maps it to its own
+// mechanism and back (NATS: the Nats-Msg-Id header, written from `id` on publish and read into
+// `id` on receive; memory and mock: carried as this field). Empty: the message has no id (no
+// header is written; a receiver sees "").
 struct Message {
   std::string subject;
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
+  std::string id = {};
 
   // The value of the first header named `key` (case-sensitive), or "" when absent.
   std::string header(std::string_view key) const {
@@ -51,21 +60,73 @@ struct Message {
   }
 };
 
-// What a transport guarantees; the conformance suite switches cases on these.
+// What a transport guarantees; the conformance suite switches cases on these, and the Bridge reads
+// them (dedupe_window sizes its redelivery suppression). A field that is false (or zero) promises
+// nothing; a transport states in its public header which fields hold for it.
 struct TransportCapabilities {
   bool persistent = false;        // messages published before a subscriber exists reach it later
   bool exactly_once = false;      // a repeated message id is delivered once
   bool ordered = false;           // messages of one subject arrive in publish order
   bool consumer_groups = false;   // each member group receives every message once
-  bool acknowledgements = false;  // a nak()ed delivery is redelivered
+  // A nak()ed delivery is redelivered; Delivery::settle, Delivery::in_progress and
+  // DeliveryOptions::ack_wait / max_deliveries are honoured, and Delivery::redelivery counts.
+  bool acknowledgements = false;
   bool needs_server = false;      // talks to a server that tests must start
+  // How long the transport (or its server) remembers a published Message::id and stores a second
+  // message with that id no more; zero = it does not deduplicate by id.
+  std::chrono::milliseconds dedupe_window{0};
+  // DeliveryOptions::durable is honoured: a named consumer keeps its position across subscribe
+  // calls, restarts and processes.
+  bool durable_consumers = false;
+  // DeliveryOptions::start positions other than StartPosition::new_only() are honoured.
+  bool start_positions = false;
+  // With acknowledgements: a nak()ed (or expired) delivery may be redelivered after later
+  // messages of the same subject were delivered (JetStream's default). False with
+  // acknowledgements: a redelivery comes before anything later.
+  bool nak_may_be_overtaken = false;
+  // DeliveryOptions::ordered is honoured: no delivery before the previous one was settled.
+  bool ordered_delivery_option = false;
 };
 
 // How a delivery is settled on transports with acknowledgements.
 enum class Settle { ack, nak, term };
 
+// A settle request: the outcome, and for a nak how long the transport should wait before it
+// redelivers (zero: its own default). Built implicitly from a Settle: settle(Settle::ack).
+struct Settlement {
+  Settlement(Settle how) : outcome(how) {}  // NOLINT: implicit on purpose
+  Settlement(Settle how, std::chrono::milliseconds wait) : outcome(how), delay(wait) {}
+  // A nak with a backoff: redeliver no sooner than `delay` from now.
+  static Settlement nak_after(std::chrono::milliseconds delay) { return {Settle::nak, delay}; }
+
+  Settle outcome;
+  std::chrono::milliseconds delay{0};  // only for Settle::nak; ignored otherwise
+};
+
+// Where a new subscription (or a durable consumer created by it) starts reading. Only
+// new_only() is honoured by transports without TransportCapabilities::start_positions; the others
+// are refused at subscribe (TransportError naming "start").
+struct StartPosition {
+  enum class Kind { new_only, all_retained, from_time, from_sequence };
+
+  static StartPosition new_only() { return {}; }
+  static StartPosition all_retained() { return {Kind::all_retained, {}, 0}; }
+  static StartPosition from_time(std::chrono::system_clock::time_point at) { return {Kind::from_time, at, 0}; }
+  // The transport's own sequence numbers (a stream sequence), not the envelope's.
+  static StartPosition from_sequence(std::uint64_t sequence) { return {Kind::from_sequence, {}, sequence}; }
+
+  Kind kind = Kind::new_only;
+  std::chrono::system_clock::time_point time{};  // from_time only
+  std::uint64_t sequence = 0;                     // from_sequence only
+};
+
 // How to subscribe. Built implicitly from a group name, so subscribe(pattern, "workers", handler)
 // and subscribe(pattern, "", handler) read as before.
+//
+// Every option that is not at its default must be honoured: a transport that cannot honour one
+// (its capabilities say which it can) refuses the subscription with a TransportError naming the
+// option ("durable", "start", "ack_wait", "max_deliveries", "ordered"); it never ignores one.
+// TransportBase::subscribe checks this against capabilities() for every transport built on it.
 struct DeliveryOptions {
   DeliveryOptions() = default;
   DeliveryOptions(std::string consumer_group) : group(std::move(consumer_group)) {}  // NOLINT: implicit on purpose
@@ -76,18 +137,50 @@ struct DeliveryOptions {
   // False: the handler does not read Message::headers, and the transport may leave them empty
   // (on NATS, reading a message's headers costs about as much as the rest of its delivery).
   bool headers = true;
+  // Non-empty: the name of a durable consumer (needs durable_consumers). Same name: same position.
+  std::string durable;
+  // Where reading starts (needs start_positions unless new_only).
+  StartPosition start;
+  // How long an unsettled delivery waits before it is redelivered; zero: the transport's default
+  // (needs acknowledgements when non-zero).
+  std::chrono::milliseconds ack_wait{0};
+  // How often a message is delivered at most (first delivery included); zero: the transport's
+  // default (needs acknowledgements when non-zero).
+  std::uint32_t max_deliveries = 0;
+  // True: no delivery before the previous one was settled (needs ordered_delivery_option).
+  bool ordered = false;
 };
 
-// One received message. `settle` is empty on transports without acknowledgements; otherwise it
-// must be called exactly once, from any thread, after the message was handled.
+// The first option of `options` that a transport with `capabilities` cannot honour, or "" when
+// it can honour all of them: "durable", "start", "ack_wait", "max_deliveries" or "ordered".
+std::string unsupported_delivery_option(const TransportCapabilities& capabilities, const DeliveryOptions& options);
+
+// One received message.
+//
+// On transports without acknowledgements `settle` and `in_progress` are empty and `redelivery`
+// is 0. Otherwise `settle` must be called exactly once, from any thread, after the message was
+// handled; `in_progress` may be called any number of times before that, from any thread, to tell
+// the transport the handler is still working (it restarts the ack wait).
 struct Delivery {
   Message message;
-  std::function<void(Settle)> settle;
+  std::function<void(Settlement)> settle;
+  std::function<void()> in_progress;
+  // How many times this message was delivered to this consumer before (0 on the first delivery).
+  // A redelivery carries the same Message::id.
+  std::uint32_t redelivery = 0;
 };
 using DeliveryHandler = std::function<void(Delivery&&)>;
 
 // The outcome of publishing a batch: the first `published` messages were accepted, in order;
 // the rest were not. `transient` says whether retrying the rest may succeed.
+//
+// What "accepted" means depends on the transport's capabilities:
+// - not persistent (memory, mock, NATS core): handed to the transport, which delivers it to the
+//   subscriptions it has now (NATS: written to the client library's buffer; flush() confirms it
+//   left the process).
+// - persistent: durably stored, or acknowledged by the server as stored. A message the transport
+//   only sent, without the store's confirmation, is not counted; publishing it again is safe
+//   within dedupe_window (same Message::id).
 struct PublishResult {
   std::size_t published = 0;
   bool transient = true;
@@ -108,7 +201,8 @@ class Transport {
   // Publishes in order. Never throws; reports what was accepted.
   virtual PublishResult publish(std::span<const Message> batch) = 0;
   // Receives messages whose subject matches `pattern` (NATS wildcards), as `options` say.
-  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern or group).
+  // Returns an id for unsubscribe(). Throws TransportError (e.g. an invalid pattern or group, or
+  // a DeliveryOptions field its capabilities() do not cover, named in the message).
   virtual std::uint64_t subscribe(const std::string& pattern, const DeliveryOptions& options,
                                   DeliveryHandler handler) = 0;
   // Stops deliveries to that subscription. Deliveries already handed to the handler stay handed.

@@ -41,7 +41,7 @@ void Bridge::Impl::log_loss(const std::string& subject, std::uint64_t missing) {
   detail::log(detail::LogLevel::warn,
               "notifications bridge: {} event(s) on \"{}\" never arrived (a gap in the sender's "
               "sequence); total lost: {}{}",
-              missing, truncated(subject, 120), counters.lost.load(), suppressed_note(suppressed));
+              missing, truncated(subject, 120), inbound.counters().lost.load(), suppressed_note(suppressed));
 }
 
 void Bridge::Impl::drop(Drop reason, std::string_view name, std::uint64_t count, std::string_view why) {
@@ -114,8 +114,9 @@ void Bridge::Impl::start() {
   for (const std::string& pattern : config.subscribe) {
     DeliveryOptions options(config.group);
     // The envelope body carries everything the dispatcher reads; a dead-letter hook sees the
-    // message as it arrived, headers included.
-    options.headers = static_cast<bool>(hooks.dead_letter);
+    // message as it arrived, headers included; redelivery suppression needs Message::id, which
+    // some transports carry as a header (NATS).
+    options.headers = static_cast<bool>(hooks.dead_letter) || inbound.suppressing();
     remote_subscriptions.push_back(transport->subscribe(
         config.prefix + "." + pattern, options, [weak](Delivery&& delivery) {
           if (auto self = weak.lock()) {
@@ -194,7 +195,7 @@ void Bridge::Impl::after_fork(bool in_child) {
       hooks.instance_id = detail::random_uuid();
       generation.store(detail::fork_generation(), std::memory_order_relaxed);
       outbound.take_all();  // the parent's events: the parent sends them
-      inbound.take_all();
+      inbound.reset();
       reset_counters();
       {
         std::lock_guard lock(progress_mutex);
@@ -244,10 +245,10 @@ void Bridge::Impl::shut_down_at_exit(Clock::time_point deadline, const char* why
 
 void Bridge::Impl::reset_counters() {
   for (auto* counter : {&counters.accepted, &counters.sent, &counters.confirmed, &counters.blocked,
-                        &counters.failed, &counters.retried, &counters.received, &counters.malformed,
-                        &counters.echo_suppressed, &counters.lost, &counters.sequence_resets}) {
+                        &counters.failed, &counters.retried}) {
     counter->store(0);
   }
+  inbound.reset_counters();
   for (auto& counter : counters.dropped) counter.store(0);
 }
 
@@ -327,7 +328,7 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
                  dispatcher_returned;
   result.detail = "accepted " + std::to_string(accepted) + ", sent " + std::to_string(result.sent) +
                   ", confirmed " + std::to_string(result.confirmed) + ", undelivered " +
-                  std::to_string(result.undelivered) + ", received " + std::to_string(counters.received.load()) +
+                  std::to_string(result.undelivered) + ", received " + std::to_string(inbound.counters().received.load()) +
                   ", received but not delivered " + std::to_string(result.inbound_undelivered) +
                   (flushed || !sender_returned ? "" : ", transport flush failed or timed out") +
                   (sender_returned ? "" : ", sender still inside the transport at the deadline");
@@ -352,12 +353,12 @@ bool Bridge::Impl::flush(std::chrono::milliseconds timeout) {
 }
 
 bool Bridge::Impl::wait_delivered(std::chrono::milliseconds timeout) {
-  const std::uint64_t target = inbound_taken.load();
+  const std::uint64_t target = inbound.taken();
   wait_delivered_waiters.fetch_add(1);
   bool done = false;
   {
     std::unique_lock lock(progress_mutex);
-    done = progress.wait_until(lock, Clock::now() + timeout, [&] { return inbound_handled.load() >= target; });
+    done = progress.wait_until(lock, Clock::now() + timeout, [&] { return inbound.handled() >= target; });
   }
   wait_delivered_waiters.fetch_sub(1);
   return done;
@@ -374,11 +375,12 @@ nlohmann::json Bridge::Impl::counters_json() const {
           {"blocked", counters.blocked.load()},
           {"failed", counters.failed.load()},
           {"retried", counters.retried.load()},
-          {"received", counters.received.load()},
-          {"malformed", counters.malformed.load()},
-          {"echo_suppressed", counters.echo_suppressed.load()},
-          {"lost", counters.lost.load()},
-          {"sequence_resets", counters.sequence_resets.load()},
+          {"received", inbound.counters().received.load()},
+          {"malformed", inbound.counters().malformed.load()},
+          {"echo_suppressed", inbound.counters().echo_suppressed.load()},
+          {"lost", inbound.counters().lost.load()},
+          {"sequence_resets", inbound.counters().sequence_resets.load()},
+          {"redeliveries_suppressed", inbound.counters().redeliveries_suppressed.load()},
           {"dropped", std::move(dropped)}};
 }
 
@@ -417,6 +419,7 @@ nlohmann::json Bridge::Impl::health() const {
                  {"overflow", to_string(config.overflow)}, {"saturated", saturated.load()}}},
       {"inbound_queue", {{"depth", inbound.size()}, {"capacity", inbound.capacity()},
                          {"bytes", inbound.bytes()}, {"max_bytes", inbound.max_bytes()}}},
+      {"redelivery", inbound.redelivery_health()},
       {"counters", counters_json()},
       {"last_error", error},
   };

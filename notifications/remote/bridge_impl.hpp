@@ -2,6 +2,7 @@
 //   bridge.cpp           lifecycle (start, shutdown, flush, health), fork, drop accounting
 //   bridge_outbound.cpp  instrumenting threads -> outbound queue -> sender thread -> transport
 //   bridge_inbound.cpp   transport callback -> inbound queue -> dispatcher thread -> notifier
+//                        (the inbound part's state: class Inbound, remote/bridge_inbound.hpp)
 //
 // Thread-safety: each member says which thread runs it or which lock guards it; counters are
 // atomics read from any thread.
@@ -34,6 +35,7 @@
 #include "process/ids.hpp"
 #include "process/log.hpp"
 #include "process/process.hpp"
+#include "remote/bridge_inbound.hpp"
 #include "remote/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
@@ -127,13 +129,6 @@ class LogRate {
 struct OutgoingBytes {
   std::size_t operator()(const detail::OutgoingEvent& event) const noexcept { return event.queued_bytes(); }
 };
-struct DeliveryBytes {
-  std::size_t operator()(const Delivery& delivery) const noexcept {
-    std::size_t bytes = sizeof(Delivery) + delivery.message.subject.size() + delivery.message.body.size();
-    for (const auto& [key, value] : delivery.message.headers) bytes += key.size() + value.size() + 64;
-    return bytes;
-  }
-};
 
 enum class State { created, running, stopping, stopped };
 
@@ -176,7 +171,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
         hooks(std::move(h)),
         outbound(config.queue_capacity, bridge_internal::kIdleSpin,
                  std::min<std::size_t>(config.batch_size, kDispatchBatch), config.queue_max_bytes),
-        inbound(config.queue_capacity, bridge_internal::kIdleSpin, kDispatchBatch, config.queue_max_bytes),
+        inbound(config, transport->capabilities(), bridge_internal::kIdleSpin, kDispatchBatch),
         keep_notifier_state(n.handle("notifications.bridge")) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
   }
@@ -187,7 +182,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   BridgeHooks hooks;
 
   detail::BoundedQueue<detail::OutgoingEvent, bridge_internal::OutgoingBytes> outbound;
-  detail::BoundedQueue<Delivery, bridge_internal::DeliveryBytes> inbound;
+  // The inbound part: queue, loss accounting, redelivery suppression, inbound counters.
+  bridge_internal::Inbound inbound;
   // Keeps the notifier's shared state alive for a dispatcher left inside a listener past
   // shutdown's deadline (the Notifier object itself must outlive shutdown()).
   const Handle keep_notifier_state;
@@ -211,10 +207,6 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   bool sender_done = false;
   bool dispatcher_done = false;
   std::atomic<std::uint64_t> dispatcher_backlog{0};  // popped, not yet returned from its listeners
-  // Deliveries taken into the inbound queue, and those dispatched (or dropped) since: equal when
-  // every delivery handed over so far was handled (wait_delivered).
-  std::atomic<std::uint64_t> inbound_taken{0};
-  std::atomic<std::uint64_t> inbound_handled{0};
   std::atomic<int> wait_delivered_waiters{0};
 
   std::mutex lifecycle;  // serialises start() and shutdown()
@@ -251,11 +243,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
     std::atomic<std::uint64_t> blocked{0};    // instrument calls that waited on a full queue
     std::atomic<std::uint64_t> failed{0};   // publish calls that did not accept everything
     std::atomic<std::uint64_t> retried{0};
-    std::atomic<std::uint64_t> received{0};
-    std::atomic<std::uint64_t> malformed{0};
-    std::atomic<std::uint64_t> echo_suppressed{0};
-    std::atomic<std::uint64_t> lost{0};  // gaps in received sequences
-    std::atomic<std::uint64_t> sequence_resets{0};  // implausible jumps, not counted as lost
+    // The inbound counters are the Inbound part's (inbound.counters()).
     std::atomic<std::uint64_t> dropped[static_cast<std::size_t>(Drop::count_)]{};
   } counters;
 
@@ -326,13 +314,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   void dead_letter(const Message& message, const std::string& reason);
 
-  // Dispatcher thread only. The last sequence seen per (producer instance, subject); bounded:
-  // when full it starts over (a gap spanning that moment goes uncounted).
-  std::unordered_map<std::string, std::uint64_t> last_sequence;
-  std::string sequence_key;  // dispatcher thread only: the lookup key, reused
-  static constexpr std::size_t kMaxSequenceStreams = 65536;
   static constexpr std::size_t kDispatchBatch = 1024;  // deliveries taken from the inbound queue at once
 
+  // Counts, logs and records what inbound.note_sequence() found.
   void note_sequence(const Envelope& envelope, const std::string& subject);
 
   void dispatch(Delivery& delivery);

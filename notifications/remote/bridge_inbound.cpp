@@ -1,38 +1,126 @@
 // Bridge, inbound: transport callback -> inbound queue -> dispatcher thread -> local notifier.
+// The Inbound part (remote/bridge_inbound.hpp) owns the state; Bridge::Impl's inbound members
+// below glue it to the notifier, the hooks, logging and drop accounting.
+#include "remote/bridge_inbound.hpp"
+
 #include "remote/bridge_impl.hpp"
 
 namespace notifications {
 
 using namespace bridge_internal;
 
-void Bridge::Impl::receive(Delivery&& delivery) {
-  auto settle = delivery.settle;
-  using Queue = decltype(inbound);
+// ---- Inbound -----------------------------------------------------------------------------------
+
+std::chrono::milliseconds bridge_internal::redelivery_window(const RedeliveryPolicy& policy,
+                                                            const TransportCapabilities& capabilities) {
+  if (policy.window.count() > 0) return policy.window;
+  return std::max<std::chrono::milliseconds>(std::chrono::minutes(2), capabilities.dedupe_window);
+}
+
+Inbound::Inbound(const BridgeConfig& config, const TransportCapabilities& capabilities,
+                 std::chrono::microseconds idle_spin, std::size_t batch)
+    : queue_(config.queue_capacity, idle_spin, batch, config.queue_max_bytes),
+      suppressing_(may_redeliver(capabilities) && config.redelivery.window_count > 0),
+      delivered_(redelivery_window(config.redelivery, capabilities), config.redelivery.window_count) {}
+
+bool Inbound::offer(Delivery&& delivery, std::string_view& why) {
   Queue::Push result = Queue::Push::dropped_newest;
-  std::string_view why;
   try {
-    result = inbound.push(std::move(delivery), OverflowPolicy::drop_newest, std::chrono::milliseconds(0));
-  } catch (const std::bad_alloc&) {  // refused like a full queue: counted, and nak'd below
+    result = queue_.push(std::move(delivery), OverflowPolicy::drop_newest, std::chrono::milliseconds(0));
+  } catch (const std::bad_alloc&) {  // refused like a full queue
     why = "out of memory";
   }
-  if (result == Queue::Push::accepted) {
-    inbound_taken.fetch_add(1, std::memory_order_relaxed);
-    return;
+  if (result != Queue::Push::accepted) return false;
+  taken_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool Inbound::suppress_redelivery(const std::string& id) {
+  if (!suppressing_ || id.empty() || !delivered_.contains(id, Clock::now())) return false;
+  counters_.redeliveries_suppressed.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Inbound::remember_delivered(const std::string& id) {
+  if (suppressing_ && !id.empty()) delivered_.remember(id, Clock::now());
+}
+
+Inbound::SequenceNote Inbound::note_sequence(const Envelope& envelope, const std::string& subject) {
+  std::string& key = sequence_key_;  // reused: no allocation per event once warm
+  key.assign(envelope.producer_instance);
+  key.push_back('\0');
+  key += subject;
+  auto found = last_sequence_.find(key);
+  if (found == last_sequence_.end()) {
+    if (last_sequence_.size() >= kMaxSequenceStreams) last_sequence_.clear();
+    found = last_sequence_.emplace(key, 0).first;
   }
+  std::uint64_t& last = found->second;
+  const std::uint64_t sequence = envelope.sequence;
+  SequenceNote note;
+  note.previous = last;
+  if (last == 0) {
+    last = sequence;
+    return note;
+  }
+  const bool forward_jump = sequence > last && sequence - last - 1 > kMaxPlausibleGap;
+  const bool backward_jump = sequence < last && last - sequence > kMaxPlausibleGap;
+  if (forward_jump || backward_jump) {
+    // A producer that restarted its sequence, or a forged one: start over from here, count no loss.
+    counters_.sequence_resets.fetch_add(1, std::memory_order_relaxed);
+    last = sequence;
+    note.kind = SequenceNote::Kind::reset;
+    return note;
+  }
+  if (sequence > last + 1) {
+    note.kind = SequenceNote::Kind::gap;
+    note.missing = sequence - last - 1;
+    counters_.lost.fetch_add(note.missing, std::memory_order_relaxed);
+  }
+  if (sequence > last) last = sequence;  // an older one (a duplicate or reordering) moves nothing
+  return note;
+}
+
+void Inbound::reset() {
+  queue_.take_all();
+  last_sequence_.clear();
+  delivered_.clear();
+  reset_counters();
+}
+
+void Inbound::reset_counters() {
+  for (auto* counter : {&counters_.received, &counters_.malformed, &counters_.echo_suppressed, &counters_.lost,
+                        &counters_.sequence_resets, &counters_.redeliveries_suppressed}) {
+    counter->store(0);
+  }
+}
+
+nlohmann::json Inbound::redelivery_health() const {
+  return {{"active", suppressing_},
+          {"window_ms", delivered_.window().count()},
+          {"window_count", delivered_.max_count()}};
+}
+
+// ---- Bridge::Impl, inbound -----------------------------------------------------------------------
+
+void Bridge::Impl::receive(Delivery&& delivery) {
+  auto settle = delivery.settle;
+  std::string_view why;
+  if (inbound.offer(std::move(delivery), why)) return;
   // Not taken: let a transport with acknowledgements redeliver it later.
   if (settle) settle(Settle::nak);
   drop(Drop::inbound_full, "(inbound message)", 1, why);
 }
 
 void Bridge::Impl::dead_letter(const Message& message, const std::string& reason) {
-  counters.malformed.fetch_add(1, std::memory_order_relaxed);
+  inbound.counters().malformed.fetch_add(1, std::memory_order_relaxed);
   std::uint64_t suppressed = 0;
   if (malformed_log_rate.allow(suppressed)) {  // one line a second, whatever the peer sends
     detail::log(detail::LogLevel::warn,
                 "notifications bridge: malformed message on \"{}\": {}; body: {}{}; total malformed: {}",
                 truncated(message.subject, 120), truncated(reason), truncated(message.body, 120),
                 suppressed == 0 ? std::string() : " (" + std::to_string(suppressed) + " more malformed since the last line)",
-                counters.malformed.load());
+                inbound.counters().malformed.load());
   }
   if (!hooks.dead_letter) return;
   try {
@@ -43,50 +131,31 @@ void Bridge::Impl::dead_letter(const Message& message, const std::string& reason
 }
 
 void Bridge::Impl::note_sequence(const Envelope& envelope, const std::string& subject) {
-  std::string& key = sequence_key;  // reused: no allocation per event once warm
-  key.assign(envelope.producer_instance);
-  key.push_back('\0');
-  key += subject;
-  auto found = last_sequence.find(key);
-  if (found == last_sequence.end()) {
-    if (last_sequence.size() >= kMaxSequenceStreams) last_sequence.clear();
-    found = last_sequence.emplace(key, 0).first;
-  }
-  std::uint64_t& last = found->second;
-  const std::uint64_t sequence = envelope.sequence;
-  if (last == 0) {
-    last = sequence;
-    return;
-  }
-  const bool forward_jump = sequence > last && sequence - last - 1 > kMaxPlausibleGap;
-  const bool backward_jump = sequence < last && last - sequence > kMaxPlausibleGap;
-  if (forward_jump || backward_jump) {
-    // A producer that restarted its sequence, or a forged one: start over from here, count no
-    // loss, and say so.
-    counters.sequence_resets.fetch_add(1, std::memory_order_relaxed);
+  const Inbound::SequenceNote note = inbound.note_sequence(envelope, subject);
+  if (note.kind == Inbound::SequenceNote::Kind::reset) {
     std::uint64_t suppressed = 0;
     if (reset_log_rate.allow(suppressed)) {
       detail::log(detail::LogLevel::warn,
                   "notifications bridge: sequence on \"{}\" from {} jumped from {} to {}: taken as a reset "
                   "of the producer's sequence, not as loss{}",
-                  truncated(subject, 120), truncated(envelope.producer, 60), last, sequence,
+                  truncated(subject, 120), truncated(envelope.producer, 60), note.previous, envelope.sequence,
                   suppressed == 0 ? std::string() : " (" + std::to_string(suppressed) + " more resets since the last line)");
     }
-    last = sequence;
-    return;
+  } else if (note.kind == Inbound::SequenceNote::Kind::gap) {
+    set_error(std::to_string(note.missing) + " event(s) lost on \"" + truncated(subject, 120) + "\" from " +
+              truncated(envelope.producer, 60) + " (sequence " + std::to_string(note.previous) + " then " +
+              std::to_string(envelope.sequence) + ")");
+    log_loss(subject, note.missing);
   }
-  if (sequence > last + 1) {
-    const std::uint64_t missing = sequence - last - 1;
-    counters.lost.fetch_add(missing, std::memory_order_relaxed);
-    set_error(std::to_string(missing) + " event(s) lost on \"" + truncated(subject, 120) + "\" from " +
-              truncated(envelope.producer, 60) + " (sequence " + std::to_string(last) + " then " +
-              std::to_string(sequence) + ")");
-    log_loss(subject, missing);
-  }
-  if (sequence > last) last = sequence;  // an older one (a duplicate or reordering) moves nothing
 }
 
+// Settles each delivery once, after it was handled (promise I1); a redelivery of an id delivered
+// within the window is acked and not delivered again (I2).
 void Bridge::Impl::dispatch(Delivery& delivery) {
+  if (inbound.suppress_redelivery(delivery.message.id)) {
+    if (delivery.settle) delivery.settle(Settle::ack);
+    return;
+  }
   DecodeResult decoded = decode_envelope(delivery.message.body);
   if (!decoded) {
     dead_letter(delivery.message, decoded.error);
@@ -102,11 +171,11 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
     return;
   }
   if (decoded.envelope->producer_instance == hooks.instance_id) {
-    counters.echo_suppressed.fetch_add(1, std::memory_order_relaxed);
+    inbound.counters().echo_suppressed.fetch_add(1, std::memory_order_relaxed);
     if (delivery.settle) delivery.settle(Settle::ack);
     return;
   }
-  counters.received.fetch_add(1, std::memory_order_relaxed);
+  inbound.counters().received.fetch_add(1, std::memory_order_relaxed);
   if (config.group.empty() && decoded.envelope->sequence != 0) {
     note_sequence(*decoded.envelope, delivery.message.subject);
   }
@@ -118,6 +187,7 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
     // listener that did not throw.
     drop(Drop::dispatch_failed, name, 1, detail::describe_exception(std::current_exception()));
   }
+  inbound.remember_delivered(delivery.message.id);
   if (delivery.settle) delivery.settle(Settle::ack);
 }
 
@@ -136,7 +206,7 @@ void Bridge::Impl::run_dispatcher() {
     }
   } done{*this};
   dispatcher_id.store(std::this_thread::get_id());
-  decltype(inbound)::Batch batch;
+  Inbound::Batch batch;
   while (true) {
     park_if_requested();
     if (!inbound.pop_batch(batch, kDispatchBatch, Clock::now() + std::chrono::milliseconds(100))) break;
@@ -154,7 +224,7 @@ void Bridge::Impl::run_dispatcher() {
     }
     // Sequentially consistent, as in wait_delivered(): either it sees this count, or this sees
     // its waiter and wakes it. Once per batch, and a wake-up only when someone waits.
-    inbound_handled.fetch_add(batch.size());
+    inbound.handled(batch.size());
     if (wait_delivered_waiters.load() > 0) signal_progress();
   }
 }

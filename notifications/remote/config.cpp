@@ -43,8 +43,9 @@ constexpr std::size_t kMaxForwardPatternBytes = 1024;
 
 constexpr std::string_view kKnownKeys =
     "url, app, prefix, forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
-    "block_timeout_ms, batch_size, retry, transport";
+    "block_timeout_ms, batch_size, retry, redelivery, transport";
 constexpr std::string_view kKnownRetryKeys = "initial_ms, max_ms, multiplier, jitter, max_attempts";
+constexpr std::string_view kKnownRedeliveryKeys = "window_ms, window_count";
 
 // What each key expects, as it appears after "expected " in messages.
 constexpr std::string_view kExpectUrl =
@@ -90,6 +91,9 @@ constexpr IntegerRule kRetryMax{"retry.max_ms", 1, 3'600'000};  // and >= retry.
 constexpr IntegerRule kRetryMaxAttempts{"retry.max_attempts", 0, INT_MAX};
 constexpr NumberRule kRetryMultiplier{"retry.multiplier", 1.0, 10.0};
 constexpr NumberRule kRetryJitter{"retry.jitter", 0.0, 1.0};
+constexpr IntegerRule kRedeliveryWindow{"redelivery.window_ms", 1, 86'400'000,
+                                        "the default: 2 minutes, or the transport's dedupe window if longer"};
+constexpr IntegerRule kRedeliveryWindowCount{"redelivery.window_count", 1, 10'000'000, "no suppression"};
 
 constexpr OverflowPolicy kOverflowPolicies[] = {OverflowPolicy::block, OverflowPolicy::drop_newest,
                                                 OverflowPolicy::drop_oldest};
@@ -523,6 +527,21 @@ RetryPolicy read_retry(const json& value) {
   return retry;
 }
 
+RedeliveryPolicy read_redelivery(const json& value) {
+  if (!value.is_object()) {
+    fail_type("redelivery", "an object with keys " + std::string(kKnownRedeliveryKeys), value);
+  }
+  reject_unknown_keys(value, "redelivery", kKnownRedeliveryKeys);
+  RedeliveryPolicy redelivery;
+  if (const json* v = member(value, "window_ms")) {
+    redelivery.window = std::chrono::milliseconds(read_integer(kRedeliveryWindow, *v));
+  }
+  if (const json* v = member(value, "window_count")) {
+    redelivery.window_count = static_cast<std::size_t>(read_integer(kRedeliveryWindowCount, *v));
+  }
+  return redelivery;
+}
+
 // ---- the environment ----
 
 std::string_view trimmed(std::string_view text) {
@@ -687,6 +706,8 @@ void BridgeConfig::validate() const {
   check_number(key_label(kRetryMultiplier.key), kRetryMultiplier, retry.multiplier);
   check_number(key_label(kRetryJitter.key), kRetryJitter, retry.jitter);
   check_integer(key_label(kRetryMaxAttempts.key), kRetryMaxAttempts, retry.max_attempts);
+  check_integer(key_label(kRedeliveryWindow.key), kRedeliveryWindow, redelivery.window.count());
+  check_integer(key_label(kRedeliveryWindowCount.key), kRedeliveryWindowCount, redelivery.window_count);
   check_transport(key_label("transport"), transport);
 }
 
@@ -735,6 +756,7 @@ BridgeConfig config_from_json(const json& value) {
     config.batch_size = static_cast<std::size_t>(read_integer(kBatchSize, *v));
   }
   if (const json* v = member(value, "retry")) config.retry = read_retry(*v);
+  if (const json* v = member(value, "redelivery")) config.redelivery = read_redelivery(*v);
   if (const json* v = member(value, "transport")) {
     check_transport(key_label("transport"), *v);
     config.transport = *v;

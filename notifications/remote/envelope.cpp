@@ -421,9 +421,11 @@ std::string encode_fields(const EnvelopeFields& f) {
   return out;
 }
 
+// The id goes in Message::id (each transport maps it to its own dedupe mechanism); the headers
+// are Content-Type and, when present, traceparent.
 void add_headers(Message& message, std::string id, std::string_view traceparent) {
-  message.headers.reserve(3);
-  message.headers.emplace_back("Nats-Msg-Id", std::move(id));
+  message.id = std::move(id);
+  message.headers.reserve(2);
   message.headers.emplace_back("Content-Type", std::string(Envelope::kContentType));
   if (!traceparent.empty()) message.headers.emplace_back("traceparent", std::string(traceparent));
 }
@@ -658,16 +660,15 @@ OutgoingEvent outgoing_from_event(const Event& event) {
 void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std::string_view producer_instance,
                      std::uint64_t sequence, std::string_view subject, Message& message) {
   message.subject.assign(subject);
-  const std::size_t header_count = event.traceparent().empty() ? 2 : 3;
+  const std::size_t header_count = event.traceparent().empty() ? 1 : 2;
   message.headers.resize(header_count);
-  auto& [id_key, id] = message.headers[0];
-  id_key.assign("Nats-Msg-Id");
+  std::string& id = message.id;
   assign_event_id(id, event.id_sequence);
-  message.headers[1].first.assign("Content-Type");
-  message.headers[1].second.assign(Envelope::kContentType);
-  if (header_count == 3) {
-    message.headers[2].first.assign("traceparent");
-    message.headers[2].second.assign(event.traceparent());
+  message.headers[0].first.assign("Content-Type");
+  message.headers[0].second.assign(Envelope::kContentType);
+  if (header_count == 2) {
+    message.headers[1].first.assign("traceparent");
+    message.headers[1].second.assign(event.traceparent());
   }
   message.body.clear();
   encode_fields(EnvelopeFields{id, event.name(), nullptr, event.payload(), event.time, event.duration, producer,

@@ -5,7 +5,9 @@
 //      transport stays `created` and start() may be called again.
 //   2. do_subscribe / do_unsubscribe run under the lifecycle mutex and only while `started`:
 //      subscribe() before start() or after stop() throws TransportError (it is refused, not
-//      queued); unsubscribe() then is a no-op. Patterns and group names are validated here first.
+//      queued); unsubscribe() then is a no-op. Patterns and group names are validated here first,
+//      and DeliveryOptions the transport's capabilities() cannot honour are refused here
+//      (TransportError naming the option), so no do_subscribe sees an option it must ignore.
 //   3. do_publish runs without any lock of the base, possibly on several threads at once, and only
 //      while `started`. Before start it returns {0, transient=false, "transport not started"},
 //      after stop {0, transient=false, "transport stopped"}; it never throws.
@@ -283,6 +285,15 @@ PublishResult TransportBase::publish(std::span<const Message> batch) {
   return result;
 }
 
+std::string unsupported_delivery_option(const TransportCapabilities& capabilities, const DeliveryOptions& options) {
+  if (!options.durable.empty() && !capabilities.durable_consumers) return "durable";
+  if (options.start.kind != StartPosition::Kind::new_only && !capabilities.start_positions) return "start";
+  if (options.ack_wait != std::chrono::milliseconds::zero() && !capabilities.acknowledgements) return "ack_wait";
+  if (options.max_deliveries != 0 && !capabilities.acknowledgements) return "max_deliveries";
+  if (options.ordered && !capabilities.ordered_delivery_option) return "ordered";
+  return {};
+}
+
 std::uint64_t TransportBase::subscribe(const std::string& pattern, const DeliveryOptions& options,
                                        DeliveryHandler handler) {
   const std::string& group = options.group;
@@ -293,6 +304,10 @@ std::uint64_t TransportBase::subscribe(const std::string& pattern, const Deliver
     throw TransportError("subscribe group \"" + group + "\": " + problem);
   }
   if (!handler) throw TransportError("subscribe \"" + pattern + "\": empty handler");
+  if (const std::string option = unsupported_delivery_option(capabilities(), options); !option.empty()) {
+    throw TransportError("subscribe \"" + pattern + "\": " + kind() + " transport cannot honour DeliveryOptions::" +
+                         option + " (its capabilities do not include it); refused rather than ignored");
+  }
   if (in_forked_child()) {
     throw TransportError("subscribe \"" + pattern + "\": " + kind() +
                          " transport used in a forked child without notifications::after_fork()");

@@ -416,8 +416,50 @@ const BadValue kOutOfRange[] = {
      "an integer from 0 to 2147483647"},
     {R"({"retry": {"max_attempts": 2147483648}})", "retry.max_attempts", "2147483648",
      "an integer from 0 to 2147483647"},
+    {R"({"redelivery": {"window_ms": -1}})", "redelivery.window_ms", "-1", "0 (the default"},
+    {R"({"redelivery": {"window_ms": 86400001}})", "redelivery.window_ms", "86400001",
+     "0 (the default: 2 minutes, or the transport's dedupe window if longer) or an integer from 1 to 86400000"},
+    {R"({"redelivery": {"window_count": 10000001}})", "redelivery.window_count", "10000001",
+     "0 (no suppression) or an integer from 1 to 10000000"},
 };
 INSTANTIATE_TEST_SUITE_P(OutOfRange, ConfigBadValue, testing::ValuesIn(kOutOfRange));
+
+// The redelivery window (docs/bridge.md, "Redeliveries"): read, defaulted, validated by key.
+TEST(ConfigRedelivery, ReadFromJsonWithDefaults) {
+  const auto defaults = config_from_json(json::object());
+  EXPECT_EQ(defaults.redelivery.window, std::chrono::milliseconds(0));  // 0: the default window
+  EXPECT_EQ(defaults.redelivery.window_count, 65536u);
+  const auto config = config_from_json({{"redelivery", {{"window_ms", 300000}, {"window_count", 10}}}});
+  EXPECT_EQ(config.redelivery.window, std::chrono::milliseconds(300000));
+  EXPECT_EQ(config.redelivery.window_count, 10u);
+  EXPECT_EQ(config_from_json({{"redelivery", {{"window_count", 0}}}}).redelivery.window_count, 0u);
+}
+
+TEST(ConfigRedelivery, BadValuesNameTheKey) {
+  EXPECT_NE(json_error({{"redelivery", {{"window_ms", "2m"}}}}).find("key \"redelivery.window_ms\""),
+            std::string::npos);
+  EXPECT_NE(json_error({{"redelivery", 5}}).find("key \"redelivery\": expected an object with keys window_ms, window_count"),
+            std::string::npos);
+  EXPECT_EQ(json_error({{"redelivery", {{"window", 5}}}}),
+            "[notifications.config] unknown key \"redelivery.window\" (known keys of \"redelivery\": "
+            "window_ms, window_count)");
+  BridgeConfig config;
+  config.redelivery.window_count = 10'000'001;
+  try {
+    config.validate();
+    ADD_FAILURE() << "validate() accepted redelivery.window_count 10000001";
+  } catch (const notifications::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("redelivery.window_count"), std::string::npos) << e.what();
+  }
+  config.redelivery.window_count = 1;
+  config.redelivery.window = std::chrono::milliseconds(-5);
+  try {
+    config.validate();
+    ADD_FAILURE() << "validate() accepted redelivery.window_ms -5";
+  } catch (const notifications::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("redelivery.window_ms"), std::string::npos) << e.what();
+  }
+}
 
 TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
   EXPECT_EQ(json_error({{"retry", {{"initial_ms", "fast"}}}}),
@@ -426,7 +468,7 @@ TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
   EXPECT_EQ(json_error({{"queue_capasity", 5}}),
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
             "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
-            "block_timeout_ms, batch_size, retry, transport)");
+            "block_timeout_ms, batch_size, retry, redelivery, transport)");
 }
 
 TEST(ConfigErrors, ProblemIsExplained) {

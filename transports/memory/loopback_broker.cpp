@@ -72,6 +72,7 @@ struct Stats {
 struct Item {
   Message message;
   std::shared_ptr<Outstanding> from;
+  bool redeliver = false;  // mock fault: handed over twice, the second time as redelivery 1
 };
 
 // One subscription. Its handler is called by one thread at a time: the delivery thread (queued)
@@ -155,12 +156,27 @@ void hand_over(Sub& s, Item&& item) {
   if (s.cancelled.load()) {
     s.stats->discarded.fetch_add(1);
   } else {
-    try {
-      s.handler(Delivery{std::move(item.message), {}});
-    } catch (...) {  // handlers must not throw; count it and keep delivering
-      s.stats->handler_errors.fetch_add(1);
+    auto call = [&s](Delivery&& delivery) {
+      try {
+        s.handler(std::move(delivery));
+      } catch (...) {  // handlers must not throw; count it and keep delivering
+        s.stats->handler_errors.fetch_add(1);
+      }
+      s.stats->on_delivered();
+    };
+    if (item.redeliver) {
+      Delivery first;
+      first.message = item.message;
+      call(std::move(first));
+      Delivery again;
+      again.message = std::move(item.message);
+      again.redelivery = 1;
+      call(std::move(again));
+    } else {
+      Delivery delivery;
+      delivery.message = std::move(item.message);
+      call(std::move(delivery));
     }
-    s.stats->on_delivered();
   }
   if (item.from) item.from->done();
 }
@@ -436,7 +452,7 @@ Endpoint::~Endpoint() { close(Clock::now()); }
 
 const EndpointOptions& Endpoint::options() const { return impl_->options; }
 
-RouteResult Endpoint::route(const Message& message, bool count) {
+RouteResult Endpoint::route(const Message& message, bool count, bool redeliver) {
   Impl& d = *impl_;
   if (const std::string problem = subject_problem(message.subject); !problem.empty()) {
     d.stats->refused_invalid.fetch_add(1);
@@ -473,7 +489,7 @@ RouteResult Endpoint::route(const Message& message, bool count) {
     for (Sub* s : targets) {
       std::lock_guard sub_lock(s->mutex);
       const bool was_empty = s->queue.empty();
-      s->queue.push_back(Item{message, d.outstanding});
+      s->queue.push_back(Item{message, d.outstanding, redeliver});
       if (s->inline_mode) {
         if (!s->delivering && !s->paused) {
           s->delivering = true;

@@ -70,8 +70,10 @@ class Endpoint {
   // Hands a copy of `message` to every matching subscription of the broker (one member per
   // matching group), or to none when one of them is full or the subject is invalid. Inline
   // subscriptions are delivered on this thread before it returns, when no other thread is
-  // delivering to them. `count` adds the message to the "published" counter.
-  RouteResult route(const Message& message, bool count = true);
+  // delivering to them. `count` adds the message to the "published" counter. `redeliver` (the
+  // mock's fault): each subscription gets the message twice in a row, the second Delivery with
+  // redelivery 1 (both count as delivered).
+  RouteResult route(const Message& message, bool count = true, bool redeliver = false);
   // Routes each message in order; stops at the first refused one.
   PublishResult publish(std::span<const Message> batch);
 

@@ -38,6 +38,7 @@ struct MockTransport::Impl {
   Clock::duration latency{0};
   std::size_t drop = 0;
   std::size_t duplicate = 0;
+  std::size_t redeliver = 0;
   bool buffer_while_disconnected = false;
   std::vector<Message> buffered;  // accepted while disconnected, sent by reconnect()
 
@@ -52,6 +53,7 @@ struct MockTransport::Impl {
   std::uint64_t total_publish_calls = 0;
   std::uint64_t dropped = 0;
   std::uint64_t duplicated = 0;
+  std::uint64_t redelivered = 0;
   std::uint64_t failed_by_fault = 0;
   std::uint64_t refused_disconnected = 0;
 
@@ -144,6 +146,11 @@ void MockTransport::duplicate_next(std::size_t messages) {
   impl_->duplicate = messages;
 }
 
+void MockTransport::redeliver_next(std::size_t messages) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->redeliver = messages;
+}
+
 // ---- records -----------------------------------------------------------------------------------
 
 std::size_t MockTransport::publish_calls() const {
@@ -191,6 +198,11 @@ std::size_t MockTransport::dropped_by_fault() const {
 std::size_t MockTransport::duplicated_by_fault() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->duplicated;
+}
+
+std::size_t MockTransport::redelivered_by_fault() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->redelivered;
 }
 
 void MockTransport::clear_records() {
@@ -264,6 +276,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
     }
     bool drop = false;
     bool duplicate = false;
+    bool redeliver = false;
     {
       std::lock_guard lock(d.mutex);
       if (d.drop > 0) {
@@ -272,14 +285,18 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
       } else if (d.duplicate > 0) {
         --d.duplicate;
         duplicate = true;
+      } else if (d.redeliver > 0) {
+        --d.redeliver;
+        redeliver = true;
       }
     }
     if (!drop) {
-      const loopback::RouteResult r = d.endpoint.route(batch[i]);
+      const loopback::RouteResult r = d.endpoint.route(batch[i], true, redeliver);
       if (!r.ok) {
-        if (duplicate) {
+        if (duplicate || redeliver) {
           std::lock_guard lock(d.mutex);
-          ++d.duplicate;  // not applied: keep it for the next message
+          if (duplicate) ++d.duplicate;  // not applied: keep it for the next message
+          if (redeliver) ++d.redeliver;
         }
         return PublishResult{i, r.transient,
                              "message " + std::to_string(i + 1) + " of " + std::to_string(batch.size()) +
@@ -293,6 +310,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
       d.published.push_back(batch[i]);
       if (drop) ++d.dropped;
       if (duplicate) ++d.duplicated;
+      if (redeliver) ++d.redelivered;
     }
     d.changed.notify_all();
   }
@@ -346,6 +364,7 @@ nlohmann::json MockTransport::do_health() const {
   out["publish_calls"] = impl_->total_publish_calls;
   out["dropped_by_fault"] = impl_->dropped;
   out["duplicated_by_fault"] = impl_->duplicated;
+  out["redelivered_by_fault"] = impl_->redelivered;
   out["failed_by_fault"] = impl_->failed_by_fault;
   out["refused_disconnected"] = impl_->refused_disconnected;
   return out;

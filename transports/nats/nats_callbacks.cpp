@@ -2,6 +2,7 @@
 #include "nats_callbacks.hpp"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -72,7 +73,11 @@ void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure)
         for (int i = 0; i < count; ++i) {
           const char* value = nullptr;
           if (natsMsgHeader_Get(msg, keys[i], &value) == NATS_OK && value != nullptr) {
-            delivery.message.headers.emplace_back(keys[i], value);
+            if (std::strcmp(keys[i], "Nats-Msg-Id") == 0) {
+              delivery.message.id = value;  // Message::id travels as this header
+            } else {
+              delivery.message.headers.emplace_back(keys[i], value);
+            }
           }
         }
         free(static_cast<void*>(keys));

@@ -75,13 +75,20 @@ class Scrubber {
   std::vector<std::string> secrets_;
 };
 
+// Message::id travels as this header (JetStream deduplicates on it), and comes back from it.
+constexpr const char* kIdHeader = "Nats-Msg-Id";
+
+// True when `m` is sent as a natsMsg with a header block: it has headers or an id.
+bool has_header_block(const Message& m) { return !m.headers.empty() || !m.id.empty(); }
+
 // The bytes a message takes against the server's max_payload: the body, plus cnats' header block
-// ("NATS/1.0\r\n", "key: value\r\n" per header, "\r\n") when it is sent with headers.
+// ("NATS/1.0\r\n", "key: value\r\n" per header and for the id, "\r\n") when it is sent with headers.
 std::size_t payload_bytes(const Message& m, bool with_headers) {
   std::size_t bytes = m.body.size();
-  if (with_headers && !m.headers.empty()) {
+  if (with_headers && has_header_block(m)) {
     bytes += 12;
     for (const auto& [key, value] : m.headers) bytes += key.size() + value.size() + 4;
+    if (!m.id.empty()) bytes += std::char_traits<char>::length(kIdHeader) + m.id.size() + 4;
   }
   return bytes;
 }
@@ -303,7 +310,7 @@ class NatsTransport final : public TransportBase {
       if (m.body.size() > limit) [[unlikely]] return too_large(batch, i, known_limit);
       natsStatus s = NATS_OK;
       bool sent = false;
-      if (!m.headers.empty() && headers_.load(std::memory_order_relaxed)) {
+      if (has_header_block(m) && headers_.load(std::memory_order_relaxed)) {
         if (created.published.size() == kDestroyEvery) created.destroy();
         s = publish_with_headers(nc, m, created.published);
         sent = s != NATS_NO_SERVER_SUPPORT;
@@ -336,7 +343,7 @@ class NatsTransport final : public TransportBase {
     return PublishResult{index, false,
                          scrub_("nats: publish to \"" + m.subject + "\": the message is " +
                                 std::to_string(payload_bytes(m, with_headers)) + " bytes (body " +
-                                std::to_string(m.body.size()) + (with_headers && !m.headers.empty() ? " plus headers" : "") +
+                                std::to_string(m.body.size()) + (with_headers && has_header_block(m) ? " plus headers" : "") +
                                 "), more than the server's max_payload of " + std::to_string(limit) + " bytes")};
   }
 
@@ -347,7 +354,9 @@ class NatsTransport final : public TransportBase {
     if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) headers_off();
   }
 
-  // The message is appended to `created` (room reserved by the caller), which destroys it.
+  // The message is appended to `created` (room reserved by the caller), which destroys it. Its
+  // headers, then Nats-Msg-Id = Message::id when that is not empty (it wins over a header of that
+  // name).
   static natsStatus publish_with_headers(natsConnection* nc, const Message& m, std::vector<natsMsg*>& created) {
     natsMsg* msg = nullptr;
     natsStatus s = natsMsg_Create(&msg, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size()));
@@ -356,6 +365,7 @@ class NatsTransport final : public TransportBase {
     for (std::size_t h = 0; s == NATS_OK && h < m.headers.size(); ++h) {
       s = natsMsgHeader_Set(msg, m.headers[h].first.c_str(), m.headers[h].second.c_str());
     }
+    if (s == NATS_OK && !m.id.empty()) s = natsMsgHeader_Set(msg, kIdHeader, m.id.c_str());
     if (s == NATS_OK) s = natsConnection_PublishMsg(nc, msg);
     return s;
   }

@@ -41,8 +41,14 @@
 // TransportConfig::options may hold the same keys: {"mode": "inline", "max_pending": 100}; the URL
 // wins. Unknown keys throw TransportError naming them.
 //
+// Message::id is carried as the field itself (no header); a receiver sees the id that was published.
+//
 // Capabilities: ordered, consumer_groups; not persistent, exactly_once, acknowledgements or
-// needs_server. health(): kind, state, broker, mode, max_pending, subscriptions, published,
+// needs_server; no dedupe window, durable consumers, start positions, nak ordering or ordered
+// delivery option. subscribe() refuses DeliveryOptions durable, start (other than new_only),
+// ack_wait, max_deliveries and ordered with a TransportError naming the option. Delivery::settle
+// and in_progress are empty and Delivery::redelivery is 0 (the mock can fake redeliveries).
+// PublishResult::published counts messages handed to every matching subscription. health(): kind, state, broker, mode, max_pending, subscriptions, published,
 // delivered, pending, unflushed, refused_full, discarded, handler_errors.
 #pragma once
 

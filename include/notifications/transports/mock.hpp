@@ -17,6 +17,11 @@
 //   drop_next(n): the next n messages are accepted (publish() reports them published, published()
 //     lists them) but never delivered; counted in health() as "dropped_by_fault".
 //   duplicate_next(n): the next n messages are delivered twice; "duplicated_by_fault".
+//   redeliver_next(n): the next n messages are delivered, then delivered again as a transport
+//     with acknowledgements redelivers: same Message::id, Delivery::redelivery 1 on the second
+//     delivery (0 on the first); "redelivered_by_fault". The second delivery follows the first
+//     at once (nothing in between on that subscription). Works whatever the capabilities say,
+//     so a Bridge's redelivery suppression can be tested without a durable transport.
 //   fail_next_starts(n): the next n start() calls throw TransportError (the mock stays created).
 //   buffer_while_disconnected(true): as cnats' reconnect buffer, publish() while disconnected
 //     accepts every message (reports them published) and keeps them; flush() returns false
@@ -24,7 +29,11 @@
 // MockOptions::max_message_bytes: bodies larger than this are refused for good (transient = false)
 // and max_message_bytes() reports it (0: no limit).
 // The order of checks in publish(): record the call, latency, disconnected, fail_next_publishes,
-// then per message drop_next, duplicate_next.
+// then per message drop_next, duplicate_next, redeliver_next.
+// Message::id is carried as the field itself, as on the memory transport. DeliveryOptions are
+// checked against the capabilities the mock claims (TransportBase): the default refuses durable,
+// start, ack_wait, max_deliveries and ordered; a mock claiming them accepts them but does not
+// implement them.
 //
 // URL: "mock://" (broker "default") or "mock://<broker>?mode=inline|queued&max_pending=<n>";
 // config.options may hold the same keys. Capabilities come from MockOptions (default: the memory
@@ -85,6 +94,7 @@ class MockTransport : public TransportBase {
   void set_latency(std::chrono::steady_clock::duration latency);
   void drop_next(std::size_t messages);
   void duplicate_next(std::size_t messages);
+  void redeliver_next(std::size_t messages);
   void buffer_while_disconnected(bool buffer);
   std::size_t max_message_bytes() const override;
 
@@ -99,6 +109,7 @@ class MockTransport : public TransportBase {
   std::size_t delivered_count() const;          // messages handed to this mock's handlers
   std::size_t dropped_by_fault() const;
   std::size_t duplicated_by_fault() const;
+  std::size_t redelivered_by_fault() const;
   // Forgets the publish and subscribe records (not the counters in health(), nor faults).
   void clear_records();
 

@@ -36,6 +36,19 @@
 // asked again after every (re)connect; a publish before the first connect (cnats knows no server
 // yet) sends that message's body alone, without switching headers off.
 //
+// Message::id travels as the "Nats-Msg-Id" header (set after Message::headers, so it wins over a
+// header of that name; JetStream deduplicates on it). On receive, a "Nats-Msg-Id" header becomes
+// Message::id and is not listed in Message::headers. A subscription with DeliveryOptions::headers
+// false reads no header, so its messages have an empty id; so do messages sent without headers.
+//
+// Capabilities (kNatsCapabilities): ordered, consumer_groups, needs_server. Not persistent,
+// exactly_once or acknowledgements; no dedupe window (core NATS does not deduplicate), no durable
+// consumers, start positions, nak ordering or ordered delivery option: subscribe() refuses
+// DeliveryOptions durable, start (other than new_only), ack_wait, max_deliveries and ordered
+// with a TransportError naming the option. Delivery::settle and in_progress are empty and
+// Delivery::redelivery is 0. PublishResult::published counts messages written to cnats' buffer
+// (flush() confirms they reached the server); nothing is stored.
+//
 // max_message_bytes(): the server's max_payload as announced on the last (re)connect; 0 before
 // the first connect and after stop. A message larger than that (body plus headers) fails for
 // good: publish() returns its index in `published`, transient = false, and an error naming its

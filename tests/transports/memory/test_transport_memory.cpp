@@ -192,6 +192,44 @@ TEST(TransportMemorySubjects, MessageArrivesIntact) {
   EXPECT_EQ(got.header("id"), "42");
 }
 
+// Message::id is carried as the field, not as a header: it arrives as published.
+TEST(TransportMemorySubjects, MessageIdRoundTrip) {
+  Collector c;
+  auto t = memory(fresh_broker(), true);
+  t->subscribe("a.b", "", c.handler());
+  auto m = msg("a.b", "{}");
+  m.id = "id-42";
+  EXPECT_EQ(publish1(*t, m).published, 1u);
+  EXPECT_EQ(publish1(*t, msg("a.b", "{}")).published, 1u);
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(c.messages()[0].id, "id-42");
+  EXPECT_TRUE(c.messages()[0].headers.empty());
+  EXPECT_EQ(c.messages()[1].id, "");
+}
+
+// The memory transport has no durable consumers, start positions, acknowledgements or ordered
+// option: each such DeliveryOptions field is refused at subscribe, naming it; nothing is
+// subscribed.
+TEST(TransportMemorySubjects, UnsupportedDeliveryOptionsAreRefusedByName) {
+  auto t = memory(fresh_broker(), true);
+  const auto refused = [&](const char* option, auto set) {
+    n::DeliveryOptions options;
+    set(options);
+    const std::string error = error_of([&] { t->subscribe("a.>", options, [](n::Delivery&&) {}); });
+    EXPECT_NE(error.find(std::string("DeliveryOptions::") + option), std::string::npos) << error;
+  };
+  refused("durable", [](n::DeliveryOptions& o) { o.durable = "d"; });
+  refused("start", [](n::DeliveryOptions& o) { o.start = n::StartPosition::all_retained(); });
+  refused("start", [](n::DeliveryOptions& o) { o.start = n::StartPosition::from_sequence(1); });
+  refused("ack_wait", [](n::DeliveryOptions& o) { o.ack_wait = 1s; });
+  refused("max_deliveries", [](n::DeliveryOptions& o) { o.max_deliveries = 3; });
+  refused("ordered", [](n::DeliveryOptions& o) { o.ordered = true; });
+  EXPECT_EQ(t->health()["subscriptions"], 0);
+  n::DeliveryOptions plain;
+  plain.start = n::StartPosition::new_only();  // the default: accepted
+  EXPECT_NO_THROW(t->subscribe("a.>", plain, [](n::Delivery&&) {}));
+}
+
 TEST(TransportMemorySubjects, InvalidPatternsGroupsAndSubjectsAreRefused) {
   Collector c;
   auto t = memory(fresh_broker(), true);

@@ -335,6 +335,74 @@ TEST(TransportMockFaults, DuplicateNextDeliversTwice) {
   EXPECT_EQ(a->published_count(), 2u);
 }
 
+// redeliver_next: each message is delivered, then delivered again as a transport with
+// acknowledgements redelivers: same Message::id, Delivery::redelivery 1.
+TEST(TransportMockFaults, RedeliverNextDeliversAgainWithTheSameIdAndACount) {
+  const auto broker = fresh_broker();
+  auto a = mock(broker);
+  auto b = mock(broker, false);
+  std::mutex mutex;
+  std::vector<std::pair<std::string, std::uint32_t>> got;  // (id, redelivery)
+  b->subscribe(">", "", [&](n::Delivery&& d) {
+    std::lock_guard lock(mutex);
+    got.emplace_back(d.message.id, d.redelivery);
+    EXPECT_FALSE(d.settle);  // no acknowledgements: nothing to settle
+    EXPECT_FALSE(d.in_progress);
+  });
+  a->redeliver_next(1);
+  const std::vector<n::Message> batch{n::Message{"x", "1", {}, "id-1"}, n::Message{"x", "2", {}, "id-2"}};
+  EXPECT_EQ(a->publish(batch).published, 2u);
+  ASSERT_TRUE(a->flush(in(kWait)));
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(got, (std::vector<std::pair<std::string, std::uint32_t>>{{"id-1", 0}, {"id-1", 1}, {"id-2", 0}}));
+  EXPECT_EQ(a->redelivered_by_fault(), 1u);
+  EXPECT_EQ(a->health()["redelivered_by_fault"], 1);
+  EXPECT_EQ(a->published_count(), 2u);
+}
+
+// Message::id is carried as the field: what is published is what arrives (and what is recorded).
+TEST(TransportMock, MessageIdRoundTrip) {
+  const auto broker = fresh_broker();
+  auto a = mock(broker);
+  std::mutex mutex;
+  std::vector<std::string> ids;
+  a->subscribe(">", "", [&](n::Delivery&& d) {
+    std::lock_guard lock(mutex);
+    ids.push_back(d.message.id);
+  });
+  const std::vector<n::Message> batch{n::Message{"x", "1", {}, "id-1"}, n::Message{"x", "2", {}, ""}};
+  EXPECT_EQ(a->publish(batch).published, 2u);
+  ASSERT_TRUE(a->flush(in(kWait)));
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(ids, (std::vector<std::string>{"id-1", ""}));
+  EXPECT_EQ(a->published()[0].id, "id-1");
+}
+
+// The default mock claims none of the durable capabilities: it refuses their options, naming
+// them; a mock claiming them accepts them (and does not implement them, as documented).
+TEST(TransportMock, RefusesDeliveryOptionsItsCapabilitiesDoNotCover) {
+  auto a = mock(fresh_broker());
+  n::DeliveryOptions durable;
+  durable.durable = "d";
+  EXPECT_NE(error_of([&] { a->subscribe(">", durable, [](n::Delivery&&) {}); }).find("durable"), std::string::npos);
+  n::DeliveryOptions ack_wait;
+  ack_wait.ack_wait = 5s;
+  EXPECT_NE(error_of([&] { a->subscribe(">", ack_wait, [](n::Delivery&&) {}); }).find("ack_wait"), std::string::npos);
+  n::DeliveryOptions ordered;
+  ordered.ordered = true;
+  EXPECT_NE(error_of([&] { a->subscribe(">", ordered, [](n::Delivery&&) {}); }).find("ordered"), std::string::npos);
+  EXPECT_EQ(a->active_subscriptions(), 0u);
+
+  n::MockOptions options;
+  options.broker = fresh_broker();
+  options.capabilities.durable_consumers = true;
+  auto claiming = std::make_shared<n::MockTransport>(options);
+  claiming->start();
+  EXPECT_NO_THROW(claiming->subscribe(">", durable, [](n::Delivery&&) {}));
+  EXPECT_NE(error_of([&] { claiming->subscribe(">", ack_wait, [](n::Delivery&&) {}); }).find("ack_wait"),
+            std::string::npos);
+}
+
 TEST(TransportMockFaults, FailNextStartsThenStarts) {
   auto t = std::make_shared<n::MockTransport>();
   t->fail_next_starts(2);

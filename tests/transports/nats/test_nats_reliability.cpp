@@ -89,7 +89,7 @@ TEST(NatsReliability, HeadersAfterPublishingBeforeTheFirstConnect) {
   ASSERT_TRUE(sending->flush(in(10s)));
   ASSERT_TRUE(wait_until([&] { return inbox.size() == 1; }, 10s));
   const auto got = inbox.copy();
-  EXPECT_EQ(got[0].header("Nats-Msg-Id"), "late");
+  EXPECT_EQ(got[0].id, "late");
   EXPECT_EQ(got[0].header("traceparent"), "tp-1");
   sending->stop(in(10s));
   receiving->stop(in(10s));
@@ -136,7 +136,7 @@ TEST(NatsReliability, HeadersAreAskedAgainAfterEveryReconnect) {
   // until one with headers arrives (bounded). Before the fix none ever did.
   const auto with_headers = [&] {
     for (const auto& received : inbox.copy()) {
-      if (received.header("Nats-Msg-Id") == "m") return true;
+      if (received.id == "m") return true;
     }
     return false;
   };

@@ -352,7 +352,7 @@ TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
   });
   auto sending = n::make_nats_transport(options_for(server.url()));
   sending->start();
-  const n::Message m{"h.x", "{\"k\":1}", {{"Nats-Msg-Id", "id-1"}, {"traceparent", "tp"}}};
+  const n::Message m{"h.x", "{\"k\":1}", {{"traceparent", "tp"}}, "id-1"};
   ASSERT_EQ(publish1(*sending, m).published, 1u);
   ASSERT_TRUE(sending->flush(in(10s)));
   ASSERT_TRUE(wait_until([&] {
@@ -360,11 +360,13 @@ TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
     return with.size() == 1 && without.size() == 1;
   }, 10s));
   EXPECT_EQ(with[0].body, m.body);
-  EXPECT_EQ(with[0].header("Nats-Msg-Id"), "id-1");
+  EXPECT_EQ(with[0].id, "id-1");  // sent as Nats-Msg-Id, read back into Message::id
+  EXPECT_EQ(with[0].header("Nats-Msg-Id"), "");  // not listed among the headers
   EXPECT_EQ(with[0].header("traceparent"), "tp");
   EXPECT_EQ(without[0].subject, "h.x");
   EXPECT_EQ(without[0].body, m.body);
   EXPECT_TRUE(without[0].headers.empty());
+  EXPECT_EQ(without[0].id, "");  // no header read: no id
 
   auto options = options_for(server.url());
   options.headers = false;
@@ -385,6 +387,64 @@ TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
 
 // A Bridge reads no headers for itself, but its dead-letter hook gets a malformed message with
 // the headers it arrived with.
+// Message::id travels as Nats-Msg-Id: a message published with an id reaches a subscriber as that
+// id, and a message carrying a raw Nats-Msg-Id header (another client's) arrives as Message::id
+// too, so both directions use that header name on the wire.
+TEST(NatsHeaders, MessageIdTravelsAsNatsMsgId) {
+  NatsServer server;
+  auto receiving = n::make_nats_transport(options_for(server.url()));
+  receiving->start();
+  std::mutex mutex;
+  std::vector<n::Message> got;
+  receiving->subscribe("id.>", "", [&](n::Delivery&& d) {
+    std::lock_guard lock(mutex);
+    got.push_back(std::move(d.message));
+  });
+  auto sending = n::make_nats_transport(options_for(server.url()));
+  sending->start();
+  ASSERT_EQ(publish1(*sending, n::Message{"id.a", "{}", {}, "id-a"}).published, 1u);
+  ASSERT_EQ(publish1(*sending, n::Message{"id.b", "{}", {{"Nats-Msg-Id", "raw-b"}}}).published, 1u);
+  // Message::id wins over a header of that name.
+  ASSERT_EQ(publish1(*sending, n::Message{"id.c", "{}", {{"Nats-Msg-Id", "raw-c"}}, "id-c"}).published, 1u);
+  ASSERT_TRUE(sending->flush(in(10s)));
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return got.size() == 3;
+  }, 10s));
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(got[0].id, "id-a");
+  EXPECT_EQ(got[1].id, "raw-b");
+  EXPECT_EQ(got[2].id, "id-c");
+  for (const auto& m : got) EXPECT_EQ(m.header("Nats-Msg-Id"), "") << m.subject;
+}
+
+// Core NATS has no durable consumers, start positions, acknowledgements or ordered option:
+// subscribe() refuses each such DeliveryOptions field, naming it, and subscribes nothing.
+TEST(NatsDeliveryOptions, UnsupportedOptionsAreRefusedByName) {
+  NatsServer server;
+  auto t = n::make_nats_transport(options_for(server.url()));
+  t->start();
+  const auto refused = [&](const char* option, auto set) {
+    n::DeliveryOptions options;
+    set(options);
+    std::string error = "NO ERROR";
+    try {
+      t->subscribe("o.>", options, [](n::Delivery&&) {});
+    } catch (const n::TransportError& e) {
+      error = e.what();
+    }
+    EXPECT_NE(error.find(std::string("DeliveryOptions::") + option), std::string::npos) << error;
+  };
+  refused("durable", [](n::DeliveryOptions& o) { o.durable = "d"; });
+  refused("start", [](n::DeliveryOptions& o) { o.start = n::StartPosition::all_retained(); });
+  refused("start", [](n::DeliveryOptions& o) { o.start = n::StartPosition::from_time(std::chrono::system_clock::now()); });
+  refused("ack_wait", [](n::DeliveryOptions& o) { o.ack_wait = 1s; });
+  refused("max_deliveries", [](n::DeliveryOptions& o) { o.max_deliveries = 3; });
+  refused("ordered", [](n::DeliveryOptions& o) { o.ordered = true; });
+  EXPECT_EQ(t->health()["subscriptions"], 0) << t->health().dump();
+  t->stop(in(10s));
+}
+
 TEST(NatsHeaders, DeadLetterHookSeesTheHeaders) {
   NatsServer server;
   std::mutex mutex;
@@ -410,7 +470,7 @@ TEST(NatsHeaders, DeadLetterHookSeesTheHeaders) {
     return !dead.empty();
   }, 10s));
   EXPECT_EQ(dead[0].body, "not json");
-  EXPECT_EQ(dead[0].header("Nats-Msg-Id"), "m-1");
+  EXPECT_EQ(dead[0].id, "m-1");  // a Nats-Msg-Id header arrives as Message::id
   sending->stop(in(10s));
   bridge.shutdown(10s);
 }
