@@ -11,6 +11,7 @@
 // Message, DeliveryOptions, Delivery, PublishResult, TransportConfig) are values.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -144,6 +145,12 @@ class Transport {
 //   so a handler may unsubscribe while the transport drains.
 // - health() adds "kind" and "state" ("stopping" while do_stop runs) to do_health().
 // - Derived destructors must call stop() themselves (the base cannot call their hooks).
+// - Fork (notifications/fork.hpp): start() registers the transport with the process's fork
+//   registry and stop() removes it, so prepare_fork()/after_fork() reach every started transport,
+//   with or without a Bridge. prepare_fork() takes the lifecycle lock and keeps it until
+//   after_fork() (no start, stop, subscribe or unsubscribe runs across fork()) and calls
+//   do_prepare_fork when started; after_fork() calls do_after_fork when started. A prepare_fork()
+//   while prepared, or an after_fork() while not, does nothing: a Bridge and the registry both ask.
 // - In a child process forked after start() without after_fork(true) (notifications/fork.hpp),
 //   the base runs no hook and takes no lock another thread may have held at fork(): publish()
 //   refuses (transient = false), flush() is false, subscribe() throws, unsubscribe() does
@@ -151,6 +158,9 @@ class Transport {
 class TransportBase : public Transport {
  public:
   enum class State { created, started, stopped };
+
+  // Leaves the fork registry if stop() did not (it must have been called: see above).
+  ~TransportBase() override;
 
   void start() final;
   PublishResult publish(std::span<const Message> batch) final;
@@ -160,7 +170,10 @@ class TransportBase : public Transport {
   bool flush(Deadline deadline) final;
   void stop(Deadline deadline) final;
   nlohmann::json health() const final;
-  // Records that this process now owns the transport (in a child), then calls do_after_fork.
+  // See "Fork" above. Called by the thread that forks, prepare_fork before fork(), after_fork
+  // after it in both processes; after_fork records that this process now owns the transport (in
+  // a child) before calling do_after_fork.
+  void prepare_fork(Deadline deadline) final;
   void after_fork(bool in_child) final;
 
   State state() const;
@@ -175,7 +188,8 @@ class TransportBase : public Transport {
   virtual void do_stop(Deadline deadline) = 0;
   // Transport-specific fields; the base adds "kind" and "state".
   virtual nlohmann::json do_health() const = 0;
-  // See Transport::after_fork. Default: nothing.
+  // See Transport::prepare_fork and after_fork; run only while started. Defaults: nothing.
+  virtual void do_prepare_fork(Deadline deadline) { (void)deadline; }
   virtual void do_after_fork(bool in_child) { (void)in_child; }
 
  private:
@@ -187,6 +201,10 @@ class TransportBase : public Transport {
   // The fork generation (notifications/process.hpp) that started the transport or adopted it in
   // after_fork(true); written before the phase becomes started, read after loading it.
   std::uint64_t generation_ = 0;
+  // Between prepare_fork() and after_fork(); read and written only by the thread that forks.
+  bool fork_prepared_ = false;
+  // In the fork registry (process/fork_registry.hpp): set by start(), cleared by stop().
+  std::atomic<bool> fork_registered_{false};
   bool in_forked_child() const;
 };
 

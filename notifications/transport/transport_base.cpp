@@ -31,6 +31,8 @@
 #include <string>
 
 #include "notifications/subject.hpp"
+#include "process/fork_registry.hpp"
+#include "process/log.hpp"
 #include "process/process.hpp"
 
 namespace notifications {
@@ -99,6 +101,12 @@ std::string group_problem(std::string_view group) {
 
 // ---- TransportBase -----------------------------------------------------------------------------
 
+TransportBase::~TransportBase() {
+  // In a forked child the registry's entry is the parent's generation's: never used, and its lock
+  // may have been held by a thread that is gone.
+  if (fork_registered_.load() && !in_forked_child()) detail::unregister_fork_transport(this);
+}
+
 void TransportBase::start() {
   std::lock_guard lock(lifecycle_);
   StateRef ref(state_);
@@ -108,6 +116,23 @@ void TransportBase::start() {
   do_start();  // throws: stays created
   generation_ = detail::fork_generation();
   set_phase(ref, kStarted);
+  // Under the lifecycle lock, so prepare_fork() never sees this transport half started. The
+  // registry takes the lifecycle locks of registered transports only (process/fork.cpp), and
+  // this one is not registered yet: no deadlock; during prepare_fork()..after_fork() this waits.
+  detail::register_fork_transport(this);
+  fork_registered_.store(true);
+}
+
+void TransportBase::prepare_fork(Deadline deadline) {
+  if (fork_prepared_) return;  // a Bridge prepared it already
+  lifecycle_.lock();           // until after_fork()
+  fork_prepared_ = true;
+  if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
+  try {
+    do_prepare_fork(deadline);
+  } catch (const std::exception& e) {  // the contract says it does not throw: run on unprepared
+    detail::log(detail::LogLevel::error, "notifications {}: prepare_fork: {}", kind(), e.what());
+  }
 }
 
 bool TransportBase::in_forked_child() const {
@@ -117,8 +142,16 @@ bool TransportBase::in_forked_child() const {
 }
 
 void TransportBase::after_fork(bool in_child) {
+  if (!fork_prepared_) return;  // done already, or never prepared
+  fork_prepared_ = false;
+  std::unique_lock lock(lifecycle_, std::adopt_lock);  // taken by prepare_fork()
+  if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
   if (in_child) generation_ = detail::fork_generation();  // the threads are parked: no reader
-  do_after_fork(in_child);
+  try {
+    do_after_fork(in_child);
+  } catch (const std::exception& e) {  // after_fork() never throws (notifications/fork.hpp)
+    detail::log(detail::LogLevel::error, "notifications {}: after_fork: {}", kind(), e.what());
+  }
 }
 
 PublishResult TransportBase::publish(std::span<const Message> batch) {
@@ -201,6 +234,8 @@ void TransportBase::stop(Deadline deadline) {
     ref.store(make_word(kStopped), std::memory_order_release);
     return;
   }
+  // Before the lifecycle lock (prepare_fork() takes the registry's lock, then this one).
+  if (fork_registered_.exchange(false)) detail::unregister_fork_transport(this);
   {
     std::unique_lock lock(lifecycle_);
     const int p = phase(ref.load(std::memory_order_acquire));

@@ -444,7 +444,7 @@ class NatsTransport final : public TransportBase {
     shared_->events.close();
   }
 
-  void prepare_fork(Deadline deadline) override {
+  void do_prepare_fork(Deadline deadline) override {
     std::vector<Entry> keep;
     {
       std::shared_lock lock(connection_mutex_);
