@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -14,7 +15,9 @@
 #include <vector>
 
 #include "child_process.hpp"
+#include "notifications/bridge.hpp"
 #include "notifications/fork.hpp"
+#include "notifications/notifications.hpp"
 #include "notifications/transport.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
@@ -150,5 +153,52 @@ TEST_P(ForkTransports, StoppedAndDestroyedTransportsAreNotPrepared) {
 }
 
 INSTANTIATE_TEST_SUITE_P(MemoryAndMock, ForkTransports, ::testing::Values("memory", "mock"));
+
+// Bridges over a queued memory transport: the Bridge prepares its own transport (the registry's
+// second call does nothing), and both processes then carry their own events end to end.
+TEST(ForkBridgesOverMemory, BothProcessesCarryTheirOwnEvents) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator is not fork-safe (see test_fork_without_prepare.cpp)";
+#endif
+  const std::string url = "memory://fork-bridges?mode=queued";
+  n::Notifier orders;
+  n::Notifier analytics;
+  n::BridgeConfig config;
+  config.url = url;
+  config.app = "orders";
+  auto sender = n::make_bridge(orders, config);
+  config.app = "analytics";
+  auto receiver = n::make_bridge(analytics, config);
+  sender->start();
+  receiver->start();
+  std::atomic<int> seen{0};
+  auto sub = analytics.subscribe("order.>", [&](const n::Event& e) {
+    if (e.remote()) seen.fetch_add(1);
+  });
+
+  n::prepare_fork();
+  const pid_t pid = ::fork();
+  n::after_fork();
+  const int events = pid == 0 ? 7 : 11;
+  for (int i = 0; i < events; ++i) orders.instrument("order.placed", {{"i", i}});
+  const bool flushed = sender->flush(kWait);
+  const bool delivered = receiver->wait_delivered(kWait);
+  if (pid == 0) {
+    if (!flushed) _exit(20);
+    if (!delivered) _exit(21);
+    if (seen.load() != events) _exit(22);
+    sender->shutdown(kWait);
+    receiver->shutdown(kWait);
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0) << "fork failed";
+  EXPECT_TRUE(flushed);
+  EXPECT_TRUE(delivered);
+  EXPECT_EQ(seen.load(), events);
+  const auto r = wait_for_child(pid, kHangBound);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "20: flush, 21: wait_delivered, 22: count of remote events";
+}
 
 }  // namespace
