@@ -23,8 +23,11 @@
 // parent (core NATS keeps nothing for absent subscribers); forking at start-up, as pre-fork
 // servers do, keeps that window to the time of one reconnect.
 //
-// Fork support is implemented by the NATS transport. The memory and mock transports are
-// in-process: a child must not use bridges over them that existed before the fork.
+// Every started transport takes part, with or without a Bridge (TransportBase registers it).
+// NATS closes and reopens its connection. memory:// and mock:// park their delivery threads and
+// restart them in both processes; each process then has its own copy of the in-process brokers,
+// and the child discards (counted as discarded) what its subscriptions held at the fork, which
+// the parent delivers.
 //
 // Thread-safety: call both from the thread that forks, with no other thread instrumenting into
 // a full queue (a thread blocked on a full queue keeps its lock across the fork). Not reentrant.

@@ -12,6 +12,7 @@
 // are values; Delivery::settle and Delivery::in_progress may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -247,10 +248,19 @@ class Transport {
 //    the base runs no hook and takes no lock another thread may have held at fork(): publish()
 //    refuses (transient = false), flush() is false, subscribe() throws, unsubscribe() does
 //    nothing, stop() only marks the transport stopped, health() says "forked_child".
+// 9. Fork (notifications/fork.hpp): start() registers the transport with the process's fork
+//    registry and stop() removes it, so prepare_fork()/after_fork() reach every started
+//    transport, with or without a Bridge. prepare_fork() takes the lifecycle lock and keeps it
+//    until after_fork() (no start, stop, subscribe or unsubscribe runs across fork()) and calls
+//    do_prepare_fork when started; after_fork() calls do_after_fork when started. A prepare_fork()
+//    while prepared, or an after_fork() while not, does nothing: a Bridge and the registry both ask.
 // Derived destructors must call stop() themselves (the base cannot call their hooks).
 class TransportBase : public Transport {
  public:
   enum class State { created, started, stopped };
+
+  // Leaves the fork registry if stop() did not (it must have been called: see above).
+  ~TransportBase() override;
 
   void start() final;
   PublishResult publish(std::span<const Message> batch) final;
@@ -260,7 +270,10 @@ class TransportBase : public Transport {
   bool flush(Deadline deadline) final;
   void stop(Deadline deadline) final;
   nlohmann::json health() const final;
-  // Records that this process now owns the transport (in a child), then calls do_after_fork.
+  // See "Fork" above. Called by the thread that forks, prepare_fork before fork(), after_fork
+  // after it in both processes; after_fork records that this process now owns the transport (in
+  // a child) before calling do_after_fork.
+  void prepare_fork(Deadline deadline) final;
   void after_fork(bool in_child) final;
 
   State state() const;
@@ -275,7 +288,8 @@ class TransportBase : public Transport {
   virtual void do_stop(Deadline deadline) = 0;
   // Transport-specific fields; the base adds "kind" and "state".
   virtual nlohmann::json do_health() const = 0;
-  // See Transport::after_fork. Default: nothing.
+  // See Transport::prepare_fork and after_fork; run only while started. Defaults: nothing.
+  virtual void do_prepare_fork(Deadline deadline) { (void)deadline; }
   virtual void do_after_fork(bool in_child) { (void)in_child; }
 
  private:
@@ -287,6 +301,10 @@ class TransportBase : public Transport {
   // The fork generation (notifications/process.hpp) that started the transport or adopted it in
   // after_fork(true); written before the phase becomes started, read after loading it.
   std::uint64_t generation_ = 0;
+  // Between prepare_fork() and after_fork(); read and written only by the thread that forks.
+  bool fork_prepared_ = false;
+  // In the fork registry (process/fork_registry.hpp): set by start(), cleared by stop().
+  std::atomic<bool> fork_registered_{false};
   bool in_forked_child() const;
 };
 

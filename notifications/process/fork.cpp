@@ -1,16 +1,17 @@
 #include "notifications/fork.hpp"
 
-#include <unistd.h>
-
+#include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
-
 #include "notifications/errors.hpp"
+#include "notifications/transport.hpp"
 #include "process/fork_registry.hpp"
 #include "process/log.hpp"
+#include "process/process.hpp"
 
 namespace notifications {
 
@@ -21,13 +22,27 @@ struct Handler {
   std::function<void(bool)> after;
 };
 
+// A started transport and the fork generation it belongs to: an entry inherited by a child forked
+// without after_fork() names a transport of the parent's (maybe destroyed since) and is skipped.
+struct TransportEntry {
+  Transport* transport;
+  std::uint64_t generation;
+};
+
+// Lock order: mutex, then each Bridge's lifecycle lock, then transports_mutex, then the lifecycle
+// lock of each registered transport. TransportBase::start() takes transports_mutex inside its own
+// lifecycle lock, but only for a transport not registered yet, which the registry never locks.
 struct Registry {
   std::mutex mutex;
   std::vector<std::weak_ptr<detail::ForkParticipant>> participants;  // guarded by mutex
   std::vector<Handler> handlers;                                     // guarded by mutex
+  std::mutex transports_mutex;
+  std::vector<TransportEntry> transports;  // guarded by transports_mutex
   // Between prepare_fork() and after_fork(), guarded by the thread that forks:
   std::vector<std::shared_ptr<detail::ForkParticipant>> prepared;
-  pid_t prepared_in = 0;
+  std::vector<Transport*> prepared_transports;
+  bool is_prepared = false;
+  std::uint64_t prepared_generation = 0;  // fork_generation() at prepare_fork(): which process
 };
 
 Registry& registry() {
@@ -43,6 +58,21 @@ void register_fork_participant(std::weak_ptr<ForkParticipant> participant) {
   std::lock_guard lock(r.mutex);
   std::erase_if(r.participants, [](const auto& p) { return p.expired(); });
   r.participants.push_back(std::move(participant));
+}
+
+void register_fork_transport(Transport* transport) {
+  install_fork_hook();
+  Registry& r = registry();
+  const std::uint64_t generation = fork_generation();
+  std::lock_guard lock(r.transports_mutex);
+  std::erase_if(r.transports, [&](const TransportEntry& e) { return e.generation != generation; });
+  r.transports.push_back(TransportEntry{transport, generation});
+}
+
+void unregister_fork_transport(Transport* transport) {
+  Registry& r = registry();
+  std::lock_guard lock(r.transports_mutex);
+  std::erase_if(r.transports, [&](const TransportEntry& e) { return e.transport == transport; });
 }
 
 void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadline, const char* why) {
@@ -73,8 +103,9 @@ void register_fork_handler(std::function<void()> prepare, std::function<void(boo
 void prepare_fork(std::chrono::milliseconds timeout) {
   Registry& r = registry();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  detail::install_fork_hook();  // after_fork() tells the child by its fork generation
   r.mutex.lock();  // held until after_fork(): no participant comes or goes across the fork
-  if (r.prepared_in != 0) {
+  if (r.is_prepared) {
     r.mutex.unlock();
     throw Error("fork", "prepare_fork() called twice without after_fork()");
   }
@@ -90,27 +121,48 @@ void prepare_fork(std::chrono::milliseconds timeout) {
     }
     prepared.push_back(std::move(participant));
   }
+  // Held until after_fork() too: no transport starts or stops across the fork.
+  r.transports_mutex.lock();
+  const std::uint64_t generation = detail::fork_generation();
+  std::vector<Transport*> transports;
+  for (const TransportEntry& e : r.transports) {
+    if (e.generation == generation) transports.push_back(e.transport);
+  }
+  for (Transport* t : transports) t->prepare_fork(deadline);  // never throws (TransportBase)
   for (const Handler& h : r.handlers) {
     if (h.prepare) h.prepare();
   }
   r.prepared = std::move(prepared);
-  r.prepared_in = getpid();
+  r.prepared_transports = std::move(transports);
+  r.prepared_generation = generation;
+  r.is_prepared = true;
 }
 
 void after_fork() {
   Registry& r = registry();
-  if (r.prepared_in == 0) return;  // read by the thread that called prepare_fork(), which holds the lock
-  const bool in_child = getpid() != r.prepared_in;
-  r.prepared_in = 0;
+  if (!r.is_prepared) return;  // read by the thread that called prepare_fork(), which holds the lock
+  const std::uint64_t generation = detail::fork_generation();
+  const bool in_child = generation != r.prepared_generation;
+  r.is_prepared = false;
   for (const Handler& h : r.handlers) {
     if (h.after) h.after(in_child);
   }
   auto prepared = std::move(r.prepared);
   r.prepared.clear();
   for (auto& p : prepared) p->after_fork(in_child);
+  auto transports = std::move(r.prepared_transports);
+  r.prepared_transports.clear();
+  for (Transport* t : transports) t->after_fork(in_child);  // a Bridge's: resumed already
+  if (in_child) {
+    for (TransportEntry& e : r.transports) {
+      if (e.generation == r.prepared_generation) e.generation = generation;  // this process's now
+    }
+  }
+  r.transports_mutex.unlock();
   r.mutex.unlock();
-  detail::log(detail::LogLevel::debug, "notifications: after_fork in the {}: {} bridge(s) resumed",
-              in_child ? "child" : "parent", prepared.size());
+  detail::log(detail::LogLevel::debug,
+              "notifications: after_fork in the {}: {} bridge(s) and {} transport(s) resumed",
+              in_child ? "child" : "parent", prepared.size(), transports.size());
 }
 
 }  // namespace notifications

@@ -1,11 +1,22 @@
 // Private: what takes part in prepare_fork() / after_fork() (notifications/fork.hpp) and in the
-// shutdown the exit hooks run (notifications/process.hpp): every started Bridge.
+// shutdown the exit hooks run (notifications/process.hpp): every started Bridge, and for fork
+// every started transport (TransportBase registers itself).
+//
+// Order: prepare_fork() prepares every Bridge (each parks its threads, then prepares its own
+// transport), then every registered transport (one a Bridge prepared already returns at once),
+// then the handlers of transport libraries; after_fork() runs the handlers, then the Bridges
+// (each resumes its own transport), then the other transports. A transport is thus prepared only
+// once the Bridge above it is parked, and resumed before the Bridge's threads run again.
 //
 // Thread-safety: every function may be called from any thread.
 #pragma once
 
 #include <chrono>
 #include <memory>
+
+namespace notifications {
+class Transport;
+}
 
 namespace notifications::detail {
 
@@ -25,6 +36,13 @@ class ForkParticipant {
 
 // Participants are held weakly: one that is gone is skipped.
 void register_fork_participant(std::weak_ptr<ForkParticipant> participant);
+
+// A started transport: prepared and resumed around fork() until unregistered. Registering
+// installs the fork hook (process/process.hpp). Both wait while prepare_fork() holds the registry
+// (a transport started or stopped meanwhile waits for after_fork()). The registry holds the
+// pointer only: unregister before the transport is destroyed (TransportBase::stop() does).
+void register_fork_transport(Transport* transport);
+void unregister_fork_transport(Transport* transport);
 
 // Calls shut_down_at_exit on every participant still alive. Gives up at `deadline` when another
 // thread holds the registry (a prepare_fork() in progress on a thread that is gone).

@@ -19,6 +19,7 @@
 #include "local/ascii.hpp"
 #include "notifications/pattern.hpp"
 #include "notifications/subject.hpp"
+#include "transport/redaction.hpp"
 
 extern char** environ;
 
@@ -120,112 +121,26 @@ std::string_view reason_of(const Error& error) {
   return what.starts_with(prefix) ? what.substr(prefix.size()) : what;
 }
 
-// `text` with the user-info of every "scheme://user:password@host" in it replaced by "***".
-// Errs towards hiding: everything from "://" to the last '@' before the next whitespace or '"'
-// counts as user-info, so passwords holding '/', '@' or ':' are hidden too.
-std::string redact_userinfo(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  std::size_t from = 0;
-  while (true) {
-    const std::size_t sep = text.find("://", from);
-    if (sep == std::string_view::npos) break;
-    const std::size_t start = sep + 3;
-    std::size_t end = start;
-    while (end < text.size() && text[end] != '"' && text[end] != ' ' && text[end] != '\t' &&
-           text[end] != '\n' && text[end] != '\r') {
-      ++end;
-    }
-    const std::size_t at = text.substr(start, end - start).rfind('@');
-    out.append(text.substr(from, start - from));
-    if (at == std::string_view::npos) {
-      from = start;
-    } else {
-      out += "***";
-      from = start + at;
-    }
-  }
-  out.append(text.substr(from));
-  return out;
-}
-
-// A URL for messages: user-info redacted, also in the scheme-less form "user:password@host".
+// A URL for messages: user-info redacted (redaction::redact_text), also in the scheme-less form
+// "user:password@host".
 std::string url_for_display(std::string_view url) {
   if (url.find("://") == std::string_view::npos) {
     const std::size_t at = url.rfind('@');
     if (at != std::string_view::npos) return "***" + std::string(url.substr(at));
   }
-  return redact_userinfo(url);
-}
-
-bool secret_looking(std::string_view key) {
-  const std::string lower = detail::ascii_lower(key);
-  for (const std::string_view word : {"pass", "token", "secret", "key", "seed", "cred", "auth"}) {
-    if (lower.find(word) != std::string::npos) return true;
-  }
-  return false;
-}
-
-// Appends `text` as a JSON string of at most about `budget` bytes of content.
-void append_quoted(std::string& out, std::string_view text, std::size_t budget) {
-  const std::string cut(text.substr(0, budget + 4));
-  out += json(cut).dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-// Appends `value` as JSON, stopping once `out` is longer than `limit` (which also bounds the
-// recursion depth). Strings have user-info redacted; values under secret-looking keys are "***".
-void render(const json& value, std::string& out, std::size_t limit) {
-  if (out.size() > limit) return;
-  switch (value.type()) {
-    case json::value_t::string:
-      append_quoted(out, redact_userinfo(value.get_ref<const std::string&>()), limit - out.size());
-      return;
-    case json::value_t::array: {
-      out += '[';
-      bool first = true;
-      for (const json& item : value) {
-        if (out.size() > limit) return;
-        if (!first) out += ',';
-        first = false;
-        render(item, out, limit);
-      }
-      out += ']';
-      return;
-    }
-    case json::value_t::object: {
-      out += '{';
-      bool first = true;
-      for (const auto& [key, item] : value.items()) {
-        if (out.size() > limit) return;
-        if (!first) out += ',';
-        first = false;
-        append_quoted(out, key, limit - out.size());
-        out += ':';
-        if (secret_looking(key)) {
-          out += "\"***\"";
-        } else {
-          render(item, out, limit);
-        }
-      }
-      out += '}';
-      return;
-    }
-    default:
-      out += value.dump(-1, ' ', false, json::error_handler_t::replace);
-      return;
-  }
+  return redaction::redact_text(url);
 }
 
 // A value for messages: JSON, credentials redacted, about kShownBytes long at most.
 std::string shown_value(const json& value) {
   std::string out;
-  render(value, out, kShownBytes);
+  redaction::append_redacted_json(value, out, kShownBytes);
   return cut_to(out, kShownBytes);
 }
 
 std::string shown_text(std::string_view text) {
   std::string out;
-  append_quoted(out, redact_userinfo(text), kShownBytes);
+  redaction::append_json_string(out, redaction::redact_text(text), kShownBytes);
   return cut_to(out, kShownBytes);
 }
 
@@ -236,7 +151,7 @@ std::string quoted(std::string_view text) {
 
 std::string shown_url(std::string_view url) {
   std::string out;
-  append_quoted(out, url_for_display(url), kShownBytes);
+  redaction::append_json_string(out, url_for_display(url), kShownBytes);
   return cut_to(out, kShownBytes);
 }
 
@@ -262,7 +177,7 @@ std::string env_label(std::string_view variable) {
 // `problem` (which may quote `value`, unredacted and cut anywhere) when `value` holds nothing
 // that looks like credentials; otherwise a problem that quotes nothing.
 std::string problem_for_display(std::string_view value, std::string problem) {
-  if (redact_userinfo(value) == value) return problem;
+  if (redaction::redact_text(value) == value) return problem;
   return "it looks like a URL with credentials (\"scheme://user:password@host\")";
 }
 

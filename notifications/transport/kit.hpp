@@ -7,6 +7,9 @@
 // - the process identity: fork generation, bus-thread marks (process/process.hpp);
 // - thread names shown by top -H and gdb (process/thread_name.hpp);
 // - ASCII case folding for schemes and option values (local/ascii.hpp);
+// - credential redaction: the one list of secret-looking words, URL, query and free-text
+//   redaction, and a scrubber for a client library's texts that may echo a password
+//   (transport/redaction.hpp);
 // - the bounded handoff queue between a client library's callback thread and ours
 //   (transport/bounded_queue.hpp);
 // - the table of the schemes the project ships, so an unknown scheme's error can say which
@@ -23,6 +26,7 @@
 #include "process/process.hpp"
 #include "process/thread_name.hpp"
 #include "transport/bounded_queue.hpp"
+#include "transport/redaction.hpp"
 
 namespace notifications::kit {
 

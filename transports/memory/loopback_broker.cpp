@@ -105,6 +105,7 @@ struct Sub : std::enable_shared_from_this<Sub> {
   bool closing GUARDED_BY(mutex) = false;     // off the broker: deliver the rest, then finish
   bool delivering GUARDED_BY(mutex) = false;  // inline: a thread is in drain()
   bool finished GUARDED_BY(mutex) = false;    // queued: the thread has left its loop
+  bool parking GUARDED_BY(mutex) = false;     // queued: leave the loop for a fork, keep the queue
   std::atomic<bool> cancelled{false};         // set under mutex; queue already discarded
 };
 
@@ -183,9 +184,9 @@ void hand_over(Sub& s, Item&& item) {
 
 // Requires s.mutex held through `lock`. Delivers queued messages in order, releasing the lock
 // around each handler call, until the queue is empty, the subscription is paused (and not
-// closing) or cancelled, or the deadline passed.
+// closing), cancelled or parking, or the deadline passed.
 void drain(Sub& s, std::unique_lock<std::mutex>& lock, Deadline deadline = Deadline::max()) {
-  while (!s.cancelled.load() && (!s.paused || s.closing) && !s.queue.empty()) {
+  while (!s.cancelled.load() && !s.parking && (!s.paused || s.closing) && !s.queue.empty()) {
     if (deadline != Deadline::max() && Clock::now() >= deadline) return;
     Item item = std::move(s.queue.front());
     s.queue.pop_front();
@@ -209,10 +210,10 @@ void run_delivery(const std::shared_ptr<Sub>& s) {
   std::unique_lock lock(s->mutex);
   for (;;) {
     s->changed.wait(lock, [&] {
-      return s->cancelled.load() || s->closing || (!s->paused && !s->queue.empty());
+      return s->parking || s->cancelled.load() || s->closing || (!s->paused && !s->queue.empty());
     });
-    drain(*s, lock);
-    if (s->cancelled.load() || (s->closing && s->queue.empty())) break;
+    if (!s->parking) drain(*s, lock);
+    if (s->parking || s->cancelled.load() || (s->closing && s->queue.empty())) break;
   }
   s->finished = true;
   s->changed.notify_all();
@@ -644,6 +645,88 @@ void Endpoint::close(Deadline deadline) {
     } else {
       join_or_detach(entry.thread);
     }
+  }
+}
+
+void Endpoint::prepare_fork(Deadline deadline) {
+  Impl& d = *impl_;
+  std::vector<Impl::Entry*> threads;
+  {
+    std::lock_guard lock(d.mutex);
+    if (d.closed) return;
+    for (auto& [id, entry] : d.subs) {
+      if (entry.thread.joinable()) threads.push_back(&entry);
+    }
+    for (auto& entry : d.retired) {
+      if (entry.thread.joinable()) threads.push_back(&entry);
+    }
+  }
+  // The caller (TransportBase) holds the lifecycle lock: subs and retired do not change.
+  for (Impl::Entry* entry : threads) {
+    std::lock_guard lock(entry->sub->mutex);
+    entry->sub->parking = true;
+    entry->sub->changed.notify_all();
+  }
+  std::size_t running = 0;
+  for (Impl::Entry* entry : threads) {
+    Sub& s = *entry->sub;
+    bool finished = false;
+    {
+      std::unique_lock lock(s.mutex);
+      finished = s.changed.wait_until(lock, deadline, [&] { return s.finished; });
+    }
+    if (finished) {
+      entry->thread.join();  // past its last lock: returns at once
+    } else {
+      ++running;  // a handler still runs: it leaves the loop when it returns
+    }
+  }
+  if (running != 0) {
+    detail::log(detail::LogLevel::warn,
+                "notifications {}: {} delivery thread(s) still in a handler at the fork deadline; "
+                "a forked child restarts them, what their handlers were doing is lost there",
+                d.options.space, running);
+  }
+}
+
+void Endpoint::after_fork(bool in_child) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mutex);
+  if (d.closed) return;
+  if (in_child) {
+    // Only the forking thread exists here: threads of the parent are forgotten, not joined.
+    for (auto& entry : d.retired) {
+      if (entry.thread.joinable()) new std::thread(std::move(entry.thread));  // leaked on purpose
+    }
+    d.retired.clear();
+  }
+  for (auto& [id, entry] : d.subs) {
+    Sub& s = *entry.sub;
+    std::deque<Item> parents;
+    {
+      std::lock_guard sub_lock(s.mutex);
+      if (in_child) {
+        parents.swap(s.queue);  // the parent delivers these: discarded (and counted) here
+        s.delivering = false;   // an inline delivery of the parent's does not exist here
+      }
+      if (s.inline_mode) continue;
+      if (s.parking && !s.finished && !in_child) {
+        s.parking = false;  // never left its loop (a handler ran past the deadline): runs on
+        s.changed.notify_all();
+        continue;
+      }
+      s.parking = false;
+      s.finished = false;
+    }
+    discard(parents, *d.stats);
+    if (entry.thread.joinable()) {
+      if (in_child) {
+        new std::thread(std::move(entry.thread));  // leaked on purpose: never joined
+      } else {
+        entry.thread.join();  // finished after the deadline
+      }
+    }
+    entry.thread = std::thread([s = entry.sub] { run_delivery(s); });
   }
 }
 

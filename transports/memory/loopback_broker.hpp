@@ -88,6 +88,13 @@ class Endpoint {
   // Removes the subscriptions from the broker, delivers what they hold until `deadline`, discards
   // the rest, waits for handler calls in progress and joins the threads. Idempotent.
   void close(Deadline deadline);
+  // Fork support, called by the transport with its lifecycle lock held (no subscribe,
+  // unsubscribe or close meanwhile). prepare_fork asks every delivery thread to leave its loop
+  // with its queue kept and joins it; a thread still in a handler at `deadline` is left running
+  // (logged). after_fork starts the delivery threads again; in a child it first discards, counted
+  // as discarded, what the subscriptions held at the fork (the parent delivers it).
+  void prepare_fork(Deadline deadline);
+  void after_fork(bool in_child);
   // Paused subscriptions keep receiving into their queues (within max_pending) but deliver
   // nothing until unpaused. Applies to later subscriptions too. Unpausing wakes the delivery
   // threads of queued subscriptions; inline ones wait for deliver_held() or their next message.

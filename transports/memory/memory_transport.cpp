@@ -39,6 +39,8 @@ class MemoryTransport final : public TransportBase {
   bool do_flush(Deadline deadline) override { return endpoint_.flush(deadline); }
   void do_stop(Deadline deadline) override { endpoint_.close(deadline); }
   nlohmann::json do_health() const override { return endpoint_.health(); }
+  void do_prepare_fork(Deadline deadline) override { endpoint_.prepare_fork(deadline); }
+  void do_after_fork(bool in_child) override { endpoint_.after_fork(in_child); }
 
  private:
   loopback::Endpoint endpoint_;

@@ -357,6 +357,10 @@ void MockTransport::do_stop(Deadline deadline) {
   impl_->changed.notify_all();
 }
 
+void MockTransport::do_prepare_fork(Deadline deadline) { impl_->endpoint.prepare_fork(deadline); }
+
+void MockTransport::do_after_fork(bool in_child) { impl_->endpoint.after_fork(in_child); }
+
 nlohmann::json MockTransport::do_health() const {
   nlohmann::json out = impl_->endpoint.health();
   std::lock_guard lock(impl_->mutex);

@@ -83,7 +83,9 @@ std::string as_string(const json& value, const std::string& where, bool secret) 
 const std::map<std::string, Setter>& setters() {
   static const std::map<std::string, Setter> table = [] {
     std::map<std::string, Setter> t;
-    auto text = [&t](const char* key, std::string NatsOptions::*field, bool secret = false) {
+    // A value under a secret-looking key (redaction::secret_looking) is never echoed.
+    auto text = [&t](const char* key, std::string NatsOptions::*field) {
+      const bool secret = redaction::secret_looking(key);
       t[key] = Setter{secret, [field, secret](NatsOptions& o, const json& v, const std::string& where) {
                         o.*field = as_string(v, where, secret);
                       }};
@@ -104,8 +106,8 @@ const std::map<std::string, Setter>& setters() {
                       }};
     };
     text("user", &NatsOptions::user);
-    text("password", &NatsOptions::password, true);
-    text("token", &NatsOptions::token, true);
+    text("password", &NatsOptions::password);
+    text("token", &NatsOptions::token);
     text("creds_file", &NatsOptions::creds_file);
     text("nkey_public", &NatsOptions::nkey_public);
     text("nkey_seed_file", &NatsOptions::nkey_seed_file);

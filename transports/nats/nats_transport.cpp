@@ -54,27 +54,6 @@ std::atomic<int>& open_connections() {
 
 // ---- the transport ------------------------------------------------------------------------
 
-// "nats: <what>: <cnats status text> (<cnats detail>)", with every credential replaced by ***.
-class Scrubber {
- public:
-  explicit Scrubber(const NatsOptions& options) {
-    for (const std::string* secret : {&options.password, &options.token}) {
-      if (!secret->empty()) secrets_.push_back(*secret);
-    }
-  }
-  std::string operator()(std::string text) const {
-    for (const std::string& secret : secrets_) {
-      for (std::size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3)) {
-        text.replace(at, secret.size(), "***");
-      }
-    }
-    return text;
-  }
-
- private:
-  std::vector<std::string> secrets_;
-};
-
 // Message::id travels as this header (JetStream deduplicates on it), and comes back from it.
 constexpr const char* kIdHeader = "Nats-Msg-Id";
 
@@ -112,7 +91,7 @@ bool transient(natsStatus status) {
 // serialises the lifecycle; cnats connections are thread-safe).
 class NatsTransport final : public TransportBase {
  public:
-  explicit NatsTransport(NatsOptions options) : options_(std::move(options)), scrub_(options_) {
+  explicit NatsTransport(NatsOptions options) : options_(std::move(options)), scrub_({options_.password, options_.token}) {
     validate_nats_options(options_);
   }
   ~NatsTransport() override {
@@ -475,7 +454,7 @@ class NatsTransport final : public TransportBase {
     shared_->events.close();
   }
 
-  void prepare_fork(Deadline deadline) override {
+  void do_prepare_fork(Deadline deadline) override {
     std::vector<Entry> keep;
     {
       std::shared_lock lock(connection_mutex_);
@@ -880,7 +859,8 @@ class NatsTransport final : public TransportBase {
   }
 
   const NatsOptions options_;
-  const Scrubber scrub_;
+  // Every text this transport shows passes through it: cnats' may echo the password or token.
+  const redaction::Scrubber scrub_;
   Shared* const shared_ = new Shared;  // one reference, released by the destructor
   std::unique_ptr<std::thread> log_thread_;
   std::atomic<bool> log_stop_{false};

@@ -37,6 +37,11 @@
 // throws is counted in health() as "handler_errors" and its message counts as delivered.
 // unsubscribe() does not wait for a call in progress on another thread.
 //
+// Fork (notifications/fork.hpp): prepare_fork() parks the delivery threads (a handler still
+// running at its deadline is logged and left to finish), after_fork() restarts them in the parent
+// and the child. Each process then has its own copy of the brokers; the child discards, counted
+// as "discarded", what its subscriptions held at the fork (the parent delivers it).
+//
 // URL: "memory://" (broker "default") or "memory://<broker>?mode=inline|queued&max_pending=<n>";
 // TransportConfig::options may hold the same keys: {"mode": "inline", "max_pending": 100}; the URL
 // wins. Unknown keys throw TransportError naming them.

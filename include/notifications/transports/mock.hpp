@@ -128,6 +128,9 @@ class MockTransport : public TransportBase {
   bool do_flush(Deadline deadline) override;
   void do_stop(Deadline deadline) override;
   nlohmann::json do_health() const override;
+  // Fork: as memory:// (notifications/transports/memory.hpp). Faults and records are kept.
+  void do_prepare_fork(Deadline deadline) override;
+  void do_after_fork(bool in_child) override;
 
  private:
   struct Impl;

@@ -1,4 +1,5 @@
-// The memory transport, TransportBase's lifecycle, the factory registry and redact_url.
+// The memory transport and TransportBase's lifecycle. The factory registry's own tests are in
+// tests/transport/test_transport_factory.cpp, redaction's in tests/transport/test_redaction.cpp.
 // Every wait is bounded and fails the test when the bound passes; nothing sleeps to synchronise.
 #include <gtest/gtest.h>
 
@@ -841,9 +842,9 @@ TEST(TransportMemoryStress, FourPublishersTwoQueuedSubscribersEveryMessageExactl
   sub->stop(in(kWait));
 }
 
-// ---- factories and URLs ------------------------------------------------------------------------
+// ---- memory:// URLs -----------------------------------------------------------------------------
 
-TEST(TransportFactory, MemoryByUrl) {
+TEST(TransportMemoryUrl, MemoryByUrl) {
   auto t = n::make_transport(n::TransportConfig{"memory://", {}});
   EXPECT_EQ(t->kind(), "memory");
   auto h = t->health();
@@ -867,7 +868,7 @@ TEST(TransportFactory, MemoryByUrl) {
   EXPECT_TRUE(o.inline_delivery);
 }
 
-TEST(TransportFactory, MemoryByUrlDelivers) {
+TEST(TransportMemoryUrl, MemoryByUrlDelivers) {
   Collector c;
   auto a = n::make_transport({"memory://" + fresh_broker() + "?mode=inline", {}});
   a->start();
@@ -876,7 +877,7 @@ TEST(TransportFactory, MemoryByUrlDelivers) {
   EXPECT_EQ(c.size(), 1u);
 }
 
-TEST(TransportFactory, BadQueryKeysValuesAndOptionsAreNamed) {
+TEST(TransportMemoryUrl, BadQueryKeysValuesAndOptionsAreNamed) {
   auto err = error_of([] { n::make_transport({"memory://b?foo=1&mode=inline&bar", {}}); });
   EXPECT_NE(err.find("[notifications.transport]"), std::string::npos) << err;
   EXPECT_NE(err.find("memory url \"memory://b?foo=1&mode=inline&bar\""), std::string::npos) << err;
@@ -908,69 +909,4 @@ TEST(TransportFactory, BadQueryKeysValuesAndOptionsAreNamed) {
   EXPECT_NE(err.find("broker name"), std::string::npos) << err;
   err = error_of([] { n::make_memory_transport({"ok", false, 0}); });
   EXPECT_NE(err.find("max_pending"), std::string::npos) << err;
-}
-
-TEST(TransportFactory, UnknownSchemeNamesRedactedUrlAndKnownSchemes) {
-  auto err = error_of([] { n::make_transport({"nats://alice:s3cret@nats.example:4222", {}}); });
-  EXPECT_EQ(err.find("s3cret"), std::string::npos) << err;
-  EXPECT_EQ(err.find("alice"), std::string::npos) << err;
-  EXPECT_NE(err.find("url \"nats://***@nats.example:4222\": unknown scheme \"nats\""), std::string::npos) << err;
-  EXPECT_NE(err.find("known schemes: "), std::string::npos) << err;
-  EXPECT_NE(err.find("memory"), std::string::npos) << err;
-  EXPECT_NE(err.find("mock"), std::string::npos) << err;
-  // A scheme the project ships in a component this program does not link: say what to link.
-  EXPECT_NE(err.find("target_link_libraries(<your target> PRIVATE notifications::nats)"), std::string::npos) << err;
-  EXPECT_NE(err.find("COMPONENTS nats"), std::string::npos) << err;
-  err = error_of([] { n::make_transport({"tls://nats.example:4222", {}}); });
-  EXPECT_NE(err.find("notifications::nats"), std::string::npos) << err;
-  err = error_of([] { n::make_transport({"bogus://x", {}}); });
-  EXPECT_EQ(err.find("notifications::nats"), std::string::npos) << "no hint for a scheme nobody ships: " << err;
-
-  err = error_of([] { n::make_transport({"tok3n@localhost:4222", {}}); });
-  EXPECT_NE(err.find("no scheme"), std::string::npos) << err;
-  EXPECT_EQ(err.find("tok3n"), std::string::npos) << err;
-}
-
-TEST(TransportFactory, RegisteredFactoriesAndTheirErrors) {
-  n::register_transport("Custom-Test", [](const n::TransportConfig& config) {
-    if (config.url.find("fail") != std::string::npos) throw n::TransportError("no such cluster");
-    if (config.url.find("null") != std::string::npos) return std::unique_ptr<n::Transport>();
-    return n::make_memory_transport({"custom"});
-  });
-  auto t = n::make_transport({"custom-test://x", {}});
-  EXPECT_EQ(t->kind(), "memory");
-  auto err = error_of([] { n::make_transport({"custom-test://u:pw@fail", {}}); });
-  EXPECT_NE(err.find("url \"custom-test://***@fail\": no such cluster"), std::string::npos) << err;
-  EXPECT_EQ(err.find("[notifications.transport] [notifications.transport]"), std::string::npos) << err;
-  err = error_of([] { n::make_transport({"custom-test://null", {}}); });
-  EXPECT_NE(err.find("returned no transport"), std::string::npos) << err;
-  err = error_of([] { n::make_transport({"zzz://x", {}}); });
-  EXPECT_NE(err.find("custom-test"), std::string::npos) << err;  // listed among known schemes
-
-  EXPECT_NE(error_of([] { n::register_transport("1bad", [](const n::TransportConfig&) { return nullptr; }); })
-                .find("not a URL scheme"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { n::register_transport("ok", nullptr); }).find("empty factory"), std::string::npos);
-}
-
-TEST(TransportFactory, RedactUrl) {
-  EXPECT_EQ(n::redact_url("nats://user:pass@host:4222"), "nats://***@host:4222");
-  EXPECT_EQ(n::redact_url("nats://s3cr3tt0k3n@host"), "nats://***@host");
-  EXPECT_EQ(n::redact_url("nats://host:4222"), "nats://host:4222");
-  EXPECT_EQ(n::redact_url("memory://"), "memory://");
-  EXPECT_EQ(n::redact_url("memory://b?mode=inline"), "memory://b?mode=inline");
-  EXPECT_EQ(n::redact_url("nats://a:b@h1:4222,nats://c:d@h2:4222,tls://h3"),
-            "nats://***@h1:4222,nats://***@h2:4222,tls://h3");
-  EXPECT_EQ(n::redact_url("nats://a:b@h1, nats://tok@h2"), "nats://***@h1, nats://***@h2");
-  // Unencoded '@', '/', ',' in a password never leak.
-  EXPECT_EQ(n::redact_url("nats://u:p@ss@host"), "nats://***@host");
-  EXPECT_EQ(n::redact_url("nats://u:p/ss@host/db"), "nats://***@host/db");
-  EXPECT_EQ(n::redact_url("nats://u:p,ss@host"), "nats://***@host");
-  EXPECT_EQ(n::redact_url("postgres://u:pw@host/db?sslmode=require&password=x&token=y"),
-            "postgres://***@host/db?sslmode=require&password=***&token=***");
-  EXPECT_EQ(n::redact_url("user:pass@host"), "***@host");
-  // Credentials inside a query value, whatever its key.
-  EXPECT_EQ(n::redact_url("nats://h?servers=nats://u:pw@h2:4222&name=x"), "nats://h?servers=nats://***@h2:4222&name=x");
-  EXPECT_EQ(n::redact_url("nats://h?servers=u:pw@h2"), "nats://h?servers=***@h2");
-  EXPECT_EQ(n::redact_url(""), "");
 }

@@ -1,4 +1,4 @@
-// TransportBase (lifecycle checks and locking), the factory registry, and redact_url.
+// TransportBase: lifecycle checks and locking around a transport's hooks.
 //
 // Contracts TransportBase gives the hooks of a transport:
 //   1. do_start runs once, under the lifecycle mutex, and only from `created`. When it throws, the
@@ -27,15 +27,15 @@
 // can switch the phase and then wait for the count to reach zero.
 #include "notifications/transport.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <exception>
-#include <map>
-#include <stdexcept>
+#include <string>
 
-#include "transport/kit.hpp"
 #include "notifications/subject.hpp"
+#include "process/fork_registry.hpp"
+#include "process/log.hpp"
+#include "process/process.hpp"
 
 namespace notifications {
 
@@ -85,15 +85,7 @@ const char* phase_name(int p) {
   }
 }
 
-// The text after the bracketed id of one of our errors ("[notifications.transport] x" -> "x").
-std::string without_id(const std::string& what) {
-  if (what.rfind("[notifications.", 0) == 0) {
-    const auto end = what.find("] ");
-    if (end != std::string::npos) return what.substr(end + 2);
-  }
-  return what;
-}
-
+// Why `group` cannot name a delivery group, or "" when it can.
 std::string group_problem(std::string_view group) {
   if (group.size() > kMaxSubjectBytes) {
     return "longer than " + std::to_string(kMaxSubjectBytes) + " bytes";
@@ -107,125 +99,15 @@ std::string group_problem(std::string_view group) {
   return {};
 }
 
-// ---- the factory registry --------------------------------------------------------------------
-
-struct Registry {
-  std::mutex mutex;
-  std::map<std::string, TransportFactory> factories;  // GUARDED_BY(mutex), by lower-case scheme
-};
-
-// Created on first use, never destroyed (factories may be looked up from static destructors).
-// Every transport, the built-in memory:// and mock:// too, registers itself from its own folder.
-Registry& registry() {
-  static Registry* const instance = new Registry;
-  return *instance;
-}
-
-bool valid_scheme(std::string_view scheme) {
-  if (scheme.empty() || std::isalpha(static_cast<unsigned char>(scheme[0])) == 0) return false;
-  return std::all_of(scheme.begin(), scheme.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '+' || c == '-' || c == '.';
-  });
-}
-
-// The length of a "<scheme>://" at the start of `text` (after spaces), or 0.
-std::size_t scheme_prefix(std::string_view text) {
-  std::size_t i = 0;
-  while (i < text.size() && text[i] == ' ') ++i;
-  const std::size_t start = i;
-  while (i < text.size() && (std::isalnum(static_cast<unsigned char>(text[i])) != 0 ||
-                             text[i] == '+' || text[i] == '-' || text[i] == '.')) {
-    ++i;
-  }
-  if (i == start || text.substr(i, 3) != "://") return 0;
-  return i + 3;
-}
-
-bool secret_query_key(std::string_view key) {
-  const std::string k = detail::ascii_lower(key);
-  for (const char* word : {"pass", "pwd", "token", "secret", "key", "jwt", "cred", "auth"}) {
-    if (k.find(word) != std::string::npos) return true;
-  }
-  return false;
-}
-
-std::string redact_one(std::string_view url);
-
-// "?a=1&token=x#f" -> "?a=1&token=***#f"; a value that holds credentials itself
-// ("servers=nats://u:pw@h") keeps only what follows them: "servers=nats://***@h".
-std::string redact_query(std::string_view query) {
-  std::string out;
-  std::size_t fragment = query.find('#');
-  std::string_view params = query.substr(0, fragment);
-  std::size_t pos = 0;
-  while (pos < params.size()) {
-    std::size_t end = params.find('&', pos);
-    if (end == std::string_view::npos) end = params.size();
-    std::string_view param = params.substr(pos, end - pos);
-    const std::size_t eq = param.find('=');
-    if (eq != std::string_view::npos && secret_query_key(param.substr(0, eq))) {
-      out.append(param.substr(0, eq + 1)).append("***");
-    } else if (eq != std::string_view::npos && param.find('@', eq) != std::string_view::npos) {
-      const std::string_view value = param.substr(eq + 1);
-      out.append(param.substr(0, eq + 1));
-      if (scheme_prefix(value) != 0) {
-        out.append(redact_one(value));
-      } else {
-        out.append("***").append(value.substr(value.rfind('@')));
-      }
-    } else {
-      out.append(param);
-    }
-    if (end < params.size()) out.push_back('&');
-    pos = end + 1;
-  }
-  if (fragment != std::string_view::npos) out.append(query.substr(fragment));
-  return out;
-}
-
-// One URL: "scheme://user:pass@host/path?token=x" -> "scheme://***@host/path?token=***".
-// The user-info ends at the LAST '@' before the query, so an unencoded '@', '/' or ',' in a
-// password cannot leak the rest of it.
-std::string redact_one(std::string_view url) {
-  const std::size_t prefix = scheme_prefix(url);
-  std::size_t query = url.find_first_of("?#", prefix);
-  if (query == std::string_view::npos) query = url.size();
-  std::string out(url.substr(0, prefix));
-  const std::string_view rest = url.substr(prefix, query - prefix);
-  const std::size_t at = rest.rfind('@');
-  if (at != std::string_view::npos) {
-    out.append("***").append(rest.substr(at));
-  } else {
-    out.append(rest);
-  }
-  if (query < url.size()) out.append(redact_query(url.substr(query)));
-  return out;
-}
-
-std::string shipped_scheme_hint(std::string_view scheme) {
-  const kit::ShippedScheme* shipped = kit::shipped_scheme(scheme);
-  if (shipped == nullptr) return {};
-  std::string hint = ": this program does not link its transport, provided by ";
-  hint += shipped->component;
-  if (!shipped->how_to_link.empty()) {
-    hint += ": ";
-    hint += shipped->how_to_link;
-  }
-  return hint;
-}
-
-std::string known_schemes(const Registry& r) {
-  std::string out;
-  for (const auto& [scheme, factory] : r.factories) {
-    if (!out.empty()) out += ", ";
-    out += scheme;
-  }
-  return out;
-}
-
 }  // namespace
 
 // ---- TransportBase -----------------------------------------------------------------------------
+
+TransportBase::~TransportBase() {
+  // In a forked child the registry's entry is the parent's generation's: never used, and its lock
+  // may have been held by a thread that is gone.
+  if (fork_registered_.load() && !in_forked_child()) detail::unregister_fork_transport(this);
+}
 
 void TransportBase::start() {
   std::lock_guard lock(lifecycle_);
@@ -239,6 +121,23 @@ void TransportBase::start() {
   do_start();  // throws: stays created
   generation_ = detail::fork_generation();
   set_phase(ref, kStarted);
+  // Under the lifecycle lock, so prepare_fork() never sees this transport half started. The
+  // registry takes the lifecycle locks of registered transports only (process/fork.cpp), and
+  // this one is not registered yet: no deadlock; during prepare_fork()..after_fork() this waits.
+  detail::register_fork_transport(this);
+  fork_registered_.store(true);
+}
+
+void TransportBase::prepare_fork(Deadline deadline) {
+  if (fork_prepared_) return;  // a Bridge prepared it already
+  lifecycle_.lock();           // until after_fork()
+  fork_prepared_ = true;
+  if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
+  try {
+    do_prepare_fork(deadline);
+  } catch (const std::exception& e) {  // the contract says it does not throw: run on unprepared
+    detail::log(detail::LogLevel::error, "notifications {}: prepare_fork: {}", kind(), e.what());
+  }
 }
 
 bool TransportBase::in_forked_child() const {
@@ -248,8 +147,16 @@ bool TransportBase::in_forked_child() const {
 }
 
 void TransportBase::after_fork(bool in_child) {
+  if (!fork_prepared_) return;  // done already, or never prepared
+  fork_prepared_ = false;
+  std::unique_lock lock(lifecycle_, std::adopt_lock);  // taken by prepare_fork()
+  if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
   if (in_child) generation_ = detail::fork_generation();  // the threads are parked: no reader
-  do_after_fork(in_child);
+  try {
+    do_after_fork(in_child);
+  } catch (const std::exception& e) {  // after_fork() never throws (notifications/fork.hpp)
+    detail::log(detail::LogLevel::error, "notifications {}: after_fork: {}", kind(), e.what());
+  }
 }
 
 PublishResult TransportBase::publish(std::span<const Message> batch) {
@@ -345,6 +252,8 @@ void TransportBase::stop(Deadline deadline) {
     ref.store(make_word(kStopped), std::memory_order_release);
     return;
   }
+  // Before the lifecycle lock (prepare_fork() takes the registry's lock, then this one).
+  if (fork_registered_.exchange(false)) detail::unregister_fork_transport(this);
   {
     std::unique_lock lock(lifecycle_);
     const int p = phase(ref.load(std::memory_order_acquire));
@@ -395,86 +304,6 @@ TransportBase::State TransportBase::state() const {
   if (p == kCreated) return State::created;
   if (p == kStarted) return State::started;
   return State::stopped;
-}
-
-// ---- factories ---------------------------------------------------------------------------------
-
-void register_transport(const std::string& scheme, TransportFactory factory) {
-  if (!valid_scheme(scheme)) {
-    throw TransportError("register_transport: scheme \"" + scheme +
-                         "\" is not a URL scheme (a letter, then letters, digits, '+', '-', '.')");
-  }
-  if (!factory) throw TransportError("register_transport: scheme \"" + scheme + "\": empty factory");
-  Registry& r = registry();
-  std::lock_guard lock(r.mutex);
-  r.factories[detail::ascii_lower(scheme)] = std::move(factory);
-}
-
-std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
-  const std::string shown = redact_url(config.url);
-  const std::size_t sep = config.url.find("://");
-  Registry& r = registry();
-  TransportFactory factory;
-  {
-    std::lock_guard lock(r.mutex);
-    if (sep == std::string::npos || sep == 0) {
-      throw TransportError("url \"" + shown + "\": no scheme (expected <scheme>://...; known schemes: " +
-                           known_schemes(r) + ")");
-    }
-    const std::string scheme = detail::ascii_lower(std::string_view(config.url).substr(0, sep));
-    const auto it = r.factories.find(scheme);
-    if (it == r.factories.end()) {
-      throw TransportError("url \"" + shown + "\": unknown scheme \"" + scheme + "\"" + shipped_scheme_hint(scheme) +
-                           " (known schemes: " + known_schemes(r) + ")");
-    }
-    factory = it->second;  // called without the registry lock: it may use the registry itself
-  }
-  std::unique_ptr<Transport> transport;
-  try {
-    transport = factory(config);
-  } catch (const TransportError& e) {
-    const std::string what = e.what();
-    if (what.find(shown) != std::string::npos) throw;
-    throw TransportError("url \"" + shown + "\": " + without_id(what));
-  } catch (const std::exception& e) {
-    throw TransportError("url \"" + shown + "\": " + without_id(e.what()));
-  }
-  if (!transport) throw TransportError("url \"" + shown + "\": the factory returned no transport");
-  return transport;
-}
-
-std::string redact_url(std::string_view url) {
-  // A list "a://x,b://y": a new URL starts after a ',' followed by "<scheme>://"; any other ','
-  // stays inside the current URL (it may be part of a password or of a host list).
-  std::string out;
-  std::size_t start = 0;
-  for (std::size_t i = 0; i < url.size(); ++i) {
-    if (url[i] == ',' && scheme_prefix(url.substr(i + 1)) != 0) {
-      out += redact_one(url.substr(start, i - start));
-      out += ',';
-      start = i + 1;
-    }
-  }
-  out += redact_one(url.substr(start));
-  return out;
-}
-
-std::vector<std::pair<std::string, std::string>> url_query(std::string_view url) {
-  std::vector<std::pair<std::string, std::string>> out;
-  const std::size_t q = url.find('?');
-  if (q == std::string_view::npos) return out;
-  std::string_view query = url.substr(q + 1);
-  query = query.substr(0, query.find('#'));
-  while (!query.empty()) {
-    const std::size_t amp = query.find('&');
-    const std::string_view param = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    if (param.empty()) continue;
-    const std::size_t eq = param.find('=');
-    out.emplace_back(std::string(param.substr(0, eq)),
-                     std::string(eq == std::string_view::npos ? std::string_view{} : param.substr(eq + 1)));
-  }
-  return out;
 }
 
 }  // namespace notifications
