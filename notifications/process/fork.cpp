@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -11,6 +10,7 @@
 #include "notifications/errors.hpp"
 #include "process/fork_registry.hpp"
 #include "process/log.hpp"
+#include "process/thread_safety.hpp"
 
 namespace notifications {
 
@@ -22,11 +22,13 @@ struct Handler {
 };
 
 struct Registry {
-  std::mutex mutex;
-  std::vector<std::weak_ptr<detail::ForkParticipant>> participants;  // guarded by mutex
-  std::vector<Handler> handlers;                                     // guarded by mutex
-  // Between prepare_fork() and after_fork(), guarded by the thread that forks:
-  std::vector<std::shared_ptr<detail::ForkParticipant>> prepared;
+  detail::Mutex mutex;
+  std::vector<std::weak_ptr<detail::ForkParticipant>> participants NOTIFICATIONS_GUARDED_BY(mutex);
+  std::vector<Handler> handlers NOTIFICATIONS_GUARDED_BY(mutex);
+  // Written by prepare_fork(), read and cleared by after_fork(), on the thread that forks, which
+  // holds mutex from one to the other.
+  std::vector<std::shared_ptr<detail::ForkParticipant>> prepared NOTIFICATIONS_GUARDED_BY(mutex);
+  // Also read by after_fork() before it knows whether it holds mutex: see there.
   pid_t prepared_in = 0;
 };
 
@@ -40,7 +42,7 @@ Registry& registry() {
 namespace detail {
 void register_fork_participant(std::weak_ptr<ForkParticipant> participant) {
   Registry& r = registry();
-  std::lock_guard lock(r.mutex);
+  detail::MutexLock lock(r.mutex);
   std::erase_if(r.participants, [](const auto& p) { return p.expired(); });
   r.participants.push_back(std::move(participant));
 }
@@ -51,11 +53,11 @@ void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadli
   {
     // Polled with try_lock rather than a timed lock: ThreadSanitizer does not see
     // pthread_mutex_clocklock, which std::timed_mutex uses.
-    std::unique_lock lock(r.mutex, std::defer_lock);
-    while (!lock.try_lock()) {
+    while (!r.mutex.try_lock()) {
       if (std::chrono::steady_clock::now() >= deadline) return;  // held by a thread that is gone
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    detail::MutexLock lock(r.mutex, std::adopt_lock);
     for (const auto& weak : r.participants) {
       if (auto participant = weak.lock()) alive.push_back(std::move(participant));
     }
@@ -66,11 +68,13 @@ void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadli
 
 void register_fork_handler(std::function<void()> prepare, std::function<void(bool)> after) {
   Registry& r = registry();
-  std::lock_guard lock(r.mutex);
+  detail::MutexLock lock(r.mutex);
   r.handlers.push_back(Handler{std::move(prepare), std::move(after)});
 }
 
-void prepare_fork(std::chrono::milliseconds timeout) {
+// Not analysed: it returns holding r.mutex (for after_fork()), which its public declaration
+// cannot name. Every path that throws releases it first.
+void prepare_fork(std::chrono::milliseconds timeout) NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   Registry& r = registry();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   r.mutex.lock();  // held until after_fork(): no participant comes or goes across the fork
@@ -97,7 +101,11 @@ void prepare_fork(std::chrono::milliseconds timeout) {
   r.prepared_in = getpid();
 }
 
-void after_fork() {
+// Not analysed: it releases the r.mutex that prepare_fork() returned holding, and reads
+// prepared_in before it knows whether this thread holds it (prepared_in is nonzero only between
+// prepare_fork() and after_fork(), where the calling thread holds the lock; after_fork() without
+// prepare_fork() finds 0, the contract of notifications/fork.hpp).
+void after_fork() NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   Registry& r = registry();
   if (r.prepared_in == 0) return;  // read by the thread that called prepare_fork(), which holds the lock
   const bool in_child = getpid() != r.prepared_in;

@@ -32,6 +32,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "process/thread_safety.hpp"
 #include "transport/kit.hpp"
 #include "notifications/subject.hpp"
 
@@ -108,8 +109,8 @@ std::string group_problem(std::string_view group) {
 // ---- the factory registry --------------------------------------------------------------------
 
 struct Registry {
-  std::mutex mutex;
-  std::map<std::string, TransportFactory> factories;  // GUARDED_BY(mutex), by lower-case scheme
+  detail::Mutex mutex;
+  std::map<std::string, TransportFactory> factories NOTIFICATIONS_GUARDED_BY(mutex);  // by lower-case scheme
 };
 
 // Created on first use, never destroyed (factories may be looked up from static destructors).
@@ -212,7 +213,7 @@ std::string shipped_scheme_hint(std::string_view scheme) {
   return hint;
 }
 
-std::string known_schemes(const Registry& r) {
+std::string known_schemes(const Registry& r) NOTIFICATIONS_REQUIRES(r.mutex) {
   std::string out;
   for (const auto& [scheme, factory] : r.factories) {
     if (!out.empty()) out += ", ";
@@ -388,7 +389,7 @@ void register_transport(const std::string& scheme, TransportFactory factory) {
   }
   if (!factory) throw TransportError("register_transport: scheme \"" + scheme + "\": empty factory");
   Registry& r = registry();
-  std::lock_guard lock(r.mutex);
+  detail::MutexLock lock(r.mutex);
   r.factories[detail::ascii_lower(scheme)] = std::move(factory);
 }
 
@@ -398,7 +399,7 @@ std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
   Registry& r = registry();
   TransportFactory factory;
   {
-    std::lock_guard lock(r.mutex);
+    detail::MutexLock lock(r.mutex);
     if (sep == std::string::npos || sep == 0) {
       throw TransportError("url \"" + shown + "\": no scheme (expected <scheme>://...; known schemes: " +
                            known_schemes(r) + ")");
