@@ -113,21 +113,22 @@ class BoundedQueue {
     Batch fresh;  // a new segment, allocated (pages touched) without holding the lock
     UniqueMutexLock lock(mutex_);
     std::optional<std::chrono::steady_clock::time_point> give_up;  // block: set at the first wait
-    const auto bytes_full = [&]() NOTIFICATIONS_REQUIRES(mutex_) { return max_bytes_ != 0 && live_ > 0 && bytes_ + item_bytes > max_bytes_; };
+    const auto bytes_full = [&]() NOTIFICATIONS_REQUIRES(mutex_) {
+      return max_bytes_ != 0 && live_ > 0 && bytes_ + item_bytes > max_bytes_;
+    };
+    const auto has_room = [&]() NOTIFICATIONS_REQUIRES(mutex_) {
+      return closed_ || (live_ < capacity_ && !bytes_full());
+    };
     while (true) {  // every check again after the lock was released (waiting, or allocating)
       if (closed_) return Push::closed;
       const bool count_full = live_ >= capacity_;
       if ((count_full || bytes_full()) && policy == OverflowPolicy::block) {
         if (!give_up) give_up = std::chrono::steady_clock::now() + block_timeout;
         if (waited != nullptr) *waited = true;
-        bool room = false;
-        while (!(room = closed_ || (live_ < capacity_ && !bytes_full()))) {
-          if (lock.wait_until(not_full_, *give_up) == std::cv_status::timeout) {
-            room = closed_ || (live_ < capacity_ && !bytes_full());
-            break;
-          }
+        while (!has_room()) {
+          if (lock.wait_until(not_full_, *give_up) == std::cv_status::timeout) break;
         }
-        if (!room) return Push::dropped_newest;
+        if (!has_room()) return Push::dropped_newest;
         continue;
       }
       if (bytes_full()) return Push::dropped_newest;

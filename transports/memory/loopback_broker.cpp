@@ -43,9 +43,9 @@ struct Outstanding {
   bool wait(Deadline deadline) {
     UniqueMutexLock lock(mutex);
     while (count.load() != 0) {
-      if (lock.wait_until(changed, deadline) == std::cv_status::timeout) return count.load() == 0;
+      if (lock.wait_until(changed, deadline) == std::cv_status::timeout) break;
     }
-    return true;
+    return count.load() == 0;
   }
 };
 
@@ -678,12 +678,10 @@ bool Endpoint::wait_delivered(std::size_t count, Deadline deadline) const {
   bool reached = false;
   {
     UniqueMutexLock lock(stats.mutex);
-    while (!(reached = stats.delivered.load() >= count)) {
-      if (lock.wait_until(stats.changed, deadline) == std::cv_status::timeout) {
-        reached = stats.delivered.load() >= count;
-        break;
-      }
+    while (stats.delivered.load() < count) {
+      if (lock.wait_until(stats.changed, deadline) == std::cv_status::timeout) break;
     }
+    reached = stats.delivered.load() >= count;
   }
   stats.waiters.fetch_sub(1);
   return reached;

@@ -211,9 +211,9 @@ bool MockTransport::wait_for_published(std::size_t count, std::chrono::milliseco
   const auto deadline = Clock::now() + timeout;
   UniqueMutexLock lock(impl_->mutex);
   while (impl_->published.size() < count) {
-    if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) return impl_->published.size() >= count;
+    if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) break;
   }
-  return true;
+  return impl_->published.size() >= count;
 }
 
 bool MockTransport::wait_for_delivered(std::size_t count, std::chrono::milliseconds timeout) const {
@@ -224,9 +224,9 @@ bool MockTransport::wait_for_subscriptions(std::size_t active, std::chrono::mill
   const auto deadline = Clock::now() + timeout;
   UniqueMutexLock lock(impl_->mutex);
   while (impl_->active() < active) {
-    if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) return impl_->active() >= active;
+    if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) break;
   }
-  return true;
+  return impl_->active() >= active;
 }
 
 // ---- hooks -------------------------------------------------------------------------------------
@@ -337,10 +337,9 @@ bool MockTransport::do_flush(Deadline deadline) {
     UniqueMutexLock lock(impl_->mutex);
     // As a client with a reconnect buffer: nothing buffered has left the process.
     while (!impl_->buffered.empty()) {
-      if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout && !impl_->buffered.empty()) {
-        return false;
-      }
+      if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) break;
     }
+    if (!impl_->buffered.empty()) return false;
   }
   return impl_->endpoint.flush(deadline);
 }
