@@ -26,7 +26,7 @@ packages=(
   nats-server
   libgtest-dev libgmock-dev
   libbenchmark-dev
-  clang libclang-rt-14-dev  # libFuzzer and sanitizer runtimes for clang
+  clang libclang-rt-14-dev  # the fuzz and TSan builds (with -Wthread-safety); libFuzzer and sanitizer runtimes
   python3 python3-jsonschema  # validates real envelopes against docs/envelope.schema.json
   openssl                 # certificates for the TLS tests against nats-server
 )

@@ -2,7 +2,8 @@
 # The whole test suite: installs what is missing, then configures, builds and runs the tests in
 #   build/release  (optimised, with samples; also checks the installed CMake package)
 #   build/asan     (AddressSanitizer + UndefinedBehaviorSanitizer, shorter stress counts)
-#   build/tsan     (ThreadSanitizer, shorter stress counts)
+#   build/tsan     (clang: ThreadSanitizer, shorter stress counts, and clang's thread-safety
+#                   analysis of the annotated locks as errors, with its compile tests)
 #   build/fuzz     (clang libFuzzer targets, each run for FUZZ_SECONDS, default 20)
 # and fails if any of them fails. Quick the second time: every build folder is reused.
 #
@@ -29,6 +30,15 @@ configure_and_test() {
   local name=$1
   shift
   local dir="build/$name"
+  # CMake cannot change the compiler of a configured folder: one configured with another compiler
+  # (build/tsan used GCC before it used clang) is configured afresh.
+  local want_cxx
+  want_cxx=$(printf '%s\n' "$@" | sed -n 's/^-DCMAKE_CXX_COMPILER=//p' | tail -n 1)
+  if [ -n "$want_cxx" ] && [ -f "$dir/CMakeCache.txt" ] &&
+    ! grep -q "^CMAKE_CXX_COMPILER:[A-Z]*=\(.*/\)\?$want_cxx\$" "$dir/CMakeCache.txt"; then
+    echo "=== $name: configured with another C++ compiler than $want_cxx: configuring afresh"
+    rm -rf "$dir/CMakeCache.txt" "$dir/CMakeFiles"
+  fi
   echo "=== $name: configure and build ($dir)"
   if ! cmake -S . -B "$dir" -DNOTIFICATIONS_BUILD_BENCH=OFF "$@" >"$dir.configure.log" 2>&1; then
     cat "$dir.configure.log"
@@ -94,7 +104,8 @@ for stage in "${stages[@]}"; do
     package) package_check ;;
     asan) configure_and_test asan -DCMAKE_BUILD_TYPE=Debug -DNOTIFICATIONS_SANITIZE=address \
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
-    tsan) configure_and_test tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNOTIFICATIONS_SANITIZE=thread \
+    tsan) configure_and_test tsan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+            -DNOTIFICATIONS_SANITIZE=thread -DNOTIFICATIONS_THREAD_SAFETY_ANALYSIS=ON \
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
     fuzz) fuzz_check ;;
     *) echo "test.sh: unknown stage '$stage' (expected release, package, asan, tsan or fuzz)" >&2; exit 2 ;;

@@ -2,7 +2,6 @@
 #include <time.h>
 
 #include <chrono>
-#include <mutex>
 #include <set>
 #include <utility>
 
@@ -29,8 +28,8 @@ std::int64_t thread_cpu_ns() noexcept {
 // kLinesPerSecond lines a second overall. Every failure is counted by the caller regardless.
 class DefaultErrorLog {
  public:
-  void log(const SubscriberFailure& failure) {
-    std::lock_guard lock(mutex_);
+  void log(const SubscriberFailure& failure) NOTIFICATIONS_EXCLUDES(mutex_) {
+    MutexLock lock(mutex_);
     if (!seen_.emplace(failure.subscription_id, std::string(failure.event_name)).second) return;
     if (seen_.size() > kMaxKeys) seen_.clear();  // bound memory; repeats may log again later
     const auto now = std::chrono::steady_clock::now();
@@ -57,11 +56,11 @@ class DefaultErrorLog {
  private:
   static constexpr std::size_t kMaxKeys = 4096;
   static constexpr int kLinesPerSecond = 10;
-  std::mutex mutex_;
-  std::set<std::pair<std::uint64_t, std::string>> seen_;
-  std::chrono::steady_clock::time_point window_start_{};
-  int lines_ = 0;
-  std::uint64_t suppressed_ = 0;
+  Mutex mutex_;
+  std::set<std::pair<std::uint64_t, std::string>> seen_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  std::chrono::steady_clock::time_point window_start_ NOTIFICATIONS_GUARDED_BY(mutex_){};
+  int lines_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
+  std::uint64_t suppressed_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
 };
 
 // Appends `error` to `errors`, or, when it is a SubscriberErrors (thrown by an event that a
@@ -87,7 +86,7 @@ DefaultErrorLog& default_error_log() {
 void report_failure(NotifierCore& core, const SubscriberFailure& failure) noexcept {
   std::shared_ptr<const ErrorHandler> handler;
   {
-    std::lock_guard lock(core.state->mutex);
+    MutexLock lock(core.state->mutex);
     handler = core.state->error_handler;
   }
   try {

@@ -31,16 +31,15 @@ struct Displaced {
   Memo memo;
 };
 
-// Requires state.mutex. Publishes a change of the subscriber list to every thread.
-void changed(NotifierCore& core, Displaced& displaced) {
-  NotifierState& state = *core.state;
-  displaced.memo.swap(state.memo);
-  core.subscriber_count.store(state.subscribers.size(), std::memory_order_release);
+// Publishes a change of the subscriber list to every thread.
+void changed(NotifierCore& core, Displaced& displaced) NOTIFICATIONS_REQUIRES(core.state->mutex) {
+  displaced.memo.swap(core.state->memo);
+  core.subscriber_count.store(core.state->subscribers.size(), std::memory_order_release);
   core.generation.fetch_add(1, std::memory_order_acq_rel);
 }
 
-// Requires state.mutex.
-std::shared_ptr<const ListenerSet> build_set(const NotifierState& state, std::string_view name) {
+std::shared_ptr<const ListenerSet> build_set(const NotifierState& state, std::string_view name)
+    NOTIFICATIONS_REQUIRES(state.mutex) {
   std::shared_ptr<ListenerSet> set;
   for (const auto& subscriber : state.subscribers) {
     if (!subscriber->receives(name)) continue;
@@ -120,7 +119,7 @@ const ListenerSet* NotifierCore::find_slow(std::string_view name) {
   std::uint64_t resolved_at = 0;
   Memo displaced_memo;
   {
-    std::lock_guard lock(state->mutex);
+    MutexLock lock(state->mutex);
     resolved_at = generation.load(std::memory_order_relaxed);
     if (state->memo_generation != resolved_at) {
       displaced_memo.swap(state->memo);
@@ -158,7 +157,7 @@ Notifier::Notifier(NotifierOptions options) : core_(std::make_shared<detail::Not
 
 Notifier::~Notifier() {
   detail::Displaced displaced;
-  std::lock_guard lock(core_->state->mutex);
+  detail::MutexLock lock(core_->state->mutex);
   for (auto& subscriber : core_->state->subscribers) {
     subscriber->active.store(false, std::memory_order_release);
   }
@@ -172,7 +171,7 @@ Subscription add(const std::shared_ptr<detail::NotifierCore>& core,
   detail::Displaced displaced;
   std::uint64_t id = 0;
   {
-    std::lock_guard lock(core->state->mutex);
+    detail::MutexLock lock(core->state->mutex);
     id = core->state->next_id++;
     subscriber->id = id;
     core->state->subscribers.push_back(std::move(subscriber));
@@ -208,7 +207,7 @@ Subscription Notifier::subscribe(EventListener listener, SubscribeOptions option
 
 void Notifier::unsubscribe(std::string_view name) {
   detail::Displaced displaced;
-  std::lock_guard lock(core_->state->mutex);
+  detail::MutexLock lock(core_->state->mutex);
   auto& subscribers = core_->state->subscribers;
   for (auto it = subscribers.begin(); it != subscribers.end();) {
     detail::Subscriber& subscriber = **it;
@@ -246,7 +245,7 @@ Handle Notifier::handle(std::string name) {
 
 void Notifier::set_error_handler(ErrorHandler handler) {
   std::shared_ptr<const ErrorHandler> replaced;
-  std::lock_guard lock(core_->state->mutex);
+  detail::MutexLock lock(core_->state->mutex);
   replaced = std::move(core_->state->error_handler);
   if (handler) core_->state->error_handler = std::make_shared<const ErrorHandler>(std::move(handler));
 }
@@ -257,7 +256,7 @@ void Notifier::set_strict(bool strict) {
 
 NotifierStats Notifier::stats() const {
   NotifierStats stats;
-  std::lock_guard lock(core_->state->mutex);
+  detail::MutexLock lock(core_->state->mutex);
   stats.subscriptions = core_->state->subscribers.size();
   stats.cached_names = core_->state->memo.size();
   stats.subscriber_errors = core_->state->subscriber_errors.load(std::memory_order_relaxed);
@@ -280,7 +279,7 @@ void Subscription::unsubscribe() noexcept {
   const std::uint64_t id = std::exchange(id_, 0);
   if (!core || id == 0) return;
   detail::Displaced displaced;
-  std::lock_guard lock(core->state->mutex);
+  detail::MutexLock lock(core->state->mutex);
   auto& subscribers = core->state->subscribers;
   const auto it = std::find_if(subscribers.begin(), subscribers.end(),
                                [id](const auto& subscriber) { return subscriber->id == id; });
@@ -294,9 +293,8 @@ void Subscription::unsubscribe() noexcept {
 bool Subscription::active() const noexcept {
   const std::shared_ptr<detail::NotifierCore> core = core_.lock();
   if (!core || id_ == 0) return false;
-  std::lock_guard lock(core->state->mutex);
-  const auto& subscribers = core->state->subscribers;
-  return std::any_of(subscribers.begin(), subscribers.end(),
+  detail::MutexLock lock(core->state->mutex);
+  return std::any_of(core->state->subscribers.begin(), core->state->subscribers.end(),
                      [this](const auto& subscriber) { return subscriber->id == id_; });
 }
 

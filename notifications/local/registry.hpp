@@ -1,15 +1,15 @@
 // Private: the subscriber registry behind a Notifier.
 //
-// Thread-safety: NotifierState::mutex guards every field marked GUARDED_BY(mutex). ListenerSet
-// objects are immutable once published and shared by reference count; Subscriber::active is
-// atomic and read without the lock during dispatch.
+// Thread-safety: NotifierState::mutex guards every field marked NOTIFICATIONS_GUARDED_BY(mutex)
+// and Subscriber::excluded (a member of another object: stated, not checked by the analysis).
+// ListenerSet objects are immutable once published and shared by reference count;
+// Subscriber::active is atomic and read without the lock during dispatch.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -17,8 +17,7 @@
 
 #include "notifications/notifier.hpp"
 #include "notifications/pattern.hpp"
-
-#define GUARDED_BY(m)  // documentation only: the member is read and written with m held
+#include "process/thread_safety.hpp"
 
 namespace notifications::detail {
 
@@ -32,11 +31,11 @@ struct Subscriber {
   // Cleared (release) when unsubscribed; dispatch checks it (acquire) before every call.
   std::atomic<bool> active{true};
   // Names excluded by Notifier::unsubscribe(name); always empty for Pattern::all().
-  std::vector<std::string> excluded;  // GUARDED_BY(NotifierState::mutex)
+  std::vector<std::string> excluded;  // guarded by NotifierState::mutex (not checked)
 
   explicit Subscriber(Pattern p) : pattern(std::move(p)) {}
   bool start_finish_shape() const noexcept { return static_cast<bool>(on_start); }
-  // Requires NotifierState::mutex.
+  // Requires NotifierState::mutex (not checked: the analysis cannot name it from here).
   bool receives(std::string_view name) const;
 };
 
@@ -50,13 +49,13 @@ struct ListenerSet {
 struct NotifierState {
   explicit NotifierState(NotifierOptions options);
 
-  std::mutex mutex;
-  std::vector<std::shared_ptr<Subscriber>> subscribers GUARDED_BY(mutex);
+  Mutex mutex;
+  std::vector<std::shared_ptr<Subscriber>> subscribers NOTIFICATIONS_GUARDED_BY(mutex);
   // Listener sets resolved at memo_generation, by name; bounded by name_cache_capacity.
-  std::unordered_map<std::string, std::shared_ptr<const ListenerSet>> memo GUARDED_BY(mutex);
-  std::uint64_t memo_generation GUARDED_BY(mutex) = 0;
-  std::uint64_t next_id GUARDED_BY(mutex) = 1;
-  std::shared_ptr<const ErrorHandler> error_handler GUARDED_BY(mutex);
+  std::unordered_map<std::string, std::shared_ptr<const ListenerSet>> memo NOTIFICATIONS_GUARDED_BY(mutex);
+  std::uint64_t memo_generation NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t next_id NOTIFICATIONS_GUARDED_BY(mutex) = 1;
+  std::shared_ptr<const ErrorHandler> error_handler NOTIFICATIONS_GUARDED_BY(mutex);
   const std::size_t name_cache_capacity;
 
   std::atomic<bool> strict{false};

@@ -12,6 +12,7 @@
 #include "process/fork_registry.hpp"
 #include "process/log.hpp"
 #include "process/process.hpp"
+#include "process/thread_safety.hpp"
 
 namespace notifications {
 
@@ -33,12 +34,13 @@ struct TransportEntry {
 // lock of each registered transport. TransportBase::start() takes transports_mutex inside its own
 // lifecycle lock, but only for a transport not registered yet, which the registry never locks.
 struct Registry {
-  std::mutex mutex;
-  std::vector<std::weak_ptr<detail::ForkParticipant>> participants;  // guarded by mutex
-  std::vector<Handler> handlers;                                     // guarded by mutex
-  std::mutex transports_mutex;
-  std::vector<TransportEntry> transports;  // guarded by transports_mutex
-  // Between prepare_fork() and after_fork(), guarded by the thread that forks:
+  detail::Mutex mutex;
+  std::vector<std::weak_ptr<detail::ForkParticipant>> participants NOTIFICATIONS_GUARDED_BY(mutex);
+  std::vector<Handler> handlers NOTIFICATIONS_GUARDED_BY(mutex);
+  detail::Mutex transports_mutex;
+  std::vector<TransportEntry> transports NOTIFICATIONS_GUARDED_BY(transports_mutex);
+  // Between prepare_fork() and after_fork(), used only by the thread that forks, which holds
+  // mutex from one to the other (both are outside the analysis, see there):
   std::vector<std::shared_ptr<detail::ForkParticipant>> prepared;
   std::vector<Transport*> prepared_transports;
   bool is_prepared = false;
@@ -55,7 +57,7 @@ Registry& registry() {
 namespace detail {
 void register_fork_participant(std::weak_ptr<ForkParticipant> participant) {
   Registry& r = registry();
-  std::lock_guard lock(r.mutex);
+  detail::MutexLock lock(r.mutex);
   std::erase_if(r.participants, [](const auto& p) { return p.expired(); });
   r.participants.push_back(std::move(participant));
 }
@@ -64,14 +66,14 @@ void register_fork_transport(Transport* transport) {
   install_fork_hook();
   Registry& r = registry();
   const std::uint64_t generation = fork_generation();
-  std::lock_guard lock(r.transports_mutex);
+  detail::MutexLock lock(r.transports_mutex);
   std::erase_if(r.transports, [&](const TransportEntry& e) { return e.generation != generation; });
   r.transports.push_back(TransportEntry{transport, generation});
 }
 
 void unregister_fork_transport(Transport* transport) {
   Registry& r = registry();
-  std::lock_guard lock(r.transports_mutex);
+  detail::MutexLock lock(r.transports_mutex);
   std::erase_if(r.transports, [&](const TransportEntry& e) { return e.transport == transport; });
 }
 
@@ -81,11 +83,11 @@ void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadli
   {
     // Polled with try_lock rather than a timed lock: ThreadSanitizer does not see
     // pthread_mutex_clocklock, which std::timed_mutex uses.
-    std::unique_lock lock(r.mutex, std::defer_lock);
-    while (!lock.try_lock()) {
+    while (!r.mutex.try_lock()) {
       if (std::chrono::steady_clock::now() >= deadline) return;  // held by a thread that is gone
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    detail::MutexLock lock(r.mutex, std::adopt_lock);
     for (const auto& weak : r.participants) {
       if (auto participant = weak.lock()) alive.push_back(std::move(participant));
     }
@@ -96,11 +98,13 @@ void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadli
 
 void register_fork_handler(std::function<void()> prepare, std::function<void(bool)> after) {
   Registry& r = registry();
-  std::lock_guard lock(r.mutex);
+  detail::MutexLock lock(r.mutex);
   r.handlers.push_back(Handler{std::move(prepare), std::move(after)});
 }
 
-void prepare_fork(std::chrono::milliseconds timeout) {
+// Not analysed: it returns holding r.mutex (for after_fork()), which its public declaration
+// cannot name. Every path that throws releases it first.
+void prepare_fork(std::chrono::milliseconds timeout) NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   Registry& r = registry();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   detail::install_fork_hook();  // after_fork() tells the child by its fork generation
@@ -138,7 +142,11 @@ void prepare_fork(std::chrono::milliseconds timeout) {
   r.is_prepared = true;
 }
 
-void after_fork() {
+// Not analysed: it releases r.mutex and r.transports_mutex, which prepare_fork() returned
+// holding, and reads is_prepared before it knows whether this thread holds them (is_prepared is
+// true only between prepare_fork() and after_fork(), where the calling thread holds the locks;
+// after_fork() without prepare_fork() finds false, the contract of notifications/fork.hpp).
+void after_fork() NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   Registry& r = registry();
   if (!r.is_prepared) return;  // read by the thread that called prepare_fork(), which holds the lock
   const std::uint64_t generation = detail::fork_generation();

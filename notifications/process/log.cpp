@@ -4,10 +4,11 @@
 
 #include <memory>
 #include <chrono>
-#include <shared_mutex>
 #include <thread>
 
 #include <spdlog/spdlog.h>
+
+#include "process/thread_safety.hpp"
 
 namespace notifications::detail {
 
@@ -15,9 +16,9 @@ namespace {
 
 // Never destroyed: usable from static destructors and from threads still running at exit.
 struct LogState {
-  std::shared_mutex mutex;
-  bool exiting = false;                       // guarded by mutex
-  std::shared_ptr<spdlog::logger> kept;       // guarded by mutex; set when exiting
+  SharedMutex mutex;
+  bool exiting NOTIFICATIONS_GUARDED_BY(mutex) = false;
+  std::shared_ptr<spdlog::logger> kept NOTIFICATIONS_GUARDED_BY(mutex);  // set when exiting
 };
 
 LogState& state() {
@@ -43,7 +44,7 @@ spdlog::level::level_enum to_spdlog(LogLevel level) {
 
 bool log_enabled(LogLevel level) noexcept {
   LogState& s = state();
-  std::shared_lock lock(s.mutex);
+  SharedMutexReadLock lock(s.mutex);
   spdlog::logger* logger = s.exiting ? s.kept.get() : spdlog::default_logger_raw();
   return logger != nullptr && logger->should_log(to_spdlog(level));
 }
@@ -51,7 +52,7 @@ bool log_enabled(LogLevel level) noexcept {
 void log_line(LogLevel level, std::string_view text) noexcept {
   try {
     LogState& s = state();
-    std::shared_lock lock(s.mutex);
+    SharedMutexReadLock lock(s.mutex);
     spdlog::logger* logger = s.exiting ? s.kept.get() : spdlog::default_logger_raw();
     if (logger != nullptr) logger->log(to_spdlog(level), "{}", text);
   } catch (...) {
@@ -65,12 +66,12 @@ void begin_exit_logging() noexcept {
     // Bounded: in a forked child a reader that no longer exists may hold the lock for ever; then
     // lines keep going to spdlog's logger, which nothing else in such a child is using.
     // Polled with try_lock (ThreadSanitizer does not see the timed rwlock calls).
-    std::unique_lock lock(s.mutex, std::defer_lock);
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-    while (!lock.try_lock()) {
+    while (!s.mutex.try_lock()) {
       if (std::chrono::steady_clock::now() >= give_up) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    SharedMutexWriteLock lock(s.mutex, std::adopt_lock);
     if (s.exiting) return;
     s.kept = spdlog::default_logger();
     if (s.kept) s.kept->flush();

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -16,6 +15,7 @@
 #include "process/log.hpp"
 #include "process/process.hpp"
 #include "process/thread_name.hpp"
+#include "process/thread_safety.hpp"
 
 namespace notifications {
 
@@ -78,8 +78,8 @@ void run_watcher(std::chrono::milliseconds deadline) {
 }  // namespace
 
 bool shutdown_on_signals(SignalShutdownOptions options) {
-  static std::mutex mutex;
-  std::lock_guard lock(mutex);
+  static detail::Mutex mutex;  // one installation at a time; `installed` says whether it happened
+  detail::MutexLock lock(mutex);
   if (installed.load()) return false;
   if (options.signals.empty()) options.signals = {SIGTERM, SIGINT};
   for (const int signal : options.signals) {

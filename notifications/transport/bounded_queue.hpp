@@ -21,7 +21,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <mutex>
 #include <new>
 #include <optional>
 #include <thread>
@@ -29,6 +28,7 @@
 #include <vector>
 
 #include "notifications/config.hpp"
+#include "process/thread_safety.hpp"
 
 namespace notifications::detail {
 
@@ -108,22 +108,27 @@ class BoundedQueue {
   // the call had to wait for room (block). Throws std::bad_alloc when there is no memory for a
   // new segment; then nothing changed and `item` was not queued.
   Push push(T&& item, OverflowPolicy policy, std::chrono::milliseconds block_timeout,
-            std::optional<T>* evicted = nullptr, bool* waited = nullptr) {
+            std::optional<T>* evicted = nullptr, bool* waited = nullptr) NOTIFICATIONS_EXCLUDES(mutex_) {
     const std::size_t item_bytes = SizeOf{}(item);
     Batch fresh;  // a new segment, allocated (pages touched) without holding the lock
-    std::unique_lock lock(mutex_);
+    UniqueMutexLock lock(mutex_);
     std::optional<std::chrono::steady_clock::time_point> give_up;  // block: set at the first wait
-    const auto bytes_full = [&] { return max_bytes_ != 0 && live_ > 0 && bytes_ + item_bytes > max_bytes_; };
+    const auto bytes_full = [&]() NOTIFICATIONS_REQUIRES(mutex_) {
+      return max_bytes_ != 0 && live_ > 0 && bytes_ + item_bytes > max_bytes_;
+    };
+    const auto has_room = [&]() NOTIFICATIONS_REQUIRES(mutex_) {
+      return closed_ || (live_ < capacity_ && !bytes_full());
+    };
     while (true) {  // every check again after the lock was released (waiting, or allocating)
       if (closed_) return Push::closed;
       const bool count_full = live_ >= capacity_;
       if ((count_full || bytes_full()) && policy == OverflowPolicy::block) {
         if (!give_up) give_up = std::chrono::steady_clock::now() + block_timeout;
         if (waited != nullptr) *waited = true;
-        if (!not_full_.wait_until(lock, *give_up,
-                                  [&] { return closed_ || (live_ < capacity_ && !bytes_full()); })) {
-          return Push::dropped_newest;
+        while (!has_room()) {
+          if (lock.wait_until(not_full_, *give_up) == std::cv_status::timeout) break;
         }
+        if (!has_room()) return Push::dropped_newest;
         continue;
       }
       if (bytes_full()) return Push::dropped_newest;
@@ -163,7 +168,8 @@ class BoundedQueue {
   // previous buffer becomes a spare: a consumer reusing one Batch runs without allocating. A
   // larger `max` moves the items into `out`, whose buffer it keeps and grows to what it needed.
   // Throws std::bad_alloc (nothing taken) when `out` cannot grow.
-  bool pop_batch(Batch& out, std::size_t max, std::chrono::steady_clock::time_point until) {
+  bool pop_batch(Batch& out, std::size_t max, std::chrono::steady_clock::time_point until)
+      NOTIFICATIONS_EXCLUDES(mutex_) {
     out.clear();
     if (idle_spin_.count() > 0 && size_.load(std::memory_order_acquire) == 0) {
       const auto spin_until = std::min(until, std::chrono::steady_clock::now() + idle_spin_);
@@ -172,10 +178,12 @@ class BoundedQueue {
         std::this_thread::yield();
       }
     }
-    std::unique_lock lock(mutex_);
+    UniqueMutexLock lock(mutex_);
     if (auto hook = queue_locked_test_hook.load(std::memory_order_relaxed)) hook();
     ++consumers_blocked_;
-    not_empty_.wait_until(lock, until, [&] { return closed_ || live_ > 0; });
+    while (!closed_ && live_ == 0) {
+      if (lock.wait_until(not_empty_, until) == std::cv_status::timeout) break;
+    }
     --consumers_blocked_;
     if (live_ == 0) return !closed_;
     if (max <= segment_items_ && head_ == 0 && front().size() <= max) {
@@ -205,9 +213,9 @@ class BoundedQueue {
   }
 
   // Refuses further pushes and wakes every waiter. Items already queued stay poppable.
-  void close() {
+  void close() NOTIFICATIONS_EXCLUDES(mutex_) {
     {
-      std::lock_guard lock(mutex_);
+      MutexLock lock(mutex_);
       closed_ = true;
       closed_flag_.store(true, std::memory_order_release);
     }
@@ -217,10 +225,10 @@ class BoundedQueue {
 
   // Removes and returns everything still queued, oldest first. Throws std::bad_alloc (nothing
   // taken) when there is no memory for the result.
-  Batch take_all() {
+  Batch take_all() NOTIFICATIONS_EXCLUDES(mutex_) {
     Batch rest;
     {
-      std::lock_guard lock(mutex_);
+      MutexLock lock(mutex_);
       rest.reserve(live_);
       for (std::size_t s = first_; s < segments_.size(); ++s) {
         for (std::size_t i = s == first_ ? head_ : 0; i < segments_[s].size(); ++i) rest.push_back(std::move(segments_[s][i]));
@@ -236,13 +244,13 @@ class BoundedQueue {
     return rest;
   }
 
-  std::size_t size() const {
-    std::lock_guard lock(mutex_);
+  std::size_t size() const NOTIFICATIONS_EXCLUDES(mutex_) {
+    MutexLock lock(mutex_);
     return live_;
   }
   std::size_t capacity() const noexcept { return capacity_; }
-  std::size_t bytes() const {
-    std::lock_guard lock(mutex_);
+  std::size_t bytes() const NOTIFICATIONS_EXCLUDES(mutex_) {
+    MutexLock lock(mutex_);
     return bytes_;
   }
   std::size_t max_bytes() const noexcept { return max_bytes_; }
@@ -254,11 +262,11 @@ class BoundedQueue {
   static constexpr std::size_t kKeptItems = 4096;  // spare room an idle queue keeps, in items
 
   // All with mutex_ held.
-  Batch& front() noexcept { return segments_[first_]; }
-  bool tail_full() const noexcept { return segments_.empty() || segments_.back().size() >= segment_items_; }
+  Batch& front() noexcept NOTIFICATIONS_REQUIRES(mutex_) { return segments_[first_]; }
+  bool tail_full() const noexcept NOTIFICATIONS_REQUIRES(mutex_) { return segments_.empty() || segments_.back().size() >= segment_items_; }
 
   // Room for one more segment in segments_, so that adding one cannot throw.
-  void reserve_segment_slot() {
+  void reserve_segment_slot() NOTIFICATIONS_REQUIRES(mutex_) {
     if (segments_.size() < segments_.capacity()) return;
     if (first_ > 0) {  // reuse the slots of segments already taken
       segments_.erase(segments_.begin(), segments_.begin() + static_cast<std::ptrdiff_t>(first_));
@@ -268,7 +276,7 @@ class BoundedQueue {
     segments_.reserve(std::max<std::size_t>(8, 2 * segments_.size()));
   }
 
-  void pop_front_segment() noexcept {
+  void pop_front_segment() noexcept NOTIFICATIONS_REQUIRES(mutex_) {
     ++first_;
     if (first_ == segments_.size()) {
       segments_.clear();
@@ -277,7 +285,7 @@ class BoundedQueue {
   }
 
   // `fresh` when it was allocated, else a spare (push() made sure there is one of the two).
-  Batch next_segment(Batch& fresh) noexcept {
+  Batch next_segment(Batch& fresh) noexcept NOTIFICATIONS_REQUIRES(mutex_) {
     if (fresh.capacity() > 0) return std::move(fresh);
     Batch spare = std::move(spares_.back());
     spares_.pop_back();
@@ -286,7 +294,7 @@ class BoundedQueue {
 
   // Keeps an emptied buffer with room for a segment (up to four), while there are fewer than
   // max_spares_; frees it otherwise.
-  void keep_spare(Batch&& buffer) noexcept {
+  void keep_spare(Batch&& buffer) noexcept NOTIFICATIONS_REQUIRES(mutex_) {
     buffer.clear();
     if (buffer.capacity() >= segment_items_ && buffer.capacity() <= 4 * segment_items_ &&
         spares_.size() < max_spares_) {
@@ -297,7 +305,7 @@ class BoundedQueue {
   }
 
   // Recycles the oldest segment once every item in it has been moved out.
-  void retire_front_if_spent() noexcept {
+  void retire_front_if_spent() noexcept NOTIFICATIONS_REQUIRES(mutex_) {
     if (first_ == segments_.size() || head_ < front().size()) return;
     Batch spent = std::move(front());
     head_ = 0;
@@ -310,20 +318,21 @@ class BoundedQueue {
   const std::chrono::microseconds idle_spin_;
   const std::size_t segment_items_;
   const std::size_t max_spares_;
-  mutable std::mutex mutex_;
+  mutable Mutex mutex_;
   std::condition_variable not_empty_;
   std::condition_variable not_full_;
 
-  // Guarded by mutex_. segments_[first_ ..] hold the items, oldest first; only the last is partly
-  // filled. Slots before first_ were taken and are reused by reserve_segment_slot().
-  std::vector<Batch> segments_;
-  std::size_t first_ = 0;
-  std::size_t head_ = 0;       // items already moved out of front()
-  std::size_t live_ = 0;       // items queued
-  std::size_t bytes_ = 0;      // SizeOf of the items queued
-  std::vector<Batch> spares_;  // emptied buffers with room for a segment, at most max_spares_
-  bool closed_ = false;
-  std::size_t consumers_blocked_ = 0;  // consumers inside wait_until
+  // segments_[first_ ..] hold the items, oldest first; only the last is partly filled. Slots
+  // before first_ were taken and are reused by reserve_segment_slot().
+  std::vector<Batch> segments_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  std::size_t first_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
+  std::size_t head_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // items already moved out of front()
+  std::size_t live_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // items queued
+  std::size_t bytes_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // SizeOf of the items queued
+  // Emptied buffers with room for a segment, at most max_spares_.
+  std::vector<Batch> spares_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  std::size_t consumers_blocked_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // consumers inside wait_until
   // Written under mutex_, read without it by a spinning consumer.
   std::atomic<std::size_t> size_{0};
   std::atomic<bool> closed_flag_{false};

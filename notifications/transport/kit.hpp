@@ -6,6 +6,8 @@
 // - logging that is safe at exit and escapes wire text (process/log.hpp);
 // - the process identity: fork generation, bus-thread marks (process/process.hpp);
 // - thread names shown by top -H and gdb (process/thread_name.hpp);
+// - the annotated mutex and lock classes that clang's -Wthread-safety checks
+//   (process/thread_safety.hpp);
 // - ASCII case folding for schemes and option values (local/ascii.hpp);
 // - credential redaction: the one list of secret-looking words, URL, query and free-text
 //   redaction, and a scrubber for a client library's texts that may echo a password
@@ -25,6 +27,7 @@
 #include "process/log.hpp"
 #include "process/process.hpp"
 #include "process/thread_name.hpp"
+#include "process/thread_safety.hpp"
 #include "transport/bounded_queue.hpp"
 #include "transport/redaction.hpp"
 

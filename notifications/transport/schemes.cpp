@@ -15,6 +15,7 @@
 #include <string>
 
 #include "local/ascii.hpp"
+#include "process/thread_safety.hpp"
 #include "notifications/transport.hpp"
 #include "transport/kit.hpp"
 #include "transport/redaction.hpp"
@@ -34,8 +35,8 @@ std::string without_id(const std::string& what) {
 }
 
 struct Registry {
-  std::mutex mutex;
-  std::map<std::string, TransportFactory> factories;  // GUARDED_BY(mutex), by lower-case scheme
+  detail::Mutex mutex;
+  std::map<std::string, TransportFactory> factories NOTIFICATIONS_GUARDED_BY(mutex);  // by lower-case scheme
 };
 
 // Created on first use, never destroyed (factories may be looked up from static destructors).
@@ -75,7 +76,7 @@ void register_transport(const std::string& scheme, TransportFactory factory) {
   }
   if (!factory) throw TransportError("register_transport: scheme \"" + scheme + "\": empty factory");
   Registry& r = registry();
-  std::lock_guard lock(r.mutex);
+  detail::MutexLock lock(r.mutex);
   r.factories[detail::ascii_lower(scheme)] = std::move(factory);
 }
 
@@ -85,7 +86,7 @@ std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
   Registry& r = registry();
   TransportFactory factory;
   {
-    std::lock_guard lock(r.mutex);
+    detail::MutexLock lock(r.mutex);
     if (sep == std::string::npos || sep == 0) {
       throw TransportError("url \"" + shown + "\": no scheme (expected <scheme>://...; known schemes: " +
                            known_schemes(r) + ")");

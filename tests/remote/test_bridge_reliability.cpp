@@ -271,9 +271,11 @@ struct Receiver {
   std::string broker = unique_name("hostile");
   n::Notifier notifier;
   std::shared_ptr<n::Transport> peer = n::make_memory_transport({.broker = broker, .inline_delivery = true});
-  std::unique_ptr<n::Bridge> bridge;
+  // Before the bridge, so that they outlive its dispatcher thread, which calls the dead-letter
+  // hook (destroyed first, the bridge joins that thread).
   std::mutex mutex;
-  std::vector<std::string> reasons;
+  std::vector<std::string> reasons;  // guarded by mutex
+  std::unique_ptr<n::Bridge> bridge;
 
   Receiver() {
     n::BridgeHooks hooks;
@@ -287,6 +289,11 @@ struct Receiver {
     peer->start();
   }
   ~Receiver() { peer->stop(Clock::now() + 5s); }
+
+  std::size_t reason_count() {
+    std::lock_guard lock(mutex);
+    return reasons.size();
+  }
 
   void send(const std::string& subject, const std::string& name, std::uint64_t sequence = 0,
             const std::string& instance = "peer-instance") {
@@ -319,8 +326,11 @@ TEST(BridgeInbound, ANameThatDoesNotMatchItsSubjectIsMalformed) {
   r.send("test.chaos.x", "chaos.x y");
   r.send("test.chaos.x", "chaos.x\nforged");
   r.send("test.chaos.x", "chaos.x");  // the one that maps
-  ASSERT_TRUE(wait_until([&] { return counter(r.bridge->health(), "malformed") + counter(r.bridge->health(), "received") == 5; }, 10s))
-      << r.bridge->health().dump();
+  // The bridge counts a malformed message before it calls the dead-letter hook: wait for both.
+  ASSERT_TRUE(wait_until([&] {
+    return counter(r.bridge->health(), "malformed") + counter(r.bridge->health(), "received") == 5 &&
+           r.reason_count() == 4;
+  }, 10s)) << r.bridge->health().dump();
   EXPECT_EQ(admin.load(), 0);
   EXPECT_EQ(any.load(), 1);
   EXPECT_EQ(counter(r.bridge->health(), "malformed"), 4u);

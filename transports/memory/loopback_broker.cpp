@@ -10,7 +10,6 @@
 #include <deque>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -18,30 +17,35 @@
 #include "transport/kit.hpp"
 #include "notifications/subject.hpp"
 
-#define GUARDED_BY(m)  // documentation only: the member is read and written with m held
-
 namespace notifications::loopback {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using detail::Mutex;
+using detail::MutexLock;
+using detail::MutexUnlock;
+using detail::UniqueMutexLock;
 
 // Messages one endpoint routed that are not handed to a handler (or discarded) yet.
 struct Outstanding {
   std::atomic<std::size_t> count{0};
-  std::mutex mutex;  // only for waiting
+  Mutex mutex;  // only for waiting: guards no data
   std::condition_variable changed;
 
   void add(std::size_t n) { count.fetch_add(n); }
   void done() {
     if (count.fetch_sub(1) == 1) {
-      std::lock_guard lock(mutex);  // orders the notify after a waiter's predicate check
+      MutexLock lock(mutex);  // orders the notify after a waiter's predicate check
       changed.notify_all();
     }
   }
   bool wait(Deadline deadline) {
-    std::unique_lock lock(mutex);
-    return changed.wait_until(lock, deadline, [&] { return count.load() == 0; });
+    UniqueMutexLock lock(mutex);
+    while (count.load() != 0) {
+      if (lock.wait_until(changed, deadline) == std::cv_status::timeout) break;
+    }
+    return count.load() == 0;
   }
 };
 
@@ -57,13 +61,13 @@ struct Stats {
   // wait_delivered(): waiters registers first, then checks under mutex; on_delivered() counts,
   // then notifies only when someone waits (all seq_cst, so neither side misses the other).
   std::atomic<int> waiters{0};
-  std::mutex mutex;
+  Mutex mutex;  // only for waiting: guards no data
   std::condition_variable changed;
 
   void on_delivered() {
     delivered.fetch_add(1);
     if (waiters.load() != 0) {
-      std::lock_guard lock(mutex);
+      MutexLock lock(mutex);
       changed.notify_all();
     }
   }
@@ -98,15 +102,16 @@ struct Sub : std::enable_shared_from_this<Sub> {
   const DeliveryHandler handler;
   const std::shared_ptr<Stats> stats;
 
-  std::mutex mutex;
+  Mutex mutex;
   std::condition_variable changed;  // queue, paused, closing, delivering, finished, cancelled
-  std::deque<Item> queue GUARDED_BY(mutex);
-  bool paused GUARDED_BY(mutex) = false;      // hold deliveries (mock disconnect)
-  bool closing GUARDED_BY(mutex) = false;     // off the broker: deliver the rest, then finish
-  bool delivering GUARDED_BY(mutex) = false;  // inline: a thread is in drain()
-  bool finished GUARDED_BY(mutex) = false;    // queued: the thread has left its loop
-  bool parking GUARDED_BY(mutex) = false;     // queued: leave the loop for a fork, keep the queue
-  std::atomic<bool> cancelled{false};         // set under mutex; queue already discarded
+  std::deque<Item> queue NOTIFICATIONS_GUARDED_BY(mutex);
+  bool paused NOTIFICATIONS_GUARDED_BY(mutex) = false;      // hold deliveries (mock disconnect)
+  bool closing NOTIFICATIONS_GUARDED_BY(mutex) = false;     // off the broker: deliver the rest, then finish
+  bool delivering NOTIFICATIONS_GUARDED_BY(mutex) = false;  // inline: a thread is in drain()
+  bool finished NOTIFICATIONS_GUARDED_BY(mutex) = false;    // queued: the thread has left its loop
+  bool parking NOTIFICATIONS_GUARDED_BY(mutex) = false;     // queued: leave the loop for a fork, keep the queue
+  // Set under mutex; the queue is already discarded. Atomic: hand_over() reads it without mutex.
+  std::atomic<bool> cancelled{false};
 };
 
 struct Group {
@@ -120,19 +125,19 @@ struct Group {
 struct Broker {
   std::string space;
   std::string name;
-  std::mutex mutex;
-  std::vector<std::shared_ptr<Sub>> plain GUARDED_BY(mutex);  // in subscription order
-  std::vector<Group> groups GUARDED_BY(mutex);
+  Mutex mutex;
+  std::vector<std::shared_ptr<Sub>> plain NOTIFICATIONS_GUARDED_BY(mutex);  // in subscription order
+  std::vector<Group> groups NOTIFICATIONS_GUARDED_BY(mutex);
 };
 
 // Process-wide brokers by namespace and name; an entry lives while an endpoint holds it.
 std::shared_ptr<Broker> broker_for(const std::string& space, const std::string& name) {
   struct Brokers {
-    std::mutex mutex;
-    std::map<std::pair<std::string, std::string>, std::weak_ptr<Broker>> by_name;
+    Mutex mutex;
+    std::map<std::pair<std::string, std::string>, std::weak_ptr<Broker>> by_name NOTIFICATIONS_GUARDED_BY(mutex);
   };
   static Brokers* const brokers = new Brokers;  // never destroyed: endpoints may outlive statics
-  std::lock_guard lock(brokers->mutex);
+  MutexLock lock(brokers->mutex);
   std::erase_if(brokers->by_name, [](const auto& entry) { return entry.second.expired(); });
   auto& slot = brokers->by_name[{space, name}];
   if (auto broker = slot.lock()) return broker;
@@ -182,24 +187,23 @@ void hand_over(Sub& s, Item&& item) {
   if (item.from) item.from->done();
 }
 
-// Requires s.mutex held through `lock`. Delivers queued messages in order, releasing the lock
-// around each handler call, until the queue is empty, the subscription is paused (and not
-// closing), cancelled or parking, or the deadline passed.
-void drain(Sub& s, std::unique_lock<std::mutex>& lock, Deadline deadline = Deadline::max()) {
+// Delivers queued messages in order, releasing s.mutex around each handler call, until the queue
+// is empty, the subscription is paused (and not closing), cancelled or parking, or the deadline
+// passed.
+void drain(Sub& s, Deadline deadline = Deadline::max()) NOTIFICATIONS_REQUIRES(s.mutex) {
   while (!s.cancelled.load() && !s.parking && (!s.paused || s.closing) && !s.queue.empty()) {
     if (deadline != Deadline::max() && Clock::now() >= deadline) return;
     Item item = std::move(s.queue.front());
     s.queue.pop_front();
-    lock.unlock();
+    MutexUnlock unlocked(s.mutex);
     hand_over(s, std::move(item));
-    lock.lock();
   }
 }
 
 // Inline mode: the calling thread set s.delivering and now delivers until nothing is left.
-void deliver_inline(Sub& s) {
-  std::unique_lock lock(s.mutex);
-  drain(s, lock);
+void deliver_inline(Sub& s) NOTIFICATIONS_EXCLUDES(s.mutex) {
+  MutexLock lock(s.mutex);
+  drain(s);
   s.delivering = false;  // under the same lock as drain's last check: no message is stranded
   s.changed.notify_all();
 }
@@ -207,35 +211,34 @@ void deliver_inline(Sub& s) {
 // Queued mode: the delivery thread of one subscription.
 void run_delivery(const std::shared_ptr<Sub>& s) {
   detail::name_this_thread("ntf-memory");
-  std::unique_lock lock(s->mutex);
+  UniqueMutexLock lock(s->mutex);
   for (;;) {
-    s->changed.wait(lock, [&] {
-      return s->parking || s->cancelled.load() || s->closing || (!s->paused && !s->queue.empty());
-    });
-    if (!s->parking) drain(*s, lock);
+    while (!(s->parking || s->cancelled.load() || s->closing || (!s->paused && !s->queue.empty()))) {
+      lock.wait(s->changed);
+    }
+    if (!s->parking) drain(*s);
     if (s->parking || s->cancelled.load() || (s->closing && s->queue.empty())) break;
   }
   s->finished = true;
   s->changed.notify_all();
 }
 
-// Requires s.mutex not held. Marks s cancelled and returns what it still held.
-std::deque<Item> cancel(Sub& s) {
+// Marks s cancelled and returns what it still held.
+std::deque<Item> cancel(Sub& s) NOTIFICATIONS_EXCLUDES(s.mutex) {
   std::deque<Item> left;
-  std::lock_guard lock(s.mutex);
+  MutexLock lock(s.mutex);
   s.cancelled.store(true);
   left.swap(s.queue);
   s.changed.notify_all();
   return left;
 }
 
-bool has_room(Sub& s) {
-  std::lock_guard lock(s.mutex);
+bool has_room(Sub& s) NOTIFICATIONS_EXCLUDES(s.mutex) {
+  MutexLock lock(s.mutex);
   return s.queue.size() < s.max_pending;
 }
 
-// Requires broker.mutex.
-void remove_from_broker(Broker& broker, const Sub* s) {
+void remove_from_broker(Broker& broker, const Sub* s) NOTIFICATIONS_REQUIRES(broker.mutex) {
   std::erase_if(broker.plain, [&](const auto& p) { return p.get() == s; });
   for (auto& g : broker.groups) {
     std::erase_if(g.members, [&](const auto& p) { return p.get() == s; });
@@ -416,20 +419,20 @@ struct Endpoint::Impl {
   const std::shared_ptr<Stats> stats = std::make_shared<Stats>();
   const std::shared_ptr<Outstanding> outstanding = std::make_shared<Outstanding>();
 
-  mutable std::mutex mutex;
-  std::map<std::uint64_t, Entry> subs GUARDED_BY(mutex);
-  std::vector<Entry> retired GUARDED_BY(mutex);  // unsubscribed; threads not joined yet
-  bool paused GUARDED_BY(mutex) = false;
-  bool closed GUARDED_BY(mutex) = false;
+  mutable Mutex mutex;
+  std::map<std::uint64_t, Entry> subs NOTIFICATIONS_GUARDED_BY(mutex);
+  std::vector<Entry> retired NOTIFICATIONS_GUARDED_BY(mutex);  // unsubscribed; threads not joined yet
+  bool paused NOTIFICATIONS_GUARDED_BY(mutex) = false;
+  bool closed NOTIFICATIONS_GUARDED_BY(mutex) = false;
 
-  // Requires mutex. Joins the retired threads that have finished; returns their entries so the
-  // caller destroys them (and the handlers) after unlocking.
-  std::vector<Entry> reap() {
+  // Joins the retired threads that have finished; returns their entries so the caller destroys
+  // them (and the handlers) after unlocking.
+  std::vector<Entry> reap() NOTIFICATIONS_REQUIRES(mutex) {
     std::vector<Entry> done;
     for (auto it = retired.begin(); it != retired.end();) {
       bool finished = false;
       {
-        std::lock_guard lock(it->sub->mutex);
+        MutexLock lock(it->sub->mutex);
         finished = it->sub->finished;
       }
       if (finished) {
@@ -462,7 +465,7 @@ RouteResult Endpoint::route(const Message& message, bool count, bool redeliver) 
   std::vector<std::shared_ptr<Sub>> deliver_here;  // inline subscriptions this thread delivers to
   {
     Broker& broker = *d.broker;
-    std::lock_guard lock(broker.mutex);
+    MutexLock lock(broker.mutex);
     std::vector<Sub*> targets;
     std::vector<std::pair<Group*, std::size_t>> picks;
     // Check every target first (room only grows while we hold the broker lock): all or none.
@@ -488,7 +491,7 @@ RouteResult Endpoint::route(const Message& message, bool count, bool redeliver) 
     }
     d.outstanding->add(targets.size());
     for (Sub* s : targets) {
-      std::lock_guard sub_lock(s->mutex);
+      MutexLock sub_lock(s->mutex);
       const bool was_empty = s->queue.empty();
       s->queue.push_back(Item{message, d.outstanding, redeliver});
       if (s->inline_mode) {
@@ -526,13 +529,16 @@ void Endpoint::subscribe(std::uint64_t id, const std::string& pattern, const std
   auto s = std::make_shared<Sub>(id, pattern, group, std::move(handler), d.options, d.stats);
   std::vector<Impl::Entry> reaped;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     if (d.closed) throw TransportError(d.options.space + " subscribe \"" + pattern + "\": transport stopped");
     if (d.subs.count(id) != 0) {
       throw TransportError(d.options.space + " subscribe: subscription id " + std::to_string(id) + " in use");
     }
     reaped = d.reap();
-    s->paused = d.paused;  // no other thread knows s yet
+    {
+      MutexLock sub_lock(s->mutex);  // no other thread knows s yet: never contended
+      s->paused = d.paused;
+    }
     Impl::Entry entry{s, {}};
     if (!s->inline_mode) {
       try {
@@ -543,7 +549,7 @@ void Endpoint::subscribe(std::uint64_t id, const std::string& pattern, const std
       }
     }
     {
-      std::lock_guard broker_lock(d.broker->mutex);
+      MutexLock broker_lock(d.broker->mutex);
       if (group.empty()) {
         d.broker->plain.push_back(s);
       } else {
@@ -565,7 +571,7 @@ void Endpoint::unsubscribe(std::uint64_t id) {
   Impl::Entry entry;
   std::vector<Impl::Entry> reaped;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     const auto it = d.subs.find(id);
     if (it == d.subs.end()) return;
     entry = std::move(it->second);
@@ -573,13 +579,13 @@ void Endpoint::unsubscribe(std::uint64_t id) {
     reaped = d.reap();
   }
   {
-    std::lock_guard broker_lock(d.broker->mutex);
+    MutexLock broker_lock(d.broker->mutex);
     remove_from_broker(*d.broker, entry.sub.get());
   }
   std::deque<Item> left = cancel(*entry.sub);
   discard(left, *d.stats);
   if (entry.thread.joinable()) {
-    std::unique_lock lock(d.mutex);
+    UniqueMutexLock lock(d.mutex);
     if (!d.closed) {
       d.retired.push_back(std::move(entry));  // joined later: it may be this very thread
       return;
@@ -596,7 +602,7 @@ void Endpoint::close(Deadline deadline) {
   Impl& d = *impl_;
   std::vector<Impl::Entry> entries;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     if (d.closed) return;
     d.closed = true;
     for (auto& [id, entry] : d.subs) entries.push_back(std::move(entry));
@@ -605,32 +611,32 @@ void Endpoint::close(Deadline deadline) {
     d.retired.clear();
   }
   {
-    std::lock_guard broker_lock(d.broker->mutex);
+    MutexLock broker_lock(d.broker->mutex);
     for (const auto& entry : entries) remove_from_broker(*d.broker, entry.sub.get());
   }
   // No message arrives any more: deliver what is held (paused ones too) until the deadline.
   for (const auto& entry : entries) {
     Sub& s = *entry.sub;
-    std::lock_guard lock(s.mutex);
+    MutexLock lock(s.mutex);
     s.closing = true;
     s.changed.notify_all();
   }
   for (const auto& entry : entries) {
     Sub& s = *entry.sub;
     if (!s.inline_mode) continue;
-    std::unique_lock lock(s.mutex);
+    MutexLock lock(s.mutex);
     if (s.delivering || s.cancelled.load()) continue;  // another thread delivers it
     s.delivering = true;
-    drain(s, lock, deadline);
+    drain(s, deadline);
     s.delivering = false;
     s.changed.notify_all();
   }
   for (const auto& entry : entries) {
     Sub& s = *entry.sub;
-    std::unique_lock lock(s.mutex);
-    s.changed.wait_until(lock, deadline, [&] {
-      return s.cancelled.load() || (s.inline_mode ? !s.delivering && s.queue.empty() : s.finished);
-    });
+    UniqueMutexLock lock(s.mutex);
+    while (!(s.cancelled.load() || (s.inline_mode ? !s.delivering && s.queue.empty() : s.finished))) {
+      if (lock.wait_until(s.changed, deadline) == std::cv_status::timeout) break;
+    }
   }
   // Past the deadline: discard what is left, then wait for handler calls in progress.
   for (auto& entry : entries) {
@@ -640,8 +646,8 @@ void Endpoint::close(Deadline deadline) {
   for (auto& entry : entries) {
     Sub& s = *entry.sub;
     if (s.inline_mode) {
-      std::unique_lock lock(s.mutex);
-      s.changed.wait(lock, [&] { return !s.delivering; });
+      UniqueMutexLock lock(s.mutex);
+      while (s.delivering) lock.wait(s.changed);
     } else {
       join_or_detach(entry.thread);
     }
@@ -652,7 +658,7 @@ void Endpoint::prepare_fork(Deadline deadline) {
   Impl& d = *impl_;
   std::vector<Impl::Entry*> threads;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     if (d.closed) return;
     for (auto& [id, entry] : d.subs) {
       if (entry.thread.joinable()) threads.push_back(&entry);
@@ -663,7 +669,7 @@ void Endpoint::prepare_fork(Deadline deadline) {
   }
   // The caller (TransportBase) holds the lifecycle lock: subs and retired do not change.
   for (Impl::Entry* entry : threads) {
-    std::lock_guard lock(entry->sub->mutex);
+    MutexLock lock(entry->sub->mutex);
     entry->sub->parking = true;
     entry->sub->changed.notify_all();
   }
@@ -672,8 +678,11 @@ void Endpoint::prepare_fork(Deadline deadline) {
     Sub& s = *entry->sub;
     bool finished = false;
     {
-      std::unique_lock lock(s.mutex);
-      finished = s.changed.wait_until(lock, deadline, [&] { return s.finished; });
+      UniqueMutexLock lock(s.mutex);
+      while (!s.finished) {
+        if (lock.wait_until(s.changed, deadline) == std::cv_status::timeout) break;
+      }
+      finished = s.finished;
     }
     if (finished) {
       entry->thread.join();  // past its last lock: returns at once
@@ -691,7 +700,7 @@ void Endpoint::prepare_fork(Deadline deadline) {
 
 void Endpoint::after_fork(bool in_child) {
   Impl& d = *impl_;
-  std::lock_guard lock(d.mutex);
+  MutexLock lock(d.mutex);
   if (d.closed) return;
   if (in_child) {
     // Only the forking thread exists here: threads of the parent are forgotten, not joined.
@@ -704,7 +713,7 @@ void Endpoint::after_fork(bool in_child) {
     Sub& s = *entry.sub;
     std::deque<Item> parents;
     {
-      std::lock_guard sub_lock(s.mutex);
+      MutexLock sub_lock(s.mutex);
       if (in_child) {
         parents.swap(s.queue);  // the parent delivers these: discarded (and counted) here
         s.delivering = false;   // an inline delivery of the parent's does not exist here
@@ -734,13 +743,13 @@ void Endpoint::set_paused(bool paused) {
   Impl& d = *impl_;
   std::vector<std::shared_ptr<Sub>> subs;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     if (d.closed) return;
     d.paused = paused;
     for (const auto& [id, entry] : d.subs) subs.push_back(entry.sub);
   }
   for (const auto& s : subs) {
-    std::lock_guard lock(s->mutex);
+    MutexLock lock(s->mutex);
     if (s->closing || s->cancelled.load()) continue;
     s->paused = paused;
     if (!paused && !s->inline_mode) s->changed.notify_all();
@@ -751,14 +760,14 @@ void Endpoint::deliver_held() {
   Impl& d = *impl_;
   std::vector<std::shared_ptr<Sub>> subs;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     for (const auto& [id, entry] : d.subs) {
       if (entry.sub->inline_mode) subs.push_back(entry.sub);
     }
   }
   for (const auto& s : subs) {
     {
-      std::lock_guard lock(s->mutex);
+      MutexLock lock(s->mutex);
       if (s->paused || s->delivering || s->closing || s->cancelled.load() || s->queue.empty()) continue;
       s->delivering = true;
     }
@@ -773,8 +782,11 @@ bool Endpoint::wait_delivered(std::size_t count, Deadline deadline) const {
   stats.waiters.fetch_add(1);
   bool reached = false;
   {
-    std::unique_lock lock(stats.mutex);
-    reached = stats.changed.wait_until(lock, deadline, [&] { return stats.delivered.load() >= count; });
+    UniqueMutexLock lock(stats.mutex);
+    while (stats.delivered.load() < count) {
+      if (lock.wait_until(stats.changed, deadline) == std::cv_status::timeout) break;
+    }
+    reached = stats.delivered.load() >= count;
   }
   stats.waiters.fetch_sub(1);
   return reached;
@@ -785,10 +797,10 @@ nlohmann::json Endpoint::health() const {
   std::size_t pending = 0;
   std::size_t subscriptions = 0;
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     subscriptions = d.subs.size();
     for (const auto& [id, entry] : d.subs) {
-      std::lock_guard sub_lock(entry.sub->mutex);
+      MutexLock sub_lock(entry.sub->mutex);
       pending += entry.sub->queue.size();
     }
   }

@@ -3,15 +3,18 @@
 #include "notifications/transports/mock.hpp"
 
 #include <condition_variable>
-#include <mutex>
 #include <thread>
 #include <utility>
 
+#include "transport/kit.hpp"
 #include "transports/memory/loopback_broker.hpp"
 
 namespace notifications {
 
 using Clock = std::chrono::steady_clock;
+using detail::Mutex;
+using detail::MutexLock;
+using detail::UniqueMutexLock;
 
 struct MockTransport::Impl {
   explicit Impl(MockOptions o)
@@ -24,40 +27,40 @@ struct MockTransport::Impl {
 
   // Serialises disconnect()/reconnect() so the flag and the endpoint's pause agree. Never held
   // while a handler runs.
-  std::mutex connection;
+  Mutex connection;
 
   // Guards everything below; never held while calling into the endpoint.
-  mutable std::mutex mutex;
+  mutable Mutex mutex;
   mutable std::condition_variable changed;  // records changed
 
   // faults
-  std::size_t fail_publishes = 0;
-  bool fail_transient = true;
-  std::size_t fail_starts = 0;
-  bool disconnected = false;
-  Clock::duration latency{0};
-  std::size_t drop = 0;
-  std::size_t duplicate = 0;
-  std::size_t redeliver = 0;
-  bool buffer_while_disconnected = false;
-  std::vector<Message> buffered;  // accepted while disconnected, sent by reconnect()
+  std::size_t fail_publishes NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  bool fail_transient NOTIFICATIONS_GUARDED_BY(mutex) = true;
+  std::size_t fail_starts NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  bool disconnected NOTIFICATIONS_GUARDED_BY(mutex) = false;
+  Clock::duration latency NOTIFICATIONS_GUARDED_BY(mutex){0};
+  std::size_t drop NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::size_t duplicate NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::size_t redeliver NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  bool buffer_while_disconnected NOTIFICATIONS_GUARDED_BY(mutex) = false;
+  std::vector<Message> buffered NOTIFICATIONS_GUARDED_BY(mutex);  // accepted while disconnected, sent by reconnect()
 
   // records (clear_records() resets them)
-  std::size_t publish_calls = 0;
-  std::vector<std::size_t> batch_sizes;
-  std::vector<Message> published;
-  std::vector<MockSubscription> subscriptions;
-  std::size_t unsubscribe_calls = 0;
+  std::size_t publish_calls NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::vector<std::size_t> batch_sizes NOTIFICATIONS_GUARDED_BY(mutex);
+  std::vector<Message> published NOTIFICATIONS_GUARDED_BY(mutex);
+  std::vector<MockSubscription> subscriptions NOTIFICATIONS_GUARDED_BY(mutex);
+  std::size_t unsubscribe_calls NOTIFICATIONS_GUARDED_BY(mutex) = 0;
 
   // counters for health() (never reset)
-  std::uint64_t total_publish_calls = 0;
-  std::uint64_t dropped = 0;
-  std::uint64_t duplicated = 0;
-  std::uint64_t redelivered = 0;
-  std::uint64_t failed_by_fault = 0;
-  std::uint64_t refused_disconnected = 0;
+  std::uint64_t total_publish_calls NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t dropped NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t duplicated NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t redelivered NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t failed_by_fault NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t refused_disconnected NOTIFICATIONS_GUARDED_BY(mutex) = 0;
 
-  std::size_t active() const {  // requires mutex
+  std::size_t active() const NOTIFICATIONS_REQUIRES(mutex) {
     std::size_t n = 0;
     for (const auto& s : subscriptions) n += s.active ? 1 : 0;
     return n;
@@ -80,20 +83,20 @@ const MockOptions& MockTransport::options() const { return impl_->options; }
 // ---- faults ------------------------------------------------------------------------------------
 
 void MockTransport::fail_next_publishes(std::size_t calls, bool transient) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->fail_publishes = calls;
   impl_->fail_transient = transient;
 }
 
 void MockTransport::fail_next_starts(std::size_t calls) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->fail_starts = calls;
 }
 
 void MockTransport::disconnect() {
-  std::lock_guard connection(impl_->connection);
+  MutexLock connection(impl_->connection);
   {
-    std::lock_guard lock(impl_->mutex);
+    MutexLock lock(impl_->mutex);
     impl_->disconnected = true;
   }
   impl_->endpoint.set_paused(true);
@@ -102,16 +105,16 @@ void MockTransport::disconnect() {
 void MockTransport::reconnect() {
   std::vector<Message> buffered;
   {
-    std::lock_guard connection(impl_->connection);
+    MutexLock connection(impl_->connection);
     {
-      std::lock_guard lock(impl_->mutex);
+      MutexLock lock(impl_->mutex);
       buffered = std::move(impl_->buffered);
       impl_->buffered.clear();
     }
     impl_->endpoint.set_paused(false);
     for (const Message& m : buffered) impl_->endpoint.route(m);  // before anything published later
     {
-      std::lock_guard lock(impl_->mutex);
+      MutexLock lock(impl_->mutex);
       impl_->disconnected = false;
     }
   }
@@ -120,93 +123,93 @@ void MockTransport::reconnect() {
 }
 
 void MockTransport::buffer_while_disconnected(bool buffer) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->buffer_while_disconnected = buffer;
 }
 
 std::size_t MockTransport::max_message_bytes() const { return impl_->options.max_message_bytes; }
 
 bool MockTransport::connected() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return !impl_->disconnected;
 }
 
 void MockTransport::set_latency(Clock::duration latency) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->latency = latency;
 }
 
 void MockTransport::drop_next(std::size_t messages) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->drop = messages;
 }
 
 void MockTransport::duplicate_next(std::size_t messages) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->duplicate = messages;
 }
 
 void MockTransport::redeliver_next(std::size_t messages) {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->redeliver = messages;
 }
 
 // ---- records -----------------------------------------------------------------------------------
 
 std::size_t MockTransport::publish_calls() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->publish_calls;
 }
 
 std::vector<std::size_t> MockTransport::batch_sizes() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->batch_sizes;
 }
 
 std::vector<Message> MockTransport::published() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->published;
 }
 
 std::size_t MockTransport::published_count() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->published.size();
 }
 
 std::vector<MockSubscription> MockTransport::subscriptions() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->subscriptions;
 }
 
 std::size_t MockTransport::active_subscriptions() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->active();
 }
 
 std::size_t MockTransport::unsubscribe_calls() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->unsubscribe_calls;
 }
 
 std::size_t MockTransport::delivered_count() const { return impl_->endpoint.delivered(); }
 
 std::size_t MockTransport::dropped_by_fault() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->dropped;
 }
 
 std::size_t MockTransport::duplicated_by_fault() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->duplicated;
 }
 
 std::size_t MockTransport::redelivered_by_fault() const {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   return impl_->redelivered;
 }
 
 void MockTransport::clear_records() {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   impl_->publish_calls = 0;
   impl_->batch_sizes.clear();
   impl_->published.clear();
@@ -217,8 +220,12 @@ void MockTransport::clear_records() {
 // ---- waits -------------------------------------------------------------------------------------
 
 bool MockTransport::wait_for_published(std::size_t count, std::chrono::milliseconds timeout) const {
-  std::unique_lock lock(impl_->mutex);
-  return impl_->changed.wait_for(lock, timeout, [&] { return impl_->published.size() >= count; });
+  const auto deadline = Clock::now() + timeout;
+  UniqueMutexLock lock(impl_->mutex);
+  while (impl_->published.size() < count) {
+    if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) break;
+  }
+  return impl_->published.size() >= count;
 }
 
 bool MockTransport::wait_for_delivered(std::size_t count, std::chrono::milliseconds timeout) const {
@@ -226,14 +233,18 @@ bool MockTransport::wait_for_delivered(std::size_t count, std::chrono::milliseco
 }
 
 bool MockTransport::wait_for_subscriptions(std::size_t active, std::chrono::milliseconds timeout) const {
-  std::unique_lock lock(impl_->mutex);
-  return impl_->changed.wait_for(lock, timeout, [&] { return impl_->active() >= active; });
+  const auto deadline = Clock::now() + timeout;
+  UniqueMutexLock lock(impl_->mutex);
+  while (impl_->active() < active) {
+    if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) break;
+  }
+  return impl_->active() >= active;
 }
 
 // ---- hooks -------------------------------------------------------------------------------------
 
 void MockTransport::do_start() {
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   if (impl_->fail_starts > 0) {
     --impl_->fail_starts;
     throw TransportError("mock: injected start failure");
@@ -244,7 +255,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
   Impl& d = *impl_;
   Clock::duration latency{0};
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     ++d.publish_calls;
     ++d.total_publish_calls;
     d.batch_sizes.push_back(batch.size());
@@ -253,7 +264,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
   d.changed.notify_all();
   if (latency > Clock::duration::zero()) std::this_thread::sleep_for(latency);
   {
-    std::lock_guard lock(d.mutex);
+    MutexLock lock(d.mutex);
     if (d.disconnected && d.buffer_while_disconnected) {
       d.buffered.insert(d.buffered.end(), batch.begin(), batch.end());
       return PublishResult{batch.size(), true, ""};
@@ -278,7 +289,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
     bool duplicate = false;
     bool redeliver = false;
     {
-      std::lock_guard lock(d.mutex);
+      MutexLock lock(d.mutex);
       if (d.drop > 0) {
         --d.drop;
         drop = true;
@@ -294,7 +305,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
       const loopback::RouteResult r = d.endpoint.route(batch[i], true, redeliver);
       if (!r.ok) {
         if (duplicate || redeliver) {
-          std::lock_guard lock(d.mutex);
+          MutexLock lock(d.mutex);
           if (duplicate) ++d.duplicate;  // not applied: keep it for the next message
           if (redeliver) ++d.redeliver;
         }
@@ -306,7 +317,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
       if (duplicate) d.endpoint.route(batch[i], false);
     }
     {
-      std::lock_guard lock(d.mutex);
+      MutexLock lock(d.mutex);
       d.published.push_back(batch[i]);
       if (drop) ++d.dropped;
       if (duplicate) ++d.duplicated;
@@ -321,7 +332,7 @@ void MockTransport::do_subscribe(std::uint64_t id, const std::string& pattern, c
                                  DeliveryHandler handler) {
   impl_->endpoint.subscribe(id, pattern, options.group, std::move(handler));
   {
-    std::lock_guard lock(impl_->mutex);
+    MutexLock lock(impl_->mutex);
     impl_->subscriptions.push_back(MockSubscription{id, pattern, options.group, true});
   }
   impl_->changed.notify_all();
@@ -330,7 +341,7 @@ void MockTransport::do_subscribe(std::uint64_t id, const std::string& pattern, c
 void MockTransport::do_unsubscribe(std::uint64_t id) {
   impl_->endpoint.unsubscribe(id);
   {
-    std::lock_guard lock(impl_->mutex);
+    MutexLock lock(impl_->mutex);
     ++impl_->unsubscribe_calls;
     for (auto& s : impl_->subscriptions) {
       if (s.id == id) s.active = false;
@@ -341,9 +352,12 @@ void MockTransport::do_unsubscribe(std::uint64_t id) {
 
 bool MockTransport::do_flush(Deadline deadline) {
   {
-    std::unique_lock lock(impl_->mutex);
+    UniqueMutexLock lock(impl_->mutex);
     // As a client with a reconnect buffer: nothing buffered has left the process.
-    if (!impl_->changed.wait_until(lock, deadline, [&] { return impl_->buffered.empty(); })) return false;
+    while (!impl_->buffered.empty()) {
+      if (lock.wait_until(impl_->changed, deadline) == std::cv_status::timeout) break;
+    }
+    if (!impl_->buffered.empty()) return false;
   }
   return impl_->endpoint.flush(deadline);
 }
@@ -351,7 +365,7 @@ bool MockTransport::do_flush(Deadline deadline) {
 void MockTransport::do_stop(Deadline deadline) {
   impl_->endpoint.close(deadline);
   {
-    std::lock_guard lock(impl_->mutex);
+    MutexLock lock(impl_->mutex);
     for (auto& s : impl_->subscriptions) s.active = false;
   }
   impl_->changed.notify_all();
@@ -363,7 +377,7 @@ void MockTransport::do_after_fork(bool in_child) { impl_->endpoint.after_fork(in
 
 nlohmann::json MockTransport::do_health() const {
   nlohmann::json out = impl_->endpoint.health();
-  std::lock_guard lock(impl_->mutex);
+  MutexLock lock(impl_->mutex);
   out["connected"] = !impl_->disconnected;
   out["publish_calls"] = impl_->total_publish_calls;
   out["dropped_by_fault"] = impl_->dropped;
