@@ -47,6 +47,7 @@
 
 #include "notifications/config.hpp"
 #include "notifications/notifier.hpp"
+#include "notifications/outbox.hpp"
 #include "notifications/transport.hpp"
 
 namespace notifications {
@@ -60,6 +61,11 @@ struct BridgeHooks {
   std::function<void(const Message& message, std::string_view reason)> dead_letter;
   // This process's instance id in envelopes; default: a random UUID.
   std::string instance_id;
+  // Where accepted events wait until the transport confirmed them (notifications/outbox.hpp);
+  // default (null): make_memory_outbox(config.queue_capacity, config.queue_max_bytes,
+  // config.batch_size). An outbox serves one Bridge; the Bridge applies config.overflow and
+  // config.block_timeout to its push() calls, while its bounds are its own.
+  std::shared_ptr<Outbox> outbox;
 };
 
 // What shutdown() did.

@@ -193,7 +193,7 @@ void Bridge::Impl::after_fork(bool in_child) {
       pause_requested.store(false, std::memory_order_release);
       hooks.instance_id = detail::random_uuid();
       generation.store(detail::fork_generation(), std::memory_order_relaxed);
-      outbound.take_all();  // the parent's events: the parent sends them
+      outbox->reset_in_forked_child();  // the parent's events: the parent sends them
       inbound.take_all();
       reset_counters();
       {
@@ -279,10 +279,14 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   accepting.store(false, std::memory_order_release);
   // 2. Drain the outbound queue through the sender (it gives up at the deadline; a sender stuck
   // in the transport is left behind kJoinGrace after it).
-  outbound.close();
+  outbox->close();
   signal_progress();
   const bool sender_returned = finish_thread(sender, sender_done, deadline + kJoinGrace);
-  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+  try {
+    for (const auto& event : outbox->drain()) drop(Drop::shutdown_deadline, event.name());
+  } catch (const std::exception& e) {
+    set_error(std::string("outbox: drain failed: ") + e.what());
+  }
   // 3. Flush the transport (what it confirms is counted as confirmed), 4. let its subscriptions
   // hand over what they hold (into the inbound queue), and close it.
   const bool flushed = was_running && sender_returned ? confirm(deadline) : !was_running;
@@ -392,7 +396,7 @@ nlohmann::json Bridge::Impl::health() const {
             {"detail",
              "this process was forked without notifications::prepare_fork()/after_fork(): the bridge "
              "refuses events (counters.dropped.forked_child)"},
-            {"queue", {{"depth", outbound.size_unlocked()}, {"capacity", outbound.capacity()}}},
+            {"queue", {{"depth", outbox->depth_unlocked()}, {"capacity", outbox_capacity}}},
             {"counters", counters_json()}};
   }
   nlohmann::json transport_health;
@@ -406,14 +410,15 @@ nlohmann::json Bridge::Impl::health() const {
     std::lock_guard lock(error_mutex);
     error = last_error;
   }
+  const OutboxStats queue = outbox->stats();
   return {
       {"state", state_name(state.load())},
       {"instance_id", hooks.instance_id},
       {"app", config.app},
       {"url", redact_url(config.url)},
       {"transport", std::move(transport_health)},
-      {"queue", {{"depth", outbound.size()}, {"capacity", outbound.capacity()},
-                 {"bytes", outbound.bytes()}, {"max_bytes", outbound.max_bytes()},
+      {"queue", {{"depth", queue.depth}, {"in_flight", queue.in_flight}, {"capacity", queue.capacity},
+                 {"bytes", queue.bytes}, {"max_bytes", queue.max_bytes},
                  {"overflow", to_string(config.overflow)}, {"saturated", saturated.load()}}},
       {"inbound_queue", {{"depth", inbound.size()}, {"capacity", inbound.capacity()},
                          {"bytes", inbound.bytes()}, {"max_bytes", inbound.max_bytes()}}},

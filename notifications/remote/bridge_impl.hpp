@@ -123,10 +123,7 @@ class LogRate {
   std::atomic<std::uint64_t> suppressed_{0};
 };
 
-// Bytes an item holds in a bridge queue, for the byte bound (BridgeConfig::queue_max_bytes).
-struct OutgoingBytes {
-  std::size_t operator()(const detail::OutgoingEvent& event) const noexcept { return event.queued_bytes(); }
-};
+// Bytes an inbound item holds, for the byte bound (BridgeConfig::queue_max_bytes).
 struct DeliveryBytes {
   std::size_t operator()(const Delivery& delivery) const noexcept {
     std::size_t bytes = sizeof(Delivery) + delivery.message.subject.size() + delivery.message.body.size();
@@ -174,8 +171,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
         transport(std::move(t)),
         config(std::move(c)),
         hooks(std::move(h)),
-        outbound(config.queue_capacity, bridge_internal::kIdleSpin,
-                 std::min<std::size_t>(config.batch_size, kDispatchBatch), config.queue_max_bytes),
+        outbox(hooks.outbox ? hooks.outbox
+                            : make_memory_outbox(config.queue_capacity, config.queue_max_bytes,
+                                                 std::min<std::size_t>(config.batch_size, kDispatchBatch))),
         inbound(config.queue_capacity, bridge_internal::kIdleSpin, kDispatchBatch, config.queue_max_bytes),
         keep_notifier_state(n.handle("notifications.bridge")) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
@@ -186,7 +184,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   const BridgeConfig config;
   BridgeHooks hooks;
 
-  detail::BoundedQueue<detail::OutgoingEvent, bridge_internal::OutgoingBytes> outbound;
+  const std::shared_ptr<Outbox> outbox;  // take, then settle (notifications/outbox.hpp)
+  const std::size_t outbox_capacity = outbox->stats().capacity;  // for health() in a forked child
   detail::BoundedQueue<Delivery, bridge_internal::DeliveryBytes> inbound;
   // Keeps the notifier's shared state alive for a dispatcher left inside a listener past
   // shutdown's deadline (the Notifier object itself must outlive shutdown()).
@@ -311,12 +310,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   // True when the deadline passed.
   bool sleep_or_deadline(std::chrono::milliseconds duration);
 
-  // Publishes `messages` in order, retrying transient failures. Everything ends as sent or
-  // dropped (counted, by name).
-  void publish_in_order(std::span<const Message> messages, const std::vector<std::string>& names,
-                        std::mt19937& rng);
 
   void run_sender();
+  class Sender;  // the sender thread's state: take, encode, publish, settle (bridge_outbound.cpp)
   static constexpr std::size_t kKeptBodyBytes = 64 * 1024;  // a reused message body keeps at most this
 
   // ---- inbound ------------------------------------------------------------------------------

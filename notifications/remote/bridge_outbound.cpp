@@ -37,7 +37,7 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
              std::to_string(limit) + " bytes per message");
     return;
   }
-  using Queue = decltype(outbound);
+  using Queue = Outbox;
   std::optional<detail::OutgoingEvent> evicted;
   Queue::Push result = Queue::Push::dropped_newest;
   std::string_view why;
@@ -48,9 +48,11 @@ void Bridge::Impl::forward(std::size_t pattern_index, const Event& event) {
   if (saturated_now) policy = OverflowPolicy::drop_newest;
   bool waited = false;
   try {
-    result = outbound.push(std::move(outgoing), policy, config.block_timeout, &evicted, &waited);
+    result = outbox->push(std::move(outgoing), policy, config.block_timeout, &evicted, &waited);
   } catch (const std::bad_alloc&) {  // no room for a new queue segment: refused, nothing else changed
     why = "out of memory";
+  } catch (const std::exception& e) {  // a custom outbox could not store it: refused likewise
+    why = e.what();
   }
   if (waited) counters.blocked.fetch_add(1, std::memory_order_relaxed);
   if (waited && result == Queue::Push::dropped_newest && !saturated.exchange(true)) {
@@ -99,46 +101,157 @@ bool Bridge::Impl::sleep_or_deadline(std::chrono::milliseconds duration) {
   return past_deadline();
 }
 
-void Bridge::Impl::publish_in_order(std::span<const Message> messages, const std::vector<std::string>& names, std::mt19937& rng) {
-  std::size_t offset = 0;
-  int attempt = 0;
-  auto drop_rest = [&](Drop reason, std::string_view why) {
-    for (std::size_t i = offset; i < messages.size(); ++i) drop(reason, names[i], 1, why);
-    offset = messages.size();
-  };
-  while (offset < messages.size()) {
-    const PublishResult result = transport->publish(messages.subspan(offset));
-    const std::size_t published = std::min(result.published, messages.size() - offset);
-    offset += published;
-    if (published > 0) saturated.store(false, std::memory_order_relaxed);  // the transport takes events again
-    note_sent(published);
-    if (offset == messages.size()) break;
-    if (published > 0) attempt = 0;  // progress: back off from the start again
-    counters.failed.fetch_add(1, std::memory_order_relaxed);
-    set_error(result.error);
-    if (!result.transient) {
-      // The first message was refused for good; the rest may still go (a message too large for
-      // the server does not make the next one fail).
-      const std::size_t limit = transport->max_message_bytes();
-      const Message& refused = messages[offset];
-      const bool too_large = limit != 0 && refused.body.size() > limit;
-      drop(too_large ? Drop::too_large : Drop::publish_rejected, names[offset], 1, result.error);
-      ++offset;
-      attempt = 0;
-      continue;
+// The sender thread's state between batches: takes from the outbox, encodes, publishes, settles.
+// A transient failure releases the rest of the batch and backs off; the next take() returns the
+// same items in the same order, with the sequence numbers they were given the first time.
+class Bridge::Impl::Sender {
+ public:
+  explicit Sender(Impl& impl) : impl_(impl), rng_(std::random_device{}()) {}
+
+  // Sends `batch` (taken from the outbox): every item ends settled, or released for a retry.
+  void send(std::span<detail::OutgoingEvent> batch) {
+    if (impl_.past_deadline()) {
+      for (const auto& event : batch) impl_.drop(Drop::shutdown_deadline, event.name());
+      impl_.outbox->settle(batch.size(), Outbox::Settled::dropped, kDropNames[static_cast<int>(Drop::shutdown_deadline)]);
+      return;
     }
-    ++attempt;
-    if (config.retry.max_attempts > 0 && attempt >= config.retry.max_attempts) {
-      drop_rest(Drop::retries_exhausted, result.error);
-      break;
+    std::size_t next = 0;  // the first item not yet settled
+    while (next < batch.size()) {
+      // Encode a run: up to the first item that cannot be encoded (settled as dropped after the
+      // run, so that items leave in order).
+      std::size_t count = 0;
+      std::size_t end = next;
+      std::optional<Drop> failed;
+      std::string why;
+      for (; end < batch.size(); ++end) {
+        if (!encode(batch[end], count, failed, why)) break;
+        ++count;
+      }
+      if (!publish(std::span<const Message>(messages_).first(count))) {
+        impl_.outbox->release();
+        return;
+      }
+      next = end;
+      if (failed) {
+        impl_.drop(*failed, batch[next].name(), 1, why);
+        impl_.outbox->settle(1, Outbox::Settled::dropped, kDropNames[static_cast<int>(*failed)]);
+        ++next;
+      }
     }
-    if (past_deadline() || sleep_or_deadline(backoff(attempt, rng))) {
-      drop_rest(Drop::shutdown_deadline, result.error);
-      break;
+    for (auto& message : messages_) {
+      if (message.body.capacity() > Impl::kKeptBodyBytes) std::string().swap(message.body);  // after a rare large event
     }
-    counters.retried.fetch_add(1, std::memory_order_relaxed);
   }
-}
+
+  std::mt19937& rng() { return rng_; }
+
+ private:
+  // Encodes `event` into messages_[slot]; false (with the reason) when it cannot be sent.
+  bool encode(detail::OutgoingEvent& event, std::size_t slot, std::optional<Drop>& failed, std::string& why) {
+    auto stream = streams_.find(event.name());
+    if (stream == streams_.end()) {
+      try {
+        stream = streams_.emplace(std::string(event.name()), Stream{subject_for(impl_.config.prefix, std::string(event.name())), 0}).first;
+      } catch (const std::exception& e) {
+        failed = Drop::invalid_subject;
+        why = e.what();
+        return false;
+      }
+    }
+    if (slot == messages_.size()) {
+      messages_.emplace_back();
+      names_.emplace_back();
+    }
+    const std::uint64_t sequence = event.sequence != 0 ? event.sequence : stream->second.sequence + 1;
+    try {
+      detail::encode_outgoing(event, impl_.config.app, impl_.hooks.instance_id, sequence, stream->second.subject,
+                              messages_[slot]);
+    } catch (const std::exception& e) {
+      failed = Drop::encode_failed;
+      why = e.what();
+      return false;
+    }
+    if (event.sequence == 0) {
+      event.sequence = sequence;
+      stream->second.sequence = sequence;
+    }
+    names_[slot].assign(event.name());
+    return true;
+  }
+
+  // Publishes `messages` in order, settling what the transport confirmed and what it refused for
+  // good. False after a transient failure that is to be retried (the caller releases the rest).
+  bool publish(std::span<const Message> messages) {
+    std::size_t offset = 0;
+    auto drop_rest = [&](Drop reason, std::string_view why) {
+      for (std::size_t i = offset; i < messages.size(); ++i) impl_.drop(reason, names_[i], 1, why);
+      impl_.outbox->settle(messages.size() - offset, Outbox::Settled::dropped, kDropNames[static_cast<int>(reason)]);
+      offset = messages.size();
+      attempt_ = 0;
+    };
+    while (offset < messages.size()) {
+      const PublishResult result = impl_.transport->publish(messages.subspan(offset));
+      const std::size_t published = std::min(result.published, messages.size() - offset);
+      if (published > 0) {
+        offset += published;
+        impl_.saturated.store(false, std::memory_order_relaxed);  // the transport takes events again
+        attempt_ = 0;  // progress: back off from the start again
+        // Settled before counted as sent: once flush() returns, the outbox no longer holds them.
+        try {
+          impl_.outbox->settle(published, Outbox::Settled::confirmed);
+        } catch (...) {
+          impl_.note_sent(published);
+          throw;
+        }
+        impl_.note_sent(published);
+      }
+      if (offset == messages.size()) break;
+      impl_.counters.failed.fetch_add(1, std::memory_order_relaxed);
+      impl_.set_error(result.error);
+      if (!result.transient) {
+        // The first message was refused for good; the rest may still go (a message too large for
+        // the server does not make the next one fail).
+        const std::size_t limit = impl_.transport->max_message_bytes();
+        const bool too_large = limit != 0 && messages[offset].body.size() > limit;
+        const Drop reason = too_large ? Drop::too_large : Drop::publish_rejected;
+        impl_.drop(reason, names_[offset], 1, result.error);
+        impl_.outbox->settle(1, Outbox::Settled::dropped, kDropNames[static_cast<int>(reason)]);
+        ++offset;
+        attempt_ = 0;
+        continue;
+      }
+      ++attempt_;
+      if (impl_.config.retry.max_attempts > 0 && attempt_ >= impl_.config.retry.max_attempts) {
+        drop_rest(Drop::retries_exhausted, result.error);
+        break;
+      }
+      if (impl_.past_deadline() || impl_.sleep_or_deadline(impl_.backoff(attempt_, rng_))) {
+        drop_rest(Drop::shutdown_deadline, result.error);
+        break;
+      }
+      impl_.counters.retried.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+
+  Impl& impl_;
+  std::mt19937 rng_;
+  int attempt_ = 0;  // transient failures in a row, across the takes that retry them
+  // Messages and names are overwritten in place batch after batch: their buffers are reused.
+  std::vector<Message> messages_;
+  std::vector<std::string> names_;
+  // By event name: its subject (validated once) and the last sequence number given on it.
+  struct Stream {
+    std::string subject;
+    std::uint64_t sequence = 0;
+  };
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view name) const noexcept { return std::hash<std::string_view>{}(name); }
+  };
+  std::unordered_map<std::string, Stream, NameHash, std::equal_to<>> streams_;
+};
 
 void Bridge::Impl::run_sender() {
   detail::name_this_thread("ntf-sender");
@@ -154,26 +267,18 @@ void Bridge::Impl::run_sender() {
     }
   } done{*this};
   auto last_confirm = Clock::now() - kConfirmInterval;
-  std::mt19937 rng(std::random_device{}());
-  decltype(outbound)::Batch batch;
-  // Messages and names are overwritten in place batch after batch: their buffers are reused.
-  std::vector<Message> messages;
-  std::vector<std::string> names;
-  // By event name: its subject (validated once) and the last sequence number sent on it.
-  struct Stream {
-    std::string subject;
-    std::uint64_t sequence = 0;
-  };
-  struct NameHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view name) const noexcept { return std::hash<std::string_view>{}(name); }
-  };
-  std::unordered_map<std::string, Stream, NameHash, std::equal_to<>> streams;
-  batch.reserve(config.batch_size);
+  Sender sender(*this);
   while (true) {
     park_if_requested();
-    if (!outbound.pop_batch(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
-      break;  // closed and empty
+    std::span<detail::OutgoingEvent> batch;
+    try {
+      if (!outbox->take(batch, config.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
+        break;  // closed and nothing left
+      }
+    } catch (const std::exception& e) {  // a custom outbox failed: nothing was taken
+      set_error(std::string("outbox: take failed: ") + e.what());
+      if (past_deadline() || sleep_or_deadline(backoff(1, sender.rng()))) break;
+      continue;
     }
     // What was sent is confirmed by a transport flush once the queue is idle, at most every
     // kConfirmInterval (a flush may wait for a round trip, or for a slow in-process subscriber:
@@ -184,43 +289,20 @@ void Bridge::Impl::run_sender() {
       confirm(last_confirm + kConfirmInterval);
     }
     if (batch.empty()) continue;
-    if (past_deadline()) {
-      for (const auto& event : batch) drop(Drop::shutdown_deadline, event.name());
-      continue;
-    }
-    std::size_t count = 0;
-    for (const auto& event : batch) {
-      auto stream = streams.find(event.name());
-      if (stream == streams.end()) {
-        try {
-          stream = streams.emplace(std::string(event.name()), Stream{subject_for(config.prefix, std::string(event.name())), 0}).first;
-        } catch (const std::exception& e) {
-          drop(Drop::invalid_subject, event.name(), 1, e.what());
-          continue;
-        }
-      }
-      if (count == messages.size()) {
-        messages.emplace_back();
-        names.emplace_back();
-      }
-      try {
-        detail::encode_outgoing(event, config.app, hooks.instance_id, stream->second.sequence + 1,
-                                stream->second.subject, messages[count]);
-      } catch (const std::exception& e) {
-        drop(Drop::encode_failed, event.name(), 1, e.what());
-        continue;
-      }
-      ++stream->second.sequence;
-      names[count].assign(event.name());
-      ++count;
-    }
-    publish_in_order(std::span<const Message>(messages).first(count), names, rng);
-    for (std::size_t i = 0; i < count; ++i) {
-      if (messages[i].body.capacity() > kKeptBodyBytes) std::string().swap(messages[i].body);  // after a rare large event
+    try {
+      sender.send(batch);
+    } catch (const std::exception& e) {
+      // A custom outbox's settle() or release() failed: what it did not settle, the next take()
+      // hands out again (promise 3), so an event may be sent twice but is not lost.
+      set_error(std::string("outbox: ") + e.what());
     }
   }
   // Anything left (deadline passed while retrying, then closed) is counted.
-  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+  try {
+    for (const auto& event : outbox->drain()) drop(Drop::shutdown_deadline, event.name());
+  } catch (const std::exception& e) {
+    set_error(std::string("outbox: drain failed: ") + e.what());
+  }
 }
 
 }  // namespace notifications

@@ -28,7 +28,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "notifications/config.hpp"
+#include "notifications/outbox.hpp"  // OverflowPolicy
 
 namespace notifications::detail {
 
