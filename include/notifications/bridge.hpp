@@ -2,10 +2,11 @@
 // theirs to it as remote events. Application code keeps calling instrument(); only
 // configuration decides where events go.
 //
-//   outbound: instrumenting thread -> forward listener (queues the event with its payload
-//             serialised, in a bounded queue; never waits on the network) -> sender thread
-//             (encodes envelopes, publishes in batches, retries transient failures with
-//             backoff, keeping order)
+//   outbound: instrumenting thread -> forward listener (puts the event, its payload
+//             serialised, into the outbox: a bounded in-memory queue unless BridgeHooks::outbox
+//             gives another; never waits on the network) -> sender thread (takes a batch,
+//             encodes envelopes, publishes, settles what the transport confirmed; a transient
+//             failure releases the rest, which is retried with backoff, keeping order)
 //   inbound:  transport thread (only enqueues) -> dispatcher thread (decodes, publishes onto the
 //             Notifier as a remote event)
 //
@@ -47,6 +48,7 @@
 
 #include "notifications/config.hpp"
 #include "notifications/notifier.hpp"
+#include "notifications/outbox.hpp"
 #include "notifications/transport.hpp"
 
 namespace notifications {
@@ -60,6 +62,11 @@ struct BridgeHooks {
   std::function<void(const Message& message, std::string_view reason)> dead_letter;
   // This process's instance id in envelopes; default: a random UUID.
   std::string instance_id;
+  // Where accepted events wait until the transport confirmed them (notifications/outbox.hpp);
+  // default (null): make_memory_outbox(config.queue_capacity, config.queue_max_bytes,
+  // config.batch_size). An outbox serves one Bridge; the Bridge applies config.overflow and
+  // config.block_timeout to its push() calls, while its bounds are its own.
+  std::shared_ptr<Outbox> outbox = nullptr;
 };
 
 // What shutdown() did.

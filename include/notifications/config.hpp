@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "notifications/errors.hpp"
+#include "notifications/outbox.hpp"  // OverflowPolicy
 
 namespace notifications {
 
@@ -22,12 +23,6 @@ namespace notifications {
 class ConfigError : public Error {
  public:
   explicit ConfigError(const std::string& message) : Error("config", message) {}
-};
-
-enum class OverflowPolicy {
-  block,        // wait up to block_timeout for room, then drop the new event (counted)
-  drop_newest,  // drop the new event (counted)
-  drop_oldest,  // drop the oldest queued event to make room (counted)
 };
 
 struct RetryPolicy {

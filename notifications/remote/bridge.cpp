@@ -76,31 +76,47 @@ void Bridge::Impl::tell_forked_child_once() {
       "parent; events are refused and counted (health: counters.dropped.forked_child)\n");
 }
 
-void Bridge::Impl::note_sent(std::uint64_t count) {
-  counters.sent.fetch_add(count, std::memory_order_relaxed);
-  signal_progress();
-}
-
 void Bridge::Impl::signal_progress() {
   { std::lock_guard lock(progress_mutex); }
   progress.notify_all();
 }
 
 std::uint64_t Bridge::Impl::settled() const {
-  std::uint64_t total = counters.sent.load();
+  std::uint64_t total = outbound.counters().sent.load();
   for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
     if (counts_accepted(static_cast<Drop>(i))) total += counters.dropped[i].load();
   }
   return total;
 }
 
-bool Bridge::Impl::confirm(Deadline deadline) {
-  const std::uint64_t sent_before = counters.sent.load();
-  if (!transport->flush(deadline)) return false;
-  std::uint64_t current = counters.confirmed.load();
-  while (current < sent_before && !counters.confirmed.compare_exchange_weak(current, sent_before)) {
+bool Bridge::Impl::sleep_or_deadline(std::chrono::milliseconds duration) {
+  const auto wake = Clock::now() + duration;
+  std::unique_lock lock(progress_mutex);
+  while (!past_deadline()) {
+    // shutdown() sets the deadline and then signals progress: the wait is cut to it.
+    const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
+    auto until = wake;
+    if (ns != 0) until = std::min(until, Clock::time_point(Clock::duration(ns)));
+    if (Clock::now() >= until) break;
+    progress.wait_until(lock, until, [&] { return past_deadline() || deadline_ns.load(std::memory_order_acquire) != ns; });
   }
-  return true;
+  return past_deadline();
+}
+
+void Bridge::Impl::run_sender() {
+  detail::name_this_thread("ntf-sender");
+  detail::mark_bus_thread();
+  struct Done {  // tells shutdown() this thread returned, however it leaves
+    Impl& impl;
+    ~Done() {
+      {
+        std::lock_guard lock(impl.progress_mutex);
+        impl.sender_done = true;
+      }
+      impl.progress.notify_all();
+    }
+  } done{*this};
+  outbound.run();
 }
 
 void Bridge::Impl::start() {
@@ -131,10 +147,10 @@ void Bridge::Impl::start() {
   // behind when it does not return by the deadline.
   sender = std::thread([self = shared_from_this()] { self->run_sender(); });
   dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
-  accepting.store(true, std::memory_order_release);
-  for (std::size_t i = 0; i < forward_patterns.size(); ++i) {
-    forwarders.push_back(notifier.subscribe(forward_patterns[i], [weak, i](const Event& event) {
-      if (auto self = weak.lock()) self->forward(i, event);
+  outbound.start_accepting();
+  for (std::size_t i = 0; i < outbound.patterns().size(); ++i) {
+    forwarders.push_back(notifier.subscribe(outbound.patterns()[i], [weak, i](const Event& event) {
+      if (auto self = weak.lock()) self->outbound.forward(i, event);
     }));
   }
   state.store(State::running);
@@ -194,7 +210,7 @@ void Bridge::Impl::after_fork(bool in_child) {
       pause_requested.store(false, std::memory_order_release);
       hooks.instance_id = detail::random_uuid();
       generation.store(detail::fork_generation(), std::memory_order_relaxed);
-      outbound.take_all();  // the parent's events: the parent sends them
+      outbound.reset_in_forked_child();  // the parent's events: the parent sends them
       inbound.reset();
       reset_counters();
       {
@@ -215,7 +231,7 @@ void Bridge::Impl::after_fork(bool in_child) {
 
 ShutdownReport Bridge::Impl::abandon_in_forked_child() {
   // No lock: any of them may have been held by a thread that does not exist in this process.
-  accepting.store(false, std::memory_order_release);
+  outbound.stop_accepting();
   if (!abandoned.exchange(true)) {
     new std::thread(std::move(sender));      // leaked on purpose: never joined
     new std::thread(std::move(dispatcher));  // leaked on purpose: never joined
@@ -244,10 +260,7 @@ void Bridge::Impl::shut_down_at_exit(Clock::time_point deadline, const char* why
 }
 
 void Bridge::Impl::reset_counters() {
-  for (auto* counter : {&counters.accepted, &counters.sent, &counters.confirmed, &counters.blocked,
-                        &counters.failed, &counters.retried}) {
-    counter->store(0);
-  }
+  // The outbound counters: Outbound::reset_in_forked_child().
   inbound.reset_counters();
   for (auto& counter : counters.dropped) counter.store(0);
 }
@@ -277,16 +290,16 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
 
   // 1. Stop accepting: later events are refused and counted (the forward listeners stay
   // subscribed until the Bridge is destroyed, to count them).
-  accepting.store(false, std::memory_order_release);
+  outbound.stop_accepting();
   // 2. Drain the outbound queue through the sender (it gives up at the deadline; a sender stuck
   // in the transport is left behind kJoinGrace after it).
   outbound.close();
   signal_progress();
   const bool sender_returned = finish_thread(sender, sender_done, deadline + kJoinGrace);
-  for (const auto& event : outbound.take_all()) drop(Drop::shutdown_deadline, event.name());
+  outbound.drop_remaining();
   // 3. Flush the transport (what it confirms is counted as confirmed), 4. let its subscriptions
   // hand over what they hold (into the inbound queue), and close it.
-  const bool flushed = was_running && sender_returned ? confirm(deadline) : !was_running;
+  const bool flushed = was_running && sender_returned ? outbound.confirm(deadline) : !was_running;
   transport->stop(deadline);
   remote_subscriptions.clear();
   // 5. Deliver what was received, then stop the dispatcher. On the dispatcher thread itself
@@ -318,9 +331,9 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   state.store(State::stopped);
 
   ShutdownReport result;
-  result.sent = counters.sent.load();
-  result.confirmed = counters.confirmed.load();
-  const std::uint64_t accepted = counters.accepted.load();
+  result.sent = outbound.counters().sent.load();
+  result.confirmed = outbound.counters().confirmed.load();
+  const std::uint64_t accepted = outbound.counters().accepted.load();
   result.undelivered = accepted > result.confirmed ? accepted - result.confirmed : 0;
   result.inbound_undelivered =
       counters.dropped[static_cast<std::size_t>(Drop::inbound_deadline)].load() + left_with_dispatcher;
@@ -345,11 +358,11 @@ bool Bridge::Impl::flush(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   {
     std::unique_lock lock(progress_mutex);
-    if (!progress.wait_until(lock, deadline, [&] { return settled() >= counters.accepted.load(); })) {
+    if (!progress.wait_until(lock, deadline, [&] { return settled() >= outbound.counters().accepted.load(); })) {
       return false;
     }
   }
-  return confirm(deadline);
+  return outbound.confirm(deadline);
 }
 
 bool Bridge::Impl::wait_delivered(std::chrono::milliseconds timeout) {
@@ -369,12 +382,13 @@ nlohmann::json Bridge::Impl::counters_json() const {
   for (std::size_t i = 0; i < static_cast<std::size_t>(Drop::count_); ++i) {
     dropped[kDropNames[i]] = counters.dropped[i].load();
   }
-  return {{"accepted", counters.accepted.load()},
-          {"sent", counters.sent.load()},
-          {"confirmed", counters.confirmed.load()},
-          {"blocked", counters.blocked.load()},
-          {"failed", counters.failed.load()},
-          {"retried", counters.retried.load()},
+  const auto& out = outbound.counters();
+  return {{"accepted", out.accepted.load()},
+          {"sent", out.sent.load()},
+          {"confirmed", out.confirmed.load()},
+          {"blocked", out.blocked.load()},
+          {"failed", out.failed.load()},
+          {"retried", out.retried.load()},
           {"received", inbound.counters().received.load()},
           {"malformed", inbound.counters().malformed.load()},
           {"echo_suppressed", inbound.counters().echo_suppressed.load()},
@@ -394,7 +408,7 @@ nlohmann::json Bridge::Impl::health() const {
             {"detail",
              "this process was forked without notifications::prepare_fork()/after_fork(): the bridge "
              "refuses events (counters.dropped.forked_child)"},
-            {"queue", {{"depth", outbound.size_unlocked()}, {"capacity", outbound.capacity()}}},
+            {"queue", outbound.queue_health(true)},
             {"counters", counters_json()}};
   }
   nlohmann::json transport_health;
@@ -414,9 +428,7 @@ nlohmann::json Bridge::Impl::health() const {
       {"app", config.app},
       {"url", redact_url(config.url)},
       {"transport", std::move(transport_health)},
-      {"queue", {{"depth", outbound.size()}, {"capacity", outbound.capacity()},
-                 {"bytes", outbound.bytes()}, {"max_bytes", outbound.max_bytes()},
-                 {"overflow", to_string(config.overflow)}, {"saturated", saturated.load()}}},
+      {"queue", outbound.queue_health(false)},
       {"inbound_queue", {{"depth", inbound.size()}, {"capacity", inbound.capacity()},
                          {"bytes", inbound.bytes()}, {"max_bytes", inbound.max_bytes()}}},
       {"redelivery", inbound.redelivery_health()},
@@ -430,7 +442,6 @@ Bridge::Bridge(Notifier& notifier, std::shared_ptr<Transport> transport, BridgeC
   if (!transport) throw ConfigError("bridge: transport is null");
   config.validate();
   impl_ = std::make_shared<Impl>(notifier, std::move(transport), std::move(config), std::move(hooks));
-  for (const std::string& pattern : impl_->config.forward) impl_->forward_patterns.emplace_back(pattern);
 }
 
 Bridge::~Bridge() {

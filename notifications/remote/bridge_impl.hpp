@@ -1,6 +1,7 @@
 // Private: the state of a Bridge and its operations, shared by the files that implement them:
 //   bridge.cpp           lifecycle (start, shutdown, flush, health), fork, drop accounting
-//   bridge_outbound.cpp  instrumenting threads -> outbound queue -> sender thread -> transport
+//   bridge_outbound.cpp  the outbound half (class Outbound, bridge_outbound.hpp): instrumenting
+//                        threads -> outbox -> sender thread -> transport
 //   bridge_inbound.cpp   transport callback -> inbound queue -> dispatcher thread -> notifier
 //                        (the inbound part's state: class Inbound, remote/bridge_inbound.hpp)
 //
@@ -36,6 +37,7 @@
 #include "process/log.hpp"
 #include "process/process.hpp"
 #include "remote/bridge_inbound.hpp"
+#include "remote/bridge_outbound.hpp"
 #include "remote/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
@@ -125,9 +127,6 @@ class LogRate {
   std::atomic<std::uint64_t> suppressed_{0};
 };
 
-// Bytes an item holds in a bridge queue, for the byte bound (BridgeConfig::queue_max_bytes).
-struct OutgoingBytes {
-  std::size_t operator()(const detail::OutgoingEvent& event) const noexcept { return event.queued_bytes(); }
 };
 
 enum class State { created, running, stopping, stopped };
@@ -159,7 +158,7 @@ inline constexpr std::chrono::microseconds kIdleSpin{50};
 
 }  // namespace bridge_internal
 
-struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkParticipant {
+struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkParticipant, bridge_internal::OutboundHost {
   using Clock = bridge_internal::Clock;
   using Drop = bridge_internal::Drop;
   using State = bridge_internal::State;
@@ -169,8 +168,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
         transport(std::move(t)),
         config(std::move(c)),
         hooks(std::move(h)),
-        outbound(config.queue_capacity, bridge_internal::kIdleSpin,
-                 std::min<std::size_t>(config.batch_size, kDispatchBatch), config.queue_max_bytes),
+        outbound(*this, config, transport, hooks.instance_id, hooks.outbox),
         inbound(config, transport->capabilities(), bridge_internal::kIdleSpin, kDispatchBatch),
         keep_notifier_state(n.handle("notifications.bridge")) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
@@ -181,7 +179,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   const BridgeConfig config;
   BridgeHooks hooks;
 
-  detail::BoundedQueue<detail::OutgoingEvent, bridge_internal::OutgoingBytes> outbound;
+  bridge_internal::Outbound outbound;  // the outbox, the forward patterns, the outbound counters
   // The inbound part: queue, loss accounting, redelivery suppression, inbound counters.
   bridge_internal::Inbound inbound;
   // Keeps the notifier's shared state alive for a dispatcher left inside a listener past
@@ -193,16 +191,13 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   std::atomic<std::uint64_t> generation{detail::fork_generation()};
   std::atomic<std::uint64_t> fork_refusal_told{~std::uint64_t{0}};  // generation told in
   std::atomic<bool> abandoned{false};  // a forked child gave the bridge up
-  bool in_forked_child() const noexcept {
+  bool in_forked_child() const noexcept override {
     return detail::fork_generation() != generation.load(std::memory_order_relaxed);
   }
   // Counts a refusal in a forked child and says so once per process, without taking any lock.
-  void refuse_in_forked_child();
+  void refuse_in_forked_child() override;
   void tell_forked_child_once();
 
-  // Block policy: set when a push waited its whole block_timeout; until the transport accepts
-  // something again, pushes do not wait (the queue drops the newest instead).
-  std::atomic<bool> saturated{false};
   // Sender and dispatcher exits, for shutdown's bounded waits (under progress_mutex).
   bool sender_done = false;
   bool dispatcher_done = false;
@@ -211,7 +206,6 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   std::mutex lifecycle;  // serialises start() and shutdown()
   std::atomic<State> state{State::created};
-  std::atomic<bool> accepting{false};
   std::vector<Subscription> forwarders;           // guarded by lifecycle
   std::vector<std::uint64_t> remote_subscriptions;  // guarded by lifecycle
   std::thread sender;
@@ -237,13 +231,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   std::condition_variable progress;
 
   struct Counters {
-    std::atomic<std::uint64_t> accepted{0};
-    std::atomic<std::uint64_t> sent{0};       // handed to the transport
-    std::atomic<std::uint64_t> confirmed{0};  // covered by a successful transport flush
-    std::atomic<std::uint64_t> blocked{0};    // instrument calls that waited on a full queue
-    std::atomic<std::uint64_t> failed{0};   // publish calls that did not accept everything
-    std::atomic<std::uint64_t> retried{0};
-    // The inbound counters are the Inbound part's (inbound.counters()).
+    // The outbound counters are the Outbound part's, the inbound ones the Inbound part's.
     std::atomic<std::uint64_t> dropped[static_cast<std::size_t>(Drop::count_)]{};
   } counters;
 
@@ -257,9 +245,9 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   // ---- helpers ------------------------------------------------------------------------------
 
-  bool past_deadline() const;
+  bool past_deadline() const override;
 
-  void set_error(std::string text);
+  void set_error(std::string text) override;
 
   // Rate-limited logging: true at most once a second per kind (a Drop, or one of the kinds below)
   // and key; `suppressed` receives how many calls were refused since the last true.
@@ -273,39 +261,20 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   void log_loss(const std::string& subject, std::uint64_t missing);
 
   // Counts `count` drops and logs them, at most once a second per reason and name.
-  void drop(Drop reason, std::string_view name, std::uint64_t count = 1, std::string_view why = {});
-
-  void note_sent(std::uint64_t count);
-
-  // Asks the transport to flush; on success everything sent before the call is confirmed.
-  bool confirm(Deadline deadline);
+  void drop(Drop reason, std::string_view name, std::uint64_t count = 1, std::string_view why = {}) override;
 
   // Wakes flush() and a sender waiting out a backoff. Taking the mutex orders the change before
   // the waiters' predicate checks, so no wake-up is lost.
-  void signal_progress();
+  void signal_progress() override;
 
   std::uint64_t settled() const;
 
-  // ---- outbound -----------------------------------------------------------------------------
+  // ---- outbound (the rest is in `outbound`) -------------------------------------------------
 
-  // Runs on instrumenting threads: queues the event (payload serialised) and returns.
-  void forward(std::size_t pattern_index, const Event& event);
+  bool sleep_or_deadline(std::chrono::milliseconds duration) override;
 
-  std::vector<Pattern> forward_patterns;
-
-  std::chrono::milliseconds backoff(int attempt, std::mt19937& rng) const;
-
-  // Waits `duration`, or less when shutdown's deadline comes first (also one set while waiting).
-  // True when the deadline passed.
-  bool sleep_or_deadline(std::chrono::milliseconds duration);
-
-  // Publishes `messages` in order, retrying transient failures. Everything ends as sent or
-  // dropped (counted, by name).
-  void publish_in_order(std::span<const Message> messages, const std::vector<std::string>& names,
-                        std::mt19937& rng);
-
+  // The sender thread: runs outbound.run() and tells shutdown() when it returned.
   void run_sender();
-  static constexpr std::size_t kKeptBodyBytes = 64 * 1024;  // a reused message body keeps at most this
 
   // ---- inbound ------------------------------------------------------------------------------
 
@@ -334,7 +303,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   // ---- fork ----------------------------------------------------------------------------------
 
   // Sender and dispatcher threads: waits here, holding no other lock, while a fork is prepared.
-  void park_if_requested();
+  void park_if_requested() override;
 
   void set_pause(bool requested);
 

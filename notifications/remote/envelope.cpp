@@ -590,9 +590,7 @@ Message message_from_event(const Event& event, std::string_view producer, std::s
   return message;
 }
 
-namespace detail {
-
-void OutgoingEvent::set_text(std::string_view name, std::string_view payload, std::string_view traceparent) {
+void OutboxEvent::set_text(std::string_view name, std::string_view payload, std::string_view traceparent) {
   constexpr std::size_t kMax = std::numeric_limits<std::uint32_t>::max();
   if (name.size() > kMax || payload.size() > kMax || traceparent.size() > kMax) {
     throw std::length_error("event text over 4 GiB");
@@ -610,17 +608,20 @@ void OutgoingEvent::set_text(std::string_view name, std::string_view payload, st
   traceparent_size_ = static_cast<std::uint32_t>(traceparent.size());
 }
 
-void OutgoingEvent::take(OutgoingEvent& other) noexcept {
+void OutboxEvent::take(OutboxEvent& other) noexcept {
   heap_ = std::move(other.heap_);
   name_size_ = std::exchange(other.name_size_, 0);
   payload_size_ = std::exchange(other.payload_size_, 0);
   traceparent_size_ = std::exchange(other.traceparent_size_, 0);
   if (!heap_ && text_size() > 0) std::memcpy(inline_, other.inline_, text_size());
   id_sequence = other.id_sequence;
+  sequence = other.sequence;
   time = other.time;
   duration = other.duration;
   exception = std::move(other.exception);
 }
+
+namespace detail {
 
 namespace {
 

@@ -27,7 +27,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "notifications/config.hpp"
+#include "notifications/outbox.hpp"  // OverflowPolicy
 #include "process/thread_safety.hpp"
 
 namespace notifications::detail {
