@@ -61,7 +61,7 @@ struct BridgeHooks {
   // cost per message: docs/benchmarks.md).
   std::function<void(const Message& message, std::string_view reason)> dead_letter;
   // This process's instance id in envelopes; default: a random UUID.
-  std::string instance_id;
+  std::string instance_id{};
   // Where accepted events wait until the transport confirmed them (notifications/outbox.hpp);
   // default (null): make_memory_outbox(config.queue_capacity, config.queue_max_bytes,
   // config.batch_size). An outbox serves one Bridge; the Bridge applies config.overflow and

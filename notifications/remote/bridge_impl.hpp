@@ -127,8 +127,6 @@ class LogRate {
   std::atomic<std::uint64_t> suppressed_{0};
 };
 
-};
-
 enum class State { created, running, stopping, stopped };
 
 // How long shutdown() waits past its deadline for the sender or the dispatcher to return before

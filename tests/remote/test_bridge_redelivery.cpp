@@ -152,7 +152,7 @@ class AckingTransport final : public n::TransportBase {
 // I1 and I2 on a transport with acknowledgements: each delivery is settled once, after the
 // listener ran (take, then settle); the redelivery of an id already delivered is acked without
 // reaching the listener.
-TEST(BridgeRedelivery, ASuppressedRedeliveryIsAckedAndEverySettleFollowsHandling) {
+TEST(BridgeRedelivery, BridgePromise9_ASuppressedRedeliveryIsAckedAndEverySettleFollowsHandling) {
   n::Notifier notifier;
   std::atomic<int> calls{0};
   auto subscription = notifier.subscribe("order.placed", [&](const n::Event&) { calls.fetch_add(1); });
@@ -176,7 +176,7 @@ TEST(BridgeRedelivery, ASuppressedRedeliveryIsAckedAndEverySettleFollowsHandling
 
 // I2: a redelivery (same Message::id, Delivery::redelivery 1) is delivered once, counted as
 // suppressed, and neither dropped nor lost nor a sequence gap.
-TEST(BridgeRedelivery, ARedeliveredIdIsDeliveredOnceAndCountedAsSuppressed) {
+TEST(BridgeRedelivery, BridgePromise8_ARedeliveredIdIsDeliveredOnceAndCountedAsSuppressed) {
   Receiver r;
   r.peer->redeliver_next(1);
   r.send(id(1), 1);

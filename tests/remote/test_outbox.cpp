@@ -310,7 +310,7 @@ TEST(BridgeOutbox, ACustomOutboxReceivesEveryEvent) {
 // The sender fails after take (the outbox throws once the items are taken), the transport fails
 // after take (two refused publish calls, transient), and settle fails after settling: every
 // event arrives, once, in the order instrumented, with no gap in its stream's sequence.
-TEST(BridgeOutbox, FailuresBetweenTakeAndSettleLoseNothingAndKeepOrder) {
+TEST(BridgeOutbox, BridgePromise3_FailuresBetweenTakeAndSettleLoseNothingAndKeepOrder) {
   const std::string broker = "take-settle";
   n::MockOptions options;
   static std::atomic<int> counter{0};
