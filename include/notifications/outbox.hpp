@@ -7,7 +7,7 @@
 // from one consumer thread at a time (the Bridge's sender). reset_in_forked_child() runs while no
 // other thread uses the outbox.
 //
-// Promises of every Outbox (tests/test_outbox.cpp checks each against make_memory_outbox(), in a
+// Promises of every Outbox (tests/remote/test_outbox.cpp checks each against make_memory_outbox(), in a
 // test named OutboxPromise<n>_...):
 //   1. Order. take() hands out items in the order push() accepted them.
 //   2. Take, then settle. A taken item stays in the outbox, in flight, until settle() removes it:
