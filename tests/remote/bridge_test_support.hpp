@@ -2,6 +2,7 @@
 // Thread-safety: stateless functions.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -20,6 +21,12 @@ inline notifications::BridgeConfig config_for(const std::string& app) {
   config.retry.initial = std::chrono::milliseconds(1);
   config.retry.max = std::chrono::milliseconds(5);
   return config;
+}
+
+// A broker (or subject) name no other test in this process uses: "<base>-<n>".
+inline std::string unique_broker(const std::string& base) {
+  static std::atomic<int> next{0};
+  return base + "-" + std::to_string(next.fetch_add(1));
 }
 
 inline std::uint64_t counter(const nlohmann::json& health, const std::string& name) {

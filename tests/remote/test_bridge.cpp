@@ -28,12 +28,8 @@ using nlohmann::json;
 
 namespace {
 
+using test_support::unique_broker;
 using test_support::wait_until;
-
-std::string unique_broker(const std::string& base) {
-  static std::atomic<int> counter{0};
-  return base + "-" + std::to_string(counter.fetch_add(1));
-}
 
 // Thread-safe collection of the events a listener saw.
 struct Inbox {

@@ -30,10 +30,7 @@ using test_support::wait_until;
 
 namespace {
 
-std::string broker(const std::string& base) {
-  static std::atomic<int> next{0};
-  return "promise-" + base + "-" + std::to_string(next.fetch_add(1));
-}
+std::string broker(const std::string& base) { return test_support::unique_broker("promise-" + base); }
 
 std::shared_ptr<n::MockTransport> mock_on(const std::string& name, bool inline_delivery = true) {
   return std::make_shared<n::MockTransport>(n::MockOptions{.broker = name, .inline_delivery = inline_delivery});

@@ -26,23 +26,19 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using test_support::config_for;
 using test_support::counter;
+using test_support::unique_broker;
 using test_support::wait_until;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string unique_name(const std::string& base) {
-  static std::atomic<int> counter{0};
-  return base + "-" + std::to_string(counter.fetch_add(1));
-}
-
 // A receiving Bridge on a mock that claims acknowledgements (so the Bridge suppresses
 // redeliveries), and a raw peer mock on the same broker that publishes envelopes.
 struct Receiver {
   explicit Receiver(n::BridgeConfig config = config_for("receiver"), bool acknowledgements = true) {
     n::MockOptions options;
-    options.broker = unique_name("redelivery");
+    options.broker = unique_broker("redelivery");
     options.capabilities.acknowledgements = acknowledgements;
     peer = std::make_shared<n::MockTransport>(options);
     transport = std::make_shared<n::MockTransport>(options);

@@ -27,23 +27,19 @@
 namespace n = notifications;
 using namespace std::chrono_literals;
 using nlohmann::json;
+using test_support::unique_broker;
 using test_support::wait_until;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string unique_name(const std::string& base) {
-  static std::atomic<int> counter{0};
-  return base + "-" + std::to_string(counter.fetch_add(1));
-}
-
 using test_support::config_for;
 using test_support::counter;
 using test_support::dropped;
 
 std::shared_ptr<n::MockTransport> mock(n::MockOptions options = {}) {
-  options.broker = unique_name("reliability");
+  options.broker = unique_broker("reliability");
   return std::make_shared<n::MockTransport>(options);
 }
 
@@ -124,7 +120,7 @@ TEST(BridgeDeadline, ShutdownCutsABackoffThatStartedBeforeIt) {
 // A listener of remote events that blocks does not hold shutdown() past its deadline; what was
 // not delivered is in the report, and the listener, when it returns, touches nothing freed.
 TEST(BridgeDeadline, ABlockedRemoteListenerDoesNotHoldShutdownPastItsDeadline) {
-  const std::string broker = unique_name("blocked-listener");
+  const std::string broker = unique_broker("blocked-listener");
   n::Notifier sender_notifier;
   n::Notifier receiver_notifier;
   n::Bridge sender(sender_notifier, n::make_memory_transport({.broker = broker, .inline_delivery = false}),
@@ -196,7 +192,7 @@ TEST(BridgeReport, ConfirmedOnceTheTransportFlushed) {
 
 // Received events discarded at the deadline are in the report, which is then not clean.
 TEST(BridgeReport, InboundDiscardsAtTheDeadlineAreReported) {
-  const std::string broker = unique_name("inbound-discards");
+  const std::string broker = unique_broker("inbound-discards");
   n::Notifier sender_notifier;
   n::Notifier receiver_notifier;
   n::BridgeConfig receiver_config = config_for("receiver");
@@ -268,7 +264,7 @@ TEST(BridgeBounds, AMessageTheTransportRefusesAsTooLargeIsNotRetried) { expect_t
 // ---- inbound envelopes from a hostile peer -----------------------------------------------------
 
 struct Receiver {
-  std::string broker = unique_name("hostile");
+  std::string broker = unique_broker("hostile");
   n::Notifier notifier;
   std::shared_ptr<n::Transport> peer = n::make_memory_transport({.broker = broker, .inline_delivery = true});
   // Before the bridge, so that they outlive its dispatcher thread, which calls the dead-letter
