@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "notifications/errors.hpp"
-#include "notifications/transport.hpp"
 #include "process/fork_registry.hpp"
 #include "process/log.hpp"
 #include "process/process.hpp"
@@ -26,7 +25,7 @@ struct Handler {
 // A started transport and the fork generation it belongs to: an entry inherited by a child forked
 // without after_fork() names a transport of the parent's (maybe destroyed since) and is skipped.
 struct TransportEntry {
-  Transport* transport;
+  detail::ForkTransport transport;
   std::uint64_t generation;
 };
 
@@ -42,7 +41,7 @@ struct Registry {
   // Between prepare_fork() and after_fork(), used only by the thread that forks, which holds
   // mutex from one to the other (both are outside the analysis, see there):
   std::vector<std::shared_ptr<detail::ForkParticipant>> prepared;
-  std::vector<Transport*> prepared_transports;
+  std::vector<detail::ForkTransport> prepared_transports;
   bool is_prepared = false;
   std::uint64_t prepared_generation = 0;  // fork_generation() at prepare_fork(): which process
 };
@@ -62,7 +61,7 @@ void register_fork_participant(std::weak_ptr<ForkParticipant> participant) {
   r.participants.push_back(std::move(participant));
 }
 
-void register_fork_transport(Transport* transport) {
+void register_fork_transport(const ForkTransport& transport) {
   install_fork_hook();
   Registry& r = registry();
   const std::uint64_t generation = fork_generation();
@@ -71,10 +70,10 @@ void register_fork_transport(Transport* transport) {
   r.transports.push_back(TransportEntry{transport, generation});
 }
 
-void unregister_fork_transport(Transport* transport) {
+void unregister_fork_transport(const void* self) {
   Registry& r = registry();
   detail::MutexLock lock(r.transports_mutex);
-  std::erase_if(r.transports, [&](const TransportEntry& e) { return e.transport == transport; });
+  std::erase_if(r.transports, [&](const TransportEntry& e) { return e.transport.self == self; });
 }
 
 void shut_down_participants_at_exit(std::chrono::steady_clock::time_point deadline, const char* why) {
@@ -128,11 +127,11 @@ void prepare_fork(std::chrono::milliseconds timeout) NOTIFICATIONS_NO_THREAD_SAF
   // Held until after_fork() too: no transport starts or stops across the fork.
   r.transports_mutex.lock();
   const std::uint64_t generation = detail::fork_generation();
-  std::vector<Transport*> transports;
+  std::vector<detail::ForkTransport> transports;
   for (const TransportEntry& e : r.transports) {
     if (e.generation == generation) transports.push_back(e.transport);
   }
-  for (Transport* t : transports) t->prepare_fork(deadline);  // never throws (TransportBase)
+  for (const detail::ForkTransport& t : transports) t.prepare(t.self, deadline);
   for (const Handler& h : r.handlers) {
     if (h.prepare) h.prepare();
   }
@@ -160,7 +159,7 @@ void after_fork() NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   for (auto& p : prepared) p->after_fork(in_child);
   auto transports = std::move(r.prepared_transports);
   r.prepared_transports.clear();
-  for (Transport* t : transports) t->after_fork(in_child);  // a Bridge's: resumed already
+  for (const detail::ForkTransport& t : transports) t.after(t.self, in_child);  // a Bridge's: resumed already
   if (in_child) {
     for (TransportEntry& e : r.transports) {
       if (e.generation == r.prepared_generation) e.generation = generation;  // this process's now

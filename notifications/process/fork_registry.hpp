@@ -14,10 +14,6 @@
 #include <chrono>
 #include <memory>
 
-namespace notifications {
-class Transport;
-}
-
 namespace notifications::detail {
 
 class ForkParticipant {
@@ -41,8 +37,15 @@ void register_fork_participant(std::weak_ptr<ForkParticipant> participant);
 // installs the fork hook (process/process.hpp). Both wait while prepare_fork() holds the registry
 // (a transport started or stopped meanwhile waits for after_fork()). The registry holds the
 // pointer only: unregister before the transport is destroyed (TransportBase::stop() does).
-void register_fork_transport(Transport* transport);
-void unregister_fork_transport(Transport* transport);
+// The registry calls a transport through these (process/ sits below the transport layer and does
+// not know the Transport class): `self` is the transport, and its key for unregistering.
+struct ForkTransport {
+  void* self = nullptr;
+  void (*prepare)(void* self, std::chrono::steady_clock::time_point deadline) = nullptr;  // never throws
+  void (*after)(void* self, bool in_child) = nullptr;
+};
+void register_fork_transport(const ForkTransport& transport);
+void unregister_fork_transport(const void* self);
 
 // Calls shut_down_at_exit on every participant still alive. Gives up at `deadline` when another
 // thread holds the registry (a prepare_fork() in progress on a thread that is gone).

@@ -124,7 +124,11 @@ void TransportBase::start() {
   // Under the lifecycle lock, so prepare_fork() never sees this transport half started. The
   // registry takes the lifecycle locks of registered transports only (process/fork.cpp), and
   // this one is not registered yet: no deadlock; during prepare_fork()..after_fork() this waits.
-  detail::register_fork_transport(this);
+  detail::register_fork_transport(detail::ForkTransport{
+      this,
+      [](void* self, Deadline deadline) { static_cast<TransportBase*>(self)->prepare_fork(deadline); },
+      [](void* self, bool in_child) { static_cast<TransportBase*>(self)->after_fork(in_child); },
+  });
   fork_registered_.store(true);
 }
 
