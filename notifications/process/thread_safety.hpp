@@ -49,6 +49,8 @@
 #define NOTIFICATIONS_RELEASE_GENERIC(...) NOTIFICATIONS_THREAD_ANNOTATION(release_generic_capability(__VA_ARGS__))
 // The function acquires the capabilities when it returns the first argument.
 #define NOTIFICATIONS_TRY_ACQUIRE(...) NOTIFICATIONS_THREAD_ANNOTATION(try_acquire_capability(__VA_ARGS__))
+// The same, shared (a reader of a SharedMutex).
+#define NOTIFICATIONS_TRY_ACQUIRE_SHARED(...) NOTIFICATIONS_THREAD_ANNOTATION(try_acquire_shared_capability(__VA_ARGS__))
 // The caller must not hold the capabilities (the function takes them itself).
 #define NOTIFICATIONS_EXCLUDES(...) NOTIFICATIONS_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
 // The function returns a reference to the capability named.
@@ -89,6 +91,7 @@ class NOTIFICATIONS_CAPABILITY("shared mutex") SharedMutex {
   void unlock() NOTIFICATIONS_RELEASE() { mutex_.unlock(); }
   bool try_lock() NOTIFICATIONS_TRY_ACQUIRE(true) { return mutex_.try_lock(); }
   void lock_shared() NOTIFICATIONS_ACQUIRE_SHARED() { mutex_.lock_shared(); }
+  bool try_lock_shared() NOTIFICATIONS_TRY_ACQUIRE_SHARED(true) { return mutex_.try_lock_shared(); }
   void unlock_shared() NOTIFICATIONS_RELEASE_SHARED() { mutex_.unlock_shared(); }
 
  private:
@@ -101,6 +104,8 @@ class NOTIFICATIONS_SCOPED_CAPABILITY SharedMutexReadLock {
   explicit SharedMutexReadLock(SharedMutex& mutex) NOTIFICATIONS_ACQUIRE_SHARED(mutex) : mutex_(mutex) {
     mutex_.lock_shared();
   }
+  // Takes over `mutex`, which the caller holds shared (after a successful try_lock_shared()).
+  SharedMutexReadLock(SharedMutex& mutex, std::adopt_lock_t) NOTIFICATIONS_REQUIRES_SHARED(mutex) : mutex_(mutex) {}
   ~SharedMutexReadLock() NOTIFICATIONS_RELEASE_GENERIC() { mutex_.unlock_shared(); }
   SharedMutexReadLock(const SharedMutexReadLock&) = delete;
   SharedMutexReadLock& operator=(const SharedMutexReadLock&) = delete;
@@ -109,9 +114,11 @@ class NOTIFICATIONS_SCOPED_CAPABILITY SharedMutexReadLock {
   SharedMutex& mutex_;
 };
 
-// Holds a SharedMutex exclusively (as the writer), taken over from a successful try_lock().
+// Holds a SharedMutex exclusively (as the writer) from construction to destruction.
 class NOTIFICATIONS_SCOPED_CAPABILITY SharedMutexWriteLock {
  public:
+  explicit SharedMutexWriteLock(SharedMutex& mutex) NOTIFICATIONS_ACQUIRE(mutex) : mutex_(mutex) { mutex_.lock(); }
+  // Takes over `mutex`, which the caller holds (after a successful try_lock()).
   SharedMutexWriteLock(SharedMutex& mutex, std::adopt_lock_t) NOTIFICATIONS_REQUIRES(mutex) : mutex_(mutex) {}
   ~SharedMutexWriteLock() NOTIFICATIONS_RELEASE() { mutex_.unlock(); }
   SharedMutexWriteLock(const SharedMutexWriteLock&) = delete;

@@ -4,6 +4,8 @@
 namespace notifications {
 
 using namespace bridge_internal;
+using detail::MutexLock;
+using detail::UniqueMutexLock;
 
 bool Bridge::Impl::past_deadline() const {
   const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
@@ -11,12 +13,12 @@ bool Bridge::Impl::past_deadline() const {
 }
 
 void Bridge::Impl::set_error(std::string text) {
-  std::lock_guard lock(error_mutex);
+  MutexLock lock(error_mutex);
   last_error = std::move(text);
 }
 
 bool Bridge::Impl::should_log(int kind, std::string_view key, std::uint64_t* suppressed) {
-  std::lock_guard lock(error_mutex);
+  MutexLock lock(error_mutex);
   const auto now = Clock::now();
   if (drop_logged.size() > 1024) drop_logged.clear();
   auto [it, inserted] = drop_logged.try_emplace({kind, std::string(key)}, Logged{now, 0});
@@ -77,7 +79,7 @@ void Bridge::Impl::tell_forked_child_once() {
 }
 
 void Bridge::Impl::signal_progress() {
-  { std::lock_guard lock(progress_mutex); }
+  { MutexLock lock(progress_mutex); }
   progress.notify_all();
 }
 
@@ -91,14 +93,16 @@ std::uint64_t Bridge::Impl::settled() const {
 
 bool Bridge::Impl::sleep_or_deadline(std::chrono::milliseconds duration) {
   const auto wake = Clock::now() + duration;
-  std::unique_lock lock(progress_mutex);
+  UniqueMutexLock lock(progress_mutex);
   while (!past_deadline()) {
     // shutdown() sets the deadline and then signals progress: the wait is cut to it.
     const std::int64_t ns = deadline_ns.load(std::memory_order_acquire);
     auto until = wake;
     if (ns != 0) until = std::min(until, Clock::time_point(Clock::duration(ns)));
     if (Clock::now() >= until) break;
-    progress.wait_until(lock, until, [&] { return past_deadline() || deadline_ns.load(std::memory_order_acquire) != ns; });
+    while (!past_deadline() && deadline_ns.load(std::memory_order_acquire) == ns) {
+      if (lock.wait_until(progress, until) == std::cv_status::timeout) break;
+    }
   }
   return past_deadline();
 }
@@ -110,7 +114,7 @@ void Bridge::Impl::run_sender() {
     Impl& impl;
     ~Done() {
       {
-        std::lock_guard lock(impl.progress_mutex);
+        MutexLock lock(impl.progress_mutex);
         impl.sender_done = true;
       }
       impl.progress.notify_all();
@@ -120,7 +124,7 @@ void Bridge::Impl::run_sender() {
 }
 
 void Bridge::Impl::start() {
-  std::lock_guard lock(lifecycle);
+  MutexLock lock(lifecycle);
   if (state.load() == State::running) return;
   if (state.load() != State::created) {
     throw TransportError("bridge: start() after shutdown(); create a new Bridge");
@@ -161,32 +165,38 @@ void Bridge::Impl::start() {
 void Bridge::Impl::park_if_requested() {
   if (!pause_requested.load(std::memory_order_acquire)) return;
   Pause& p = *pause;
-  std::unique_lock lock(p.mutex);
+  UniqueMutexLock lock(p.mutex);
   if (!p.requested) return;
   ++p.parked;
   p.changed.notify_all();
-  p.changed.wait(lock, [&] { return !p.requested; });
+  while (p.requested) lock.wait(p.changed);
   --p.parked;
 }
 
 void Bridge::Impl::set_pause(bool requested) {
   {
-    std::lock_guard lock(pause->mutex);
+    MutexLock lock(pause->mutex);
     pause->requested = requested;
   }
   pause_requested.store(requested, std::memory_order_release);
   pause->changed.notify_all();
 }
 
-bool Bridge::Impl::prepare_fork(Clock::time_point deadline) {
+// Not analysed: it returns holding `lifecycle` (for after_fork()), which the ForkParticipant
+// interface cannot name; the path that gives up releases it.
+bool Bridge::Impl::prepare_fork(Clock::time_point deadline) NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   lifecycle.lock();
   prepared_for_fork = state.load() == State::running;
   if (!prepared_for_fork) return true;  // nothing runs: nothing to park
   set_pause(true);
   bool parked = false;
   {
-    std::unique_lock lock(pause->mutex);
-    parked = pause->changed.wait_until(lock, deadline, [&] { return pause->parked == 2; });
+    Pause& p = *pause;
+    UniqueMutexLock lock(p.mutex);
+    while (p.parked != 2) {
+      if (lock.wait_until(p.changed, deadline) == std::cv_status::timeout) break;
+    }
+    parked = p.parked == 2;
   }
   if (!parked) {
     set_pause(false);
@@ -198,7 +208,10 @@ bool Bridge::Impl::prepare_fork(Clock::time_point deadline) {
   return true;
 }
 
-void Bridge::Impl::after_fork(bool in_child) {
+// Not analysed: it releases `lifecycle`, which prepare_fork() left locked (the fork registry calls
+// the one after the other on the thread that forks; the interface cannot name the lock), and it
+// touches what lifecycle guards with it held that way.
+void Bridge::Impl::after_fork(bool in_child) NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   if (prepared_for_fork) {
     prepared_for_fork = false;
     if (in_child) {
@@ -214,7 +227,7 @@ void Bridge::Impl::after_fork(bool in_child) {
       inbound.reset();
       reset_counters();
       {
-        std::lock_guard lock(progress_mutex);
+        MutexLock lock(progress_mutex);
         sender_done = false;
         dispatcher_done = false;
       }
@@ -229,8 +242,11 @@ void Bridge::Impl::after_fork(bool in_child) {
   lifecycle.unlock();
 }
 
-ShutdownReport Bridge::Impl::abandon_in_forked_child() {
-  // No lock: any of them may have been held by a thread that does not exist in this process.
+// Not analysed: it moves `sender` and `dispatcher` (guarded by lifecycle) without the lock.
+// No lock: any of them may have been held by a thread that does not exist in this process. The
+// exchange on `abandoned` lets one call only take the threads; a forked child that did not call
+// after_fork() has no sender or dispatcher, and start() refuses after the first shutdown().
+ShutdownReport Bridge::Impl::abandon_in_forked_child() NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS {
   outbound.stop_accepting();
   if (!abandoned.exchange(true)) {
     new std::thread(std::move(sender));      // leaked on purpose: never joined
@@ -248,7 +264,7 @@ ShutdownReport Bridge::Impl::abandon_in_forked_child() {
 void Bridge::Impl::shut_down_at_exit(Clock::time_point deadline, const char* why) {
   if (in_forked_child()) return;  // started in the parent, which shuts it down
   {
-    std::lock_guard lock(lifecycle);
+    MutexLock lock(lifecycle);
     if (report || state.load() != State::running) return;
   }
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
@@ -265,11 +281,14 @@ void Bridge::Impl::reset_counters() {
   for (auto& counter : counters.dropped) counter.store(0);
 }
 
-bool Bridge::Impl::finish_thread(std::thread& thread, const bool& done, Clock::time_point until) {
+bool Bridge::Impl::finish_thread(std::thread& thread, Worker worker, Clock::time_point until) {
   if (!thread.joinable()) return true;
   {
-    std::unique_lock lock(progress_mutex);
-    if (!progress.wait_until(lock, until, [&] { return done; })) {
+    UniqueMutexLock lock(progress_mutex);
+    while (!worker_done(worker)) {
+      if (lock.wait_until(progress, until) == std::cv_status::timeout) break;
+    }
+    if (!worker_done(worker)) {
       thread.detach();  // it holds a reference to this Impl: nothing it touches is freed
       return false;
     }
@@ -281,7 +300,7 @@ bool Bridge::Impl::finish_thread(std::thread& thread, const bool& done, Clock::t
 ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   // Before any lock: in a forked child each may have been held by a thread that is gone.
   if (state.load() != State::created && in_forked_child()) return abandon_in_forked_child();
-  std::lock_guard lock(lifecycle);
+  MutexLock lock(lifecycle);
   if (report) return *report;
   const auto deadline = Clock::now() + timeout;
   const bool was_running = state.load() == State::running;
@@ -295,7 +314,7 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   // in the transport is left behind kJoinGrace after it).
   outbound.close();
   signal_progress();
-  const bool sender_returned = finish_thread(sender, sender_done, deadline + kJoinGrace);
+  const bool sender_returned = finish_thread(sender, Worker::sender, deadline + kJoinGrace);
   outbound.drop_remaining();
   // 3. Flush the transport (what it confirms is counted as confirmed), 4. let its subscriptions
   // hand over what they hold (into the inbound queue), and close it.
@@ -312,7 +331,7 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
     if (dispatcher_id.load() == std::this_thread::get_id()) {
       dispatcher.detach();  // it owns a reference to this Impl and exits once the queue is empty
     } else {
-      dispatcher_returned = finish_thread(dispatcher, dispatcher_done, deadline + kJoinGrace);
+      dispatcher_returned = finish_thread(dispatcher, Worker::dispatcher, deadline + kJoinGrace);
     }
   }
   if (!dispatcher_returned) {
@@ -357,10 +376,11 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
 bool Bridge::Impl::flush(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   {
-    std::unique_lock lock(progress_mutex);
-    if (!progress.wait_until(lock, deadline, [&] { return settled() >= outbound.counters().accepted.load(); })) {
-      return false;
+    UniqueMutexLock lock(progress_mutex);
+    while (settled() < outbound.counters().accepted.load()) {
+      if (lock.wait_until(progress, deadline) == std::cv_status::timeout) break;
     }
+    if (settled() < outbound.counters().accepted.load()) return false;
   }
   return outbound.confirm(deadline);
 }
@@ -370,8 +390,12 @@ bool Bridge::Impl::wait_delivered(std::chrono::milliseconds timeout) {
   wait_delivered_waiters.fetch_add(1);
   bool done = false;
   {
-    std::unique_lock lock(progress_mutex);
-    done = progress.wait_until(lock, Clock::now() + timeout, [&] { return inbound.handled() >= target; });
+    UniqueMutexLock lock(progress_mutex);
+    const auto until = Clock::now() + timeout;
+    while (inbound.handled() < target) {
+      if (lock.wait_until(progress, until) == std::cv_status::timeout) break;
+    }
+    done = inbound.handled() >= target;
   }
   wait_delivered_waiters.fetch_sub(1);
   return done;
@@ -419,7 +443,7 @@ nlohmann::json Bridge::Impl::health() const {
   }
   std::string error;
   {
-    std::lock_guard lock(error_mutex);
+    MutexLock lock(error_mutex);
     error = last_error;
   }
   return {
@@ -453,7 +477,7 @@ Bridge::~Bridge() {
   // In a forked child the forward listeners stay (unsubscribing takes the notifier's lock, which
   // a thread that is gone may have held); they find the bridge refusing.
   if (impl_->state.load() != Impl::State::created && impl_->in_forked_child()) return;
-  std::lock_guard lock(impl_->lifecycle);
+  MutexLock lock(impl_->lifecycle);
   impl_->forwarders.clear();
 }
 
@@ -479,8 +503,8 @@ std::unique_ptr<Bridge> make_bridge(Notifier& notifier, BridgeConfig config, Bri
 // ---- configure() --------------------------------------------------------------------------------
 
 namespace {
-std::mutex default_bridge_mutex;
-std::shared_ptr<Bridge> default_bridge;  // guarded by default_bridge_mutex
+detail::Mutex default_bridge_mutex;
+std::shared_ptr<Bridge> default_bridge NOTIFICATIONS_GUARDED_BY(default_bridge_mutex);
 }  // namespace
 
 std::shared_ptr<Bridge> configure() {
@@ -511,7 +535,7 @@ std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why) {
               why, in_process ? "; events reach only bridges in this process" : "");
   std::shared_ptr<Bridge> previous;
   {
-    std::lock_guard lock(default_bridge_mutex);
+    MutexLock lock(default_bridge_mutex);
     previous = std::exchange(default_bridge, bridge);
   }
   if (previous) previous->shutdown();
@@ -521,7 +545,7 @@ std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why) {
 ShutdownReport shutdown(std::chrono::milliseconds timeout) {
   std::shared_ptr<Bridge> bridge;
   {
-    std::lock_guard lock(default_bridge_mutex);
+    MutexLock lock(default_bridge_mutex);
     bridge = std::move(default_bridge);
   }
   if (!bridge) {

@@ -5,7 +5,8 @@
 //   bridge_inbound.cpp   transport callback -> inbound queue -> dispatcher thread -> notifier
 //                        (the inbound part's state: class Inbound, remote/bridge_inbound.hpp)
 //
-// Thread-safety: each member says which thread runs it or which lock guards it; counters are
+// Thread-safety: each member says which thread runs it or which lock guards it (the locks are
+// annotated: a clang build with NOTIFICATIONS_THREAD_SAFETY_ANALYSIS checks them); counters are
 // atomics read from any thread.
 #pragma once
 
@@ -16,7 +17,6 @@
 #include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <optional>
 #include <random>
@@ -36,6 +36,7 @@
 #include "process/ids.hpp"
 #include "process/log.hpp"
 #include "process/process.hpp"
+#include "process/thread_safety.hpp"
 #include "remote/bridge_inbound.hpp"
 #include "remote/bridge_outbound.hpp"
 #include "remote/outgoing_event.hpp"
@@ -196,61 +197,67 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   void refuse_in_forked_child() override;
   void tell_forked_child_once();
 
-  // Sender and dispatcher exits, for shutdown's bounded waits (under progress_mutex).
-  bool sender_done = false;
-  bool dispatcher_done = false;
+  // Progress, for flush(): every accepted event ends as sent or dropped. Also wakes the waits
+  // for the sender's and the dispatcher's exits (shutdown) and for wait_delivered().
+  detail::Mutex progress_mutex;
+  std::condition_variable progress;  // on progress_mutex.native()
+
+  // Sender and dispatcher exits, for shutdown's bounded waits.
+  bool sender_done NOTIFICATIONS_GUARDED_BY(progress_mutex) = false;
+  bool dispatcher_done NOTIFICATIONS_GUARDED_BY(progress_mutex) = false;
   std::atomic<std::uint64_t> dispatcher_backlog{0};  // popped, not yet returned from its listeners
   std::atomic<int> wait_delivered_waiters{0};
 
-  std::mutex lifecycle;  // serialises start() and shutdown()
+  detail::Mutex lifecycle;  // serialises start() and shutdown()
   std::atomic<State> state{State::created};
-  std::vector<Subscription> forwarders;           // guarded by lifecycle
-  std::vector<std::uint64_t> remote_subscriptions;  // guarded by lifecycle
-  std::thread sender;
-  std::thread dispatcher;
+  std::vector<Subscription> forwarders NOTIFICATIONS_GUARDED_BY(lifecycle);
+  std::vector<std::uint64_t> remote_subscriptions NOTIFICATIONS_GUARDED_BY(lifecycle);
+  // Started by start(), joined or left behind by shutdown(), replaced by after_fork() in a child;
+  // abandon_in_forked_child() takes them without the lock (see there).
+  std::thread sender NOTIFICATIONS_GUARDED_BY(lifecycle);
+  std::thread dispatcher NOTIFICATIONS_GUARDED_BY(lifecycle);
 
   // Fork support: prepare_fork() asks the sender and dispatcher to park outside every lock.
   struct Pause {
-    std::mutex mutex;
-    std::condition_variable changed;
-    bool requested = false;  // guarded by mutex
-    int parked = 0;          // guarded by mutex
+    detail::Mutex mutex;
+    std::condition_variable changed;  // on mutex.native()
+    bool requested NOTIFICATIONS_GUARDED_BY(mutex) = false;
+    int parked NOTIFICATIONS_GUARDED_BY(mutex) = 0;
   };
   std::atomic<bool> pause_requested{false};
-  std::unique_ptr<Pause> pause = std::make_unique<Pause>();  // replaced in a forked child
-  bool prepared_for_fork = false;  // guarded by lifecycle, which prepare_fork keeps locked
+  // Not guarded: replaced only by after_fork() in a forked child, before the threads that read it
+  // (sender, dispatcher) are started there; the parent's stays alive (leaked) for its waiters.
+  std::unique_ptr<Pause> pause = std::make_unique<Pause>();
+  // Set and read only by prepare_fork() and after_fork(), which hold lifecycle from one to the other.
+  bool prepared_for_fork NOTIFICATIONS_GUARDED_BY(lifecycle) = false;
   std::atomic<bool> registered_for_fork{false};
   std::atomic<std::thread::id> dispatcher_id{};
-  std::optional<ShutdownReport> report;  // guarded by lifecycle
+  std::optional<ShutdownReport> report NOTIFICATIONS_GUARDED_BY(lifecycle);
   std::atomic<std::int64_t> deadline_ns{0};  // shutdown deadline (steady clock), 0 = none
-
-  // Progress, for flush(): every accepted event ends as sent or dropped.
-  std::mutex progress_mutex;
-  std::condition_variable progress;
 
   struct Counters {
     // The outbound counters are the Outbound part's, the inbound ones the Inbound part's.
     std::atomic<std::uint64_t> dropped[static_cast<std::size_t>(Drop::count_)]{};
   } counters;
 
-  mutable std::mutex error_mutex;
-  std::string last_error;  // guarded by error_mutex
+  mutable detail::Mutex error_mutex;
+  std::string last_error NOTIFICATIONS_GUARDED_BY(error_mutex);
   struct Logged {
     Clock::time_point at;
     std::uint64_t suppressed = 0;
   };
-  std::map<std::pair<int, std::string>, Logged> drop_logged;  // guarded by error_mutex
+  std::map<std::pair<int, std::string>, Logged> drop_logged NOTIFICATIONS_GUARDED_BY(error_mutex);
 
   // ---- helpers ------------------------------------------------------------------------------
 
   bool past_deadline() const override;
 
-  void set_error(std::string text) override;
+  void set_error(std::string text) override NOTIFICATIONS_EXCLUDES(error_mutex);
 
   // Rate-limited logging: true at most once a second per kind (a Drop, or one of the kinds below)
   // and key; `suppressed` receives how many calls were refused since the last true.
   static constexpr int kLossKind = -1;
-  bool should_log(int kind, std::string_view key, std::uint64_t* suppressed = nullptr);
+  bool should_log(int kind, std::string_view key, std::uint64_t* suppressed = nullptr) NOTIFICATIONS_EXCLUDES(error_mutex);
   // One line a second per drop reason, for malformed messages, and for sequence resets.
   bridge_internal::LogRate drop_log_rate[static_cast<std::size_t>(Drop::count_)];
   bridge_internal::LogRate malformed_log_rate;
@@ -263,13 +270,13 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   // Wakes flush() and a sender waiting out a backoff. Taking the mutex orders the change before
   // the waiters' predicate checks, so no wake-up is lost.
-  void signal_progress() override;
+  void signal_progress() override NOTIFICATIONS_EXCLUDES(progress_mutex);
 
   std::uint64_t settled() const;
 
   // ---- outbound (the rest is in `outbound`) -------------------------------------------------
 
-  bool sleep_or_deadline(std::chrono::milliseconds duration) override;
+  bool sleep_or_deadline(std::chrono::milliseconds duration) override NOTIFICATIONS_EXCLUDES(progress_mutex);
 
   // The sender thread: runs outbound.run() and tells shutdown() when it returned.
   void run_sender();
@@ -296,7 +303,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   // ---- lifecycle ----------------------------------------------------------------------------
 
-  void start();
+  void start() NOTIFICATIONS_EXCLUDES(lifecycle);
 
   // ---- fork ----------------------------------------------------------------------------------
 
@@ -306,30 +313,36 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   void set_pause(bool requested);
 
   // Locks `lifecycle` until after_fork(). False (and unlocked) when the threads did not park in
-  // time; then they run on.
-  bool prepare_fork(Clock::time_point deadline) override;
+  // time; then they run on. Both outside the analysis (see bridge.cpp).
+  bool prepare_fork(Clock::time_point deadline) override NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS;
 
-  void after_fork(bool in_child) override;
+  void after_fork(bool in_child) override NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS;
 
-  void shut_down_at_exit(Clock::time_point deadline, const char* why) override;
+  void shut_down_at_exit(Clock::time_point deadline, const char* why) override NOTIFICATIONS_EXCLUDES(lifecycle);
 
   // In a child forked without prepare_fork()/after_fork(): the sender and dispatcher threads do
   // not exist here, and a client library must not be touched. Stops forwarding, leaves the rest.
-  ShutdownReport abandon_in_forked_child();
+  ShutdownReport abandon_in_forked_child() NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS;
 
   void reset_counters();
 
-  // Waits until `done` (set by the thread as it returns) or `until`; joins it, or detaches it and
-  // returns false.
-  bool finish_thread(std::thread& thread, const bool& done, Clock::time_point until);
+  enum class Worker { sender, dispatcher };
+  // Whether `worker` said it returned (sender_done, dispatcher_done).
+  bool worker_done(Worker worker) const NOTIFICATIONS_REQUIRES(progress_mutex) {
+    return worker == Worker::sender ? sender_done : dispatcher_done;
+  }
 
-  ShutdownReport shutdown(std::chrono::milliseconds timeout);
+  // Waits until `worker` (its thread, `thread`) returned or `until`; joins it, or detaches it and
+  // returns false.
+  bool finish_thread(std::thread& thread, Worker worker, Clock::time_point until) NOTIFICATIONS_EXCLUDES(progress_mutex);
+
+  ShutdownReport shutdown(std::chrono::milliseconds timeout) NOTIFICATIONS_EXCLUDES(lifecycle);
 
   nlohmann::json counters_json() const;
 
-  bool flush(std::chrono::milliseconds timeout);
+  bool flush(std::chrono::milliseconds timeout) NOTIFICATIONS_EXCLUDES(progress_mutex);
 
-  bool wait_delivered(std::chrono::milliseconds timeout);
+  bool wait_delivered(std::chrono::milliseconds timeout) NOTIFICATIONS_EXCLUDES(progress_mutex);
 
   nlohmann::json health() const;
 };

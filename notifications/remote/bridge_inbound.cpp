@@ -199,7 +199,7 @@ void Bridge::Impl::run_dispatcher() {
     ~Done() {
       impl.dispatcher_backlog.store(0, std::memory_order_relaxed);
       {
-        std::lock_guard lock(impl.progress_mutex);
+        detail::MutexLock lock(impl.progress_mutex);
         impl.dispatcher_done = true;
       }
       impl.progress.notify_all();

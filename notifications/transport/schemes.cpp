@@ -58,7 +58,8 @@ std::string shipped_scheme_hint(std::string_view scheme) {
   return hint;
 }
 
-std::string known_schemes(const Registry& r) {
+// Its callers hold r.mutex.
+std::string known_schemes(const Registry& r) NOTIFICATIONS_REQUIRES(r.mutex) {
   std::string out;
   for (const auto& [scheme, factory] : r.factories) {
     if (!out.empty()) out += ", ";

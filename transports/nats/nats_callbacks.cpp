@@ -51,7 +51,7 @@ void on_closed(natsConnection*, void* closure) {
   auto* shared = static_cast<Shared*>(closure);
   shared->report(ConnectionEvent::Kind::closed);
   {
-    std::lock_guard lock(shared->mutex);
+    detail::MutexLock lock(shared->mutex);
     shared->closed = true;
   }
   shared->changed.notify_all();

@@ -11,7 +11,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
 
 #include "transport/kit.hpp"
 #include "notifications/transport.hpp"
@@ -78,9 +77,9 @@ struct Shared {
   // socket's write buffer).
   std::atomic<std::uint64_t> reconnect_buffered_bytes{0};
 
-  std::mutex mutex;
-  std::condition_variable changed;
-  bool closed = false;  // guarded by mutex: cnats' closed callback ran
+  detail::Mutex mutex;
+  std::condition_variable changed;  // on mutex.native(): closed
+  bool closed NOTIFICATIONS_GUARDED_BY(mutex) = false;  // cnats' closed callback ran
 
   detail::BoundedQueue<ConnectionEvent> events{1024};
 

@@ -12,7 +12,6 @@
 #include <memory>
 #include <mutex>
 #include <regex>
-#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -197,7 +196,7 @@ class NatsTransport final : public TransportBase {
     }
     if (status == NATS_OK) shared_->link.store(Shared::kLinkRefresh);
     {
-      std::unique_lock lock(connection_mutex_);
+      detail::SharedMutexWriteLock lock(connection_mutex_);
       nc_ = nc;
     }
     refresh_link_info();
@@ -219,8 +218,9 @@ class NatsTransport final : public TransportBase {
   // changed (one load). Any thread; cnats is asked without the transport's locks.
   void refresh_link_info() const {
     if (shared_->link.load(std::memory_order_acquire) != Shared::kLinkRefresh) return;
-    std::shared_lock lock(connection_mutex_, std::try_to_lock);
-    if (!lock.owns_lock() || nc_ == nullptr) return;  // being replaced: the next call refreshes
+    if (!connection_mutex_.try_lock_shared()) return;  // being replaced: the next call refreshes
+    detail::SharedMutexReadLock lock(connection_mutex_, std::adopt_lock);
+    if (nc_ == nullptr) return;
     if (natsConnection_Status(nc_) != NATS_CONN_STATUS_CONNECTED) return;
     int expected = Shared::kLinkRefresh;
     if (!shared_->link.compare_exchange_strong(expected, Shared::kLinkUp)) return;
@@ -249,7 +249,7 @@ class NatsTransport final : public TransportBase {
       return PublishResult{0, false, "nats: used in a forked child without notifications::after_fork(): "
                                      "cnats cannot cross fork()"};
     }
-    natsConnection* nc = nc_;  // stable between do_start and do_stop, which never overlap publish
+    natsConnection* nc = connection_unlocked();  // stable between do_start and do_stop, which never overlap publish
     if (nc == nullptr) return PublishResult{0, true, "nats: not connected"};
     // Once per batch: has the link changed since the last batch?
     const int link = shared_->link.load(std::memory_order_acquire);
@@ -363,8 +363,9 @@ class NatsTransport final : public TransportBase {
   // connect and while reconnecting, cnats sends every subscription when the connection is made,
   // and waiting here would only block start() (retry_on_failed_connect) for connect_timeout.
   void flush_subscriptions() {
-    if (natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED) {
-      natsConnection_FlushTimeout(nc_, options_.connect_timeout.count());
+    natsConnection* nc = connection_unlocked();  // do_subscribe or do_after_fork: see connection_unlocked()
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) {
+      natsConnection_FlushTimeout(nc, options_.connect_timeout.count());
     }
   }
 
@@ -375,9 +376,10 @@ class NatsTransport final : public TransportBase {
     auto* state = new Subscription{shared_, handler, options.headers};
     shared_->retain();
     natsSubscription* sub = nullptr;
+    natsConnection* nc = connection_unlocked();  // do_subscribe or do_after_fork: see connection_unlocked()
     natsStatus s = group.empty()
-                       ? natsConnection_Subscribe(&sub, nc_, pattern.c_str(), on_message, state)
-                       : natsConnection_QueueSubscribe(&sub, nc_, pattern.c_str(), group.c_str(), on_message, state);
+                       ? natsConnection_Subscribe(&sub, nc, pattern.c_str(), on_message, state)
+                       : natsConnection_QueueSubscribe(&sub, nc, pattern.c_str(), group.c_str(), on_message, state);
     if (s != NATS_OK) {
       delete state;
       shared_->release();
@@ -394,7 +396,7 @@ class NatsTransport final : public TransportBase {
       throw TransportError(describe("subscribe \"" + pattern + "\"", s));
     }
     {
-      std::unique_lock lock(connection_mutex_);
+      detail::SharedMutexWriteLock lock(connection_mutex_);
       subscriptions_[id] = Entry{sub, state, id, pattern, options, std::move(handler)};
     }
   }
@@ -403,7 +405,7 @@ class NatsTransport final : public TransportBase {
     if (forked_without_after_fork()) return;
     Entry entry;
     {
-      std::unique_lock lock(connection_mutex_);
+      detail::SharedMutexWriteLock lock(connection_mutex_);
       const auto it = subscriptions_.find(id);
       if (it == subscriptions_.end()) return;
       entry = it->second;
@@ -422,7 +424,7 @@ class NatsTransport final : public TransportBase {
   // the connection alive; once closed, FlushTimeout returns at once.
   bool do_flush(Deadline deadline) override {
     if (forked_without_after_fork()) return false;
-    std::shared_lock lock(connection_mutex_);
+    detail::SharedMutexReadLock lock(connection_mutex_);
     if (nc_ == nullptr) return false;
     for (int attempt = 0; attempt < 1'000'000; ++attempt) {
       if (closing_.load()) return false;
@@ -457,7 +459,7 @@ class NatsTransport final : public TransportBase {
   void do_prepare_fork(Deadline deadline) override {
     std::vector<Entry> keep;
     {
-      std::shared_lock lock(connection_mutex_);
+      detail::SharedMutexReadLock lock(connection_mutex_);
       for (const auto& [id, entry] : subscriptions_) keep.push_back(entry);
     }
     close_connection(deadline);
@@ -466,7 +468,7 @@ class NatsTransport final : public TransportBase {
 
   void do_after_fork(bool in_child) override {
     {
-      std::lock_guard lock(shared_->mutex);
+      detail::MutexLock lock(shared_->mutex);
       shared_->closed = false;
     }
     if (in_child) {
@@ -490,12 +492,12 @@ class NatsTransport final : public TransportBase {
   // its subscriptions, and stops the log thread. The subscriptions' handlers are left to the
   // caller (the map is emptied).
   void close_connection(Deadline deadline) {
-    natsConnection* nc = nc_;
+    natsConnection* nc = connection_unlocked();  // a lifecycle call: see connection_unlocked()
     if (nc == nullptr) return;  // never started
     closing_.store(true);  // the disconnect that draining causes is no error
     {
       // cnats gives no drop count for a closed subscription: keep them now, before draining.
-      std::unique_lock lock(connection_mutex_);
+      detail::SharedMutexWriteLock lock(connection_mutex_);
       for (auto& [id, entry] : subscriptions_) {
         keep_dropped_count(entry.sub);
         entry.dropped_kept = true;
@@ -534,7 +536,7 @@ class NatsTransport final : public TransportBase {
     }
     std::map<std::uint64_t, Entry> subs;
     {
-      std::unique_lock lock(connection_mutex_);
+      detail::SharedMutexWriteLock lock(connection_mutex_);
       subs.swap(subscriptions_);
       nc_ = nullptr;
     }
@@ -560,7 +562,7 @@ class NatsTransport final : public TransportBase {
           {"last_error", "used in a forked child without notifications::after_fork()"},
       };
     }
-    std::shared_lock lock(connection_mutex_);
+    detail::SharedMutexReadLock lock(connection_mutex_);
     nlohmann::json h{
         {"connection", nc_ == nullptr ? "closed" : status_name(natsConnection_Status(nc_))},
         {"server", nc_ == nullptr ? "" : connected_url_locked()},
@@ -594,7 +596,7 @@ class NatsTransport final : public TransportBase {
     h["reconnect_buffered_bytes"] = nc_ == nullptr ? 0 : shared_->reconnect_buffered_bytes.load();
     h["max_payload"] = max_payload_.load();
     h["too_large"] = too_large_.load();
-    std::lock_guard error_lock(error_mutex_);
+    detail::MutexLock error_lock(error_mutex_);
     h["last_error"] = last_error_;
     return h;
   }
@@ -701,7 +703,7 @@ class NatsTransport final : public TransportBase {
     record_error(text);
   }
   void record_error(const std::string& text) {
-    std::lock_guard lock(error_mutex_);
+    detail::MutexLock lock(error_mutex_);
     last_error_ = text;
   }
 
@@ -712,10 +714,10 @@ class NatsTransport final : public TransportBase {
   }
 
   std::string connected_url() const {
-    std::shared_lock lock(connection_mutex_);
+    detail::SharedMutexReadLock lock(connection_mutex_);
     return connected_url_locked();
   }
-  std::string connected_url_locked() const {
+  std::string connected_url_locked() const NOTIFICATIONS_REQUIRES_SHARED(connection_mutex_) {
     char buffer[512] = {0};
     if (nc_ == nullptr || natsConnection_GetConnectedUrl(nc_, buffer, sizeof buffer) != NATS_OK) return "";
     return scrub_(redact_url(buffer));
@@ -742,7 +744,7 @@ class NatsTransport final : public TransportBase {
 
   // Messages cnats holds for each subscription that has any, by subscription pattern.
   std::vector<std::pair<std::string, std::uint64_t>> pending_by_pattern() const {
-    std::shared_lock lock(connection_mutex_);
+    detail::SharedMutexReadLock lock(connection_mutex_);
     std::vector<std::pair<std::string, std::uint64_t>> pending;
     for (const auto& [id, entry] : subscriptions_) {
       int msgs = 0;
@@ -755,8 +757,11 @@ class NatsTransport final : public TransportBase {
   }
 
   bool wait_closed(Deadline deadline) {
-    std::unique_lock lock(shared_->mutex);
-    return shared_->changed.wait_until(lock, deadline, [&] { return shared_->closed; });
+    detail::UniqueMutexLock lock(shared_->mutex);
+    while (!shared_->closed) {
+      if (lock.wait_until(shared_->changed, deadline) == std::cv_status::timeout) break;
+    }
+    return shared_->closed;
   }
 
   // Adds what cnats dropped for `sub` (slow consumer) to the total kept once it is gone.
@@ -770,7 +775,7 @@ class NatsTransport final : public TransportBase {
   // The pattern of the subscription whose cnats handle is `sub`, or "" (already gone).
   std::string pattern_of(const void* sub) const {
     if (sub == nullptr) return {};
-    std::shared_lock lock(connection_mutex_);
+    detail::SharedMutexReadLock lock(connection_mutex_);
     for (const auto& [id, entry] : subscriptions_) {
       if (entry.sub == sub) return entry.pattern;
     }
@@ -779,7 +784,7 @@ class NatsTransport final : public TransportBase {
 
   // The server's text for the last error on the connection ("-ERR '...'"), escaped, or "".
   std::string server_error_text() const {
-    std::shared_lock lock(connection_mutex_);
+    detail::SharedMutexReadLock lock(connection_mutex_);
     const char* text = nullptr;
     if (nc_ == nullptr || natsConnection_GetLastError(nc_, &text) == NATS_OK || text == nullptr || *text == '\0') {
       return {};
@@ -878,9 +883,15 @@ class NatsTransport final : public TransportBase {
 
   // Exclusive to change nc_ or subscriptions_, shared to use them. do_publish and do_subscribe
   // read nc_ without it: TransportBase never runs them during do_start or do_stop.
-  mutable std::shared_mutex connection_mutex_;
-  natsConnection* nc_ = nullptr;
-  std::map<std::uint64_t, Entry> subscriptions_;
+  mutable detail::SharedMutex connection_mutex_;
+  natsConnection* nc_ NOTIFICATIONS_GUARDED_BY(connection_mutex_) = nullptr;
+  std::map<std::uint64_t, Entry> subscriptions_ NOTIFICATIONS_GUARDED_BY(connection_mutex_);
+
+  // nc_ without connection_mutex_, outside the analysis. For the lifecycle calls that change it
+  // (connect and close_connection, on the thread that runs do_start, do_stop, do_prepare_fork or
+  // do_after_fork) and for do_publish and do_subscribe, which TransportBase never runs during
+  // those: no other thread writes nc_ meanwhile, so reading it unlocked is no race.
+  natsConnection* connection_unlocked() const NOTIFICATIONS_NO_THREAD_SAFETY_ANALYSIS { return nc_; }
   // Publish with headers: options.headers and the server of the current connection has them
   // (asked after every (re)connect; optimistic until the first connect).
   mutable std::atomic<bool> headers_{options_.headers};
@@ -891,8 +902,8 @@ class NatsTransport final : public TransportBase {
   std::atomic<std::uint64_t> discarded_{0};
   std::atomic<std::uint64_t> too_large_{0};  // messages refused for good: over max_payload
   std::atomic<std::uint64_t> dropped_by_closed_{0};  // slow-consumer drops of subscriptions now gone
-  mutable std::mutex error_mutex_;
-  std::string last_error_;  // guarded by error_mutex_
+  mutable detail::Mutex error_mutex_;
+  std::string last_error_ NOTIFICATIONS_GUARDED_BY(error_mutex_);
 };
 
 }  // namespace
