@@ -230,7 +230,8 @@ class Transport {
 };
 
 // Lifecycle and locking for transports: created -> started -> stopped, checked once here.
-// Its promises, each with a test named TransportBasePromiseN_... (tests/transport/):
+// Its promises, each with a test named TransportBasePromiseN_... (tests/transport/
+// test_transport_base.cpp; 9 in tests/process/test_fork_transports.cpp):
 // 1. subscribe() is refused (TransportError) before start() and after stop(); unsubscribe() then
 //    does nothing.
 // 2. A start() whose do_start threw leaves the transport created, and may be retried; start() on

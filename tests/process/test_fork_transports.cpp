@@ -103,7 +103,7 @@ class ForkTransports : public ::testing::TestWithParam<std::string> {
   _exit(0);
 }
 
-TEST_P(ForkTransports, ATransportWithoutABridgeIsResumedInParentAndChild) {
+TEST_P(ForkTransports, TransportBasePromise9_ATransportWithoutABridgeIsResumedInParentAndChild) {
   auto t = queued_transport(GetParam());
   t->start();
   Received received;
@@ -135,7 +135,7 @@ TEST_P(ForkTransports, ATransportWithoutABridgeIsResumedInParentAndChild) {
 
 // A stopped transport leaves the fork registry: prepare_fork() does not touch it (it would be a
 // dangling pointer once destroyed), and a transport made after stop can be forked around.
-TEST_P(ForkTransports, StoppedAndDestroyedTransportsAreNotPrepared) {
+TEST_P(ForkTransports, TransportBasePromise9_StoppedAndDestroyedTransportsAreNotPrepared) {
   {
     auto gone = queued_transport(GetParam());
     gone->start();
