@@ -110,26 +110,35 @@ TransportBase::~TransportBase() {
 }
 
 void TransportBase::start() {
-  std::lock_guard lock(lifecycle_);
-  StateRef ref(state_);
-  const int p = phase(ref.load(std::memory_order_acquire));
-  if (p == kStarted) return;
-  if (p != kCreated) throw TransportError(kind() + ": start() after stop(); create a new transport");
-  // Before anything fork() must not copy exists: a child forked from here on knows it is one
-  // (promise 8), with or without a Bridge.
-  detail::install_fork_hook();
-  do_start();  // throws: stays created
-  generation_ = detail::fork_generation();
-  set_phase(ref, kStarted);
-  // Under the lifecycle lock, so prepare_fork() never sees this transport half started. The
-  // registry takes the lifecycle locks of registered transports only (process/fork.cpp), and
-  // this one is not registered yet: no deadlock; during prepare_fork()..after_fork() this waits.
-  detail::register_fork_transport(detail::ForkTransport{
-      this,
-      [](void* self, Deadline deadline) { static_cast<TransportBase*>(self)->prepare_fork(deadline); },
-      [](void* self, bool in_child) { static_cast<TransportBase*>(self)->after_fork(in_child); },
-  });
-  fork_registered_.store(true);
+  // Registered before the lifecycle lock is taken, never under it: prepare_fork() holds the
+  // registry's lock while it takes the lifecycle locks of registered transports. A transport
+  // registered but not started yet is harmless there: its prepare_fork() runs no hook unless
+  // started. During prepare_fork()..after_fork() this waits.
+  const bool registered_here = !fork_registered_.exchange(true);
+  if (registered_here) {
+    detail::register_fork_transport(detail::ForkTransport{
+        this,
+        [](void* self, Deadline deadline) { static_cast<TransportBase*>(self)->prepare_fork(deadline); },
+        [](void* self, bool in_child) { static_cast<TransportBase*>(self)->after_fork(in_child); },
+    });
+  }
+  try {
+    std::lock_guard lock(lifecycle_);
+    StateRef ref(state_);
+    const int p = phase(ref.load(std::memory_order_acquire));
+    if (p == kStarted) return;
+    if (p != kCreated) throw TransportError(kind() + ": start() after stop(); create a new transport");
+    // Before anything fork() must not copy exists: a child forked from here on knows it is one
+    // (promise 8), with or without a Bridge.
+    detail::install_fork_hook();
+    do_start();  // throws: stays created
+    generation_ = detail::fork_generation();
+    set_phase(ref, kStarted);
+  } catch (...) {
+    // Outside the lifecycle lock, as above. A later start() registers again.
+    if (registered_here && fork_registered_.exchange(false)) detail::unregister_fork_transport(this);
+    throw;
+  }
 }
 
 void TransportBase::prepare_fork(Deadline deadline) {

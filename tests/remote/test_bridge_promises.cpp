@@ -201,21 +201,29 @@ TEST(BridgePromises, BridgePromise10_ShutdownReturnsByItsDeadlineWhateverAListen
   auto b = std::make_shared<n::Bridge>(b_notifier, mock_on(name, false), config_for("b"));
   a.start();
   b->start();
-  std::atomic<bool> release{false}, entered{false};
-  auto stuck = b_notifier.subscribe("stuck", [&](const n::Event&) {
-    entered = true;
-    for (int i = 0; i < 1000 && !release.load(); ++i) std::this_thread::sleep_for(10ms);  // at most 10 s
+  // Shared with the listener, which the dispatcher is still running when this test returns.
+  struct Listener {
+    std::atomic<bool> release{false}, entered{false}, returned{false};
+  };
+  auto state = std::make_shared<Listener>();
+  auto stuck = b_notifier.subscribe("stuck", [state](const n::Event&) {
+    state->entered = true;
+    for (int i = 0; i < 1000 && !state->release.load(); ++i) std::this_thread::sleep_for(10ms);  // at most 10 s
+    state->returned = true;
   });
   a_notifier.instrument("stuck");
-  ASSERT_TRUE(wait_until([&] { return entered.load(); }));
+  ASSERT_TRUE(wait_until([&] { return state->entered.load(); }));
   const auto began = std::chrono::steady_clock::now();
   const auto report = b->shutdown(300ms);
   const auto took = std::chrono::steady_clock::now() - began;
-  release = true;
+  state->release = true;
   // A bound to detect a hang (the listener would hold it for 10 s), not a speed goal.
   EXPECT_LT(took, 5s);
   EXPECT_FALSE(report.clean);
   EXPECT_EQ(report.inbound_undelivered, 1u) << report.detail;
+  // The dispatcher leaves the listener before the notifiers of this test go away.
+  EXPECT_TRUE(wait_until([&] { return state->returned.load(); }, 10s));
+  std::this_thread::sleep_for(50ms);  // and finishes its loop: ASan/TSan watch it
 }
 
 TEST(BridgePromises, BridgePromise11_TheReportIsCleanOnlyWhenNothingIsLeftInEitherDirection) {
