@@ -43,6 +43,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -158,7 +159,23 @@ std::shared_ptr<Bridge> configure();
 std::shared_ptr<Bridge> configure(BridgeConfig config);
 // As configure(config); `why` says where the configuration came from, for the start-up log line.
 std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why);
-// Shuts down the bridge attached by configure(), if any.
+// Attaches one bridge per route (routes_from_environment(), or `routes`) to the default notifier
+// and starts them in order; returns them in route order. Every route is validated and wired
+// before any starts; when one fails to start, those already started are shut down and the error
+// is thrown. Replaces (and shuts down) what an earlier configure() attached.
+std::vector<std::shared_ptr<Bridge>> configure_routes();
+std::vector<std::shared_ptr<Bridge>> configure_routes(std::vector<BridgeConfig> routes, const std::string& why = "given in code");
+// The bridges configure() or configure_routes() attached, in route order (empty: none).
+std::vector<std::shared_ptr<Bridge>> configured_bridges();
+// Shuts down the bridges attached by configure() or configure_routes(), if any, in reverse route
+// order, all within `timeout`; the report adds theirs up.
 ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+// Makes the outbox a Bridge keeps its events in when config.durability is not none or
+// config.overflow is spill (and BridgeHooks::outbox is not given). Registered by the
+// notifications::sqlite component when it is linked; without it such a configuration is refused
+// with a ConfigError saying which component to link.
+using DurableOutboxFactory = std::shared_ptr<Outbox> (*)(const BridgeConfig& config);
+void register_durable_outbox(DurableOutboxFactory factory);
 
 }  // namespace notifications

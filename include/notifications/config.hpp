@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "notifications/errors.hpp"
-#include "notifications/outbox.hpp"  // OverflowPolicy
+#include "notifications/outbox.hpp"  // OverflowPolicy, Durability
 
 namespace notifications {
 
@@ -47,7 +47,25 @@ struct RedeliveryPolicy {
   std::size_t window_count = 65536;
 };
 
+// The file where an outbox keeps events (durability async or sync, or overflow spill): a SQLite
+// database in WAL mode, written by one connection of one process (a second process opening it
+// is refused, naming the file). Needs the notifications::sqlite component (docs/outbox.md).
+struct OutboxConfig {
+  // WAL with synchronous=NORMAL survives a process crash (SIGKILL) with every committed event;
+  // FULL also survives an OS crash or power loss, at a higher cost per commit.
+  enum class Synchronous { normal, full };
+
+  std::string path;  // the database file; its folder must exist. Empty: no file.
+  Synchronous synchronous = Synchronous::normal;
+  std::chrono::milliseconds busy_timeout{5000};  // waiting for another connection's lock, 0 .. 600000
+  // The file's size bound in pages of 4096 bytes (PRAGMA max_page_count); 0: SQLite's default
+  // (no practical bound). Past it, pushes are refused and counted; committed rows stay.
+  std::size_t max_pages = 0;
+};
+
 struct BridgeConfig {
+  // A route's name, for logs and health (routes_from_json names unnamed routes "route<N>").
+  std::string name = "default";
   std::string url = "memory://";            // picks the transport by scheme
   std::string app = "app";                  // producer name in envelopes
   std::string prefix = "notifications";     // subjects are <prefix>.<event name>
@@ -64,6 +82,10 @@ struct BridgeConfig {
   std::size_t batch_size = 256;
   RetryPolicy retry;
   RedeliveryPolicy redelivery;
+  // How accepted events are kept until the transport confirmed them (notifications/outbox.hpp).
+  // async and sync, and overflow spill, need outbox.path.
+  Durability durability = Durability::none;
+  OutboxConfig outbox;
   nlohmann::json transport = nlohmann::json::object();  // transport-specific options
 
   // Validates every field; throws ConfigError naming the first bad key.
@@ -77,8 +99,26 @@ struct BridgeConfig {
 //   overflow ("block" | "drop_newest" | "drop_oldest"), block_timeout_ms, batch_size,
 //   retry { initial_ms, max_ms, multiplier, jitter, max_attempts },
 //   redelivery { window_ms (0: default, else 1 .. 86400000), window_count (0: off .. 10000000) },
-//   transport { ... }
+//   durability ("none" | "async" | "sync"),
+//   outbox { path, synchronous ("normal" | "full"), busy_timeout_ms, max_pages },
+//   transport { ... }, name
+// A "routes" key is refused here (several bridges): read such a configuration with
+// routes_from_json().
 BridgeConfig config_from_json(const nlohmann::json& json);
+
+// A configuration of one or more routes. Without "routes", the object is one route. With
+// "routes": [ {...}, ... ], each element is a route: the keys outside "routes" are defaults that
+// each route's own keys replace (whole values: a route's "forward" replaces the default list, its
+// "retry" object replaces the default object). Errors name the route ("routes[1].forward[0]").
+// Routes get distinct names ("route<N>" when unnamed; a repeated name is an error) and distinct
+// outbox files (two routes naming one outbox.path is an error). An event that matches the forward
+// patterns of several routes is forwarded by each of them.
+std::vector<BridgeConfig> routes_from_json(const nlohmann::json& json);
+std::vector<BridgeConfig> routes_from_text(std::string_view text, std::string_view source = "config");
+// As config_from_environment(), for a file that may hold routes. The environment variables
+// (NOTIFICATIONS_URL and friends) override a single route; with several routes they are refused
+// (ConfigError naming the variable), as they could not say which route they mean.
+std::vector<BridgeConfig> routes_from_environment();
 // Parses JSON text; a syntax error is a ConfigError naming `source` and the position.
 BridgeConfig config_from_text(std::string_view text, std::string_view source = "config");
 
@@ -88,6 +128,8 @@ BridgeConfig config_from_text(std::string_view text, std::string_view source = "
 BridgeConfig config_from_environment();
 
 std::string to_string(OverflowPolicy policy);
+std::string to_string(Durability durability);
+std::string to_string(OutboxConfig::Synchronous synchronous);
 
 // Names of environment variables that look like this library's (they start with
 // "NOTIFICATION", in any case) but that config_from_environment() does not read: typos such as

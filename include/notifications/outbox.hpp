@@ -43,12 +43,26 @@
 #include <utility>
 #include <vector>
 
+#include "notifications/errors.hpp"
+
 namespace notifications {
 
 enum class OverflowPolicy {
   block,        // wait up to block_timeout for room, then drop the new event (counted)
   drop_newest,  // drop the new event (counted)
   drop_oldest,  // drop the oldest queued event (never one in flight) to make room (counted)
+  // Past the memory bound, write to the outbox's file instead of dropping (an outbox that keeps
+  // events in a file: Outbox::persistent(); the memory outbox refuses it as drop_newest).
+  spill,
+};
+
+// How a Bridge keeps the events it accepted until the transport confirmed them
+// (docs/outbox.md). Every mode but none needs an outbox file (BridgeConfig::outbox.path).
+enum class Durability {
+  none,   // in memory; past the bound, the overflow policy (spill: to the file)
+  async,  // the sender commits each batch to the file before sending it; a crash loses at most
+          // what was still in memory (the memory bound, plus the batch being committed)
+  sync,   // instrument() returns after its event is committed; concurrent callers share commits
 };
 
 // A local event as an outbox keeps it: what its envelope needs, with the payload already
@@ -58,7 +72,7 @@ enum class OverflowPolicy {
 // Thread-safety: a value; distinct objects may be used from distinct threads.
 class OutboxEvent {
  public:
-  static constexpr std::size_t kInlineBytes = 192;  // makes the whole object 256 bytes
+  static constexpr std::size_t kInlineBytes = 184;  // makes the whole object 256 bytes
 
   OutboxEvent() noexcept = default;
   OutboxEvent(OutboxEvent&& other) noexcept { take(other); }
@@ -85,7 +99,12 @@ class OutboxEvent {
     return bytes;
   }
 
-  std::uint64_t id_sequence = 0;  // formats the envelope id
+  std::uint64_t id_sequence = 0;  // formats the envelope id, with id_salt
+  // The process salt the envelope id is formatted with; 0: this process's. An outbox that
+  // outlives the process stores this_process_id_salt() for 0, so a replay after a restart sends
+  // the same Message::id (a dedupe window or a receiver's redelivery window recognises it).
+  std::uint64_t id_salt = 0;
+  static std::uint64_t this_process_id_salt() noexcept;
   // The envelope sequence the Bridge gave the event when it first sent it (0: not yet), so that a
   // retry after release() sends the same one. It belongs to one producer instance: an outbox that
   // outlives the process stores 0.
@@ -113,6 +132,10 @@ struct OutboxStats {
   std::size_t capacity = 0;
   std::size_t bytes = 0;      // of the items waiting
   std::size_t max_bytes = 0;  // 0: no byte bound
+  // Outboxes that keep events in a file (persistent()): rows in the file, sent or not yet, and
+  // the events kept there for a later run at close.
+  std::size_t stored = 0;
+  std::uint64_t spilled = 0;  // pushes written to the file because memory was full (spill)
 };
 
 // The outbound store of one Bridge (see the promises above). An outbox serves one Bridge.
@@ -162,6 +185,22 @@ class Outbox {
   // In a child forked with prepare_fork()/after_fork(): forgets every item, taken or not (the
   // parent delivers them).
   virtual void reset_in_forked_child() = 0;
+
+  // True when the outbox keeps accepted events in a file until they are settled: then a Bridge
+  // never settles an event as dropped for shutdown's deadline or for exhausted retries; it
+  // releases it, and drain() keeps what waits for the next start (returning nothing). It also
+  // settles an event as confirmed only after the transport confirmed it (flush() on a transport
+  // that is not persistent). Default: false.
+  virtual bool persistent() const noexcept { return false; }
+  // What this outbox is, for health and logs: "memory", or "sqlite <path>" and its mode.
+  virtual std::string description() const { return "memory"; }
+};
+
+// An outbox's storage failed (a file that cannot be opened, written, or is not an outbox). The
+// message names the file and what to do.
+class OutboxError : public Error {
+ public:
+  explicit OutboxError(const std::string& message) : Error("outbox", message) {}
 };
 
 // The default outbox: bounded, in memory (what a Bridge uses unless BridgeHooks::outbox is set).

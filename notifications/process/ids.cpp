@@ -93,10 +93,12 @@ std::string format_event_id(std::uint64_t sequence) {
   return format_uuid(salt().event, sequence, 8);
 }
 
-void assign_event_id(std::string& out, std::uint64_t sequence) {
+void assign_event_id(std::string& out, std::uint64_t sequence, std::uint64_t id_salt) {
   out.resize(36);
-  put_uuid(out.data(), salt().event, sequence, 8);
+  put_uuid(out.data(), id_salt != 0 ? id_salt : salt().event, sequence, 8);
 }
+
+std::uint64_t event_id_salt() noexcept { return salt().event; }
 
 std::string format_transaction_id(std::uint64_t transaction) {
   // Mix so consecutive threads do not get near-identical ids; the mix is a bijection.

@@ -15,7 +15,9 @@ std::uint64_t thread_transaction() noexcept;
 // A UUID (version 8, RFC 9562) made of a per-process random salt and the sequence.
 std::string format_event_id(std::uint64_t sequence);
 // The same id written into `out`, reusing its buffer.
-void assign_event_id(std::string& out, std::uint64_t sequence);
+void assign_event_id(std::string& out, std::uint64_t sequence, std::uint64_t id_salt = 0);
+// The salt this process formats event ids with (never 0).
+std::uint64_t event_id_salt() noexcept;
 // 20 lowercase hex digits, as Rails' SecureRandom.hex(10).
 std::string format_transaction_id(std::uint64_t transaction);
 // A random version 4 UUID.

@@ -608,6 +608,8 @@ void OutboxEvent::set_text(std::string_view name, std::string_view payload, std:
   traceparent_size_ = static_cast<std::uint32_t>(traceparent.size());
 }
 
+std::uint64_t OutboxEvent::this_process_id_salt() noexcept { return detail::event_id_salt(); }
+
 void OutboxEvent::take(OutboxEvent& other) noexcept {
   heap_ = std::move(other.heap_);
   name_size_ = std::exchange(other.name_size_, 0);
@@ -615,6 +617,7 @@ void OutboxEvent::take(OutboxEvent& other) noexcept {
   traceparent_size_ = std::exchange(other.traceparent_size_, 0);
   if (!heap_ && text_size() > 0) std::memcpy(inline_, other.inline_, text_size());
   id_sequence = other.id_sequence;
+  id_salt = other.id_salt;
   sequence = other.sequence;
   time = other.time;
   duration = other.duration;
@@ -664,7 +667,7 @@ void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std:
   const std::size_t header_count = event.traceparent().empty() ? 1 : 2;
   message.headers.resize(header_count);
   std::string& id = message.id;
-  assign_event_id(id, event.id_sequence);
+  assign_event_id(id, event.id_sequence, event.id_salt);
   message.headers[0].first.assign("Content-Type");
   message.headers[0].second.assign(Envelope::kContentType);
   if (header_count == 2) {
