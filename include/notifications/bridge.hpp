@@ -80,7 +80,12 @@ struct ShutdownReport {
   // they were written): what is known to have left the process. Events that a transport only
   // buffered (cnats' reconnect buffer during an outage) are sent but not confirmed.
   std::uint64_t confirmed = 0;
-  std::uint64_t undelivered = 0;  // accepted but not confirmed (deadline, errors, only buffered)
+  // Left in a durable outbox's file (BridgeConfig::durability, overflow spill) for the next
+  // start, which sends them first: not lost, not undelivered. Includes events an earlier run left
+  // that this one did not get to send.
+  std::uint64_t kept = 0;
+  // Accepted but neither confirmed nor kept (deadline, errors, only buffered).
+  std::uint64_t undelivered = 0;
   // Received from the transport but not delivered to local listeners: discarded at the deadline,
   // or left with a listener that had not returned by then.
   std::uint64_t inbound_undelivered = 0;

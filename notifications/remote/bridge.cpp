@@ -353,13 +353,16 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   result.sent = outbound.counters().sent.load();
   result.confirmed = outbound.counters().confirmed.load();
   const std::uint64_t accepted = outbound.counters().accepted.load();
-  result.undelivered = accepted > result.confirmed ? accepted - result.confirmed : 0;
+  result.kept = outbound.kept();
+  result.undelivered = accepted > result.confirmed + result.kept ? accepted - result.confirmed - result.kept : 0;
   result.inbound_undelivered =
       counters.dropped[static_cast<std::size_t>(Drop::inbound_deadline)].load() + left_with_dispatcher;
   result.clean = flushed && result.undelivered == 0 && result.inbound_undelivered == 0 && sender_returned &&
                  dispatcher_returned;
   result.detail = "accepted " + std::to_string(accepted) + ", sent " + std::to_string(result.sent) +
-                  ", confirmed " + std::to_string(result.confirmed) + ", undelivered " +
+                  ", confirmed " + std::to_string(result.confirmed) +
+                  (outbound.persistent() ? ", kept in the outbox for the next start " + std::to_string(result.kept) : "") +
+                  ", undelivered " +
                   std::to_string(result.undelivered) + ", received " + std::to_string(inbound.counters().received.load()) +
                   ", received but not delivered " + std::to_string(result.inbound_undelivered) +
                   (flushed || !sender_returned ? "" : ", transport flush failed or timed out") +

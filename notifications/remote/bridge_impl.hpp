@@ -64,6 +64,7 @@ enum class Drop {
   too_large,           // larger than the transport can carry (Transport::max_message_bytes)
   forked_child,        // instrumented in a forked child that did not call after_fork()
   inbound_deadline,    // received, not yet delivered when shutdown's deadline passed
+  outbox_failed,       // the outbox could not store it (a durable outbox's file refused the write)
   count_,
 };
 
@@ -71,7 +72,7 @@ inline constexpr const char* kDropNames[] = {
     "queue_full",        "queue_evicted",     "after_shutdown",    "invalid_subject",
     "encode_failed",     "publish_rejected",  "retries_exhausted", "shutdown_deadline",
     "inbound_full",      "dispatch_failed",   "too_large",         "forked_child",
-    "inbound_deadline",
+    "inbound_deadline",  "outbox_failed",
 };
 
 // True for reasons that count outbound events after they were accepted (accepted = sent +

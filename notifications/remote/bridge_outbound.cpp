@@ -4,7 +4,49 @@
 
 #include "remote/bridge_impl.hpp"
 
+namespace notifications {
+
+namespace {
+std::atomic<DurableOutboxFactory> durable_outbox_factory{nullptr};
+}  // namespace
+
+void register_durable_outbox(DurableOutboxFactory factory) { durable_outbox_factory.store(factory); }
+
+}  // namespace notifications
+
 namespace notifications::bridge_internal {
+
+namespace {
+
+bool needs_file(const BridgeConfig& config) {
+  return config.durability != Durability::none || config.overflow == OverflowPolicy::spill;
+}
+
+// The outbox a Bridge keeps its events in: the given one, the durable one the configuration asks
+// for, or memory.
+std::shared_ptr<Outbox> choose_outbox(const BridgeConfig& config, std::shared_ptr<Outbox> given,
+                                      std::size_t segment_items) {
+  const std::string what = config.durability != Durability::none
+                               ? "durability \"" + to_string(config.durability) + "\""
+                               : std::string("overflow \"spill\"");
+  if (given) {
+    if (config.overflow == OverflowPolicy::spill && !given->persistent()) {
+      throw ConfigError("overflow: \"spill\" needs an outbox that keeps events in a file; BridgeHooks::outbox (" +
+                        given->description() + ") does not");
+    }
+    return given;
+  }
+  if (!needs_file(config)) return make_memory_outbox(config.queue_capacity, config.queue_max_bytes, segment_items);
+  const DurableOutboxFactory factory = durable_outbox_factory.load();
+  if (factory == nullptr) {
+    throw ConfigError(what + " keeps events in a SQLite file, which needs the notifications::sqlite component: "
+                      "find_package(notifications CONFIG REQUIRED COMPONENTS sqlite) and "
+                      "target_link_libraries(<your target> PRIVATE notifications::sqlite)");
+  }
+  return factory(config);
+}
+
+}  // namespace
 
 Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_ptr<Transport> transport,
                    const std::string& instance_id, std::shared_ptr<Outbox> outbox)
@@ -12,10 +54,9 @@ Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_p
       config_(config),
       transport_(std::move(transport)),
       instance_id_(instance_id),
-      outbox_(outbox ? std::move(outbox)
-                     : make_memory_outbox(config.queue_capacity, config.queue_max_bytes,
-                                          std::min<std::size_t>(config.batch_size, kSegmentItems))),
-      outbox_capacity_(outbox_->stats().capacity) {
+      outbox_(choose_outbox(config, std::move(outbox), std::min<std::size_t>(config.batch_size, kSegmentItems))),
+      outbox_capacity_(outbox_->stats().capacity),
+      confirm_before_settle_(outbox_->persistent() && !transport_->capabilities().persistent) {
   for (const std::string& pattern : config.forward) patterns_.emplace_back(pattern);
 }
 
@@ -65,6 +106,9 @@ void Outbound::forward(std::size_t pattern_index, const Event& event) {
     result = outbox_->push(std::move(outgoing), policy, config_.block_timeout, &evicted, &waited);
   } catch (const std::bad_alloc&) {  // no room for a new queue segment: refused, nothing else changed
     why = "out of memory";
+  } catch (const OutboxError& e) {  // a durable outbox's file refused it: refused, nothing else changed
+    host_.drop(Drop::outbox_failed, event.name(), 1, e.what());
+    return;
   } catch (const std::exception& e) {  // a custom outbox could not store it: refused likewise
     why = e.what();
   }
@@ -111,6 +155,10 @@ class Outbound::Sender {
   // Sends `batch` (taken from the outbox): every item ends settled, or released for a retry.
   void send(std::span<detail::OutgoingEvent> batch) {
     if (out_.host_.past_deadline()) {
+      if (out_.outbox_->persistent()) {  // kept in the file for the next start
+        out_.outbox_->release();
+        return;
+      }
       for (const auto& event : batch) out_.host_.drop(Drop::shutdown_deadline, event.name());
       out_.outbox_->settle(batch.size(), Outbox::Settled::dropped, kDropNames[static_cast<int>(Drop::shutdown_deadline)]);
       return;
@@ -146,6 +194,12 @@ class Outbound::Sender {
   std::mt19937& rng() { return rng_; }
 
  private:
+  // A durable outbox over a transport that is not persistent: what publish() accepted counts as
+  // confirmed only once a flush covers it (NATS: a round trip with the server).
+  bool confirmed_by_flush() {
+    return out_.transport_->flush(Clock::now() + kConfirmTimeout);
+  }
+
   // Encodes `event` into messages_[slot]; false (with the reason) when it cannot be sent.
   bool encode(detail::OutgoingEvent& event, std::size_t slot, std::optional<Drop>& failed, std::string& why) {
     auto stream = streams_.find(event.name());
@@ -184,6 +238,11 @@ class Outbound::Sender {
   bool publish(std::span<const Message> messages) {
     std::size_t offset = 0;
     auto drop_rest = [&](Drop reason, std::string_view why) {
+      if (out_.outbox_->persistent()) {  // never dropped: released, kept in the file
+        out_.outbox_->release();
+        offset = messages.size();
+        return;
+      }
       for (std::size_t i = offset; i < messages.size(); ++i) out_.host_.drop(reason, names_[i], 1, why);
       out_.outbox_->settle(messages.size() - offset, Outbox::Settled::dropped, kDropNames[static_cast<int>(reason)]);
       offset = messages.size();
@@ -192,6 +251,16 @@ class Outbound::Sender {
     while (offset < messages.size()) {
       const PublishResult result = out_.transport_->publish(messages.subspan(offset));
       const std::size_t published = std::min(result.published, messages.size() - offset);
+      if (published > 0 && out_.confirm_before_settle_ && !confirmed_by_flush()) {
+        // Handed over but not confirmed: kept, and sent again (same Message::id) after a backoff.
+        out_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
+        out_.host_.set_error("the transport did not confirm what was published (flush failed); the outbox sends it again");
+        ++attempt_;
+        if (!out_.host_.past_deadline() && !out_.host_.sleep_or_deadline(out_.backoff(attempt_, rng_))) {
+          out_.counters_.retried.fetch_add(1, std::memory_order_relaxed);
+        }
+        return false;
+      }
       if (published > 0) {
         offset += published;
         out_.saturated_.store(false, std::memory_order_relaxed);  // the transport takes events again
@@ -204,6 +273,7 @@ class Outbound::Sender {
           throw;
         }
         out_.note_sent(published);
+        if (out_.confirm_before_settle_) out_.counters_.confirmed.fetch_add(published, std::memory_order_relaxed);
       }
       if (offset == messages.size()) break;
       out_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
@@ -221,7 +291,8 @@ class Outbound::Sender {
         continue;
       }
       ++attempt_;
-      if (out_.config_.retry.max_attempts > 0 && attempt_ >= out_.config_.retry.max_attempts) {
+      if (out_.config_.retry.max_attempts > 0 && attempt_ >= out_.config_.retry.max_attempts &&
+          !out_.outbox_->persistent()) {
         drop_rest(Drop::retries_exhausted, result.error);
         break;
       }
@@ -256,8 +327,11 @@ class Outbound::Sender {
 void Outbound::run() {
   auto last_confirm = Clock::now() - kConfirmInterval;
   Sender sender(*this);
+  const bool persistent = outbox_->persistent();
   while (true) {
     host_.park_if_requested();
+    // Past the deadline a durable outbox keeps the rest for the next start.
+    if (persistent && host_.past_deadline()) break;
     std::span<OutboxEvent> batch;
     try {
       if (!outbox_->take(batch, config_.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
@@ -293,6 +367,14 @@ void Outbound::close() { outbox_->close(); }
 void Outbound::drop_remaining() {
   try {
     for (const auto& event : outbox_->drain()) host_.drop(Drop::shutdown_deadline, event.name());
+    if (outbox_->persistent()) {
+      const OutboxStats stats = outbox_->stats();
+      kept_.store(stats.depth + stats.in_flight);
+      if (stats.depth + stats.in_flight > 0) {
+        detail::log(detail::LogLevel::info, "notifications bridge: {} events kept in the outbox ({}) for the next start",
+                    stats.depth + stats.in_flight, outbox_->description());
+      }
+    }
   } catch (const std::exception& e) {
     host_.set_error(std::string("outbox: drain failed: ") + e.what());
   }
@@ -324,10 +406,16 @@ void Outbound::reset_in_forked_child() {
 nlohmann::json Outbound::queue_health(bool forked_child) const {
   if (forked_child) return {{"depth", outbox_->depth_unlocked()}, {"capacity", outbox_capacity_}};
   const OutboxStats queue = outbox_->stats();
-  return {{"depth", queue.depth},        {"in_flight", queue.in_flight},
-          {"capacity", queue.capacity},  {"bytes", queue.bytes},
-          {"max_bytes", queue.max_bytes}, {"overflow", to_string(config_.overflow)},
-          {"saturated", saturated_.load()}};
+  nlohmann::json health = {{"depth", queue.depth},        {"in_flight", queue.in_flight},
+                            {"capacity", queue.capacity},  {"bytes", queue.bytes},
+                            {"max_bytes", queue.max_bytes}, {"overflow", to_string(config_.overflow)},
+                            {"saturated", saturated_.load()}, {"outbox", outbox_->description()}};
+  if (outbox_->persistent()) {
+    health["durability"] = to_string(config_.durability);
+    health["stored"] = queue.stored;
+    health["spilled"] = queue.spilled;
+  }
+  return health;
 }
 
 }  // namespace notifications::bridge_internal

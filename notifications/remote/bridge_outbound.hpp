@@ -96,6 +96,10 @@ class Outbound {
   void reset_in_forked_child();
 
   const Counters& counters() const noexcept { return counters_; }
+  // Events a durable outbox kept for the next start when drop_remaining() ran (0: none, or not
+  // durable).
+  std::uint64_t kept() const noexcept { return kept_.load(); }
+  bool persistent() const noexcept { return outbox_->persistent(); }
   // health()["queue"]; `forked_child`: without taking any lock (only depth and capacity).
   nlohmann::json queue_health(bool forked_child) const;
 
@@ -103,6 +107,7 @@ class Outbound {
   class Sender;
   static constexpr std::size_t kSegmentItems = 1024;      // the memory outbox's segment, at most
   static constexpr std::size_t kKeptBodyBytes = 64 * 1024;  // a reused message body keeps at most this
+  static constexpr std::chrono::seconds kConfirmTimeout{2};  // a flush confirming a durable outbox's batch
 
   std::chrono::milliseconds backoff(int attempt, std::mt19937& rng) const;
   void note_sent(std::uint64_t count);
@@ -118,6 +123,9 @@ class Outbound {
   // Block policy: set when a push waited its whole block_timeout; until the transport accepts
   // something again, pushes do not wait (the outbox refuses the newest instead).
   std::atomic<bool> saturated_{false};
+  // A durable outbox over a transport that is not persistent: settle only after a flush.
+  const bool confirm_before_settle_;
+  std::atomic<std::uint64_t> kept_{0};
   Counters counters_;
 };
 

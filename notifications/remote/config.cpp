@@ -582,8 +582,26 @@ std::string to_string(OverflowPolicy policy) {
       return "drop_newest";
     case OverflowPolicy::drop_oldest:
       return "drop_oldest";
+    case OverflowPolicy::spill:
+      return "spill";
   }
   return "OverflowPolicy(" + std::to_string(static_cast<int>(policy)) + ")";
+}
+
+std::string to_string(Durability durability) {
+  switch (durability) {
+    case Durability::none:
+      return "none";
+    case Durability::async:
+      return "async";
+    case Durability::sync:
+      return "sync";
+  }
+  return "Durability(" + std::to_string(static_cast<int>(durability)) + ")";
+}
+
+std::string to_string(OutboxConfig::Synchronous synchronous) {
+  return synchronous == OutboxConfig::Synchronous::full ? "full" : "normal";
 }
 
 void BridgeConfig::validate() const {

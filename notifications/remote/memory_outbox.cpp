@@ -34,6 +34,8 @@ class MemoryOutbox final : public Outbox {
 
   Push push(OutboxEvent&& event, OverflowPolicy policy, std::chrono::milliseconds block_timeout,
             std::optional<OutboxEvent>* evicted, bool* waited) override {
+    // spill needs a file: here memory is all there is (a Bridge refuses spill over this outbox).
+    if (policy == OverflowPolicy::spill) policy = OverflowPolicy::drop_newest;
     return static_cast<Push>(queue_.push(std::move(event), policy, block_timeout, evicted, waited));
   }
 

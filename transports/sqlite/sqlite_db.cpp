@@ -1,0 +1,129 @@
+#include "sqlite_db.hpp"
+
+#include <utility>
+
+#include "notifications/outbox.hpp"
+
+namespace notifications::sqlite {
+
+namespace {
+
+// What to do about a failure, for the common codes.
+std::string advice(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_CANTOPEN:
+      return " (its folder must exist and be writable by this process)";
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+      return " (the file is not a SQLite database, or is damaged: move it away to start with an empty "
+             "outbox; what it held cannot be read)";
+    case SQLITE_FULL:
+      return " (the disk is full, or the file reached outbox.max_pages)";
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return " (another connection holds the database's lock longer than outbox.busy_timeout_ms)";
+    case SQLITE_READONLY:
+      return " (the file or its folder is read-only for this process)";
+    case SQLITE_IOERR:
+      return " (an I/O error: disk full, file size limit, or a failing disk)";
+    default:
+      return "";
+  }
+}
+
+}  // namespace
+
+Database::Database(std::string path) : path_(std::move(path)) {
+  const int rc = sqlite3_open_v2(path_.c_str(), &db_,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string message = "outbox file \"" + path_ + "\": cannot open: " +
+                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc);
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw OutboxError(message);
+  }
+  sqlite3_extended_result_codes(db_, 1);
+}
+
+Database::~Database() {
+  if (!abandoned_) sqlite3_close(db_);
+}
+
+void Database::fail(int rc, std::string_view what) const {
+  throw OutboxError("outbox file \"" + path_ + "\": " + std::string(what) + ": " +
+                    (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc));
+}
+
+void Database::exec(const char* sql, std::string_view what) {
+  const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) fail(rc, what);
+}
+
+std::string Database::pragma_text(const char* sql, std::string_view what) {
+  Statement statement(*this, sql, what);
+  std::string result;
+  if (statement.step()) result = std::string(statement.text(0));
+  while (statement.step()) {
+  }
+  return result;
+}
+
+Statement::Statement(Database& db, const char* sql, std::string_view what) : db_(db), what_(what) {
+  const int rc = sqlite3_prepare_v3(db.handle(), sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+  if (rc != SQLITE_OK) db.fail(rc, what);
+}
+
+Statement::~Statement() {
+  if (!abandoned_) sqlite3_finalize(stmt_);
+}
+
+void Statement::bind(int index, std::int64_t value) {
+  const int rc = sqlite3_bind_int64(stmt_, index, value);
+  if (rc != SQLITE_OK) db_.fail(rc, what_);
+}
+
+void Statement::bind(int index, std::string_view text) {
+  const int rc = sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_STATIC, SQLITE_UTF8);
+  if (rc != SQLITE_OK) db_.fail(rc, what_);
+}
+
+void Statement::bind_null(int index) {
+  const int rc = sqlite3_bind_null(stmt_, index);
+  if (rc != SQLITE_OK) db_.fail(rc, what_);
+}
+
+bool Statement::step() {
+  const int rc = sqlite3_step(stmt_);
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  sqlite3_reset(stmt_);
+  db_.fail(rc, what_);
+}
+
+void Statement::reset() noexcept {
+  sqlite3_reset(stmt_);
+  sqlite3_clear_bindings(stmt_);
+}
+
+std::string_view Statement::text(int column) const noexcept {
+  const auto* data = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
+  const int size = sqlite3_column_bytes(stmt_, column);
+  return data == nullptr ? std::string_view() : std::string_view(data, static_cast<std::size_t>(size));
+}
+
+WriteTransaction::WriteTransaction(Database& db) : db_(db) {
+  db_.exec("BEGIN IMMEDIATE", "begin a write transaction");
+  open_ = true;
+}
+
+WriteTransaction::~WriteTransaction() {
+  if (open_) sqlite3_exec(db_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
+void WriteTransaction::commit() {
+  db_.exec("COMMIT", "commit");
+  open_ = false;
+}
+
+}  // namespace notifications::sqlite

@@ -1,0 +1,92 @@
+// Private to notifications::sqlite: small RAII types over the SQLite C API, shared by the outbox
+// and the sqlite:// transport. Every failure throws OutboxError (notifications/outbox.hpp) whose
+// message names the database file, what was being done, and SQLite's own reason.
+//
+// Thread-safety: a Database and its Statements are used by one thread at a time (the owner
+// serialises them with its own mutex); distinct Databases are independent. The connection is
+// opened with SQLITE_OPEN_NOMUTEX for that reason.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace notifications::sqlite {
+
+// An open connection. Closing it (the destructor) finalises nothing: Statements must be
+// destroyed first, which member order in the owner guarantees.
+class Database {
+ public:
+  // Opens (creating when missing) `path`. Throws OutboxError naming the file: the folder is
+  // missing or not writable, the file is not a database.
+  explicit Database(std::string path);
+  ~Database();
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  // Runs `sql` (one or more statements without results). Throws on failure, saying `what`.
+  void exec(const char* sql, std::string_view what);
+  // A PRAGMA's single text result ("" when none).
+  std::string pragma_text(const char* sql, std::string_view what);
+  // Throws OutboxError for a failed `rc`, naming the file, `what` and SQLite's message.
+  [[noreturn]] void fail(int rc, std::string_view what) const;
+
+  // In a forked child: the connection belongs to the parent (its locks, its WAL index); it is
+  // never used or closed again here, so that closing it cannot disturb the parent's files.
+  void abandon() noexcept { abandoned_ = true; }
+
+  sqlite3* handle() const noexcept { return db_; }
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  std::string path_;
+  sqlite3* db_ = nullptr;
+  bool abandoned_ = false;
+};
+
+// A prepared statement, reset after each use by its user (reset()).
+class Statement {
+ public:
+  Statement(Database& db, const char* sql, std::string_view what);
+  ~Statement();
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  void bind(int index, std::int64_t value);
+  void bind(int index, std::string_view text);  // SQLITE_TRANSIENT is not needed: bound until reset
+  void bind_null(int index);
+  // True when a row is ready, false when done; throws on failure.
+  bool step();
+  void reset() noexcept;
+
+  std::int64_t int64(int column) const noexcept { return sqlite3_column_int64(stmt_, column); }
+  std::string_view text(int column) const noexcept;
+  bool is_null(int column) const noexcept { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
+
+  void abandon() noexcept { abandoned_ = true; }
+
+ private:
+  Database& db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  std::string what_;
+  bool abandoned_ = false;
+};
+
+// BEGIN IMMEDIATE (the write lock up front: no upgrade deadlock between connections) ... COMMIT;
+// rolled back by the destructor unless commit() succeeded.
+class WriteTransaction {
+ public:
+  explicit WriteTransaction(Database& db);
+  ~WriteTransaction();
+  WriteTransaction(const WriteTransaction&) = delete;
+  WriteTransaction& operator=(const WriteTransaction&) = delete;
+  void commit();
+
+ private:
+  Database& db_;
+  bool open_ = false;
+};
+
+}  // namespace notifications::sqlite
