@@ -121,9 +121,12 @@ class Bridge {
   ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
   // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
-  //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "received",
+  //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "replayed", "received",
   //  "malformed", "echo_suppressed", "lost", "sequence_resets", "redeliveries_suppressed",
   //  "dropped": {reason: n}}, "redelivery": {...}, "last_error"}
+  // "replayed" counts the events a durable outbox (docs/outbox.md) held from an earlier run when
+  // the bridge was made; they are sent first and counted in "accepted" too. "queue" then also
+  // holds "outbox", "durability", "stored" and "spilled".
   // "lost" counts events this bridge never received although a later event of the same producer
   // instance and subject arrived (a gap in the envelopes' sequence): what an at-most-once
   // transport lost on the way. Counted between two received events of one stream: not before

@@ -416,6 +416,7 @@ nlohmann::json Bridge::Impl::counters_json() const {
           {"blocked", out.blocked.load()},
           {"failed", out.failed.load()},
           {"retried", out.retried.load()},
+          {"replayed", out.replayed.load()},
           {"received", inbound.counters().received.load()},
           {"malformed", inbound.counters().malformed.load()},
           {"echo_suppressed", inbound.counters().echo_suppressed.load()},

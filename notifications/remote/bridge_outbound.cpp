@@ -58,6 +58,13 @@ Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_p
       outbox_capacity_(outbox_->stats().capacity),
       confirm_before_settle_(outbox_->persistent() && !transport_->capabilities().persistent) {
   for (const std::string& pattern : config.forward) patterns_.emplace_back(pattern);
+  if (outbox_->persistent()) {
+    // What an earlier run left in the file counts as accepted by this one: flush() waits for it,
+    // and accepted = sent + dropped + kept keeps holding.
+    const std::size_t replayed = outbox_->stats().depth;
+    counters_.replayed.store(replayed);
+    counters_.accepted.store(replayed);
+  }
 }
 
 void Outbound::forward(std::size_t pattern_index, const Event& event) {
@@ -397,7 +404,7 @@ bool Outbound::confirm(Deadline deadline) {
 void Outbound::reset_in_forked_child() {
   outbox_->reset_in_forked_child();
   for (auto* counter : {&counters_.accepted, &counters_.sent, &counters_.confirmed, &counters_.blocked,
-                        &counters_.failed, &counters_.retried}) {
+                        &counters_.failed, &counters_.retried, &counters_.replayed}) {
     counter->store(0);
   }
   saturated_.store(false, std::memory_order_relaxed);

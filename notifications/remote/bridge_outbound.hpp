@@ -63,6 +63,9 @@ class Outbound {
     std::atomic<std::uint64_t> blocked{0};    // instrument calls that waited on a full outbox
     std::atomic<std::uint64_t> failed{0};     // publish calls that did not accept everything
     std::atomic<std::uint64_t> retried{0};
+    // Events a durable outbox held from an earlier run when this bridge was made (also counted
+    // in accepted).
+    std::atomic<std::uint64_t> replayed{0};
   };
 
   // `outbox` null: make_memory_outbox from config's queue bounds. `instance_id` is read by the
