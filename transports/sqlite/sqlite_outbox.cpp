@@ -295,7 +295,10 @@ class SqliteOutbox final : public Outbox {
       return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::drop_newest : policy,
                             block_timeout, evicted, waited);
     }
-    const bool spill = durability_ != Durability::sync && policy == OverflowPolicy::spill && pending_full(event);
+    // Memory full: spill writes to the file instead of refusing; so does async whatever the
+    // policy (its events are meant for the file anyway, and the sender may be stuck retrying).
+    const bool spill = durability_ != Durability::sync && pending_full(event) &&
+                       (policy == OverflowPolicy::spill || durability_ == Durability::async);
     if (durability_ == Durability::sync || spill) {
       const std::uint64_t ticket = append_pending(std::move(event));
       if (spill) ++spilled_;
@@ -380,6 +383,7 @@ class SqliteOutbox final : public Outbox {
       }
     }
     taken_ = 0;
+    in_flight_.store(held_events_.size(), std::memory_order_relaxed);  // released rows, kept in the file
     while (!pending_.empty()) {
       const std::uint64_t last = pushed_;
       try {

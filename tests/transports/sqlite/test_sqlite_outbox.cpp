@@ -215,6 +215,18 @@ TEST(SqliteOutbox, WithoutSpillAFullMemoryRefusesInDurabilityNone) {
   EXPECT_EQ(push(*outbox, "c"), Push::dropped_newest);
 }
 
+TEST(SqliteOutbox, AsyncWritesAFullMemoryQueueToTheFileWhateverThePolicy) {
+  TempDir dir;
+  auto outbox = n::make_sqlite_outbox(outbox_config(dir.file(), n::Durability::async, 2));
+  Names pushed;
+  for (int i = 0; i < 12; ++i) {
+    pushed.push_back("e" + std::to_string(10 + i));
+    ASSERT_EQ(push(*outbox, pushed.back(), n::OverflowPolicy::drop_newest), Push::accepted) << pushed.back();
+  }
+  EXPECT_GE(outbox->stats().stored, 10u);
+  EXPECT_EQ(take_all(*outbox, pushed.size()), pushed);
+}
+
 TEST(SqliteOutbox, DrainKeepsWhatWaitsForTheNextStart) {
   TempDir dir;
   const std::string path = dir.file();
