@@ -21,6 +21,7 @@
 #include "notifications/config.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/memory.hpp"
+#include "notifications/transports/mock.hpp"
 #include "bridge_test_support.hpp"
 #include "wait.hpp"
 
@@ -512,6 +513,27 @@ TEST(ConfigureRoutes, AFailureKeepsWhatWasAttached) {
   ASSERT_EQ(n::configured_bridges().size(), 1u);
   EXPECT_EQ(n::configured_bridges()[0], attached);
   EXPECT_TRUE(n::shutdown(5s).clean);
+}
+
+TEST(ConfigureRoutes, AStartFailureShutsDownTheStartedRoutes) {
+  // "routes-fail://": a mock whose start() throws.
+  n::register_transport("routes-fail", [](const n::TransportConfig&) {
+    auto mock = std::make_unique<n::MockTransport>(n::MockOptions{.broker = unique_broker("routes-fail")});
+    mock->fail_next_starts(1);
+    return mock;
+  });
+  const std::string broker = unique_broker("routes-started");
+  auto routes = two_routes("unused", "unused");
+  routes[0].url = "mock://" + broker;
+  routes[0].forward = {"started.>"};
+  routes[0].subscribe = {">"};
+  routes[1].url = "routes-fail://";
+  const auto before = n::default_notifier().listening("started.x");
+  EXPECT_FALSE(before);
+  EXPECT_THROW(n::configure_routes(routes), n::TransportError);
+  EXPECT_TRUE(n::configured_bridges().empty());
+  // Nothing of the first route is left forwarding.
+  EXPECT_FALSE(n::default_notifier().listening("started.x"));
 }
 
 TEST_F(RoutesEnvironment, ConfigureAttachesEveryRouteOfTheFile) {
