@@ -1,7 +1,7 @@
 // Bridge configuration: from code, from a JSON file named by NOTIFICATIONS_CONFIG, and from the
 // environment (NOTIFICATIONS_URL and friends override the file).
 //
-// Thread-safety: BridgeConfig, RetryPolicy and RedeliveryPolicy are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
+// Thread-safety: BridgeConfig, RetryPolicy, RedeliveryPolicy and OutboxConfig are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
 // read the environment, which the program must not modify concurrently).
 #pragma once
 
@@ -110,7 +110,7 @@ struct BridgeConfig {
 BridgeConfig config_from_json(const nlohmann::json& json);
 
 // A configuration of one or more routes. Without "routes", the object is one route. With
-// "routes": [ {...}, ... ], each element is a route: the keys outside "routes" are defaults that
+// "routes": [ {...}, ... ] (1 to 256 elements), each element is a route: the keys outside "routes" are defaults that
 // each route's own keys replace (whole values: a route's "forward" replaces the default list, its
 // "retry" object replaces the default object). Errors name the route ("routes[1].forward[0]").
 // Routes get distinct names ("route<N>" when unnamed, N its position from 1; a repeated name is

@@ -267,6 +267,11 @@ TEST(Routes, ListMustBeANonEmptyArray) {
   EXPECT_TRUE(has(routes_error({{"routes", json::array()}}), "key \"routes\": expected a non-empty array"));
   EXPECT_TRUE(has(routes_error({{"routes", json::object()}}), "key \"routes\": expected a non-empty array"));
   EXPECT_TRUE(has(routes_error(json::array()), "config: expected a JSON object"));
+  json many = {{"routes", json::array()}};
+  for (int i = 0; i < 256; ++i) many["routes"].push_back(json::object());
+  EXPECT_EQ(n::routes_from_json(many).size(), 256u);
+  many["routes"].push_back(json::object());
+  EXPECT_TRUE(has(routes_error(many), "key \"routes\": expected at most 256 routes, got 257"));
 }
 
 TEST(Routes, DuplicateNamesAreRefused) {
