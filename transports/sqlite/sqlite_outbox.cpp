@@ -408,6 +408,7 @@ class SqliteOutbox final : public Outbox {
     stats.max_bytes = max_bytes_;
     stats.stored = stored_rows_.load(std::memory_order_relaxed);
     stats.spilled = spilled_;
+    stats.commits = commits_.load(std::memory_order_relaxed);
     return stats;
   }
 
@@ -563,6 +564,7 @@ class SqliteOutbox final : public Outbox {
           deleted_through_ = through;
         }
         stored_rows_.fetch_add(group.size(), std::memory_order_relaxed);
+        commits_.fetch_add(1, std::memory_order_relaxed);
       } catch (const OutboxError& e) {
         error = e.what();
       }
@@ -708,6 +710,7 @@ class SqliteOutbox final : public Outbox {
     if (through <= deleted_through_) return;
     try {
       store_->remove_through(through);
+      commits_.fetch_add(1, std::memory_order_relaxed);
       stored_rows_.fetch_sub(std::min<std::size_t>(stored_rows_.load(), store_->last_changes_deleted),
                              std::memory_order_relaxed);
       deleted_through_ = through;
@@ -730,6 +733,7 @@ class SqliteOutbox final : public Outbox {
   std::unique_ptr<Store> store_;  // used under store_mutex_
   std::int64_t deleted_through_ NOTIFICATIONS_GUARDED_BY(store_mutex_) = 0;
   std::atomic<std::size_t> stored_rows_{0};
+  std::atomic<std::uint64_t> commits_{0};  // transactions committed (OutboxStats::commits)
 
   mutable detail::Mutex mutex_;
   std::condition_variable changed_;
