@@ -570,7 +570,9 @@ class SqliteOutbox final : public Outbox {
       }
     }
     committing_ = false;
+    last_commit_ = Clock::now();
     if (error.empty()) {
+      delete_requested_ = std::max(delete_requested_, through);
       if (store_failing_) detail::log(detail::LogLevel::info, "notifications: outbox \"{}\" stores events again", path_);
       store_failing_ = false;
       add_committed(first, group);
@@ -659,10 +661,22 @@ class SqliteOutbox final : public Outbox {
         break;
       }
       if (closed_) break;
-      const std::int64_t through = delete_through_;
-      if (!forked_child_) {
-        detail::MutexUnlock unlocked(mutex_);
-        purge(through);
+      // Settled rows leave the file with the next commit (commit_group deletes them in the same
+      // transaction); only once nothing was committed for kPurgeDelay are they deleted in a
+      // transaction of their own, so that a steady stream of events pays no commit for deletes.
+      if (!forked_child_ && delete_through_ > delete_requested_) {
+        const Clock::time_point purge_at = last_commit_ + kPurgeDelay;
+        if (Clock::now() >= purge_at) {
+          const std::int64_t through = delete_through_;
+          delete_requested_ = through;
+          detail::MutexUnlock unlocked(mutex_);
+          purge(through);
+          continue;
+        }
+        if (lock.wait_until(changed_, std::min(until, purge_at)) == std::cv_status::timeout && Clock::now() >= until) {
+          break;
+        }
+        continue;
       }
       if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
     }
@@ -721,6 +735,8 @@ class SqliteOutbox final : public Outbox {
   }
 
   static constexpr std::chrono::milliseconds kStoreRetry{1000};
+  // How long settled rows wait for a commit to carry their delete before one of their own.
+  static constexpr std::chrono::milliseconds kPurgeDelay{50};
 
   const std::string path_;
   const Durability durability_;
@@ -755,6 +771,8 @@ class SqliteOutbox final : public Outbox {
   std::deque<Failure> failures_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::vector<OutboxEvent> refused_at_drain_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::int64_t delete_through_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // settled rows through this id
+  std::int64_t delete_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // deleted, or being deleted, through this id
+  Clock::time_point last_commit_ NOTIFICATIONS_GUARDED_BY(mutex_){};    // the end of the last commit_group
   std::uint64_t spilled_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t store_failures_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::size_t replayed_ = 0;   // set by the constructor
