@@ -530,14 +530,34 @@ class SqliteOutbox final : public Outbox {
   // when nobody else is (callers arriving meanwhile share the next commit). Throws OutboxError
   // when its group was refused.
   void commit_through(UniqueMutexLock& lock, std::uint64_t ticket) NOTIFICATIONS_REQUIRES(mutex_) {
+    ++pushers_inside_;
+    peak_pushers_ = std::max(peak_pushers_, pushers_inside_);
     while (!decided(ticket)) {
-      if (!committing_) {
+      if (!committing_ && !gathering_) {
+        gather();
         commit_group(pending_.size(), /*keep_on_failure=*/false);
         continue;
       }
       lock.wait(changed_);
     }
+    --pushers_inside_;
     if (const Failure* failure = failure_of(ticket)) throw OutboxError(failure->why);
+  }
+
+  // Group commit: when other pushers are about (more than one was waiting for a commit lately) and
+  // their events are not pending yet, the leader lets them add them for up to kGather before it
+  // commits, so that one commit serves them all (a pusher that just returned is usually back
+  // within microseconds). A lone pusher never waits here.
+  void gather() NOTIFICATIONS_REQUIRES(mutex_) {
+    const std::size_t want = std::max(peak_pushers_, previous_peak_pushers_);
+    if (want < 2 || pending_.size() >= want || closed_) return;
+    gathering_ = true;
+    const Clock::time_point end = Clock::now() + kGather;
+    while (pending_.size() < want && !closed_ && Clock::now() < end) {
+      detail::MutexUnlock unlocked(mutex_);
+      std::this_thread::yield();
+    }
+    gathering_ = false;
   }
 
   // Commits the oldest `count` pending events in one transaction, deleting what was settled in
@@ -545,6 +565,11 @@ class SqliteOutbox final : public Outbox {
   // to their pushers (failures_), or with `keep_on_failure` go back to the front of pending_.
   void commit_group(std::size_t count, bool keep_on_failure) NOTIFICATIONS_REQUIRES(mutex_) {
     committing_ = true;
+    if (++commits_in_window_ == kPeakWindow) {  // the pushers' peak decays after 2 windows without it
+      previous_peak_pushers_ = peak_pushers_;
+      peak_pushers_ = pushers_inside_;
+      commits_in_window_ = 0;
+    }
     group_first_ = front_ticket_;
     group_last_ = front_ticket_ + count - 1;
     std::vector<OutboxEvent> group;
@@ -636,7 +661,7 @@ class SqliteOutbox final : public Outbox {
         }
         continue;
       }
-      if (committing_) {  // the oldest pending events are being committed by a pushing thread
+      if (committing_ || gathering_) {  // the oldest pending events are being committed by a pushing thread
         if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
         continue;
       }
@@ -737,6 +762,9 @@ class SqliteOutbox final : public Outbox {
   static constexpr std::chrono::milliseconds kStoreRetry{1000};
   // How long settled rows wait for a commit to carry their delete before one of their own.
   static constexpr std::chrono::milliseconds kPurgeDelay{50};
+  // How long a commit's leader waits at most for the other pushers' events (gather()).
+  static constexpr std::chrono::microseconds kGather{50};
+  static constexpr unsigned kPeakWindow = 64;  // commits
 
   const std::string path_;
   const Durability durability_;
@@ -761,6 +789,11 @@ class SqliteOutbox final : public Outbox {
   std::int64_t unloaded_last_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::size_t unloaded_count_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   bool committing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool gathering_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // a leader waits for more events (gather())
+  std::size_t pushers_inside_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // in commit_through
+  std::size_t peak_pushers_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;    // most inside, in this window of commits
+  std::size_t previous_peak_pushers_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
+  unsigned commits_in_window_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t group_first_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t group_last_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
