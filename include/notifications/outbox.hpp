@@ -136,6 +136,9 @@ struct OutboxStats {
   // the events kept there for a later run at close.
   std::size_t stored = 0;
   std::uint64_t spilled = 0;  // pushes written to the file because memory was full (spill)
+  // Write transactions the outbox committed to its file (inserts, and deletes of settled rows),
+  // since it was made: commits per event show how many pushes share a commit. 0 for memory.
+  std::uint64_t commits = 0;
 };
 
 // The outbound store of one Bridge (see the promises above). An outbox serves one Bridge.

@@ -412,6 +412,7 @@ class SqliteOutbox final : public Outbox {
     stats.max_bytes = max_bytes_;
     stats.stored = stored_rows_.load(std::memory_order_relaxed);
     stats.spilled = spilled_;
+    stats.commits = commits_.load(std::memory_order_relaxed);
     return stats;
   }
 
@@ -533,14 +534,34 @@ class SqliteOutbox final : public Outbox {
   // when nobody else is (callers arriving meanwhile share the next commit). Throws OutboxError
   // when its group was refused.
   void commit_through(UniqueMutexLock& lock, std::uint64_t ticket) NOTIFICATIONS_REQUIRES(mutex_) {
+    ++pushers_inside_;
+    peak_pushers_ = std::max(peak_pushers_, pushers_inside_);
     while (!decided(ticket)) {
-      if (!committing_) {
+      if (!committing_ && !gathering_) {
+        gather();
         commit_group(pending_.size(), /*keep_on_failure=*/false);
         continue;
       }
       lock.wait(changed_);
     }
+    --pushers_inside_;
     if (const Failure* failure = failure_of(ticket)) throw OutboxError(failure->why);
+  }
+
+  // Group commit: when other pushers are about (more than one was waiting for a commit lately) and
+  // their events are not pending yet, the leader lets them add them for up to kGather before it
+  // commits, so that one commit serves them all (a pusher that just returned is usually back
+  // within microseconds). A lone pusher never waits here.
+  void gather() NOTIFICATIONS_REQUIRES(mutex_) {
+    const std::size_t want = std::max(peak_pushers_, previous_peak_pushers_);
+    if (want < 2 || pending_.size() >= want || closed_) return;
+    gathering_ = true;
+    const Clock::time_point end = Clock::now() + kGather;
+    while (pending_.size() < want && !closed_ && Clock::now() < end) {
+      detail::MutexUnlock unlocked(mutex_);
+      std::this_thread::yield();
+    }
+    gathering_ = false;
   }
 
   // Commits the oldest `count` pending events in one transaction, deleting what was settled in
@@ -548,6 +569,11 @@ class SqliteOutbox final : public Outbox {
   // to their pushers (failures_), or with `keep_on_failure` go back to the front of pending_.
   void commit_group(std::size_t count, bool keep_on_failure) NOTIFICATIONS_REQUIRES(mutex_) {
     committing_ = true;
+    if (++commits_in_window_ == kPeakWindow) {  // the pushers' peak decays after 2 windows without it
+      previous_peak_pushers_ = peak_pushers_;
+      peak_pushers_ = pushers_inside_;
+      commits_in_window_ = 0;
+    }
     group_first_ = front_ticket_;
     group_last_ = front_ticket_ + count - 1;
     std::vector<OutboxEvent> group;
@@ -567,12 +593,15 @@ class SqliteOutbox final : public Outbox {
           deleted_through_ = through;
         }
         stored_rows_.fetch_add(group.size(), std::memory_order_relaxed);
+        commits_.fetch_add(1, std::memory_order_relaxed);
       } catch (const OutboxError& e) {
         error = e.what();
       }
     }
     committing_ = false;
+    last_commit_ = Clock::now();
     if (error.empty()) {
+      delete_requested_ = std::max(delete_requested_, through);
       if (store_failing_) detail::log(detail::LogLevel::info, "notifications: outbox \"{}\" stores events again", path_);
       store_failing_ = false;
       add_committed(first, group);
@@ -636,7 +665,7 @@ class SqliteOutbox final : public Outbox {
         }
         continue;
       }
-      if (committing_) {  // the oldest pending events are being committed by a pushing thread
+      if (committing_ || gathering_) {  // the oldest pending events are being committed by a pushing thread
         if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
         continue;
       }
@@ -661,10 +690,22 @@ class SqliteOutbox final : public Outbox {
         break;
       }
       if (closed_) break;
-      const std::int64_t through = delete_through_;
-      if (!forked_child_) {
-        detail::MutexUnlock unlocked(mutex_);
-        purge(through);
+      // Settled rows leave the file with the next commit (commit_group deletes them in the same
+      // transaction); only once nothing was committed for kPurgeDelay are they deleted in a
+      // transaction of their own, so that a steady stream of events pays no commit for deletes.
+      if (!forked_child_ && delete_through_ > delete_requested_) {
+        const Clock::time_point purge_at = last_commit_ + kPurgeDelay;
+        if (Clock::now() >= purge_at) {
+          const std::int64_t through = delete_through_;
+          delete_requested_ = through;
+          detail::MutexUnlock unlocked(mutex_);
+          purge(through);
+          continue;
+        }
+        if (lock.wait_until(changed_, std::min(until, purge_at)) == std::cv_status::timeout && Clock::now() >= until) {
+          break;
+        }
+        continue;
       }
       if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
     }
@@ -712,6 +753,7 @@ class SqliteOutbox final : public Outbox {
     if (through <= deleted_through_) return;
     try {
       store_->remove_through(through);
+      commits_.fetch_add(1, std::memory_order_relaxed);
       stored_rows_.fetch_sub(std::min<std::size_t>(stored_rows_.load(), store_->last_changes_deleted),
                              std::memory_order_relaxed);
       deleted_through_ = through;
@@ -722,6 +764,11 @@ class SqliteOutbox final : public Outbox {
   }
 
   static constexpr std::chrono::milliseconds kStoreRetry{1000};
+  // How long settled rows wait for a commit to carry their delete before one of their own.
+  static constexpr std::chrono::milliseconds kPurgeDelay{50};
+  // How long a commit's leader waits at most for the other pushers' events (gather()).
+  static constexpr std::chrono::microseconds kGather{50};
+  static constexpr unsigned kPeakWindow = 64;  // commits
 
   const std::string path_;
   const Durability durability_;
@@ -734,6 +781,7 @@ class SqliteOutbox final : public Outbox {
   std::unique_ptr<Store> store_;  // used under store_mutex_
   std::int64_t deleted_through_ NOTIFICATIONS_GUARDED_BY(store_mutex_) = 0;
   std::atomic<std::size_t> stored_rows_{0};
+  std::atomic<std::uint64_t> commits_{0};  // transactions committed (OutboxStats::commits)
 
   mutable detail::Mutex mutex_;
   std::condition_variable changed_;
@@ -745,6 +793,11 @@ class SqliteOutbox final : public Outbox {
   std::int64_t unloaded_last_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::size_t unloaded_count_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   bool committing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool gathering_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // a leader waits for more events (gather())
+  std::size_t pushers_inside_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // in commit_through
+  std::size_t peak_pushers_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;    // most inside, in this window of commits
+  std::size_t previous_peak_pushers_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
+  unsigned commits_in_window_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t group_first_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t group_last_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
@@ -755,6 +808,8 @@ class SqliteOutbox final : public Outbox {
   std::deque<Failure> failures_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::vector<OutboxEvent> refused_at_drain_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::int64_t delete_through_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // settled rows through this id
+  std::int64_t delete_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // deleted, or being deleted, through this id
+  Clock::time_point last_commit_ NOTIFICATIONS_GUARDED_BY(mutex_){};    // the end of the last commit_group
   std::uint64_t spilled_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t store_failures_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::size_t replayed_ = 0;   // set by the constructor
