@@ -198,6 +198,7 @@ bool Bridge::Impl::prepare_fork(Clock::time_point deadline) NOTIFICATIONS_NO_THR
     }
     parked = p.parked == 2;
   }
+  if (parked && !outbound.prepare_fork(deadline)) parked = false;  // the outbox's own thread
   if (!parked) {
     set_pause(false);
     prepared_for_fork = false;
@@ -236,6 +237,7 @@ void Bridge::Impl::after_fork(bool in_child) NOTIFICATIONS_NO_THREAD_SAFETY_ANAL
       dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
     } else {
       transport->after_fork(false);
+      outbound.after_fork_in_parent();
       set_pause(false);
     }
   }

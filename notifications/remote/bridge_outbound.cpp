@@ -280,7 +280,7 @@ class Outbound::Sender {
           throw;
         }
         out_.note_sent(published);
-        if (out_.confirm_before_settle_) out_.counters_.confirmed.fetch_add(published, std::memory_order_relaxed);
+        if (out_.confirm_before_settle_) out_.raise_confirmed(out_.counters_.sent.load());  // flushed before settled
       }
       if (offset == messages.size()) break;
       out_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
@@ -395,10 +395,14 @@ void Outbound::note_sent(std::uint64_t count) {
 bool Outbound::confirm(Deadline deadline) {
   const std::uint64_t sent_before = counters_.sent.load();
   if (!transport_->flush(deadline)) return false;
-  std::uint64_t current = counters_.confirmed.load();
-  while (current < sent_before && !counters_.confirmed.compare_exchange_weak(current, sent_before)) {
-  }
+  raise_confirmed(sent_before);
   return true;
+}
+
+void Outbound::raise_confirmed(std::uint64_t to) {
+  std::uint64_t current = counters_.confirmed.load();
+  while (current < to && !counters_.confirmed.compare_exchange_weak(current, to)) {
+  }
 }
 
 void Outbound::reset_in_forked_child() {

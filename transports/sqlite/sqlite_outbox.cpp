@@ -257,7 +257,8 @@ class SqliteOutbox final : public Outbox {
         synchronous_(config.outbox.synchronous),
         capacity_(config.queue_capacity),
         max_bytes_(config.queue_max_bytes),
-        batch_items_(std::max<std::size_t>(config.batch_size, 1)) {
+        batch_items_(std::max<std::size_t>(config.batch_size, 1)),
+        spill_(config.overflow == OverflowPolicy::spill) {
     if (path_.empty()) throw OutboxError("outbox.path is empty: the SQLite outbox needs a file");
     store_ = std::make_unique<Store>(path_, config.outbox);
     const auto [count, first, last] = store_->extent();
@@ -271,13 +272,28 @@ class SqliteOutbox final : public Outbox {
       detail::log(detail::LogLevel::info,
                   "notifications: outbox \"{}\" holds {} events from an earlier run; they are sent first", path_, count);
     }
+    // async and spill write on a thread of their own: the one writer of pushed events, so that
+    // committing overlaps sending and no instrumenting thread waits on the disk.
+    if (durability_ != Durability::sync) {
+      writer_ = std::make_unique<std::thread>([this] { run_writer(); });
+    }
   }
 
   ~SqliteOutbox() override {
     if (forked_child_) {
       store_->abandon();
-      (void)store_.release();  // the parent's connection: never closed here
+      (void)store_.release();   // the parent's connection: never closed here
+      (void)writer_.release();  // the parent's thread: it does not exist here, never joined
       return;
+    }
+    if (writer_) {
+      {
+        MutexLock lock(mutex_);
+        stop_writer_ = true;
+      }
+      changed_.notify_all();
+      writer_cv_.notify_all();
+      writer_->join();
     }
     std::int64_t through = 0;
     {
@@ -295,15 +311,26 @@ class SqliteOutbox final : public Outbox {
       return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::drop_newest : policy,
                             block_timeout, evicted, waited);
     }
-    // Memory full: spill writes to the file instead of refusing; so does async whatever the
-    // policy (its events are meant for the file anyway, and the sender may be stuck retrying).
-    const bool spill = durability_ != Durability::sync && pending_full(event) &&
-                       (policy == OverflowPolicy::spill || durability_ == Durability::async);
-    if (durability_ == Durability::sync || spill) {
+    if (durability_ == Durability::sync) {
       const std::uint64_t ticket = append_pending(std::move(event));
-      if (spill) ++spilled_;
       commit_through(lock, ticket);  // throws OutboxError when its group could not be stored
       return Push::accepted;
+    }
+    // Memory full: spill hands the overflow to the writer instead of refusing; so does async
+    // whatever the policy (its events are meant for the file anyway, and the sender may be stuck
+    // retrying). The pusher waits only while the writer is a whole memory bound behind.
+    if (writer_ && pending_full(event) && (policy == OverflowPolicy::spill || durability_ == Durability::async)) {
+      while (pending_.size() >= 2 * capacity_ && !store_failing_ && !closed_) {
+        if (waited != nullptr) *waited = true;
+        lock.wait(changed_);
+      }
+      if (closed_) return Push::closed;
+      if (!store_failing_) {
+        ++spilled_;
+        append_pending(std::move(event));
+        wake_writer();
+        return Push::accepted;
+      }
     }
     return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::block : policy,
                           block_timeout, evicted, waited);
@@ -437,10 +464,35 @@ class SqliteOutbox final : public Outbox {
 
   bool persistent() const noexcept override { return !forked_child_; }
 
+  // The writer parks holding no lock (see Outbox::prepare_fork).
+  bool prepare_fork(Clock::time_point deadline) override {
+    if (!writer_) return true;
+    UniqueMutexLock lock(mutex_);
+    park_requested_ = true;
+    writer_cv_.notify_all();
+    while (!writer_parked_) {
+      if (lock.wait_until(changed_, deadline) == std::cv_status::timeout) break;
+    }
+    if (writer_parked_) return true;
+    park_requested_ = false;
+    writer_cv_.notify_all();
+    return false;
+  }
+
+  void after_fork_in_parent() override {
+    if (!writer_) return;
+    {
+      MutexLock lock(mutex_);
+      park_requested_ = false;
+    }
+    writer_cv_.notify_all();
+  }
+
   std::string description() const override {
     if (forked_child_) return "memory (in a forked child: the sqlite outbox \"" + path_ + "\" is the parent's)";
     std::string text = "sqlite \"" + path_ + "\", durability " + to_string(durability_) + ", synchronous " +
                        to_string(synchronous_);
+    if (spill_) text += ", overflow spill";
     if (replayed_ > 0) text += ", " + std::to_string(replayed_) + " events from an earlier run at start";
     return text;
   }
@@ -514,8 +566,53 @@ class SqliteOutbox final : public Outbox {
       }
     }
     append_pending(std::move(event));
+    if (durability_ == Durability::async) {
+      wake_writer();
+    }
     changed_.notify_all();
     return result;
+  }
+
+  void wake_writer() NOTIFICATIONS_REQUIRES(mutex_) {
+    if (writer_waiting_) writer_cv_.notify_one();
+  }
+
+  // What the writer should commit now: async, everything pending (in batches); spill, the oldest
+  // events past the memory bound (down to half of it, so that commits batch).
+  std::size_t writer_work() const NOTIFICATIONS_REQUIRES(mutex_) {
+    if (pending_.empty() || committing_ || gathering_) return 0;
+    if (store_failing_ && Clock::now() < retry_store_at_) return 0;
+    if (durability_ == Durability::async) return std::min(pending_.size(), std::max<std::size_t>(batch_items_, 256));
+    if (pending_.size() > capacity_) return pending_.size() - capacity_ / 2;
+    return 0;
+  }
+
+  // The writer thread: commits pushed events in order (keep_on_failure: what the file refuses
+  // stays in memory, sent from there, and the file is tried again after kStoreRetry). Parks for
+  // prepare_fork(); ends when the outbox is destroyed.
+  void run_writer() {
+    detail::name_this_thread("ntf-outbox");
+    UniqueMutexLock lock(mutex_);
+    while (!stop_writer_) {
+      if (park_requested_) {
+        writer_parked_ = true;
+        changed_.notify_all();
+        while (park_requested_ && !stop_writer_) lock.wait(writer_cv_);
+        writer_parked_ = false;
+        continue;
+      }
+      if (const std::size_t count = writer_work(); count > 0) {
+        commit_group(count, /*keep_on_failure=*/true);
+        continue;
+      }
+      writer_waiting_ = true;
+      if (store_failing_ && !pending_.empty()) {
+        lock.wait_until(writer_cv_, retry_store_at_);
+      } else {
+        lock.wait(writer_cv_);
+      }
+      writer_waiting_ = false;
+    }
   }
 
   const Failure* failure_of(std::uint64_t ticket) const NOTIFICATIONS_REQUIRES(mutex_) {
@@ -676,9 +773,11 @@ class SqliteOutbox final : public Outbox {
           commit_group(group, /*keep_on_failure=*/false);
           continue;
         }
-        if (durability_ == Durability::async && !forked_child_ && (!store_failing_ || Clock::now() >= retry_store_at_)) {
-          commit_group(group, /*keep_on_failure=*/true);
-          if (!store_failing_) continue;
+        if (durability_ == Durability::async && !forked_child_ && !store_failing_) {
+          // The writer commits them: wait for it (it is woken by every push).
+          wake_writer();
+          if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
+          continue;
         }
         // Durability none, a forked child, or a file that refuses writes: sent from memory.
         const std::size_t n = std::min(max, pending_.size());
@@ -776,6 +875,7 @@ class SqliteOutbox final : public Outbox {
   const std::size_t capacity_;
   const std::size_t max_bytes_;
   const std::size_t batch_items_;
+  const bool spill_;  // the configured overflow is spill (health and logs)
 
   detail::Mutex store_mutex_;
   std::unique_ptr<Store> store_;  // used under store_mutex_
@@ -785,6 +885,12 @@ class SqliteOutbox final : public Outbox {
 
   mutable detail::Mutex mutex_;
   std::condition_variable changed_;
+  std::condition_variable writer_cv_;  // wakes the writer: work, park, stop
+  std::unique_ptr<std::thread> writer_;  // async and spill only
+  bool writer_waiting_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool stop_writer_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool park_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool writer_parked_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   std::deque<OutboxEvent> pending_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::size_t pending_bytes_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::deque<Row> ready_ NOTIFICATIONS_GUARDED_BY(mutex_);
