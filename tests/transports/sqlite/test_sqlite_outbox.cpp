@@ -21,6 +21,8 @@
 #include "notifications/outbox.hpp"
 #include "notifications/sqlite.hpp"
 #include "notifications/transports/mock.hpp"
+#include "child_process.hpp"
+#include "notifications/fork.hpp"
 #include "remote/bridge_test_support.hpp"
 #include "wait.hpp"
 
@@ -338,6 +340,62 @@ TEST(SqliteOutboxBridge, WhatAFailingTransportDidNotTakeIsKeptAndSentByTheNextSt
     EXPECT_EQ(body["payload"]["i"], i) << "replayed out of order";
   }
   EXPECT_EQ(bridge->shutdown(5s).kept, 0u);
+}
+
+// prepare_fork() parks the outbox's writer thread with the Bridge's own; the child keeps its own
+// events in memory (the file is the parent's, never touched there), the parent goes on with its
+// file. A hang (the writer holding a lock across the fork) shows as a child that never exits.
+TEST(SqliteOutboxBridge, AcrossAForkTheParentKeepsItsFileAndTheChildItsMemory) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator is not fork-safe (see tests/process/test_fork_without_prepare.cpp)";
+#endif
+  TempDir dir;
+  const std::string path = dir.file();
+  const std::string url = "memory://" + test_support::unique_broker("outbox-fork") + "?mode=queued";
+  n::Notifier orders;
+  n::Notifier analytics;
+  n::BridgeConfig config = outbox_config(path, n::Durability::async, 1000);
+  config.url = url;
+  config.subscribe = {};
+  auto sender = n::make_bridge(orders, config);
+  n::BridgeConfig receive = test_support::config_for("analytics");
+  receive.url = url;
+  receive.forward = {};
+  auto receiver = n::make_bridge(analytics, receive);
+  sender->start();
+  receiver->start();
+  std::atomic<int> seen{0};
+  auto subscription = analytics.subscribe("order.>", [&](const n::Event& e) {
+    if (e.remote()) seen.fetch_add(1);
+  });
+  for (int i = 0; i < 20; ++i) orders.instrument("order.placed", {{"i", i}});
+
+  n::prepare_fork();
+  const pid_t pid = ::fork();
+  n::after_fork();
+  const int events = pid == 0 ? 7 : 11;
+  for (int i = 0; i < events; ++i) orders.instrument("order.placed", {{"i", i}});
+  const bool flushed = sender->flush(10s);
+  const bool delivered = receiver->wait_delivered(10s);
+  if (pid == 0) {
+    if (!flushed) _exit(20);
+    if (!delivered) _exit(21);
+    if (sender->health()["queue"]["outbox"].get<std::string>().find("forked child") == std::string::npos) _exit(23);
+    sender->shutdown(10s);
+    receiver->shutdown(10s);
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0) << "fork failed";
+  EXPECT_TRUE(flushed);
+  EXPECT_TRUE(delivered);
+  EXPECT_TRUE(test_support::wait_until([&] { return seen.load() == 20 + events; }, 10s)) << seen.load();
+  const auto r = test_support::wait_for_child(pid, 30s);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "20: flush, 21: wait_delivered, 23: the child claims the parent's file";
+  EXPECT_EQ(sender->health()["queue"]["outbox"].get<std::string>().rfind("sqlite", 0), 0u);
+  EXPECT_TRUE(sender->shutdown(10s).clean);
+  EXPECT_EQ(rows_in(path), 0) << "the parent's file holds what it did not confirm: nothing";
 }
 
 TEST(SqliteOutboxBridge, DurabilityWithoutTheFileIsAConfigErrorNamingTheKey) {
