@@ -16,8 +16,10 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -248,7 +250,9 @@ struct Store {
 //
 // Tickets: every pushed event gets the next ticket; pending_ holds the tickets front_ticket_ ..
 // pushed_, in order. A push in sync mode (or a spill) waits until its ticket left pending_ and is
-// not in the group being committed; it then was stored, or refused (failures_).
+// not in the group being committed; it then was stored, or refused (failures_, kept while a
+// pusher of the group waits: waiters_). A spill's group the file refuses goes back to pending_
+// (it holds events whose pushes already returned accepted).
 class SqliteOutbox final : public Outbox {
  public:
   explicit SqliteOutbox(const BridgeConfig& config)
@@ -295,11 +299,20 @@ class SqliteOutbox final : public Outbox {
       return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::drop_newest : policy,
                             block_timeout, evicted, waited);
     }
-    const bool spill = durability_ != Durability::sync && policy == OverflowPolicy::spill && pending_full(event);
-    if (durability_ == Durability::sync || spill) {
+    // A spill while the file refuses writes (until the next try) is held to the memory bound.
+    const bool spill = durability_ != Durability::sync && policy == OverflowPolicy::spill && pending_full(event) &&
+                       !(store_failing_ && Clock::now() < retry_store_at_);
+    if (durability_ == Durability::sync) {
       const std::uint64_t ticket = append_pending(std::move(event));
-      if (spill) ++spilled_;
       commit_through(lock, ticket);  // throws OutboxError when its group could not be stored
+      return Push::accepted;
+    }
+    if (spill) {
+      // Its group holds events accepted earlier by pushes that returned: refused by the file, the
+      // group stays in memory (sent from there), this event with it, past the bound by one.
+      const std::uint64_t ticket = append_pending(std::move(event));
+      if (commit_through(lock, ticket, /*keep=*/true)) ++spilled_;
+      changed_.notify_all();
       return Push::accepted;
     }
     return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::block : policy,
@@ -441,13 +454,12 @@ class SqliteOutbox final : public Outbox {
   }
 
  private:
-  // A refused group: its tickets and why.
+  // A refused group: its tickets and why (OutboxError's message, without its "[notifications.outbox] ").
   struct Failure {
     std::uint64_t first = 0;
     std::uint64_t last = 0;
     std::string why;
   };
-  static constexpr std::size_t kRememberedFailures = 64;
 
   bool pending_full(const OutboxEvent& event) const NOTIFICATIONS_REQUIRES(mutex_) {
     if (pending_.empty()) return false;  // always room for one
@@ -527,16 +539,30 @@ class SqliteOutbox final : public Outbox {
 
   // Waits until the event with `ticket` was stored, committing the oldest pending events itself
   // when nobody else is (callers arriving meanwhile share the next commit). Throws OutboxError
-  // when its group was refused.
-  void commit_through(UniqueMutexLock& lock, std::uint64_t ticket) NOTIFICATIONS_REQUIRES(mutex_) {
-    while (!decided(ticket)) {
-      if (!committing_) {
-        commit_group(pending_.size(), /*keep_on_failure=*/false);
-        continue;
+  // when its group was refused. With `keep` (a spill in durability none or async, whose group
+  // holds events accepted earlier by pushes that did not wait), a refused group goes back to
+  // memory instead, and this returns false once the file refuses writes: the event waits in
+  // memory, sent from there as the rest (the file is tried again after kStoreRetry).
+  bool commit_through(UniqueMutexLock& lock, std::uint64_t ticket, bool keep = false) NOTIFICATIONS_REQUIRES(mutex_) {
+    // Registered while it waits, so that its group's failure is remembered until it read it.
+    waiters_.insert(ticket);
+    try {
+      while (!decided(ticket)) {
+        if (keep && store_failing_ && Clock::now() < retry_store_at_) break;
+        if (!committing_) {
+          commit_group(pending_.size(), keep);
+          continue;
+        }
+        lock.wait(changed_);
       }
-      lock.wait(changed_);
+    } catch (...) {
+      waiters_.erase(waiters_.find(ticket));
+      throw;
     }
+    waiters_.erase(waiters_.find(ticket));
+    if (!decided(ticket)) return false;
     if (const Failure* failure = failure_of(ticket)) throw OutboxError(failure->why);
+    return true;
   }
 
   // Commits the oldest `count` pending events in one transaction, deleting what was settled in
@@ -565,6 +591,9 @@ class SqliteOutbox final : public Outbox {
         stored_rows_.fetch_add(group.size(), std::memory_order_relaxed);
       } catch (const OutboxError& e) {
         error = e.what();
+        // The message alone: commit_through() throws it again as an OutboxError of its own.
+        constexpr std::string_view kPrefix = "[notifications.outbox] ";
+        if (error.rfind(kPrefix, 0) == 0) error.erase(0, kPrefix.size());
       }
     }
     committing_ = false;
@@ -585,7 +614,11 @@ class SqliteOutbox final : public Outbox {
         }
       } else {
         failures_.push_back(Failure{group_first_, group_last_, error});
-        if (failures_.size() > kRememberedFailures) failures_.pop_front();
+        // Forgotten only once no pusher of theirs waits: a pusher that had not yet looked must
+        // not take its refused event for a stored one (waiters_ holds every waiting ticket).
+        while (!failures_.empty() && (waiters_.empty() || failures_.front().last < *waiters_.begin())) {
+          failures_.pop_front();
+        }
         for (auto& event : group) refused_at_drain_.push_back(std::move(event));
         if (!closed_) refused_at_drain_.clear();  // only drain() reports them; a push's caller counts its own
       }
@@ -749,6 +782,7 @@ class SqliteOutbox final : public Outbox {
   std::uint64_t pushed_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;        // the last ticket given
   std::uint64_t front_ticket_ NOTIFICATIONS_GUARDED_BY(mutex_) = 1;  // pending_.front()'s ticket
   std::deque<Failure> failures_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  std::multiset<std::uint64_t> waiters_ NOTIFICATIONS_GUARDED_BY(mutex_);  // tickets in commit_through()
   std::vector<OutboxEvent> refused_at_drain_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::int64_t delete_through_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // settled rows through this id
   std::uint64_t spilled_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;

@@ -552,4 +552,93 @@ TEST(SqliteOutboxEnvironment, ADiskFullDuringABatchLosesNoCommittedRowAndCountsW
   bridge->shutdown(5s);
 }
 
+// ---- refusals under concurrency, and a spill the file refuses --------------------------------------
+
+n::OutboxEvent item(const std::string& name, const std::string& payload = "{}") {
+  n::OutboxEvent event;
+  event.set_text(name, payload, "");
+  return event;
+}
+
+// Sixteen threads pushing in sync mode into a file that is full almost at once: every push that
+// returned accepted has its row (a refused group is told to each of its pushers, however many
+// groups failed before a pusher looked), and the error says it once.
+TEST(SqliteOutboxEnvironment, ConcurrentSyncPushesIntoAFullFileReturnAcceptedOnlyForStoredEvents) {
+  TempDir dir;
+  const std::string path = dir.file();
+  n::BridgeConfig config = env_config(path, n::Durability::sync);
+  config.outbox.max_pages = 6;
+  config.outbox.busy_timeout = 0ms;
+  auto outbox = n::make_sqlite_outbox(config);
+  std::atomic<int> accepted{0};
+  std::atomic<int> refused_pushes{0};
+  std::atomic<int> doubled{0};
+  constexpr int kThreads = 16;
+  constexpr int kEach = 300;
+  const std::string payload = R"({"f":")" + std::string(300, 'x') + R"("})";
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kEach; ++i) {
+        try {
+          if (outbox->push(item("env.event", payload), n::OverflowPolicy::block, 1ms) == n::Outbox::Push::accepted) {
+            accepted.fetch_add(1);
+          }
+        } catch (const n::OutboxError& e) {
+          refused_pushes.fetch_add(1);
+          const std::string what = e.what();
+          if (what.find(path) == std::string::npos || what.find("[notifications.outbox] [notifications.outbox]") != std::string::npos) {
+            doubled.fetch_add(1);
+          }
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  std::printf("[ %d sync pushes, max_pages 6 ] accepted %d, refused %d, rows %d\n", kThreads * kEach, accepted.load(),
+              refused_pushes.load(), rows_in(path));
+  EXPECT_EQ(accepted.load() + refused_pushes.load(), kThreads * kEach);
+  EXPECT_GT(refused_pushes.load(), 0);
+  EXPECT_EQ(rows_in(path), accepted.load()) << "a push returned accepted for an event the file refused";
+  EXPECT_EQ(doubled.load(), 0) << "the error names the file, with one \"[notifications.outbox]\"";
+}
+
+// durability none (and async), overflow spill: when the file refuses the spill's commit, the
+// events accepted earlier into memory (their pushes returned) are not lost with it: they stay in
+// memory, in order, with the spilled event; until the file is tried again, further spills are
+// held to the memory bound (refused past it, as block).
+TEST(SqliteOutboxEnvironment, ASpillTheFileRefusesKeepsTheEventsAcceptedBeforeIt) {
+  for (const n::Durability durability : {n::Durability::none, n::Durability::async}) {
+    SCOPED_TRACE(n::to_string(durability));
+    TempDir dir;
+    const std::string path = dir.file();
+    n::BridgeConfig config = env_config(path, durability);
+    config.queue_capacity = 4;
+    config.batch_size = 4;
+    config.outbox.busy_timeout = 50ms;
+    auto outbox = n::make_sqlite_outbox(config);
+    for (const char* name : {"a", "b", "c", "d"}) {
+      ASSERT_EQ(outbox->push(item(name), n::OverflowPolicy::spill, 1ms), n::Outbox::Push::accepted);
+    }
+    sqlite3* other = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
+    EXPECT_EQ(outbox->push(item("e"), n::OverflowPolicy::spill, 1ms), n::Outbox::Push::accepted)
+        << "kept in memory with the group the file refused";
+    EXPECT_EQ(outbox->push(item("f"), n::OverflowPolicy::spill, 1ms), n::Outbox::Push::dropped_newest)
+        << "while the file refuses writes, spills are held to the memory bound";
+    EXPECT_EQ(outbox->stats().spilled, 0u);
+    ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(other);
+    std::vector<std::string> taken;
+    for (int i = 0; i < 20 && taken.size() < 5; ++i) {
+      std::span<n::OutboxEvent> batch;
+      outbox->take(batch, 10, std::chrono::steady_clock::now() + 100ms);
+      for (const auto& event : batch) taken.emplace_back(event.name());
+      outbox->settle(batch.size(), n::Outbox::Settled::confirmed);
+    }
+    EXPECT_EQ(taken, (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+  }
+}
+
 }  // namespace
