@@ -180,7 +180,8 @@ struct Store {
     transaction.commit();
   }
 
-  // Up to `max` rows with ids from .. to, in id order.
+  // Up to `max` rows with ids from .. to, in id order. When reading fails after some rows, those
+  // are returned (the next read starts at the failure, and fails there).
   std::vector<Row> read(std::int64_t from, std::int64_t to, std::size_t max) {
     std::vector<Row> rows;
     sqlite::Statement& s = *load;
@@ -204,7 +205,8 @@ struct Store {
       }
     } catch (...) {
       s.reset();
-      throw;
+      if (rows.empty()) throw;
+      // The rows read before the failure are handed out; the next read starts at the failure.
     }
     s.reset();
     return rows;
@@ -657,7 +659,8 @@ class SqliteOutbox final : public Outbox {
         }
         break;
       }
-      if (unloaded_count_ > 0 && !forked_child_) {
+      // Rows that wait only in the file come first; after a failed read, again after kStoreRetry.
+      if (unloaded_count_ > 0 && !forked_child_ && !(load_failing_ && Clock::now() < retry_load_at_)) {
         if (load(max)) break;
         if (lock.wait_until(changed_, std::min(until, Clock::now() + kStoreRetry)) == std::cv_status::timeout &&
             Clock::now() >= until) {
@@ -708,6 +711,7 @@ class SqliteOutbox final : public Outbox {
     const std::size_t want = std::min(max, unloaded_count_);
     std::vector<Row> rows;
     std::string error;
+    bool damaged = false;
     {
       detail::MutexUnlock unlocked(mutex_);
       MutexLock store(store_mutex_);
@@ -715,13 +719,29 @@ class SqliteOutbox final : public Outbox {
         rows = store_->read(from, to, want);
       } catch (const std::exception& e) {
         error = e.what();
+        const int code = sqlite3_errcode(store_->db.handle()) & 0xff;
+        damaged = code == SQLITE_CORRUPT || code == SQLITE_NOTADB;
       }
     }
     if (!error.empty()) {
-      detail::log(detail::LogLevel::error, "notifications: {} (trying again)", error);
+      // Tried again after kStoreRetry (said once, not at every try). A damaged page stays
+      // damaged: meanwhile events not yet committed are sent from memory (as while the file
+      // refuses writes) rather than committed behind rows that cannot be read.
+      if (!load_failing_) {
+        detail::log(detail::LogLevel::error, "notifications: {} (trying again every {} ms{})", error, kStoreRetry.count(),
+                    damaged ? "; newer events are sent from memory meanwhile" : "");
+      }
+      load_failing_ = true;
+      retry_load_at_ = Clock::now() + kStoreRetry;
+      if (damaged) {
+        store_failing_ = true;
+        retry_store_at_ = retry_load_at_;
+      }
       ++store_failures_;
       return false;
     }
+    if (load_failing_) detail::log(detail::LogLevel::info, "notifications: outbox \"{}\" reads its events again", path_);
+    load_failing_ = false;
     if (rows.empty()) {  // deleted by someone else: nothing left to send there
       unloaded_count_ = 0;
       return false;
@@ -779,6 +799,8 @@ class SqliteOutbox final : public Outbox {
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool store_failing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   Clock::time_point retry_store_at_ NOTIFICATIONS_GUARDED_BY(mutex_){};
+  bool load_failing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // the last read of stored rows failed
+  Clock::time_point retry_load_at_ NOTIFICATIONS_GUARDED_BY(mutex_){};
   std::uint64_t pushed_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;        // the last ticket given
   std::uint64_t front_ticket_ NOTIFICATIONS_GUARDED_BY(mutex_) = 1;  // pending_.front()'s ticket
   std::deque<Failure> failures_ NOTIFICATIONS_GUARDED_BY(mutex_);
