@@ -121,9 +121,12 @@ class Bridge {
   ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
   // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
-  //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "received",
+  //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "replayed", "received",
   //  "malformed", "echo_suppressed", "lost", "sequence_resets", "redeliveries_suppressed",
   //  "dropped": {reason: n}}, "redelivery": {...}, "last_error"}
+  // "replayed" counts the events a durable outbox (docs/outbox.md) held from an earlier run when
+  // the bridge was made; they are sent first and counted in "accepted" too. "queue" then also
+  // holds "outbox", "durability", "stored" and "spilled".
   // "lost" counts events this bridge never received although a later event of the same producer
   // instance and subject arrived (a gap in the envelopes' sequence): what an at-most-once
   // transport lost on the way. Counted between two received events of one stream: not before
@@ -154,12 +157,14 @@ class Bridge {
 // ConfigError or TransportError.
 std::unique_ptr<Bridge> make_bridge(Notifier& notifier, BridgeConfig config, BridgeHooks hooks = {});
 
-// Attaches a bridge configured from the environment (config_from_environment) to the default
+// Attaches a bridge configured from the environment (routes_from_environment) to the default
 // notifier and starts it: the one line an application's main() adds. Returns the bridge, which
 // stays alive until notifications::shutdown(). Calling it again replaces (and shuts down) the
-// previous one. Throws ConfigError or TransportError.
+// previous one. Throws ConfigError or TransportError. When NOTIFICATIONS_CONFIG holds several
+// routes, it attaches them all (as configure_routes()) and returns the first.
 // It logs which transport it chose and why (an environment variable, the config file, the
-// default), and warns about environment variables that look like this library's but are not.
+// default) for each route, and warns about environment variables that look like this library's
+// but are not.
 std::shared_ptr<Bridge> configure();
 std::shared_ptr<Bridge> configure(BridgeConfig config);
 // As configure(config); `why` says where the configuration came from, for the start-up log line.
@@ -167,13 +172,18 @@ std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why);
 // Attaches one bridge per route (routes_from_environment(), or `routes`) to the default notifier
 // and starts them in order; returns them in route order. Every route is validated and wired
 // before any starts; when one fails to start, those already started are shut down and the error
-// is thrown. Replaces (and shuts down) what an earlier configure() attached.
+// is thrown, leaving attached what was. Replaces (and shuts down, after the new ones started)
+// what an earlier configure() attached; when a new route names an outbox file that an attached
+// bridge writes, the attached bridges are shut down before any new one is wired (one writer per
+// file; a failure then leaves nothing attached). The routes of one call share one
+// BridgeHooks::instance_id, so that no route delivers what another one forwarded.
 std::vector<std::shared_ptr<Bridge>> configure_routes();
 std::vector<std::shared_ptr<Bridge>> configure_routes(std::vector<BridgeConfig> routes, const std::string& why = "given in code");
 // The bridges configure() or configure_routes() attached, in route order (empty: none).
 std::vector<std::shared_ptr<Bridge>> configured_bridges();
 // Shuts down the bridges attached by configure() or configure_routes(), if any, in reverse route
-// order, all within `timeout`; the report adds theirs up.
+// order, all within `timeout`; the report adds theirs up (clean when every one is; with several
+// routes, detail is "route \"<name>\": <detail>; ..." in route order).
 ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
 // Makes the outbox a Bridge keeps its events in when config.durability is not none or

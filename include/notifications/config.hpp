@@ -1,7 +1,7 @@
 // Bridge configuration: from code, from a JSON file named by NOTIFICATIONS_CONFIG, and from the
 // environment (NOTIFICATIONS_URL and friends override the file).
 //
-// Thread-safety: BridgeConfig, RetryPolicy and RedeliveryPolicy are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
+// Thread-safety: BridgeConfig, RetryPolicy, RedeliveryPolicy and OutboxConfig are values, ConfigError an immutable exception; the loading functions are safe from any thread (they
 // read the environment, which the program must not modify concurrently).
 #pragma once
 
@@ -96,22 +96,28 @@ struct BridgeConfig {
 // key path (e.g. "retry.initial_ms"), the value and what was expected. Keys:
 //   url, app, prefix, forward, subscribe, group, queue_capacity (1 .. 10000000),
 //   queue_max_bytes (0: no byte bound, else 4096 .. 1099511627776 = 1 TiB),
-//   overflow ("block" | "drop_newest" | "drop_oldest"), block_timeout_ms, batch_size,
+//   overflow ("block" | "drop_newest" | "drop_oldest" | "spill"), block_timeout_ms, batch_size,
 //   retry { initial_ms, max_ms, multiplier, jitter, max_attempts },
 //   redelivery { window_ms (0: default, else 1 .. 86400000), window_count (0: off .. 10000000) },
 //   durability ("none" | "async" | "sync"),
-//   outbox { path, synchronous ("normal" | "full"), busy_timeout_ms, max_pages },
-//   transport { ... }, name
+//   outbox { path (non-empty), synchronous ("normal" | "full"), busy_timeout_ms (0 .. 600000),
+//            max_pages (0: SQLite's default, else 1 .. 2147483647) },
+//   transport { ... }, name (a subject token)
+// durability async or sync, and overflow spill, need outbox.path; an outbox.path that neither
+// uses is refused too (it would suggest a durability the configuration does not have).
 // A "routes" key is refused here (several bridges): read such a configuration with
 // routes_from_json().
 BridgeConfig config_from_json(const nlohmann::json& json);
 
 // A configuration of one or more routes. Without "routes", the object is one route. With
-// "routes": [ {...}, ... ], each element is a route: the keys outside "routes" are defaults that
+// "routes": [ {...}, ... ] (1 to 256 elements), each element is a route: the keys outside "routes" are defaults that
 // each route's own keys replace (whole values: a route's "forward" replaces the default list, its
 // "retry" object replaces the default object). Errors name the route ("routes[1].forward[0]").
-// Routes get distinct names ("route<N>" when unnamed; a repeated name is an error) and distinct
-// outbox files (two routes naming one outbox.path is an error). An event that matches the forward
+// Routes get distinct names ("route<N>" when unnamed, N its position from 1; a repeated name is
+// an error) and distinct outbox files (two routes naming one outbox.path, compared lexically
+// normalised, is an error). "name" outside "routes" is refused; an empty "routes" array too. The
+// defaults are read on their own first, so that a wrong type or range there names the top-level
+// key; rules that span keys (url, patterns, outbox.path) are checked per route. An event that matches the forward
 // patterns of several routes is forwarded by each of them.
 std::vector<BridgeConfig> routes_from_json(const nlohmann::json& json);
 std::vector<BridgeConfig> routes_from_text(std::string_view text, std::string_view source = "config");

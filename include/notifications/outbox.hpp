@@ -5,7 +5,8 @@
 // Thread-safety: OutboxEvent is a value. An Outbox's push(), close(), drain(), stats() and
 // depth_unlocked() may be called from any thread, concurrently; take(), settle() and release()
 // from one consumer thread at a time (the Bridge's sender). reset_in_forked_child() runs while no
-// other thread uses the outbox.
+// other thread uses the outbox. prepare_fork() and after_fork_in_parent() run on the thread that
+// forks, the one after the other.
 //
 // Promises of every Outbox (tests/remote/test_outbox.cpp checks each against make_memory_outbox(), in a
 // test named OutboxPromise<n>_...):
@@ -136,6 +137,9 @@ struct OutboxStats {
   // the events kept there for a later run at close.
   std::size_t stored = 0;
   std::uint64_t spilled = 0;  // pushes written to the file because memory was full (spill)
+  // Write transactions the outbox committed to its file (inserts, and deletes of settled rows),
+  // since it was made: commits per event show how many pushes share a commit. 0 for memory.
+  std::uint64_t commits = 0;
 };
 
 // The outbound store of one Bridge (see the promises above). An outbox serves one Bridge.
@@ -192,6 +196,15 @@ class Outbox {
   // settles an event as confirmed only after the transport confirmed it (flush() on a transport
   // that is not persistent). Default: false.
   virtual bool persistent() const noexcept { return false; }
+  // Around fork() (notifications/fork.hpp), after the Bridge parked its sender: an outbox with a
+  // thread of its own parks it holding no lock, or returns false at `deadline` (then the fork is
+  // not prepared, and after_fork_in_parent() is not called). In the child, reset_in_forked_child()
+  // follows instead. Defaults: nothing to park.
+  virtual bool prepare_fork(std::chrono::steady_clock::time_point deadline) {
+    (void)deadline;
+    return true;
+  }
+  virtual void after_fork_in_parent() {}
   // What this outbox is, for health and logs: "memory", or "sqlite <path>" and its mode.
   virtual std::string description() const { return "memory"; }
 };

@@ -198,6 +198,7 @@ bool Bridge::Impl::prepare_fork(Clock::time_point deadline) NOTIFICATIONS_NO_THR
     }
     parked = p.parked == 2;
   }
+  if (parked && !outbound.prepare_fork(deadline)) parked = false;  // the outbox's own thread
   if (!parked) {
     set_pause(false);
     prepared_for_fork = false;
@@ -236,6 +237,7 @@ void Bridge::Impl::after_fork(bool in_child) NOTIFICATIONS_NO_THREAD_SAFETY_ANAL
       dispatcher = std::thread([self = shared_from_this()] { self->run_dispatcher(); });
     } else {
       transport->after_fork(false);
+      outbound.after_fork_in_parent();
       set_pause(false);
     }
   }
@@ -416,6 +418,7 @@ nlohmann::json Bridge::Impl::counters_json() const {
           {"blocked", out.blocked.load()},
           {"failed", out.failed.load()},
           {"retried", out.retried.load()},
+          {"replayed", out.replayed.load()},
           {"received", inbound.counters().received.load()},
           {"malformed", inbound.counters().malformed.load()},
           {"echo_suppressed", inbound.counters().echo_suppressed.load()},
@@ -502,62 +505,5 @@ std::unique_ptr<Bridge> make_bridge(Notifier& notifier, BridgeConfig config, Bri
   std::shared_ptr<Transport> transport = make_transport(TransportConfig{config.url, config.transport});
   return std::make_unique<Bridge>(notifier, std::move(transport), std::move(config), std::move(hooks));
 }
-
-// ---- configure() --------------------------------------------------------------------------------
-
-namespace {
-detail::Mutex default_bridge_mutex;
-std::shared_ptr<Bridge> default_bridge NOTIFICATIONS_GUARDED_BY(default_bridge_mutex);
-}  // namespace
-
-std::shared_ptr<Bridge> configure() {
-  for (const std::string& name : unknown_environment_variables()) {
-    detail::log(detail::LogLevel::warn,
-                "notifications: environment variable {} is not one this library reads (it reads "
-                "NOTIFICATIONS_URL, NOTIFICATIONS_CONFIG, NOTIFICATIONS_APP, NOTIFICATIONS_PREFIX, "
-                "NOTIFICATIONS_FORWARD, NOTIFICATIONS_SUBSCRIBE, NOTIFICATIONS_GROUP): a typo?",
-                detail::wire_text(name, 80));
-  }
-  const std::string source = environment_source();
-  return configure(config_from_environment(),
-                   source.empty() ? "the default: neither NOTIFICATIONS_URL nor NOTIFICATIONS_CONFIG is set"
-                                  : "from " + source);
-}
-
-std::shared_ptr<Bridge> configure(BridgeConfig config) { return configure(std::move(config), "given in code"); }
-
-std::shared_ptr<Bridge> configure(BridgeConfig config, const std::string& why) {
-  config.validate();
-  TransportConfig transport_config{config.url, config.transport};
-  auto bridge = std::make_shared<Bridge>(default_notifier(), make_transport(transport_config),
-                                         std::move(config));
-  bridge->start();
-  const std::string url = redact_url(bridge->config().url);
-  const bool in_process = url.rfind("memory://", 0) == 0 || url.rfind("mock://", 0) == 0;
-  detail::log(detail::LogLevel::info, "notifications: bridge \"{}\" started on {} ({}){}", bridge->config().app, url,
-              why, in_process ? "; events reach only bridges in this process" : "");
-  std::shared_ptr<Bridge> previous;
-  {
-    MutexLock lock(default_bridge_mutex);
-    previous = std::exchange(default_bridge, bridge);
-  }
-  if (previous) previous->shutdown();
-  return bridge;
-}
-
-ShutdownReport shutdown(std::chrono::milliseconds timeout) {
-  std::shared_ptr<Bridge> bridge;
-  {
-    MutexLock lock(default_bridge_mutex);
-    bridge = std::move(default_bridge);
-  }
-  if (!bridge) {
-    ShutdownReport none;
-    none.detail = "no bridge configured";
-    return none;
-  }
-  return bridge->shutdown(timeout);
-}
-
 
 }  // namespace notifications

@@ -58,6 +58,13 @@ Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_p
       outbox_capacity_(outbox_->stats().capacity),
       confirm_before_settle_(outbox_->persistent() && !transport_->capabilities().persistent) {
   for (const std::string& pattern : config.forward) patterns_.emplace_back(pattern);
+  if (outbox_->persistent()) {
+    // What an earlier run left in the file counts as accepted by this one: flush() waits for it,
+    // and accepted = sent + dropped + kept keeps holding.
+    const std::size_t replayed = outbox_->stats().depth;
+    counters_.replayed.store(replayed);
+    counters_.accepted.store(replayed);
+  }
 }
 
 void Outbound::forward(std::size_t pattern_index, const Event& event) {
@@ -273,7 +280,7 @@ class Outbound::Sender {
           throw;
         }
         out_.note_sent(published);
-        if (out_.confirm_before_settle_) out_.counters_.confirmed.fetch_add(published, std::memory_order_relaxed);
+        if (out_.confirm_before_settle_) out_.raise_confirmed(out_.counters_.sent.load());  // flushed before settled
       }
       if (offset == messages.size()) break;
       out_.counters_.failed.fetch_add(1, std::memory_order_relaxed);
@@ -388,16 +395,20 @@ void Outbound::note_sent(std::uint64_t count) {
 bool Outbound::confirm(Deadline deadline) {
   const std::uint64_t sent_before = counters_.sent.load();
   if (!transport_->flush(deadline)) return false;
-  std::uint64_t current = counters_.confirmed.load();
-  while (current < sent_before && !counters_.confirmed.compare_exchange_weak(current, sent_before)) {
-  }
+  raise_confirmed(sent_before);
   return true;
+}
+
+void Outbound::raise_confirmed(std::uint64_t to) {
+  std::uint64_t current = counters_.confirmed.load();
+  while (current < to && !counters_.confirmed.compare_exchange_weak(current, to)) {
+  }
 }
 
 void Outbound::reset_in_forked_child() {
   outbox_->reset_in_forked_child();
   for (auto* counter : {&counters_.accepted, &counters_.sent, &counters_.confirmed, &counters_.blocked,
-                        &counters_.failed, &counters_.retried}) {
+                        &counters_.failed, &counters_.retried, &counters_.replayed}) {
     counter->store(0);
   }
   saturated_.store(false, std::memory_order_relaxed);

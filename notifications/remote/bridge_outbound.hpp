@@ -63,6 +63,9 @@ class Outbound {
     std::atomic<std::uint64_t> blocked{0};    // instrument calls that waited on a full outbox
     std::atomic<std::uint64_t> failed{0};     // publish calls that did not accept everything
     std::atomic<std::uint64_t> retried{0};
+    // Events a durable outbox held from an earlier run when this bridge was made (also counted
+    // in accepted).
+    std::atomic<std::uint64_t> replayed{0};
   };
 
   // `outbox` null: make_memory_outbox from config's queue bounds. `instance_id` is read by the
@@ -92,6 +95,10 @@ class Outbound {
   void drop_remaining();
   // Asks the transport to flush; on success everything sent before the call is confirmed.
   bool confirm(Deadline deadline);
+  // Around a fork, after the sender parked: the outbox parks its own thread, if it has one (false
+  // at `deadline`), and resumes it in the parent.
+  bool prepare_fork(Deadline deadline) { return outbox_->prepare_fork(deadline); }
+  void after_fork_in_parent() { outbox_->after_fork_in_parent(); }
   // In a child forked with prepare_fork()/after_fork(): forgets the parent's events and counters.
   void reset_in_forked_child();
 
@@ -111,6 +118,8 @@ class Outbound {
 
   std::chrono::milliseconds backoff(int attempt, std::mt19937& rng) const;
   void note_sent(std::uint64_t count);
+  // confirmed = max(confirmed, to): everything sent up to `to` is known confirmed.
+  void raise_confirmed(std::uint64_t to);
 
   OutboundHost& host_;
   const BridgeConfig& config_;

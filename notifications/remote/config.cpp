@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -44,7 +45,10 @@ constexpr std::size_t kMaxForwardPatternBytes = 1024;
 
 constexpr std::string_view kKnownKeys =
     "url, app, prefix, forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
-    "block_timeout_ms, batch_size, retry, redelivery, transport";
+    "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, name";
+constexpr std::string_view kKnownOutboxKeys = "path, synchronous, busy_timeout_ms, max_pages";
+// A configuration holds at most this many routes (each one is a bridge with its threads).
+constexpr std::size_t kMaxRoutes = 256;
 constexpr std::string_view kKnownRetryKeys = "initial_ms, max_ms, multiplier, jitter, max_attempts";
 constexpr std::string_view kKnownRedeliveryKeys = "window_ms, window_count";
 
@@ -63,7 +67,13 @@ constexpr std::string_view kExpectPattern =
     "a pattern string (e.g. \"order.placed\", \"sql.*\", \"order.>\", \">\")";
 constexpr std::string_view kExpectSubjectPattern =
     "a subject pattern string (e.g. \"order.placed\", \"sql.*\", \">\")";
-constexpr std::string_view kExpectOverflow = "one of \"block\", \"drop_newest\", \"drop_oldest\"";
+constexpr std::string_view kExpectOverflow =
+    "one of \"block\", \"drop_newest\", \"drop_oldest\", \"spill\"";
+constexpr std::string_view kExpectName =
+    "a route name: a subject token (letters, digits, '_', '-')";
+constexpr std::string_view kExpectDurability = "one of \"none\", \"async\", \"sync\"";
+constexpr std::string_view kExpectSynchronous = "one of \"normal\", \"full\"";
+constexpr std::string_view kExpectOutboxPath = "a non-empty file path string";
 constexpr std::string_view kExpectObject = "an object";
 
 struct IntegerRule {
@@ -96,8 +106,31 @@ constexpr IntegerRule kRedeliveryWindow{"redelivery.window_ms", 1, 86'400'000,
                                         "the default: 2 minutes, or the transport's dedupe window if longer"};
 constexpr IntegerRule kRedeliveryWindowCount{"redelivery.window_count", 1, 10'000'000, "no suppression"};
 
+constexpr IntegerRule kOutboxBusyTimeout{"outbox.busy_timeout_ms", 0, 600'000};
+constexpr IntegerRule kOutboxMaxPages{"outbox.max_pages", 1, INT32_MAX,
+                                      "SQLite's default, no practical bound"};
+
 constexpr OverflowPolicy kOverflowPolicies[] = {OverflowPolicy::block, OverflowPolicy::drop_newest,
-                                                OverflowPolicy::drop_oldest};
+                                                OverflowPolicy::drop_oldest, OverflowPolicy::spill};
+constexpr Durability kDurabilities[] = {Durability::none, Durability::async, Durability::sync};
+constexpr OutboxConfig::Synchronous kSynchronousLevels[] = {OutboxConfig::Synchronous::normal,
+                                                            OutboxConfig::Synchronous::full};
+
+// Prepended to every key path in messages while a route of a "routes" array is read or
+// validated ("routes[1]."); empty otherwise. Per thread: the loading functions may run on any.
+thread_local std::string t_key_prefix;
+
+// Sets t_key_prefix for its lifetime.
+class KeyPrefix {
+ public:
+  explicit KeyPrefix(std::string prefix) : saved_(std::exchange(t_key_prefix, std::move(prefix))) {}
+  ~KeyPrefix() { t_key_prefix = std::move(saved_); }
+  KeyPrefix(const KeyPrefix&) = delete;
+  KeyPrefix& operator=(const KeyPrefix&) = delete;
+
+ private:
+  std::string saved_;
+};
 
 // `text` cut to at most `limit` bytes on a UTF-8 boundary, marked with "..." when cut.
 std::string cut_to(std::string_view text, std::size_t limit) {
@@ -161,7 +194,9 @@ std::string shown_number(double value) {
   return json(value).dump();
 }
 
-std::string key_label(std::string_view path) { return "key " + shown_text(path); }
+std::string key_label(std::string_view path) {
+  return "key " + shown_text(t_key_prefix + std::string(path));
+}
 
 std::string env_label(std::string_view variable) {
   return "environment variable " + std::string(variable);
@@ -343,6 +378,46 @@ void check_transport(std::string_view where, const json& transport) {
   }
 }
 
+void check_durability(std::string_view where, Durability durability) {
+  for (const Durability known : kDurabilities) {
+    if (durability == known) return;
+  }
+  fail_expected(where, kExpectDurability, to_string(durability));
+}
+
+// The outbox keys, and outbox.path against durability and overflow: a file is needed exactly
+// when one of them keeps events in it.
+void check_outbox(const OutboxConfig& outbox, Durability durability, OverflowPolicy overflow) {
+  const std::string where = key_label("outbox.path");
+  const bool needs_file = durability != Durability::none || overflow == OverflowPolicy::spill;
+  const std::string user = durability != Durability::none
+                               ? "durability \"" + to_string(durability) + "\""
+                               : "overflow \"spill\"";
+  if (outbox.path.empty() && needs_file) {
+    fail(where, "missing: " + user +
+                    " keeps events in an outbox file until the transport confirmed them (expected " +
+                    std::string(kExpectOutboxPath) + ", e.g. \"/var/lib/app/notifications.db\")");
+  }
+  if (!outbox.path.empty()) {
+    if (outbox.path.find('\0') != std::string::npos) {
+      fail_expected(where, kExpectOutboxPath, shown_text(outbox.path), "it has a NUL byte");
+    }
+    if (!needs_file) {
+      fail(where, "set to " + shown_text(outbox.path) +
+                      ", but it is used only with durability \"async\" or \"sync\" or overflow "
+                      "\"spill\", and this configuration has durability \"none\" and overflow \"" +
+                      to_string(overflow) + "\" (remove outbox.path, or choose a durability)");
+    }
+  }
+  bool known_level = false;
+  for (const OutboxConfig::Synchronous level : kSynchronousLevels) known_level |= outbox.synchronous == level;
+  if (!known_level) {
+    fail_expected(key_label("outbox.synchronous"), kExpectSynchronous, to_string(outbox.synchronous));
+  }
+  check_integer(key_label(kOutboxBusyTimeout.key), kOutboxBusyTimeout, outbox.busy_timeout.count());
+  check_integer(key_label(kOutboxMaxPages.key), kOutboxMaxPages, outbox.max_pages);
+}
+
 // ---- JSON parsing: type checks, then the rules above ----
 
 [[noreturn]] void fail_type(std::string_view path, std::string_view expected, const json& value) {
@@ -408,8 +483,9 @@ void reject_unknown_keys(const json& object, std::string_view parent, std::strin
       begin = end + 2;
     }
     if (found) continue;
-    const std::string path = parent.empty() ? key : std::string(parent) + "." + key;
-    const std::string whose = parent.empty() ? "" : " of " + shown_text(parent);
+    const std::string path =
+        t_key_prefix + (parent.empty() ? key : std::string(parent) + "." + key);
+    const std::string whose = parent.empty() ? "" : " of " + shown_text(t_key_prefix + std::string(parent));
     throw ConfigError("unknown key " + shown_text(path) + " (known keys" + whose + ": " +
                       std::string(known) + ")");
   }
@@ -455,6 +531,44 @@ RedeliveryPolicy read_redelivery(const json& value) {
     redelivery.window_count = static_cast<std::size_t>(read_integer(kRedeliveryWindowCount, *v));
   }
   return redelivery;
+}
+
+Durability read_durability(const json& value) {
+  const std::string& text = read_string("durability", kExpectDurability, value);
+  for (const Durability durability : kDurabilities) {
+    if (text == to_string(durability)) return durability;
+  }
+  fail_expected(key_label("durability"), kExpectDurability, shown_value(value));
+}
+
+OutboxConfig read_outbox(const json& value) {
+  if (!value.is_object()) {
+    fail_type("outbox", "an object with keys " + std::string(kKnownOutboxKeys), value);
+  }
+  reject_unknown_keys(value, "outbox", kKnownOutboxKeys);
+  OutboxConfig outbox;
+  if (const json* v = member(value, "path")) {
+    outbox.path = read_string("outbox.path", kExpectOutboxPath, *v);
+    if (outbox.path.empty()) fail_type("outbox.path", kExpectOutboxPath, *v);
+  }
+  if (const json* v = member(value, "synchronous")) {
+    const std::string& text = read_string("outbox.synchronous", kExpectSynchronous, *v);
+    bool found = false;
+    for (const OutboxConfig::Synchronous level : kSynchronousLevels) {
+      if (text == to_string(level)) {
+        outbox.synchronous = level;
+        found = true;
+      }
+    }
+    if (!found) fail_type("outbox.synchronous", kExpectSynchronous, *v);
+  }
+  if (const json* v = member(value, "busy_timeout_ms")) {
+    outbox.busy_timeout = std::chrono::milliseconds(read_integer(kOutboxBusyTimeout, *v));
+  }
+  if (const json* v = member(value, "max_pages")) {
+    outbox.max_pages = static_cast<std::size_t>(read_integer(kOutboxMaxPages, *v));
+  }
+  return outbox;
 }
 
 // ---- the environment ----
@@ -601,10 +715,17 @@ std::string to_string(Durability durability) {
 }
 
 std::string to_string(OutboxConfig::Synchronous synchronous) {
-  return synchronous == OutboxConfig::Synchronous::full ? "full" : "normal";
+  switch (synchronous) {
+    case OutboxConfig::Synchronous::normal:
+      return "normal";
+    case OutboxConfig::Synchronous::full:
+      return "full";
+  }
+  return "Synchronous(" + std::to_string(static_cast<int>(synchronous)) + ")";
 }
 
 void BridgeConfig::validate() const {
+  check_token(key_label("name"), kExpectName, name);
   check_url(key_label("url"), url);
   check_token(key_label("app"), kExpectToken, app);
   check_prefix(key_label("prefix"), prefix);
@@ -641,14 +762,19 @@ void BridgeConfig::validate() const {
   check_integer(key_label(kRetryMaxAttempts.key), kRetryMaxAttempts, retry.max_attempts);
   check_integer(key_label(kRedeliveryWindow.key), kRedeliveryWindow, redelivery.window.count());
   check_integer(key_label(kRedeliveryWindowCount.key), kRedeliveryWindowCount, redelivery.window_count);
+  check_durability(key_label("durability"), durability);
+  check_outbox(outbox, durability, overflow);
   check_transport(key_label("transport"), transport);
 }
 
-BridgeConfig config_from_json(const json& value) {
-  if (!value.is_object()) fail_expected("config", "a JSON object", shown_value(value));
-  reject_unknown_keys(value, "", kKnownKeys);
+namespace {
 
-  BridgeConfig config;
+// `base` with the keys of the object `value` replacing its fields (whole values: a "retry" object
+// replaces base.retry). Unknown keys, types and single-value ranges are checked here; the rules
+// that span fields, in validate().
+BridgeConfig apply_keys(const json& value, BridgeConfig config) {
+  reject_unknown_keys(value, "", kKnownKeys);
+  if (const json* v = member(value, "name")) config.name = read_string("name", kExpectName, *v);
   if (const json* v = member(value, "url")) {
     // Only scalars are shown: inside an array or object a scheme-less "user:password@host"
     // would not be recognised as a URL and redacted.
@@ -690,15 +816,85 @@ BridgeConfig config_from_json(const json& value) {
   }
   if (const json* v = member(value, "retry")) config.retry = read_retry(*v);
   if (const json* v = member(value, "redelivery")) config.redelivery = read_redelivery(*v);
+  if (const json* v = member(value, "durability")) config.durability = read_durability(*v);
+  if (const json* v = member(value, "outbox")) config.outbox = read_outbox(*v);
   if (const json* v = member(value, "transport")) {
     check_transport(key_label("transport"), *v);
     config.transport = *v;
   }
-  config.validate();
   return config;
 }
 
-BridgeConfig config_from_text(std::string_view text, std::string_view source) {
+// `message` (a ConfigError's, without its prefix) with `where: ` before it.
+[[noreturn]] void rethrow_in(std::string_view where, const ConfigError& error) {
+  fail(where, reason_of(error));
+}
+
+// The routes of the object `value` ("routes" present): see routes_from_json().
+std::vector<BridgeConfig> read_routes(const json& value) {
+  const json& list = value.at("routes");
+  constexpr std::string_view kExpectRoutes = "a non-empty array of route objects";
+  if (!list.is_array()) fail_type("routes", kExpectRoutes, list);
+  if (list.empty()) {
+    fail_expected(key_label("routes"), kExpectRoutes, "[]",
+                  "a configuration needs at least one route (or no \"routes\" key: then the "
+                  "object is one route)");
+  }
+  if (list.size() > kMaxRoutes) {
+    fail_expected(key_label("routes"), "at most " + std::to_string(kMaxRoutes) + " routes",
+                  std::to_string(list.size()));
+  }
+  // The defaults: the keys outside "routes", read (types and ranges) on their own, so that their
+  // errors name the key where it is written.
+  json defaults_json = value;
+  defaults_json.erase("routes");
+  if (defaults_json.contains("name")) {
+    fail(key_label("name"),
+         "a route's name goes inside its element of \"routes\" (outside, it would name every "
+         "route alike)");
+  }
+  const BridgeConfig defaults = apply_keys(defaults_json, BridgeConfig{});
+
+  std::vector<BridgeConfig> routes;
+  routes.reserve(list.size());
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const std::string label = "routes[" + std::to_string(i) + "]";
+    const json& item = list[i];
+    if (!item.is_object()) fail_type(label, "a route object (keys: " + std::string(kKnownKeys) + ")", item);
+    if (item.contains("routes")) {
+      fail(key_label(label + ".routes"), "routes do not nest (a route is one bridge)");
+    }
+    const KeyPrefix prefix(label + ".");
+    BridgeConfig route = apply_keys(item, defaults);
+    if (!item.contains("name")) route.name = "route" + std::to_string(i + 1);
+    route.validate();
+    routes.push_back(std::move(route));
+  }
+  // Distinct names and outbox files; paths are compared lexically normalised ("./a.db" is
+  // "a.db"), not resolved through links.
+  for (std::size_t i = 0; i < routes.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      const std::string label = "routes[" + std::to_string(i) + "]";
+      if (routes[i].name == routes[j].name) {
+        fail(key_label(label + ".name"), "the name " + shown_text(routes[i].name) +
+                                             " is also routes[" + std::to_string(j) +
+                                             "]'s (route names must be distinct; an unnamed "
+                                             "route N, from 1, is named \"route<N>\")");
+      }
+      if (!routes[i].outbox.path.empty() && !routes[j].outbox.path.empty() &&
+          std::filesystem::path(routes[i].outbox.path).lexically_normal() ==
+              std::filesystem::path(routes[j].outbox.path).lexically_normal()) {
+        fail(key_label(label + ".outbox.path"),
+             quoted(routes[i].outbox.path.c_str()) + " is also routes[" + std::to_string(j) +
+                 "]'s outbox file (each route needs its own: one writer per database file)");
+      }
+    }
+  }
+  return routes;
+}
+
+// The JSON value of `text`; a syntax error is a ConfigError naming `source` and the position.
+json parse_text(std::string_view text, std::string_view source) {
   json value;
   try {
     value = json::parse(text);
@@ -728,22 +924,27 @@ BridgeConfig config_from_text(std::string_view text, std::string_view source) {
     }
     fail(where, reason);
   }
-  try {
-    return config_from_json(value);
-  } catch (const ConfigError& e) {
-    fail(source, reason_of(e));
-  }
+  return value;
 }
 
-BridgeConfig config_from_environment() {
-  BridgeConfig config;
-  if (const char* path = std::getenv("NOTIFICATIONS_CONFIG")) {
-    if (*path == '\0') {
-      throw ConfigError(env_label("NOTIFICATIONS_CONFIG") +
-                        " is empty (unset it, or set it to the path of a JSON file)");
-    }
-    config = config_from_text(read_file(path), path);
+// The path NOTIFICATIONS_CONFIG names, or null when it is unset; refuses an empty value.
+const char* config_path() {
+  const char* path = std::getenv("NOTIFICATIONS_CONFIG");
+  if (path != nullptr && *path == '\0') {
+    throw ConfigError(env_label("NOTIFICATIONS_CONFIG") +
+                      " is empty (unset it, or set it to the path of a JSON file)");
   }
+  return path;
+}
+
+// The variables that override a single route's keys.
+constexpr const char* kOverridingVariables[] = {
+    "NOTIFICATIONS_URL",     "NOTIFICATIONS_APP",       "NOTIFICATIONS_PREFIX",
+    "NOTIFICATIONS_FORWARD", "NOTIFICATIONS_SUBSCRIBE", "NOTIFICATIONS_GROUP",
+};
+
+// Applies the overriding variables that are set to `config`, then validates it.
+void apply_environment(BridgeConfig& config) {
   if (const char* v = std::getenv("NOTIFICATIONS_URL")) {
     config.url = v;
     check_url(env_label("NOTIFICATIONS_URL"), config.url);
@@ -771,7 +972,83 @@ BridgeConfig config_from_environment() {
     check_group(env_label("NOTIFICATIONS_GROUP"), config.group);
   }
   config.validate();
+}
+
+}  // namespace
+
+BridgeConfig config_from_json(const json& value) {
+  if (!value.is_object()) fail_expected("config", "a JSON object", shown_value(value));
+  if (value.contains("routes")) {
+    fail(key_label("routes"),
+         "a configuration with routes describes several bridges: read it with routes_from_json() "
+         "(or attach it with configure_routes())");
+  }
+  BridgeConfig config = apply_keys(value, BridgeConfig{});
+  config.validate();
   return config;
+}
+
+BridgeConfig config_from_text(std::string_view text, std::string_view source) {
+  const json value = parse_text(text, source);
+  try {
+    return config_from_json(value);
+  } catch (const ConfigError& e) {
+    rethrow_in(source, e);
+  }
+}
+
+std::vector<BridgeConfig> routes_from_json(const json& value) {
+  if (!value.is_object()) fail_expected("config", "a JSON object", shown_value(value));
+  if (!value.contains("routes")) return {config_from_json(value)};
+  return read_routes(value);
+}
+
+std::vector<BridgeConfig> routes_from_text(std::string_view text, std::string_view source) {
+  const json value = parse_text(text, source);
+  try {
+    return routes_from_json(value);
+  } catch (const ConfigError& e) {
+    rethrow_in(source, e);
+  }
+}
+
+BridgeConfig config_from_environment() {
+  BridgeConfig config;
+  if (const char* path = config_path()) {
+    const json value = parse_text(read_file(path), path);
+    if (value.is_object() && value.contains("routes")) {
+      fail(env_label("NOTIFICATIONS_CONFIG"),
+           quoted(path) + " holds \"routes\" (several bridges): attach it with configure_routes() "
+                          "(or configure(), which attaches every route), or read it with "
+                          "routes_from_environment()");
+    }
+    try {
+      config = config_from_json(value);
+    } catch (const ConfigError& e) {
+      rethrow_in(path, e);
+    }
+  }
+  apply_environment(config);
+  return config;
+}
+
+std::vector<BridgeConfig> routes_from_environment() {
+  std::vector<BridgeConfig> routes{BridgeConfig{}};
+  const char* path = config_path();
+  if (path != nullptr) routes = routes_from_text(read_file(path), path);
+  if (routes.size() > 1) {
+    for (const char* variable : kOverridingVariables) {
+      if (std::getenv(variable) == nullptr) continue;
+      fail(env_label(variable),
+           "set, but NOTIFICATIONS_CONFIG (" + quoted(path) + ") holds " +
+               std::to_string(routes.size()) +
+               " routes and it could not say which one it means (unset it, and set the key in "
+               "the route's object in the file)");
+    }
+    return routes;
+  }
+  apply_environment(routes.front());
+  return routes;
 }
 
 namespace {

@@ -1,9 +1,13 @@
-// Exits 0 when the installed library delivers an event to a subscriber and, with
-// notifications::nats linked, make_transport() knows the "nats" scheme.
+// Exits 0 when the installed library delivers an event to a subscriber, with
+// notifications::nats linked make_transport() knows the "nats" scheme, and with
+// notifications::sqlite linked a bridge with durability async keeps its events in a SQLite file.
+#include <notifications/bridge.hpp>
 #include <notifications/notifications.hpp>
 #include <notifications/transport.hpp>
+#include <unistd.h>
 
 #include <cstdio>
+#include <string>
 
 int main() {
   int seen = 0;
@@ -15,6 +19,23 @@ int main() {
   try {
     auto transport = notifications::make_transport({"nats://127.0.0.1:4222", {}});
     if (transport->kind() != "nats") return 1;
+    notifications::BridgeConfig config;
+    config.durability = notifications::Durability::async;
+    config.outbox.path = "/tmp/notifications-consumer-" + std::to_string(::getpid()) + ".db";
+    notifications::Notifier bus;
+    auto bridge = notifications::make_bridge(bus, config);
+    bridge->start();
+    bus.instrument("consumer.durable", {{"ok", true}});
+    const bool flushed = bridge->flush(std::chrono::seconds(5));
+    const bool in_file = bridge->health()["queue"]["outbox"].get<std::string>().rfind("sqlite", 0) == 0;
+    bridge->shutdown();
+    bridge.reset();
+    for (const char* suffix : {"", "-wal", "-shm", ".lock"}) std::remove((config.outbox.path + suffix).c_str());
+    if (!flushed || !in_file) {
+      std::fprintf(stderr, "consumer: the sqlite outbox did not take the event (flushed %d, in file %d)\n", flushed,
+                   in_file);
+      return 1;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "consumer: %s\n", e.what());
     return 1;

@@ -468,7 +468,8 @@ TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
   EXPECT_EQ(json_error({{"queue_capasity", 5}}),
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
             "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
-            "block_timeout_ms, batch_size, retry, redelivery, transport)");
+            "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, "
+            "name)");
 }
 
 TEST(ConfigErrors, ProblemIsExplained) {

@@ -251,10 +251,9 @@ struct Store {
 // stats().
 //
 // Tickets: every pushed event gets the next ticket; pending_ holds the tickets front_ticket_ ..
-// pushed_, in order. A push in sync mode (or a spill) waits until its ticket left pending_ and is
-// not in the group being committed; it then was stored, or refused (failures_, kept while a
-// pusher of the group waits: waiters_). A spill's group the file refuses goes back to pending_
-// (it holds events whose pushes already returned accepted).
+// pushed_, in order. A push in sync mode waits until its ticket left pending_ and is not in the
+// group being committed; it then was stored, or refused (failures_, kept while a pusher of the
+// group waits: waiters_).
 class SqliteOutbox final : public Outbox {
  public:
   explicit SqliteOutbox(const BridgeConfig& config)
@@ -263,7 +262,8 @@ class SqliteOutbox final : public Outbox {
         synchronous_(config.outbox.synchronous),
         capacity_(config.queue_capacity),
         max_bytes_(config.queue_max_bytes),
-        batch_items_(std::max<std::size_t>(config.batch_size, 1)) {
+        batch_items_(std::max<std::size_t>(config.batch_size, 1)),
+        spill_(config.overflow == OverflowPolicy::spill) {
     if (path_.empty()) throw OutboxError("outbox.path is empty: the SQLite outbox needs a file");
     store_ = std::make_unique<Store>(path_, config.outbox);
     const auto [count, first, last] = store_->extent();
@@ -277,13 +277,28 @@ class SqliteOutbox final : public Outbox {
       detail::log(detail::LogLevel::info,
                   "notifications: outbox \"{}\" holds {} events from an earlier run; they are sent first", path_, count);
     }
+    // async and spill write on a thread of their own: the one writer of pushed events, so that
+    // committing overlaps sending and no instrumenting thread waits on the disk.
+    if (durability_ != Durability::sync) {
+      writer_ = std::make_unique<std::thread>([this] { run_writer(); });
+    }
   }
 
   ~SqliteOutbox() override {
     if (forked_child_) {
       store_->abandon();
-      (void)store_.release();  // the parent's connection: never closed here
+      (void)store_.release();   // the parent's connection: never closed here
+      (void)writer_.release();  // the parent's thread: it does not exist here, never joined
       return;
+    }
+    if (writer_) {
+      {
+        MutexLock lock(mutex_);
+        stop_writer_ = true;
+      }
+      changed_.notify_all();
+      writer_cv_.notify_all();
+      writer_->join();
     }
     std::int64_t through = 0;
     {
@@ -301,21 +316,26 @@ class SqliteOutbox final : public Outbox {
       return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::drop_newest : policy,
                             block_timeout, evicted, waited);
     }
-    // A spill while the file refuses writes (until the next try) is held to the memory bound.
-    const bool spill = durability_ != Durability::sync && policy == OverflowPolicy::spill && pending_full(event) &&
-                       !(store_failing_ && Clock::now() < retry_store_at_);
     if (durability_ == Durability::sync) {
       const std::uint64_t ticket = append_pending(std::move(event));
       commit_through(lock, ticket);  // throws OutboxError when its group could not be stored
       return Push::accepted;
     }
-    if (spill) {
-      // Its group holds events accepted earlier by pushes that returned: refused by the file, the
-      // group stays in memory (sent from there), this event with it, past the bound by one.
-      const std::uint64_t ticket = append_pending(std::move(event));
-      if (commit_through(lock, ticket, /*keep=*/true)) ++spilled_;
-      changed_.notify_all();
-      return Push::accepted;
+    // Memory full: spill hands the overflow to the writer instead of refusing; so does async
+    // whatever the policy (its events are meant for the file anyway, and the sender may be stuck
+    // retrying). The pusher waits only while the writer is a whole memory bound behind.
+    if (writer_ && pending_full(event) && (policy == OverflowPolicy::spill || durability_ == Durability::async)) {
+      while (pending_.size() >= 2 * capacity_ && !store_failing_ && !closed_) {
+        if (waited != nullptr) *waited = true;
+        lock.wait(changed_);
+      }
+      if (closed_) return Push::closed;
+      if (!store_failing_) {
+        ++spilled_;
+        append_pending(std::move(event));
+        wake_writer();
+        return Push::accepted;
+      }
     }
     return push_in_memory(lock, std::move(event), policy == OverflowPolicy::spill ? OverflowPolicy::block : policy,
                           block_timeout, evicted, waited);
@@ -395,6 +415,7 @@ class SqliteOutbox final : public Outbox {
       }
     }
     taken_ = 0;
+    in_flight_.store(held_events_.size(), std::memory_order_relaxed);  // released rows, kept in the file
     while (!pending_.empty()) {
       const std::uint64_t last = pushed_;
       try {
@@ -423,6 +444,7 @@ class SqliteOutbox final : public Outbox {
     stats.max_bytes = max_bytes_;
     stats.stored = stored_rows_.load(std::memory_order_relaxed);
     stats.spilled = spilled_;
+    stats.commits = commits_.load(std::memory_order_relaxed);
     return stats;
   }
 
@@ -447,10 +469,35 @@ class SqliteOutbox final : public Outbox {
 
   bool persistent() const noexcept override { return !forked_child_; }
 
+  // The writer parks holding no lock (see Outbox::prepare_fork).
+  bool prepare_fork(Clock::time_point deadline) override {
+    if (!writer_) return true;
+    UniqueMutexLock lock(mutex_);
+    park_requested_ = true;
+    writer_cv_.notify_all();
+    while (!writer_parked_) {
+      if (lock.wait_until(changed_, deadline) == std::cv_status::timeout) break;
+    }
+    if (writer_parked_) return true;
+    park_requested_ = false;
+    writer_cv_.notify_all();
+    return false;
+  }
+
+  void after_fork_in_parent() override {
+    if (!writer_) return;
+    {
+      MutexLock lock(mutex_);
+      park_requested_ = false;
+    }
+    writer_cv_.notify_all();
+  }
+
   std::string description() const override {
     if (forked_child_) return "memory (in a forked child: the sqlite outbox \"" + path_ + "\" is the parent's)";
     std::string text = "sqlite \"" + path_ + "\", durability " + to_string(durability_) + ", synchronous " +
                        to_string(synchronous_);
+    if (spill_) text += ", overflow spill";
     if (replayed_ > 0) text += ", " + std::to_string(replayed_) + " events from an earlier run at start";
     return text;
   }
@@ -523,8 +570,53 @@ class SqliteOutbox final : public Outbox {
       }
     }
     append_pending(std::move(event));
+    if (durability_ == Durability::async) {
+      wake_writer();
+    }
     changed_.notify_all();
     return result;
+  }
+
+  void wake_writer() NOTIFICATIONS_REQUIRES(mutex_) {
+    if (writer_waiting_) writer_cv_.notify_one();
+  }
+
+  // What the writer should commit now: async, everything pending (in batches); spill, the oldest
+  // events past the memory bound (down to half of it, so that commits batch).
+  std::size_t writer_work() const NOTIFICATIONS_REQUIRES(mutex_) {
+    if (pending_.empty() || committing_ || gathering_) return 0;
+    if (store_failing_ && Clock::now() < retry_store_at_) return 0;
+    if (durability_ == Durability::async) return std::min(pending_.size(), std::max<std::size_t>(batch_items_, 256));
+    if (pending_.size() > capacity_) return pending_.size() - capacity_ / 2;
+    return 0;
+  }
+
+  // The writer thread: commits pushed events in order (keep_on_failure: what the file refuses
+  // stays in memory, sent from there, and the file is tried again after kStoreRetry). Parks for
+  // prepare_fork(); ends when the outbox is destroyed.
+  void run_writer() {
+    detail::name_this_thread("ntf-outbox");
+    UniqueMutexLock lock(mutex_);
+    while (!stop_writer_) {
+      if (park_requested_) {
+        writer_parked_ = true;
+        changed_.notify_all();
+        while (park_requested_ && !stop_writer_) lock.wait(writer_cv_);
+        writer_parked_ = false;
+        continue;
+      }
+      if (const std::size_t count = writer_work(); count > 0) {
+        commit_group(count, /*keep_on_failure=*/true);
+        continue;
+      }
+      writer_waiting_ = true;
+      if (store_failing_ && !pending_.empty()) {
+        lock.wait_until(writer_cv_, retry_store_at_);
+      } else {
+        lock.wait(writer_cv_);
+      }
+      writer_waiting_ = false;
+    }
   }
 
   const Failure* failure_of(std::uint64_t ticket) const NOTIFICATIONS_REQUIRES(mutex_) {
@@ -541,30 +633,45 @@ class SqliteOutbox final : public Outbox {
 
   // Waits until the event with `ticket` was stored, committing the oldest pending events itself
   // when nobody else is (callers arriving meanwhile share the next commit). Throws OutboxError
-  // when its group was refused. With `keep` (a spill in durability none or async, whose group
-  // holds events accepted earlier by pushes that did not wait), a refused group goes back to
-  // memory instead, and this returns false once the file refuses writes: the event waits in
-  // memory, sent from there as the rest (the file is tried again after kStoreRetry).
-  bool commit_through(UniqueMutexLock& lock, std::uint64_t ticket, bool keep = false) NOTIFICATIONS_REQUIRES(mutex_) {
+  // when its group was refused.
+  void commit_through(UniqueMutexLock& lock, std::uint64_t ticket) NOTIFICATIONS_REQUIRES(mutex_) {
+    ++pushers_inside_;
+    peak_pushers_ = std::max(peak_pushers_, pushers_inside_);
     // Registered while it waits, so that its group's failure is remembered until it read it.
     waiters_.insert(ticket);
     try {
       while (!decided(ticket)) {
-        if (keep && store_failing_ && Clock::now() < retry_store_at_) break;
-        if (!committing_) {
-          commit_group(pending_.size(), keep);
+        if (!committing_ && !gathering_) {
+          gather();
+          commit_group(pending_.size(), /*keep_on_failure=*/false);
           continue;
         }
         lock.wait(changed_);
       }
     } catch (...) {
       waiters_.erase(waiters_.find(ticket));
+      --pushers_inside_;
       throw;
     }
     waiters_.erase(waiters_.find(ticket));
-    if (!decided(ticket)) return false;
+    --pushers_inside_;
     if (const Failure* failure = failure_of(ticket)) throw OutboxError(failure->why);
-    return true;
+  }
+
+  // Group commit: when other pushers are about (more than one was waiting for a commit lately) and
+  // their events are not pending yet, the leader lets them add them for up to kGather before it
+  // commits, so that one commit serves them all (a pusher that just returned is usually back
+  // within microseconds). A lone pusher never waits here.
+  void gather() NOTIFICATIONS_REQUIRES(mutex_) {
+    const std::size_t want = std::max(peak_pushers_, previous_peak_pushers_);
+    if (want < 2 || pending_.size() >= want || closed_) return;
+    gathering_ = true;
+    const Clock::time_point end = Clock::now() + kGather;
+    while (pending_.size() < want && !closed_ && Clock::now() < end) {
+      detail::MutexUnlock unlocked(mutex_);
+      std::this_thread::yield();
+    }
+    gathering_ = false;
   }
 
   // Commits the oldest `count` pending events in one transaction, deleting what was settled in
@@ -572,6 +679,11 @@ class SqliteOutbox final : public Outbox {
   // to their pushers (failures_), or with `keep_on_failure` go back to the front of pending_.
   void commit_group(std::size_t count, bool keep_on_failure) NOTIFICATIONS_REQUIRES(mutex_) {
     committing_ = true;
+    if (++commits_in_window_ == kPeakWindow) {  // the pushers' peak decays after 2 windows without it
+      previous_peak_pushers_ = peak_pushers_;
+      peak_pushers_ = pushers_inside_;
+      commits_in_window_ = 0;
+    }
     group_first_ = front_ticket_;
     group_last_ = front_ticket_ + count - 1;
     std::vector<OutboxEvent> group;
@@ -591,6 +703,7 @@ class SqliteOutbox final : public Outbox {
           deleted_through_ = through;
         }
         stored_rows_.fetch_add(group.size(), std::memory_order_relaxed);
+        commits_.fetch_add(1, std::memory_order_relaxed);
       } catch (const OutboxError& e) {
         error = e.what();
         // The message alone: commit_through() throws it again as an OutboxError of its own.
@@ -599,7 +712,9 @@ class SqliteOutbox final : public Outbox {
       }
     }
     committing_ = false;
+    last_commit_ = Clock::now();
     if (error.empty()) {
+      delete_requested_ = std::max(delete_requested_, through);
       if (store_failing_) detail::log(detail::LogLevel::info, "notifications: outbox \"{}\" stores events again", path_);
       store_failing_ = false;
       add_committed(first, group);
@@ -668,7 +783,7 @@ class SqliteOutbox final : public Outbox {
         }
         continue;
       }
-      if (committing_) {  // the oldest pending events are being committed by a pushing thread
+      if (committing_ || gathering_) {  // the oldest pending events are being committed by a pushing thread
         if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
         continue;
       }
@@ -679,9 +794,11 @@ class SqliteOutbox final : public Outbox {
           commit_group(group, /*keep_on_failure=*/false);
           continue;
         }
-        if (durability_ == Durability::async && !forked_child_ && (!store_failing_ || Clock::now() >= retry_store_at_)) {
-          commit_group(group, /*keep_on_failure=*/true);
-          if (!store_failing_) continue;
+        if (durability_ == Durability::async && !forked_child_ && !store_failing_) {
+          // The writer commits them: wait for it (it is woken by every push).
+          wake_writer();
+          if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
+          continue;
         }
         // Durability none, a forked child, or a file that refuses writes: sent from memory.
         const std::size_t n = std::min(max, pending_.size());
@@ -693,10 +810,22 @@ class SqliteOutbox final : public Outbox {
         break;
       }
       if (closed_) break;
-      const std::int64_t through = delete_through_;
-      if (!forked_child_) {
-        detail::MutexUnlock unlocked(mutex_);
-        purge(through);
+      // Settled rows leave the file with the next commit (commit_group deletes them in the same
+      // transaction); only once nothing was committed for kPurgeDelay are they deleted in a
+      // transaction of their own, so that a steady stream of events pays no commit for deletes.
+      if (!forked_child_ && delete_through_ > delete_requested_) {
+        const Clock::time_point purge_at = last_commit_ + kPurgeDelay;
+        if (Clock::now() >= purge_at) {
+          const std::int64_t through = delete_through_;
+          delete_requested_ = through;
+          detail::MutexUnlock unlocked(mutex_);
+          purge(through);
+          continue;
+        }
+        if (lock.wait_until(changed_, std::min(until, purge_at)) == std::cv_status::timeout && Clock::now() >= until) {
+          break;
+        }
+        continue;
       }
       if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
     }
@@ -761,6 +890,7 @@ class SqliteOutbox final : public Outbox {
     if (through <= deleted_through_) return;
     try {
       store_->remove_through(through);
+      commits_.fetch_add(1, std::memory_order_relaxed);
       stored_rows_.fetch_sub(std::min<std::size_t>(stored_rows_.load(), store_->last_changes_deleted),
                              std::memory_order_relaxed);
       deleted_through_ = through;
@@ -771,6 +901,11 @@ class SqliteOutbox final : public Outbox {
   }
 
   static constexpr std::chrono::milliseconds kStoreRetry{1000};
+  // How long settled rows wait for a commit to carry their delete before one of their own.
+  static constexpr std::chrono::milliseconds kPurgeDelay{50};
+  // How long a commit's leader waits at most for the other pushers' events (gather()).
+  static constexpr std::chrono::microseconds kGather{50};
+  static constexpr unsigned kPeakWindow = 64;  // commits
 
   const std::string path_;
   const Durability durability_;
@@ -778,14 +913,22 @@ class SqliteOutbox final : public Outbox {
   const std::size_t capacity_;
   const std::size_t max_bytes_;
   const std::size_t batch_items_;
+  const bool spill_;  // the configured overflow is spill (health and logs)
 
   detail::Mutex store_mutex_;
   std::unique_ptr<Store> store_;  // used under store_mutex_
   std::int64_t deleted_through_ NOTIFICATIONS_GUARDED_BY(store_mutex_) = 0;
   std::atomic<std::size_t> stored_rows_{0};
+  std::atomic<std::uint64_t> commits_{0};  // transactions committed (OutboxStats::commits)
 
   mutable detail::Mutex mutex_;
   std::condition_variable changed_;
+  std::condition_variable writer_cv_;  // wakes the writer: work, park, stop
+  std::unique_ptr<std::thread> writer_;  // async and spill only
+  bool writer_waiting_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool stop_writer_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool park_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool writer_parked_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   std::deque<OutboxEvent> pending_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::size_t pending_bytes_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::deque<Row> ready_ NOTIFICATIONS_GUARDED_BY(mutex_);
@@ -794,6 +937,11 @@ class SqliteOutbox final : public Outbox {
   std::int64_t unloaded_last_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::size_t unloaded_count_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   bool committing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool gathering_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // a leader waits for more events (gather())
+  std::size_t pushers_inside_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // in commit_through
+  std::size_t peak_pushers_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;    // most inside, in this window of commits
+  std::size_t previous_peak_pushers_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
+  unsigned commits_in_window_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t group_first_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t group_last_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
@@ -807,6 +955,8 @@ class SqliteOutbox final : public Outbox {
   std::multiset<std::uint64_t> waiters_ NOTIFICATIONS_GUARDED_BY(mutex_);  // tickets in commit_through()
   std::vector<OutboxEvent> refused_at_drain_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::int64_t delete_through_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // settled rows through this id
+  std::int64_t delete_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // deleted, or being deleted, through this id
+  Clock::time_point last_commit_ NOTIFICATIONS_GUARDED_BY(mutex_){};    // the end of the last commit_group
   std::uint64_t spilled_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::uint64_t store_failures_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;
   std::size_t replayed_ = 0;   // set by the constructor

@@ -197,7 +197,9 @@ TEST(SqliteOutbox, WhatWasNotSettledIsHandedOutAgainAfterAReopenWithTheSameEvent
 
 TEST(SqliteOutbox, SpillWritesPastTheMemoryBoundInsteadOfDropping) {
   TempDir dir;
-  auto outbox = n::make_sqlite_outbox(outbox_config(dir.file(), n::Durability::none, 4));
+  n::BridgeConfig config = outbox_config(dir.file(), n::Durability::none, 4);
+  config.overflow = n::OverflowPolicy::spill;
+  auto outbox = n::make_sqlite_outbox(config);
   Names pushed;
   for (int i = 0; i < 20; ++i) {
     pushed.push_back("e" + std::to_string(10 + i));
@@ -213,6 +215,17 @@ TEST(SqliteOutbox, WithoutSpillAFullMemoryRefusesInDurabilityNone) {
   EXPECT_EQ(push(*outbox, "a"), Push::accepted);
   EXPECT_EQ(push(*outbox, "b"), Push::accepted);
   EXPECT_EQ(push(*outbox, "c"), Push::dropped_newest);
+}
+
+TEST(SqliteOutbox, AsyncWritesAFullMemoryQueueToTheFileWhateverThePolicy) {
+  TempDir dir;
+  auto outbox = n::make_sqlite_outbox(outbox_config(dir.file(), n::Durability::async, 2));
+  Names pushed;
+  for (int i = 0; i < 12; ++i) {
+    pushed.push_back("e" + std::to_string(10 + i));
+    ASSERT_EQ(push(*outbox, pushed.back(), n::OverflowPolicy::drop_newest), Push::accepted) << pushed.back();
+  }
+  EXPECT_EQ(take_all(*outbox, pushed.size()), pushed);
 }
 
 TEST(SqliteOutbox, DrainKeepsWhatWaitsForTheNextStart) {

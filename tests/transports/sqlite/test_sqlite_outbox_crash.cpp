@@ -6,10 +6,10 @@
 //   number whose instrument() returned is published (at least once);
 // - durability async, over a transport that works but slowly (1 ms a publish call), so that the
 //   memory queue is mostly full: what is lost stays within the documented window, the memory
-//   bound plus the batch being committed (queue_capacity + batch_size). A transport that never
-//   confirms would not measure it: the sender retries its first batch, memory fills, and nothing
-//   more is accepted (overflow spill, which would take the rest to the file, is not accepted by
-//   BridgeConfig::validate() on this branch). The child's own subscriber on the mock broker
+//   bound plus the batch being committed (queue_capacity + batch_size). The slow transport keeps
+//   events moving through every stage (memory, commit, send, delete) when the kill lands; over
+//   one that never confirms, the sender would retry its first batch for ever. The child's own
+//   subscriber on the mock broker
 //   reports what the transport delivered before the kill (inline, inside publish(): before the
 //   row can be settled and deleted), so "lost" means neither delivered before the kill nor
 //   published after the restart.

@@ -605,8 +605,7 @@ TEST(SqliteOutboxEnvironment, ConcurrentSyncPushesIntoAFullFileReturnAcceptedOnl
 
 // durability none (and async), overflow spill: when the file refuses the spill's commit, the
 // events accepted earlier into memory (their pushes returned) are not lost with it: they stay in
-// memory, in order, with the spilled event; until the file is tried again, further spills are
-// held to the memory bound (refused past it, as block).
+// memory, in order, with the spilled events, and are taken once the file is free again.
 TEST(SqliteOutboxEnvironment, ASpillTheFileRefusesKeepsTheEventsAcceptedBeforeIt) {
   for (const n::Durability durability : {n::Durability::none, n::Durability::async}) {
     SCOPED_TRACE(n::to_string(durability));
@@ -615,29 +614,28 @@ TEST(SqliteOutboxEnvironment, ASpillTheFileRefusesKeepsTheEventsAcceptedBeforeIt
     n::BridgeConfig config = env_config(path, durability);
     config.queue_capacity = 4;
     config.batch_size = 4;
+    config.overflow = n::OverflowPolicy::spill;
     config.outbox.busy_timeout = 50ms;
     auto outbox = n::make_sqlite_outbox(config);
-    for (const char* name : {"a", "b", "c", "d"}) {
-      ASSERT_EQ(outbox->push(item(name), n::OverflowPolicy::spill, 1ms), n::Outbox::Push::accepted);
-    }
     sqlite3* other = nullptr;
     ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
-    EXPECT_EQ(outbox->push(item("e"), n::OverflowPolicy::spill, 1ms), n::Outbox::Push::accepted)
-        << "kept in memory with the group the file refused";
-    EXPECT_EQ(outbox->push(item("f"), n::OverflowPolicy::spill, 1ms), n::Outbox::Push::dropped_newest)
-        << "while the file refuses writes, spills are held to the memory bound";
-    EXPECT_EQ(outbox->stats().spilled, 0u);
+    std::vector<std::string> accepted;
+    for (const char* name : {"a", "b", "c", "d", "e", "f"}) {
+      const n::Outbox::Push result = outbox->push(item(name), n::OverflowPolicy::spill, 1ms);
+      if (result == n::Outbox::Push::accepted) accepted.emplace_back(name);
+    }
+    ASSERT_GE(accepted.size(), 5u) << "the first spill is accepted";
     ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(other);
     std::vector<std::string> taken;
-    for (int i = 0; i < 20 && taken.size() < 5; ++i) {
+    for (int i = 0; i < 40 && taken.size() < accepted.size(); ++i) {
       std::span<n::OutboxEvent> batch;
       outbox->take(batch, 10, std::chrono::steady_clock::now() + 100ms);
       for (const auto& event : batch) taken.emplace_back(event.name());
       outbox->settle(batch.size(), n::Outbox::Settled::confirmed);
     }
-    EXPECT_EQ(taken, (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+    EXPECT_EQ(taken, accepted) << "an accepted event was lost with a refused spill, or order changed";
   }
 }
 
