@@ -323,9 +323,12 @@ class SqliteOutbox final : public Outbox {
     }
     // Memory full: spill hands the overflow to the writer instead of refusing; so does async
     // whatever the policy (its events are meant for the file anyway, and the sender may be stuck
-    // retrying). The pusher waits only while the writer is a whole memory bound behind.
+    // retrying). The pusher waits only while the writer is a whole memory bound behind; in async
+    // it waits at the memory bound itself, which is what a crash may lose (docs/outbox.md: at most
+    // queue_capacity events waiting plus the batch being committed).
+    const std::size_t behind = durability_ == Durability::async ? capacity_ : 2 * capacity_;
     if (writer_ && pending_full(event) && (policy == OverflowPolicy::spill || durability_ == Durability::async)) {
-      while (pending_.size() >= 2 * capacity_ && !store_failing_ && !closed_) {
+      while (pending_.size() >= behind && !store_failing_ && !closed_) {
         if (waited != nullptr) *waited = true;
         lock.wait(changed_);
       }
@@ -581,12 +584,12 @@ class SqliteOutbox final : public Outbox {
     if (writer_waiting_) writer_cv_.notify_one();
   }
 
-  // What the writer should commit now: async, everything pending (in batches); spill, the oldest
+  // What the writer should commit now: async, everything pending (in batches of batch_size); spill, the oldest
   // events past the memory bound (down to half of it, so that commits batch).
   std::size_t writer_work() const NOTIFICATIONS_REQUIRES(mutex_) {
     if (pending_.empty() || committing_ || gathering_) return 0;
     if (store_failing_ && Clock::now() < retry_store_at_) return 0;
-    if (durability_ == Durability::async) return std::min(pending_.size(), std::max<std::size_t>(batch_items_, 256));
+    if (durability_ == Durability::async) return std::min(pending_.size(), batch_items_);  // one batch_size at a time
     if (pending_.size() > capacity_) return pending_.size() - capacity_ / 2;
     return 0;
   }

