@@ -16,8 +16,10 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -178,7 +180,8 @@ struct Store {
     transaction.commit();
   }
 
-  // Up to `max` rows with ids from .. to, in id order.
+  // Up to `max` rows with ids from .. to, in id order. When reading fails after some rows, those
+  // are returned (the next read starts at the failure, and fails there).
   std::vector<Row> read(std::int64_t from, std::int64_t to, std::size_t max) {
     std::vector<Row> rows;
     sqlite::Statement& s = *load;
@@ -202,7 +205,8 @@ struct Store {
       }
     } catch (...) {
       s.reset();
-      throw;
+      if (rows.empty()) throw;
+      // The rows read before the failure are handed out; the next read starts at the failure.
     }
     s.reset();
     return rows;
@@ -247,8 +251,9 @@ struct Store {
 // stats().
 //
 // Tickets: every pushed event gets the next ticket; pending_ holds the tickets front_ticket_ ..
-// pushed_, in order. A push in sync mode (or a spill) waits until its ticket left pending_ and is
-// not in the group being committed; it then was stored, or refused (failures_).
+// pushed_, in order. A push in sync mode waits until its ticket left pending_ and is not in the
+// group being committed; it then was stored, or refused (failures_, kept while a pusher of the
+// group waits: waiters_).
 class SqliteOutbox final : public Outbox {
  public:
   explicit SqliteOutbox(const BridgeConfig& config)
@@ -318,9 +323,12 @@ class SqliteOutbox final : public Outbox {
     }
     // Memory full: spill hands the overflow to the writer instead of refusing; so does async
     // whatever the policy (its events are meant for the file anyway, and the sender may be stuck
-    // retrying). The pusher waits only while the writer is a whole memory bound behind.
+    // retrying). The pusher waits only while the writer is a whole memory bound behind; in async
+    // it waits at the memory bound itself, which is what a crash may lose (docs/outbox.md: at most
+    // queue_capacity events waiting plus the batch being committed).
+    const std::size_t behind = durability_ == Durability::async ? capacity_ : 2 * capacity_;
     if (writer_ && pending_full(event) && (policy == OverflowPolicy::spill || durability_ == Durability::async)) {
-      while (pending_.size() >= 2 * capacity_ && !store_failing_ && !closed_) {
+      while (pending_.size() >= behind && !store_failing_ && !closed_) {
         if (waited != nullptr) *waited = true;
         lock.wait(changed_);
       }
@@ -498,13 +506,12 @@ class SqliteOutbox final : public Outbox {
   }
 
  private:
-  // A refused group: its tickets and why.
+  // A refused group: its tickets and why (OutboxError's message, without its "[notifications.outbox] ").
   struct Failure {
     std::uint64_t first = 0;
     std::uint64_t last = 0;
     std::string why;
   };
-  static constexpr std::size_t kRememberedFailures = 64;
 
   bool pending_full(const OutboxEvent& event) const NOTIFICATIONS_REQUIRES(mutex_) {
     if (pending_.empty()) return false;  // always room for one
@@ -577,12 +584,12 @@ class SqliteOutbox final : public Outbox {
     if (writer_waiting_) writer_cv_.notify_one();
   }
 
-  // What the writer should commit now: async, everything pending (in batches); spill, the oldest
+  // What the writer should commit now: async, everything pending (in batches of batch_size); spill, the oldest
   // events past the memory bound (down to half of it, so that commits batch).
   std::size_t writer_work() const NOTIFICATIONS_REQUIRES(mutex_) {
     if (pending_.empty() || committing_ || gathering_) return 0;
     if (store_failing_ && Clock::now() < retry_store_at_) return 0;
-    if (durability_ == Durability::async) return std::min(pending_.size(), std::max<std::size_t>(batch_items_, 256));
+    if (durability_ == Durability::async) return std::min(pending_.size(), batch_items_);  // one batch_size at a time
     if (pending_.size() > capacity_) return pending_.size() - capacity_ / 2;
     return 0;
   }
@@ -633,14 +640,23 @@ class SqliteOutbox final : public Outbox {
   void commit_through(UniqueMutexLock& lock, std::uint64_t ticket) NOTIFICATIONS_REQUIRES(mutex_) {
     ++pushers_inside_;
     peak_pushers_ = std::max(peak_pushers_, pushers_inside_);
-    while (!decided(ticket)) {
-      if (!committing_ && !gathering_) {
-        gather();
-        commit_group(pending_.size(), /*keep_on_failure=*/false);
-        continue;
+    // Registered while it waits, so that its group's failure is remembered until it read it.
+    waiters_.insert(ticket);
+    try {
+      while (!decided(ticket)) {
+        if (!committing_ && !gathering_) {
+          gather();
+          commit_group(pending_.size(), /*keep_on_failure=*/false);
+          continue;
+        }
+        lock.wait(changed_);
       }
-      lock.wait(changed_);
+    } catch (...) {
+      waiters_.erase(waiters_.find(ticket));
+      --pushers_inside_;
+      throw;
     }
+    waiters_.erase(waiters_.find(ticket));
     --pushers_inside_;
     if (const Failure* failure = failure_of(ticket)) throw OutboxError(failure->why);
   }
@@ -693,6 +709,9 @@ class SqliteOutbox final : public Outbox {
         commits_.fetch_add(1, std::memory_order_relaxed);
       } catch (const OutboxError& e) {
         error = e.what();
+        // The message alone: commit_through() throws it again as an OutboxError of its own.
+        constexpr std::string_view kPrefix = "[notifications.outbox] ";
+        if (error.rfind(kPrefix, 0) == 0) error.erase(0, kPrefix.size());
       }
     }
     committing_ = false;
@@ -715,7 +734,11 @@ class SqliteOutbox final : public Outbox {
         }
       } else {
         failures_.push_back(Failure{group_first_, group_last_, error});
-        if (failures_.size() > kRememberedFailures) failures_.pop_front();
+        // Forgotten only once no pusher of theirs waits: a pusher that had not yet looked must
+        // not take its refused event for a stored one (waiters_ holds every waiting ticket).
+        while (!failures_.empty() && (waiters_.empty() || failures_.front().last < *waiters_.begin())) {
+          failures_.pop_front();
+        }
         for (auto& event : group) refused_at_drain_.push_back(std::move(event));
         if (!closed_) refused_at_drain_.clear();  // only drain() reports them; a push's caller counts its own
       }
@@ -754,7 +777,8 @@ class SqliteOutbox final : public Outbox {
         }
         break;
       }
-      if (unloaded_count_ > 0 && !forked_child_) {
+      // Rows that wait only in the file come first; after a failed read, again after kStoreRetry.
+      if (unloaded_count_ > 0 && !forked_child_ && !(load_failing_ && Clock::now() < retry_load_at_)) {
         if (load(max)) break;
         if (lock.wait_until(changed_, std::min(until, Clock::now() + kStoreRetry)) == std::cv_status::timeout &&
             Clock::now() >= until) {
@@ -819,6 +843,7 @@ class SqliteOutbox final : public Outbox {
     const std::size_t want = std::min(max, unloaded_count_);
     std::vector<Row> rows;
     std::string error;
+    bool damaged = false;
     {
       detail::MutexUnlock unlocked(mutex_);
       MutexLock store(store_mutex_);
@@ -826,13 +851,29 @@ class SqliteOutbox final : public Outbox {
         rows = store_->read(from, to, want);
       } catch (const std::exception& e) {
         error = e.what();
+        const int code = sqlite3_errcode(store_->db.handle()) & 0xff;
+        damaged = code == SQLITE_CORRUPT || code == SQLITE_NOTADB;
       }
     }
     if (!error.empty()) {
-      detail::log(detail::LogLevel::error, "notifications: {} (trying again)", error);
+      // Tried again after kStoreRetry (said once, not at every try). A damaged page stays
+      // damaged: meanwhile events not yet committed are sent from memory (as while the file
+      // refuses writes) rather than committed behind rows that cannot be read.
+      if (!load_failing_) {
+        detail::log(detail::LogLevel::error, "notifications: {} (trying again every {} ms{})", error, kStoreRetry.count(),
+                    damaged ? "; newer events are sent from memory meanwhile" : "");
+      }
+      load_failing_ = true;
+      retry_load_at_ = Clock::now() + kStoreRetry;
+      if (damaged) {
+        store_failing_ = true;
+        retry_store_at_ = retry_load_at_;
+      }
       ++store_failures_;
       return false;
     }
+    if (load_failing_) detail::log(detail::LogLevel::info, "notifications: outbox \"{}\" reads its events again", path_);
+    load_failing_ = false;
     if (rows.empty()) {  // deleted by someone else: nothing left to send there
       unloaded_count_ = 0;
       return false;
@@ -909,9 +950,12 @@ class SqliteOutbox final : public Outbox {
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool store_failing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   Clock::time_point retry_store_at_ NOTIFICATIONS_GUARDED_BY(mutex_){};
+  bool load_failing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // the last read of stored rows failed
+  Clock::time_point retry_load_at_ NOTIFICATIONS_GUARDED_BY(mutex_){};
   std::uint64_t pushed_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;        // the last ticket given
   std::uint64_t front_ticket_ NOTIFICATIONS_GUARDED_BY(mutex_) = 1;  // pending_.front()'s ticket
   std::deque<Failure> failures_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  std::multiset<std::uint64_t> waiters_ NOTIFICATIONS_GUARDED_BY(mutex_);  // tickets in commit_through()
   std::vector<OutboxEvent> refused_at_drain_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::int64_t delete_through_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // settled rows through this id
   std::int64_t delete_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // deleted, or being deleted, through this id
