@@ -251,11 +251,19 @@ class NatsTransport final : public TransportBase {
     }
     natsConnection* nc = connection_unlocked();  // stable between do_start and do_stop, which never overlap publish
     if (nc == nullptr) return PublishResult{0, true, "nats: not connected"};
+    // The connection this batch is written to, before the link: the disconnected callback sets
+    // the link down first, so a link seen up belongs to this count or a later one.
+    const std::uint64_t connection = shared_->disconnects.load(std::memory_order_acquire);
     // Once per batch: has the link changed since the last batch?
     const int link = shared_->link.load(std::memory_order_acquire);
-    if (link == Shared::kLinkUp) [[likely]] return publish_batch(nc, batch);
+    if (link == Shared::kLinkUp) [[likely]] {
+      PublishResult result = publish_batch(nc, batch);
+      if (result.published > 0) note_written_to_live(connection);
+      return result;
+    }
     if (link == Shared::kLinkRefresh) refresh_link_info();
     PublishResult result = publish_batch(nc, batch);
+    if (link != Shared::kLinkDown && result.published > 0) note_written_to_live(connection);
     if (link == Shared::kLinkDown) {
       // What went to cnats' reconnect buffer (an estimate: its own size is not exposed).
       std::uint64_t bytes = 0;
@@ -419,27 +427,65 @@ class NatsTransport final : public TransportBase {
 
   // True only when a PING sent after everything published so far was answered by the server.
   // While the connection is down (publishes wait in cnats' reconnect buffer) it waits for the
-  // reconnect and flushes then, or returns false at the deadline.
+  // reconnect and flushes then, or returns false at the deadline; false at once when something
+  // was written to a connection that broke before it was confirmed (below).
   // May run while do_stop drains (TransportBase does not serialise flush): the shared lock keeps
   // the connection alive; once closed, FlushTimeout returns at once.
+  // What was written to a live connection goes with it when it breaks (cnats keeps only what is
+  // published while it knows the connection is down, in its reconnect buffer): a flush that
+  // succeeds on the next connection does not cover it. So flush() is false when the connection
+  // that unconfirmed messages were written to is gone, and the caller sends them again.
   bool do_flush(Deadline deadline) override {
     if (forked_without_after_fork()) return false;
     detail::SharedMutexReadLock lock(connection_mutex_);
     if (nc_ == nullptr) return false;
+    // The connection (disconnect count) unconfirmed messages were written to; kNoneWritten: none.
+    const std::uint64_t written_to = unconfirmed_connection_.load(std::memory_order_acquire);
+    const bool at_risk = written_to != kNoneWritten;
     for (int attempt = 0; attempt < 1'000'000; ++attempt) {
       if (closing_.load()) return false;
       const natsConnStatus status = natsConnection_Status(nc_);
       if (status == NATS_CONN_STATUS_CLOSED) return false;
       if (status == NATS_CONN_STATUS_CONNECTED) {
         const natsStatus s = natsConnection_FlushTimeout(nc_, millis_until(deadline));
-        if (s == NATS_OK) return true;
-        // Disconnected meanwhile: the PING was lost with the connection; try again once back.
+        if (s == NATS_OK) {
+          if (at_risk && shared_->disconnects.load(std::memory_order_acquire) != written_to) {
+            return written_to_lost_connection(written_to);  // reconnected since they were written
+          }
+          std::uint64_t expected = written_to;
+          unconfirmed_connection_.compare_exchange_strong(expected, kNoneWritten);
+          return true;
+        }
+        // Disconnected meanwhile: the PING was lost with the connection, and what was written to
+        // it may be lost too. With nothing written to it, wait for the next one and flush there.
         if (s != NATS_CONNECTION_DISCONNECTED) return false;
+        if (at_risk) return written_to_lost_connection(written_to);
+      } else if (at_risk) {
+        return written_to_lost_connection(written_to);  // the connection they went to is gone
       }
       const auto now = Clock::now();
       if (now >= deadline) return false;
       std::this_thread::sleep_for(std::min<Clock::duration>(deadline - now, std::chrono::milliseconds(5)));
     }
+    return false;
+  }
+
+  static constexpr std::uint64_t kNoneWritten = std::numeric_limits<std::uint64_t>::max();
+
+  // Messages were written to the connection of disconnect count `connection` (not to cnats'
+  // reconnect buffer): unconfirmed until a flush on that same connection succeeds. Keeps the
+  // oldest such connection; one relaxed load per batch once set.
+  void note_written_to_live(std::uint64_t connection) {
+    if (unconfirmed_connection_.load(std::memory_order_relaxed) != kNoneWritten) return;
+    std::uint64_t expected = kNoneWritten;
+    unconfirmed_connection_.compare_exchange_strong(expected, connection, std::memory_order_acq_rel);
+  }
+
+  // flush() is false: what was written to connection `connection` may be lost with it. The
+  // caller sends it again (a durable outbox does), so it is no longer tracked here.
+  bool written_to_lost_connection(std::uint64_t connection) {
+    std::uint64_t expected = connection;
+    unconfirmed_connection_.compare_exchange_strong(expected, kNoneWritten);
     return false;
   }
 
@@ -898,6 +944,9 @@ class NatsTransport final : public TransportBase {
   mutable std::atomic<std::int64_t> max_payload_{0};  // the server's max_payload; 0 = unknown
 
   std::atomic<std::uint64_t> published_{0};
+  // The disconnect count of the connection that messages not yet covered by a successful flush
+  // were written to (kNoneWritten: none): see do_flush().
+  std::atomic<std::uint64_t> unconfirmed_connection_{std::numeric_limits<std::uint64_t>::max()};
   std::atomic<std::uint64_t> publish_errors_{0};
   std::atomic<std::uint64_t> discarded_{0};
   std::atomic<std::uint64_t> too_large_{0};  // messages refused for good: over max_payload

@@ -30,7 +30,10 @@
 //
 // flush(deadline) is true only when the server answered a PING sent after everything published
 // before the call; while the connection is down (publishes wait in cnats' reconnect buffer) it
-// waits for the reconnect, or returns false at the deadline.
+// waits for the reconnect, or returns false at the deadline. Messages written to a connection
+// that broke before a flush confirmed them may be lost with it (cnats keeps only what is published
+// once it knows the connection is down): flush() is then false, even after a reconnect, and the
+// caller publishes them again (the Bridge with a durable outbox does; duplicates keep the id).
 //
 // Headers: used when `headers` is set and the server of the current connection supports them,
 // asked again after every (re)connect; a publish before the first connect (cnats knows no server
