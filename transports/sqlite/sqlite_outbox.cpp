@@ -380,6 +380,7 @@ class SqliteOutbox final : public Outbox {
     MutexLock lock(mutex_);
     closed_ = true;
     changed_.notify_all();
+    writer_cv_.notify_all();  // what is pending is committed now, batch or not
   }
 
   // Keeps what waits for the next start: commits the events not yet in the file (pending, and
@@ -573,7 +574,9 @@ class SqliteOutbox final : public Outbox {
       }
     }
     append_pending(std::move(event));
-    if (durability_ == Durability::async) {
+    // Async: a whole batch wakes the writer; a smaller one waits until the sender asks for it, so
+    // that a busy stream commits batch_size rows per transaction, not one.
+    if (durability_ == Durability::async && (pending_.size() >= batch_items_ || consumer_waiting_)) {
       wake_writer();
     }
     changed_.notify_all();
@@ -589,7 +592,10 @@ class SqliteOutbox final : public Outbox {
   std::size_t writer_work() const NOTIFICATIONS_REQUIRES(mutex_) {
     if (pending_.empty() || committing_ || gathering_) return 0;
     if (store_failing_ && Clock::now() < retry_store_at_) return 0;
-    if (durability_ == Durability::async) return std::min(pending_.size(), batch_items_);  // one batch_size at a time
+    if (durability_ == Durability::async) {  // one batch_size at a time, a smaller one when the sender waits
+      if (pending_.size() < batch_items_ && !consumer_waiting_ && !closed_ && !store_failing_) return 0;
+      return std::min(pending_.size(), batch_items_);
+    }
     if (pending_.size() > capacity_) return pending_.size() - capacity_ / 2;
     return 0;
   }
@@ -797,10 +803,16 @@ class SqliteOutbox final : public Outbox {
           commit_group(group, /*keep_on_failure=*/false);
           continue;
         }
-        if (durability_ == Durability::async && !forked_child_ && !store_failing_) {
-          // The writer commits them: wait for it (it is woken by every push).
+        if (durability_ == Durability::async && !forked_child_ &&
+            (!store_failing_ || Clock::now() >= retry_store_at_)) {
+          // The writer commits them: wait for it (told that the sender waits, it commits what
+          // there is without waiting for a whole batch). While the file refuses writes, the
+          // writer tries again once the retry interval passed; until then they go from memory.
+          consumer_waiting_ = true;
           wake_writer();
-          if (lock.wait_until(changed_, until) == std::cv_status::timeout) break;
+          const bool timed_out = lock.wait_until(changed_, until) == std::cv_status::timeout;
+          consumer_waiting_ = false;
+          if (timed_out) break;
           continue;
         }
         // Durability none, a forked child, or a file that refuses writes: sent from memory.
@@ -929,6 +941,7 @@ class SqliteOutbox final : public Outbox {
   std::condition_variable writer_cv_;  // wakes the writer: work, park, stop
   std::unique_ptr<std::thread> writer_;  // async and spill only
   bool writer_waiting_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool consumer_waiting_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // the sender waits for the writer
   bool stop_writer_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool park_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool writer_parked_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
