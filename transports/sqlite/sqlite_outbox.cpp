@@ -318,6 +318,7 @@ class SqliteOutbox final : public Outbox {
     }
     if (durability_ == Durability::sync) {
       const std::uint64_t ticket = append_pending(std::move(event));
+      if (gathering_) gathered_.notify_one();
       commit_through(lock, ticket);  // throws OutboxError when its group could not be stored
       return Push::accepted;
     }
@@ -330,6 +331,7 @@ class SqliteOutbox final : public Outbox {
     if (writer_ && pending_full(event) && (policy == OverflowPolicy::spill || durability_ == Durability::async)) {
       while (pending_.size() >= behind && !store_failing_ && !closed_) {
         if (waited != nullptr) *waited = true;
+        wake_writer();
         lock.wait(changed_);
       }
       if (closed_) return Push::closed;
@@ -574,11 +576,8 @@ class SqliteOutbox final : public Outbox {
       }
     }
     append_pending(std::move(event));
-    // Async: a whole batch wakes the writer; a smaller one waits until the sender asks for it, so
-    // that a busy stream commits batch_size rows per transaction, not one.
-    if (durability_ == Durability::async && (pending_.size() >= batch_items_ || consumer_waiting_)) {
-      wake_writer();
-    }
+    // Async: the sender commits each batch it takes; the writer only when memory is full.
+    if (durability_ == Durability::async && pending_.size() >= capacity_) wake_writer();
     changed_.notify_all();
     return result;
   }
@@ -592,9 +591,8 @@ class SqliteOutbox final : public Outbox {
   std::size_t writer_work() const NOTIFICATIONS_REQUIRES(mutex_) {
     if (pending_.empty() || committing_ || gathering_) return 0;
     if (store_failing_ && Clock::now() < retry_store_at_) return 0;
-    if (durability_ == Durability::async) {  // one batch_size at a time, a smaller one when the sender waits
-      if (pending_.size() < batch_items_ && !consumer_waiting_ && !closed_ && !store_failing_) return 0;
-      return std::min(pending_.size(), batch_items_);
+    if (durability_ == Durability::async) {  // only a full memory queue: the sender commits the rest
+      return pending_.size() >= capacity_ ? std::min(pending_.size(), batch_items_) : 0;
     }
     if (pending_.size() > capacity_) return pending_.size() - capacity_ / 2;
     return 0;
@@ -619,7 +617,7 @@ class SqliteOutbox final : public Outbox {
         continue;
       }
       writer_waiting_ = true;
-      if (store_failing_ && !pending_.empty()) {
+      if (store_failing_ && !pending_.empty() && retry_store_at_ > Clock::now()) {
         lock.wait_until(writer_cv_, retry_store_at_);
       } else {
         lock.wait(writer_cv_);
@@ -651,7 +649,7 @@ class SqliteOutbox final : public Outbox {
     try {
       while (!decided(ticket)) {
         if (!committing_ && !gathering_) {
-          gather();
+          gather(lock);
           commit_group(pending_.size(), /*keep_on_failure=*/false);
           continue;
         }
@@ -671,14 +669,15 @@ class SqliteOutbox final : public Outbox {
   // their events are not pending yet, the leader lets them add them for up to kGather before it
   // commits, so that one commit serves them all (a pusher that just returned is usually back
   // within microseconds). A lone pusher never waits here.
-  void gather() NOTIFICATIONS_REQUIRES(mutex_) {
+  // Waits on gathered_ (a sync push notifies it), never spins: on a loaded machine a yield can
+  // give the core away for a whole time slice.
+  void gather(UniqueMutexLock& lock) NOTIFICATIONS_REQUIRES(mutex_) {
     const std::size_t want = std::max(peak_pushers_, previous_peak_pushers_);
     if (want < 2 || pending_.size() >= want || closed_) return;
     gathering_ = true;
     const Clock::time_point end = Clock::now() + kGather;
-    while (pending_.size() < want && !closed_ && Clock::now() < end) {
-      detail::MutexUnlock unlocked(mutex_);
-      std::this_thread::yield();
+    while (pending_.size() < want && !closed_) {
+      if (lock.wait_until(gathered_, end) == std::cv_status::timeout) break;
     }
     gathering_ = false;
   }
@@ -805,15 +804,11 @@ class SqliteOutbox final : public Outbox {
         }
         if (durability_ == Durability::async && !forked_child_ &&
             (!store_failing_ || Clock::now() >= retry_store_at_)) {
-          // The writer commits them: wait for it (told that the sender waits, it commits what
-          // there is without waiting for a whole batch). While the file refuses writes, the
-          // writer tries again once the retry interval passed; until then they go from memory.
-          consumer_waiting_ = true;
-          wake_writer();
-          const bool timed_out = lock.wait_until(changed_, until) == std::cv_status::timeout;
-          consumer_waiting_ = false;
-          if (timed_out) break;
-          continue;
+          // The sender commits the batch it is about to send (keep_on_failure: what the file
+          // refuses stays pending and goes from memory below; the file is tried again once the
+          // retry interval passed).
+          commit_group(group, /*keep_on_failure=*/true);
+          if (!store_failing_) continue;
         }
         // Durability none, a forked child, or a file that refuses writes: sent from memory.
         const std::size_t n = std::min(max, pending_.size());
@@ -939,9 +934,9 @@ class SqliteOutbox final : public Outbox {
   mutable detail::Mutex mutex_;
   std::condition_variable changed_;
   std::condition_variable writer_cv_;  // wakes the writer: work, park, stop
+  std::condition_variable gathered_;   // wakes a sync leader gathering the other pushers' events
   std::unique_ptr<std::thread> writer_;  // async and spill only
   bool writer_waiting_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
-  bool consumer_waiting_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // the sender waits for the writer
   bool stop_writer_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool park_requested_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool writer_parked_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
