@@ -24,6 +24,7 @@
 #include "child_process.hpp"
 #include "notifications/fork.hpp"
 #include "remote/bridge_test_support.hpp"
+#include "transports/sqlite/sqlite_test_support.hpp"
 #include "wait.hpp"
 
 namespace n = notifications;
@@ -36,25 +37,11 @@ using Names = std::vector<std::string>;
 
 namespace {
 
-// A fresh folder under the system's temporary folder, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> next{0};
-    path_ = fs::temp_directory_path() /
-            ("notifications-outbox-" + std::to_string(::getpid()) + "-" + std::to_string(next.fetch_add(1)));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::permissions(path_, fs::perms::owner_all, ignored);
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name = "outbox.db") const { return (path_ / name).string(); }
+using test_support::rows_in;
 
- private:
-  fs::path path_;
+class TempDir : public test_support::TempDir {
+ public:
+  TempDir() : test_support::TempDir("outbox") {}
 };
 
 n::BridgeConfig outbox_config(const std::string& path, n::Durability durability, std::size_t capacity = 100) {
@@ -96,24 +83,6 @@ Names take_all(n::Outbox& outbox, std::size_t count) {
     outbox.settle(batch.size(), Settled::confirmed);
   }
   return taken;
-}
-
-// Rows in the file, read by a connection of its own (WAL lets it read beside the outbox).
-int rows_in(const std::string& path) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    sqlite3_close(db);
-    return -1;
-  }
-  sqlite3_stmt* stmt = nullptr;
-  int rows = -1;
-  if (sqlite3_prepare_v2(db, "SELECT count(*) FROM notifications_outbox", -1, &stmt, nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW) {
-    rows = sqlite3_column_int(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return rows;
 }
 
 TEST(SqliteOutbox, OutboxPromise1_TakeHandsOutItemsInPushOrder) {

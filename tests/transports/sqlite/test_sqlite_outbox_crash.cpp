@@ -45,6 +45,7 @@
 #include "notifications/outbox.hpp"
 #include "notifications/transports/mock.hpp"
 #include "remote/bridge_test_support.hpp"
+#include "transports/sqlite/sqlite_test_support.hpp"
 #include "scale.hpp"
 #include "wait.hpp"
 
@@ -57,47 +58,16 @@ extern char** environ;
 
 namespace {
 
+using test_support::rows_in;
+
+class TempDir : public test_support::TempDir {
+ public:
+  TempDir() : test_support::TempDir("crash") {}
+};
+
 constexpr std::size_t kCapacity = 256;  // the memory bound of the async child
 constexpr std::size_t kBatch = 64;      // its batch size
 constexpr int kThreadSpan = 10'000'000; // sync child: thread t reports t * kThreadSpan + i
-
-// A fresh folder under the system's temporary folder, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> next{0};
-    path_ = fs::temp_directory_path() /
-            ("notifications-crash-" + std::to_string(::getpid()) + "-" + std::to_string(next.fetch_add(1)));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string path() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-// Rows in the file, read by a connection of its own (-1: no table, or no file).
-int rows_in(const std::string& path) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    sqlite3_close(db);
-    return -1;
-  }
-  sqlite3_stmt* stmt = nullptr;
-  int rows = -1;
-  if (sqlite3_prepare_v2(db, "SELECT count(*) FROM notifications_outbox", -1, &stmt, nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW) {
-    rows = sqlite3_column_int(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return rows;
-}
 
 n::BridgeConfig crash_config(const std::string& path, n::Durability durability) {
   n::BridgeConfig config = test_support::config_for("crash");

@@ -35,6 +35,7 @@
 #include "notifications/sqlite.hpp"
 #include "notifications/transports/mock.hpp"
 #include "remote/bridge_test_support.hpp"
+#include "transports/sqlite/sqlite_test_support.hpp"
 #include "wait.hpp"
 
 namespace n = notifications;
@@ -43,46 +44,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A fresh folder under the system's temporary folder, removed at the end of the test.
-class TempDir {
+using test_support::rows_in;
+
+class TempDir : public test_support::TempDir {
  public:
-  TempDir() {
-    static std::atomic<int> next{0};
-    path_ = fs::temp_directory_path() /
-            ("notifications-env-" + std::to_string(::getpid()) + "-" + std::to_string(next.fetch_add(1)));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-    fs::permissions(path_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                               fs::perms::others_read | fs::perms::others_exec);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name = "outbox.db") const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
+  TempDir() : test_support::TempDir("env") {}
 };
-
-// Rows in the file, read by a connection of its own (WAL lets it read beside the outbox and
-// beside another connection's write transaction); -1 when it cannot be read.
-int rows_in(const std::string& path) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    sqlite3_close(db);
-    return -1;
-  }
-  sqlite3_stmt* stmt = nullptr;
-  int rows = -1;
-  if (sqlite3_prepare_v2(db, "SELECT count(*) FROM notifications_outbox", -1, &stmt, nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW) {
-    rows = sqlite3_column_int(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return rows;
-}
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
