@@ -99,19 +99,24 @@ NotifierState::NotifierState(NotifierOptions options)
 NotifierCore::NotifierCore() : uid(next_notifier_uid.fetch_add(1, std::memory_order_relaxed)) {}
 NotifierCore::~NotifierCore() = default;
 
+std::size_t NotifierCore::hash(std::string_view name) noexcept { return name_hash(name); }
+
 const ListenerSet* NotifierCore::find_slow(std::string_view name) {
+  return find_hashed(name, name_hash(name));
+}
+
+const ListenerSet* NotifierCore::find_hashed(std::string_view name, std::size_t hash) {
   ThreadCache& cache = thread_cache();
-  if (cache.dispatch_depth == 0 && !cache.retired.empty()) {
+  if (cache.dispatch_depth == 0 && !cache.retired.empty()) [[unlikely]] {
     auto retired = std::move(cache.retired);
     cache.retired.clear();
     retired.clear();  // may run listener destructors; the cache is consistent here
   }
-  const std::size_t hash = std::hash<std::string_view>{}(name);
   ThreadCache::Entry& entry =
       cache.entries[(hash ^ (uid * 0x9E3779B97F4A7C15ull)) % ThreadCache::kEntries];
   const std::uint64_t current = generation.load(std::memory_order_acquire);
   if (entry.notifier == uid && entry.generation == current && entry.hash == hash &&
-      entry.name == name) {
+      same_name(entry.name, name)) [[likely]] {
     return entry.set.get();
   }
 
@@ -240,7 +245,8 @@ bool Notifier::listening(std::string_view name) {
 
 Handle Notifier::handle(std::string name) {
   if (name.empty()) detail::throw_empty_name();
-  return Handle(core_, std::move(name));
+  const std::size_t hash = detail::NotifierCore::hash(name);
+  return Handle(core_, std::move(name), hash);
 }
 
 void Notifier::set_error_handler(ErrorHandler handler) {
@@ -268,8 +274,12 @@ NotifierStats Notifier::stats() const {
 // ---- Handle and Subscription ------------------------------------------------------------------
 
 const detail::ListenerSet* Handle::refresh(std::uint64_t generation) const {
-  const detail::ListenerSet* set = detail::find_listeners(*core_, name_);
-  seen_.store(generation * 2 + (set != nullptr ? 1 : 0), std::memory_order_relaxed);
+  const detail::ListenerSet* set =
+      core_->subscriber_count.load(std::memory_order_acquire) == 0 ? nullptr
+                                                                   : core_->find_hashed(name_, hash_);
+  // Written only when it changes: threads sharing a handle do not write its cache line per call.
+  const std::uint64_t seen = generation * 2 + (set != nullptr ? 1 : 0);
+  if (seen_.load(std::memory_order_relaxed) != seen) seen_.store(seen, std::memory_order_relaxed);
   return set;
 }
 

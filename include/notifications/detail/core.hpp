@@ -40,6 +40,10 @@ class NotifierCore {
   // The listeners of `name`, or nullptr when nobody listens. The set stays valid while the
   // calling thread is inside an ActiveEvent and otherwise until this thread's next lookup.
   const ListenerSet* find_slow(std::string_view name);
+  // The same, for a `hash` that hash(name) returned (a Handle computes it once).
+  const ListenerSet* find_hashed(std::string_view name, std::size_t hash);
+  // The hash find_slow computes for `name`; stable for the life of the process.
+  static std::size_t hash(std::string_view name) noexcept;
 
   std::unique_ptr<NotifierState> state;
 };
