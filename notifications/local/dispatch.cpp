@@ -112,21 +112,20 @@ struct ActiveEvent::Failures {
 
 ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string_view name,
                          nlohmann::json& payload)
-    : core_(core), set_(set) {
-  ++thread_cache().dispatch_depth;
+    : core_(core), set_(set), cache_(thread_cache()) {
+  ++cache_.dispatch_depth;
   EventAccess::begin(event_, name, payload);
   if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();  // after the wall clock: see complete()
-  start_listeners();
+  if (set_.has_start) start_listeners();
 }
 
 ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, Event&& prebuilt)
-    : core_(core), set_(set), event_(std::move(prebuilt)) {
-  ++thread_cache().dispatch_depth;
-  start_listeners();
+    : core_(core), set_(set), cache_(thread_cache()), event_(std::move(prebuilt)) {
+  ++cache_.dispatch_depth;
+  if (set_.has_start) start_listeners();
 }
 
 void ActiveEvent::start_listeners() {
-  if (!set_.has_start) return;
   const auto& subscribers = set_.subscribers;
   for (std::size_t i = 0; i < subscribers.size(); ++i) {
     Subscriber& subscriber = *subscribers[i];
@@ -149,7 +148,7 @@ void ActiveEvent::start_listeners() {
   }
 }
 
-ActiveEvent::~ActiveEvent() { --thread_cache().dispatch_depth; }
+ActiveEvent::~ActiveEvent() { --cache_.dispatch_depth; }
 
 void ActiveEvent::record(std::size_t index, const char* phase, std::exception_ptr error) noexcept {
   NotifierState& state = *core_.state;
@@ -191,6 +190,18 @@ void ActiveEvent::complete(bool instant) {
     EventAccess::end(event_);
   }
   const auto& subscribers = set_.subscribers;
+  if (!set_.has_start) {  // Event-shape listeners only: no start bits to consult
+    for (std::size_t i = 0; i < subscribers.size(); ++i) {
+      Subscriber& subscriber = *subscribers[i];
+      if (!subscriber.active.load(std::memory_order_acquire)) continue;
+      try {
+        subscriber.on_event(event_);
+      } catch (...) {
+        record(i, "finish", std::current_exception());
+      }
+    }
+    return;
+  }
   for (std::size_t i = 0; i < subscribers.size(); ++i) {
     Subscriber& subscriber = *subscribers[i];
     if (subscriber.start_finish_shape()) {

@@ -39,8 +39,9 @@ struct EventAccess {
     event.payload_ = &payload;
     event.start_ = event.end_ = Event::mono_clock::now();
     event.time_ = wall_time_at(event.start_);
-    event.sequence_ = next_event_sequence();
-    event.transaction_ = thread_transaction();
+    const EventIds ids = next_event_ids();
+    event.sequence_ = ids.sequence;
+    event.transaction_ = ids.transaction;
   }
   static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
   static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }

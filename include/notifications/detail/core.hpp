@@ -18,6 +18,7 @@ namespace notifications::detail {
 
 struct ListenerSet;  // immutable list of subscribers for one name (notifications/registry.hpp)
 struct NotifierState;
+struct ThreadCache;
 
 [[noreturn]] void throw_empty_name();
 
@@ -83,6 +84,7 @@ class ActiveEvent {
 
   NotifierCore& core_;
   const ListenerSet& set_;
+  ThreadCache& cache_;  // the constructing thread's
   Event event_;
   std::uint64_t started_ = 0;  // bit i: start listener i was called (first 64)
   std::unique_ptr<Failures> failures_;
