@@ -39,9 +39,7 @@ struct EventAccess {
     event.payload_ = &payload;
     event.start_ = event.end_ = Event::mono_clock::now();
     event.time_ = wall_time_at(event.start_);
-    const EventIds ids = next_event_ids();
-    event.sequence_ = ids.sequence;
-    event.transaction_ = ids.transaction;
+    draw_event_ids(event.sequence_, event.transaction_);
   }
   static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
   static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }

@@ -105,11 +105,12 @@ std::uint64_t thread_transaction() noexcept {
   return ids.transaction;
 }
 
-EventIds next_event_ids() noexcept {
+void draw_event_ids(std::uint64_t& sequence, std::uint64_t& transaction) noexcept {
   ThreadIds& ids = thread_ids;
   if (ids.next == ids.end) [[unlikely]] draw_block(ids);
   if (ids.transaction == 0) [[unlikely]] draw_transaction(ids);
-  return {ids.next++, ids.transaction};
+  sequence = ids.next++;
+  transaction = ids.transaction;
 }
 
 std::string format_event_id(std::uint64_t sequence) {
