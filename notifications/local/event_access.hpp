@@ -52,9 +52,9 @@ struct EventAccess {
   static Event make(std::string name, nlohmann::json payload, Event::mono_clock::time_point now) {
     Event event;
     event.owned_name_ = std::move(name);
-    event.owned_payload_ = std::move(payload);
+    event.owned_payload_.emplace(std::move(payload));
     event.name_ = event.owned_name_;
-    event.payload_ = &event.owned_payload_;
+    event.payload_ = &*event.owned_payload_;
     event.start_ = event.end_ = now;
     event.time_ = wall_time_at(now);
     event.sequence_ = next_event_sequence();
