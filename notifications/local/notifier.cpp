@@ -105,27 +105,25 @@ const ListenerSet* NotifierCore::find_slow(std::string_view name) {
   return find_hashed(name, name_hash(name));
 }
 
-const ListenerSet* NotifierCore::find_hashed(std::string_view name, std::size_t hash) {
-  ThreadCache& cache = thread_cache();
-  if (cache.dispatch_depth == 0 && !cache.retired.empty()) [[unlikely]] {
-    auto retired = std::move(cache.retired);
-    cache.retired.clear();
-    retired.clear();  // may run listener destructors; the cache is consistent here
-  }
-  ThreadCache::Entry& entry =
-      cache.entries[(hash ^ (uid * 0x9E3779B97F4A7C15ull)) % ThreadCache::kEntries];
-  const std::uint64_t current = generation.load(std::memory_order_acquire);
-  if (entry.notifier == uid && entry.generation == current && entry.hash == hash &&
-      same_name(entry.name, name)) [[likely]] {
-    return entry.set.get();
-  }
+namespace {
+[[gnu::noinline]] void release_retired(ThreadCache& cache) {
+  auto retired = std::move(cache.retired);
+  cache.retired.clear();
+  retired.clear();  // may run listener destructors; the cache is consistent here
+}
 
+// Resolves `name` under the registry's lock and stores it in `entry`. Out of line, so that the
+// cache hit in find_hashed needs no stack frame.
+[[gnu::noinline]] const ListenerSet* resolve(NotifierCore& core, ThreadCache& cache,
+                                             ThreadCache::Entry& entry, std::string_view name,
+                                             std::size_t hash) {
+  NotifierState* const state = core.state.get();
   std::shared_ptr<const ListenerSet> set;
   std::uint64_t resolved_at = 0;
   Memo displaced_memo;
   {
     MutexLock lock(state->mutex);
-    resolved_at = generation.load(std::memory_order_relaxed);
+    resolved_at = core.generation.load(std::memory_order_relaxed);
     if (state->memo_generation != resolved_at) {
       displaced_memo.swap(state->memo);
       state->memo_generation = resolved_at;
@@ -140,7 +138,7 @@ const ListenerSet* NotifierCore::find_hashed(std::string_view name, std::size_t 
     }
   }
   if (entry.set) cache.retired.push_back(std::move(entry.set));
-  entry.notifier = uid;
+  entry.notifier = core.uid;
   entry.generation = resolved_at;
   entry.hash = hash;
   entry.name.assign(name);
@@ -148,6 +146,20 @@ const ListenerSet* NotifierCore::find_hashed(std::string_view name, std::size_t 
   // displaced_memo is released here; any set in it that this thread still uses is also held by
   // `entry` or by `retired`.
   return entry.set.get();
+}
+}  // namespace
+
+const ListenerSet* NotifierCore::find_hashed(std::string_view name, std::size_t hash) {
+  ThreadCache& cache = thread_cache();
+  if (cache.dispatch_depth == 0 && !cache.retired.empty()) [[unlikely]] release_retired(cache);
+  ThreadCache::Entry& entry =
+      cache.entries[(hash ^ (uid * 0x9E3779B97F4A7C15ull)) % ThreadCache::kEntries];
+  const std::uint64_t current = generation.load(std::memory_order_acquire);
+  if (entry.notifier == uid && entry.generation == current && entry.hash == hash &&
+      same_name(entry.name, name)) [[likely]] {
+    return entry.set.get();
+  }
+  return resolve(*this, cache, entry, name, hash);
 }
 
 void report_failure(NotifierCore& core, const SubscriberFailure& failure) noexcept;
