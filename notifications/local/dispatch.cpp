@@ -177,7 +177,8 @@ void ActiveEvent::report(std::size_t index, const char* phase, const std::except
   report_failure(core_, failure);
 }
 
-void ActiveEvent::complete(bool instant) {
+// Inlined into finish() (every event) and fail(): one call per event instead of two.
+[[gnu::always_inline]] inline void ActiveEvent::complete(bool instant) {
   // The CPU clock is read inside the wall-clock pair (start: wall, then CPU; here: CPU, then
   // wall), so the CPU time measured never spans more than the duration. An instant event spans
   // no time and so used no CPU time.
