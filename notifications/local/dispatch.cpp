@@ -192,13 +192,16 @@ void ActiveEvent::report(std::size_t index, const char* phase, const std::except
   }
   const auto& subscribers = set_.subscribers;
   if (!set_.has_start) {  // Event-shape listeners only: no start bits to consult
-    for (std::size_t i = 0; i < subscribers.size(); ++i) {
-      Subscriber& subscriber = *subscribers[i];
+    // The bounds are read once (the set is immutable), not reloaded after every listener call.
+    const std::shared_ptr<Subscriber>* const first = subscribers.data();
+    const std::shared_ptr<Subscriber>* const last = first + subscribers.size();
+    for (const std::shared_ptr<Subscriber>* it = first; it != last; ++it) {
+      Subscriber& subscriber = **it;
       if (!subscriber.active.load(std::memory_order_acquire)) continue;
       try {
         subscriber.on_event(event_);
       } catch (...) {
-        record(i, "finish", std::current_exception());
+        record(static_cast<std::size_t>(it - first), "finish", std::current_exception());
       }
     }
     return;
