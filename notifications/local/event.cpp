@@ -52,7 +52,8 @@ Event& Event::operator=(Event&& other) noexcept {
     if (other.owned_payload_ && other.payload_ == &*other.owned_payload_) {
       owned_payload_.emplace(std::move(*other.owned_payload_));
     } else {
-      owned_payload_.emplace(*other.payload_);
+      nlohmann::json copy = *other.payload_;  // before emplace destroys what it may point into
+      owned_payload_.emplace(std::move(copy));
     }
     name_ = owned_name_;
     payload_ = &*owned_payload_;

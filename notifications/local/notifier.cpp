@@ -101,7 +101,6 @@ NotifierCore::~NotifierCore() = default;
 
 std::size_t NotifierCore::hash(std::string_view name) noexcept { return name_hash(name); }
 
-
 namespace {
 [[gnu::noinline]] void release_retired(ThreadCache& cache) {
   auto retired = std::move(cache.retired);
@@ -144,9 +143,7 @@ namespace {
   // `entry` or by `retired`.
   return entry.set.get();
 }
-}  // namespace
 
-namespace {
 // The lookup both entry points share, inlined into each (a by-name call makes one call, not two).
 [[gnu::always_inline]] inline const ListenerSet* find_in_cache(NotifierCore& core,
                                                                std::string_view name,

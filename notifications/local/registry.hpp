@@ -22,9 +22,9 @@
 namespace notifications::detail {
 
 struct Subscriber {
-  // What dispatch reads per call comes first, in one or two cache lines: the flag, then the
-  // listeners.
-  // Cleared (release) when unsubscribed; dispatch checks it (acquire) before every call.
+  // The fields dispatch reads on every call come first, so that they share one or two cache
+  // lines. `active` is cleared (release) when unsubscribed; dispatch checks it (acquire) before
+  // every call.
   std::atomic<bool> active{true};
   EventListener on_event;   // Event shape: called once, after the block
   std::function<void(const Event&)> on_start;   // start/finish shape
