@@ -1,4 +1,5 @@
-// Micro-benchmarks of Notifier::instrument against a raw Boost.Signals2 signal.
+// Micro-benchmarks of Notifier::instrument against a raw Boost.Signals2 signal and against an
+// in-repo floor: a std::vector of std::function listeners called with an event built per call.
 //
 // Every benchmark does the same trivial work per iteration, so that the difference between two
 // benchmarks is the cost of the dispatch machinery only:
@@ -8,11 +9,19 @@
 // Event built once before the loop; the Notifier benchmarks build a real event (clocks read,
 // ids drawn) on every iteration, because that is what instrument() promises its subscribers.
 //
+// The floor benchmarks (BM_Floor_Built, BM_Clocks) build per call what instrument() builds: the
+// same two monotonic clock reads, the wall time derived from the first with a per-thread offset,
+// a sequence number from a per-thread block and the thread's transaction number.
+//
 // The names are stable: scripts/bench.sh computes its ratios from them. Run through
 // scripts/bench.sh; see docs/benchmarks.md for what each benchmark measures.
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -72,6 +81,89 @@ void BM_Baseline_BlockOnly(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_Baseline_BlockOnly);
+
+// The fields instrument() fills for an event that borrows its name and payload.
+struct FloorEvent {
+  std::string_view name;
+  nlohmann::json* payload = nullptr;
+  std::chrono::system_clock::time_point time;
+  std::chrono::steady_clock::time_point start;
+  std::chrono::steady_clock::time_point end;
+  std::uint64_t sequence = 0;
+  std::uint64_t transaction = 0;
+};
+
+std::atomic<std::uint64_t> g_floor_sequence_block{1};
+std::atomic<std::uint64_t> g_floor_transaction{1};
+
+// Per thread, as the library keeps them: a block of sequence numbers, the transaction number and
+// the offset between the wall clock and the monotonic clock (refreshed once a second).
+struct FloorThread {
+  std::uint64_t next_sequence = 0;
+  std::uint64_t sequence_end = 0;
+  std::uint64_t transaction = g_floor_transaction.fetch_add(1, std::memory_order_relaxed);
+  std::chrono::steady_clock::time_point synced{};
+  std::chrono::system_clock::duration offset{};
+  bool valid = false;
+};
+thread_local FloorThread t_floor;
+
+// Fills `event` at the start of the block: one monotonic clock read.
+inline void floor_begin(FloorEvent& event, std::string_view name, nlohmann::json& payload) {
+  FloorThread& thread = t_floor;
+  event.name = name;
+  event.payload = &payload;
+  event.start = event.end = std::chrono::steady_clock::now();
+  if (!thread.valid || event.start - thread.synced > std::chrono::seconds(1)) {
+    thread.offset = std::chrono::system_clock::now().time_since_epoch() -
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                        event.start.time_since_epoch());
+    thread.synced = event.start;
+    thread.valid = true;
+  }
+  event.time = std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          event.start.time_since_epoch()) +
+      thread.offset);
+  if (thread.next_sequence == thread.sequence_end) {
+    thread.next_sequence = g_floor_sequence_block.fetch_add(1024, std::memory_order_relaxed);
+    thread.sequence_end = thread.next_sequence + 1024;
+  }
+  event.sequence = thread.next_sequence++;
+  event.transaction = thread.transaction;
+}
+
+// The two clock reads alone (with the block's work between them, as in every benchmark).
+void BM_Clocks(benchmark::State& state) {
+  for (auto _ : state) {
+    auto start = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(start);
+    block_work();
+    auto end = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(end);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Clocks);
+
+// The in-repo floor of a dispatcher that builds a full event: N std::function listeners in a
+// std::vector, called after the block with an event built as above (second clock read at the end).
+void BM_Floor_Built(benchmark::State& state) {
+  std::vector<std::function<void(const FloorEvent&)>> listeners;
+  for (int64_t i = 0; i < state.range(0); ++i) {
+    listeners.emplace_back([](const FloorEvent& event) { work(event.name.size()); });
+  }
+  nlohmann::json payload = make_payload();
+  for (auto _ : state) {
+    FloorEvent event;
+    floor_begin(event, kName, payload);
+    block_work();
+    event.end = std::chrono::steady_clock::now();
+    for (const auto& listener : listeners) listener(event);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Floor_Built)->Arg(1)->Arg(10);
 
 // ---- Raw Boost.Signals2 (the reference) ---------------------------------------------------------
 
@@ -169,6 +261,23 @@ void BM_Instrument(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_Instrument)->Arg(1)->Arg(10);
+
+// BM_Instrument through a Handle resolved before the loop.
+void BM_Instrument_Handle(benchmark::State& state) {
+  Notifier notifier;
+  std::vector<Subscription> subscriptions;
+  for (int64_t i = 0; i < state.range(0); ++i) {
+    subscriptions.push_back(subscribe_listener(notifier, kName));
+  }
+  if (!expect_listening(state, notifier, true)) return;
+  const notifications::Handle handle = notifier.handle(kName);
+  nlohmann::json payload = make_payload();
+  for (auto _ : state) {
+    handle.instrument(payload, [&] { block_work(); });
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Instrument_Handle)->Arg(1)->Arg(10);
 
 std::unique_ptr<Notifier> g_notifier;
 Subscription g_subscription;

@@ -100,9 +100,11 @@ class Event {
   void own_from(const Event& other);
 
   std::string_view name_;              // points at owned_name_ or at the instrument() argument
-  nlohmann::json* payload_ = nullptr;  // points at owned_payload_ or at the instrument() argument
+  nlohmann::json* payload_ = nullptr;  // points at *owned_payload_ or at the instrument() argument
   std::string owned_name_;
-  nlohmann::json owned_payload_;
+  // Engaged only when the event owns its payload: an event that borrows one (every instrument()
+  // call) neither constructs nor destroys a JSON value of its own.
+  std::optional<nlohmann::json> owned_payload_;
   wall_clock::time_point time_{};
   mono_clock::time_point start_{};
   mono_clock::time_point end_{};

@@ -87,14 +87,17 @@ LazyPayload<Make> lazy(Make make) {
 class Notifier;
 
 // A pre-resolved event name for hot paths. When nobody listens, Handle::instrument reads one
-// atomic of the notifier and one of the handle: no hashing, no clock, no allocation.
+// atomic of the notifier and one of the handle: no hashing, no clock, no allocation. While the
+// notifier's generation is the one the handle resolved at and someone listens, it goes straight
+// to the calling thread's cached listeners with the name's hash computed once, at creation.
 // Thread-safety: a Handle may be shared by any number of threads and copied freely.
 class Handle {
  public:
-  Handle(const Handle& other) : core_(other.core_), name_(other.name_) {}
+  Handle(const Handle& other) : core_(other.core_), name_(other.name_), hash_(other.hash_) {}
   Handle& operator=(const Handle& other) {
     core_ = other.core_;
     name_ = other.name_;
+    hash_ = other.hash_;
     seen_.store(0, std::memory_order_relaxed);
     return *this;
   }
@@ -133,19 +136,23 @@ class Handle {
 
  private:
   friend class Notifier;
-  Handle(std::shared_ptr<detail::NotifierCore> core, std::string name)
-      : core_(std::move(core)), name_(std::move(name)) {}
+  Handle(std::shared_ptr<detail::NotifierCore> core, std::string name, std::size_t hash)
+      : core_(std::move(core)), name_(std::move(name)), hash_(hash) {}
 
   const detail::ListenerSet* lookup() const {
     const std::uint64_t generation = core_->generation.load(std::memory_order_acquire);
-    // seen_ == generation * 2: resolved at this generation and nobody listened.
-    if (seen_.load(std::memory_order_relaxed) == generation * 2) return nullptr;
+    const std::uint64_t seen = seen_.load(std::memory_order_relaxed);
+    // seen == generation * 2: resolved at this generation and nobody listened.
+    if (seen == generation * 2) return nullptr;
+    // Someone listened at this generation: this thread's cache entry, without hashing.
+    if (seen == generation * 2 + 1) return core_->find_hashed(name_, hash_);
     return refresh(generation);
   }
   const detail::ListenerSet* refresh(std::uint64_t generation) const;
 
   std::shared_ptr<detail::NotifierCore> core_;
   std::string name_;
+  std::size_t hash_;  // detail::NotifierCore::hash(name_)
   mutable std::atomic<std::uint64_t> seen_{0};  // generation * 2 + listening; 0 = unknown
 };
 

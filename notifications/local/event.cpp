@@ -9,7 +9,7 @@ namespace notifications {
 Event::Event(std::string name, nlohmann::json payload)
     : owned_name_(std::move(name)), owned_payload_(std::move(payload)) {
   name_ = owned_name_;
-  payload_ = &owned_payload_;
+  payload_ = &*owned_payload_;
   time_ = wall_clock::now();
   start_ = end_ = mono_clock::now();
   sequence_ = detail::next_event_sequence();
@@ -30,9 +30,9 @@ void Event::own_from(const Event& other) {
 }
 
 Event::Event(const Event& other)
-    : owned_name_(other.name_), owned_payload_(*other.payload_) {
+    : owned_name_(other.name_), owned_payload_(std::in_place, *other.payload_) {
   name_ = owned_name_;
-  payload_ = &owned_payload_;
+  payload_ = &*owned_payload_;
   own_from(other);
 }
 
@@ -49,10 +49,14 @@ Event::Event(Event&& other) noexcept { *this = std::move(other); }
 Event& Event::operator=(Event&& other) noexcept {
   if (this != &other) {
     owned_name_ = std::string(other.name_);
-    owned_payload_ = other.payload_ == &other.owned_payload_ ? std::move(other.owned_payload_)
-                                                             : *other.payload_;
+    if (other.owned_payload_ && other.payload_ == &*other.owned_payload_) {
+      owned_payload_.emplace(std::move(*other.owned_payload_));
+    } else {
+      nlohmann::json copy = *other.payload_;  // before emplace destroys what it may point into
+      owned_payload_.emplace(std::move(copy));
+    }
     name_ = owned_name_;
-    payload_ = &owned_payload_;
+    payload_ = &*owned_payload_;
     time_ = other.time_;
     start_ = other.start_;
     end_ = other.end_;

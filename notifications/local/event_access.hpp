@@ -39,8 +39,7 @@ struct EventAccess {
     event.payload_ = &payload;
     event.start_ = event.end_ = Event::mono_clock::now();
     event.time_ = wall_time_at(event.start_);
-    event.sequence_ = next_event_sequence();
-    event.transaction_ = thread_transaction();
+    draw_event_ids(event.sequence_, event.transaction_);
   }
   static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
   static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }
@@ -53,9 +52,9 @@ struct EventAccess {
   static Event make(std::string name, nlohmann::json payload, Event::mono_clock::time_point now) {
     Event event;
     event.owned_name_ = std::move(name);
-    event.owned_payload_ = std::move(payload);
+    event.owned_payload_.emplace(std::move(payload));
     event.name_ = event.owned_name_;
-    event.payload_ = &event.owned_payload_;
+    event.payload_ = &*event.owned_payload_;
     event.start_ = event.end_ = now;
     event.time_ = wall_time_at(now);
     event.sequence_ = next_event_sequence();

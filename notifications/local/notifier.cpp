@@ -99,28 +99,27 @@ NotifierState::NotifierState(NotifierOptions options)
 NotifierCore::NotifierCore() : uid(next_notifier_uid.fetch_add(1, std::memory_order_relaxed)) {}
 NotifierCore::~NotifierCore() = default;
 
-const ListenerSet* NotifierCore::find_slow(std::string_view name) {
-  ThreadCache& cache = thread_cache();
-  if (cache.dispatch_depth == 0 && !cache.retired.empty()) {
-    auto retired = std::move(cache.retired);
-    cache.retired.clear();
-    retired.clear();  // may run listener destructors; the cache is consistent here
-  }
-  const std::size_t hash = std::hash<std::string_view>{}(name);
-  ThreadCache::Entry& entry =
-      cache.entries[(hash ^ (uid * 0x9E3779B97F4A7C15ull)) % ThreadCache::kEntries];
-  const std::uint64_t current = generation.load(std::memory_order_acquire);
-  if (entry.notifier == uid && entry.generation == current && entry.hash == hash &&
-      entry.name == name) {
-    return entry.set.get();
-  }
+std::size_t NotifierCore::hash(std::string_view name) noexcept { return name_hash(name); }
 
+namespace {
+[[gnu::noinline]] void release_retired(ThreadCache& cache) {
+  auto retired = std::move(cache.retired);
+  cache.retired.clear();
+  retired.clear();  // may run listener destructors; the cache is consistent here
+}
+
+// Resolves `name` under the registry's lock and stores it in `entry`. Out of line, so that the
+// cache hit in find_hashed needs no stack frame.
+[[gnu::noinline]] const ListenerSet* resolve(NotifierCore& core, ThreadCache& cache,
+                                             ThreadCache::Entry& entry, std::string_view name,
+                                             std::size_t hash) {
+  NotifierState* const state = core.state.get();
   std::shared_ptr<const ListenerSet> set;
   std::uint64_t resolved_at = 0;
   Memo displaced_memo;
   {
     MutexLock lock(state->mutex);
-    resolved_at = generation.load(std::memory_order_relaxed);
+    resolved_at = core.generation.load(std::memory_order_relaxed);
     if (state->memo_generation != resolved_at) {
       displaced_memo.swap(state->memo);
       state->memo_generation = resolved_at;
@@ -135,7 +134,7 @@ const ListenerSet* NotifierCore::find_slow(std::string_view name) {
     }
   }
   if (entry.set) cache.retired.push_back(std::move(entry.set));
-  entry.notifier = uid;
+  entry.notifier = core.uid;
   entry.generation = resolved_at;
   entry.hash = hash;
   entry.name.assign(name);
@@ -143,6 +142,32 @@ const ListenerSet* NotifierCore::find_slow(std::string_view name) {
   // displaced_memo is released here; any set in it that this thread still uses is also held by
   // `entry` or by `retired`.
   return entry.set.get();
+}
+
+// The lookup both entry points share, inlined into each (a by-name call makes one call, not two).
+[[gnu::always_inline]] inline const ListenerSet* find_in_cache(NotifierCore& core,
+                                                               std::string_view name,
+                                                               std::size_t hash) {
+  const std::uint64_t uid = core.uid;
+  ThreadCache& cache = thread_cache();
+  if (cache.dispatch_depth == 0 && !cache.retired.empty()) [[unlikely]] release_retired(cache);
+  ThreadCache::Entry& entry =
+      cache.entries[(hash ^ (uid * 0x9E3779B97F4A7C15ull)) % ThreadCache::kEntries];
+  const std::uint64_t current = core.generation.load(std::memory_order_acquire);
+  if (entry.notifier == uid && entry.generation == current && entry.hash == hash &&
+      same_name(entry.name, name)) [[likely]] {
+    return entry.set.get();
+  }
+  return resolve(core, cache, entry, name, hash);
+}
+}  // namespace
+
+const ListenerSet* NotifierCore::find_slow(std::string_view name) {
+  return find_in_cache(*this, name, name_hash(name));
+}
+
+const ListenerSet* NotifierCore::find_hashed(std::string_view name, std::size_t hash) {
+  return find_in_cache(*this, name, hash);
 }
 
 void report_failure(NotifierCore& core, const SubscriberFailure& failure) noexcept;
@@ -240,7 +265,8 @@ bool Notifier::listening(std::string_view name) {
 
 Handle Notifier::handle(std::string name) {
   if (name.empty()) detail::throw_empty_name();
-  return Handle(core_, std::move(name));
+  const std::size_t hash = detail::NotifierCore::hash(name);
+  return Handle(core_, std::move(name), hash);
 }
 
 void Notifier::set_error_handler(ErrorHandler handler) {
@@ -268,8 +294,12 @@ NotifierStats Notifier::stats() const {
 // ---- Handle and Subscription ------------------------------------------------------------------
 
 const detail::ListenerSet* Handle::refresh(std::uint64_t generation) const {
-  const detail::ListenerSet* set = detail::find_listeners(*core_, name_);
-  seen_.store(generation * 2 + (set != nullptr ? 1 : 0), std::memory_order_relaxed);
+  const detail::ListenerSet* set =
+      core_->subscriber_count.load(std::memory_order_acquire) == 0 ? nullptr
+                                                                   : core_->find_hashed(name_, hash_);
+  // Written only when it changes: threads sharing a handle do not write its cache line per call.
+  const std::uint64_t seen = generation * 2 + (set != nullptr ? 1 : 0);
+  if (seen_.load(std::memory_order_relaxed) != seen) seen_.store(seen, std::memory_order_relaxed);
   return set;
 }
 

@@ -73,20 +73,44 @@ std::string format_uuid(std::uint64_t high, std::uint64_t low, std::uint64_t ver
 
 }  // namespace
 
+namespace {
+// This thread's block of sequence numbers and its transaction number (0 until first drawn).
+// Constant-initialised: reading them needs no guard.
+struct ThreadIds {
+  std::uint64_t next = 0;
+  std::uint64_t end = 0;
+  std::uint64_t transaction = 0;
+};
+constinit thread_local ThreadIds thread_ids;
+
+[[gnu::noinline]] void draw_block(ThreadIds& ids) noexcept {
+  ids.next = next_block.fetch_add(kBlock, std::memory_order_relaxed);
+  ids.end = ids.next + kBlock;
+}
+
+[[gnu::noinline]] void draw_transaction(ThreadIds& ids) noexcept {
+  ids.transaction = next_thread.fetch_add(1, std::memory_order_relaxed);  // never 0
+}
+}  // namespace
+
 std::uint64_t next_event_sequence() noexcept {
-  thread_local std::uint64_t next = 0;
-  thread_local std::uint64_t end = 0;
-  if (next == end) {
-    next = next_block.fetch_add(kBlock, std::memory_order_relaxed);
-    end = next + kBlock;
-  }
-  return next++;
+  ThreadIds& ids = thread_ids;
+  if (ids.next == ids.end) [[unlikely]] draw_block(ids);
+  return ids.next++;
 }
 
 std::uint64_t thread_transaction() noexcept {
-  thread_local const std::uint64_t transaction =
-      next_thread.fetch_add(1, std::memory_order_relaxed);
-  return transaction;
+  ThreadIds& ids = thread_ids;
+  if (ids.transaction == 0) [[unlikely]] draw_transaction(ids);
+  return ids.transaction;
+}
+
+void draw_event_ids(std::uint64_t& sequence, std::uint64_t& transaction) noexcept {
+  ThreadIds& ids = thread_ids;
+  if (ids.next == ids.end) [[unlikely]] draw_block(ids);
+  if (ids.transaction == 0) [[unlikely]] draw_transaction(ids);
+  sequence = ids.next++;
+  transaction = ids.transaction;
 }
 
 std::string format_event_id(std::uint64_t sequence) {

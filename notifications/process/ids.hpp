@@ -10,6 +10,10 @@ namespace notifications::detail {
 
 // A process-unique, never-zero sequence number for one event.
 std::uint64_t next_event_sequence() noexcept;
+// next_event_sequence() and thread_transaction() in one call (what every event draws), written
+// straight to their destinations (returned as one 16-byte value, GCC reloads them in one load
+// from two stores: a store-forwarding stall on every event).
+void draw_event_ids(std::uint64_t& sequence, std::uint64_t& transaction) noexcept;
 // The calling thread's transaction number (stable for the thread's lifetime).
 std::uint64_t thread_transaction() noexcept;
 // A UUID (version 8, RFC 9562) made of a per-process random salt and the sequence.

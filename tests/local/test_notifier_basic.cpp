@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "notifications/notifications.hpp"
+#include "local/thread_cache.hpp"
 
 namespace n = notifications;
 using nlohmann::json;
@@ -457,6 +458,85 @@ TEST(NotifierBasic, HandleFollowsSubscriptionChanges) {
   EXPECT_EQ(recorder.events[0].payload()["added"], true);
   EXPECT_EQ(recorder.events[3].payload()["k"], 4);
   EXPECT_EQ(recorder.events[4].name(), "hot.path");
+}
+
+TEST(NotifierBasic, HandleWithListenersFollowsChangesOfItsListeners) {
+  n::Notifier notifier;
+  const auto handle = notifier.handle("hot.path");
+  std::vector<std::string> calls;
+  auto a = notifier.subscribe("hot.path", [&](const n::Event&) { calls.emplace_back("a"); });
+  handle.instrument([] {});
+  handle.instrument([] {});  // resolved at this generation: the handle's fast path
+  auto b = notifier.subscribe("hot.*", [&](const n::Event&) { calls.emplace_back("b"); });
+  handle.instrument([] {});
+  a.unsubscribe();
+  handle.instrument([] {});
+  notifier.unsubscribe("hot.path");  // excludes the name from "hot.*"
+  handle.instrument([] {});
+  EXPECT_EQ(calls, (std::vector<std::string>{"a", "a", "a", "b", "b"}));
+  EXPECT_FALSE(handle.listening());
+}
+
+TEST(NotifierBasic, AssignedHandleInstrumentsItsNewName) {
+  n::Notifier notifier;
+  Recorder recorder;
+  auto sub = notifier.subscribe(recorder.listener());
+  auto handle = notifier.handle("first.name");
+  handle.instrument([] {});
+  handle = notifier.handle("second.name");
+  handle.instrument([] {});
+  handle.instrument([] {});
+  EXPECT_EQ(recorder.names(),
+            (std::vector<std::string>{"first.name", "second.name", "second.name"}));
+}
+
+// Names of every length up to 40 that differ from a subscribed name in one byte, by name and
+// through handles, interleaved so that they share the per-thread cache.
+TEST(NotifierBasic, NamesDifferingInOneByteAreToldApartAtEveryLength) {
+  n::Notifier notifier;
+  Recorder recorder;
+  std::vector<n::Subscription> subscriptions;
+  for (std::size_t length = 1; length <= 40; ++length) {
+    subscriptions.push_back(notifier.subscribe(std::string(length, 'a'), recorder.listener()));
+  }
+  std::size_t expected = 0;
+  for (std::size_t length = 1; length <= 40; ++length) {
+    const std::string name(length, 'a');
+    for (std::size_t at = 0; at < length; ++at) {
+      std::string other = name;
+      other[at] = 'b';
+      notifier.instrument(name, [] {});
+      notifier.instrument(other, [] {});
+      notifier.handle(other).instrument([] {});
+      notifier.handle(name).instrument([] {});
+      EXPECT_FALSE(notifier.listening(other)) << other;
+      expected += 2;
+    }
+  }
+  ASSERT_EQ(recorder.events.size(), expected);
+  for (const auto& event : recorder.events) {
+    EXPECT_EQ(event.name().find('b'), std::string_view::npos) << event.name();
+  }
+}
+
+TEST(NotifierBasic, CacheNameCompareAndHashReadOnlyTheName) {
+  namespace d = n::detail;
+  for (std::size_t length = 0; length <= 40; ++length) {
+    // The names sit inside larger buffers whose bytes after the name differ.
+    const std::string left = std::string(length, 'x') + "1111111111111111";
+    const std::string right = std::string(length, 'x') + "2222222222222222";
+    const std::string_view a(left.data(), length);
+    const std::string_view b(right.data(), length);
+    EXPECT_EQ(d::name_hash(a), d::name_hash(b)) << length;
+    EXPECT_TRUE(d::same_name(std::string(a), b)) << length;
+    EXPECT_FALSE(d::same_name(std::string(a), std::string_view(right.data(), length + 1)));
+    for (std::size_t at = 0; at < length; ++at) {
+      std::string other(a);
+      other[at] = 'y';
+      EXPECT_FALSE(d::same_name(other, a)) << length << " " << at;
+      EXPECT_FALSE(d::same_name(std::string(a), other)) << length << " " << at;
+    }
+  }
 }
 
 TEST(NotifierBasic, HandleOutlivesItsNotifier) {

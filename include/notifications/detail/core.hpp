@@ -18,6 +18,7 @@ namespace notifications::detail {
 
 struct ListenerSet;  // immutable list of subscribers for one name (notifications/registry.hpp)
 struct NotifierState;
+struct ThreadCache;
 
 [[noreturn]] void throw_empty_name();
 
@@ -40,6 +41,10 @@ class NotifierCore {
   // The listeners of `name`, or nullptr when nobody listens. The set stays valid while the
   // calling thread is inside an ActiveEvent and otherwise until this thread's next lookup.
   const ListenerSet* find_slow(std::string_view name);
+  // The same, for a `hash` that hash(name) returned (a Handle computes it once).
+  const ListenerSet* find_hashed(std::string_view name, std::size_t hash);
+  // The hash find_slow computes for `name`; stable for the life of the process.
+  static std::size_t hash(std::string_view name) noexcept;
 
   std::unique_ptr<NotifierState> state;
 };
@@ -79,6 +84,7 @@ class ActiveEvent {
 
   NotifierCore& core_;
   const ListenerSet& set_;
+  ThreadCache& cache_;  // the constructing thread's
   Event event_;
   std::uint64_t started_ = 0;  // bit i: start listener i was called (first 64)
   std::unique_ptr<Failures> failures_;
