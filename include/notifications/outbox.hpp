@@ -2,7 +2,8 @@
 // default is a bounded in-memory queue (make_memory_outbox); another implementation (a durable
 // one) is given to a Bridge through BridgeHooks::outbox.
 //
-// Thread-safety: OutboxEvent is a value. An Outbox's push(), close(), drain(), stats() and
+// Thread-safety: OutboxEvent and OutboxStats are values, OutboxError an immutable exception. An
+// Outbox's push(), close(), drain(), stats() and
 // depth_unlocked() may be called from any thread, concurrently; take(), settle() and release()
 // from one consumer thread at a time (the Bridge's sender). reset_in_forked_child() runs while no
 // other thread uses the outbox. prepare_fork() and after_fork_in_parent() run on the thread that
@@ -210,7 +211,7 @@ class Outbox {
 };
 
 // An outbox's storage failed (a file that cannot be opened, written, or is not an outbox). The
-// message names the file and what to do.
+// message names the file and what to do. Thread-safety: immutable once thrown.
 class OutboxError : public Error {
  public:
   explicit OutboxError(const std::string& message) : Error("outbox", message) {}
