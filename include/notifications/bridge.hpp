@@ -107,7 +107,9 @@ class Bridge {
   void start();
 
   // Waits until every event accepted so far was handed to the transport and the transport
-  // flushed it (counted as confirmed). False when `timeout` passed first. For tests and orderly
+  // flushed it (counted as confirmed). False when `timeout` passed first, or when the transport
+  // could not confirm what it was handed (NATS: written to a connection that broke since; without
+  // a durable outbox those events may be lost, and receivers count them). For tests and orderly
   // hand-offs.
   bool flush(std::chrono::milliseconds timeout);
 

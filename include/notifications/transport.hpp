@@ -209,7 +209,10 @@ class Transport {
   // Stops deliveries to that subscription. Deliveries already handed to the handler stay handed.
   virtual void unsubscribe(std::uint64_t id) = 0;
   // Waits until everything published so far has left this process (or is stored, for persistent
-  // transports). False when the deadline passed first.
+  // transports). False when the deadline passed first, or when something published may have been
+  // lost on the way (NATS: it was written to a connection that broke before a flush covered it);
+  // the caller that keeps its messages (a durable outbox) sends them again, and a later flush
+  // covers only what was published after that answer.
   virtual bool flush(Deadline deadline) = 0;
   // Lets subscriptions hand over what they already hold, then closes. Idempotent.
   virtual void stop(Deadline deadline) = 0;

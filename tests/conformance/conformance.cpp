@@ -467,7 +467,13 @@ TEST_P(Conformance, Reconnect) {
     sender.notifier.instrument("conformance.reconnect", {{"i", i}});
     if (i == total / 3 || i == 2 * total / 3) GetParam().outage(*sender.transport);
   }
-  ASSERT_TRUE(sender.bridge->flush(60s));
+  // A persistent transport confirms everything. One that is not cannot confirm what was written
+  // to a connection that broke (it may have gone down with it; the receiver counts the loss
+  // below): its flush may say false once; the flush after the probes covers only what came later.
+  const bool flushed = sender.bridge->flush(60s);
+  if (GetParam().capabilities.persistent) {
+    ASSERT_TRUE(flushed);
+  }
   // An at-most-once transport loses what is sent while the receiver is away, and only a later
   // event on the subject reveals the gap: send probes until one arrives.
   int probes = 0;
