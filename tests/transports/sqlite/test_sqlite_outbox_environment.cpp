@@ -124,7 +124,8 @@ std::uint64_t refused(const n::Bridge& bridge) { return test_support::dropped(br
 
 std::uint64_t all_dropped(const n::Bridge& bridge) {
   std::uint64_t total = 0;
-  for (const auto& [reason, count] : bridge.health()["counters"]["dropped"].items()) total += count.get<std::uint64_t>();
+  const nlohmann::json health = bridge.health();  // items() below must not outlive it
+  for (const auto& [reason, count] : health["counters"]["dropped"].items()) total += count.get<std::uint64_t>();
   return total;
 }
 
