@@ -15,9 +15,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -55,19 +58,42 @@ std::string producer_list(const OrderCounts& counts);
 std::string format_cents(std::int64_t cents);
 
 // Counts remote order events into an OrderCounts.
-// Thread-safety: record() and counts() may be called concurrently from any number of threads.
+// Thread-safety: record() and counts() may be called concurrently from any number of threads;
+// keep_in() before any of them.
 class OrderTally {
  public:
+  OrderTally() = default;
+  ~OrderTally();
+  OrderTally(const OrderTally&) = delete;
+  OrderTally& operator=(const OrderTally&) = delete;
+
+  // Keeps the tally in the file `path` too, so that a process killed in the middle (SIGKILL
+  // included) and started again goes on from where it stopped: counts the events the file lists
+  // (a torn last line, from a kill during its write, is cut off), then appends one line per event
+  // counted from now on, written before record() returns, hence before the bridge acknowledges
+  // the delivery. An event whose id() is already counted (a redelivery of one counted just before
+  // a kill, not yet acknowledged) is not counted again. Throws std::runtime_error naming the file
+  // when it cannot be read or written, or a line is not one this class wrote.
+  void keep_in(const std::string& path);
   // Counts `event` when it is remote and one of the names above; ignores anything else (local
   // events included: this tally is about what crossed the transport). Never throws for an
-  // unexpected payload; it is counted as unpriced when it matters.
+  // unexpected payload; it is counted as unpriced when it matters. A failed write to the file of
+  // keep_in() is reported once on stderr; the event is still counted.
   void record(const notifications::Event& event);
   // A snapshot of everything recorded so far.
   OrderCounts counts() const;
 
  private:
+  // Adds one counted event, `outcome` as in the file of keep_in(): for order.placed "failed",
+  // "unpriced" or its total_cents, "-" for the other names. Requires mutex_ held.
+  void count(std::string_view name, std::string_view outcome, const std::string& producer);
+
   mutable std::mutex mutex_;
-  OrderCounts counts_;  // guarded by mutex_
+  OrderCounts counts_;              // guarded by mutex_
+  std::FILE* file_ = nullptr;       // keep_in()'s file, appended to under mutex_
+  std::string path_;                // keep_in()'s path
+  std::set<std::string> ids_;       // ids of the events counted, only with keep_in(); guarded by mutex_
+  bool write_failed_ = false;       // guarded by mutex_
 };
 
 // The analytics service's bridge configuration, derived from `base` (the order service's, or
@@ -75,6 +101,17 @@ class OrderTally {
 // own identity and interest: app "analytics", forward nothing, subscribe "order.>", and no
 // consumer group (each analytics instance must see every order event to tally them all).
 notifications::BridgeConfig service_config(notifications::BridgeConfig base);
+
+// How one analytics process differs from the default (order_analytics' --group and --tally).
+// Thread-safety: a plain value.
+struct ServiceOptions {
+  // The subscription's consumer group (BridgeConfig::group); empty: none. On sqlite:// the
+  // group's position is stored in the file, so a service started again resumes after what the
+  // last one acknowledged, and what was published while none ran is waiting for it.
+  std::string group;
+  // The file the tally is also kept in (OrderTally::keep_in); empty: memory only.
+  std::string tally_file;
+};
 
 // The receiving side: a notifier of its own, a tally subscribed to it, and a bridge that
 // publishes the order events arriving through the transport onto it.
@@ -88,8 +125,9 @@ notifications::BridgeConfig service_config(notifications::BridgeConfig base);
 // notifier() run on the bridge's dispatcher thread, one event at a time.
 class Service {
  public:
-  // `base` goes through service_config(). Throws notifications::ConfigError or TransportError.
-  explicit Service(const notifications::BridgeConfig& base);
+  // `base` goes through service_config(), then takes options.group. Throws
+  // notifications::ConfigError or TransportError, and std::runtime_error for the tally file.
+  explicit Service(const notifications::BridgeConfig& base, const ServiceOptions& options = {});
   ~Service() = default;  // the bridge goes first and shuts down (5 s) if shutdown() was not called
   Service(const Service&) = delete;
   Service& operator=(const Service&) = delete;

@@ -10,9 +10,13 @@
 // the same events reach a second service, "analytics" (analytics.hpp), through the transport.
 // With memory://, which connects transports within one process, analytics runs in this process
 // and its tally of the remote events is checked against the local outcome; for any other
-// transport it is a separate process, order_analytics, and nothing is checked here.
+// transport it is a separate process, order_analytics, and nothing is checked here: the program
+// logs what analytics should count ("order_analytics ... should count: ..."), which
+// scripts/run-sample.sh compares with what order_analytics reports.
 //
-// Usage: order_service [--verbose]
+// Usage: order_service [--delay-ms N] [--verbose]
+//   --delay-ms N   each worker pauses N ms after each order (default 0): the same orders, spread
+//                  over time (scripts/run-sample.sh stops and restarts the listener meanwhile)
 //   --verbose, -v  log each order event (spdlog debug level) as it finishes
 //
 // Deterministic: fixed seeds, so the same orders, outcomes and counts on every run; only the
@@ -20,6 +24,7 @@
 // analytics tally differs from the local outcome, 2 on a bad argument or a configuration or
 // transport error.
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -28,6 +33,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -88,10 +94,11 @@ Order make_order(std::mt19937& rng, std::uint64_t id) {
   return order;
 }
 
-Outcome run_worker(OrderService& service, int worker) {
+Outcome run_worker(OrderService& service, int worker, std::chrono::milliseconds delay) {
   std::mt19937 rng(kSeed + static_cast<std::uint32_t>(worker));
   Outcome outcome;
   for (int i = 0; i < kOrdersPerThread; ++i) {
+    if (i > 0 && delay.count() > 0) std::this_thread::sleep_for(delay);
     const Order order = make_order(rng, static_cast<std::uint64_t>(worker * kOrdersPerThread + i + 1));
     try {
       const order_service::Receipt receipt = service.place_order(order);
@@ -109,7 +116,7 @@ Outcome run_worker(OrderService& service, int worker) {
 // The business: kThreads workers placing kOrdersPerThread orders each against one inventory.
 // Stock of the regular products exceeds any demand the seeds produce, so outcomes do not depend
 // on how the threads interleave.
-Outcome run_business() {
+Outcome run_business(std::chrono::milliseconds delay) {
   Inventory inventory({{"mug", {1200, 1000}},
                        {"t-shirt", {2500, 1000}},
                        {"hoodie", {5500, 1000}},
@@ -121,8 +128,8 @@ Outcome run_business() {
   {
     std::vector<std::jthread> workers;
     for (int w = 0; w < kThreads; ++w) {
-      workers.emplace_back([&service, &outcomes, w] {
-        outcomes[static_cast<std::size_t>(w)] = run_worker(service, w);
+      workers.emplace_back([&service, &outcomes, w, delay] {
+        outcomes[static_cast<std::size_t>(w)] = run_worker(service, w, delay);
       });
     }
   }  // joins
@@ -161,7 +168,8 @@ bool check_remote_tally(analytics::Service& service, const Outcome& outcome) {
 }
 
 void print_usage(std::FILE* to) {
-  std::fputs("usage: order_service [--verbose]\n"
+  std::fputs("usage: order_service [--delay-ms N] [--verbose]\n"
+             "  --delay-ms N   each worker pauses N ms after each order (0 to 10000; default 0)\n"
              "  --verbose, -v  log each order event as it finishes\n",
              to);
 }
@@ -170,10 +178,21 @@ void print_usage(std::FILE* to) {
 
 int main(int argc, char** argv) try {
   bool verbose = false;
+  std::chrono::milliseconds delay{0};
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (arg == "--verbose" || arg == "-v") {
       verbose = true;
+    } else if (arg == "--delay-ms") {
+      const std::string_view value = i + 1 < argc ? argv[++i] : "";
+      int ms = -1;
+      const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), ms);
+      if (error != std::errc() || end != value.data() + value.size() || ms < 0 || ms > 10000) {
+        std::fprintf(stderr, "order_service: --delay-ms expects a whole number from 0 to 10000, got '%s'\n",
+                     std::string(value).c_str());
+        return 2;
+      }
+      delay = std::chrono::milliseconds(ms);
     } else if (arg == "--help" || arg == "-h") {
       print_usage(stdout);
       return 0;
@@ -206,7 +225,7 @@ int main(int argc, char** argv) try {
   spdlog::info("placing {} orders on {} threads (seed {})", kThreads * kOrdersPerThread, kThreads,
                kSeed);
   const auto started = std::chrono::steady_clock::now();
-  const Outcome outcome = run_business();
+  const Outcome outcome = run_business(delay);
   const auto elapsed = std::chrono::steady_clock::now() - started;
   spdlog::info("{} shipped, {} declined, {} out of stock; revenue {}.{:02}; {} ms",
                outcome.shipped, outcome.declined, outcome.out_of_stock,
@@ -222,6 +241,8 @@ int main(int argc, char** argv) try {
   } else {
     spdlog::info("analytics: not in this process; run order_analytics with the same "
                  "NOTIFICATIONS_URL to receive these events");
+    spdlog::info("order_analytics, from remote events of \"{}\", should count: {}", bridge->config().app,
+                 analytics::describe(as_counts(outcome)));
   }
   spdlog::info("bridge {}", analytics::health_summary(*bridge));
   return agreed ? 0 : 1;
