@@ -173,7 +173,10 @@ void OrderTally::record(const notifications::Event& event) {
   std::lock_guard lock(mutex_);
   if (file_ != nullptr) {
     std::string id = event.id();
-    if (!ids_.insert(id).second) return;  // counted already, by this process or before a restart
+    if (!ids_.insert(id).second) {  // counted already, by this process or before a restart
+      ++counts_.already_counted;
+      return;
+    }
     const std::string line = id + "\t" + std::string(name) + "\t" + outcome + "\t" + producer + "\n";
     if ((std::fputs(line.c_str(), file_) < 0 || std::fflush(file_) != 0) && !write_failed_) {
       write_failed_ = true;

@@ -41,8 +41,11 @@ struct OrderCounts {
   std::int64_t revenue_cents = 0;  // sum of total_cents of order.placed events without exception
   std::uint64_t unpriced = 0;      // successful order.placed events lacking an integer total_cents
   std::map<std::string, std::uint64_t> producers;  // events counted, by origin()->producer
+  // Deliveries not counted because their event was counted already (OrderTally::keep_in only):
+  // events redelivered after a restart that the process before it had counted.
+  std::uint64_t already_counted = 0;
 
-  // Compares the order figures only (not unpriced or producers).
+  // Compares the order figures only (not unpriced, producers or already_counted).
   bool same_orders(const OrderCounts& other) const noexcept {
     return placed == other.placed && shipped == other.shipped && declined == other.declined &&
            out_of_stock == other.out_of_stock && revenue_cents == other.revenue_cents;

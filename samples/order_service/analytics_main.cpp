@@ -216,6 +216,10 @@ int main(int argc, char** argv) {
   const analytics::OrderCounts counts = service->counts();
   spdlog::info("stopped ({}); analytics, from remote events of {}: {}", reason,
                analytics::producer_list(counts), analytics::describe(counts));
+  if (!options.tally_file.empty()) {
+    spdlog::info("deliveries of events already in the tally (redelivered after a restart), not counted "
+                 "again: {}", counts.already_counted);
+  }
   spdlog::info("bridge {}", analytics::health_summary(service->bridge()));
   return 0;
 }
