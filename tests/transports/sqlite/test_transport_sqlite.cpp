@@ -21,6 +21,7 @@
 
 #include "child_process.hpp"
 #include "notifications/bridge.hpp"
+#include "notifications/fork.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/transports/sqlite.hpp"
 #include "sqlite_test_support.hpp"
@@ -495,6 +496,36 @@ TEST(SqliteTransportProcesses, EventsOfAnotherProcessArriveThroughTheFile) {
   std::this_thread::sleep_for(50ms);
   EXPECT_EQ(received.load(), 500);
   EXPECT_TRUE(bridge->shutdown(10s).clean);
+}
+
+// Fork: prepare_fork() closes the connections and parks the poller; after_fork() reopens both in
+// the parent and the child, which then exchange messages through the file like any two processes.
+TEST(SqliteTransportFork, ParentAndChildBothGoOnThroughTheFile) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator is not fork-safe (as in test_fork_transports.cpp)";
+#endif
+  TempDir dir("sqlite-transport");
+  auto transport = started(options_for(dir.file("events.db")));
+  Recorder r;
+  transport->subscribe("fork.>", "", r.handler());
+  ASSERT_EQ(transport->publish(numbered("fork.x", 1, 1)).published, 1u);
+  ASSERT_TRUE(wait_until([&] { return r.size() == 1; }));
+  n::prepare_fork();
+  const pid_t pid = ::fork();
+  n::after_fork();
+  if (pid == 0) {
+    if (transport->publish(numbered("fork.x", 2, 1)).published != 1) _exit(11);
+    if (!wait_until([&] { return r.bodies().count(2) == 1; }, 20s)) _exit(12);
+    stop(*transport);
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  EXPECT_TRUE(wait_until([&] { return r.bodies().count(2) == 1; }, 20s)) << "the child's message";
+  ASSERT_EQ(transport->publish(numbered("fork.x", 3, 1)).published, 1u);
+  EXPECT_TRUE(wait_until([&] { return r.bodies().count(3) == 1; }));
+  const auto child = test_support::wait_for_child(pid, 30s);
+  EXPECT_TRUE(child.exited && child.exit_code == 0) << child.describe() << " (11: publish refused, 12: not received)";
+  stop(*transport);
 }
 
 }  // namespace
