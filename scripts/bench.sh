@@ -145,12 +145,15 @@ print()
 print("%d goal(s) missed" % misses if misses else "all goals met")
 PY
 
-# End-to-end forwarding: in memory (bench_forward), and over NATS next to a raw cnats baseline
-# (bench_nats, which starts its own nats-server). Each prints one JSON line per measurement; what
-# they measure and the goals are in the comments at the top of bench/bench_forward.cpp and
-# bench/bench_nats.cpp.
-cmake --build "$build_dir" --target bench_forward bench_nats --parallel "$(nproc)"
+# End-to-end forwarding: in memory (bench_forward), over NATS next to a raw cnats baseline
+# (bench_nats, which starts its own nats-server), and over sqlite:// between two processes next to
+# a raw SQLite producer/poller pair (bench_sqlite_transport, with its goal lines). Each prints one
+# JSON line per measurement; what they measure and the goals are in the comments at the top of
+# bench/bench_forward.cpp, bench/bench_nats.cpp and bench/bench_sqlite_transport.cpp.
+cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport --parallel "$(nproc)"
 echo "bench: load average before bench_forward $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$build_dir/bench/bench_forward"
 echo "bench: load average before bench_nats $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$build_dir/bench/bench_nats"
+echo "bench: load average before bench_sqlite_transport $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$build_dir/bench/bench_sqlite_transport"
