@@ -69,6 +69,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -108,6 +109,12 @@ nlohmann::json payload() {
 std::int64_t percentile(const std::vector<std::int64_t>& sorted, double p) {
   if (sorted.empty()) return 0;
   return sorted[static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1))];
+}
+
+// Rounded to `digits` decimals, for the JSON lines.
+double rounded(double value, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(value * scale) / scale;
 }
 
 double median(std::vector<double> values) {
@@ -662,13 +669,13 @@ int run_bench(const Options& o) {
                            {"group", o.group},
                            {"options", o.options},
                            {"idle_interval_ms", o.idle_interval_ms()},
-                           {"p99_ms", median(bus_p99)},
-                           {"raw_p99_ms", median(raw_p99)},
-                           {"transport_events_per_s", median(transport_eps)},
-                           {"transport_p50_ms", median(transport_p50)},
-                           {"transport_p99_ms", median(transport_p99)},
-                           {"burst_p50_ms", median(bus_burst_p50)},
-                           {"raw_burst_p50_ms", median(raw_burst_p50)},
+                           {"p99_ms", rounded(median(bus_p99), 3)},
+                           {"raw_p99_ms", rounded(median(raw_p99), 3)},
+                           {"transport_events_per_s", rounded(median(transport_eps), 0)},
+                           {"transport_p50_ms", rounded(median(transport_p50), 3)},
+                           {"transport_p99_ms", rounded(median(transport_p99), 3)},
+                           {"burst_p50_ms", rounded(median(bus_burst_p50), 3)},
+                           {"raw_burst_p50_ms", rounded(median(raw_burst_p50), 3)},
                            {"idle", idle},
                            {"consumer_transport_health", last_transport}};
   std::printf("%s\n", detail.dump().c_str());
