@@ -21,6 +21,8 @@
 //        producer publish()es the messages the bus would (its envelope, Message::id, plus a
 //        header "sent_ns"), one publish() per 256 (flat out) or per tick (paced); the consumer's
 //        DeliveryHandler records now - sent_ns and acknowledges at once, on the poller thread.
+//        Paced, the producer's side alone: raw_commit_p50_ms (one tick's INSERTs and COMMIT) and
+//        transport_publish_p50_ms (one tick's publish()), medians over the ticks.
 //   raw: the producer inserts rows (seq INTEGER PRIMARY KEY, subject, id, body, sent_ns) with one
 //        prepared INSERT, 256 rows per BEGIN IMMEDIATE transaction (the Bridge's default batch),
 //        body = the envelope the bus stores for the same event, id = its Message::id; the consumer
@@ -213,10 +215,15 @@ int raw_consumer(const std::string& path, std::size_t count, std::chrono::second
   return received >= count ? 0 : 1;
 }
 
+// How long each send(k) of the last paced produce() took (ns): the raw producer's transaction,
+// the transport's publish(), the bus's instrument() calls.
+std::vector<std::int64_t> g_send_ns;
+
 // Sends `count` events: flat out (rate 0) or `rate` per second in 1 ms ticks; each call of
 // `send(k)` sends k events. Returns the time of the first send.
 template <typename Send>
 std::int64_t produce(std::size_t count, double rate, Send&& send) {
+  g_send_ns.clear();
   const auto first = Clock::now();
   const std::int64_t first_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(first.time_since_epoch()).count();
   if (rate <= 0) {
@@ -229,7 +236,9 @@ std::int64_t produce(std::size_t count, double rate, Send&& send) {
     const double due = rate * std::chrono::duration<double>(Clock::now() - first).count();
     const std::size_t target = std::min(count, static_cast<std::size_t>(due) + 1);
     if (target > done) {
+      const std::int64_t t0 = now_ns();
       send(target - done);
+      g_send_ns.push_back(now_ns() - t0);
       done = target;
     }
   }
@@ -548,6 +557,7 @@ struct Options {
 struct PairRun {
   double events_per_s = 0;
   double p50_ms = 0, p99_ms = 0;
+  double send_p50_ms = 0;  // paced: g_send_ns' median
   nlohmann::json consumer;
 };
 
@@ -595,6 +605,8 @@ PairRun run_pair(const Options& o, Kind kind, std::size_t count, double rate) {
     run.events_per_s = static_cast<double>(count) / (static_cast<double>(last - first) * 1e-9);
     run.p50_ms = run.consumer["p50_ns"].get<double>() * 1e-6;
     run.p99_ms = run.consumer["p99_ns"].get<double>() * 1e-6;
+    std::sort(g_send_ns.begin(), g_send_ns.end());
+    run.send_p50_ms = static_cast<double>(percentile(g_send_ns, 0.5)) * 1e-6;
   }
   remove_db(path);
   return run;
@@ -624,7 +636,7 @@ int usage() {
 
 int run_bench(const Options& o) {
   std::vector<double> raw_eps, bus_eps, raw_p50, bus_p50, raw_p99, bus_p99, raw_burst_p50, bus_burst_p50;
-  std::vector<double> transport_eps, transport_p50, transport_p99;
+  std::vector<double> transport_eps, transport_p50, transport_p99, raw_commit, transport_publish;
   nlohmann::json last_transport;
   for (int r = 0; r < o.repetitions; ++r) {
     // Interleaved, so that a change in the machine's load falls on every variant alike.
@@ -637,6 +649,8 @@ int run_bench(const Options& o) {
     transport_eps.push_back(transport.events_per_s);
     transport_p50.push_back(transport_paced.p50_ms);
     transport_p99.push_back(transport_paced.p99_ms);
+    raw_commit.push_back(raw_paced.send_p50_ms);
+    transport_publish.push_back(transport_paced.send_p50_ms);
     raw_eps.push_back(raw.events_per_s);
     bus_eps.push_back(bus.events_per_s);
     raw_burst_p50.push_back(raw.p50_ms);
@@ -674,6 +688,8 @@ int run_bench(const Options& o) {
                            {"transport_events_per_s", rounded(median(transport_eps), 0)},
                            {"transport_p50_ms", rounded(median(transport_p50), 3)},
                            {"transport_p99_ms", rounded(median(transport_p99), 3)},
+                           {"raw_commit_p50_ms", rounded(median(raw_commit), 3)},
+                           {"transport_publish_p50_ms", rounded(median(transport_publish), 3)},
                            {"burst_p50_ms", rounded(median(bus_burst_p50), 3)},
                            {"raw_burst_p50_ms", rounded(median(raw_burst_p50), 3)},
                            {"idle", idle},
