@@ -42,7 +42,12 @@
 //   voluntary context switches of the whole process (getrusage RUSAGE_SELF) minus those of its
 //   main thread (RUSAGE_THREAD; it only sleeps), per second: how often the transport's threads
 //   woke. The transport's own health() "polls" and "idle_wakeups" over the same span are on the
-//   detail line.
+//   detail line. A poller waking exactly every idle_interval gives S / idle_interval wakeups, or
+//   one more when the window's edges fall just so: the figure is exact to 1/S per second.
+//
+// The raw consumer spins on a core; on a machine with 2 cores it and the producer take both, and
+// other load on the machine moves the raw figures most (hence the load average in the reports).
+// Each repetition's figures go to stderr as one "run N: ..." line.
 //
 // Goals (issue 14): events_per_s >= 0.5 x raw_events_per_s; p50_ms <= 2 x raw_p50_ms;
 // idle_wakeups_per_s <= 1 / idle_interval (default idle_interval 100 ms: 10 per second).
