@@ -567,8 +567,10 @@ TEST_P(Conformance, DurableConsumerKeepsItsPosition) {
   const int part = 30;
   n::DeliveryOptions options;
   options.durable = "d";
-  if (GetParam().capabilities.acknowledgements) options.ack_wait = 1s;
-  const auto quiet = GetParam().capabilities.acknowledgements ? 1500ms : kQuiet;
+  if (GetParam().capabilities.acknowledgements) options.ack_wait = 2s;
+  // Long enough, where acknowledgements exist, for a consumed message whose ack was lost to come
+  // back after ack_wait.
+  const auto quiet = GetParam().capabilities.acknowledgements ? 2500ms : kQuiet;
   Raw sending(GetParam(), scope);
 
   // Created by its first subscription (start: new only), before anything is published.
