@@ -618,7 +618,7 @@ TEST_P(Conformance, StartPositionsAreHonoured) {
   Raw receiving(GetParam(), scope);
   Raw sending(GetParam(), scope);
   ASSERT_TRUE(publish_numbered(*sending.transport, "start.x", 0, 10, "start"));
-  // Clear of both batches, whatever the resolution of the transport's stored times.
+  // Clear of both batches for a transport that stores times to the millisecond or finer.
   std::this_thread::sleep_for(50ms);
   const auto t = std::chrono::system_clock::now();
   std::this_thread::sleep_for(50ms);
