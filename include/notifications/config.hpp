@@ -15,6 +15,7 @@
 
 #include "notifications/errors.hpp"
 #include "notifications/outbox.hpp"  // OverflowPolicy, Durability
+#include "notifications/transport.hpp"  // StartPosition
 
 namespace notifications {
 
@@ -72,6 +73,10 @@ struct BridgeConfig {
   std::vector<std::string> forward{">"};    // local patterns sent to the transport
   std::vector<std::string> subscribe{">"};  // remote patterns received (subject patterns, no prefix)
   std::string group;                        // consumer group for subscribe; empty: every process gets every event
+  // Where the subscriptions start reading, on transports that keep messages (their capabilities
+  // say start_positions; others refuse anything but new_only when the bridge starts). A consumer
+  // group that a persistent transport already knows resumes at its own position instead.
+  StartPosition start = StartPosition::new_only();
   std::size_t queue_capacity = 65536;
   // Bytes the outbound queue may hold, and the inbound queue too, each (an event's name, payload
   // and headers as queued, plus a fixed per-item cost). Past it, events are refused as past
@@ -94,7 +99,8 @@ struct BridgeConfig {
 
 // Parses a JSON object. Unknown keys, wrong types and bad values throw ConfigError naming the
 // key path (e.g. "retry.initial_ms"), the value and what was expected. Keys:
-//   url, app, prefix, forward, subscribe, group, queue_capacity (1 .. 10000000),
+//   url, app, prefix, forward, subscribe, group, start ("new" | "all" | a UTC time
+//   "2026-11-30T04:00:00Z" | {"sequence": N >= 1}), queue_capacity (1 .. 10000000),
 //   queue_max_bytes (0: no byte bound, else 4096 .. 1099511627776 = 1 TiB),
 //   overflow ("block" | "drop_newest" | "drop_oldest" | "spill"), block_timeout_ms, batch_size,
 //   retry { initial_ms, max_ms, multiplier, jitter, max_attempts },
@@ -130,10 +136,13 @@ BridgeConfig config_from_text(std::string_view text, std::string_view source = "
 
 // Defaults, then the file named by NOTIFICATIONS_CONFIG (if set), then the environment:
 // NOTIFICATIONS_URL, NOTIFICATIONS_APP, NOTIFICATIONS_PREFIX, NOTIFICATIONS_FORWARD and
-// NOTIFICATIONS_SUBSCRIBE (comma-separated patterns), NOTIFICATIONS_GROUP.
+// NOTIFICATIONS_SUBSCRIBE (comma-separated patterns), NOTIFICATIONS_GROUP, NOTIFICATIONS_START
+// ("new", "all" or a UTC time, as the "start" key).
 BridgeConfig config_from_environment();
 
 std::string to_string(OverflowPolicy policy);
+// "new", "all", "2026-11-30T04:00:00Z" (whole seconds, UTC) or "sequence N".
+std::string to_string(const StartPosition& start);
 std::string to_string(Durability durability);
 std::string to_string(OutboxConfig::Synchronous synchronous);
 

@@ -133,6 +133,7 @@ void Bridge::Impl::start() {
   std::weak_ptr<Impl> weak = shared_from_this();
   for (const std::string& pattern : config.subscribe) {
     DeliveryOptions options(config.group);
+    options.start = config.start;
     // The envelope body carries everything the dispatcher reads; a dead-letter hook sees the
     // message as it arrived, headers included; redelivery suppression needs Message::id, which
     // some transports carry as a header (NATS).

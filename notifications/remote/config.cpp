@@ -10,6 +10,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <ctime>
+#include <iomanip>
+#include <optional>
+#include <sstream>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -44,7 +48,7 @@ constexpr std::size_t kMaxPatterns = 1024;
 constexpr std::size_t kMaxForwardPatternBytes = 1024;
 
 constexpr std::string_view kKnownKeys =
-    "url, app, prefix, forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
+    "url, app, prefix, forward, subscribe, group, start, queue_capacity, queue_max_bytes, overflow, "
     "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, name";
 constexpr std::string_view kKnownOutboxKeys = "path, synchronous, busy_timeout_ms, max_pages";
 // A configuration holds at most this many routes (each one is a bridge with its threads).
@@ -462,6 +466,32 @@ std::vector<std::string> read_pattern_list(std::string_view path, std::string_vi
   return items;
 }
 
+constexpr std::string_view kExpectStart =
+    "\"new\", \"all\", a UTC time \"YYYY-MM-DDTHH:MM:SSZ\" or {\"sequence\": N} with N >= 1";
+
+// "new", "all" or a UTC time; nullopt when `text` is none of them.
+std::optional<StartPosition> parse_start(std::string_view text) {
+  if (text == "new") return StartPosition::new_only();
+  if (text == "all") return StartPosition::all_retained();
+  std::tm tm{};
+  std::istringstream in{std::string(text)};
+  in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
+  if (in.fail() || in.get() != 'Z' || in.peek() != std::char_traits<char>::eof()) return std::nullopt;
+  const std::time_t seconds = ::timegm(&tm);
+  if (seconds < 0) return std::nullopt;
+  return StartPosition::from_time(std::chrono::system_clock::from_time_t(seconds));
+}
+
+StartPosition read_start(std::string_view where, const json& value) {
+  if (value.is_string()) {
+    if (auto start = parse_start(value.get_ref<const std::string&>())) return *start;
+  } else if (value.is_object() && value.size() == 1 && value.contains("sequence") &&
+             value["sequence"].is_number_integer() && value["sequence"].get<std::int64_t>() >= 1) {
+    return StartPosition::from_sequence(value["sequence"].get<std::uint64_t>());
+  }
+  fail_expected(where, kExpectStart, shown_value(value));
+}
+
 OverflowPolicy read_overflow(const json& value) {
   const std::string& text = read_string("overflow", kExpectOverflow, value);
   for (const OverflowPolicy policy : kOverflowPolicies) {
@@ -702,6 +732,26 @@ std::string to_string(OverflowPolicy policy) {
   return "OverflowPolicy(" + std::to_string(static_cast<int>(policy)) + ")";
 }
 
+std::string to_string(const StartPosition& start) {
+  switch (start.kind) {
+    case StartPosition::Kind::new_only:
+      return "new";
+    case StartPosition::Kind::all_retained:
+      return "all";
+    case StartPosition::Kind::from_time: {
+      const std::time_t seconds = std::chrono::system_clock::to_time_t(start.time);
+      std::tm tm{};
+      ::gmtime_r(&seconds, &tm);
+      char text[32];
+      std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      return text;
+    }
+    case StartPosition::Kind::from_sequence:
+      return "sequence " + std::to_string(start.sequence);
+  }
+  return "new";
+}
+
 std::string to_string(Durability durability) {
   switch (durability) {
     case Durability::none:
@@ -801,6 +851,7 @@ BridgeConfig apply_keys(const json& value, BridgeConfig config) {
   if (const json* v = member(value, "group")) {
     config.group = read_string("group", kExpectGroup, *v);
   }
+  if (const json* v = member(value, "start")) config.start = read_start(key_label("start"), *v);
   if (const json* v = member(value, "queue_capacity")) {
     config.queue_capacity = static_cast<std::size_t>(read_integer(kQueueCapacity, *v));
   }
@@ -970,6 +1021,9 @@ void apply_environment(BridgeConfig& config) {
   if (const char* v = std::getenv("NOTIFICATIONS_GROUP")) {
     config.group = v;
     check_group(env_label("NOTIFICATIONS_GROUP"), config.group);
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_START")) {
+    config.start = read_start(env_label("NOTIFICATIONS_START"), json(v));
   }
   config.validate();
 }

@@ -50,7 +50,9 @@ inline constexpr ShippedScheme kShippedSchemes[] = {
      "find_package(notifications CONFIG REQUIRED COMPONENTS nats) and "
      "target_link_libraries(<your target> PRIVATE notifications::nats)"},
     {"jetstream", "nothing yet: JetStream is a planned transport", ""},
-    {"sqlite", "nothing yet: SQLite is a planned transport", ""},
+    {"sqlite", "notifications::sqlite",
+     "find_package(notifications CONFIG REQUIRED COMPONENTS sqlite) and "
+     "target_link_libraries(<your target> PRIVATE notifications::sqlite)"},
 };
 
 // The shipped scheme named `scheme` (lower case), or nullptr.

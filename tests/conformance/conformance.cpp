@@ -337,7 +337,10 @@ TEST_P(Conformance, PublishThenSubscribe) {
     for (int i = 0; i < 100; ++i) sender.notifier.instrument("conformance.stored", {{"i", i}});
     ASSERT_TRUE(sender.bridge->shutdown(10s).clean);
   }
-  Node receiver(GetParam(), scope, app("receiver", {}));
+  // A subscriber asks for what was kept (BridgeConfig::start); by default it reads what is new.
+  auto config = app("receiver", {});
+  if (GetParam().capabilities.start_positions) config.start = n::StartPosition::all_retained();
+  Node receiver(GetParam(), scope, config);
   ASSERT_TRUE(wait_until([&] { return receiver.received.size() == 100; }));
   EXPECT_EQ(values(receiver.received.copy()), range(100));
 }

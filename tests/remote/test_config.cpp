@@ -332,6 +332,9 @@ const BadValue kWrongTypes[] = {
     {R"({"subscribe": {"a": 1}})", "subscribe", "{\"a\":1}", "an array of subject pattern"},
     {R"({"subscribe": [null]})", "subscribe[0]", "null", "a subject pattern string"},
     {R"({"group": 7})", "group", "7", "an empty string or a subject token"},
+    {R"({"start": "yesterday"})", "start", "\"yesterday\"", "\"new\", \"all\", a UTC time"},
+    {R"({"start": "2026-11-30T04:00:00"})", "start", "\"2026-11-30T04:00:00\"", "\"new\", \"all\", a UTC time"},
+    {R"({"start": {"sequence": 0}})", "start", "{\"sequence\":0}", "\"new\", \"all\", a UTC time"},
     {R"({"queue_capacity": "big"})", "queue_capacity", "\"big\"", "an integer from 1 to 10000000"},
     {R"({"queue_capacity": 100.0})", "queue_capacity", "100.0", "an integer from 1 to 10000000"},
     {R"({"queue_max_bytes": "64MiB"})", "queue_max_bytes", "\"64MiB\"",
@@ -461,13 +464,28 @@ TEST(ConfigRedelivery, BadValuesNameTheKey) {
   }
 }
 
+// "start": where subscriptions begin on transports that keep messages.
+TEST(ConfigStart, ReadFromJsonAndShownBack) {
+  using notifications::StartPosition;
+  EXPECT_EQ(config_from_json(json::object()).start.kind, StartPosition::Kind::new_only);
+  EXPECT_EQ(config_from_json({{"start", "all"}}).start.kind, StartPosition::Kind::all_retained);
+  const auto timed = config_from_json({{"start", "2026-11-30T04:00:00Z"}}).start;
+  ASSERT_EQ(timed.kind, StartPosition::Kind::from_time);
+  EXPECT_EQ(std::chrono::system_clock::to_time_t(timed.time), 1'796'011'200);
+  EXPECT_EQ(notifications::to_string(timed), "2026-11-30T04:00:00Z");
+  const auto sequence = config_from_json({{"start", {{"sequence", 42}}}}).start;
+  ASSERT_EQ(sequence.kind, StartPosition::Kind::from_sequence);
+  EXPECT_EQ(sequence.sequence, 42u);
+  EXPECT_EQ(notifications::to_string(sequence), "sequence 42");
+}
+
 TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
   EXPECT_EQ(json_error({{"retry", {{"initial_ms", "fast"}}}}),
             "[notifications.config] key \"retry.initial_ms\": expected an integer from 1 to "
             "600000, got \"fast\"");
   EXPECT_EQ(json_error({{"queue_capasity", 5}}),
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
-            "forward, subscribe, group, queue_capacity, queue_max_bytes, overflow, "
+            "forward, subscribe, group, start, queue_capacity, queue_max_bytes, overflow, "
             "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, "
             "name)");
 }

@@ -3,25 +3,30 @@
 #include <utility>
 
 #include "notifications/outbox.hpp"
+#include "notifications/transport.hpp"
 
 namespace notifications::sqlite {
 
 namespace {
 
 // What to do about a failure, for the common codes.
-std::string advice(int rc) {
+std::string advice(int rc, Database::Role role) {
+  const bool outbox = role == Database::Role::outbox;
   switch (rc & 0xff) {
     case SQLITE_CANTOPEN:
       return " (its folder must exist and be writable by this process)";
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
-      return " (the file is not a SQLite database, or is damaged: move it away to start with an empty "
-             "outbox; what it held cannot be read)";
+      return outbox ? " (the file is not a SQLite database, or is damaged: move it away to start with an empty "
+                      "outbox; what it held cannot be read)"
+                    : " (the file is not a SQLite database, or is damaged: move it away to start with an empty "
+                      "event log; what it held cannot be read)";
     case SQLITE_FULL:
-      return " (the disk is full, or the file reached outbox.max_pages)";
+      return outbox ? " (the disk is full, or the file reached outbox.max_pages)" : " (the disk is full)";
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
-      return " (another connection holds the database's lock longer than outbox.busy_timeout_ms)";
+      return outbox ? " (another connection holds the database's lock longer than outbox.busy_timeout_ms)"
+                    : " (another connection holds the database's lock longer than busy_timeout_ms)";
     case SQLITE_READONLY:
       return " (the file or its folder is read-only for this process)";
     case SQLITE_IOERR:
@@ -31,17 +36,36 @@ std::string advice(int rc) {
   }
 }
 
+[[noreturn]] void throw_for(Database::Role role, const std::string& message) {
+  if (role == Database::Role::outbox) throw OutboxError(message);
+  throw TransportError(message);
+}
+
+const char* file_word(Database::Role role) { return role == Database::Role::outbox ? "outbox file" : "sqlite:// file"; }
+
 }  // namespace
 
-Database::Database(std::string path) : path_(std::move(path)) {
+bool Database::transient(int rc) noexcept {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Database::Database(std::string path, Role role) : path_(std::move(path)), role_(role) {
   const int rc = sqlite3_open_v2(path_.c_str(), &db_,
                                  SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
-    std::string message = "outbox file \"" + path_ + "\": cannot open: " +
-                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc);
+    std::string message = std::string(file_word(role_)) + " \"" + path_ + "\": cannot open: " +
+                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc, role_);
     sqlite3_close(db_);
     db_ = nullptr;
-    throw OutboxError(message);
+    throw_for(role_, message);
   }
   sqlite3_extended_result_codes(db_, 1);
 }
@@ -51,8 +75,9 @@ Database::~Database() {
 }
 
 void Database::fail(int rc, std::string_view what) const {
-  throw OutboxError("outbox file \"" + path_ + "\": " + std::string(what) + ": " +
-                    (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc));
+  last_failure_ = rc;
+  throw_for(role_, std::string(file_word(role_)) + " \"" + path_ + "\": " + std::string(what) + ": " +
+                       (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc, role_));
 }
 
 void Database::exec(const char* sql, std::string_view what) {
@@ -86,6 +111,17 @@ void Statement::bind(int index, std::int64_t value) {
 void Statement::bind(int index, std::string_view text) {
   const int rc = sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_STATIC, SQLITE_UTF8);
   if (rc != SQLITE_OK) db_.fail(rc, what_);
+}
+
+void Statement::bind_blob(int index, std::string_view bytes) {
+  const int rc = sqlite3_bind_blob64(stmt_, index, bytes.data(), bytes.size(), SQLITE_STATIC);
+  if (rc != SQLITE_OK) db_.fail(rc, what_);
+}
+
+std::string_view Statement::blob(int column) const noexcept {
+  const auto* data = static_cast<const char*>(sqlite3_column_blob(stmt_, column));
+  const int size = sqlite3_column_bytes(stmt_, column);
+  return data == nullptr ? std::string_view() : std::string_view(data, static_cast<std::size_t>(size));
 }
 
 void Statement::bind_null(int index) {

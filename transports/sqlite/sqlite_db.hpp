@@ -1,6 +1,7 @@
 // Private to notifications::sqlite: small RAII types over the SQLite C API, shared by the outbox
-// and the sqlite:// transport. Every failure throws OutboxError (notifications/outbox.hpp) whose
-// message names the database file, what was being done, and SQLite's own reason.
+// and the sqlite:// transport. Every failure throws, for the outbox, OutboxError
+// (notifications/outbox.hpp) and, for the transport, TransportError; the message names the
+// database file, what was being done, SQLite's own reason and what to do about it.
 //
 // Thread-safety: a Database and its Statements are used by one thread at a time (the owner
 // serialises them with its own mutex); distinct Databases are independent. The connection is
@@ -19,9 +20,12 @@ namespace notifications::sqlite {
 // destroyed first, which member order in the owner guarantees.
 class Database {
  public:
-  // Opens (creating when missing) `path`. Throws OutboxError naming the file: the folder is
-  // missing or not writable, the file is not a database.
-  explicit Database(std::string path);
+  // Who uses the file: picks the exception type and the words of its messages.
+  enum class Role { outbox, transport };
+
+  // Opens (creating when missing) `path`. Throws naming the file: the folder is missing or not
+  // writable, the file is not a database.
+  explicit Database(std::string path, Role role = Role::outbox);
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
@@ -30,8 +34,12 @@ class Database {
   void exec(const char* sql, std::string_view what);
   // A PRAGMA's single text result ("" when none).
   std::string pragma_text(const char* sql, std::string_view what);
-  // Throws OutboxError for a failed `rc`, naming the file, `what` and SQLite's message.
+  // Throws for a failed `rc`, naming the file, `what` and SQLite's message; remembers `rc`.
   [[noreturn]] void fail(int rc, std::string_view what) const;
+  // The result code of the last failure thrown (0 before any).
+  int last_failure() const noexcept { return last_failure_; }
+  // Whether a failure with result code `rc` may pass by itself (busy, locked, full, I/O).
+  static bool transient(int rc) noexcept;
 
   // In a forked child: the connection belongs to the parent (its locks, its WAL index); it is
   // never used or closed again here, so that closing it cannot disturb the parent's files.
@@ -42,8 +50,10 @@ class Database {
 
  private:
   std::string path_;
+  Role role_;
   sqlite3* db_ = nullptr;
   bool abandoned_ = false;
+  mutable int last_failure_ = 0;
 };
 
 // A prepared statement, reset after each use by its user (reset()).
@@ -57,12 +67,14 @@ class Statement {
   void bind(int index, std::int64_t value);
   void bind(int index, std::string_view text);  // SQLITE_TRANSIENT is not needed: bound until reset
   void bind_null(int index);
+  void bind_blob(int index, std::string_view bytes);  // bound until reset, as bind(text)
   // True when a row is ready, false when done; throws on failure.
   bool step();
   void reset() noexcept;
 
   std::int64_t int64(int column) const noexcept { return sqlite3_column_int64(stmt_, column); }
   std::string_view text(int column) const noexcept;
+  std::string_view blob(int column) const noexcept;
   bool is_null(int column) const noexcept { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
 
   void abandon() noexcept { abandoned_ = true; }
