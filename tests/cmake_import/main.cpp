@@ -1,11 +1,13 @@
 // Exits 0 when the installed library delivers an event to a subscriber, with
 // notifications::nats linked make_transport() knows the "nats" scheme, and with
-// notifications::sqlite linked a bridge with durability async keeps its events in a SQLite file.
+// notifications::sqlite linked a bridge with durability async keeps its events in a SQLite file
+// and make_transport() knows the "sqlite" scheme (two bridges exchange an event through a file).
 #include <notifications/bridge.hpp>
 #include <notifications/notifications.hpp>
 #include <notifications/transport.hpp>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <string>
 
@@ -34,6 +36,28 @@ int main() {
     if (!flushed || !in_file) {
       std::fprintf(stderr, "consumer: the sqlite outbox did not take the event (flushed %d, in file %d)\n", flushed,
                    in_file);
+      return 1;
+    }
+    // sqlite://: one bridge sends, another (its own notifier) receives through the file.
+    const std::string events = "/tmp/notifications-consumer-events-" + std::to_string(::getpid()) + ".db";
+    notifications::Notifier sending_bus, receiving_bus;
+    std::atomic<int> received{0};
+    auto remote = receiving_bus.subscribe("consumer.file", [&](const notifications::Event& e) {
+      if (e.remote()) ++received;
+    });
+    notifications::BridgeConfig sqlite_config;
+    sqlite_config.url = "sqlite://" + events;
+    auto receiver = notifications::make_bridge(receiving_bus, sqlite_config);
+    auto sender = notifications::make_bridge(sending_bus, sqlite_config);
+    receiver->start();
+    sender->start();
+    sending_bus.instrument("consumer.file", {{"ok", true}});
+    for (int i = 0; i < 500 && received == 0; ++i) ::usleep(10'000);  // at most 5 s
+    sender->shutdown();
+    receiver->shutdown();
+    for (const char* suffix : {"", "-wal", "-shm"}) std::remove((events + suffix).c_str());
+    if (received.load() != 1) {
+      std::fprintf(stderr, "consumer: the sqlite:// transport delivered %d event(s), not 1\n", received.load());
       return 1;
     }
   } catch (const std::exception& e) {

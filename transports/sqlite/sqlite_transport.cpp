@@ -552,6 +552,7 @@ struct Core : std::enable_shared_from_this<Core> {
   bool redeliver(EventLog& log, const std::shared_ptr<Subscription>& sub, const sqlite::Claim& claim, std::int64_t now,
                  std::vector<Handout>& out) {
     Subscription& s = *sub;
+    if (!claim.owner.empty()) counters.expired.fetch_add(1, std::memory_order_relaxed);  // its ack wait ended
     if (s.max_deliveries > 0 && claim.deliveries >= s.max_deliveries) {
       log.drop_claim(s.key, claim.seq);
       counters.exhausted.fetch_add(1, std::memory_order_relaxed);
@@ -566,7 +567,6 @@ struct Core : std::enable_shared_from_this<Core> {
       log.drop_claim(s.key, claim.seq);  // removed by retention
       return false;
     }
-    if (!claim.owner.empty()) counters.expired.fetch_add(1, std::memory_order_relaxed);
     log.take_claim(s.key, claim.seq, owner, now + s.ack_wait_us);
     out.push_back({sub, claim.seq, claim.deliveries + 1, std::move(row->message)});
     counters.redelivered.fetch_add(1, std::memory_order_relaxed);
