@@ -1,5 +1,6 @@
-// The cases of the conformance suite. Each case uses a fresh scope, real Bridges, and bounded
-// waits; a case that needs a capability the transport lacks is skipped with the reason.
+// The cases of the conformance suite. Each case uses a fresh scope, real Bridges (or, for the
+// delivery options and settlements, the raw Transport API), and bounded waits; a case that needs
+// a capability the transport lacks is skipped with the reason.
 #include "conformance/conformance.hpp"
 #include "wait.hpp"
 
