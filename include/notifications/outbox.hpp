@@ -141,6 +141,9 @@ struct OutboxStats {
   // Write transactions the outbox committed to its file (inserts, and deletes of settled rows),
   // since it was made: commits per event show how many pushes share a commit. 0 for memory.
   std::uint64_t commits = 0;
+  // Commits to the file that failed (disk full, I/O error, lock held too long): the events stay in
+  // memory and are sent from there; the outbox retries the file (docs/outbox.md). 0 for memory.
+  std::uint64_t store_failures = 0;
 };
 
 // The outbound store of one Bridge (see the promises above). An outbox serves one Bridge.

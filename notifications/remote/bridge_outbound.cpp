@@ -425,6 +425,7 @@ nlohmann::json Outbound::queue_health(bool forked_child) const {
     health["durability"] = to_string(config_.durability);
     health["stored"] = queue.stored;
     health["spilled"] = queue.spilled;
+    health["store_failures"] = queue.store_failures;
   }
   return health;
 }

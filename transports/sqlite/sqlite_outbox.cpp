@@ -451,6 +451,7 @@ class SqliteOutbox final : public Outbox {
     stats.stored = stored_rows_.load(std::memory_order_relaxed);
     stats.spilled = spilled_;
     stats.commits = commits_.load(std::memory_order_relaxed);
+    stats.store_failures = store_failures_;
     return stats;
   }
 

@@ -418,6 +418,7 @@ TEST(SqliteOutboxEnvironment, AsyncSendsFromMemoryWhileAnotherConnectionHoldsThe
   EXPECT_EQ(published_numbers(*mock).size(), static_cast<std::size_t>(kLocked));
   EXPECT_EQ(all_dropped(*bridge), 0u) << bridge->health().dump();
   EXPECT_NE(log.text().find(path), std::string::npos) << "the failed commit is logged naming the file";
+  EXPECT_GE(bridge->health()["queue"]["store_failures"].get<std::uint64_t>(), 1u) << "and shown in health";
   ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
   sqlite3_close(other);
 
