@@ -26,6 +26,15 @@ void bind_key(Statement& statement, const ConsumerKey& key) {
   statement.bind(2, key.pattern);
 }
 
+// Binds one delivery of a claim: name, pattern, seq, deliveries and owner at 1 to 5.
+void bind_delivery(Statement& statement, const ConsumerKey& key, std::int64_t seq, std::uint32_t deliveries,
+                   const std::string& owner) {
+  bind_key(statement, key);
+  statement.bind(3, seq);
+  statement.bind(4, static_cast<std::int64_t>(deliveries));
+  statement.bind(5, owner);
+}
+
 // Runs a statement without results; returns the rows it changed.
 int run(Database& db, Statement& statement) {
   statement.step();
@@ -249,29 +258,20 @@ void EventLog::release_owner(const ConsumerKey& key, const std::string& owner) {
 
 bool EventLog::remove_claim(const ConsumerKey& key, std::int64_t seq, std::uint32_t deliveries,
                             const std::string& owner) {
-  bind_key(claim_remove_, key);
-  claim_remove_.bind(3, seq);
-  claim_remove_.bind(4, static_cast<std::int64_t>(deliveries));
-  claim_remove_.bind(5, owner);
+  bind_delivery(claim_remove_, key, seq, deliveries, owner);
   return run(db_, claim_remove_) > 0;
 }
 
 bool EventLog::free_claim_at(const ConsumerKey& key, std::int64_t seq, std::uint32_t deliveries,
                              const std::string& owner, std::int64_t available_us) {
-  bind_key(claim_free_, key);
-  claim_free_.bind(3, seq);
-  claim_free_.bind(4, static_cast<std::int64_t>(deliveries));
-  claim_free_.bind(5, owner);
+  bind_delivery(claim_free_, key, seq, deliveries, owner);
   claim_free_.bind(6, available_us);
   return run(db_, claim_free_) > 0;
 }
 
 bool EventLog::extend_claim(const ConsumerKey& key, std::int64_t seq, std::uint32_t deliveries,
                             const std::string& owner, std::int64_t lease_until_us) {
-  bind_key(claim_extend_, key);
-  claim_extend_.bind(3, seq);
-  claim_extend_.bind(4, static_cast<std::int64_t>(deliveries));
-  claim_extend_.bind(5, owner);
+  bind_delivery(claim_extend_, key, seq, deliveries, owner);
   claim_extend_.bind(6, lease_until_us);
   return run(db_, claim_extend_) > 0;
 }

@@ -186,6 +186,33 @@ TEST(SqliteTransportFiles, ANewerSchemaIsRefusedAndNothingIsLost) {
   EXPECT_EQ(count_rows(path, "SELECT count(*) FROM notifications_events"), 3);
 }
 
+// Another connection holds the write lock past busy_timeout: publish() accepts nothing, says why
+// (transient, naming the file), and goes on once the lock is released; nothing committed is lost.
+TEST(SqliteTransportFiles, AWriteLockHeldElsewhereMakesPublishTransientAndLosesNothing) {
+  TempDir dir("sqlite-transport");
+  auto options = options_for(dir.file("events.db"));
+  options.busy_timeout = 50ms;
+  auto transport = started(options);
+  Recorder r;
+  transport->subscribe("t.>", "g", r.handler());
+  ASSERT_EQ(transport->publish(numbered("t.x", 0, 5)).published, 5u);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(options.path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
+  const auto refused = transport->publish(numbered("t.x", 5, 5));
+  EXPECT_EQ(refused.published, 0u);
+  EXPECT_TRUE(refused.transient);
+  EXPECT_NE(refused.error.find(options.path), std::string::npos) << refused.error;
+  EXPECT_NE(refused.error.find("busy_timeout_ms"), std::string::npos) << refused.error;
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  ASSERT_EQ(transport->publish(numbered("t.x", 5, 5)).published, 5u);
+  ASSERT_TRUE(wait_until([&] { return r.size() >= 10; })) << transport->health().dump();
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(r.bodies(), range(0, 10));
+  stop(*transport);
+}
+
 // ---- named consumers --------------------------------------------------------------------------
 
 TEST(SqliteTransportConsumers, MembersOfAGroupShareTheWorkEachMessageOnce) {
