@@ -10,7 +10,7 @@ constexpr int kSchemaVersion = 1;
 
 constexpr const char* kSchema =
     "CREATE TABLE IF NOT EXISTS notifications_events("
-    " seq INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL, body BLOB NOT NULL,"
+    " seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, body BLOB NOT NULL,"
     " message_id TEXT NOT NULL, headers TEXT, time_us INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS notifications_consumers("
     " name TEXT NOT NULL, pattern TEXT NOT NULL, next_seq INTEGER NOT NULL, acked_seq INTEGER NOT NULL,"
@@ -96,8 +96,7 @@ EventLog::EventLog(const std::string& path, const SqliteTransportOptions& option
       insert_(db_, "INSERT INTO notifications_events(subject, body, message_id, headers, time_us) VALUES(?,?,?,?,?)",
               "append a message"),
       data_version_(db_, "PRAGMA data_version", "read data_version"),
-      last_sequence_(db_, "SELECT seq FROM sqlite_sequence WHERE name='notifications_events'",
-                     "read the last sequence"),
+      last_sequence_(db_, "SELECT COALESCE(max(seq), 0) FROM notifications_events", "read the last sequence"),
       first_at_time_(db_, "SELECT seq FROM notifications_events WHERE time_us >= ? ORDER BY seq LIMIT 1",
                      "find a start time"),
       read_after_(db_,
@@ -149,10 +148,13 @@ EventLog::EventLog(const std::string& path, const SqliteTransportOptions& option
                       "SELECT count(*), min(seq), min(lease_until_us) FROM notifications_claims"
                       " WHERE name=? AND pattern=?",
                       "summarise claims"),
-      delete_before_seq_(db_, "DELETE FROM notifications_events WHERE seq < ?", "delete old messages"),
+      delete_before_seq_(db_,
+                         "DELETE FROM notifications_events WHERE seq < ?"
+                         " AND seq < (SELECT max(seq) FROM notifications_events)",
+                         "delete old messages"),
       delete_consumed_(db_,
                        "DELETE FROM notifications_events WHERE seq <= (SELECT min(acked_seq) FROM"
-                       " notifications_consumers)",
+                       " notifications_consumers) AND seq < (SELECT max(seq) FROM notifications_events)",
                        "delete consumed messages") {}
 
 void EventLog::append(std::span<const Message> batch, std::int64_t now_us) {

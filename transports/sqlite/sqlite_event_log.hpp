@@ -2,7 +2,10 @@
 // the transport runs on it. The transport decides when; this says how.
 //
 // Tables (schema version 1, kept in notifications_meta as "transport_schema"):
-//   notifications_events    (seq AUTOINCREMENT, subject, body, message_id, headers, time_us)
+//   notifications_events    (seq, subject, body, message_id, headers, time_us); retention never
+//                           deletes the newest row, so a new row's seq (max + 1) is never one a
+//                           consumer already passed, without AUTOINCREMENT's extra page write
+//                           per commit
 //   notifications_consumers (name, pattern) -> next_seq (read up to), acked_seq (all settled up
 //                           to), created_us, updated_us
 //   notifications_claims    (name, pattern, seq) -> deliveries, owner ("" when free), lease_until_us
@@ -62,7 +65,7 @@ class EventLog {
 
   // PRAGMA data_version: changes when another connection committed.
   std::int64_t data_version();
-  // The last sequence ever assigned (0 when none), deleted rows included.
+  // The last sequence assigned (0 when none): the newest row, which retention keeps.
   std::int64_t last_sequence();
   // The position just before the first message stored at or after `time_us` (last_sequence()
   // when there is none).
@@ -95,7 +98,8 @@ class EventLog {
   ClaimSummary claims(const ConsumerKey& key);
 
   // Retention: deletes messages stored before `cutoff_us` (when non-zero) and, with
-  // `consumed`, those every named consumer acknowledged. Returns how many were deleted.
+  // `consumed`, those every named consumer acknowledged, but never the newest. Returns how many
+  // were deleted.
   std::int64_t delete_old(std::int64_t cutoff_us, bool consumed);
 
  private:

@@ -1,7 +1,10 @@
 // The sqlite:// transport (include/notifications/transports/sqlite.hpp): a writer connection for
 // publish(), and a poller thread with its own connection that reads for every subscription,
 // claims for named consumers and writes their settlements.
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -74,19 +78,73 @@ std::vector<std::string> tokens_of(const std::string& pattern) {
 
 // ---- process-wide: wake-ups between transports on one file, and the live claim owners -------
 
-// Wakes a poller; shared between its transport and the process registry.
+// Wakes a poller: an eventfd, written by signal(), that the poller waits on beside the file
+// watch. Shared between its transport and the process registry.
 struct Wake {
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool signalled = false;
-
-  void signal() {
-    {
-      std::lock_guard lock(mutex);
-      signalled = true;
-    }
-    cv.notify_one();
+  Wake() : fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  ~Wake() {
+    if (fd >= 0) ::close(fd);
   }
+  Wake(const Wake&) = delete;
+  Wake& operator=(const Wake&) = delete;
+
+  void signal() const noexcept {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(fd, &one, sizeof one);  // full counter: already signalled
+  }
+  // True when it had been signalled; clears it.
+  bool drain() const noexcept {
+    std::uint64_t count = 0;
+    return ::read(fd, &count, sizeof count) == static_cast<ssize_t>(sizeof count);
+  }
+
+  const int fd;
+};
+
+// Writes of any process to the file's write-ahead log ("<file>-wal"), seen through inotify on its
+// folder: how a poller hears of another process's commit without polling for it. Best effort:
+// where inotify is not available (fd() < 0) the poller's backoff alone finds new rows.
+class FileWatch {
+ public:
+  FileWatch() = default;
+  ~FileWatch() { close(); }
+  FileWatch(const FileWatch&) = delete;
+  FileWatch& operator=(const FileWatch&) = delete;
+
+  void open(const std::string& file) {
+    close();
+    const auto slash = file.rfind('/');
+    const std::string folder = slash == std::string::npos ? "." : (slash == 0 ? "/" : file.substr(0, slash));
+    wal_name_ = (slash == std::string::npos ? file : file.substr(slash + 1)) + "-wal";
+    fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd_ < 0) return;
+    if (::inotify_add_watch(fd_, folder.c_str(), IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0) close();
+  }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  int fd() const noexcept { return fd_; }
+
+  // Reads the pending events; true when one was about the write-ahead log (or events were lost).
+  bool drain() {
+    bool news = false;
+    alignas(inotify_event) char buffer[4096];
+    for (int round = 0; round < 64; ++round) {  // bounded: a burst of writes is read in one go
+      const ssize_t n = ::read(fd_, buffer, sizeof buffer);
+      if (n <= 0) break;
+      for (ssize_t at = 0; at < n;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(buffer + at);
+        if ((event->mask & IN_Q_OVERFLOW) != 0 || (event->len > 0 && wal_name_ == event->name)) news = true;
+        at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+      }
+    }
+    return news;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string wal_name_;
 };
 
 struct ProcessRegistry {
@@ -157,7 +215,6 @@ struct InFlight {
   std::uint32_t deliveries = 1;
   std::int64_t due_us = 0;  // redelivered from then (ack wait, or the nak's delay)
   bool naked = false;
-  Message message;
 };
 
 struct Subscription {
@@ -193,7 +250,8 @@ struct Subscription {
 
 struct Counters {
   std::atomic<std::uint64_t> published{0}, delivered{0}, redelivered{0}, acked{0}, naked{0}, terminated{0},
-      exhausted{0}, expired{0}, poll_errors{0}, polls{0}, idle_wakeups{0}, retention_deleted{0}, stale_settlements{0};
+      exhausted{0}, expired{0}, poll_errors{0}, polls{0}, idle_wakeups{0}, retention_deleted{0}, stale_settlements{0},
+      deleted_before_redelivery{0};
 };
 
 // Everything the poller, the transport and the settle callbacks share; the callbacks keep it
@@ -209,7 +267,7 @@ struct Core : std::enable_shared_from_this<Core> {
   std::string file;  // the canonical path (wake-ups between transports of this process)
   std::string owner;
   Counters counters;
-  std::shared_ptr<Wake> wake;
+  std::shared_ptr<Wake> wake;  // replaced only in a forked child, where no other thread runs
 
   std::mutex writer_mutex;
   std::unique_ptr<EventLog> writer;  // publish()
@@ -220,6 +278,8 @@ struct Core : std::enable_shared_from_this<Core> {
   std::mutex subscriptions_mutex;
   std::vector<std::shared_ptr<Subscription>> subscriptions;
   std::vector<std::shared_ptr<Subscription>> retired;  // unsubscribed; settlements still to write
+
+  FileWatch watch;  // the poller's; opened by start and after a fork, closed before one
 
   std::atomic<bool> stopping{false};
   std::atomic<std::int64_t> last_sequence{0};
@@ -351,17 +411,22 @@ struct Core : std::enable_shared_from_this<Core> {
     Message message;
   };
 
+  // What a delivery's settle and in_progress need: one allocation shared by both (a shared_ptr
+  // fits std::function's inline storage).
+  struct Token {
+    std::shared_ptr<Core> core;
+    std::shared_ptr<Subscription> sub;
+    std::int64_t seq;
+    std::uint32_t deliveries;
+  };
+
   Delivery delivery_for(Handout& handout) {
     Delivery delivery;
     delivery.message = std::move(handout.message);
     delivery.redelivery = handout.deliveries - 1;
-    auto core = shared_from_this();
-    delivery.settle = [core, sub = handout.sub, seq = handout.seq, n = handout.deliveries](Settlement how) {
-      core->settle(sub, seq, n, how);
-    };
-    delivery.in_progress = [core, sub = handout.sub, seq = handout.seq, n = handout.deliveries] {
-      core->in_progress(sub, seq, n);
-    };
+    auto token = std::make_shared<Token>(Token{shared_from_this(), handout.sub, handout.seq, handout.deliveries});
+    delivery.settle = [token](Settlement how) { token->core->settle(token->sub, token->seq, token->deliveries, how); };
+    delivery.in_progress = [token = std::move(token)] { token->core->in_progress(token->sub, token->seq, token->deliveries); };
     return delivery;
   }
 
@@ -407,6 +472,7 @@ struct Core : std::enable_shared_from_this<Core> {
     const std::int64_t now = wall_us();
     bool work = false;
     std::size_t room = 0;
+    std::vector<std::pair<std::int64_t, std::uint32_t>> redeliveries;  // seq, deliveries
     {
       std::lock_guard lock(s.mutex);
       if (now >= s.next_due_us.load()) {
@@ -418,9 +484,9 @@ struct Core : std::enable_shared_from_this<Core> {
             if (s.max_deliveries > 0 && f.deliveries >= s.max_deliveries) {
               counters.exhausted.fetch_add(1, std::memory_order_relaxed);
               detail::log(detail::LogLevel::warn,
-                          "notifications sqlite:// \"{}\": message {} on \"{}\" was delivered {} time(s) without "
+                          "notifications sqlite:// \"{}\": message {} for \"{}\" was delivered {} time(s) without "
                           "an ack (max_deliveries); it is not delivered again",
-                          options.path, it->first, f.message.subject, f.deliveries);
+                          options.path, it->first, s.pattern, f.deliveries);
               it = s.in_flight.erase(it);
               work = true;
               continue;
@@ -429,8 +495,7 @@ struct Core : std::enable_shared_from_this<Core> {
               ++f.deliveries;
               f.naked = false;
               f.due_us = now + s.ack_wait_us;
-              out.push_back({sub, it->first, f.deliveries, f.message});
-              counters.redelivered.fetch_add(1, std::memory_order_relaxed);
+              redeliveries.emplace_back(it->first, f.deliveries);
               work = true;
             }
           }
@@ -441,6 +506,22 @@ struct Core : std::enable_shared_from_this<Core> {
       }
       room = s.ordered ? (s.in_flight.empty() ? 1 : 0)
                        : (s.in_flight.size() < options.max_in_flight ? options.max_in_flight - s.in_flight.size() : 0);
+    }
+    // Redeliveries read their row again (in flight, a plain subscription keeps only its number).
+    for (const auto& [seq, deliveries] : redeliveries) {
+      if (auto row = log.read_one(seq)) {
+        out.push_back({sub, seq, deliveries, std::move(row->message)});
+        counters.redelivered.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      counters.deleted_before_redelivery.fetch_add(1, std::memory_order_relaxed);
+      detail::log(detail::LogLevel::warn,
+                  "notifications sqlite:// \"{}\": message {} for \"{}\" was deleted by retention before it could be "
+                  "delivered again",
+                  options.path, seq, s.pattern);
+      std::lock_guard lock(s.mutex);
+      auto it = s.in_flight.find(seq);
+      if (it != s.in_flight.end() && it->second.deliveries == deliveries) s.in_flight.erase(it);
     }
     if (room == 0 || (!file_changed && s.caught_up)) return work;
     std::vector<StoredMessage> rows;
@@ -461,7 +542,6 @@ struct Core : std::enable_shared_from_this<Core> {
         InFlight& f = s.in_flight[row.seq];
         f.deliveries = 1;
         f.due_us = now + s.ack_wait_us;
-        f.message = row.message;
         s.next_due_us.store(std::min(s.next_due_us.load(), f.due_us));
       }
       out.push_back({sub, row.seq, 1, std::move(row.message)});
@@ -564,7 +644,12 @@ struct Core : std::enable_shared_from_this<Core> {
     }
     auto row = log.read_one(claim.seq);
     if (!row) {
-      log.drop_claim(s.key, claim.seq);  // removed by retention
+      log.drop_claim(s.key, claim.seq);
+      counters.deleted_before_redelivery.fetch_add(1, std::memory_order_relaxed);
+      detail::log(detail::LogLevel::warn,
+                  "notifications sqlite:// \"{}\": message {} of consumer \"{}\" was deleted by retention before it "
+                  "could be delivered again",
+                  options.path, claim.seq, s.key.name);
       return false;
     }
     log.take_claim(s.key, claim.seq, owner, now + s.ack_wait_us);
@@ -681,6 +766,29 @@ struct Core : std::enable_shared_from_this<Core> {
     return due;
   }
 
+  enum class News { none, signal, file };
+
+  // Waits up to `timeout` for a signal of this process (a publish on the file, a settlement, a
+  // subscription, stop) or a write of any process to the file's log.
+  News wait_for_news(SteadyClock::duration timeout) {
+    const auto deadline = SteadyClock::now() + timeout;
+    while (!stopping.load()) {
+      const auto left = deadline - SteadyClock::now();
+      if (left <= SteadyClock::duration::zero()) return News::none;
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+      const timespec wait{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      pollfd fds[2] = {{wake->fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}};
+      const int rc = ::ppoll(fds, watch.fd() >= 0 ? 2 : 1, &wait, nullptr);
+      if (rc < 0 && errno != EINTR) return News::none;
+      if (rc <= 0) continue;
+      const bool signalled = (fds[0].revents & POLLIN) != 0 && wake->drain();
+      const bool written = watch.fd() >= 0 && (fds[1].revents & POLLIN) != 0 && watch.drain();
+      if (signalled) return News::signal;
+      if (written) return News::file;
+    }
+    return News::signal;
+  }
+
   void run_poller() {
     detail::name_this_thread("ntf-sqlite-poll");
     const auto min_wait = std::chrono::duration_cast<SteadyClock::duration>(options.min_poll_interval);
@@ -688,6 +796,9 @@ struct Core : std::enable_shared_from_this<Core> {
     auto wait = min_wait;
     std::int64_t version = -1;
     std::int64_t next_cleanup_us = 0;
+    constexpr int kRechecks = 3;
+    constexpr auto kRecheck = std::chrono::microseconds(20);
+    int rechecks = 0;
     while (!stopping.load()) {
       bool work = false;
       try {
@@ -697,6 +808,7 @@ struct Core : std::enable_shared_from_this<Core> {
       }
       if (work) {
         wait = min_wait;
+        rechecks = 0;
         continue;
       }
       const std::int64_t due = next_due_us(next_cleanup_us);
@@ -705,12 +817,17 @@ struct Core : std::enable_shared_from_this<Core> {
         const std::int64_t until = std::max<std::int64_t>(0, due - wall_us());
         this_wait = std::min<SteadyClock::duration>(this_wait, std::chrono::microseconds(until + 100));
       }
-      std::unique_lock lock(wake->mutex);
-      const bool signalled = wake->cv.wait_for(lock, this_wait, [&] { return wake->signalled || stopping.load(); });
-      wake->signalled = false;
-      if (signalled) {
+      if (rechecks > 0) {
+        // The log is written before the commit is visible to readers: after a write seen by the
+        // watch that a poll did not find yet, look again shortly, a few times.
+        --rechecks;
+        this_wait = std::min<SteadyClock::duration>(this_wait, kRecheck);
+      }
+      const News news = wait_for_news(this_wait);
+      if (news == News::file) rechecks = kRechecks;
+      if (news != News::none) {
         wait = min_wait;
-      } else {
+      } else if (this_wait > kRecheck) {
         counters.idle_wakeups.fetch_add(1, std::memory_order_relaxed);
         wait = std::min(wait * 2, max_wait);
       }
@@ -834,6 +951,7 @@ class SqliteTransport final : public TransportBase {
       std::lock_guard lock(core_->writer_mutex);
       core_->writer.reset();
     }
+    if (!poller_detached_) core_->watch.close();
     unregister_wake();
   }
 
@@ -867,6 +985,7 @@ class SqliteTransport final : public TransportBase {
             {"expired", c.expired.load()},
             {"stale_settlements", c.stale_settlements.load()},
             {"retention_deleted", c.retention_deleted.load()},
+            {"deleted_before_redelivery", c.deleted_before_redelivery.load()},
             {"poll_errors", c.poll_errors.load()},
             {"polls", c.polls.load()},
             {"idle_wakeups", c.idle_wakeups.load()},
@@ -880,15 +999,21 @@ class SqliteTransport final : public TransportBase {
     std::lock_guard log_lock(core_->log_mutex);
     core_->writer.reset();
     core_->log.reset();
+    core_->watch.close();
   }
 
   void do_after_fork(bool in_child) override {
     if (in_child) {
+      // A new member, and a wake-up of its own: the eventfd is shared with the parent.
+      unregister_wake();
+      core_->wake = std::make_shared<Wake>();
       std::lock_guard lock(registry().mutex);
       registry().live_owners.erase(core_->owner);
       core_->owner = new_owner();
       registry().live_owners.insert(core_->owner);
+      registry().wakes[core_->file].push_back(core_->wake);
     }
+    core_->watch.open(core_->file);
     try {
       std::lock_guard writer_lock(core_->writer_mutex);
       std::lock_guard log_lock(core_->log_mutex);
@@ -917,6 +1042,11 @@ class SqliteTransport final : public TransportBase {
       std::lock_guard lock(core_->log_mutex);
       core_->log = std::move(log);
     }
+    if (core_->wake->fd < 0) {
+      throw TransportError("sqlite:// \"" + core_->options.path + "\": cannot create an eventfd (" +
+                           std::strerror(errno) + "): the process is out of file descriptors");
+    }
+    core_->watch.open(core_->file);
     core_->owner = new_owner();
     std::lock_guard lock(registry().mutex);
     registry().live_owners.insert(core_->owner);
@@ -948,6 +1078,7 @@ class SqliteTransport final : public TransportBase {
     if (poller_.joinable()) {
       if (poller_.get_id() == std::this_thread::get_id()) {
         poller_.detach();  // stop() from a delivery handler: the poller ends after it returns
+        poller_detached_ = true;  // and it still waits on the watch once more: left open
       } else {
         poller_.join();
       }
@@ -956,6 +1087,7 @@ class SqliteTransport final : public TransportBase {
 
   std::shared_ptr<Core> core_;
   std::thread poller_;
+  bool poller_detached_ = false;
 };
 
 }  // namespace

@@ -5,7 +5,8 @@
 // table notifications_events, numbered by a sequence that only grows. publish() returns once its
 // batch is committed: a published message survives a crash of any process (synchronous=normal) or
 // also of the OS (synchronous=full). Retention removes rows older than max_age and, with
-// delete_consumed, rows every named consumer has acknowledged; a row is otherwise kept.
+// delete_consumed, rows every named consumer has acknowledged, but never the newest row (the
+// next one is numbered after it); a row is otherwise kept.
 //
 // Subscriptions, by DeliveryOptions:
 //   plain (no group, no durable): reads from this process's memory position; starts at
@@ -57,7 +58,8 @@
 // that repeats a message after a crash stores it twice; the Bridge's redelivery suppression
 // removes such repeats within its window), no dedupe window, no server. Message::id and headers
 // are stored with the row. health(): kind, state, path, published, delivered, redelivered,
-// acked, naked, terminated, exhausted, expired, poll_errors, polls, idle_wakeups, last_sequence,
+// acked, naked, terminated, exhausted, expired, stale_settlements, retention_deleted,
+// deleted_before_redelivery, poll_errors, polls, idle_wakeups, last_sequence,
 // subscriptions (pattern, consumer, position, lag, in_flight).
 //
 // Thread-safety: as every Transport (notifications/transport.hpp): any member from any thread.
