@@ -99,6 +99,8 @@ struct Wake {
   }
 
   const int fd;
+  // The transport has subscriptions: writes to the file concern it (wake_file, the watch).
+  std::atomic<bool> listening{false};
 };
 
 // Writes of any process to the file's write-ahead log ("<file>-wal"), seen through inotify on its
@@ -174,7 +176,9 @@ void wake_file(const std::string& file) {
       }
     }
   }
-  for (auto& wake : targets) wake->signal();
+  for (auto& wake : targets) {
+    if (wake->listening.load(std::memory_order_relaxed)) wake->signal();
+  }
 }
 
 // "pid:nonce": unique per transport start in this process, and tells other processes the pid.
@@ -777,12 +781,14 @@ struct Core : std::enable_shared_from_this<Core> {
       if (left <= SteadyClock::duration::zero()) return News::none;
       const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
       const timespec wait{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      // Without subscriptions, other processes' writes concern nobody here.
+      const bool watching = watch.fd() >= 0 && wake->listening.load(std::memory_order_relaxed);
       pollfd fds[2] = {{wake->fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}};
-      const int rc = ::ppoll(fds, watch.fd() >= 0 ? 2 : 1, &wait, nullptr);
+      const int rc = ::ppoll(fds, watching ? 2 : 1, &wait, nullptr);
       if (rc < 0 && errno != EINTR) return News::none;
       if (rc <= 0) continue;
       const bool signalled = (fds[0].revents & POLLIN) != 0 && wake->drain();
-      const bool written = watch.fd() >= 0 && (fds[1].revents & POLLIN) != 0 && watch.drain();
+      const bool written = watching && (fds[1].revents & POLLIN) != 0 && watch.drain();
       if (signalled) return News::signal;
       if (written) return News::file;
     }
@@ -912,6 +918,7 @@ class SqliteTransport final : public TransportBase {
     {
       std::lock_guard lock(core_->subscriptions_mutex);
       core_->subscriptions.push_back(std::move(sub));
+      core_->wake->listening.store(true);
     }
     core_->wake->signal();
   }
@@ -925,6 +932,7 @@ class SqliteTransport final : public TransportBase {
       (*it)->active.store(false);
       core_->retired.push_back(*it);
       subs.erase(it);
+      core_->wake->listening.store(!subs.empty());
     }
     core_->wake->signal();
   }
@@ -1006,7 +1014,9 @@ class SqliteTransport final : public TransportBase {
     if (in_child) {
       // A new member, and a wake-up of its own: the eventfd is shared with the parent.
       unregister_wake();
+      const bool listening = core_->wake->listening.load();
       core_->wake = std::make_shared<Wake>();
+      core_->wake->listening.store(listening);
       std::lock_guard lock(registry().mutex);
       registry().live_owners.erase(core_->owner);
       core_->owner = new_owner();
