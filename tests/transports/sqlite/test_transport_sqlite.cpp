@@ -192,13 +192,16 @@ TEST(SqliteTransportFiles, AWriteLockHeldElsewhereMakesPublishTransientAndLosesN
   TempDir dir("sqlite-transport");
   auto options = options_for(dir.file("events.db"));
   options.busy_timeout = 50ms;
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto transport = started(options);
-  Recorder r;
   transport->subscribe("t.>", "g", r.handler());
   ASSERT_EQ(transport->publish(numbered("t.x", 0, 5)).published, 5u);
   sqlite3* other = nullptr;
   ASSERT_EQ(sqlite3_open(options.path.c_str(), &other), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(other);
+  sqlite3_busy_timeout(other, 10'000);  // the poller's own write transactions come and go
+  const int begun = sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr);
+  if (begun != SQLITE_OK) sqlite3_close(other);
+  ASSERT_EQ(begun, SQLITE_OK);
   const auto refused = transport->publish(numbered("t.x", 5, 5));
   EXPECT_EQ(refused.published, 0u);
   EXPECT_TRUE(refused.transient);
@@ -218,10 +221,10 @@ TEST(SqliteTransportFiles, AWriteLockHeldElsewhereMakesPublishTransientAndLosesN
 TEST(SqliteTransportConsumers, MembersOfAGroupShareTheWorkEachMessageOnce) {
   TempDir dir("sqlite-transport");
   const auto options = options_for(dir.file("events.db"));
+  Recorder a, b;  // outlive the transports
   auto first = started(options);
   auto second = started(options);
   auto producer = started(options);
-  Recorder a, b;
   first->subscribe("work.>", "workers", a.handler());
   second->subscribe("work.>", "workers", b.handler());
   for (int i = 0; i < 10; ++i) ASSERT_EQ(producer->publish(numbered("work.item", i * 50, 50)).published, 50u);
@@ -239,16 +242,16 @@ TEST(SqliteTransportConsumers, AGroupResumesAtItsPositionAfterARestart) {
   const auto options = options_for(dir.file("events.db"));
   auto producer = started(options);
   {
+    Recorder r;  // outlives the transport: its poller may still deliver until stopped
     auto consumer = started(options);
-    Recorder r;
     consumer->subscribe("t.>", "g", r.handler());
     ASSERT_EQ(producer->publish(numbered("t.x", 0, 50)).published, 50u);
     ASSERT_TRUE(wait_until([&] { return r.size() == 50; }));
     stop(*consumer);  // acks written by stop
   }
   ASSERT_EQ(producer->publish(numbered("t.x", 50, 30)).published, 30u);  // while no member runs
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto consumer = started(options);
-  Recorder r;
   n::DeliveryOptions group("g");
   group.start = n::StartPosition::all_retained();  // an existing consumer ignores its start
   consumer->subscribe("t.>", group, r.handler());
@@ -268,8 +271,8 @@ TEST(SqliteTransportConsumers, AGroupResumesAtItsPositionAfterARestart) {
 
 TEST(SqliteTransportConsumers, HealthShowsLagUntilAcked) {
   TempDir dir("sqlite-transport");
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto transport = started(options_for(dir.file("events.db")));
-  Recorder r;
   r.keep = true;
   transport->subscribe("t.>", "g", r.handler());
   ASSERT_EQ(transport->publish(numbered("t.x", 0, 10)).published, 10u);
@@ -295,10 +298,10 @@ class SqliteTransportSettling : public ::testing::TestWithParam<bool> {  // true
 
 TEST_P(SqliteTransportSettling, ANakComesBackNoSoonerThanItsDelay) {
   TempDir dir("sqlite-transport");
-  auto transport = started(options_for(dir.file("events.db")));
-  std::mutex mutex;
+  std::mutex mutex;  // these outlive the transport
   std::vector<std::chrono::steady_clock::time_point> at;
   std::vector<std::uint32_t> redeliveries;
+  auto transport = started(options_for(dir.file("events.db")));
   transport->subscribe("t.>", delivery_options(), [&](n::Delivery&& d) {
     std::lock_guard lock(mutex);
     at.push_back(std::chrono::steady_clock::now());
@@ -318,8 +321,8 @@ TEST_P(SqliteTransportSettling, ANakComesBackNoSoonerThanItsDelay) {
 
 TEST_P(SqliteTransportSettling, AnUnsettledDeliveryComesBackAfterAckWaitUntilMaxDeliveries) {
   TempDir dir("sqlite-transport");
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto transport = started(options_for(dir.file("events.db")));
-  Recorder r;
   r.keep = true;
   auto options = delivery_options();
   options.ack_wait = 100ms;
@@ -335,8 +338,8 @@ TEST_P(SqliteTransportSettling, AnUnsettledDeliveryComesBackAfterAckWaitUntilMax
 
 TEST_P(SqliteTransportSettling, InProgressKeepsADeliveryFromComingBack) {
   TempDir dir("sqlite-transport");
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto transport = started(options_for(dir.file("events.db")));
-  Recorder r;
   r.keep = true;
   auto options = delivery_options();
   options.ack_wait = 200ms;
@@ -368,6 +371,7 @@ TEST(SqliteTransportRetention, OldRowsAndConsumedRowsAreDeleted) {
   auto aged = options_for(dir.file("aged.db"));
   aged.max_age = 200ms;
   aged.cleanup_interval = 20ms;
+  Recorder r;  // outlives the transport
   auto transport = started(aged);
   transport->subscribe("t.>", "", [](n::Delivery&& d) { d.settle(n::Settle::ack); });  // keeps the poller busy
   ASSERT_EQ(transport->publish(numbered("t.x", 0, 20)).published, 20u);
@@ -383,7 +387,6 @@ TEST(SqliteTransportRetention, OldRowsAndConsumedRowsAreDeleted) {
   consumed.delete_consumed = true;
   consumed.cleanup_interval = 20ms;
   transport = started(consumed);
-  Recorder r;
   transport->subscribe("t.>", "g", r.handler());
   ASSERT_EQ(transport->publish(numbered("t.x", 0, 20)).published, 20u);
   ASSERT_TRUE(wait_until([&] { return r.size() == 20; }));
@@ -438,8 +441,8 @@ TEST(SqliteTransportChild, Run) {
   const std::string& db = args[1];
   const std::string& report = args[2];
   if (mode == "claim") {
+    Recorder r;  // outlives the transport: its poller may still deliver until stopped
     auto transport = started(options_for(db));
-    Recorder r;
     r.keep = true;
     transport->subscribe("t.>", "g", r.handler());
     for (int i = 0; i < 6000; ++i) {  // at most 60 s; the parent kills it long before
@@ -491,8 +494,8 @@ TEST(SqliteTransportProcesses, ClaimsOfAMemberThatDiedAreDeliveredToTheNext) {
   ::kill(child.pid, SIGKILL);
   const auto ended = test_support::wait_for_child(child.pid, 10s);
   ASSERT_FALSE(ended.exited);
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto next = started(options);
-  Recorder r;
   next->subscribe("t.>", "g", r.handler());
   ASSERT_TRUE(wait_until([&] { return r.size() == 40; }, 30s)) << r.size() << "\n" << next->health().dump();
   EXPECT_EQ(r.bodies(), range(0, 40));
@@ -536,8 +539,8 @@ TEST(SqliteTransportFork, ParentAndChildBothGoOnThroughTheFile) {
   GTEST_SKIP() << "ASan's allocator is not fork-safe (as in test_fork_transports.cpp)";
 #endif
   TempDir dir("sqlite-transport");
+  Recorder r;  // outlives the transport: its poller may still deliver until stopped
   auto transport = started(options_for(dir.file("events.db")));
-  Recorder r;
   transport->subscribe("fork.>", "", r.handler());
   ASSERT_EQ(transport->publish(numbered("fork.x", 1, 1)).published, 1u);
   ASSERT_TRUE(wait_until([&] { return r.size() == 1; }));
