@@ -1,5 +1,9 @@
 #include "sqlite_event_log.hpp"
 
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 namespace notifications::sqlite {
@@ -67,8 +71,23 @@ StoredMessage read_row(const Statement& statement) {
 
 }  // namespace
 
-bool EventLog::configure(Database& db, const SqliteTransportOptions& options) {
-  sqlite3_busy_timeout(db.handle(), static_cast<int>(options.busy_timeout.count()));
+bool EventLog::configure(Database& db, BusyWait& busy, const SqliteTransportOptions& options) {
+  // SQLite's own busy_timeout sleeps 1 ms at the first collision, then longer: a group member's
+  // claim that meets a producer's commit (each a fraction of a millisecond) would wait that long.
+  // This one starts at 20 us and doubles up to 1 ms, until busy_timeout has passed.
+  busy.timeout = options.busy_timeout;
+  sqlite3_busy_handler(
+      db.handle(),
+      [](void* context, int count) -> int {
+        auto& wait = *static_cast<BusyWait*>(context);
+        const auto now = std::chrono::steady_clock::now();
+        if (count == 0) wait.since = now;
+        if (now - wait.since >= wait.timeout) return 0;
+        const auto pause = std::chrono::microseconds(20) * (1 << std::min(count, 6));
+        std::this_thread::sleep_for(std::min<std::chrono::microseconds>(pause, std::chrono::milliseconds(1)));
+        return 1;
+      },
+      &busy);
   const std::string mode = db.pragma_text("PRAGMA journal_mode=WAL", "switch to WAL mode");
   if (mode != "wal") db.fail(SQLITE_ERROR, "switch to WAL mode (the journal mode stayed \"" + mode + "\")");
   db.exec(options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "set synchronous");
@@ -92,7 +111,7 @@ bool EventLog::configure(Database& db, const SqliteTransportOptions& options) {
 
 EventLog::EventLog(const std::string& path, const SqliteTransportOptions& options)
     : db_(path, Database::Role::transport),
-      configured_(configure(db_, options)),
+      configured_(configure(db_, busy_, options)),
       insert_(db_, "INSERT INTO notifications_events(subject, body, message_id, headers, time_us) VALUES(?,?,?,?,?)",
               "append a message"),
       data_version_(db_, "PRAGMA data_version", "read data_version"),

@@ -14,6 +14,7 @@
 // Thread-safety: none; an EventLog is one connection, used under its owner's mutex.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -103,9 +104,17 @@ class EventLog {
   std::int64_t delete_old(std::int64_t cutoff_us, bool consumed);
 
  private:
-  // Sets the pragmas and creates the tables; runs between opening db_ and preparing statements.
-  static bool configure(Database& db, const SqliteTransportOptions& options);
+  // The busy handler's state: when the current wait for a lock began, and how long it may last.
+  struct BusyWait {
+    std::chrono::steady_clock::time_point since{};
+    std::chrono::milliseconds timeout{0};
+  };
 
+  // Sets the busy handler and the pragmas and creates the tables; runs between opening db_ and
+  // preparing statements.
+  static bool configure(Database& db, BusyWait& busy, const SqliteTransportOptions& options);
+
+  BusyWait busy_;  // before db_: the handler that points at it is set on db_
   Database db_;
   bool configured_;
   Statement insert_, data_version_, last_sequence_, first_at_time_, read_after_, read_one_;
