@@ -179,9 +179,11 @@ class DurableStore {
   virtual std::uint64_t add_dead_letter(const DeadLetter& letter, const std::string& owner) = 0;
   virtual std::vector<DeadLetter> dead_letters(const DeadLetterQuery& query = {}) const = 0;
   virtual std::optional<DeadLetter> dead_letter(std::uint64_t id) const = 0;
-  // After a replay: the replay failed again (attempts + 1, new error, dead again) ...
-  virtual void update_dead_letter(std::uint64_t id, const std::string& error) = 0;
-  // ... or succeeded (the letter is gone). False when there was no such letter.
+  // After a replay: the replay failed again: the letter's attempts + 1, last_error = `error`,
+  // dead_at = now, and its inbox row dead again, releasing `owner`'s claim (one transaction) ...
+  virtual void update_dead_letter(std::uint64_t id, const std::string& error, const std::string& owner) = 0;
+  // ... or succeeded (the letter is gone; the caller marked the event done with work()->complete()
+  // first). False when there was no such letter.
   virtual bool remove_dead_letter(std::uint64_t id) = 0;
   // Removes the letters of `handler` (empty: all); returns how many.
   virtual std::size_t purge_dead_letters(const std::string& handler = {}) = 0;

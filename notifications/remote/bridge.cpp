@@ -159,6 +159,8 @@ void Bridge::Impl::start() {
     }));
   }
   state.store(State::running);
+  // After `running`: a subscribe_durable() racing with start() starts its handler itself.
+  start_durables();
   detail::log(detail::LogLevel::debug, "notifications bridge: started (transport {}, app \"{}\", instance {})",
                transport->kind(), config.app, hooks.instance_id);
 }
@@ -310,6 +312,9 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   state.store(State::stopping);
   deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_release);
 
+  // 0. Durable handlers: no new deliveries, the running calls finish (what they instrument is
+  // still forwarded), what waits goes back to the transport.
+  stop_durables(deadline);
   // 1. Stop accepting: later events are refused and counted (the forward listeners stay
   // subscribed until the Bridge is destroyed, to count them).
   outbound.stop_accepting();
@@ -453,7 +458,7 @@ nlohmann::json Bridge::Impl::health() const {
     MutexLock lock(error_mutex);
     error = last_error;
   }
-  return {
+  nlohmann::json out = {
       {"state", state_name(state.load())},
       {"instance_id", hooks.instance_id},
       {"app", config.app},
@@ -466,6 +471,8 @@ nlohmann::json Bridge::Impl::health() const {
       {"counters", counters_json()},
       {"last_error", error},
   };
+  if (nlohmann::json durable = durable_health(); !durable.empty()) out["durable"] = std::move(durable);
+  return out;
 }
 
 Bridge::Bridge(Notifier& notifier, std::shared_ptr<Transport> transport, BridgeConfig config,

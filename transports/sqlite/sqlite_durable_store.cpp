@@ -79,10 +79,6 @@ struct StoreStatements {
                    " ON CONFLICT(handler, event_id) DO UPDATE SET state='dead', owner='', last_error=excluded.last_error"
                    " WHERE state='dead' OR (state='pending' AND owner IN (?6, ''))",
                    "mark an event dead in the inbox"),
-        inbox_dead_again(db,
-                         "UPDATE notifications_inbox SET state='dead', owner='', last_error=?3"
-                         " WHERE handler=?1 AND event_id=?2 AND state='pending'",
-                         "mark a replayed event dead again"),
         inbox_counts(db, "SELECT state, count(*) FROM notifications_inbox GROUP BY state", "count inbox rows"),
         letter_insert(db,
                       "INSERT INTO notifications_dead_letters(handler, event_id, subject, body, reason, last_error,"
@@ -99,14 +95,14 @@ struct StoreStatements {
                     "read a dead letter"),
         letter_update(db,
                       "UPDATE notifications_dead_letters SET attempts=attempts+1, last_error=?2, dead_at_us=?3"
-                      " WHERE id=?1 RETURNING handler, event_id",
+                      " WHERE id=?1 RETURNING handler, event_id, attempts",
                       "update a dead letter"),
         letter_remove(db, "DELETE FROM notifications_dead_letters WHERE id=?", "remove a dead letter"),
         letters_purge(db, "DELETE FROM notifications_dead_letters WHERE ?1 = '' OR handler = ?1", "purge dead letters"),
         letters_count(db, "SELECT count(*) FROM notifications_dead_letters", "count dead letters") {}
 
   Statement inbox_read, inbox_insert, inbox_take, inbox_fail, inbox_failures, inbox_renew, inbox_prune, inbox_dead,
-      inbox_dead_again, inbox_counts;
+      inbox_counts;
   Statement letter_insert, letters_read, letter_read, letter_update, letter_remove, letters_purge, letters_count;
 };
 
@@ -271,13 +267,8 @@ class SqliteDurableStore final : public DurableStore {
     run(db, s.letter_insert);
     const auto id = static_cast<std::uint64_t>(sqlite3_last_insert_rowid(db.handle()));
     if (!letter.event_id.empty()) {  // a malformed message without an id has no inbox row
-      s.inbox_dead.bind(1, letter.handler);
-      s.inbox_dead.bind(2, letter.event_id);
-      s.inbox_dead.bind(3, static_cast<std::int64_t>(letter.attempts));
-      s.inbox_dead.bind(4, letter.last_error);
-      s.inbox_dead.bind(5, now);
-      s.inbox_dead.bind(6, owner);
-      run(db, s.inbox_dead);
+      mark_dead(letter.handler, letter.event_id, static_cast<std::int64_t>(letter.attempts), letter.last_error, owner,
+                now);
     }
     transaction.commit();
     return id;
@@ -303,34 +294,32 @@ class SqliteDurableStore final : public DurableStore {
     return read_letter(*read);
   }
 
-  void update_dead_letter(std::uint64_t id, const std::string& error) override {
+  void update_dead_letter(std::uint64_t id, const std::string& error, const std::string& owner) override {
     MutexLock lock(mutex_);
     Database& db = connection_->db();
     StoreStatements& s = *statements_;
+    const std::int64_t now = now_us();
     WriteTransaction transaction(db);
     std::string handler;
     std::string event_id;
+    std::int64_t attempts = 0;
     bool found = false;
     {
       Use update(s.letter_update);
       update->bind(1, static_cast<std::int64_t>(id));
       update->bind(2, error);
-      update->bind(3, now_us());
+      update->bind(3, now);
       if (update->step()) {
         found = true;
         handler = std::string(update->text(0));
         event_id = std::string(update->text(1));
+        attempts = update->int64(2);
         while (update->step()) {
         }
       }
     }
     if (!found) return;  // removed or purged meanwhile: nothing to update
-    if (!event_id.empty()) {  // the replay's claim ends: dead again
-      s.inbox_dead_again.bind(1, handler);
-      s.inbox_dead_again.bind(2, event_id);
-      s.inbox_dead_again.bind(3, error);
-      run(db, s.inbox_dead_again);
-    }
+    if (!event_id.empty()) mark_dead(handler, event_id, attempts, error, owner, now);  // the replay's claim ends
     transaction.commit();
   }
 
@@ -387,6 +376,20 @@ class SqliteDurableStore final : public DurableStore {
   }
 
  private:
+  // Marks (handler, event_id) dead, inserting the row when missing (the inbox was off), releasing
+  // `owner`'s claim or a free one; a claim another owner took over meanwhile, and a done row, stay.
+  void mark_dead(const std::string& handler, const std::string& event_id, std::int64_t attempts,
+                 const std::string& error, const std::string& owner, std::int64_t now) NOTIFICATIONS_REQUIRES(mutex_) {
+    Statement& dead = statements_->inbox_dead;
+    dead.bind(1, handler);
+    dead.bind(2, event_id);
+    dead.bind(3, attempts);
+    dead.bind(4, error);
+    dead.bind(5, now);
+    dead.bind(6, owner);
+    run(connection_->db(), dead);
+  }
+
   // Binds (handler, event_id, owner, now) at 1 .. 4.
   static void bind_claim(Statement& statement, const std::string& handler, const std::string& event_id,
                          const std::string& owner, std::int64_t now) {

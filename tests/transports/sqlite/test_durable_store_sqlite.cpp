@@ -6,17 +6,14 @@
 // purge_outbox). Every wait is bounded; nothing asserts speed. Each test has its own temporary
 // folder.
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <fstream>
 #include <mutex>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,32 +30,6 @@ namespace n = notifications;
 using namespace std::chrono_literals;
 using Outcome = n::InboxClaim::Outcome;
 using nlohmann::json;
-
-// TEMPORARY: durable_owner(), release_durable_owner() and durable_owner_gone() come to core with
-// notifications/durable/owners.cpp; until then this test links these stand-ins (removed when the
-// branch merges main).
-namespace notifications {
-namespace {
-std::mutex released_mutex;
-std::set<std::string> released_owners;
-std::atomic<int> owner_nonce{0};
-}  // namespace
-std::string durable_owner() { return std::to_string(::getpid()) + ":" + std::to_string(++owner_nonce); }
-void release_durable_owner(const std::string& owner) {
-  std::lock_guard lock(released_mutex);
-  released_owners.insert(owner);
-}
-bool durable_owner_gone(std::string_view owner) {
-  const auto colon = owner.find(':');
-  if (colon == std::string_view::npos) return false;
-  const pid_t pid = static_cast<pid_t>(std::stol(std::string(owner.substr(0, colon))));
-  if (pid == ::getpid()) {
-    std::lock_guard lock(released_mutex);
-    return released_owners.count(std::string(owner)) > 0;
-  }
-  return ::kill(pid, 0) != 0 && errno == ESRCH;
-}
-}  // namespace notifications
 
 namespace {
 
@@ -414,14 +385,14 @@ TEST(SqliteDurableStore, DeadLettersAddListPageShowUpdateRemovePurge) {
   // A replay that fails again: attempts + 1, the new error, dead again in the inbox.
   ASSERT_EQ(store->claim("billing", "e1", a, 1h, true).outcome, Outcome::claimed);
   const auto before = std::chrono::system_clock::now();
-  store->update_dead_letter(id1, "std::runtime_error: still declined");
+  store->update_dead_letter(id1, "std::runtime_error: still declined", a);
   const auto updated = store->dead_letter(id1);
   ASSERT_TRUE(updated.has_value());
   EXPECT_EQ(updated->attempts, 6u);
   EXPECT_EQ(updated->last_error, "std::runtime_error: still declined");
   EXPECT_GE(updated->dead_at, before - 1ms);
   EXPECT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::dead);
-  store->update_dead_letter(id3 + 100, "no such letter");  // nothing to update
+  store->update_dead_letter(id3 + 100, "no such letter", a);  // nothing to update
 
   // A replay that succeeds: the letter goes, the inbox row is marked done by the work.
   ASSERT_EQ(store->claim("billing", "e1", a, 1h, true).outcome, Outcome::claimed);
