@@ -157,14 +157,15 @@ TEST(SqliteDurableStore, AClaimNotRenewedWithinReviveAfterIsTakenOver) {
   auto store = store_at(dir.file("durable.db"));
   const std::string a = n::durable_owner();
   const std::string b = n::durable_owner();
-  ASSERT_EQ(store->claim("billing", "e1", a, 200ms).outcome, Outcome::claimed);
-  EXPECT_EQ(store->claim("billing", "e1", b, 200ms).outcome, Outcome::held);
-  std::this_thread::sleep_for(120ms);
+  // Margins of 300 ms either way around revive_after (1 s), for a loaded machine.
+  ASSERT_EQ(store->claim("billing", "e1", a, 1s).outcome, Outcome::claimed);
+  EXPECT_EQ(store->claim("billing", "e1", b, 1s).outcome, Outcome::held);
+  std::this_thread::sleep_for(700ms);
   store->renew(a);  // renewed: held for another revive_after
-  std::this_thread::sleep_for(120ms);
-  EXPECT_EQ(store->claim("billing", "e1", b, 200ms).outcome, Outcome::held) << "renew() extends the claim";
-  std::this_thread::sleep_for(250ms);
-  EXPECT_EQ(store->claim("billing", "e1", b, 200ms).outcome, Outcome::claimed);
+  std::this_thread::sleep_for(700ms);
+  EXPECT_EQ(store->claim("billing", "e1", b, 1s).outcome, Outcome::held) << "renew() extended the claim";
+  std::this_thread::sleep_for(1300ms);
+  EXPECT_EQ(store->claim("billing", "e1", b, 1s).outcome, Outcome::claimed);
   EXPECT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::held) << "now b's";
 }
 
@@ -259,6 +260,15 @@ TEST(SqliteDurableStore, ExecuteBindsParametersAndReturnsRows) {
   const auto missing = error_of([&] { work->execute("INSERT INTO nowhere VALUES(1)", json::array()); });
   EXPECT_NE(missing.find("no such table: nowhere"), std::string::npos) << missing;
   EXPECT_EQ(error_of([&] { work->execute("SELECT 1; -- a comment", json::array()); }), "no exception");
+  EXPECT_NE(error_of([&] { work->execute("END", json::array()); }).find("may not BEGIN"), std::string::npos);
+  EXPECT_EQ(error_of([&] {
+              work->execute("SAVEPOINT s", json::array());
+              work->execute("INSERT INTO t VALUES(3, 'z')", json::array());
+              work->execute("ROLLBACK TO s", json::array());
+              work->execute("RELEASE s", json::array());
+            }),
+            "no exception")
+      << "savepoints nest inside the work's transaction";
 
   EXPECT_TRUE(work->complete()) << "statements that failed leave the work's transaction usable";
   EXPECT_EQ(scalar(path, "SELECT count(*) FROM t"), 2);
@@ -418,6 +428,9 @@ TEST(SqliteDurableStore, ADeadLetterDoesNotTakeAnotherOwnersClaimOrADoneEvent) {
   ASSERT_EQ(store->claim("billing", "e1", b, 1h).outcome, Outcome::claimed);
   store->add_dead_letter(letter("billing", "e1"), a);  // a's claim was taken over by b meanwhile
   EXPECT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::held) << "b's claim stands";
+  const std::uint64_t id = store->add_dead_letter(letter("billing", "e1"), a);
+  store->update_dead_letter(id, "replayed by a, taken over by b", a);
+  EXPECT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::held) << "still b's";
   EXPECT_TRUE(store->work("billing", "e1", b)->complete());
   store->add_dead_letter(letter("billing", "e1"), a);
   EXPECT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::done);
