@@ -11,13 +11,17 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <filesystem>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "child_process.hpp"
 #include "notifications/durable.hpp"
 #include "notifications/outbox.hpp"
 #include "notifications/sqlite.hpp"
@@ -302,6 +306,55 @@ TEST(SqliteDurableStore, TwoStoreObjectsOnOneFileClaimingOneEventFromTenThreadsC
     EXPECT_EQ(claimed.load(), 1) << event_id;
     EXPECT_EQ(held.load(), kThreads - 1) << event_id;
   }
+}
+
+// The child of SeveralProcesses...: claims events e0 .. e49 of the file named by
+// DURABLE_STORE_CHILD once each, completing those it claimed with an effect row in the work's
+// transaction; prints how many it claimed.
+TEST(SqliteDurableStoreChild, ClaimAll) {
+  const char* path = std::getenv("DURABLE_STORE_CHILD");
+  if (path == nullptr) GTEST_SKIP() << "run by SeveralProcessesOnOneFileRunEachEventOnce only";
+  auto store = store_at(path, 30000);
+  const std::string owner = n::durable_owner();
+  int claimed = 0;
+  for (int e = 0; e < 50; ++e) {
+    const std::string event_id = numbered("e", e);
+    if (store->claim("billing", event_id, owner, 1h).outcome != Outcome::claimed) continue;
+    auto work = store->work("billing", event_id, owner);
+    work->execute("INSERT INTO effects(event_id, pid) VALUES(?1, ?2)", json::array({event_id, ::getpid()}));
+    ASSERT_TRUE(work->complete());
+    ++claimed;
+  }
+  std::printf("claimed %d\n", claimed);
+}
+
+TEST(SqliteDurableStore, SeveralProcessesOnOneFileRunEachEventOnce) {
+  TempDir dir;
+  const std::string path = dir.file("durable.db");
+  store_at(path);
+  exec(path, "CREATE TABLE effects(event_id TEXT NOT NULL, pid INTEGER NOT NULL)");
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  constexpr int kChildren = 4;
+  std::vector<test_support::ChildResult> results(kChildren);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kChildren; ++c) {
+    threads.emplace_back([&, c] {
+      results[c] = test_support::run_child({self, "--gtest_filter=SqliteDurableStoreChild.ClaimAll"},
+                                           {"DURABLE_STORE_CHILD=" + path}, 120s);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  int claimed = 0;
+  for (const auto& result : results) {
+    ASSERT_TRUE(result.exited && result.exit_code == 0) << result.describe();
+    const auto at = result.output.find("claimed ");
+    ASSERT_NE(at, std::string::npos) << result.output;
+    claimed += std::atoi(result.output.c_str() + at + 8);
+  }
+  EXPECT_EQ(claimed, 50);
+  EXPECT_EQ(scalar(path, "SELECT count(*) FROM effects"), 50);
+  EXPECT_EQ(scalar(path, "SELECT count(DISTINCT event_id) FROM effects"), 50);
+  EXPECT_EQ(scalar(path, "SELECT count(*) FROM notifications_inbox WHERE state='done'"), 50);
 }
 
 TEST(SqliteDurableStore, AnOpenWorkDoesNotBlockTheStoreObjectsOtherCalls) {
