@@ -394,10 +394,30 @@ TEST_P(Durable, ShutdownLetsTheRunningCallFinishWithinTheDeadline) {
   pair.start();
   pair.instrument("job.run", json::object());
   entered.wait();
-  pair.consumer->shutdown(5s);
+  const n::ShutdownReport report = pair.consumer->shutdown(5s);
   EXPECT_TRUE(finished.load());
+  EXPECT_TRUE(report.clean) << report.detail;
+  EXPECT_EQ(report.durable_unfinished, 0u);
   EXPECT_EQ(pair.count("finish", "succeeded"), 1u);
   EXPECT_EQ(pair.health("finish")["state"], "stopped");
+}
+
+TEST_P(Durable, ACallStillRunningAtShutdownsDeadlineIsReportedUnfinished) {
+  Pair pair(GetParam());
+  Gate entered;
+  Gate gate;
+  pair.consumer->subscribe_durable("late", "job.run", [&](const n::Event&, n::DurableContext&) {
+    entered.release();
+    gate.wait();
+  });
+  pair.start();
+  pair.instrument("job.run", json::object());
+  entered.wait();
+  const n::ShutdownReport report = pair.consumer->shutdown(100ms);
+  gate.release();
+  EXPECT_FALSE(report.clean);
+  EXPECT_EQ(report.durable_unfinished, 1u) << report.detail;
+  EXPECT_NE(report.detail.find("durable handlers"), std::string::npos) << report.detail;
 }
 
 TEST_P(Durable, ExecuteWithoutAnSqlStoreFailsNamingTheStoreToUse) {
