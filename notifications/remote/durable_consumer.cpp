@@ -30,6 +30,7 @@ std::string cut(std::string_view text, std::size_t limit = 300) {
 struct DurableConsumer::Work {
   Delivery delivery;
   std::uint32_t local_failures = 0;  // failures seen here, for transports without acknowledgements
+  std::string last_error;            // of the last failure seen here
   std::uint64_t replay_id = 0;       // non-zero: a replay of this dead letter
   std::uint32_t replay_attempts = 0;
   std::shared_ptr<ReplayWaiter> waiter;
@@ -429,7 +430,7 @@ void DurableConsumer::handle(Work& work) {
   std::uint32_t failures = replaying        ? work.replay_attempts
                            : options_.inbox ? 0
                                             : std::max(work.local_failures, work.delivery.redelivery);
-  std::string last_error;
+  std::string last_error = work.last_error;
   if (options_.inbox) {
     InboxClaim claim;
     try {
@@ -464,7 +465,7 @@ void DurableConsumer::handle(Work& work) {
         return postpone(work, hold_delay());
       case InboxClaim::Outcome::claimed:
         if (!replaying) failures = claim.failed_attempts;
-        last_error = claim.last_error;
+        if (!replaying) last_error = claim.last_error;
         break;
     }
   }
@@ -504,6 +505,8 @@ void DurableConsumer::handle(Work& work) {
                 "ms; its thread is left to finish and holds the event until then",
                 name_, event_id, call->attempt, kTimeoutPrefix, options_.handler_deadline.count());
     work.local_failures = call->attempt;
+    work.last_error = kTimeoutPrefix + "ran past its deadline of " + std::to_string(options_.handler_deadline.count()) +
+                      " ms";
     return postpone(work, options_.backoff.jittered(call->attempt));
   }
   if (call->ok) {
@@ -520,6 +523,7 @@ void DurableConsumer::handle(Work& work) {
   detail::log(detail::LogLevel::info, "notifications durable handler \"{}\": event {} attempt {} failed: {}", name_,
               event_id, call->attempt, cut(call->error));
   work.local_failures = now_failed;
+  work.last_error = call->error;
   postpone(work, options_.backoff.jittered(now_failed));
 }
 

@@ -195,6 +195,8 @@ TEST_P(Durable, DurablePromise3_AFailingHandlerIsRetriedWithBackoffThenDeadLette
   EXPECT_EQ(letters[0].subject, "test.user.signed_up");
   EXPECT_EQ(letters[0].handler, "mailer");
   EXPECT_FALSE(letters[0].event_id.empty());
+  EXPECT_LE(letters[0].first_failed_at, letters[0].dead_at);
+  EXPECT_GE(letters[0].dead_at - letters[0].first_failed_at, 60ms);  // two backoffs in between
   EXPECT_EQ(pair.count("mailer", "failed"), 3u);
   EXPECT_EQ(pair.count("mailer", "retried"), 2u);
 
