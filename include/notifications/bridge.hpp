@@ -73,8 +73,8 @@ struct BridgeHooks {
 
 // What shutdown() did.
 struct ShutdownReport {
-  // Everything accepted was confirmed by the transport, nothing received was left undelivered,
-  // and every thread returned in time.
+  // Everything accepted was confirmed by the transport, nothing received was left undelivered
+  // (durable_unfinished included), and every thread returned in time.
   bool clean = true;
   std::uint64_t sent = 0;       // handed to the transport over the bridge's life
   // Of those, covered by a successful transport flush (NATS: a round trip with the server after
@@ -90,6 +90,11 @@ struct ShutdownReport {
   // Received from the transport but not delivered to local listeners: discarded at the deadline,
   // or left with a listener that had not returned by then.
   std::uint64_t inbound_undelivered = 0;
+  // Durable handlers (subscribe_durable): deliveries given back to the transport for redelivery
+  // (not lost), and events not handled: calls still running at the deadline (left to finish on
+  // their threads) and local retries a transport without acknowledgements cannot redeliver.
+  std::uint64_t durable_returned = 0;
+  std::uint64_t durable_unfinished = 0;
   std::string detail;           // human-readable summary
 };
 

@@ -121,6 +121,8 @@ struct DeadLetter {
   std::string reason;           // "max_attempts", "malformed" or "timeout"
   std::string last_error;       // the last failure's text (exception type and message, or the decode error)
   std::uint32_t attempts = 0;   // handler calls made
+  // The first failure the store recorded for this event and handler (the caller's value when it
+  // recorded none), and when the letter was stored or last replayed.
   std::chrono::system_clock::time_point first_failed_at{};
   std::chrono::system_clock::time_point dead_at{};
 };

@@ -107,13 +107,17 @@ void Bridge::Impl::start_durables() {
   for (const auto& consumer : list) consumer->start();
 }
 
-void Bridge::Impl::stop_durables(Clock::time_point deadline) {
+void Bridge::Impl::stop_durables(Clock::time_point deadline, ShutdownReport& report) {
   std::vector<std::shared_ptr<DurableConsumer>> list;
   {
     MutexLock lock(durable_mutex);
     list = durables;
   }
-  for (const auto& consumer : list) consumer->stop(deadline);
+  for (const auto& consumer : list) {
+    const DurableConsumer::StopReport stopped = consumer->stop(deadline);
+    report.durable_returned += stopped.returned;
+    report.durable_unfinished += stopped.unfinished;
+  }
 }
 
 nlohmann::json Bridge::Impl::durable_health() const {

@@ -246,7 +246,8 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   std::shared_ptr<bridge_internal::DurableConsumer> durable(const std::string& name) const
       NOTIFICATIONS_EXCLUDES(durable_mutex);
   void start_durables() NOTIFICATIONS_EXCLUDES(durable_mutex);
-  void stop_durables(Clock::time_point deadline) NOTIFICATIONS_EXCLUDES(durable_mutex);
+  // Adds what the handlers gave back and left unfinished to `report`.
+  void stop_durables(Clock::time_point deadline, ShutdownReport& report) NOTIFICATIONS_EXCLUDES(durable_mutex);
   nlohmann::json durable_health() const NOTIFICATIONS_EXCLUDES(durable_mutex);
   std::atomic<std::int64_t> deadline_ns{0};  // shutdown deadline (steady clock), 0 = none
 

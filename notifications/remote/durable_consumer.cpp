@@ -30,6 +30,7 @@ std::string cut(std::string_view text, std::size_t limit = 300) {
 struct DurableConsumer::Work {
   Delivery delivery;
   std::uint32_t local_failures = 0;  // failures seen here, for transports without acknowledgements
+  std::string last_error;            // of the last failure seen here
   std::uint64_t replay_id = 0;       // non-zero: a replay of this dead letter
   std::uint32_t replay_attempts = 0;
   std::shared_ptr<ReplayWaiter> waiter;
@@ -61,6 +62,7 @@ struct DurableConsumer::Call {
   // Results, written by the runner before `finished` (under Runner::mutex).
   bool finished = false;
   bool abandoned = false;  // the dispatcher stopped waiting (deadline or shutdown)
+  bool timed_out = false;  // ... because the handler's deadline passed
   bool ok = false;
   bool completed = false;  // the inbox's done mark committed
   std::uint32_t failures = 0;  // recorded in the store after a failure (inbox on)
@@ -197,8 +199,12 @@ void DurableConsumer::offer(Delivery&& delivery) {
 }
 
 void DurableConsumer::new_runner() {
-  runner_ = std::make_shared<Runner>();
-  runner_thread_ = std::thread([self = shared_from_this(), runner = runner_] { self->run_runner(runner); });
+  auto runner = std::make_shared<Runner>();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    runner_ = runner;
+  }
+  runner_thread_ = std::thread([self = shared_from_this(), runner] { self->run_runner(runner); });
 }
 
 void DurableConsumer::run_runner(std::shared_ptr<Runner> runner) {
@@ -211,7 +217,21 @@ void DurableConsumer::run_runner(std::shared_ptr<Runner> runner) {
       if (runner->quit && !runner->call) return;
       call = runner->call;
     }
-    execute(*call);
+    run_handler(*call);
+    bool timed_out = false;
+    {
+      std::lock_guard<std::mutex> lock(runner->mutex);
+      timed_out = call->timed_out;
+    }
+    if (timed_out && !call->ok) {
+      call->error = kTimeoutPrefix + "ran past its deadline of " + std::to_string(options_.handler_deadline.count()) +
+                    " ms, then failed: " + call->error;
+    }
+    record(*call);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      running_ids_.erase(call->event_id);
+    }
     bool abandoned = false;
     {
       std::lock_guard<std::mutex> lock(runner->mutex);
@@ -220,10 +240,6 @@ void DurableConsumer::run_runner(std::shared_ptr<Runner> runner) {
       runner->call.reset();
     }
     runner->changed.notify_all();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      running_ids_.erase(call->event_id);
-    }
     if (abandoned) {
       finish_late(*call);
       stuck_.fetch_sub(1);
@@ -233,8 +249,8 @@ void DurableConsumer::run_runner(std::shared_ptr<Runner> runner) {
   }
 }
 
-void DurableConsumer::execute(Call& call) {
-  std::unique_ptr<InboxWork> work;
+void DurableConsumer::run_handler(Call& call) {
+  std::unique_ptr<InboxWork> work;  // rolls back, when destroyed, what did not complete
   try {
     if (call.use_inbox) work = store_->work(name_, call.event_id, owner_);
     CallContext context(name_, call.attempt, call.replay_id != 0, work.get(), call.in_progress);
@@ -252,8 +268,10 @@ void DurableConsumer::execute(Call& call) {
       call.error = "inbox: " + detail::describe_exception(std::current_exception());
     }
   }
-  work.reset();  // rolls back what did not complete
-  // The store's bookkeeping of this call is the runner's, so a call left behind does its own.
+}
+
+// The store's bookkeeping of a call is the runner's, so a call left behind does its own.
+void DurableConsumer::record(Call& call) {
   try {
     if (call.replay_id != 0) {
       if (call.ok) {
@@ -278,7 +296,7 @@ void DurableConsumer::finish_late(Call& call) {
               name_, call.ok ? "successfully" : "with an error: " + cut(call.error), call.event_id);
 }
 
-bool DurableConsumer::run_call(const std::shared_ptr<Call>& call, const Work& work) {
+DurableConsumer::CallOutcome DurableConsumer::run_call(const std::shared_ptr<Call>& call, const Work& work) {
   {
     std::lock_guard<std::mutex> lock(runner_->mutex);
     runner_->call = call;
@@ -291,6 +309,7 @@ bool DurableConsumer::run_call(const std::shared_ptr<Call>& call, const Work& wo
   const auto progress_every = options_.ack_wait.count() > 0 ? options_.ack_wait / 3 : std::chrono::milliseconds(5000);
   auto next_progress = started + progress_every;
   bool left_behind = false;
+  CallOutcome outcome = CallOutcome::finished;
   {
     std::unique_lock<std::mutex> lock(runner_->mutex);
     while (!call->finished) {
@@ -303,10 +322,8 @@ bool DurableConsumer::run_call(const std::shared_ptr<Call>& call, const Work& wo
       if (now >= call_deadline || now >= stop_at) {
         call->abandoned = true;
         left_behind = true;
-        if (now >= call_deadline) {
-          call->error = kTimeoutPrefix + "the handler ran past its deadline of " +
-                        std::to_string(options_.handler_deadline.count()) + " ms";
-        }
+        outcome = now >= call_deadline ? CallOutcome::timed_out : CallOutcome::stopped;
+        call->timed_out = outcome == CallOutcome::timed_out;
         break;
       }
       if (now >= next_progress) {
@@ -326,9 +343,8 @@ bool DurableConsumer::run_call(const std::shared_ptr<Call>& call, const Work& wo
     stuck_.fetch_add(1);
     runner_thread_.detach();
     new_runner();
-    return false;
   }
-  return true;
+  return outcome;
 }
 
 void DurableConsumer::postpone(Work& work, std::chrono::milliseconds delay) {
@@ -414,7 +430,7 @@ void DurableConsumer::handle(Work& work) {
   std::uint32_t failures = replaying        ? work.replay_attempts
                            : options_.inbox ? 0
                                             : std::max(work.local_failures, work.delivery.redelivery);
-  std::string last_error;
+  std::string last_error = work.last_error;
   if (options_.inbox) {
     InboxClaim claim;
     try {
@@ -449,7 +465,7 @@ void DurableConsumer::handle(Work& work) {
         return postpone(work, hold_delay());
       case InboxClaim::Outcome::claimed:
         if (!replaying) failures = claim.failed_attempts;
-        last_error = claim.last_error;
+        if (!replaying) last_error = claim.last_error;
         break;
     }
   }
@@ -471,16 +487,26 @@ void DurableConsumer::handle(Work& work) {
     running_ids_.insert(event_id);
   }
   if (failures > 0 && !replaying) counters_.retried.fetch_add(1, std::memory_order_relaxed);
-  if (!run_call(call, work)) {
-    // Left behind: the runner finishes the claim when the handler returns (D1).
-    const bool timed_out = !call->error.empty();
-    if (timed_out) counters_.timeouts.fetch_add(1, std::memory_order_relaxed);
+  const CallOutcome outcome = run_call(call, work);
+  if (outcome == CallOutcome::stopped) {  // shutdown's deadline: the runner finishes the claim (D1)
+    counters_.left_running_at_shutdown.fetch_add(1, std::memory_order_relaxed);
     if (replaying) return finish_replay(work, false);
-    if (!timed_out) return postpone(work, std::chrono::milliseconds(0));  // shutdown: leave it to redelivery
+    // With acknowledgements the transport redelivers it (the claim stays held until the call
+    // returns); without, it is counted once, here.
+    if (work.delivery.settle) work.delivery.settle(Settle::nak);
+    return;
+  }
+  if (outcome == CallOutcome::timed_out) {  // left behind: the runner finishes the claim (D1)
+    counters_.timeouts.fetch_add(1, std::memory_order_relaxed);
     counters_.failed.fetch_add(1, std::memory_order_relaxed);
-    detail::log(detail::LogLevel::warn, "notifications durable handler \"{}\": event {} attempt {}: {}", name_,
-                event_id, call->attempt, call->error);
+    if (replaying) return finish_replay(work, false);
+    detail::log(detail::LogLevel::warn,
+                "notifications durable handler \"{}\": event {} attempt {}: {}the handler ran past its deadline of {} "
+                "ms; its thread is left to finish and holds the event until then",
+                name_, event_id, call->attempt, kTimeoutPrefix, options_.handler_deadline.count());
     work.local_failures = call->attempt;
+    work.last_error = kTimeoutPrefix + "ran past its deadline of " + std::to_string(options_.handler_deadline.count()) +
+                      " ms";
     return postpone(work, options_.backoff.jittered(call->attempt));
   }
   if (call->ok) {
@@ -497,6 +523,7 @@ void DurableConsumer::handle(Work& work) {
   detail::log(detail::LogLevel::info, "notifications durable handler \"{}\": event {} attempt {} failed: {}", name_,
               event_id, call->attempt, cut(call->error));
   work.local_failures = now_failed;
+  work.last_error = call->error;
   postpone(work, options_.backoff.jittered(now_failed));
 }
 
@@ -593,16 +620,27 @@ void DurableConsumer::run_dispatcher() {
   wake_.notify_all();
 }
 
-void DurableConsumer::stop(Clock::time_point deadline) {
+DurableConsumer::StopReport DurableConsumer::stop(Clock::time_point deadline) {
+  finish_stop(deadline);
+  StopReport report;
+  report.returned = counters_.returned_at_shutdown.load();
+  report.unfinished = counters_.lost_at_shutdown.load() + counters_.left_running_at_shutdown.load();
+  return report;
+}
+
+void DurableConsumer::finish_stop(Clock::time_point deadline) {
+  std::shared_ptr<Runner> runner;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stop_requested_) {
-      // A second stop waits for the first one's dispatcher below.
-    }
-    stop_requested_ = true;
+      stop_requested_ = true;
     stop_deadline_ = deadline;
+    runner = runner_;
   }
   wake_.notify_all();
+  if (runner) {  // a dispatcher waiting for a call looks at the stop deadline now
+    { std::lock_guard<std::mutex> lock(runner->mutex); }
+    runner->changed.notify_all();
+  }
   if (subscription_ != 0) {
     transport_->unsubscribe(subscription_);
     subscription_ = 0;

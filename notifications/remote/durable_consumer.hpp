@@ -60,9 +60,13 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
 
   // Subscribes (the transport is started) and starts the threads. Throws TransportError.
   void start();
+  struct StopReport {
+    std::uint64_t returned = 0;    // naked back to the transport
+    std::uint64_t unfinished = 0;  // a call left running at the deadline, local retries dropped
+  };
   // Stops taking deliveries, lets the running call finish until `deadline`, naks (or counts) what
   // waits, and joins its threads (a call still running is left to its runner). Idempotent.
-  void stop(Clock::time_point deadline);
+  StopReport stop(Clock::time_point deadline);
   // Runs the handler again for dead letter `id` (of this handler); true once it succeeded and the
   // letter is gone. False when it failed again (the letter updated), timed out, or was not run.
   // Throws DurableError when there is no such letter or it belongs to another handler.
@@ -79,12 +83,18 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
   struct ReplayWaiter;
 
   void offer(Delivery&& delivery);
+  void finish_stop(Clock::time_point deadline);
   void run_dispatcher();
   void handle(Work& work);
-  // Runs `call` on the runner and waits for it until its deadline (or stop's); false: left behind.
-  bool run_call(const std::shared_ptr<Call>& call, const Work& work);
+  enum class CallOutcome { finished, timed_out, stopped };
+  // Runs `call` on the runner and waits for it until its deadline (timed_out) or shutdown's
+  // (stopped); then the call is left behind with its runner, which finishes it.
+  CallOutcome run_call(const std::shared_ptr<Call>& call, const Work& work);
   void run_runner(std::shared_ptr<Runner> runner);
-  void execute(Call& call);
+  // Runner thread: the handler and the inbox's done mark; then the store's record of a failure
+  // or of a replay.
+  void run_handler(Call& call);
+  void record(Call& call);
   void finish_late(Call& call);
   // Tries again later: a nak with `delay`, or a local retry without acknowledgements.
   void postpone(Work& work, std::chrono::milliseconds delay);
@@ -118,7 +128,9 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
   std::set<std::string> running_ids_;               // event ids with a call in progress; guarded by mutex_
   std::uint64_t subscription_ = 0;
   std::thread dispatcher_;
-  std::shared_ptr<Runner> runner_;  // dispatcher thread (and stop() after it returned)
+  // The runner taking the next call: replaced by the dispatcher thread only, under mutex_ (stop()
+  // reads it to wake a dispatcher waiting for a call).
+  std::shared_ptr<Runner> runner_;
   std::thread runner_thread_;
   std::atomic<std::size_t> stuck_{0};
   std::atomic<bool> running_call_{false};
@@ -129,7 +141,7 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
     std::atomic<std::uint64_t> received{0}, succeeded{0}, failed{0}, timeouts{0}, retried{0},
         duplicates_skipped{0}, held{0}, dead_lettered{0}, malformed{0}, refused_full{0}, taken_over{0},
         late_completions{0}, late_failures{0}, returned_at_shutdown{0}, lost_at_shutdown{0}, replayed{0},
-        replay_failed{0}, store_errors{0}, stalled{0};
+        replay_failed{0}, store_errors{0}, stalled{0}, left_running_at_shutdown{0};
   } counters_;
 };
 

@@ -95,6 +95,7 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
     std::string last_error;
     SteadyClock::time_point renewed{};
     std::chrono::system_clock::time_point done_at{};
+    std::chrono::system_clock::time_point first_failed{};  // epoch: no failure yet
   };
   using Key = std::pair<std::string, std::string>;  // handler, event id
 
@@ -151,6 +152,7 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
     if (it == rows_.end()) return 0;
     Row& row = it->second;
     if (row.state == State::pending && row.owner == owner) {
+      if (row.failed == 0) row.first_failed = std::chrono::system_clock::now();
       ++row.failed;
       row.last_error = error;
       row.owner.clear();
@@ -189,6 +191,10 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
     std::lock_guard<std::mutex> lock(mutex_);
     DeadLetter stored = letter;
     stored.id = ++last_letter_;
+    if (auto row = rows_.find(Key{letter.handler, letter.event_id});
+        row != rows_.end() && row->second.first_failed != std::chrono::system_clock::time_point{}) {
+      stored.first_failed_at = row->second.first_failed;
+    }
     letters_.emplace(stored.id, stored);
     if (!letter.event_id.empty()) mark_dead(letter.handler, letter.event_id, owner);
     return stored.id;

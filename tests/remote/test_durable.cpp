@@ -195,6 +195,8 @@ TEST_P(Durable, DurablePromise3_AFailingHandlerIsRetriedWithBackoffThenDeadLette
   EXPECT_EQ(letters[0].subject, "test.user.signed_up");
   EXPECT_EQ(letters[0].handler, "mailer");
   EXPECT_FALSE(letters[0].event_id.empty());
+  EXPECT_LE(letters[0].first_failed_at, letters[0].dead_at);
+  EXPECT_GE(letters[0].dead_at - letters[0].first_failed_at, 60ms);  // two backoffs in between
   EXPECT_EQ(pair.count("mailer", "failed"), 3u);
   EXPECT_EQ(pair.count("mailer", "retried"), 2u);
 
@@ -394,10 +396,30 @@ TEST_P(Durable, ShutdownLetsTheRunningCallFinishWithinTheDeadline) {
   pair.start();
   pair.instrument("job.run", json::object());
   entered.wait();
-  pair.consumer->shutdown(5s);
+  const n::ShutdownReport report = pair.consumer->shutdown(5s);
   EXPECT_TRUE(finished.load());
+  EXPECT_TRUE(report.clean) << report.detail;
+  EXPECT_EQ(report.durable_unfinished, 0u);
   EXPECT_EQ(pair.count("finish", "succeeded"), 1u);
   EXPECT_EQ(pair.health("finish")["state"], "stopped");
+}
+
+TEST_P(Durable, ACallStillRunningAtShutdownsDeadlineIsReportedUnfinished) {
+  Pair pair(GetParam());
+  Gate entered;
+  Gate gate;
+  pair.consumer->subscribe_durable("late", "job.run", [&](const n::Event&, n::DurableContext&) {
+    entered.release();
+    gate.wait();
+  });
+  pair.start();
+  pair.instrument("job.run", json::object());
+  entered.wait();
+  const n::ShutdownReport report = pair.consumer->shutdown(100ms);
+  gate.release();
+  EXPECT_FALSE(report.clean);
+  EXPECT_EQ(report.durable_unfinished, 1u) << report.detail;
+  EXPECT_NE(report.detail.find("durable handlers"), std::string::npos) << report.detail;
 }
 
 TEST_P(Durable, ExecuteWithoutAnSqlStoreFailsNamingTheStoreToUse) {
