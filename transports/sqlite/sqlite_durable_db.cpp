@@ -22,7 +22,7 @@ constexpr const char* kSchema =
     "CREATE TABLE IF NOT EXISTS notifications_inbox("
     " handler TEXT NOT NULL, event_id TEXT NOT NULL,"
     " state TEXT NOT NULL CHECK(state IN ('pending','done','dead')),"
-    " owner TEXT NOT NULL, failed_attempts INTEGER NOT NULL, last_error TEXT NOT NULL,"
+    " owner TEXT NOT NULL, failed_attempts INTEGER NOT NULL, last_error TEXT NOT NULL, first_failed_at_us INTEGER,"
     " claimed_at_us INTEGER NOT NULL, renewed_at_us INTEGER NOT NULL, done_at_us INTEGER,"
     " PRIMARY KEY(handler, event_id)) WITHOUT ROWID;"
     // prune_done: a handler's done rows, newest first

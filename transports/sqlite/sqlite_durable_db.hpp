@@ -5,8 +5,8 @@
 // Tables (schema version 1, kept in notifications_meta as "durable_schema", beside the sqlite://
 // transport's "transport_schema" when the file is shared):
 //   notifications_inbox        (handler, event_id) -> state pending|done|dead, owner ("" when
-//                              free), failed_attempts, last_error, claimed_at_us, renewed_at_us,
-//                              done_at_us
+//                              free), failed_attempts, last_error, first_failed_at_us (null
+//                              before a failure), claimed_at_us, renewed_at_us, done_at_us
 //   notifications_dead_letters id (AUTOINCREMENT: never reused) -> handler, event_id, subject,
 //                              body, reason, last_error, attempts, first_failed_at_us, dead_at_us
 // Times are wall-clock microseconds since the epoch, shared by every process on the machine.

@@ -61,11 +61,16 @@ struct StoreStatements {
                    " WHERE handler=?1 AND event_id=?2",
                    "claim an event"),
         inbox_fail(db,
-                   "UPDATE notifications_inbox SET failed_attempts=failed_attempts+1, last_error=?4, owner=''"
+                   "UPDATE notifications_inbox SET failed_attempts=failed_attempts+1, last_error=?4, owner='',"
+                   " first_failed_at_us=COALESCE(first_failed_at_us, ?5)"
                    " WHERE handler=?1 AND event_id=?2 AND state='pending' AND owner=?3",
                    "record a failed attempt"),
         inbox_failures(db, "SELECT failed_attempts FROM notifications_inbox WHERE handler=? AND event_id=?",
                        "read an event's failures"),
+        inbox_first_failure(db,
+                            "SELECT first_failed_at_us FROM notifications_inbox WHERE handler=? AND event_id=?"
+                            " AND first_failed_at_us IS NOT NULL",
+                            "read an event's first failure"),
         inbox_renew(db, "UPDATE notifications_inbox SET renewed_at_us=?2 WHERE owner=?1 AND state='pending'",
                     "renew an owner's claims"),
         inbox_prune(db,
@@ -101,8 +106,8 @@ struct StoreStatements {
         letters_purge(db, "DELETE FROM notifications_dead_letters WHERE ?1 = '' OR handler = ?1", "purge dead letters"),
         letters_count(db, "SELECT count(*) FROM notifications_dead_letters", "count dead letters") {}
 
-  Statement inbox_read, inbox_insert, inbox_take, inbox_fail, inbox_failures, inbox_renew, inbox_prune, inbox_dead,
-      inbox_counts;
+  Statement inbox_read, inbox_insert, inbox_take, inbox_fail, inbox_failures, inbox_first_failure, inbox_renew,
+      inbox_prune, inbox_dead, inbox_counts;
   Statement letter_insert, letters_read, letter_read, letter_update, letter_remove, letters_purge, letters_count;
 };
 
@@ -207,6 +212,7 @@ class SqliteDurableStore final : public DurableStore {
     s.inbox_fail.bind(2, event_id);
     s.inbox_fail.bind(3, owner);
     s.inbox_fail.bind(4, error);
+    s.inbox_fail.bind(5, now_us());
     run(db, s.inbox_fail);
     std::uint32_t failures = 0;
     {
@@ -252,9 +258,15 @@ class SqliteDurableStore final : public DurableStore {
     StoreStatements& s = *statements_;
     const std::int64_t now = now_us();
     const std::int64_t dead_at = letter.dead_at == std::chrono::system_clock::time_point{} ? now : to_us(letter.dead_at);
-    const std::int64_t first_failed_at =
+    std::int64_t first_failed_at =
         letter.first_failed_at == std::chrono::system_clock::time_point{} ? dead_at : to_us(letter.first_failed_at);
     WriteTransaction transaction(db);
+    if (!letter.event_id.empty()) {  // the first failure the inbox recorded wins over the caller's
+      Use read(s.inbox_first_failure);
+      read->bind(1, letter.handler);
+      read->bind(2, letter.event_id);
+      if (read->step()) first_failed_at = read->int64(0);
+    }
     s.letter_insert.bind(1, letter.handler);
     s.letter_insert.bind(2, letter.event_id);
     s.letter_insert.bind(3, letter.subject);

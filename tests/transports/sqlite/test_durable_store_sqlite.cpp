@@ -473,6 +473,31 @@ TEST(SqliteDurableStore, DeadLettersAddListPageShowUpdateRemovePurge) {
   EXPECT_TRUE(store->dead_letters().empty());
 }
 
+TEST(SqliteDurableStore, ADeadLettersFirstFailureIsTheFirstOneTheInboxRecorded) {
+  TempDir dir;
+  auto store = store_at(dir.file("durable.db"));
+  const std::string a = n::durable_owner();
+  ASSERT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  const auto before = std::chrono::system_clock::now();
+  store->fail("billing", "e1", a, "first");
+  const auto after = std::chrono::system_clock::now();
+  std::this_thread::sleep_for(20ms);
+  ASSERT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  store->fail("billing", "e1", a, "second");
+  ASSERT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  n::DeadLetter late = letter("billing", "e1");
+  late.first_failed_at = std::chrono::system_clock::now();
+  const auto stored = store->dead_letter(store->add_dead_letter(late, a));
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_GE(stored->first_failed_at, before - 1us);
+  EXPECT_LE(stored->first_failed_at, after + 1us);
+  // Without a recorded failure (inbox off, malformed): the caller's value.
+  const n::DeadLetter other = letter("billing", "");
+  const auto kept = store->dead_letter(store->add_dead_letter(other, a));
+  ASSERT_TRUE(kept.has_value());
+  EXPECT_LE(std::chrono::abs(kept->first_failed_at - other.first_failed_at), 1us);
+}
+
 TEST(SqliteDurableStore, ADeadLetterDoesNotTakeAnotherOwnersClaimOrADoneEvent) {
   TempDir dir;
   auto store = store_at(dir.file("durable.db"));
