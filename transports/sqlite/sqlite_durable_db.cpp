@@ -70,6 +70,17 @@ Connection::Connection(const std::string& path, const SqliteDurableStoreOptions&
   if (create_schema) ensure_schema();
 }
 
+Statement& Connection::mark_done() {
+  if (!mark_done_) {
+    mark_done_ = std::make_unique<Statement>(
+        db_,
+        "UPDATE notifications_inbox SET state='done', done_at_us=?4 WHERE handler=?1 AND event_id=?2"
+        " AND state='pending' AND owner=?3",
+        "complete(): mark the event done");
+  }
+  return *mark_done_;
+}
+
 void Connection::refuse_transaction_control(bool refuse) noexcept {
   sqlite3_set_authorizer(db_.handle(), refuse ? &authorize : nullptr, nullptr);
 }

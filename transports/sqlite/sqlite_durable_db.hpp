@@ -72,6 +72,10 @@ class Connection {
   // transaction (the handler's SQL must stay inside its work's transaction).
   void refuse_transaction_control(bool refuse) noexcept;
 
+  // The work's "mark done" statement, prepared once per connection (a pooled connection serves
+  // many works): ?1 handler, ?2 event id, ?3 owner, ?4 done_at_us.
+  Statement& mark_done();
+
  private:
   // The busy handler's state: when the current wait for a lock began, and how long it may last.
   struct BusyWait {
@@ -83,6 +87,7 @@ class Connection {
 
   BusyWait busy_;  // before db_: the handler that points at it is set on db_
   Database db_;
+  std::unique_ptr<Statement> mark_done_;  // after db_: finalized before it closes
 };
 
 // The connections InboxWorks use, shared by a store object and the works it made (a work may

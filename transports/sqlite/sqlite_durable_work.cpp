@@ -184,10 +184,7 @@ class SqliteInboxWork final : public InboxWork {
     finished_ = true;
     begin_or_check();
     const int changed = [&] {
-      Statement mark(db(),
-                     "UPDATE notifications_inbox SET state='done', done_at_us=?4 WHERE handler=?1 AND event_id=?2"
-                     " AND state='pending' AND owner=?3",
-                     "complete(): mark the event done");
+      Statement& mark = connection_->mark_done();
       mark.bind(1, handler_);
       mark.bind(2, event_id_);
       mark.bind(3, owner_);
