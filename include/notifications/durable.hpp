@@ -130,7 +130,7 @@ struct DeadLetter {
 struct DeadLetterQuery {
   std::string handler;          // empty: every handler
   std::uint64_t after_id = 0;   // only ids greater than this (paging)
-  std::size_t limit = 100;
+  std::size_t limit = 100;     // 0: none
 };
 
 // A handler call's unit of work in the store: the SQL the handler runs through
@@ -145,6 +145,7 @@ class InboxWork {
   virtual nlohmann::json execute(std::string_view sql, const nlohmann::json& parameters) = 0;
   // Marks the event done for the handler and commits. False (and rolled back) when the claim is
   // no longer the caller's (it was taken over): the handler's SQL is then not committed either.
+  // Throws DurableError when the store fails (nothing committed).
   virtual bool complete() = 0;
 };
 
@@ -159,8 +160,11 @@ class DurableStore {
 
   // ---- inbox (two phases: claim, then work->complete() or fail())
   // Claims `event_id` for `handler` as pending. A pending claim of another owner is taken over
-  // when that owner is gone (durable_owner_gone) or did not renew it within `revive_after`.
-  // `replay` also claims an event that went to the dead letters.
+  // when that owner is gone (durable_owner_gone) or did not renew it within `revive_after`
+  // (measured on the clock the store's users share: the SQLite store's is the wall clock). A
+  // pending claim of the same owner is claimed again: one owner must not run one event twice at
+  // once (the Bridge keeps the ids of its running calls). `replay` also claims an event that went
+  // to the dead letters.
   virtual InboxClaim claim(const std::string& handler, const std::string& event_id, const std::string& owner,
                            std::chrono::milliseconds revive_after, bool replay = false) = 0;
   // The unit of work for a claimed event (see InboxWork).
@@ -172,12 +176,12 @@ class DurableStore {
                              const std::string& error) = 0;
   // Extends every pending claim of `owner` (called while its handlers run).
   virtual void renew(const std::string& owner) = 0;
-  // Forgets done rows of `handler` beyond the newest `keep` and older than `keep_for`.
+  // Forgets done rows of `handler` that are beyond the newest `keep`, or older than `keep_for`.
   virtual std::size_t prune_done(const std::string& handler, std::size_t keep, std::chrono::hours keep_for) = 0;
 
   // ---- dead letters
   // Stores it (its id is assigned and returned) and marks the event dead in the inbox, releasing
-  // the owner's claim.
+  // the owner's claim; a row that is done, or pending under another owner, stays as it is.
   virtual std::uint64_t add_dead_letter(const DeadLetter& letter, const std::string& owner) = 0;
   virtual std::vector<DeadLetter> dead_letters(const DeadLetterQuery& query = {}) const = 0;
   virtual std::optional<DeadLetter> dead_letter(std::uint64_t id) const = 0;
@@ -217,7 +221,10 @@ class DurableContext {
   virtual bool replay() const noexcept = 0;
   // SQL in the inbox's own transaction (InboxWork::execute): committed with the done mark, so a
   // side effect written here happens exactly once. Throws DurableError without an SQL store or
-  // with the inbox off.
+  // with the inbox off. The first call takes the file's write lock until the handler returns:
+  // every other writer of the file (other handlers, other processes, claims) waits meanwhile, so
+  // run the SQL last, after any slow work (a call stuck past its deadline after its SQL holds
+  // the lock until it returns).
   virtual nlohmann::json execute(std::string_view sql, const nlohmann::json& parameters = nlohmann::json::array()) = 0;
   // Tells the transport the handler is still working (restarts its ack wait); any thread.
   virtual void in_progress() = 0;

@@ -259,6 +259,7 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
  private:
   void mark_dead(const std::string& handler, const std::string& event_id, const std::string& owner) {
     Row& row = rows_[Key{handler, event_id}];
+    if (row.state == State::done) return;  // it ran: a dead letter does not undo that
     if (row.state == State::pending && !row.owner.empty() && row.owner != owner) return;  // someone else's now
     row.state = State::dead;
     row.owner.clear();
