@@ -490,6 +490,61 @@ TEST(DurableBackoff, DelaysGrowByTheMultiplierUpToTheMaxAndJitterOnlyShortens) {
   }
 }
 
+TEST(DurableMemoryStore, ClaimOutcomesTakeoverDeadLettersAndPruningFollowTheContract) {
+  auto store = n::make_memory_durable_store();
+  const std::string a = n::durable_owner();
+  const std::string b = n::durable_owner();
+  using Outcome = n::InboxClaim::Outcome;
+  EXPECT_EQ(store->claim("h", "e1", a, 10s).outcome, Outcome::claimed);
+  EXPECT_EQ(store->claim("h", "e1", b, 10s).outcome, Outcome::held);      // a is alive and renews
+  EXPECT_EQ(store->claim("other", "e1", b, 10s).outcome, Outcome::claimed);  // per handler
+  EXPECT_EQ(store->fail("h", "e1", a, "boom"), 1u);
+  const n::InboxClaim again = store->claim("h", "e1", b, 10s);             // released by fail()
+  EXPECT_EQ(again.outcome, Outcome::claimed);
+  EXPECT_EQ(again.failed_attempts, 1u);
+  EXPECT_EQ(again.last_error, "boom");
+  EXPECT_FALSE(store->work("h", "e1", a)->complete());  // not a's claim any more
+  EXPECT_TRUE(store->work("h", "e1", b)->complete());
+  EXPECT_EQ(store->claim("h", "e1", a, 10s).outcome, Outcome::done);
+  // Taken over at once when the owner is gone, after revive_after when it does not renew.
+  EXPECT_EQ(store->claim("h", "e2", a, 10s).outcome, Outcome::claimed);
+  n::release_durable_owner(a);
+  EXPECT_EQ(store->claim("h", "e2", b, 10s).outcome, Outcome::claimed);
+  const std::string c = n::durable_owner();
+  EXPECT_EQ(store->claim("h", "e3", c, 10s).outcome, Outcome::claimed);
+  std::this_thread::sleep_for(30ms);
+  EXPECT_EQ(store->claim("h", "e3", b, 20ms).outcome, Outcome::claimed);
+  // A dead letter marks its event dead; replay claims it again; a done row stays done.
+  n::DeadLetter letter;
+  letter.handler = "h";
+  letter.event_id = "e3";
+  letter.reason = "max_attempts";
+  const std::uint64_t id = store->add_dead_letter(letter, b);
+  EXPECT_EQ(store->claim("h", "e3", b, 10s).outcome, Outcome::dead);
+  EXPECT_EQ(store->claim("h", "e3", b, 10s, /*replay=*/true).outcome, Outcome::claimed);
+  store->update_dead_letter(id, "again", b);
+  EXPECT_EQ(store->dead_letter(id)->attempts, 1u);
+  EXPECT_EQ(store->claim("h", "e3", b, 10s).outcome, Outcome::dead);
+  letter.event_id = "e1";  // done: a dead letter does not undo it
+  store->add_dead_letter(letter, b);
+  EXPECT_EQ(store->claim("h", "e1", b, 10s).outcome, Outcome::done);
+  EXPECT_EQ(store->dead_letters({.handler = "h", .limit = 1}).size(), 1u);
+  EXPECT_EQ(store->dead_letters({.handler = "h", .after_id = id}).size(), 1u);
+  EXPECT_EQ(store->purge_dead_letters("h"), 2u);
+  EXPECT_FALSE(store->remove_dead_letter(id));
+  // Pruning keeps the newest `keep` done rows: a pruned event runs again.
+  for (int i = 0; i < 5; ++i) {
+    const std::string event = "p" + std::to_string(i);
+    ASSERT_EQ(store->claim("prune", event, b, 10s).outcome, Outcome::claimed);
+    ASSERT_TRUE(store->work("prune", event, b)->complete());
+  }
+  EXPECT_EQ(store->prune_done("prune", 2, std::chrono::hours(1)), 3u);
+  EXPECT_EQ(store->claim("prune", "p0", b, 10s).outcome, Outcome::claimed);
+  EXPECT_EQ(store->claim("prune", "p4", b, 10s).outcome, Outcome::done);
+  n::release_durable_owner(b);
+  n::release_durable_owner(c);
+}
+
 TEST(DurableOwners, AnOwnerIsGoneOnceReleasedOrWhenItsProcessDoesNotExist) {
   const std::string owner = n::durable_owner();
   EXPECT_FALSE(n::durable_owner_gone(owner));
