@@ -244,10 +244,28 @@ bool arm(Acks& acks, Timer timer) NOTIFICATIONS_EXCLUDES(acks.mutex) {
   return true;
 }
 
-// Settles delivery `key` of the subscription, if it is still unsettled (else counted as stale).
-void settle_delivery(const std::weak_ptr<Sub>& weak, std::uint64_t key, Settlement how) {
-  const std::shared_ptr<Sub> s = weak.lock();
-  if (!s) return;  // the subscription and its endpoint are gone: nothing is kept to settle
+// What a Delivery's settle and in_progress functions hold: weak references, so that a delivery
+// kept by a user keeps neither its subscription (and handler) nor its endpoint alive.
+struct DeliveryRef {
+  std::weak_ptr<Sub> sub;
+  std::weak_ptr<Acks> acks;  // to count a settlement that comes after the subscription is gone
+  std::uint64_t key = 0;
+
+  // The subscription, or null (then counted as a stale settlement while the endpoint lives).
+  std::shared_ptr<Sub> lock() const {
+    std::shared_ptr<Sub> s = sub.lock();
+    if (!s) {
+      if (const auto a = acks.lock()) a->stale_settlements.fetch_add(1);
+    }
+    return s;
+  }
+};
+
+// Settles the delivery, if it is still unsettled (else counted as stale).
+void settle_delivery(const DeliveryRef& ref, Settlement how) {
+  const std::shared_ptr<Sub> s = ref.lock();
+  if (!s) return;  // the subscription is gone, and what it kept with it
+  const std::uint64_t key = ref.key;
   Acks& acks = *s->acks;
   MutexLock lock(s->mutex);
   const auto it = s->unsettled.find(key);
@@ -278,10 +296,11 @@ void settle_delivery(const std::weak_ptr<Sub>& weak, std::uint64_t key, Settleme
   }
 }
 
-// Restarts the ack wait of delivery `key`, if it is still unsettled (else counted as stale).
-void touch_delivery(const std::weak_ptr<Sub>& weak, std::uint64_t key) {
-  const std::shared_ptr<Sub> s = weak.lock();
+// Restarts the ack wait of the delivery, if it is still unsettled (else counted as stale).
+void touch_delivery(const DeliveryRef& ref) {
+  const std::shared_ptr<Sub> s = ref.lock();
   if (!s) return;
+  const std::uint64_t key = ref.key;
   Acks& acks = *s->acks;
   MutexLock lock(s->mutex);
   const auto it = s->unsettled.find(key);
@@ -309,9 +328,9 @@ void hand_over_acked(Sub& s, Message message, std::uint32_t delivered_before, co
   Delivery delivery;
   delivery.message = std::move(message);
   delivery.redelivery = delivered_before;
-  std::weak_ptr<Sub> weak = s.weak_from_this();
-  delivery.settle = [weak, key](Settlement how) { settle_delivery(weak, key, how); };
-  delivery.in_progress = [weak = std::move(weak), key] { touch_delivery(weak, key); };
+  DeliveryRef ref{s.weak_from_this(), s.acks, key};
+  delivery.settle = [ref](Settlement how) { settle_delivery(ref, how); };
+  delivery.in_progress = [ref = std::move(ref)] { touch_delivery(ref); };
   call(std::move(delivery));
 }
 
