@@ -11,7 +11,6 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <queue>
 #include <set>
 #include <system_error>
 #include <thread>
@@ -122,7 +121,7 @@ struct Sub : std::enable_shared_from_this<Sub> {
   struct Unsettled {
     Message message;
     std::uint32_t deliveries = 1;  // how often it was delivered, this delivery included
-    std::uint64_t stamp = 0;       // the ticket of its current timer; older timers are stale
+    Clock::time_point due;         // when its armed timer fires (ack wait or nak delay)
     bool naked = false;            // settled with nak: waits for its redelivery, settles no more
   };
 
@@ -137,9 +136,9 @@ struct Sub : std::enable_shared_from_this<Sub> {
   // Set under mutex; the queue is already discarded. Atomic: hand_over() reads it without mutex.
   std::atomic<bool> cancelled{false};
   // Acknowledgements: the unsettled deliveries by key (one key per delivery), and the source of
-  // keys and timer stamps.
+  // keys.
   std::unordered_map<std::uint64_t, Unsettled> unsettled NOTIFICATIONS_GUARDED_BY(mutex);
-  std::uint64_t next_ticket NOTIFICATIONS_GUARDED_BY(mutex) = 0;
+  std::uint64_t next_key NOTIFICATIONS_GUARDED_BY(mutex) = 0;
 
   // What counts against max_pending: queued messages, and with acknowledgements the unsettled
   // deliveries too.
@@ -164,14 +163,19 @@ struct Broker {
   std::vector<Group> groups NOTIFICATIONS_GUARDED_BY(mutex);
 };
 
-// One armed timer: the unsettled delivery `key` of `sub` is due at `due`, unless its stamp moved
-// on since (in_progress, nak), which makes this one stale.
-struct Timer {
+// Where an armed timer sits: the unsettled delivery `key` of the subscription at address `sub`
+// is due at `due`. Ordered by time first.
+struct TimerKey {
   Clock::time_point due;
-  std::shared_ptr<Sub> sub;  // keeps a subscription whose delivery is due alive past unsubscribe
+  std::uintptr_t sub = 0;
   std::uint64_t key = 0;
-  std::uint64_t stamp = 0;
-  bool operator>(const Timer& other) const { return due > other.due; }
+  auto operator<=>(const TimerKey&) const = default;
+};
+
+// One armed timer, taken out of its endpoint's timers to fire.
+struct Timer {
+  TimerKey at;
+  std::shared_ptr<Sub> sub;  // keeps a subscription whose delivery is due alive past unsubscribe
 };
 
 // The acknowledgements of one endpoint: the timers of its subscriptions' unsettled deliveries,
@@ -187,7 +191,9 @@ struct Acks {
 
   Mutex mutex;
   std::condition_variable changed;  // timers, closed, parking, running
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers NOTIFICATIONS_GUARDED_BY(mutex);
+  // Exactly the armed timers: one per unsettled delivery; settling, in_progress and nak disarm
+  // the one they replace, so nothing stale piles up.
+  std::map<TimerKey, std::shared_ptr<Sub>> timers NOTIFICATIONS_GUARDED_BY(mutex);
   bool closed NOTIFICATIONS_GUARDED_BY(mutex) = false;   // close(): no timer is armed any more
   bool parking NOTIFICATIONS_GUARDED_BY(mutex) = false;  // prepare_fork(): leave the loop
   bool running NOTIFICATIONS_GUARDED_BY(mutex) = false;  // the thread is in its loop
@@ -232,16 +238,25 @@ void discard(std::deque<Item>& items, Stats& stats) {
 }
 
 // Arms a timer, unless the endpoint's acknowledgements were closed (false then).
-bool arm(Acks& acks, Timer timer) NOTIFICATIONS_EXCLUDES(acks.mutex) {
+bool arm(Acks& acks, const std::shared_ptr<Sub>& s, std::uint64_t key, Clock::time_point due)
+    NOTIFICATIONS_EXCLUDES(acks.mutex) {
   bool earliest = false;
   {
     MutexLock lock(acks.mutex);
     if (acks.closed) return false;
-    earliest = acks.timers.empty() || timer.due < acks.timers.top().due;
-    acks.timers.push(std::move(timer));
+    const TimerKey at{due, reinterpret_cast<std::uintptr_t>(s.get()), key};
+    earliest = acks.timers.empty() || at < acks.timers.begin()->first;
+    acks.timers.emplace(at, s);
   }
   if (earliest) acks.changed.notify_all();
   return true;
+}
+
+// Removes the timer of delivery `key` of `s` that is due at `due`, if it is still armed. The
+// caller holds s.mutex, so the subscription outlives the reference dropped here.
+void disarm(Acks& acks, const Sub& s, std::uint64_t key, Clock::time_point due) NOTIFICATIONS_EXCLUDES(acks.mutex) {
+  MutexLock lock(acks.mutex);
+  acks.timers.erase(TimerKey{due, reinterpret_cast<std::uintptr_t>(&s), key});
 }
 
 // What a Delivery's settle and in_progress functions hold: weak references, so that a delivery
@@ -277,11 +292,13 @@ void settle_delivery(const DeliveryRef& ref, Settlement how) {
     case Settle::ack:
     case Settle::term:
       (how.outcome == Settle::ack ? acks.acked : acks.terminated).fetch_add(1);
+      disarm(acks, *s, key, it->second.due);
       s->unsettled.erase(it);
       acks.unsettled.fetch_sub(1);
       break;
     case Settle::nak:
       acks.naked.fetch_add(1);
+      disarm(acks, *s, key, it->second.due);
       if (s->max_deliveries != 0 && it->second.deliveries >= s->max_deliveries) {
         acks.max_deliveries_reached.fetch_add(1);  // its last delivery: not redelivered
         s->unsettled.erase(it);
@@ -289,9 +306,8 @@ void settle_delivery(const DeliveryRef& ref, Settlement how) {
         break;
       }
       it->second.naked = true;
-      it->second.stamp = ++s->next_ticket;
-      // Not armed once closed: close() discards (and counts) it.
-      arm(acks, Timer{Clock::now() + std::max(how.delay, std::chrono::milliseconds{0}), s, key, it->second.stamp});
+      it->second.due = Clock::now() + std::max(how.delay, std::chrono::milliseconds{0});
+      arm(acks, s, key, it->second.due);  // not once closed: close() discards (and counts) it
       break;
   }
 }
@@ -309,8 +325,9 @@ void touch_delivery(const DeliveryRef& ref) {
     return;
   }
   acks.in_progress.fetch_add(1);
-  it->second.stamp = ++s->next_ticket;
-  arm(acks, Timer{Clock::now() + s->ack_wait, s, key, it->second.stamp});
+  disarm(acks, *s, key, it->second.due);
+  it->second.due = Clock::now() + s->ack_wait;
+  arm(acks, s, key, it->second.due);
 }
 
 // With acknowledgements: records the delivery as unsettled, arms its ack wait, gives it settle and
@@ -320,10 +337,11 @@ void hand_over_acked(Sub& s, Message message, std::uint32_t delivered_before, co
   std::uint64_t key = 0;
   {
     MutexLock lock(s.mutex);
-    key = ++s.next_ticket;
-    s.unsettled.emplace(key, Sub::Unsettled{message, delivered_before + 1, key, false});
+    key = ++s.next_key;
+    const Clock::time_point due = Clock::now() + s.ack_wait;
+    s.unsettled.emplace(key, Sub::Unsettled{message, delivered_before + 1, due, false});
     s.acks->unsettled.fetch_add(1);
-    arm(*s.acks, Timer{Clock::now() + s.ack_wait, s.shared_from_this(), key, key});
+    arm(*s.acks, s.shared_from_this(), key, due);
   }
   Delivery delivery;
   delivery.message = std::move(message);
@@ -495,14 +513,14 @@ void requeue(Acks& acks, const std::shared_ptr<Sub>& from, Item&& item) {
 }
 
 // A timer is due: redelivers its delivery (ack wait ended, or nak delay passed) unless it was
-// settled or touched since, or drops it when it reached max_deliveries (counted).
+// settled or touched since it was taken out, or drops it when it reached max_deliveries (counted).
 void fire(Acks& acks, const Timer& timer) {
   Sub& s = *timer.sub;
   Item item;
   {
     MutexLock lock(s.mutex);
-    const auto it = s.unsettled.find(timer.key);
-    if (it == s.unsettled.end() || it->second.stamp != timer.stamp) return;  // stale
+    const auto it = s.unsettled.find(timer.at.key);
+    if (it == s.unsettled.end() || it->second.due != timer.at.due) return;  // settled or re-armed since
     Sub::Unsettled u = std::move(it->second);
     s.unsettled.erase(it);
     acks.unsettled.fetch_sub(1);
@@ -528,12 +546,13 @@ void run_timers(const std::shared_ptr<Acks>& acks) {
       lock.wait(acks->changed);
       continue;
     }
-    if (const Clock::time_point due = acks->timers.top().due; Clock::now() < due) {
+    const auto first = acks->timers.begin();
+    if (const Clock::time_point due = first->first.due; Clock::now() < due) {
       lock.wait_until(acks->changed, due);
       continue;
     }
-    Timer timer = acks->timers.top();
-    acks->timers.pop();
+    Timer timer{first->first, std::move(first->second)};
+    acks->timers.erase(first);
     lock.unlock();
     fire(*acks, timer);
     timer = Timer{};  // drops the subscription (maybe its last reference) with no lock held
@@ -543,10 +562,11 @@ void run_timers(const std::shared_ptr<Acks>& acks) {
   acks->changed.notify_all();
 }
 
-// Discards (and counts) what the subscriptions in `subs` hold unsettled.
+// Discards (and counts) what the subscriptions in `subs` hold unsettled, and disarms its timers.
 void discard_unsettled(Acks& acks, const std::vector<Sub*>& subs) {
   for (Sub* s : subs) {
     MutexLock lock(s->mutex);
+    for (const auto& [key, u] : s->unsettled) disarm(acks, *s, key, u.due);
     acks.unsettled_discarded.fetch_add(s->unsettled.size());
     acks.unsettled.fetch_sub(s->unsettled.size());
     s->unsettled.clear();
@@ -1010,10 +1030,8 @@ void Endpoint::close(Deadline deadline) {
     {
       MutexLock lock(d.acks->mutex);
       d.acks->closed = true;
-      while (!d.acks->timers.empty()) {
-        timers.push_back(d.acks->timers.top());
-        d.acks->timers.pop();
-      }
+      for (auto& [at, sub] : d.acks->timers) timers.push_back(Timer{at, std::move(sub)});
+      d.acks->timers.clear();
     }
     d.acks->changed.notify_all();
     join_or_detach(thread);
@@ -1172,10 +1190,8 @@ void Endpoint::after_fork(bool in_child) {
     {
       MutexLock acks_lock(d.acks->mutex);
       if (in_child) {
-        while (!d.acks->timers.empty()) {
-          parents.push_back(d.acks->timers.top());
-          d.acks->timers.pop();
-        }
+        for (auto& [at, sub] : d.acks->timers) parents.push_back(Timer{at, std::move(sub)});
+        d.acks->timers.clear();
       }
       d.acks->parking = false;
       if (d.acks->running && !in_child) {

@@ -3,6 +3,7 @@
 // Every wait is bounded and fails the test when the bound passes; nothing sleeps to synchronise.
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -18,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.hpp"
+#include "notifications/fork.hpp"
 #include "notifications/transport.hpp"
 #include "notifications/transports/memory.hpp"
 #include "transports/memory/loopback_broker.hpp"
@@ -1382,4 +1385,48 @@ TEST(TransportMemoryAcks, UrlAndOptionKeys) {
   names({"memory://x", {{"max_deliveries", 1.5}}}, "max_deliveries");
   auto err = error_of([] { n::make_memory_transport({.broker = "x", .acknowledgements = true, .ack_wait = 0ms}); });
   EXPECT_NE(err.find("ack_wait"), std::string::npos) << err;
+}
+
+// Fork with acknowledgements (notifications/fork.hpp): the timer thread is parked and restarted.
+// The parent keeps what was unsettled at the fork and redelivers it when its ack wait ends; the
+// child discards it (counted) and settles its own deliveries.
+TEST(TransportMemoryAcks, ForkLeavesTheUnsettledToTheParent) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator is not fork-safe (as in tests/process/test_fork_transports.cpp)";
+#endif
+  AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+    if (got.body == "held" && got.redelivery == 0) return std::nullopt;
+    return n::Settle::ack;
+  });
+  auto t = acking(fresh_broker(), false, 300ms);
+  t->subscribe("a", "", inbox.handler());
+  ASSERT_EQ(publish1(*t, msg("a", "held")).published, 1u);
+  ASSERT_TRUE(inbox.wait_for(1));
+  n::prepare_fork();
+  const pid_t pid = ::fork();
+  n::after_fork();
+  if (pid == 0) {
+    // The child reports by its exit code which check failed.
+    if (t->health()["unsettled_discarded"] != 1 || t->health()["unsettled"] != 0) _exit(10);
+    if (publish1(*t, msg("a", "child")).published != 1) _exit(11);
+    if (!inbox.wait_for(2) || inbox.got()[1].body != "child") _exit(12);
+    std::this_thread::sleep_for(500ms);  // past the held delivery's ack wait
+    if (inbox.size() != 2) _exit(13);
+    if (t->health()["acked"] != 1) _exit(14);
+    t->stop(in(kWait));
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0) << "fork failed";
+  ASSERT_TRUE(inbox.wait_for(2));
+  const auto got = inbox.got();
+  EXPECT_EQ(got[1].body, "held");
+  EXPECT_EQ(got[1].redelivery, 1u);
+  EXPECT_TRUE(eventually([&] { return counter(*t, "acked") == 1; }));
+  EXPECT_EQ(counter(*t, "unsettled_discarded"), 0u);
+  const auto r = test_support::wait_for_child(pid, 20s);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "10: unsettled not discarded, 11: publish refused, 12: not delivered, "
+                               "13: the parent's delivery redelivered in the child, 14: not acked";
+  t->stop(in(kWait));
 }
