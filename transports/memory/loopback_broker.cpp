@@ -477,6 +477,8 @@ Queued enqueue(Sub& s, Item&& item) NOTIFICATIONS_EXCLUDES(s.mutex) {
 // none has room and it is still a member; the next in turn when it is not). Inline subscriptions
 // are delivered on this thread. Counted as unsettled_discarded when nobody can get it.
 void requeue(Acks& acks, const std::shared_ptr<Sub>& from, Item&& item) {
+  // Counted before it is queued: a delivery thread may hand it over at once.
+  acks.redelivered.fetch_add(1);
   std::shared_ptr<Sub> target;
   Queued queued = Queued::cancelled;
   if (from->group.empty()) {
@@ -505,10 +507,10 @@ void requeue(Acks& acks, const std::shared_ptr<Sub>& from, Item&& item) {
     }
   }
   if (queued == Queued::cancelled) {
+    acks.redelivered.fetch_sub(1);
     acks.unsettled_discarded.fetch_add(1);
     return;
   }
-  acks.redelivered.fetch_add(1);
   if (queued == Queued::deliver_here) deliver_inline(*target);
 }
 
