@@ -51,16 +51,18 @@
 //     counted as "max_deliveries_reached", never redelivered.
 //   - A redelivery carries the same Message::id and queues behind what reached the subscription
 //     meanwhile (nak_may_be_overtaken). A plain subscription gets it again; in a consumer group
-//     it goes to one member, round-robin among the members with room (it may be another member).
+//     it goes to one member, round-robin among the members with room (it may be another member;
+//     when none has room, the member that had it, or if that one left, the next in turn).
 //   - Unsettled deliveries count against max_pending: a subscription holding max_pending of them
 //     (queued plus unsettled) refuses more, as above.
 //   - Threads: redeliveries are queued by the transport's timer thread ("ntf-memory-acks",
 //     started by the first subscribe). In queued mode the subscription's delivery thread delivers
-//     them; in inline mode the timer thread itself calls the handler (one call at a time per
-//     subscription, as always).
+//     them; in inline mode the timer thread itself calls the handler (or the thread already
+//     delivering to that subscription does: one call at a time per subscription, as always).
 //   - Settling twice, settling a delivery that was redelivered or dropped since, or settling
-//     after unsubscribe() or stop() does nothing and is counted ("stale_settlements"); never a
-//     crash or a deadlock, from any thread, inside a handler too.
+//     after unsubscribe() or stop() does nothing and is counted ("stale_settlements", while the
+//     transport exists; after its destruction it does nothing); never a crash or a deadlock,
+//     from any thread, inside a handler too.
 //   - unsubscribe() discards the unsettled deliveries of a plain subscription (counted as
 //     "unsettled_discarded"); a group member's stay, and go to another member when their wait
 //     ends (discarded and counted when no member is left). stop() stops the timers, delivers what
