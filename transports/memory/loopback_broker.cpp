@@ -8,7 +8,6 @@
 #include <cctype>
 #include <condition_variable>
 #include <deque>
-#include <functional>
 #include <limits>
 #include <map>
 #include <set>

@@ -39,12 +39,13 @@
 // or URL "acknowledgements=true"), the mock implements them exactly as memory:// does with
 // MemoryOptions::acknowledgements (memory.hpp: settle, in_progress, redelivery counts, ack wait
 // from MockOptions::ack_wait, max_deliveries, group redelivery, max_pending, stop, fork, and the
-// health() counters), its timer thread being "ntf-mock-acks"; faults apply to redeliveries as to
-// any delivery (a disconnected mock holds them). Its nak'd deliveries may be overtaken whatever
-// nak_may_be_overtaken says. The other flags a mock may claim are accepted (their
-// DeliveryOptions too) but NOT implemented: persistent, exactly_once, dedupe_window,
-// durable_consumers, start_positions, ordered_delivery_option (and ordered: false changes
-// nothing; the mock keeps order anyway).
+// health() counters), its timer thread being "ntf-mock-acks". A disconnected mock holds due
+// redeliveries (within max_pending) until reconnect(); the publish faults (drop_next,
+// duplicate_next, redeliver_next) apply to published messages only, and each delivery they make
+// is settled on its own. Its nak'd deliveries may be overtaken whatever nak_may_be_overtaken
+// says. The other flags a mock may claim are accepted (their DeliveryOptions too) but NOT
+// implemented: persistent, exactly_once, dedupe_window, durable_consumers, start_positions,
+// ordered_delivery_option (and ordered: false changes nothing; the mock keeps order anyway).
 //
 // URL: "mock://" (broker "default") or "mock://<broker>?mode=inline|queued&max_pending=<n>
 // &acknowledgements=true|false&ack_wait_ms=<n>&max_deliveries=<n>"; config.options may hold the
