@@ -718,12 +718,12 @@ TEST(TransportMockAcks, UrlAndOptionKeys) {
   auto t = n::make_transport({"mock://y?acknowledgements=true", {}});
   EXPECT_TRUE(t->capabilities().acknowledgements);
   EXPECT_EQ(t->health()["acknowledgements"], true);
-  for (const auto& [config, key] : std::vector<std::pair<n::TransportConfig, std::string>>{
+  for (const auto& bad : std::vector<std::pair<n::TransportConfig, std::string>>{
            {{"mock://y?acknowledgements=1", {}}, "acknowledgements"},
            {{"mock://y", {{"acknowledgements", "yes"}}}, "acknowledgements"},
            {{"mock://y?ack_wait_ms=0", {}}, "ack_wait_ms"},
            {{"mock://y?max_deliveries=x", {}}, "max_deliveries"}}) {
-    const auto err = error_of([&] { n::make_transport(config); });
-    EXPECT_NE(err.find("\"" + key + "\""), std::string::npos) << err;
+    const auto err = error_of([&] { n::make_transport(bad.first); });
+    EXPECT_NE(err.find("\"" + bad.second + "\""), std::string::npos) << err;
   }
 }
