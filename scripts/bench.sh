@@ -150,10 +150,14 @@ PY
 # a raw SQLite producer/poller pair (bench_sqlite_transport, with its goal lines). Each prints one
 # JSON line per measurement; what they measure and the goals are in the comments at the top of
 # bench/bench_forward.cpp, bench/bench_nats.cpp and bench/bench_sqlite_transport.cpp.
-cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport --parallel "$(nproc)"
+cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport bench_durable --parallel "$(nproc)"
 echo "bench: load average before bench_forward $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$build_dir/bench/bench_forward"
 echo "bench: load average before bench_nats $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$build_dir/bench/bench_nats"
 echo "bench: load average before bench_sqlite_transport $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$build_dir/bench/bench_sqlite_transport"
+# A durable handler through the SQLite inbox against the same subscription without it
+# (bench_durable, issue 15): what exactly-once costs per event.
+echo "bench: load average before bench_durable $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$build_dir/bench/bench_durable"

@@ -48,6 +48,7 @@
 #include <nlohmann/json.hpp>
 
 #include "notifications/config.hpp"
+#include "notifications/durable.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/outbox.hpp"
 #include "notifications/transport.hpp"
@@ -72,8 +73,8 @@ struct BridgeHooks {
 
 // What shutdown() did.
 struct ShutdownReport {
-  // Everything accepted was confirmed by the transport, nothing received was left undelivered,
-  // and every thread returned in time.
+  // Everything accepted was confirmed by the transport, nothing received was left undelivered
+  // (durable_unfinished included), and every thread returned in time.
   bool clean = true;
   std::uint64_t sent = 0;       // handed to the transport over the bridge's life
   // Of those, covered by a successful transport flush (NATS: a round trip with the server after
@@ -89,6 +90,11 @@ struct ShutdownReport {
   // Received from the transport but not delivered to local listeners: discarded at the deadline,
   // or left with a listener that had not returned by then.
   std::uint64_t inbound_undelivered = 0;
+  // Durable handlers (subscribe_durable): deliveries given back to the transport for redelivery
+  // (not lost), and events not handled: calls still running at the deadline (left to finish on
+  // their threads) and local retries a transport without acknowledgements cannot redeliver.
+  std::uint64_t durable_returned = 0;
+  std::uint64_t durable_unfinished = 0;
   std::string detail;           // human-readable summary
 };
 
@@ -121,6 +127,28 @@ class Bridge {
 
   // See the lifecycle above. Idempotent: later calls return the first report.
   ShutdownReport shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+  // Durable handlers (notifications/durable.hpp, docs/durable.md): registers handler `name` (one
+  // subject token, unique in this bridge) for remote events whose names match `pattern` (subject
+  // pattern syntax, as BridgeConfig::subscribe; the bridge's prefix is added). It gets its own
+  // transport subscription (consumer group or durable consumer named `name`), its own threads, and
+  // every matching event, including those this process forwarded. Before start() it subscribes at
+  // start(); after, at once. Throws DurableError naming a bad name, pattern or option, a repeated
+  // name, an option the transport cannot honour, or a call after shutdown() began; TransportError
+  // when the transport refuses the subscription. shutdown() stops the handlers first: no new
+  // deliveries, the running call finishes within the deadline, what waits goes back to the
+  // transport (naked) or, without acknowledgements, is counted as lost_at_shutdown.
+  void subscribe_durable(const std::string& name, const std::string& pattern, DurableHandler handler,
+                         DurableOptions options = {});
+  // The store of handler `name`, to list, show and purge its dead letters. Throws DurableError
+  // when no such handler was registered.
+  std::shared_ptr<DurableStore> durable_store(const std::string& name) const;
+  // Runs handler `name` again for its dead letter `id`, on its threads; true once the handler
+  // succeeded and the letter is gone (false: it failed again, and the letter says so; or the
+  // handler is not running; or `timeout` passed, the replay then going on). Throws DurableError
+  // for an unknown handler or letter, or a letter of another handler.
+  bool replay_dead_letter(const std::string& name, std::uint64_t id,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
   // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
   //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "replayed", "received",

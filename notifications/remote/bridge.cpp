@@ -159,6 +159,8 @@ void Bridge::Impl::start() {
     }));
   }
   state.store(State::running);
+  // After `running`: a subscribe_durable() racing with start() starts its handler itself.
+  start_durables();
   detail::log(detail::LogLevel::debug, "notifications bridge: started (transport {}, app \"{}\", instance {})",
                transport->kind(), config.app, hooks.instance_id);
 }
@@ -310,6 +312,10 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   state.store(State::stopping);
   deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_release);
 
+  // 0. Durable handlers: no new deliveries, the running calls finish (what they instrument is
+  // still forwarded), what waits goes back to the transport.
+  ShutdownReport durable_part;
+  stop_durables(deadline, durable_part);
   // 1. Stop accepting: later events are refused and counted (the forward listeners stay
   // subscribed until the Bridge is destroyed, to count them).
   outbound.stop_accepting();
@@ -352,7 +358,7 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   }
   state.store(State::stopped);
 
-  ShutdownReport result;
+  ShutdownReport result = durable_part;
   result.sent = outbound.counters().sent.load();
   result.confirmed = outbound.counters().confirmed.load();
   const std::uint64_t accepted = outbound.counters().accepted.load();
@@ -360,14 +366,19 @@ ShutdownReport Bridge::Impl::shutdown(std::chrono::milliseconds timeout) {
   result.undelivered = accepted > result.confirmed + result.kept ? accepted - result.confirmed - result.kept : 0;
   result.inbound_undelivered =
       counters.dropped[static_cast<std::size_t>(Drop::inbound_deadline)].load() + left_with_dispatcher;
-  result.clean = flushed && result.undelivered == 0 && result.inbound_undelivered == 0 && sender_returned &&
-                 dispatcher_returned;
+  result.clean = flushed && result.undelivered == 0 && result.inbound_undelivered == 0 &&
+                 result.durable_unfinished == 0 && sender_returned && dispatcher_returned;
   result.detail = "accepted " + std::to_string(accepted) + ", sent " + std::to_string(result.sent) +
                   ", confirmed " + std::to_string(result.confirmed) +
                   (outbound.persistent() ? ", kept in the outbox for the next start " + std::to_string(result.kept) : "") +
                   ", undelivered " +
                   std::to_string(result.undelivered) + ", received " + std::to_string(inbound.counters().received.load()) +
                   ", received but not delivered " + std::to_string(result.inbound_undelivered) +
+                  (result.durable_returned + result.durable_unfinished == 0
+                       ? ""
+                       : ", durable handlers: " + std::to_string(result.durable_returned) +
+                             " given back to the transport, " + std::to_string(result.durable_unfinished) +
+                             " unfinished") +
                   (flushed || !sender_returned ? "" : ", transport flush failed or timed out") +
                   (sender_returned ? "" : ", sender still inside the transport at the deadline");
   if (result.clean) {
@@ -453,7 +464,7 @@ nlohmann::json Bridge::Impl::health() const {
     MutexLock lock(error_mutex);
     error = last_error;
   }
-  return {
+  nlohmann::json out = {
       {"state", state_name(state.load())},
       {"instance_id", hooks.instance_id},
       {"app", config.app},
@@ -466,6 +477,8 @@ nlohmann::json Bridge::Impl::health() const {
       {"counters", counters_json()},
       {"last_error", error},
   };
+  if (nlohmann::json durable = durable_health(); !durable.empty()) out["durable"] = std::move(durable);
+  return out;
 }
 
 Bridge::Bridge(Notifier& notifier, std::shared_ptr<Transport> transport, BridgeConfig config,

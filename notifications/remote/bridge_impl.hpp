@@ -39,6 +39,7 @@
 #include "process/thread_safety.hpp"
 #include "remote/bridge_inbound.hpp"
 #include "remote/bridge_outbound.hpp"
+#include "remote/durable_consumer.hpp"
 #include "remote/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
@@ -234,6 +235,20 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
   std::atomic<bool> registered_for_fork{false};
   std::atomic<std::thread::id> dispatcher_id{};
   std::optional<ShutdownReport> report NOTIFICATIONS_GUARDED_BY(lifecycle);
+
+  // Durable handlers (remote/bridge_durable.cpp): registered by subscribe_durable(), started by
+  // start(), stopped first by shutdown(). Their own lock, so health() never waits for shutdown.
+  mutable detail::Mutex durable_mutex;
+  std::vector<std::shared_ptr<bridge_internal::DurableConsumer>> durables NOTIFICATIONS_GUARDED_BY(durable_mutex);
+  std::shared_ptr<DurableStore> default_durable_store NOTIFICATIONS_GUARDED_BY(durable_mutex);
+  void subscribe_durable(const std::string& name, const std::string& pattern, DurableHandler handler,
+                         DurableOptions options) NOTIFICATIONS_EXCLUDES(durable_mutex);
+  std::shared_ptr<bridge_internal::DurableConsumer> durable(const std::string& name) const
+      NOTIFICATIONS_EXCLUDES(durable_mutex);
+  void start_durables() NOTIFICATIONS_EXCLUDES(durable_mutex);
+  // Adds what the handlers gave back and left unfinished to `report`.
+  void stop_durables(Clock::time_point deadline, ShutdownReport& report) NOTIFICATIONS_EXCLUDES(durable_mutex);
+  nlohmann::json durable_health() const NOTIFICATIONS_EXCLUDES(durable_mutex);
   std::atomic<std::int64_t> deadline_ns{0};  // shutdown deadline (steady clock), 0 = none
 
   struct Counters {

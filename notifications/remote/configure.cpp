@@ -60,6 +60,8 @@ ShutdownReport shutdown_all(const Bridges& bridges, std::chrono::milliseconds ti
     total.confirmed += report.confirmed;
     total.undelivered += report.undelivered;
     total.inbound_undelivered += report.inbound_undelivered;
+    total.durable_returned += report.durable_returned;
+    total.durable_unfinished += report.durable_unfinished;
     if (bridges.size() == 1) {
       total.detail = report.detail;
     } else {

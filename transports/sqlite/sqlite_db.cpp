@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "notifications/durable.hpp"
 #include "notifications/outbox.hpp"
 #include "notifications/transport.hpp"
 
@@ -9,8 +10,34 @@ namespace notifications::sqlite {
 
 namespace {
 
+// What to do about a failure of the durable store, for the common codes.
+std::string durable_store_advice(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_CANTOPEN:
+      return " (its folder must exist and be writable by this process)";
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+      return " (the file is not a SQLite database, or is damaged: move it away to start with an empty inbox and "
+             "dead-letter store; what it held cannot be read)";
+    case SQLITE_FULL:
+      return " (the disk is full)";
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return " (another connection held the database's lock longer than SqliteDurableStoreOptions::busy_timeout_ms: "
+             "raise it, or keep handlers' SQL (DurableContext::execute) short and late in the handler, since a "
+             "handler holds the lock from its first statement until it returns)";
+    case SQLITE_READONLY:
+      return " (the file or its folder is read-only for this process)";
+    case SQLITE_IOERR:
+      return " (an I/O error: disk full, file size limit, or a failing disk)";
+    default:
+      return "";
+  }
+}
+
 // What to do about a failure, for the common codes.
 std::string advice(int rc, Database::Role role) {
+  if (role == Database::Role::durable_store) return durable_store_advice(rc);
   const bool outbox = role == Database::Role::outbox;
   switch (rc & 0xff) {
     case SQLITE_CANTOPEN:
@@ -38,10 +65,21 @@ std::string advice(int rc, Database::Role role) {
 
 [[noreturn]] void throw_for(Database::Role role, const std::string& message) {
   if (role == Database::Role::outbox) throw OutboxError(message);
+  if (role == Database::Role::durable_store) throw DurableError(message);
   throw TransportError(message);
 }
 
-const char* file_word(Database::Role role) { return role == Database::Role::outbox ? "outbox file" : "sqlite:// file"; }
+const char* file_word(Database::Role role) {
+  switch (role) {
+    case Database::Role::outbox:
+      return "outbox file";
+    case Database::Role::durable_store:
+      return "durable store file";
+    case Database::Role::transport:
+      break;
+  }
+  return "sqlite:// file";
+}
 
 }  // namespace
 

@@ -1,7 +1,8 @@
-// Private to notifications::sqlite: small RAII types over the SQLite C API, shared by the outbox
-// and the sqlite:// transport. Every failure throws, for the outbox, OutboxError
-// (notifications/outbox.hpp) and, for the transport, TransportError; the message names the
-// database file, what was being done, SQLite's own reason and what to do about it.
+// Private to notifications::sqlite: small RAII types over the SQLite C API, shared by the outbox,
+// the sqlite:// transport and the durable store. Every failure throws, for the outbox, OutboxError
+// (notifications/outbox.hpp), for the transport, TransportError and, for the durable store,
+// DurableError (notifications/durable.hpp); the message names the database file, what was being
+// done, SQLite's own reason and what to do about it.
 //
 // Thread-safety: a Database and its Statements are used by one thread at a time (the owner
 // serialises them with its own mutex); distinct Databases are independent. The connection is
@@ -21,7 +22,7 @@ namespace notifications::sqlite {
 class Database {
  public:
   // Who uses the file: picks the exception type and the words of its messages.
-  enum class Role { outbox, transport };
+  enum class Role { outbox, transport, durable_store };
 
   // Opens (creating when missing) `path`. Throws naming the file: the folder is missing or not
   // writable, the file is not a database.
