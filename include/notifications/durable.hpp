@@ -88,7 +88,7 @@ struct DurableOptions {
   std::chrono::hours keep_done_for{24 * 7};
   // Deliveries waiting for the handler at most (>= 1); past it they are naked back to the
   // transport (with acknowledgements) or refused and counted (without).
-  std::size_t max_queued = 1024;
+  std::size_t max_queued = 65536;
   // Where the inbox and dead letters live; null: the bridge's own memory store.
   std::shared_ptr<DurableStore> store;
   // Transport subscription options: the consumer group (or durable consumer) is the handler's

@@ -120,7 +120,16 @@ DurableConsumer::DurableConsumer(std::string name, std::string pattern, std::str
       transport_(std::move(transport)),
       acknowledgements_(transport_->capabilities().acknowledgements),
       name_check_(std::move(name_check)),
-      owner_(durable_owner()) {}
+      owner_(durable_owner()),
+      generation_(detail::fork_generation()) {}
+
+bool DurableConsumer::in_forked_child() const noexcept { return detail::fork_generation() != generation_; }
+
+namespace {
+// The consumer whose handler runs on this thread (replay() from inside a handler would wait for
+// itself).
+thread_local const DurableConsumer* running_handler_of = nullptr;
+}  // namespace
 
 DurableConsumer::~DurableConsumer() {
   // Only once no runner is left (each holds this object): no claim of this owner is running.
@@ -128,6 +137,10 @@ DurableConsumer::~DurableConsumer() {
 }
 
 void DurableConsumer::start() {
+  if (in_forked_child()) {
+    throw DurableError("durable handler \"" + name_ + "\" was registered before this process was forked: register "
+                       "it again in the child (on a bridge made there)");
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (started_ || stop_requested_) return;
@@ -174,6 +187,11 @@ std::chrono::milliseconds DurableConsumer::hold_delay() const {
 
 void DurableConsumer::offer(Delivery&& delivery) {
   counters_.received.fetch_add(1, std::memory_order_relaxed);
+  if (in_forked_child()) {  // no thread here to handle it; the parent's locks are not ours
+    counters_.forked_child.fetch_add(1, std::memory_order_relaxed);
+    if (delivery.settle) delivery.settle(Settle::nak);
+    return;
+  }
   std::unique_lock<std::mutex> lock(mutex_);
   if (!stop_requested_ && queue_.size() < options_.max_queued) {
     Work work;
@@ -254,6 +272,10 @@ void DurableConsumer::run_handler(Call& call) {
   try {
     if (call.use_inbox) work = store_->work(name_, call.event_id, owner_);
     CallContext context(name_, call.attempt, call.replay_id != 0, work.get(), call.in_progress);
+    running_handler_of = this;
+    struct Reset {
+      ~Reset() { running_handler_of = nullptr; }
+    } reset;
     handler_(*call.event, context);
     call.ok = true;
   } catch (...) {
@@ -621,6 +643,7 @@ void DurableConsumer::run_dispatcher() {
 }
 
 DurableConsumer::StopReport DurableConsumer::stop(Clock::time_point deadline) {
+  if (in_forked_child()) return {};
   finish_stop(deadline);
   StopReport report;
   report.returned = counters_.returned_at_shutdown.load();
@@ -667,6 +690,11 @@ void DurableConsumer::finish_stop(Clock::time_point deadline) {
 }
 
 bool DurableConsumer::replay(std::uint64_t id, std::chrono::milliseconds timeout) {
+  if (in_forked_child()) throw DurableError("durable handler \"" + name_ + "\" does not run in a forked child");
+  if (running_handler_of == this) {
+    throw DurableError("replay_dead_letter(\"" + name_ + "\") called from that handler itself: it would wait for "
+                       "its own call; call it from another thread");
+  }
   std::optional<DeadLetter> letter = store_->dead_letter(id);
   if (!letter) throw DurableError("dead letter " + std::to_string(id) + " is not in " + store_->description());
   if (letter->handler != name_) {
@@ -694,6 +722,12 @@ bool DurableConsumer::replay(std::uint64_t id, std::chrono::milliseconds timeout
 
 nlohmann::json DurableConsumer::health() const {
   nlohmann::json out;
+  if (in_forked_child()) {
+    return {{"state", "forked_child"},
+            {"pattern", pattern_},
+            {"detail", "registered before this process was forked: it handles nothing here"},
+            {"counters", {{"forked_child", counters_.forked_child.load(std::memory_order_relaxed)}}}};
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     out["state"] = stop_requested_ ? "stopped" : (started_ ? "running" : "created");
@@ -726,7 +760,9 @@ nlohmann::json DurableConsumer::health() const {
                      {"replayed", load(counters_.replayed)},
                      {"replay_failed", load(counters_.replay_failed)},
                      {"stalled", load(counters_.stalled)},
-                     {"store_errors", load(counters_.store_errors)}};
+                     {"store_errors", load(counters_.store_errors)},
+                     {"left_running_at_shutdown", load(counters_.left_running_at_shutdown)},
+                     {"forked_child", load(counters_.forked_child)}};
   try {
     out["store"] = store_->health();
   } catch (...) {

@@ -22,7 +22,8 @@
 //       transport can redeliver, and otherwise counted and logged.
 //
 // Thread-safety: start(), stop(), replay() and health() may be called from any thread; the
-// dispatcher's members run on its thread only.
+// dispatcher's members run on its thread only. In a child forked after it was made, it handles
+// nothing (its threads stayed in the parent) and takes no lock.
 #pragma once
 
 #include <atomic>
@@ -116,6 +117,11 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
   const bool acknowledgements_;
   const NameCheck name_check_;
   const std::string owner_;
+  // The fork generation (detail::fork_generation) this object was made in. In a forked child its
+  // threads do not exist and its locks may be held by threads that are gone: every entry point
+  // checks this first and touches no lock there (deliveries are naked, stop() does nothing).
+  const std::uint64_t generation_;
+  bool in_forked_child() const noexcept;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // work arrived, stop, a runner returned
@@ -141,7 +147,7 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
     std::atomic<std::uint64_t> received{0}, succeeded{0}, failed{0}, timeouts{0}, retried{0},
         duplicates_skipped{0}, held{0}, dead_lettered{0}, malformed{0}, refused_full{0}, taken_over{0},
         late_completions{0}, late_failures{0}, returned_at_shutdown{0}, lost_at_shutdown{0}, replayed{0},
-        replay_failed{0}, store_errors{0}, stalled{0}, left_running_at_shutdown{0};
+        replay_failed{0}, store_errors{0}, stalled{0}, left_running_at_shutdown{0}, forked_child{0};
   } counters_;
 };
 

@@ -5,6 +5,7 @@
 // input is a dead letter at once, exceptions of any type are contained, shutdown returns what waits.
 // Every wait is bounded; nothing here asserts speed.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,9 +18,11 @@
 #include <vector>
 
 #include "bridge_test_support.hpp"
+#include "child_process.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/durable.hpp"
 #include "notifications/envelope.hpp"
+#include "notifications/fork.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
@@ -475,6 +478,41 @@ TEST(DurableSetup, BadNamesPatternsAndOptionsAreRefusedNamingThem) {
   EXPECT_THROW(bridge.durable_store("missing"), n::DurableError);
   bridge.shutdown(1s);
   EXPECT_NE(message_of("late", "x", {}).find("shut down"), std::string::npos);
+}
+
+TEST(DurableFork, AHandlerRegisteredBeforeAForkHandlesNothingInTheChildAndTakesNoLock) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator is not fork-safe (as in test_fork_transports.cpp)";
+#endif
+  n::Notifier notifier;
+  n::Bridge bridge(notifier, n::make_memory_transport({.broker = unique_broker("durable-fork")}), config_for("f"));
+  std::atomic<int> calls{0};
+  bridge.subscribe_durable("h", "a.b", [&](const n::Event&, n::DurableContext&) { calls.fetch_add(1); });
+  bridge.start();
+  n::prepare_fork();
+  const pid_t child = ::fork();
+  if (child == 0) {
+    n::after_fork();
+    // The child: the handler's threads stayed in the parent.
+    int code = 0;
+    const json health = bridge.health()["durable"]["h"];
+    if (health["state"] != "forked_child") code = 1;
+    notifier.instrument("a.b", json::object());  // forwarded and received here: naked, not run
+    bridge.flush(2s);
+    const n::ShutdownReport report = bridge.shutdown(2s);
+    if (calls.load() != 0) code = 2;
+    (void)report;
+    ::_exit(code);
+  }
+  n::after_fork();
+  ASSERT_GT(child, 0);
+  const test_support::ChildResult ended = test_support::wait_for_child(child, 20s);
+  ASSERT_TRUE(ended.exited) << ended.describe();
+  EXPECT_EQ(ended.exit_code, 0) << "1: health did not say forked_child; 2: the handler ran in the child";
+  // The parent's handler still runs.
+  notifier.instrument("a.b", json::object());
+  EXPECT_TRUE(wait_until([&] { return calls.load() == 1; }, 20s));
+  bridge.shutdown(5s);
 }
 
 TEST(DurableBackoff, DelaysGrowByTheMultiplierUpToTheMaxAndJitterOnlyShortens) {
