@@ -5,10 +5,11 @@
 // to it. An Endpoint is one transport's side: its subscriptions, delivery threads and counters.
 // Delivery rules are documented in include/notifications/transports/memory.hpp.
 //
-// Lock order: Endpoint mutex -> Broker mutex -> Subscription mutex; a flush/wait mutex is taken
-// alone. No lock is held while a handler runs.
+// Lock order: Endpoint mutex -> Broker mutex -> Subscription mutex -> Acks mutex (the timers of
+// acknowledgements); a flush/wait mutex is taken alone. No lock is held while a handler runs.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -36,13 +37,19 @@ struct EndpointOptions {
   std::string broker = "default";
   bool inline_delivery = false;
   std::size_t max_pending = 65536;
+  // Acknowledgements (memory.hpp): every delivery must be settled; unsettled ones are
+  // redelivered after the ack wait. False: deliveries carry no settle function, nothing is kept.
+  bool acknowledgements = false;
+  std::chrono::milliseconds ack_wait{30000};  // default DeliveryOptions::ack_wait, >= 1 ms
+  std::uint32_t max_deliveries = 0;           // default DeliveryOptions::max_deliveries; 0: no limit
 };
 
-// Fills `options` from a "<scheme>://<broker>?mode=..&max_pending=.." URL and config.options
-// (same keys; the URL wins). Throws TransportError naming the redacted URL and the bad part.
+// Fills `options` from a "<scheme>://<broker>?mode=..&max_pending=..&acknowledgements=..&
+// ack_wait_ms=..&max_deliveries=.." URL and config.options (same keys; the URL wins). Throws
+// TransportError naming the redacted URL and the bad part.
 void apply_config(const TransportConfig& config, std::string_view scheme, EndpointOptions& options);
 
-// Throws TransportError when the broker name or max_pending is invalid.
+// Throws TransportError when the broker name, max_pending or ack_wait is invalid.
 void validate(const EndpointOptions& options);
 
 // The outcome of routing one message. Thread-safety: a plain value.
@@ -77,16 +84,22 @@ class Endpoint {
   // Routes each message in order; stops at the first refused one.
   PublishResult publish(std::span<const Message> batch);
 
-  // Throws TransportError when closed. Starts the delivery thread in queued mode.
-  void subscribe(std::uint64_t id, const std::string& pattern, const std::string& group,
+  // Throws TransportError when closed. Starts the delivery thread in queued mode (and, with
+  // acknowledgements, the endpoint's timer thread at its first subscription). Reads
+  // options.group, and with acknowledgements options.ack_wait and options.max_deliveries (zero:
+  // the endpoint's defaults); the caller (TransportBase) refused what cannot be honoured.
+  void subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                  DeliveryHandler handler);
   // Unknown ids are ignored. Discards what the subscription still holds (counted); does not wait
-  // for a handler call in progress.
+  // for a handler call in progress. With acknowledgements, the unsettled deliveries of a plain
+  // subscription are discarded (counted); those of a group member stay, and go to another member
+  // of its group when their ack wait (or nak delay) ends.
   void unsubscribe(std::uint64_t id);
   // True when every message routed by this endpoint has been handed to a handler or discarded.
   bool flush(Deadline deadline);
-  // Removes the subscriptions from the broker, delivers what they hold until `deadline`, discards
-  // the rest, waits for handler calls in progress and joins the threads. Idempotent.
+  // Removes the subscriptions from the broker, stops the timer thread, delivers what they hold
+  // until `deadline`, discards the rest, waits for handler calls in progress and joins the
+  // threads; then discards what is unsettled (counted). Idempotent.
   void close(Deadline deadline);
   // Fork support, called by the transport with its lifecycle lock held (no subscribe,
   // unsubscribe or close meanwhile). prepare_fork asks every delivery thread to leave its loop

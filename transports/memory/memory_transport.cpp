@@ -17,7 +17,9 @@ class MemoryTransport final : public TransportBase {
  public:
   explicit MemoryTransport(const MemoryOptions& options)
       : endpoint_(loopback::EndpointOptions{"memory", options.broker, options.inline_delivery,
-                                            options.max_pending}) {}
+                                            options.max_pending, options.acknowledgements,
+                                            options.ack_wait, options.max_deliveries}),
+        capabilities_(options.acknowledgements ? kMemoryAckCapabilities : kMemoryCapabilities) {}
   ~MemoryTransport() override {
     try {
       stop(std::chrono::steady_clock::now() + std::chrono::seconds(5));
@@ -26,14 +28,14 @@ class MemoryTransport final : public TransportBase {
   }
 
   std::string kind() const override { return "memory"; }
-  TransportCapabilities capabilities() const override { return kMemoryCapabilities; }
+  TransportCapabilities capabilities() const override { return capabilities_; }
 
  protected:
   void do_start() override {}
   PublishResult do_publish(std::span<const Message> batch) override { return endpoint_.publish(batch); }
   void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override {
-    endpoint_.subscribe(id, pattern, options.group, std::move(handler));  // headers always kept
+    endpoint_.subscribe(id, pattern, options, std::move(handler));  // headers always kept
   }
   void do_unsubscribe(std::uint64_t id) override { endpoint_.unsubscribe(id); }
   bool do_flush(Deadline deadline) override { return endpoint_.flush(deadline); }
@@ -44,6 +46,7 @@ class MemoryTransport final : public TransportBase {
 
  private:
   loopback::Endpoint endpoint_;
+  const TransportCapabilities capabilities_;
 };
 
 }  // namespace
@@ -53,9 +56,11 @@ std::unique_ptr<Transport> make_memory_transport(MemoryOptions options) {
 }
 
 MemoryOptions memory_options_from_config(const TransportConfig& config) {
-  loopback::EndpointOptions o{"memory", "default", false, MemoryOptions{}.max_pending};
+  const MemoryOptions defaults;
+  loopback::EndpointOptions o{"memory",          "default",         false, defaults.max_pending, defaults.acknowledgements,
+                              defaults.ack_wait, defaults.max_deliveries};
   loopback::apply_config(config, "memory", o);
-  return MemoryOptions{o.broker, o.inline_delivery, o.max_pending};
+  return MemoryOptions{o.broker, o.inline_delivery, o.max_pending, o.acknowledgements, o.ack_wait, o.max_deliveries};
 }
 
 }  // namespace notifications

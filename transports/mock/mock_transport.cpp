@@ -20,7 +20,8 @@ struct MockTransport::Impl {
   explicit Impl(MockOptions o)
       : options(std::move(o)),
         endpoint(loopback::EndpointOptions{"mock", options.broker, options.inline_delivery,
-                                           options.max_pending}) {}
+                                           options.max_pending, options.capabilities.acknowledgements,
+                                           options.ack_wait, options.max_deliveries}) {}
 
   const MockOptions options;
   loopback::Endpoint endpoint;
@@ -330,7 +331,7 @@ PublishResult MockTransport::do_publish(std::span<const Message> batch) {
 
 void MockTransport::do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                                  DeliveryHandler handler) {
-  impl_->endpoint.subscribe(id, pattern, options.group, std::move(handler));
+  impl_->endpoint.subscribe(id, pattern, options, std::move(handler));
   {
     MutexLock lock(impl_->mutex);
     impl_->subscriptions.push_back(MockSubscription{id, pattern, options.group, true});
@@ -389,12 +390,16 @@ nlohmann::json MockTransport::do_health() const {
 }
 
 MockOptions mock_options_from_config(const TransportConfig& config) {
-  loopback::EndpointOptions o{"mock", "default", true, MockOptions{}.max_pending};
-  loopback::apply_config(config, "mock", o);
   MockOptions options;
+  loopback::EndpointOptions o{"mock",  "default", true, options.max_pending, options.capabilities.acknowledgements,
+                              options.ack_wait, options.max_deliveries};
+  loopback::apply_config(config, "mock", o);
   options.broker = o.broker;
   options.inline_delivery = o.inline_delivery;
   options.max_pending = o.max_pending;
+  if (o.acknowledgements) options.capabilities = kMemoryAckCapabilities;
+  options.ack_wait = o.ack_wait;
+  options.max_deliveries = o.max_deliveries;
   return options;
 }
 

@@ -21,7 +21,8 @@
 //     with acknowledgements redelivers: same Message::id, Delivery::redelivery 1 on the second
 //     delivery (0 on the first); "redelivered_by_fault". The second delivery follows the first
 //     at once (nothing in between on that subscription). Works whatever the capabilities say,
-//     so a Bridge's redelivery suppression can be tested without a durable transport.
+//     so a Bridge's redelivery suppression can be tested without a durable transport. With
+//     acknowledgements each of the two deliveries is settled on its own.
 //   fail_next_starts(n): the next n start() calls throw TransportError (the mock stays created).
 //   buffer_while_disconnected(true): as cnats' reconnect buffer, publish() while disconnected
 //     accepts every message (reports them published) and keeps them; flush() returns false
@@ -32,13 +33,27 @@
 // then per message drop_next, duplicate_next, redeliver_next.
 // Message::id is carried as the field itself, as on the memory transport. DeliveryOptions are
 // checked against the capabilities the mock claims (TransportBase): the default refuses durable,
-// start, ack_wait, max_deliveries and ordered; a mock claiming them accepts them but does not
-// implement them.
+// start, ack_wait, max_deliveries and ordered.
 //
-// URL: "mock://" (broker "default") or "mock://<broker>?mode=inline|queued&max_pending=<n>";
-// config.options may hold the same keys. Capabilities come from MockOptions (default: the memory
-// transport's), so the conformance suite can run the mock under other flags; the mock does not
-// implement the extra guarantees it then claims.
+// Acknowledgements: when MockOptions::capabilities.acknowledgements is true (kMemoryAckCapabilities,
+// or URL "acknowledgements=true"), the mock implements them exactly as memory:// does with
+// MemoryOptions::acknowledgements (memory.hpp: settle, in_progress, redelivery counts, ack wait
+// from MockOptions::ack_wait, max_deliveries, group redelivery, max_pending, stop, fork, and the
+// health() counters), its timer thread being "ntf-mock-acks". A disconnected mock holds due
+// redeliveries (within max_pending) until reconnect(); the publish faults (drop_next,
+// duplicate_next, redeliver_next) apply to published messages only, and each delivery they make
+// is settled on its own. Its nak'd deliveries may be overtaken whatever nak_may_be_overtaken
+// says. The other flags a mock may claim are accepted (their DeliveryOptions too) but NOT
+// implemented: persistent, exactly_once, dedupe_window, durable_consumers, start_positions,
+// ordered_delivery_option (and ordered: false changes nothing; the mock keeps order anyway).
+//
+// URL: "mock://" (broker "default") or "mock://<broker>?mode=inline|queued&max_pending=<n>
+// &acknowledgements=true|false&ack_wait_ms=<n>&max_deliveries=<n>"; config.options may hold the
+// same keys (acknowledgements a JSON bool), as memory.hpp says. Capabilities come from
+// MockOptions (default: the memory transport's; acknowledgements=true: kMemoryAckCapabilities),
+// so the conformance suite can run the mock under other flags. health(): memory's fields (with
+// acknowledgements, its counters too), plus connected, publish_calls, dropped_by_fault,
+// duplicated_by_fault, redelivered_by_fault, failed_by_fault, refused_disconnected.
 #pragma once
 
 #include <chrono>
@@ -58,8 +73,11 @@ struct MockOptions {
   std::string broker = "default";  // letters, digits, '_', '-', '.'
   bool inline_delivery = true;     // false: queued mode, a delivery thread per subscription
   std::size_t max_pending = 65536; // per subscription, >= 1
+  // capabilities.acknowledgements true: implemented as memory:// implements them (see above).
   TransportCapabilities capabilities = kMemoryCapabilities;
   std::size_t max_message_bytes = 0;  // 0: no limit
+  std::chrono::milliseconds ack_wait{30000};  // with acknowledgements: default DeliveryOptions::ack_wait, >= 1 ms
+  std::uint32_t max_deliveries = 0;           // with acknowledgements: default max_deliveries; 0: no limit
 };
 
 // One subscribe() call as the mock saw it. Thread-safety: a plain value.
@@ -74,7 +92,7 @@ struct MockSubscription {
 // snapshots taken under the mock's lock.
 class MockTransport : public TransportBase {
  public:
-  // Throws TransportError for an invalid broker name or max_pending == 0.
+  // Throws TransportError for an invalid broker name, max_pending == 0 or ack_wait below 1 ms.
   explicit MockTransport(MockOptions options = {});
   // Stops with a 5 s deadline if still started.
   ~MockTransport() override;
@@ -138,7 +156,8 @@ class MockTransport : public TransportBase {
 };
 
 // The options that make_transport() uses for a "mock://..." URL and config.options (keys mode,
-// max_pending). Throws TransportError naming the URL (credentials redacted) and the bad part.
+// max_pending, acknowledgements, ack_wait_ms, max_deliveries). Throws TransportError naming the
+// URL (credentials redacted) and the bad part.
 MockOptions mock_options_from_config(const TransportConfig& config);
 
 }  // namespace notifications

@@ -2,19 +2,25 @@
 // tests/transport/test_transport_factory.cpp, redaction's in tests/transport/test_redaction.cpp.
 // Every wait is bounded and fails the test when the bound passes; nothing sleeps to synchronise.
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "child_process.hpp"
+#include "notifications/fork.hpp"
 #include "notifications/transport.hpp"
 #include "notifications/transports/memory.hpp"
 #include "transports/memory/loopback_broker.hpp"
@@ -881,7 +887,7 @@ TEST(TransportMemoryUrl, BadQueryKeysValuesAndOptionsAreNamed) {
   auto err = error_of([] { n::make_transport({"memory://b?foo=1&mode=inline&bar", {}}); });
   EXPECT_NE(err.find("[notifications.transport]"), std::string::npos) << err;
   EXPECT_NE(err.find("memory url \"memory://b?foo=1&mode=inline&bar\""), std::string::npos) << err;
-  EXPECT_NE(err.find("unknown query keys \"foo\", \"bar\" (known: mode, max_pending)"), std::string::npos) << err;
+  EXPECT_NE(err.find("unknown query keys \"foo\", \"bar\" (known: mode, max_pending, acknowledgements, ack_wait_ms, max_deliveries)"), std::string::npos) << err;
 
   err = error_of([] { n::make_transport({"memory://b?mode=fast", {}}); });
   EXPECT_NE(err.find("\"mode\": expected \"inline\" or \"queued\", got \"fast\""), std::string::npos) << err;
@@ -909,4 +915,520 @@ TEST(TransportMemoryUrl, BadQueryKeysValuesAndOptionsAreNamed) {
   EXPECT_NE(err.find("broker name"), std::string::npos) << err;
   err = error_of([] { n::make_memory_transport({"ok", false, 0}); });
   EXPECT_NE(err.find("max_pending"), std::string::npos) << err;
+}
+
+// ---- acknowledgements (MemoryOptions::acknowledgements) ----------------------------------------
+
+namespace {
+
+// One delivery as an acknowledging handler saw it.
+struct Got {
+  std::string body;
+  std::string id;
+  std::uint32_t redelivery = 0;
+  Clock::time_point at;
+  std::thread::id thread;
+  std::string thread_name;
+};
+
+// Records deliveries and keeps their settle and in_progress functions for the test thread; its
+// handler settles at once as `decide` says (nullopt, the default: held for the test). Waits are
+// bounded. Thread-safety: every member may be called from any thread.
+class AckInbox {
+ public:
+  using Decide = std::function<std::optional<n::Settlement>(const Got& got, std::size_t index)>;
+  explicit AckInbox(Decide decide = {}) : decide_(std::move(decide)) {}
+
+  n::DeliveryHandler handler() {
+    return [this](n::Delivery&& d) {
+      std::optional<n::Settlement> how;
+      std::function<void(n::Settlement)> settle = d.settle;
+      {
+        std::lock_guard lock(mutex_);
+        Got got{d.message.body, d.message.id, d.redelivery, Clock::now(), std::this_thread::get_id(), {}};
+        char name[32] = {};
+        pthread_getname_np(pthread_self(), name, sizeof(name));
+        got.thread_name = name;
+        if (decide_) how = decide_(got, got_.size());
+        got_.push_back(got);
+        settles_.push_back(std::move(d.settle));
+        touches_.push_back(std::move(d.in_progress));
+      }
+      changed_.notify_all();
+      if (how && settle) settle(*how);  // outside the lock, as a handler would
+    };
+  }
+  bool wait_for(std::size_t count, std::chrono::milliseconds timeout = kWait) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] { return got_.size() >= count; });
+  }
+  std::vector<Got> got() {
+    std::lock_guard lock(mutex_);
+    return got_;
+  }
+  std::size_t size() {
+    std::lock_guard lock(mutex_);
+    return got_.size();
+  }
+  std::function<void(n::Settlement)> settle_of(std::size_t index) {
+    std::lock_guard lock(mutex_);
+    return settles_.at(index);
+  }
+  std::function<void()> in_progress_of(std::size_t index) {
+    std::lock_guard lock(mutex_);
+    return touches_.at(index);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  Decide decide_;
+  std::vector<Got> got_;
+  std::vector<std::function<void(n::Settlement)>> settles_;
+  std::vector<std::function<void()>> touches_;
+};
+
+std::unique_ptr<n::Transport> acking(std::string broker, bool inline_delivery,
+                                     std::chrono::milliseconds ack_wait = 30s, std::uint32_t max_deliveries = 0,
+                                     std::size_t max_pending = 65536) {
+  n::MemoryOptions options{std::move(broker), inline_delivery, max_pending};
+  options.acknowledgements = true;
+  options.ack_wait = ack_wait;
+  options.max_deliveries = max_deliveries;
+  auto t = n::make_memory_transport(options);
+  t->start();
+  return t;
+}
+
+n::Message with_id(std::string subject, std::string body, std::string id) {
+  return n::Message{std::move(subject), std::move(body), {}, std::move(id)};
+}
+
+std::uint64_t counter(const n::Transport& t, const char* name) { return t.health()[name].get<std::uint64_t>(); }
+
+// Room for a wrong (extra or early) delivery to show up before a test checks that it did not.
+constexpr auto kQuiet = 300ms;
+
+}  // namespace
+
+TEST(TransportMemoryAcks, OffByDefaultOnlyWhenAskedWithItsCapabilities) {
+  auto plain = memory(fresh_broker(), true);
+  EXPECT_FALSE(plain->capabilities().acknowledgements);
+  EXPECT_FALSE(plain->capabilities().nak_may_be_overtaken);
+  EXPECT_FALSE(plain->health().contains("unsettled"));
+  bool had_settle = true;
+  plain->subscribe("a", "", [&](n::Delivery&& d) { had_settle = static_cast<bool>(d.settle) || static_cast<bool>(d.in_progress); });
+  publish1(*plain, msg("a"));
+  EXPECT_FALSE(had_settle);
+
+  auto t = acking(fresh_broker(), true);
+  const auto caps = t->capabilities();
+  EXPECT_TRUE(caps.acknowledgements);
+  EXPECT_TRUE(caps.nak_may_be_overtaken);
+  EXPECT_TRUE(caps.ordered);
+  EXPECT_TRUE(caps.consumer_groups);
+  EXPECT_FALSE(caps.persistent);
+  EXPECT_FALSE(caps.durable_consumers);
+  EXPECT_FALSE(caps.start_positions);
+  EXPECT_FALSE(caps.ordered_delivery_option);
+  EXPECT_EQ(caps.dedupe_window.count(), 0);
+  const auto h = t->health();
+  EXPECT_EQ(h["acknowledgements"], true);
+  EXPECT_EQ(h["ack_wait_ms"], 30000);
+  for (const char* key : {"unsettled", "acked", "naked", "terminated", "in_progress", "redelivered", "expired",
+                          "max_deliveries_reached", "unsettled_discarded", "stale_settlements"}) {
+    EXPECT_EQ(h[key], 0) << key;
+  }
+  // ack_wait and max_deliveries are accepted now; the durable options still are not.
+  n::DeliveryOptions options;
+  options.ack_wait = 5s;
+  options.max_deliveries = 3;
+  EXPECT_NO_THROW(t->subscribe("a", options, [](n::Delivery&&) {}));
+  n::DeliveryOptions durable;
+  durable.durable = "d";
+  EXPECT_NE(error_of([&] { t->subscribe("a", durable, [](n::Delivery&&) {}); }).find("durable"), std::string::npos);
+}
+
+// nak_after(d): the message comes back no sooner than d later, with redelivery 1 and the same id,
+// in both modes; then an ack ends it.
+TEST(TransportMemoryAcks, NakAfterRedeliversNoSoonerThanTheDelay) {
+  for (const bool inline_delivery : {false, true}) {
+    SCOPED_TRACE(inline_delivery ? "inline" : "queued");
+    AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+      if (got.redelivery == 0) return n::Settlement::nak_after(150ms);
+      return n::Settle::ack;
+    });
+    auto t = acking(fresh_broker(), inline_delivery);
+    t->subscribe("a.>", "", inbox.handler());
+    ASSERT_EQ(publish1(*t, with_id("a.b", "x", "id-1")).published, 1u);
+    ASSERT_TRUE(inbox.wait_for(2));
+    const auto got = inbox.got();
+    EXPECT_EQ(got[0].redelivery, 0u);
+    EXPECT_EQ(got[1].redelivery, 1u);
+    EXPECT_EQ(got[1].id, "id-1");
+    EXPECT_EQ(got[1].body, "x");
+    EXPECT_GE(got[1].at - got[0].at, 150ms);
+    std::this_thread::sleep_for(kQuiet);
+    EXPECT_EQ(inbox.size(), 2u);
+    EXPECT_TRUE(eventually([&] { return counter(*t, "acked") == 1; }));
+    const auto h = t->health();
+    EXPECT_EQ(h["naked"], 1);
+    EXPECT_EQ(h["redelivered"], 1);
+    EXPECT_EQ(h["expired"], 0);
+    EXPECT_EQ(h["unsettled"], 0);
+    EXPECT_EQ(h["delivered"], 2);
+  }
+}
+
+// A nak without a delay redelivers promptly (no ack wait in between: the ack wait here is long).
+TEST(TransportMemoryAcks, NakWithoutDelayRedeliversWithoutWaitingForTheAckWait) {
+  AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+    return got.redelivery < 2 ? n::Settlement(n::Settle::nak) : n::Settlement(n::Settle::ack);
+  });
+  auto t = acking(fresh_broker(), false, 1h);
+  t->subscribe("a", "", inbox.handler());
+  publish1(*t, with_id("a", "x", "id-1"));
+  ASSERT_TRUE(inbox.wait_for(3));
+  const auto got = inbox.got();
+  EXPECT_EQ(got[2].redelivery, 2u);
+  EXPECT_TRUE(eventually([&] { return counter(*t, "acked") == 1; }));
+}
+
+// An unsettled delivery comes back after its ack wait (DeliveryOptions::ack_wait here), counted
+// as expired; in queued mode on the subscription's delivery thread, in inline mode on the timer
+// thread.
+TEST(TransportMemoryAcks, AnUnsettledDeliveryIsRedeliveredAfterItsAckWait) {
+  for (const bool inline_delivery : {false, true}) {
+    SCOPED_TRACE(inline_delivery ? "inline" : "queued");
+    AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+      if (got.redelivery == 0) return std::nullopt;  // held: never settled
+      return n::Settle::ack;
+    });
+    auto t = acking(fresh_broker(), inline_delivery);
+    n::DeliveryOptions options;
+    options.ack_wait = 120ms;
+    t->subscribe("a", options, inbox.handler());
+    const auto published = Clock::now();  // the ack wait starts later, when the handler is called
+    publish1(*t, with_id("a", "x", "id-1"));
+    ASSERT_TRUE(inbox.wait_for(2));
+    const auto got = inbox.got();
+    EXPECT_EQ(got[1].redelivery, 1u);
+    EXPECT_EQ(got[1].id, "id-1");
+    EXPECT_GE(got[1].at - published, 120ms);
+    if (inline_delivery) {
+      EXPECT_EQ(got[0].thread, std::this_thread::get_id());
+      EXPECT_EQ(got[1].thread_name, "ntf-memory-acks");
+    } else {
+      EXPECT_EQ(got[1].thread, got[0].thread) << "the subscription's delivery thread";
+    }
+    EXPECT_TRUE(eventually([&] { return counter(*t, "acked") == 1; }));
+    EXPECT_EQ(counter(*t, "expired"), 1u);
+    EXPECT_EQ(counter(*t, "redelivered"), 1u);
+    // The first delivery's settle is stale now: harmless, counted.
+    inbox.settle_of(0)(n::Settle::ack);
+    EXPECT_EQ(counter(*t, "stale_settlements"), 1u);
+    EXPECT_EQ(counter(*t, "unsettled"), 0u);
+  }
+}
+
+// in_progress() restarts the ack wait: the redelivery comes no sooner than ack_wait after the last
+// call.
+TEST(TransportMemoryAcks, InProgressRestartsTheAckWait) {
+  AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+    if (got.redelivery == 0) return std::nullopt;
+    return n::Settle::ack;
+  });
+  auto t = acking(fresh_broker(), false, 400ms);
+  t->subscribe("a", "", inbox.handler());
+  publish1(*t, with_id("a", "x", "id-1"));
+  ASSERT_TRUE(inbox.wait_for(1));
+  Clock::time_point last;
+  for (int i = 0; i < 4; ++i) {
+    std::this_thread::sleep_for(50ms);
+    last = Clock::now();
+    inbox.in_progress_of(0)();
+  }
+  ASSERT_TRUE(inbox.wait_for(2));
+  const auto got = inbox.got();
+  EXPECT_GE(got[1].at - last, 400ms);
+  EXPECT_EQ(got[1].redelivery, 1u);
+  EXPECT_EQ(counter(*t, "in_progress"), 4u);
+  // Once redelivered, in_progress of the old delivery is stale.
+  inbox.in_progress_of(0)();
+  EXPECT_EQ(counter(*t, "stale_settlements"), 1u);
+}
+
+// max_deliveries bounds every delivery, the first included: after the last is nak'd (or its ack
+// wait ends) the message is dropped and counted, never redelivered again.
+TEST(TransportMemoryAcks, MaxDeliveriesDropsTheMessageAndCountsIt) {
+  {
+    SCOPED_TRACE("DeliveryOptions::max_deliveries, nak");
+    AckInbox inbox([](const Got&, std::size_t) -> std::optional<n::Settlement> { return n::Settle::nak; });
+    auto t = acking(fresh_broker(), false);
+    n::DeliveryOptions options;
+    options.max_deliveries = 3;
+    t->subscribe("a", options, inbox.handler());
+    publish1(*t, with_id("a", "x", "id-1"));
+    ASSERT_TRUE(eventually([&] { return counter(*t, "max_deliveries_reached") == 1; }));
+    std::this_thread::sleep_for(kQuiet);
+    const auto got = inbox.got();
+    ASSERT_EQ(got.size(), 3u);
+    for (std::uint32_t i = 0; i < 3; ++i) EXPECT_EQ(got[i].redelivery, i);
+    EXPECT_EQ(counter(*t, "unsettled"), 0u);
+    EXPECT_EQ(counter(*t, "naked"), 3u);
+  }
+  {
+    SCOPED_TRACE("MemoryOptions::max_deliveries, ack wait");
+    AckInbox inbox;  // holds every delivery
+    auto t = acking(fresh_broker(), true, 50ms, 2);
+    t->subscribe("a", "", inbox.handler());
+    publish1(*t, with_id("a", "x", "id-1"));
+    ASSERT_TRUE(eventually([&] { return counter(*t, "max_deliveries_reached") == 1; }));
+    std::this_thread::sleep_for(kQuiet);
+    EXPECT_EQ(inbox.size(), 2u);
+    EXPECT_EQ(counter(*t, "expired"), 2u);
+    EXPECT_EQ(counter(*t, "unsettled"), 0u);
+    // Settling a dropped delivery is harmless.
+    inbox.settle_of(1)(n::Settle::ack);
+    EXPECT_EQ(counter(*t, "stale_settlements"), 1u);
+  }
+}
+
+// term ends a delivery: never redelivered, even past the ack wait.
+TEST(TransportMemoryAcks, TermEndsTheDelivery) {
+  AckInbox inbox([](const Got&, std::size_t) -> std::optional<n::Settlement> { return n::Settle::term; });
+  auto t = acking(fresh_broker(), false, 50ms);
+  t->subscribe("a", "", inbox.handler());
+  publish1(*t, with_id("a", "x", "id-1"));
+  ASSERT_TRUE(inbox.wait_for(1));
+  std::this_thread::sleep_for(kQuiet);
+  EXPECT_EQ(inbox.size(), 1u);
+  EXPECT_EQ(counter(*t, "terminated"), 1u);
+  EXPECT_EQ(counter(*t, "unsettled"), 0u);
+  EXPECT_EQ(counter(*t, "expired"), 0u);
+}
+
+// In a consumer group a redelivery goes to one member (here the next in turn: the other one);
+// another group and a plain subscription keep their own single copy. A member that unsubscribes
+// with an unsettled delivery leaves it to the group: it comes back to the other member after its
+// ack wait.
+TEST(TransportMemoryAcks, GroupRedeliveryGoesToOneMember) {
+  for (const bool inline_delivery : {false, true}) {
+    SCOPED_TRACE(inline_delivery ? "inline" : "queued");
+    const auto broker = fresh_broker();
+    std::atomic<int> naks{0};
+    const auto nak_first = [&](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+      if (got.redelivery == 0 && got.body == "nak") {
+        naks.fetch_add(1);
+        return n::Settle::nak;
+      }
+      if (got.body == "hold" && got.redelivery == 0) return std::nullopt;
+      return n::Settle::ack;
+    };
+    AckInbox a(nak_first);
+    AckInbox b(nak_first);
+    const auto ack_all = [](const Got&, std::size_t) -> std::optional<n::Settlement> { return n::Settle::ack; };
+    AckInbox other(ack_all);
+    AckInbox plain(ack_all);
+    auto ta = acking(broker, inline_delivery, 150ms);
+    auto tb = acking(broker, inline_delivery, 150ms);
+    const auto id_a = ta->subscribe("g.>", "workers", a.handler());
+    tb->subscribe("g.>", "workers", b.handler());
+    tb->subscribe("g.>", "others", other.handler());
+    tb->subscribe("g.>", "", plain.handler());
+    publish1(*ta, with_id("g.x", "nak", "id-1"));  // to a (first in turn), nak'd, then to b
+    ASSERT_TRUE(b.wait_for(1));
+    ASSERT_TRUE(other.wait_for(1));
+    ASSERT_TRUE(plain.wait_for(1));
+    std::this_thread::sleep_for(kQuiet);
+    ASSERT_EQ(a.size(), 1u);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(a.got()[0].redelivery, 0u);
+    EXPECT_EQ(b.got()[0].redelivery, 1u);
+    EXPECT_EQ(b.got()[0].id, "id-1");
+    EXPECT_EQ(other.size(), 1u);
+    EXPECT_EQ(other.got()[0].redelivery, 0u);
+    EXPECT_EQ(plain.size(), 1u);
+    EXPECT_EQ(naks.load(), 1);
+
+    // The next message goes to a (round robin), which holds it and leaves the group.
+    const auto published = Clock::now();  // the ack wait starts later, when a gets it
+    publish1(*ta, with_id("g.x", "hold", "id-2"));
+    ASSERT_TRUE(a.wait_for(2));
+    EXPECT_EQ(a.got()[1].id, "id-2");
+    ta->unsubscribe(id_a);
+    ASSERT_TRUE(b.wait_for(2));
+    EXPECT_EQ(b.got()[1].id, "id-2");
+    EXPECT_EQ(b.got()[1].redelivery, 1u);
+    EXPECT_GE(b.got()[1].at - published, 150ms);  // its ack wait ran out first
+    // Settling on the member that left is harmless (stale: b got it since).
+    a.settle_of(1)(n::Settle::ack);
+    EXPECT_EQ(counter(*ta, "stale_settlements"), 1u);
+    EXPECT_TRUE(eventually([&] { return counter(*tb, "unsettled") == 0; }));
+  }
+}
+
+// Unsettled deliveries count against max_pending: holding max_pending of them refuses the next
+// publish (transient); an ack makes room.
+TEST(TransportMemoryAcks, UnsettledDeliveriesCountAgainstMaxPending) {
+  AckInbox inbox;  // holds every delivery
+  auto t = acking(fresh_broker(), true, 30s, 0, 2);
+  t->subscribe("a", "", inbox.handler());
+  ASSERT_EQ(publish1(*t, msg("a", "1")).published, 1u);
+  ASSERT_EQ(publish1(*t, msg("a", "2")).published, 1u);
+  const auto refused = publish1(*t, msg("a", "3"));
+  EXPECT_EQ(refused.published, 0u);
+  EXPECT_TRUE(refused.transient);
+  EXPECT_NE(refused.error.find("max_pending=2"), std::string::npos) << refused.error;
+  EXPECT_EQ(counter(*t, "unsettled"), 2u);
+  inbox.settle_of(0)(n::Settle::ack);
+  EXPECT_EQ(publish1(*t, msg("a", "3")).published, 1u);
+  EXPECT_EQ(inbox.size(), 3u);
+}
+
+// Settling twice, from many threads at once, after unsubscribe, after stop and after the
+// transport is gone: harmless. stop() discards what is unsettled and counts it.
+TEST(TransportMemoryAcks, SettlingTwiceFromAnyThreadAndAfterStopIsHarmless) {
+  AckInbox inbox;  // holds every delivery
+  auto t = acking(fresh_broker(), false);
+  const auto id = t->subscribe("a", "", inbox.handler());
+  for (int i = 0; i < 4; ++i) publish1(*t, with_id("a", std::to_string(i), "id-" + std::to_string(i)));
+  ASSERT_TRUE(inbox.wait_for(4));
+  inbox.settle_of(0)(n::Settle::ack);
+  inbox.settle_of(0)(n::Settle::nak);  // a second settle: stale
+  {
+    std::vector<std::thread> threads;  // one delivery settled by 8 threads at once: one wins
+    for (int i = 0; i < 8; ++i) {
+      threads.emplace_back([&, i] { inbox.settle_of(1)(i % 2 == 0 ? n::Settlement(n::Settle::ack) : n::Settlement(n::Settle::term)); });
+    }
+    for (auto& thread : threads) thread.join();
+  }
+  EXPECT_EQ(counter(*t, "acked") + counter(*t, "terminated"), 2u);
+  EXPECT_EQ(counter(*t, "stale_settlements"), 8u);
+  // A plain subscription's unsettled deliveries go with it.
+  t->unsubscribe(id);
+  EXPECT_EQ(counter(*t, "unsettled_discarded"), 2u);
+  EXPECT_EQ(counter(*t, "unsettled"), 0u);
+  inbox.settle_of(2)(n::Settle::ack);
+  inbox.in_progress_of(3)();
+  EXPECT_EQ(counter(*t, "stale_settlements"), 10u);
+  EXPECT_EQ(inbox.size(), 4u);
+
+  // Held at stop: discarded and counted; settling afterwards (and once the transport is gone) is
+  // harmless.
+  AckInbox held;
+  auto u = acking(fresh_broker(), true);
+  u->subscribe("a", "", held.handler());
+  publish1(*u, msg("a", "1"));
+  publish1(*u, msg("a", "2"));
+  u->stop(in(kWait));
+  EXPECT_EQ(counter(*u, "unsettled_discarded"), 2u);
+  EXPECT_EQ(counter(*u, "unsettled"), 0u);
+  held.settle_of(0)(n::Settlement::nak_after(1ms));
+  held.in_progress_of(1)();
+  EXPECT_EQ(counter(*u, "stale_settlements"), 2u);
+  u.reset();
+  held.settle_of(1)(n::Settle::ack);
+  EXPECT_EQ(held.size(), 2u);
+}
+
+// The queued delivery thread and stop() within a deadline: a delivery nak'd during stop is not
+// redelivered after it; stop returns.
+TEST(TransportMemoryAcks, StopWhileRedeliveriesAreDue) {
+  AckInbox inbox([](const Got&, std::size_t) -> std::optional<n::Settlement> { return n::Settlement::nak_after(1ms); });
+  auto t = acking(fresh_broker(), false, 10ms);
+  t->subscribe("a", "", inbox.handler());
+  for (int i = 0; i < 20; ++i) publish1(*t, msg("a", std::to_string(i)));
+  ASSERT_TRUE(inbox.wait_for(60));
+  t->stop(in(kWait));
+  const auto after_stop = inbox.size();
+  std::this_thread::sleep_for(kQuiet);
+  EXPECT_EQ(inbox.size(), after_stop);
+  EXPECT_EQ(counter(*t, "unsettled"), 0u);
+}
+
+TEST(TransportMemoryAcks, UrlAndOptionKeys) {
+  auto o = n::memory_options_from_config({"memory://x?acknowledgements=true&ack_wait_ms=250&max_deliveries=4", {}});
+  EXPECT_TRUE(o.acknowledgements);
+  EXPECT_EQ(o.ack_wait, 250ms);
+  EXPECT_EQ(o.max_deliveries, 4u);
+  o = n::memory_options_from_config({"memory://x", {{"acknowledgements", true}, {"ack_wait_ms", 7}, {"max_deliveries", 0}}});
+  EXPECT_TRUE(o.acknowledgements);
+  EXPECT_EQ(o.ack_wait, 7ms);
+  EXPECT_EQ(o.max_deliveries, 0u);
+  o = n::memory_options_from_config({"memory://x?acknowledgements=false", {{"acknowledgements", true}}});
+  EXPECT_FALSE(o.acknowledgements);  // the URL wins
+  o = n::memory_options_from_config({"memory://x", {}});
+  EXPECT_FALSE(o.acknowledgements);
+  EXPECT_EQ(o.ack_wait, 30s);
+  EXPECT_EQ(o.max_deliveries, 0u);
+
+  auto t = n::make_transport({"memory://x?acknowledgements=true&ack_wait_ms=250&max_deliveries=4", {}});
+  EXPECT_TRUE(t->capabilities().acknowledgements);
+  EXPECT_EQ(t->health()["ack_wait_ms"], 250);
+  EXPECT_EQ(t->health()["max_deliveries"], 4);
+
+  const auto names = [](const n::TransportConfig& config, const std::string& key) {
+    const std::string err = error_of([&] { n::make_transport(config); });
+    EXPECT_NE(err.find("[notifications.transport]"), std::string::npos) << err;
+    EXPECT_NE(err.find("\"" + key + "\""), std::string::npos) << err;
+  };
+  names({"memory://x?acknowledgements=yes", {}}, "acknowledgements");
+  names({"memory://x?acknowledgements=", {}}, "acknowledgements");
+  names({"memory://x", {{"acknowledgements", "true"}}}, "acknowledgements");
+  names({"memory://x", {{"acknowledgements", 1}}}, "acknowledgements");
+  names({"memory://x?ack_wait_ms=0", {}}, "ack_wait_ms");
+  names({"memory://x?ack_wait_ms=1s", {}}, "ack_wait_ms");
+  names({"memory://x", {{"ack_wait_ms", 0}}}, "ack_wait_ms");
+  names({"memory://x", {{"ack_wait_ms", "250"}}}, "ack_wait_ms");
+  names({"memory://x?max_deliveries=-1", {}}, "max_deliveries");
+  names({"memory://x?max_deliveries=99999999999", {}}, "max_deliveries");
+  names({"memory://x", {{"max_deliveries", -1}}}, "max_deliveries");
+  names({"memory://x", {{"max_deliveries", 1.5}}}, "max_deliveries");
+  auto err = error_of([] { n::make_memory_transport({.broker = "x", .acknowledgements = true, .ack_wait = 0ms}); });
+  EXPECT_NE(err.find("ack_wait"), std::string::npos) << err;
+}
+
+// Fork with acknowledgements (notifications/fork.hpp): the timer thread is parked and restarted.
+// The parent keeps what was unsettled at the fork and redelivers it when its ack wait ends; the
+// child discards it (counted) and settles its own deliveries.
+TEST(TransportMemoryAcks, ForkLeavesTheUnsettledToTheParent) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator is not fork-safe (as in tests/process/test_fork_transports.cpp)";
+#endif
+  AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {
+    if (got.body == "held" && got.redelivery == 0) return std::nullopt;
+    return n::Settle::ack;
+  });
+  auto t = acking(fresh_broker(), false, 300ms);
+  t->subscribe("a", "", inbox.handler());
+  ASSERT_EQ(publish1(*t, msg("a", "held")).published, 1u);
+  ASSERT_TRUE(inbox.wait_for(1));
+  n::prepare_fork();
+  const pid_t pid = ::fork();
+  n::after_fork();
+  if (pid == 0) {
+    // The child reports by its exit code which check failed.
+    if (t->health()["unsettled_discarded"] != 1 || t->health()["unsettled"] != 0) _exit(10);
+    if (publish1(*t, msg("a", "child")).published != 1) _exit(11);
+    if (!inbox.wait_for(2) || inbox.got()[1].body != "child") _exit(12);
+    std::this_thread::sleep_for(500ms);  // past the held delivery's ack wait
+    if (inbox.size() != 2) _exit(13);
+    if (t->health()["acked"] != 1) _exit(14);
+    t->stop(in(kWait));
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0) << "fork failed";
+  ASSERT_TRUE(inbox.wait_for(2));
+  const auto got = inbox.got();
+  EXPECT_EQ(got[1].body, "held");
+  EXPECT_EQ(got[1].redelivery, 1u);
+  EXPECT_TRUE(eventually([&] { return counter(*t, "acked") == 1; }));
+  EXPECT_EQ(counter(*t, "unsettled_discarded"), 0u);
+  const auto r = test_support::wait_for_child(pid, 20s);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "10: unsettled not discarded, 11: publish refused, 12: not delivered, "
+                               "13: the parent's delivery redelivered in the child, 14: not acked";
+  t->stop(in(kWait));
 }

@@ -5,8 +5,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -379,7 +381,8 @@ TEST(TransportMock, MessageIdRoundTrip) {
 }
 
 // The default mock claims none of the durable capabilities: it refuses their options, naming
-// them; a mock claiming them accepts them (and does not implement them, as documented).
+// them; a mock claiming them accepts them (and, but for acknowledgements, does not implement
+// them, as documented).
 TEST(TransportMock, RefusesDeliveryOptionsItsCapabilitiesDoNotCover) {
   auto a = mock(fresh_broker());
   n::DeliveryOptions durable;
@@ -535,4 +538,192 @@ TEST(TransportMockFactory, ByUrl) {
   const auto o = n::mock_options_from_config({"mock://y", {{"mode", "queued"}}});
   EXPECT_FALSE(o.inline_delivery);
   EXPECT_EQ(o.broker, "y");
+}
+
+// ---- acknowledgements (capabilities.acknowledgements: implemented as memory:// does) ----------
+
+namespace {
+
+// One delivery as an acknowledging handler saw it.
+struct Got {
+  std::string body;
+  std::string id;
+  std::uint32_t redelivery = 0;
+  Clock::time_point at;
+  bool settleable = false;
+};
+
+// Records deliveries and settles each at once as `decide` says (nullopt: held, its settle function
+// kept for the test). Thread-safety: every member may be called from any thread.
+class AckInbox {
+ public:
+  using Decide = std::function<std::optional<n::Settlement>(const Got& got)>;
+  explicit AckInbox(Decide decide = {}) : decide_(std::move(decide)) {}
+  n::DeliveryHandler handler() {
+    return [this](n::Delivery&& d) {
+      std::optional<n::Settlement> how;
+      std::function<void(n::Settlement)> settle = d.settle;
+      {
+        std::lock_guard lock(mutex_);
+        Got got{d.message.body, d.message.id, d.redelivery, Clock::now(), static_cast<bool>(d.settle) && static_cast<bool>(d.in_progress)};
+        if (decide_) how = decide_(got);
+        got_.push_back(got);
+        settles_.push_back(std::move(d.settle));
+      }
+      changed_.notify_all();
+      if (how && settle) settle(*how);
+    };
+  }
+  bool wait_for(std::size_t count, std::chrono::milliseconds timeout = kWait) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] { return got_.size() >= count; });
+  }
+  std::vector<Got> got() {
+    std::lock_guard lock(mutex_);
+    return got_;
+  }
+  std::function<void(n::Settlement)> settle_of(std::size_t index) {
+    std::lock_guard lock(mutex_);
+    return settles_.at(index);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  Decide decide_;
+  std::vector<Got> got_;
+  std::vector<std::function<void(n::Settlement)>> settles_;
+};
+
+std::shared_ptr<n::MockTransport> acking_mock(const std::string& broker, bool inline_delivery = true,
+                                              std::chrono::milliseconds ack_wait = 30s, std::uint32_t max_deliveries = 0) {
+  n::MockOptions options;
+  options.broker = broker;
+  options.inline_delivery = inline_delivery;
+  options.capabilities = n::kMemoryAckCapabilities;
+  options.ack_wait = ack_wait;
+  options.max_deliveries = max_deliveries;
+  auto t = std::make_shared<n::MockTransport>(options);
+  t->start();
+  return t;
+}
+
+std::uint64_t counter(const n::Transport& t, const char* name) { return t.health()[name].get<std::uint64_t>(); }
+
+}  // namespace
+
+// nak_after(d): redelivered no sooner than d later, redelivery 1, same id; ack ends it.
+TEST(TransportMockAcks, NakAfterRedeliversNoSoonerThanTheDelay) {
+  for (const bool inline_delivery : {true, false}) {
+    SCOPED_TRACE(inline_delivery ? "inline" : "queued");
+    AckInbox inbox([](const Got& got) -> std::optional<n::Settlement> {
+      if (got.redelivery == 0) return n::Settlement::nak_after(150ms);
+      return n::Settle::ack;
+    });
+    const auto broker = fresh_broker();
+    auto sub = acking_mock(broker, inline_delivery);
+    auto pub = acking_mock(broker);
+    sub->subscribe("a", "", inbox.handler());
+    ASSERT_EQ(publish1(*pub, n::Message{"a", "x", {}, "id-1"}).published, 1u);
+    ASSERT_TRUE(inbox.wait_for(2));
+    const auto got = inbox.got();
+    EXPECT_TRUE(got[0].settleable);
+    EXPECT_EQ(got[1].redelivery, 1u);
+    EXPECT_EQ(got[1].id, "id-1");
+    EXPECT_GE(got[1].at - got[0].at, 150ms);
+    ASSERT_TRUE(sub->wait_for_delivered(2, kWait));
+    const auto h = sub->health();
+    EXPECT_EQ(h["naked"], 1);
+    EXPECT_EQ(h["redelivered"], 1);
+    EXPECT_EQ(h["connected"], true);  // the mock's own fields stay
+  }
+}
+
+// Ack wait expiry, then max_deliveries: dropped and counted; term ends a delivery.
+TEST(TransportMockAcks, AckWaitMaxDeliveriesAndTerm) {
+  AckInbox held;  // holds every delivery
+  auto t = acking_mock(fresh_broker(), true, 50ms, 2);
+  t->subscribe("a", "", held.handler());
+  const auto published = Clock::now();  // the ack wait starts later, when the handler is called
+  publish1(*t, n::Message{"a", "x", {}, "id-1"});
+  ASSERT_TRUE(held.wait_for(2));
+  EXPECT_EQ(held.got()[1].redelivery, 1u);
+  EXPECT_GE(held.got()[1].at - published, 50ms);
+  const auto deadline = Clock::now() + kWait;
+  while (counter(*t, "max_deliveries_reached") == 0 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(counter(*t, "max_deliveries_reached"), 1u);
+  EXPECT_EQ(counter(*t, "expired"), 2u);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(held.got().size(), 2u);
+
+  AckInbox terms([](const Got&) -> std::optional<n::Settlement> { return n::Settle::term; });
+  auto u = acking_mock(fresh_broker(), true, 50ms);
+  u->subscribe("a", "", terms.handler());
+  publish1(*u, n::Message{"a", "x", {}, "id-1"});
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(terms.got().size(), 1u);
+  EXPECT_EQ(counter(*u, "terminated"), 1u);
+  EXPECT_EQ(counter(*u, "unsettled"), 0u);
+}
+
+// The faults still work with acknowledgements: redeliver_next's two deliveries are settled each on
+// its own; a disconnected mock holds a due redelivery until reconnect().
+TEST(TransportMockAcks, FaultsStillApply) {
+  AckInbox inbox([](const Got& got) -> std::optional<n::Settlement> {
+    if (got.body == "nak" && got.redelivery == 0) return n::Settle::nak;
+    return n::Settle::ack;
+  });
+  const auto broker = fresh_broker();
+  auto t = acking_mock(broker);
+  t->subscribe("a", "", inbox.handler());
+  t->redeliver_next(1);
+  publish1(*t, n::Message{"a", "twice", {}, "id-1"});
+  ASSERT_TRUE(inbox.wait_for(2));
+  EXPECT_EQ(inbox.got()[1].redelivery, 1u);
+  EXPECT_TRUE(inbox.got()[1].settleable);
+  EXPECT_EQ(counter(*t, "acked"), 2u);
+  EXPECT_EQ(t->redelivered_by_fault(), 1u);
+
+  auto pub = acking_mock(broker);
+  t->disconnect();
+  publish1(*pub, n::Message{"a", "nak", {}, "id-2"});  // held: t is disconnected
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(inbox.got().size(), 2u);
+  t->reconnect();  // delivered (and nak'd) now; the redelivery follows
+  ASSERT_TRUE(inbox.wait_for(4));
+  EXPECT_EQ(inbox.got()[3].id, "id-2");
+  EXPECT_EQ(inbox.got()[3].redelivery, 1u);
+
+  // Stop discards what is unsettled; settling afterwards is harmless.
+  AckInbox held;
+  auto u = acking_mock(fresh_broker());
+  u->subscribe("a", "", held.handler());
+  publish1(*u, n::Message{"a", "x", {}, "id-3"});
+  u->stop(in(kWait));
+  EXPECT_EQ(counter(*u, "unsettled_discarded"), 1u);
+  held.settle_of(0)(n::Settle::ack);
+  EXPECT_EQ(counter(*u, "stale_settlements"), 1u);
+}
+
+TEST(TransportMockAcks, UrlAndOptionKeys) {
+  auto o = n::mock_options_from_config({"mock://y?acknowledgements=true&ack_wait_ms=40&max_deliveries=2", {}});
+  EXPECT_TRUE(o.capabilities.acknowledgements);
+  EXPECT_TRUE(o.capabilities.nak_may_be_overtaken);
+  EXPECT_EQ(o.ack_wait, 40ms);
+  EXPECT_EQ(o.max_deliveries, 2u);
+  o = n::mock_options_from_config({"mock://y", {{"acknowledgements", true}}});
+  EXPECT_TRUE(o.capabilities.acknowledgements);
+  o = n::mock_options_from_config({"mock://y", {}});
+  EXPECT_FALSE(o.capabilities.acknowledgements);
+  auto t = n::make_transport({"mock://y?acknowledgements=true", {}});
+  EXPECT_TRUE(t->capabilities().acknowledgements);
+  EXPECT_EQ(t->health()["acknowledgements"], true);
+  for (const auto& bad : std::vector<std::pair<n::TransportConfig, std::string>>{
+           {{"mock://y?acknowledgements=1", {}}, "acknowledgements"},
+           {{"mock://y", {{"acknowledgements", "yes"}}}, "acknowledgements"},
+           {{"mock://y?ack_wait_ms=0", {}}, "ack_wait_ms"},
+           {{"mock://y?max_deliveries=x", {}}, "max_deliveries"}}) {
+    const auto err = error_of([&] { n::make_transport(bad.first); });
+    EXPECT_NE(err.find("\"" + bad.second + "\""), std::string::npos) << err;
+  }
 }
