@@ -57,11 +57,15 @@ struct Gate {
   }
 };
 
-// A transport URL for each case: the transport's capabilities decide between naks and local
-// retries, which both must honour the same promises.
+// A transport for each case: the transport's capabilities decide between naks and local retries,
+// which both must honour the same promises.
 std::shared_ptr<n::Transport> make(const std::string& kind, const std::string& broker) {
   if (kind == "mock") return std::make_shared<n::MockTransport>(n::MockOptions{.broker = broker});
-  return n::make_memory_transport({.broker = broker});
+  if (kind == "mock_acks") {
+    return std::make_shared<n::MockTransport>(
+        n::MockOptions{.broker = broker, .capabilities = n::kMemoryAckCapabilities});
+  }
+  return n::make_memory_transport({.broker = broker, .acknowledgements = kind == "memory_acks"});
 }
 
 // A producer bridge forwarding everything, and a consumer bridge with no listeners of its own:
@@ -440,7 +444,8 @@ TEST_P(Durable, ExecuteWithoutAnSqlStoreFailsNamingTheStoreToUse) {
   EXPECT_NE(letters[0].last_error.find("make_sqlite_durable_store"), std::string::npos) << letters[0].last_error;
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, Durable, ::testing::Values("memory", "mock"),
+// Without acknowledgements (local retries) and with them (naks carrying the backoff).
+INSTANTIATE_TEST_SUITE_P(Transports, Durable, ::testing::Values("memory", "mock", "memory_acks", "mock_acks"),
                          [](const auto& info) { return info.param; });
 
 TEST(DurableSetup, BadNamesPatternsAndOptionsAreRefusedNamingThem) {

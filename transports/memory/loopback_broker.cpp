@@ -23,6 +23,25 @@ namespace notifications::loopback {
 
 namespace {
 
+// A message dropped at max_deliveries is counted in health() and said here, at most once a second
+// (a flood of them must not flood the log).
+void log_max_deliveries(const std::string& subject, std::uint64_t total) {
+  static std::atomic<std::int64_t> last_ms{0};
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  std::int64_t last = last_ms.load(std::memory_order_relaxed);
+  if ((last != 0 && now_ms - last < 1000) || !last_ms.compare_exchange_strong(last, now_ms)) return;
+  detail::log(detail::LogLevel::warn,
+              "notifications memory transport: a message on \"{}\" reached max_deliveries without an ack and is "
+              "not delivered again (max_deliveries_reached: {})",
+              detail::wire_text(subject, 120), total);
+}
+
+}  // namespace
+
+
+namespace {
+
 using Clock = std::chrono::steady_clock;
 using detail::Mutex;
 using detail::MutexLock;
@@ -299,7 +318,8 @@ void settle_delivery(const DeliveryRef& ref, Settlement how) {
       acks.naked.fetch_add(1);
       disarm(acks, *s, key, it->second.due);
       if (s->max_deliveries != 0 && it->second.deliveries >= s->max_deliveries) {
-        acks.max_deliveries_reached.fetch_add(1);  // its last delivery: not redelivered
+        const std::uint64_t reached = acks.max_deliveries_reached.fetch_add(1) + 1;  // its last delivery: not redelivered
+        log_max_deliveries(it->second.message.subject, reached);
         s->unsettled.erase(it);
         acks.unsettled.fetch_sub(1);
         break;
@@ -528,7 +548,7 @@ void fire(Acks& acks, const Timer& timer) {
     if (!u.naked) {
       acks.expired.fetch_add(1);
       if (s.max_deliveries != 0 && u.deliveries >= s.max_deliveries) {
-        acks.max_deliveries_reached.fetch_add(1);
+        log_max_deliveries(u.message.subject, acks.max_deliveries_reached.fetch_add(1) + 1);
         return;
       }
     }
