@@ -328,7 +328,11 @@ DurableConsumer::CallOutcome DurableConsumer::run_call(const std::shared_ptr<Cal
   const auto started = Clock::now();
   const auto call_deadline = options_.handler_deadline.count() > 0 ? started + options_.handler_deadline
                                                                     : Clock::time_point::max();
-  const auto progress_every = options_.ack_wait.count() > 0 ? options_.ack_wait / 3 : std::chrono::milliseconds(5000);
+  // in_progress() well within the ack wait (the transport's default when not given: often 30 s,
+  // but a URL may set it lower).
+  const auto progress_every = options_.ack_wait.count() > 0
+                                  ? std::max<std::chrono::milliseconds>(options_.ack_wait / 3, std::chrono::milliseconds(1))
+                                  : std::chrono::milliseconds(1000);
   auto next_progress = started + progress_every;
   bool left_behind = false;
   CallOutcome outcome = CallOutcome::finished;

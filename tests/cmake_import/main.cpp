@@ -1,9 +1,12 @@
 // Exits 0 when the installed library delivers an event to a subscriber, with
 // notifications::nats linked make_transport() knows the "nats" scheme, and with
 // notifications::sqlite linked a bridge with durability async keeps its events in a SQLite file
-// and make_transport() knows the "sqlite" scheme (two bridges exchange an event through a file).
+// and make_transport() knows the "sqlite" scheme (two bridges exchange an event through a file,
+// and a durable handler with the SQLite inbox runs for it once, its SQL in the inbox's transaction).
 #include <notifications/bridge.hpp>
+#include <notifications/durable.hpp>
 #include <notifications/notifications.hpp>
+#include <notifications/sqlite.hpp>
 #include <notifications/transport.hpp>
 #include <unistd.h>
 
@@ -49,13 +52,30 @@ int main() {
     sqlite_config.url = "sqlite://" + events;
     auto receiver = notifications::make_bridge(receiving_bus, sqlite_config);
     auto sender = notifications::make_bridge(sending_bus, sqlite_config);
+    const std::string inbox = "/tmp/notifications-consumer-inbox-" + std::to_string(::getpid()) + ".db";
+    notifications::DurableOptions durable;
+    durable.store = notifications::make_sqlite_durable_store(inbox);
+    std::atomic<int> handled{0};
+    receiver->subscribe_durable("consumer", "consumer.file",
+                                [&](const notifications::Event& e, notifications::DurableContext& context) {
+                                  context.execute("CREATE TABLE IF NOT EXISTS seen(id TEXT)");
+                                  context.execute("INSERT INTO seen VALUES (?1)", nlohmann::json::array({e.id()}));
+                                  ++handled;
+                                }, durable);
     receiver->start();
     sender->start();
     sending_bus.instrument("consumer.file", {{"ok", true}});
-    for (int i = 0; i < 500 && received == 0; ++i) ::usleep(10'000);  // at most 5 s
+    for (int i = 0; i < 500 && (received == 0 || handled == 0); ++i) ::usleep(10'000);  // at most 5 s
     sender->shutdown();
     receiver->shutdown();
-    for (const char* suffix : {"", "-wal", "-shm"}) std::remove((events + suffix).c_str());
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::remove((events + suffix).c_str());
+      std::remove((inbox + suffix).c_str());
+    }
+    if (handled.load() != 1) {
+      std::fprintf(stderr, "consumer: the durable handler ran %d time(s), not 1\n", handled.load());
+      return 1;
+    }
     if (received.load() != 1) {
       std::fprintf(stderr, "consumer: the sqlite:// transport delivered %d event(s), not 1\n", received.load());
       return 1;

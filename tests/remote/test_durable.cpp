@@ -429,6 +429,26 @@ TEST_P(Durable, ACallStillRunningAtShutdownsDeadlineIsReportedUnfinished) {
   EXPECT_NE(report.detail.find("durable handlers"), std::string::npos) << report.detail;
 }
 
+TEST_P(Durable, ALongCallTellsTheTransportItIsInProgressSoItIsNotRedelivered) {
+  if (GetParam().find("acks") == std::string::npos) GTEST_SKIP() << "needs acknowledgements";
+  Pair pair(GetParam());
+  n::DurableOptions options = fast_options();
+  options.ack_wait = 150ms;
+  std::atomic<int> calls{0};
+  pair.consumer->subscribe_durable("long", "job.run", [&](const n::Event&, n::DurableContext&) {
+    calls.fetch_add(1);
+    std::this_thread::sleep_for(600ms);  // four ack waits
+  }, options);
+  pair.start();
+  pair.instrument("job.run", json::object());
+  ASSERT_TRUE(wait_until([&] { return pair.count("long", "succeeded") == 1; }, 20s));
+  const json transport = pair.consumer_transport->health();
+  EXPECT_EQ(transport["expired"].get<std::uint64_t>(), 0u) << transport.dump();
+  EXPECT_GE(transport["in_progress"].get<std::uint64_t>(), 3u) << transport.dump();
+  EXPECT_EQ(pair.count("long", "held"), 0u);
+  EXPECT_EQ(calls.load(), 1);
+}
+
 TEST_P(Durable, ExecuteWithoutAnSqlStoreFailsNamingTheStoreToUse) {
   Pair pair(GetParam());
   n::DurableOptions options = fast_options();
