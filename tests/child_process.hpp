@@ -1,6 +1,7 @@
 // The one launcher of child processes for the tests and the benchmarks:
 // - run_child: runs a program to completion within a bound, stdout and stderr captured (the tests
 //   that crash, exit, fork or signal processes);
+// - child_arguments: what a test binary run again as a child was told (its --<flag>=A,B,...);
 // - spawn_child: starts a program in the background (nats-server, the nats.js interop peer), to
 //   be stopped by its PID; wait_for_child reaps it (or a child made by fork()) within a bound.
 //
@@ -21,6 +22,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -215,6 +218,23 @@ inline ChildResult wait_for_child(pid_t pid, std::chrono::milliseconds bound) {
   }
   record_status(status, result);
   return result;
+}
+
+// A test binary run again as a child: the value of its argument "--<flag>=VALUE", read from
+// /proc/self/cmdline (gtest_main keeps argv to itself), split at commas; empty in the parent.
+inline std::vector<std::string> child_arguments(const std::string& flag) {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  const std::string prefix = "--" + flag + "=";
+  std::string arg;
+  while (std::getline(in, arg, '\0')) {
+    if (arg.rfind(prefix, 0) != 0) continue;
+    std::vector<std::string> parts;
+    std::stringstream values(arg.substr(prefix.size()));
+    std::string part;
+    while (std::getline(values, part, ',')) parts.push_back(part);
+    return parts;
+  }
+  return {};
 }
 
 }  // namespace test_support

@@ -1,6 +1,7 @@
 // Helpers shared by the SQLite outbox tests: a temporary folder and a reader of the outbox's
 // table that uses a connection of its own.
-// Thread-safety: TempDir is used by one test at a time; rows_in() may be called from any thread.
+// Thread-safety: TempDir is used by one test at a time; rows_in() and scalar() may be called from
+// any thread.
 #pragma once
 
 #include <sqlite3.h>
@@ -59,6 +60,24 @@ inline int rows_in(const std::string& path) {
   sqlite3_finalize(stmt);
   sqlite3_close(db);
   return rows;
+}
+
+// A single integer that `sql` reads from the file, by a connection of the caller's own (waiting up
+// to 5 s for locks); -1 when it cannot be read.
+inline long long scalar(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  long long value = -1;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 5000);
+    sqlite3_stmt* statement = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK &&
+        sqlite3_step(statement) == SQLITE_ROW) {
+      value = sqlite3_column_int64(statement, 0);
+    }
+    sqlite3_finalize(statement);
+  }
+  sqlite3_close(db);
+  return value;
 }
 
 }  // namespace test_support

@@ -36,6 +36,7 @@ namespace {
 namespace n = notifications;
 using namespace std::chrono_literals;
 using nlohmann::json;
+using test_support::scalar;
 using test_support::TempDir;
 using test_support::wait_until;
 using Clock = std::chrono::steady_clock;
@@ -193,46 +194,11 @@ TEST(DurableSqlite, AHandlersConsumerKeepsItsPositionWhileItsProcessIsDown) {
 
 // ---- crash: a consumer process SIGKILLed mid-handler -------------------------------------------
 
-// The child's arguments after --durable-child=, or "" in the parent.
-std::string child_arguments() {
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  std::string arg;
-  while (std::getline(in, arg, '\0')) {
-    if (arg.rfind("--durable-child=", 0) == 0) return arg.substr(16);
-  }
-  return {};
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> parts;
-  std::stringstream in(text);
-  std::string part;
-  while (std::getline(in, part, ',')) parts.push_back(part);
-  return parts;
-}
-
-// A single-value query on its own connection; -1 when it cannot be read.
-long long scalar(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  long long value = -1;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-    sqlite3_busy_timeout(db, 5000);
-    sqlite3_stmt* statement = nullptr;
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK &&
-        sqlite3_step(statement) == SQLITE_ROW) {
-      value = sqlite3_column_int64(statement, 0);
-    }
-    sqlite3_finalize(statement);
-  }
-  sqlite3_close(db);
-  return value;
-}
-
 // The child: handler "work" on "job.>" with the SQLite inbox; each call appends "S <id>" to the
 // progress file, inserts its effect row through the inbox's transaction, sleeps a little (where
 // the parent's SIGKILL lands), appends "E <id>" and returns. Runs until killed (at most 60 s).
 TEST(DurableSqliteChild, Run) {
-  const auto args = split(child_arguments());
+  const auto args = test_support::child_arguments("durable-child");
   if (args.size() != 3) GTEST_SKIP() << "run by the parent only";
   const std::string& events_db = args[0];
   const std::string& inbox_db = args[1];

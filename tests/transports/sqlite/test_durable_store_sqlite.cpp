@@ -34,6 +34,7 @@ namespace n = notifications;
 using namespace std::chrono_literals;
 using Outcome = n::InboxClaim::Outcome;
 using nlohmann::json;
+using test_support::scalar;
 
 namespace {
 
@@ -55,23 +56,6 @@ std::string gone_owner() {
   int status = 0;
   ::waitpid(child, &status, 0);
   return std::to_string(child) + ":1";
-}
-
-// A single integer from the file, read by a connection of the test's own (-1 when it fails).
-std::int64_t scalar(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  std::int64_t value = -1;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK) {
-    sqlite3_busy_timeout(db, 5000);
-    sqlite3_stmt* statement = nullptr;
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK &&
-        sqlite3_step(statement) == SQLITE_ROW) {
-      value = sqlite3_column_int64(statement, 0);
-    }
-    sqlite3_finalize(statement);
-  }
-  sqlite3_close(db);
-  return value;
 }
 
 void exec(const std::string& path, const std::string& sql) {

@@ -414,28 +414,10 @@ TEST(SqliteTransportPolling, AnIdleTransportWakesAtMostOncePerIdleInterval) {
 
 // ---- several processes ------------------------------------------------------------------------------
 
-// The child's arguments after --sqlite-child=, or "" in the parent.
-std::string child_arguments() {
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  std::string arg;
-  while (std::getline(in, arg, '\0')) {
-    if (arg.rfind("--sqlite-child=", 0) == 0) return arg.substr(15);
-  }
-  return {};
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> parts;
-  std::stringstream in(text);
-  std::string part;
-  while (std::getline(in, part, ',')) parts.push_back(part);
-  return parts;
-}
-
 // The child: "claim" joins group g and holds every delivery unsettled, reporting how many it
 // holds, until it is killed; "publish" sends COUNT events through a Bridge and exits.
 TEST(SqliteTransportChild, Run) {
-  const auto args = split(child_arguments());
+  const auto args = test_support::child_arguments("sqlite-child");
   if (args.size() != 3) GTEST_SKIP() << "run by the parent only";
   const std::string& mode = args[0];
   const std::string& db = args[1];
