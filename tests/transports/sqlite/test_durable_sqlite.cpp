@@ -213,7 +213,7 @@ TEST(DurableSqliteChild, Run) {
   bridge.subscribe_durable("work", "job.>", [&](const n::Event& event, n::DurableContext& context) {
     std::ofstream(progress, std::ios::app) << "S " << event.id() << "\n" << std::flush;
     context.execute("INSERT INTO effects(event_id) VALUES (?1)", json::array({event.id()}));
-    std::this_thread::sleep_for(std::chrono::milliseconds(2 + random() % 10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10 + random() % 20));
     std::ofstream(progress, std::ios::app) << "E " << event.id() << "\n" << std::flush;
   }, options);
   bridge.start();
