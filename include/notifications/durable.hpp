@@ -167,6 +167,19 @@ class DurableStore {
   // to the dead letters.
   virtual InboxClaim claim(const std::string& handler, const std::string& event_id, const std::string& owner,
                            std::chrono::milliseconds revive_after, bool replay = false) = 0;
+  // claim() for each of `event_ids` (distinct) in one write: what a handler with a queue of
+  // deliveries claims at once. Results in the order of the ids. The default calls claim().
+  virtual std::vector<InboxClaim> claim_many(const std::string& handler, const std::vector<std::string>& event_ids,
+                                             const std::string& owner, std::chrono::milliseconds revive_after) {
+    std::vector<InboxClaim> claims;
+    claims.reserve(event_ids.size());
+    for (const std::string& event_id : event_ids) claims.push_back(claim(handler, event_id, owner, revive_after));
+    return claims;
+  }
+  // Gives back `owner`'s pending claims of `event_ids` without recording a failure (claimed, then
+  // not run: the handler was shutting down). Others' claims and other states stay as they are.
+  virtual void release(const std::string& handler, const std::vector<std::string>& event_ids,
+                       const std::string& owner) = 0;
   // The unit of work for a claimed event (see InboxWork).
   virtual std::unique_ptr<InboxWork> work(const std::string& handler, const std::string& event_id,
                                           const std::string& owner) = 0;

@@ -18,6 +18,8 @@ namespace {
 constexpr std::chrono::milliseconds kJoinGrace{100};
 constexpr std::chrono::milliseconds kIdleWake{200};
 constexpr std::chrono::seconds kPruneInterval{60};
+// Deliveries taken from the queue at once, and claimed in the inbox in one write (claim_many).
+constexpr std::size_t kClaimBatch = 64;
 const std::string kTimeoutPrefix = "timeout: ";
 
 std::string cut(std::string_view text, std::size_t limit = 300) {
@@ -31,6 +33,8 @@ struct DurableConsumer::Work {
   Delivery delivery;
   std::uint32_t local_failures = 0;  // failures seen here, for transports without acknowledgements
   std::string last_error;            // of the last failure seen here
+  std::optional<DecodeResult> decoded;  // decoded ahead, by preclaim()
+  std::optional<InboxClaim> pre_claim;  // claimed ahead with others (claim_many), by preclaim()
   std::uint64_t replay_id = 0;       // non-zero: a replay of this dead letter
   std::uint32_t replay_attempts = 0;
   std::shared_ptr<ReplayWaiter> waiter;
@@ -418,7 +422,62 @@ void DurableConsumer::finish_replay(Work& work, bool ok) {
   if (work.waiter) work.waiter->finish(ok);
 }
 
+void DurableConsumer::preclaim(std::deque<Work>& batch) {
+  std::vector<std::string> ids;
+  std::vector<Work*> claimants;
+  std::set<std::string> seen;
+  for (Work& w : batch) {
+    if (w.replay_id != 0 || w.pre_claim) continue;
+    w.decoded = decode_envelope(w.delivery.message.body);
+    if (!*w.decoded) continue;
+    const std::string& id = w.decoded->envelope->id;
+    // A second delivery of one id claims on its own turn (it then finds the first one's outcome).
+    if (!seen.insert(id).second) continue;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (running_ids_.count(id) != 0) continue;  // held by a call left behind: handle() puts it back
+    }
+    ids.push_back(id);
+    claimants.push_back(&w);
+  }
+  if (ids.size() < 2) return;  // one claim costs the same at its turn
+  std::vector<InboxClaim> claims;
+  try {
+    claims = store_->claim_many(name_, ids, owner_, options_.revive_after);
+  } catch (...) {
+    counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+    return;  // each one claims on its own turn
+  }
+  for (std::size_t i = 0; i < claims.size() && i < claimants.size(); ++i) claimants[i]->pre_claim = claims[i];
+}
+
+void DurableConsumer::release_claims(const std::vector<std::string>& event_ids) {
+  if (event_ids.empty()) return;
+  try {
+    store_->release(name_, event_ids, owner_);
+  } catch (...) {
+    counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+    detail::log(detail::LogLevel::error, "notifications durable handler \"{}\": could not give back {} claim(s): {}",
+                name_, event_ids.size(), detail::describe_exception(std::current_exception()));
+  }
+}
+
 void DurableConsumer::handle(Work& work) {
+  // A claim made ahead and not used below (the event was put back, or buried as malformed) is
+  // given back, so that no other member waits for it.
+  std::optional<InboxClaim> pre_claim = std::move(work.pre_claim);
+  work.pre_claim.reset();
+  struct GiveBack {
+    DurableConsumer& self;
+    std::optional<InboxClaim>& claim;
+    std::string event_id;
+    ~GiveBack() {
+      if (claim && claim->outcome == InboxClaim::Outcome::claimed && !event_id.empty()) {
+        self.release_claims({event_id});
+      }
+    }
+  } give_back{*this, pre_claim, {}};
+  if (pre_claim && work.decoded && *work.decoded) give_back.event_id = work.decoded->envelope->id;
   const Message& message = work.delivery.message;
   const bool replaying = work.replay_id != 0;
   if (stuck_.load() >= options_.max_stuck_handlers) {  // stalled: no thread to run it on
@@ -426,7 +485,8 @@ void DurableConsumer::handle(Work& work) {
     if (replaying) return finish_replay(work, false);
     return postpone(work, hold_delay());
   }
-  DecodeResult decoded = decode_envelope(message.body);
+  DecodeResult decoded = work.decoded ? std::move(*work.decoded) : decode_envelope(message.body);
+  work.decoded.reset();
   std::string problem = decoded ? name_check_(decoded.envelope->name, message.subject) : decoded.error;
   if (!problem.empty()) {
     if (replaying) {
@@ -460,7 +520,12 @@ void DurableConsumer::handle(Work& work) {
   if (options_.inbox) {
     InboxClaim claim;
     try {
-      claim = store_->claim(name_, event_id, owner_, options_.revive_after, replaying);
+      if (pre_claim) {
+        claim = *pre_claim;
+        pre_claim.reset();  // used: not given back
+      } else {
+        claim = store_->claim(name_, event_id, owner_, options_.revive_after, replaying);
+      }
     } catch (...) {
       counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
       detail::log(detail::LogLevel::error, "notifications durable handler \"{}\": inbox claim failed: {}", name_,
@@ -578,21 +643,24 @@ void DurableConsumer::run_dispatcher() {
   detail::name_this_thread("ntf-durable");
   detail::mark_bus_thread();
   next_prune_ = Clock::now() + kPruneInterval;
+  std::deque<Work> batch;  // taken from the queue, not handled yet
   while (true) {
-    std::optional<Work> work;
-    {
+    if (batch.empty()) {
       std::unique_lock<std::mutex> lock(mutex_);
       while (true) {
         if (stop_requested_) break;
         const auto now = Clock::now();
         if (!retries_.empty() && retries_.begin()->first <= now) {
-          work.emplace(std::move(retries_.begin()->second));
+          batch.push_back(std::move(retries_.begin()->second));
           retries_.erase(retries_.begin());
           break;
         }
         if (!queue_.empty()) {
-          work.emplace(std::move(queue_.front()));
-          queue_.pop_front();
+          const std::size_t take = options_.inbox ? kClaimBatch : 1;
+          while (!queue_.empty() && batch.size() < take) {
+            batch.push_back(std::move(queue_.front()));
+            queue_.pop_front();
+          }
           break;
         }
         auto until = now + kIdleWake;
@@ -602,19 +670,34 @@ void DurableConsumer::run_dispatcher() {
         housekeeping(Clock::now());
         lock.lock();
       }
+      if (batch.size() > 1) {
+        lock.unlock();
+        preclaim(batch);
+      }
     }
-    if (!work) break;
-    handle(*work);
+    if (batch.empty() || stopping()) break;
+    Work work = std::move(batch.front());
+    batch.pop_front();
+    handle(work);
     housekeeping(Clock::now());
   }
-  // Stopping: what waits goes back to the transport, or is counted (D4).
-  std::deque<Work> left;
+  // Stopping: what waits goes back to the transport, or is counted (D4); what was claimed ahead
+  // is given back to the inbox first.
+  std::deque<Work> left = std::move(batch);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    left.swap(queue_);
+    for (Work& w : queue_) left.push_back(std::move(w));
+    queue_.clear();
     for (auto& [due, w] : retries_) left.push_back(std::move(w));
     retries_.clear();
   }
+  std::vector<std::string> claimed_ahead;
+  for (Work& w : left) {
+    if (w.pre_claim && w.pre_claim->outcome == InboxClaim::Outcome::claimed) {
+      claimed_ahead.push_back(w.decoded->envelope->id);
+    }
+  }
+  release_claims(claimed_ahead);
   std::uint64_t lost = 0;
   for (Work& w : left) {
     if (w.waiter) {

@@ -38,6 +38,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -86,6 +87,10 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
   void offer(Delivery&& delivery);
   void finish_stop(Clock::time_point deadline);
   void run_dispatcher();
+  // Decodes the deliveries of `batch` and claims their events in one write (claim_many); each
+  // keeps its claim for handle().
+  void preclaim(std::deque<Work>& batch);
+  void release_claims(const std::vector<std::string>& event_ids);
   void handle(Work& work);
   enum class CallOutcome { finished, timed_out, stopped };
   // Runs `call` on the runner and waits for it until its deadline (timed_out) or shutdown's

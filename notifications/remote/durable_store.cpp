@@ -160,6 +160,15 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
     return row.failed;
   }
 
+  void release(const std::string& handler, const std::vector<std::string>& event_ids,
+               const std::string& owner) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const std::string& event_id : event_ids) {
+      auto it = rows_.find(Key{handler, event_id});
+      if (it != rows_.end() && it->second.state == State::pending && it->second.owner == owner) it->second.owner.clear();
+    }
+  }
+
   void renew(const std::string& owner) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto now = SteadyClock::now();

@@ -44,11 +44,11 @@ struct Gate {
   std::mutex mutex;
   std::condition_variable changed;
   bool open = false;
+  // Notifies under the lock: a waiter cannot return (and its test end, destroying the gate)
+  // before this call is done with it.
   void release() {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      open = true;
-    }
+    std::lock_guard<std::mutex> lock(mutex);
+    open = true;
     changed.notify_all();
   }
   void wait(std::chrono::milliseconds limit = 20s) {
@@ -427,6 +427,8 @@ TEST_P(Durable, ACallStillRunningAtShutdownsDeadlineIsReportedUnfinished) {
   EXPECT_FALSE(report.clean);
   EXPECT_EQ(report.durable_unfinished, 1u) << report.detail;
   EXPECT_NE(report.detail.find("durable handlers"), std::string::npos) << report.detail;
+  // The call left behind returns before this test's gates go.
+  EXPECT_TRUE(wait_until([&] { return pair.count("late", "late_completions") == 1; }, 20s));
 }
 
 TEST_P(Durable, ALongCallTellsTheTransportItIsInProgressSoItIsNotRedelivered) {
@@ -595,6 +597,16 @@ TEST(DurableMemoryStore, ClaimOutcomesTakeoverDeadLettersAndPruningFollowTheCont
   EXPECT_EQ(store->dead_letters({.handler = "h", .after_id = id}).size(), 1u);
   EXPECT_EQ(store->purge_dead_letters("h"), 2u);
   EXPECT_FALSE(store->remove_dead_letter(id));
+  // claim_many as claim, one by one; release gives a claim back without a failure.
+  const auto many = store->claim_many("many", {"m1", "m2"}, b, 10s);
+  ASSERT_EQ(many.size(), 2u);
+  EXPECT_EQ(many[1].outcome, Outcome::claimed);
+  store->release("many", {"m1"}, c);  // not c's: stays b's
+  EXPECT_EQ(store->claim("many", "m1", c, 10s).outcome, Outcome::held);
+  store->release("many", {"m1"}, b);
+  const n::InboxClaim freed = store->claim("many", "m1", c, 10s);
+  EXPECT_EQ(freed.outcome, Outcome::claimed);
+  EXPECT_EQ(freed.failed_attempts, 0u);
   // Pruning keeps the newest `keep` done rows: a pruned event runs again.
   for (int i = 0; i < 5; ++i) {
     const std::string event = "p" + std::to_string(i);

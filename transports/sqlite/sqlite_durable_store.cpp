@@ -60,6 +60,10 @@ struct StoreStatements {
                    "UPDATE notifications_inbox SET state='pending', owner=?3, claimed_at_us=?4, renewed_at_us=?4"
                    " WHERE handler=?1 AND event_id=?2",
                    "claim an event"),
+        inbox_release(db,
+                      "UPDATE notifications_inbox SET owner='' WHERE handler=?1 AND event_id=?2 AND state='pending'"
+                      " AND owner=?3",
+                      "release a claim"),
         inbox_fail(db,
                    "UPDATE notifications_inbox SET failed_attempts=failed_attempts+1, last_error=?4, owner='',"
                    " first_failed_at_us=COALESCE(first_failed_at_us, ?5)"
@@ -106,7 +110,7 @@ struct StoreStatements {
         letters_purge(db, "DELETE FROM notifications_dead_letters WHERE ?1 = '' OR handler = ?1", "purge dead letters"),
         letters_count(db, "SELECT count(*) FROM notifications_dead_letters", "count dead letters") {}
 
-  Statement inbox_read, inbox_insert, inbox_take, inbox_fail, inbox_failures, inbox_first_failure, inbox_renew,
+  Statement inbox_read, inbox_insert, inbox_take, inbox_release, inbox_fail, inbox_failures, inbox_first_failure, inbox_renew,
       inbox_prune, inbox_dead, inbox_counts;
   Statement letter_insert, letters_read, letter_read, letter_update, letter_remove, letters_purge, letters_count;
 };
@@ -149,52 +153,44 @@ class SqliteDurableStore final : public DurableStore {
   InboxClaim claim(const std::string& handler, const std::string& event_id, const std::string& owner,
                    std::chrono::milliseconds revive_after, bool replay) override {
     MutexLock lock(mutex_);
-    Database& db = connection_->db();
-    StoreStatements& s = *statements_;
-    const std::int64_t now = now_us();
-    WriteTransaction transaction(db);
-    InboxClaim result;
-    std::string state;
-    std::string row_owner;
-    std::int64_t renewed_at = 0;
-    {
-      Use read(s.inbox_read);
-      read->bind(1, handler);
-      read->bind(2, event_id);
-      if (read->step()) {
-        state = std::string(read->text(0));
-        row_owner = std::string(read->text(1));
-        result.failed_attempts = static_cast<std::uint32_t>(read->int64(2));
-        result.last_error = std::string(read->text(3));
-        renewed_at = read->int64(4);
-      }
-    }
-    if (state.empty()) {
-      bind_claim(s.inbox_insert, handler, event_id, owner, now);
-      run(db, s.inbox_insert);
-      transaction.commit();
-      result.outcome = InboxClaim::Outcome::claimed;
-      return result;
-    }
-    if (state == "done") {
-      result.outcome = InboxClaim::Outcome::done;
-      return result;  // nothing changed: the transaction rolls back
-    }
-    if (state == "dead" && !replay) {
-      result.outcome = InboxClaim::Outcome::dead;
-      return result;
-    }
-    if (state == "pending" && !row_owner.empty() && row_owner != owner && !durable_owner_gone(row_owner) &&
-        now - renewed_at < std::chrono::duration_cast<std::chrono::microseconds>(revive_after).count()) {
-      result.outcome = InboxClaim::Outcome::held;
-      return result;
-    }
-    // Free, the caller's own, taken over (gone or not renewed), or a replayed dead letter.
-    bind_claim(s.inbox_take, handler, event_id, owner, now);
-    run(db, s.inbox_take);
-    transaction.commit();
-    result.outcome = InboxClaim::Outcome::claimed;
+    WriteTransaction transaction(connection_->db());
+    bool changed = false;
+    InboxClaim result = claim_in_transaction(handler, event_id, owner, revive_after, replay, now_us(), changed);
+    if (changed) transaction.commit();  // otherwise nothing changed: it rolls back
     return result;
+  }
+
+  std::vector<InboxClaim> claim_many(const std::string& handler, const std::vector<std::string>& event_ids,
+                                     const std::string& owner, std::chrono::milliseconds revive_after) override {
+    MutexLock lock(mutex_);
+    WriteTransaction transaction(connection_->db());
+    const std::int64_t now = now_us();
+    std::vector<InboxClaim> results;
+    results.reserve(event_ids.size());
+    bool changed = false;
+    for (const std::string& event_id : event_ids) {
+      bool this_changed = false;
+      results.push_back(claim_in_transaction(handler, event_id, owner, revive_after, false, now, this_changed));
+      changed = changed || this_changed;
+    }
+    if (changed) transaction.commit();
+    return results;
+  }
+
+  void release(const std::string& handler, const std::vector<std::string>& event_ids,
+               const std::string& owner) override {
+    if (event_ids.empty()) return;
+    MutexLock lock(mutex_);
+    Database& db = connection_->db();
+    WriteTransaction transaction(db);
+    for (const std::string& event_id : event_ids) {
+      Statement& release = statements_->inbox_release;
+      release.bind(1, handler);
+      release.bind(2, event_id);
+      release.bind(3, owner);
+      run(db, release);
+    }
+    transaction.commit();
   }
 
   std::unique_ptr<InboxWork> work(const std::string& handler, const std::string& event_id,
@@ -403,6 +399,56 @@ class SqliteDurableStore final : public DurableStore {
   }
 
   // Binds (handler, event_id, owner, now) at 1 .. 4.
+  // claim() inside the caller's write transaction; `changed` says whether it wrote.
+  InboxClaim claim_in_transaction(const std::string& handler, const std::string& event_id, const std::string& owner,
+                                  std::chrono::milliseconds revive_after, bool replay, std::int64_t now, bool& changed)
+      NOTIFICATIONS_REQUIRES(mutex_) {
+    Database& db = connection_->db();
+    StoreStatements& s = *statements_;
+    InboxClaim result;
+    std::string state;
+    std::string row_owner;
+    std::int64_t renewed_at = 0;
+    {
+      Use read(s.inbox_read);
+      read->bind(1, handler);
+      read->bind(2, event_id);
+      if (read->step()) {
+        state = std::string(read->text(0));
+        row_owner = std::string(read->text(1));
+        result.failed_attempts = static_cast<std::uint32_t>(read->int64(2));
+        result.last_error = std::string(read->text(3));
+        renewed_at = read->int64(4);
+      }
+    }
+    if (state.empty()) {
+      bind_claim(s.inbox_insert, handler, event_id, owner, now);
+      run(db, s.inbox_insert);
+      changed = true;
+      result.outcome = InboxClaim::Outcome::claimed;
+      return result;
+    }
+    if (state == "done") {
+      result.outcome = InboxClaim::Outcome::done;
+      return result;  // nothing changed
+    }
+    if (state == "dead" && !replay) {
+      result.outcome = InboxClaim::Outcome::dead;
+      return result;
+    }
+    if (state == "pending" && !row_owner.empty() && row_owner != owner && !durable_owner_gone(row_owner) &&
+        now - renewed_at < std::chrono::duration_cast<std::chrono::microseconds>(revive_after).count()) {
+      result.outcome = InboxClaim::Outcome::held;
+      return result;
+    }
+    // Free, the caller's own, taken over (gone or not renewed), or a replayed dead letter.
+    bind_claim(s.inbox_take, handler, event_id, owner, now);
+    run(db, s.inbox_take);
+    changed = true;
+    result.outcome = InboxClaim::Outcome::claimed;
+    return result;
+  }
+
   static void bind_claim(Statement& statement, const std::string& handler, const std::string& event_id,
                          const std::string& owner, std::int64_t now) {
     statement.bind(1, handler);

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -190,6 +191,50 @@ TEST(DurableSqlite, AHandlersConsumerKeepsItsPositionWhileItsProcessIsDown) {
   EXPECT_EQ(seen, (std::vector<int>{3, 4, 5}));
   producer.shutdown(5s);
   consumer.shutdown(5s);
+}
+
+TEST(DurableSqlite, ClaimsMadeAheadForQueuedDeliveriesAreGivenBackAtShutdown) {
+  TempDir dir("durable");
+  const std::string inbox = dir.file("inbox.db");
+  n::Notifier consumer_notifier;
+  n::Notifier producer_notifier;
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool release = false;
+  std::atomic<int> calls{0};
+  n::Bridge consumer(consumer_notifier, sqlite_at(dir.file("events.db")), config_for("consumer", false, false));
+  n::Bridge producer(producer_notifier, sqlite_at(dir.file("events.db")), config_for("producer", true, false));
+  n::DurableOptions options;
+  options.store = n::make_sqlite_durable_store(inbox);
+  consumer.subscribe_durable("batch", "job.run", [&](const n::Event& event, n::DurableContext&) {
+    calls.fetch_add(1);
+    const int i = event.payload()["i"].get<int>();
+    if (i == 0) std::this_thread::sleep_for(200ms);  // the others queue up meanwhile: one batch
+    if (i == 1) {
+      std::unique_lock<std::mutex> lock(mutex);
+      changed.wait_for(lock, 20s, [&] { return release; });
+    }
+  }, options);
+  consumer.start();
+  producer.start();
+  for (int i = 0; i < 6; ++i) producer_notifier.instrument("job.run", {{"i", i}});
+  ASSERT_TRUE(producer.flush(10s));
+  ASSERT_TRUE(wait_until([&] { return calls.load() == 2; }, 20s));
+  // Events 2..5 were claimed with event 1 (claim_many) and not run: shutdown gives them back.
+  ASSERT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE state='pending' AND owner<>''"), 5);
+  const n::ShutdownReport report = consumer.shutdown(200ms);
+  EXPECT_EQ(report.durable_unfinished, 1u) << report.detail;  // event 1, still running
+  EXPECT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE state='pending' AND owner<>''"), 1);
+  EXPECT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE state='pending' AND owner=''"), 4);
+  EXPECT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE failed_attempts>0"), 0);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    release = true;
+    changed.notify_all();
+  }
+  // The call left behind returns and finishes its claim before this test's locals go.
+  EXPECT_TRUE(wait_until([&] { return count(consumer, "batch", "late_completions") == 1; }, 20s));
+  producer.shutdown(5s);
 }
 
 // ---- crash: a consumer process SIGKILLed mid-handler -------------------------------------------

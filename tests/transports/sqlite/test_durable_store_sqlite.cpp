@@ -140,6 +140,32 @@ TEST(SqliteDurableStore, ClaimOutcomesDoneHeldDeadAndReplay) {
   EXPECT_EQ(store->claim("billing", "e1", b, 1h, /*replay=*/true).outcome, Outcome::done) << "replay runs dead only";
 }
 
+TEST(SqliteDurableStore, ClaimManyClaimsEachAsClaimWouldAndReleaseGivesClaimsBackWithoutAFailure) {
+  TempDir dir;
+  auto store = store_at(dir.file("durable.db"));
+  const std::string a = n::durable_owner();
+  const std::string b = n::durable_owner();
+  ASSERT_EQ(store->claim("h", "done", a, 1h).outcome, Outcome::claimed);
+  ASSERT_TRUE(store->work("h", "done", a)->complete());
+  ASSERT_EQ(store->claim("h", "theirs", b, 1h).outcome, Outcome::claimed);
+  const auto claims = store->claim_many("h", {"new1", "done", "theirs", "new2"}, a, 1h);
+  ASSERT_EQ(claims.size(), 4u);
+  EXPECT_EQ(claims[0].outcome, Outcome::claimed);
+  EXPECT_EQ(claims[1].outcome, Outcome::done);
+  EXPECT_EQ(claims[2].outcome, Outcome::held);
+  EXPECT_EQ(claims[3].outcome, Outcome::claimed);
+  EXPECT_EQ(store->claim("h", "new1", b, 1h).outcome, Outcome::held);
+  // Released: free for anyone, no failure recorded; another owner's claim is left alone.
+  store->release("h", {"new1", "new2", "theirs"}, a);
+  const n::InboxClaim taken = store->claim("h", "new1", b, 1h);
+  EXPECT_EQ(taken.outcome, Outcome::claimed);
+  EXPECT_EQ(taken.failed_attempts, 0u);
+  EXPECT_EQ(store->claim("h", "theirs", a, 1h).outcome, Outcome::held);
+  EXPECT_EQ(scalar(dir.file("durable.db"), "SELECT count(*) FROM notifications_inbox WHERE owner=''"), 1);  // new2
+  n::release_durable_owner(a);
+  n::release_durable_owner(b);
+}
+
 TEST(SqliteDurableStore, AClaimNotRenewedWithinReviveAfterIsTakenOver) {
   TempDir dir;
   auto store = store_at(dir.file("durable.db"));
