@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -193,46 +194,59 @@ TEST(DurableSqlite, AHandlersConsumerKeepsItsPositionWhileItsProcessIsDown) {
   consumer.shutdown(5s);
 }
 
+// Gates the test opens for a handler's calls, owned jointly by the test and the handler (a
+// handler still waiting when a failed assertion ends the test must not touch freed memory).
+struct Gates {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int open_up_to = -1;  // calls with payload "i" <= this may return
+  void open(int i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    open_up_to = std::max(open_up_to, i);
+    changed.notify_all();
+  }
+  void wait(int i) {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait_for(lock, 20s, [&] { return open_up_to >= i; });
+  }
+};
+
 TEST(DurableSqlite, ClaimsMadeAheadForQueuedDeliveriesAreGivenBackAtShutdown) {
   TempDir dir("durable");
   const std::string inbox = dir.file("inbox.db");
   n::Notifier consumer_notifier;
   n::Notifier producer_notifier;
-  std::mutex mutex;
-  std::condition_variable changed;
-  bool release = false;
-  std::atomic<int> calls{0};
+  auto gates = std::make_shared<Gates>();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  struct OpenAll {  // however the test ends, no call waits on
+    std::shared_ptr<Gates> gates;
+    ~OpenAll() { gates->open(1000); }
+  } open_all{gates};
   n::Bridge consumer(consumer_notifier, sqlite_at(dir.file("events.db")), config_for("consumer", false, false));
   n::Bridge producer(producer_notifier, sqlite_at(dir.file("events.db")), config_for("producer", true, false));
   n::DurableOptions options;
   options.store = n::make_sqlite_durable_store(inbox);
-  consumer.subscribe_durable("batch", "job.run", [&](const n::Event& event, n::DurableContext&) {
-    calls.fetch_add(1);
-    const int i = event.payload()["i"].get<int>();
-    if (i == 0) std::this_thread::sleep_for(200ms);  // the others queue up meanwhile: one batch
-    if (i == 1) {
-      std::unique_lock<std::mutex> lock(mutex);
-      changed.wait_for(lock, 20s, [&] { return release; });
-    }
+  consumer.subscribe_durable("batch", "job.run", [gates, calls](const n::Event& event, n::DurableContext&) {
+    calls->fetch_add(1);
+    gates->wait(event.payload()["i"].get<int>());
   }, options);
   consumer.start();
   producer.start();
   for (int i = 0; i < 6; ++i) producer_notifier.instrument("job.run", {{"i", i}});
   ASSERT_TRUE(producer.flush(10s));
-  ASSERT_TRUE(wait_until([&] { return calls.load() == 2; }, 20s));
-  // Events 2..5 were claimed with event 1 (claim_many) and not run: shutdown gives them back.
+  // Call 0 waits until the handler received all six: the other five are then taken as one batch
+  // (with call 0's, or after it) and claimed together (claim_many); call 1 then waits for good.
+  ASSERT_TRUE(wait_until([&] { return count(consumer, "batch", "received") == 6; }, 20s)) << consumer.health().dump();
+  gates->open(0);
+  ASSERT_TRUE(wait_until([&] { return calls->load() == 2; }, 20s));
+  // Events 1..5 were claimed together and 2..5 not run: shutdown gives those back.
   ASSERT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE state='pending' AND owner<>''"), 5);
   const n::ShutdownReport report = consumer.shutdown(200ms);
   EXPECT_EQ(report.durable_unfinished, 1u) << report.detail;  // event 1, still running
   EXPECT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE state='pending' AND owner<>''"), 1);
   EXPECT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE state='pending' AND owner=''"), 4);
   EXPECT_EQ(scalar(inbox, "SELECT count(*) FROM notifications_inbox WHERE failed_attempts>0"), 0);
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    release = true;
-    changed.notify_all();
-  }
-  // The call left behind returns and finishes its claim before this test's locals go.
+  gates->open(1);
   EXPECT_TRUE(wait_until([&] { return count(consumer, "batch", "late_completions") == 1; }, 20s));
   producer.shutdown(5s);
 }
