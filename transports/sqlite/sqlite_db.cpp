@@ -10,50 +10,43 @@ namespace notifications::sqlite {
 
 namespace {
 
-// What to do about a failure of the durable store, for the common codes.
-std::string durable_store_advice(int rc) {
-  switch (rc & 0xff) {
-    case SQLITE_CANTOPEN:
-      return " (its folder must exist and be writable by this process)";
-    case SQLITE_NOTADB:
-    case SQLITE_CORRUPT:
-      return " (the file is not a SQLite database, or is damaged: move it away to start with an empty inbox and "
-             "dead-letter store; what it held cannot be read)";
-    case SQLITE_FULL:
-      return " (the disk is full)";
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-      return " (another connection held the database's lock longer than SqliteDurableStoreOptions::busy_timeout_ms: "
-             "raise it, or keep handlers' SQL (DurableContext::execute) short and late in the handler, since a "
-             "handler holds the lock from its first statement until it returns)";
-    case SQLITE_READONLY:
-      return " (the file or its folder is read-only for this process)";
-    case SQLITE_IOERR:
-      return " (an I/O error: disk full, file size limit, or a failing disk)";
+// What the file holds, for the advice to move a damaged one away.
+const char* contents(Database::Role role) {
+  switch (role) {
+    case Database::Role::outbox:
+      return "outbox";
+    case Database::Role::durable_store:
+      return "inbox and dead-letter store";
     default:
-      return "";
+      return "event log";
   }
 }
 
-// What to do about a failure, for the common codes.
+// What to do about a failure, for the common codes: the same for every role, but for what the
+// file holds and which option bounds waiting for its lock.
 std::string advice(int rc, Database::Role role) {
-  if (role == Database::Role::durable_store) return durable_store_advice(rc);
-  const bool outbox = role == Database::Role::outbox;
   switch (rc & 0xff) {
     case SQLITE_CANTOPEN:
       return " (its folder must exist and be writable by this process)";
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
-      return outbox ? " (the file is not a SQLite database, or is damaged: move it away to start with an empty "
-                      "outbox; what it held cannot be read)"
-                    : " (the file is not a SQLite database, or is damaged: move it away to start with an empty "
-                      "event log; what it held cannot be read)";
+      return std::string(" (the file is not a SQLite database, or is damaged: move it away to start with an empty ") +
+             contents(role) + "; what it held cannot be read)";
     case SQLITE_FULL:
-      return outbox ? " (the disk is full, or the file reached outbox.max_pages)" : " (the disk is full)";
+      return role == Database::Role::outbox ? " (the disk is full, or the file reached outbox.max_pages)"
+                                            : " (the disk is full)";
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
-      return outbox ? " (another connection holds the database's lock longer than outbox.busy_timeout_ms)"
-                    : " (another connection holds the database's lock longer than busy_timeout_ms)";
+      switch (role) {
+        case Database::Role::outbox:
+          return " (another connection holds the database's lock longer than outbox.busy_timeout_ms)";
+        case Database::Role::durable_store:
+          return " (another connection held the database's lock longer than SqliteDurableStoreOptions::busy_timeout_ms: "
+                 "raise it, or keep handlers' SQL (DurableContext::execute) short and late in the handler, since a "
+                 "handler holds the lock from its first statement until it returns)";
+        default:
+          return " (another connection holds the database's lock longer than busy_timeout_ms)";
+      }
     case SQLITE_READONLY:
       return " (the file or its folder is read-only for this process)";
     case SQLITE_IOERR:
