@@ -1,0 +1,11 @@
+// `notifications tail` (docs/cli.md).
+#include "commands.hpp"
+
+namespace notifications::cli {
+
+void add_tail_command(CLI::App& app, const GlobalOptions& options, int& exit_code) {
+  (void)options;
+  app.add_subcommand("tail", "not written yet")->callback([&exit_code] { exit_code = kFailed; });
+}
+
+}  // namespace notifications::cli
