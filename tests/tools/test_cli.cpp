@@ -1,0 +1,2 @@
+// The notifications command, run as a program (tools/cli).
+#include <gtest/gtest.h>
