@@ -206,6 +206,16 @@ class DurableStore {
   virtual bool remove_dead_letter(std::uint64_t id) = 0;
   // Removes the letters of `handler` (empty: all); returns how many.
   virtual std::size_t purge_dead_letters(const std::string& handler = {}) = 0;
+  // Takes letter `id` back so that the next delivery of its event runs the handler again, as a
+  // first delivery: what a replay through the transport needs (the `notifications dlq replay`
+  // command republishes the letter's message after this; docs/cli_outbox_dlq.md). In one
+  // transaction it removes the letter and, when the inbox row of (handler, event id) is dead,
+  // makes it pending and free (claimable by any owner) with no failures, no last error and no
+  // first failure recorded, so the handler gets its max_attempts again. A row that is done, or
+  // pending under an owner (a Bridge::replay_dead_letter running), stays as it is: the next
+  // delivery then finds it done (skipped) or held. A letter without an event id (malformed) is
+  // only removed. Returns the letter as it was, or nullopt when there is no letter `id`.
+  virtual std::optional<DeadLetter> take_back_dead_letter(std::uint64_t id) = 0;
 
   // {"kind", "pending", "done", "dead_letters", ...}
   virtual nlohmann::json health() const = 0;

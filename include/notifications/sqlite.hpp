@@ -85,10 +85,14 @@ struct SqliteDurableStoreOptions {
   // or an InboxWork of a handler that ran SQL) before it throws DurableError; 1 .. 600000.
   std::uint32_t busy_timeout_ms = 5000;
   Synchronous synchronous = Synchronous::normal;
+  // False: open only a file that already holds a durable store (tools that inspect one, such as
+  // the `notifications dlq` command): a missing file, or one without the store's tables, throws
+  // DurableError naming it, and nothing is created.
+  bool create = true;
 };
 
-// The inbox and dead letters of durable handlers in the SQLite file `path` (created when missing,
-// WAL mode), as tables notifications_inbox and notifications_dead_letters beside whatever else
+// The inbox and dead letters of durable handlers in the SQLite file `path` (created when missing
+// unless options.create is false, WAL mode), as tables notifications_inbox and notifications_dead_letters beside whatever else
 // the file holds: it may be the file of a sqlite:// transport or of an outbox. Any number of
 // store objects, in any number of processes of one machine, may use one file at once; each state
 // change is one write transaction. Throws DurableError naming the file when it cannot be opened,

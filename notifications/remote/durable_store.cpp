@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -252,6 +253,21 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
       }
     }
     return removed;
+  }
+
+  std::optional<DeadLetter> take_back_dead_letter(std::uint64_t id) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = letters_.find(id);
+    if (it == letters_.end()) return std::nullopt;
+    DeadLetter letter = std::move(it->second);
+    letters_.erase(it);
+    if (letter.event_id.empty()) return letter;
+    auto row = rows_.find(Key{letter.handler, letter.event_id});
+    if (row != rows_.end() && row->second.state == State::dead) {
+      row->second = Row{};  // pending, free, no failure recorded
+      row->second.renewed = SteadyClock::now();
+    }
+    return letter;
   }
 
   nlohmann::json health() const override {

@@ -72,7 +72,7 @@ std::shared_ptr<n::Transport> make(const std::string& kind, const std::string& b
 // only its durable handlers receive.
 struct Pair {
   explicit Pair(const std::string& kind = "memory") {
-    const std::string broker = unique_broker("durable");
+    broker = unique_broker("durable");
     n::BridgeConfig pc = config_for("producer");
     pc.subscribe = {};
     producer = std::make_unique<n::Bridge>(producer_notifier, make(kind, broker), pc);
@@ -96,6 +96,7 @@ struct Pair {
     return health(handler)["counters"][key].get<std::uint64_t>();
   }
 
+  std::string broker;
   n::Notifier producer_notifier;
   n::Notifier consumer_notifier;
   std::unique_ptr<n::Bridge> producer;
@@ -219,6 +220,59 @@ TEST_P(Durable, DurablePromise3_AFailingHandlerIsRetriedWithBackoffThenDeadLette
   EXPECT_TRUE(store->dead_letters({.handler = "mailer"}).empty());
   std::lock_guard<std::mutex> lock(mutex);
   EXPECT_EQ(at.size(), 5u);
+}
+
+// What `notifications dlq replay` does (docs/cli_outbox_dlq.md): the store takes the letter back,
+// then its message is published again with the same id. The handler runs once more, from attempt
+// 1; another handler whose inbox says done skips it.
+TEST_P(Durable, ADeadLetterTakenBackAndRepublishedRunsItsHandlerOnceMoreAndNotAHandlerThatIsDone) {
+  Pair pair(GetParam());
+  auto fail = std::make_shared<std::atomic<bool>>(true);
+  auto mailer_attempts = std::make_shared<std::vector<std::uint32_t>>();
+  auto mutex = std::make_shared<std::mutex>();
+  auto audit_calls = std::make_shared<std::atomic<int>>(0);
+  pair.consumer->subscribe_durable(
+      "mailer", "user.signed_up",
+      [fail, mailer_attempts, mutex](const n::Event&, n::DurableContext& context) {
+        {
+          std::lock_guard<std::mutex> lock(*mutex);
+          mailer_attempts->push_back(context.attempt());
+        }
+        if (fail->load()) throw std::runtime_error("smtp down");
+      },
+      fast_options());
+  pair.consumer->subscribe_durable(
+      "audit", "user.signed_up", [audit_calls](const n::Event&, n::DurableContext&) { audit_calls->fetch_add(1); },
+      fast_options());
+  pair.start();
+  pair.instrument("user.signed_up", {{"user", 7}});
+  ASSERT_TRUE(wait_until([&] { return pair.count("mailer", "dead_lettered") == 1 && pair.count("audit", "succeeded") == 1; },
+                         20s))
+      << pair.consumer->health().dump();
+  auto store = pair.consumer->durable_store("mailer");
+  const auto letters = store->dead_letters({.handler = "mailer"});
+  ASSERT_EQ(letters.size(), 1u);
+  fail->store(false);
+  const auto taken = store->take_back_dead_letter(letters[0].id);
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_FALSE(store->dead_letter(letters[0].id).has_value());
+
+  std::shared_ptr<n::Transport> peer = make(GetParam(), pair.broker);
+  peer->start();
+  const n::Message message{taken->subject, taken->body, {}, taken->event_id};
+  ASSERT_EQ(peer->publish(std::span<const n::Message>(&message, 1)).published, 1u);
+  ASSERT_TRUE(wait_until([&] { return pair.count("mailer", "succeeded") == 1 && pair.count("audit", "duplicates_skipped") == 1; },
+                         20s))
+      << pair.consumer->health().dump();
+  EXPECT_TRUE(pair.consumer->wait_delivered(5s));
+  {
+    std::lock_guard<std::mutex> lock(*mutex);
+    EXPECT_EQ(*mailer_attempts, (std::vector<std::uint32_t>{1, 2, 3, 1})) << "one more call, as a first attempt";
+  }
+  EXPECT_EQ(audit_calls->load(), 1) << "audit's inbox said done";
+  EXPECT_TRUE(store->dead_letters().empty());
+  EXPECT_EQ(pair.count("mailer", "dead_lettered"), 1u);
+  peer->stop(Clock::now() + 5s);
 }
 
 TEST_P(Durable, DurablePromise3_MalformedInputIsADeadLetterAtOnceWithTheReason) {
@@ -618,6 +672,47 @@ TEST(DurableMemoryStore, ClaimOutcomesTakeoverDeadLettersAndPruningFollowTheCont
   EXPECT_EQ(store->claim("prune", "p4", b, 10s).outcome, Outcome::done);
   n::release_durable_owner(b);
   n::release_durable_owner(c);
+}
+
+TEST(DurableMemoryStore, TakeBackRemovesTheLetterAndMakesOnlyADeadEventClaimableWithNoFailures) {
+  auto store = n::make_memory_durable_store();
+  const std::string a = n::durable_owner();
+  const std::string b = n::durable_owner();
+  using Outcome = n::InboxClaim::Outcome;
+  ASSERT_EQ(store->claim("h", "e1", a, 10s).outcome, Outcome::claimed);
+  store->fail("h", "e1", a, "boom");
+  ASSERT_EQ(store->claim("h", "e1", a, 10s).outcome, Outcome::claimed);
+  n::DeadLetter letter;
+  letter.handler = "h";
+  letter.event_id = "e1";
+  letter.subject = "test.order.placed";
+  letter.body = "{}";
+  letter.reason = "max_attempts";
+  const std::uint64_t id = store->add_dead_letter(letter, a);
+  ASSERT_EQ(store->claim("h", "e1", b, 10s).outcome, Outcome::dead);
+  const auto taken = store->take_back_dead_letter(id);
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_EQ(taken->event_id, "e1");
+  EXPECT_EQ(taken->subject, "test.order.placed");
+  EXPECT_FALSE(store->dead_letter(id).has_value());
+  EXPECT_FALSE(store->take_back_dead_letter(id).has_value());
+  const n::InboxClaim claim = store->claim("h", "e1", b, 10s);
+  EXPECT_EQ(claim.outcome, Outcome::claimed);
+  EXPECT_EQ(claim.failed_attempts, 0u);
+  EXPECT_EQ(claim.last_error, "");
+  // Done stays done; a replay's claim of another owner stands.
+  ASSERT_TRUE(store->work("h", "e1", b)->complete());
+  const std::uint64_t done = store->add_dead_letter(letter, b);
+  ASSERT_TRUE(store->take_back_dead_letter(done).has_value());
+  EXPECT_EQ(store->claim("h", "e1", a, 10s).outcome, Outcome::done);
+  letter.event_id = "e2";
+  ASSERT_EQ(store->claim("h", "e2", a, 10s).outcome, Outcome::claimed);
+  const std::uint64_t running = store->add_dead_letter(letter, a);
+  ASSERT_EQ(store->claim("h", "e2", a, 10s, /*replay=*/true).outcome, Outcome::claimed);
+  ASSERT_TRUE(store->take_back_dead_letter(running).has_value());
+  EXPECT_EQ(store->claim("h", "e2", b, 10s).outcome, Outcome::held);
+  n::release_durable_owner(a);
+  n::release_durable_owner(b);
 }
 
 TEST(DurableOwners, AnOwnerIsGoneOnceReleasedOrWhenItsProcessDoesNotExist) {

@@ -62,12 +62,28 @@ Connection::Connection(const std::string& path, const SqliteDurableStoreOptions&
     : db_(path, Database::Role::durable_store) {
   busy_.timeout = std::chrono::milliseconds(options.busy_timeout_ms);
   sqlite3_busy_handler(db_.handle(), &Connection::on_busy, &busy_);
+  if (create_schema && !options.create) require_store();  // before anything is written to it
   const std::string mode = db_.pragma_text("PRAGMA journal_mode=WAL", "switch to WAL mode");
   if (mode != "wal") db_.fail(SQLITE_ERROR, "switch to WAL mode (the journal mode stayed \"" + mode + "\")");
   db_.exec(options.synchronous == SqliteDurableStoreOptions::Synchronous::full ? "PRAGMA synchronous=FULL"
                                                                                : "PRAGMA synchronous=NORMAL",
            "set synchronous");
   if (create_schema) ensure_schema();
+}
+
+void Connection::require_store() {
+  Statement check(db_,
+                  "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ('notifications_inbox',"
+                  " 'notifications_dead_letters')",
+                  "look for the durable store's tables");
+  check.step();
+  const bool found = check.int64(0) == 2;
+  check.reset();
+  if (!found) {
+    throw DurableError("durable store file \"" + db_.path() +
+                       "\" holds no durable store (tables notifications_inbox and notifications_dead_letters): "
+                       "check the path (the file given to make_sqlite_durable_store() by the service)");
+  }
 }
 
 Statement& Connection::mark_done() {

@@ -83,6 +83,9 @@ class Connection {
     std::chrono::milliseconds timeout{0};
   };
   static int on_busy(void* context, int count);
+  // Throws DurableError when the file lacks the store's tables (SqliteDurableStoreOptions::create
+  // false).
+  void require_store();
   void ensure_schema();
 
   BusyWait busy_;  // before db_: the handler that points at it is set on db_

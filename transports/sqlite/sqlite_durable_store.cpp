@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -107,12 +108,17 @@ struct StoreStatements {
                       " WHERE id=?1 RETURNING handler, event_id, attempts",
                       "update a dead letter"),
         letter_remove(db, "DELETE FROM notifications_dead_letters WHERE id=?", "remove a dead letter"),
+        inbox_take_back(db,
+                        "UPDATE notifications_inbox SET state='pending', owner='', failed_attempts=0, last_error='',"
+                        " first_failed_at_us=NULL, renewed_at_us=?3 WHERE handler=?1 AND event_id=?2 AND state='dead'",
+                        "make a dead event claimable again"),
         letters_purge(db, "DELETE FROM notifications_dead_letters WHERE ?1 = '' OR handler = ?1", "purge dead letters"),
         letters_count(db, "SELECT count(*) FROM notifications_dead_letters", "count dead letters") {}
 
   Statement inbox_read, inbox_insert, inbox_take, inbox_release, inbox_fail, inbox_failures, inbox_first_failure, inbox_renew,
       inbox_prune, inbox_dead, inbox_counts;
-  Statement letter_insert, letters_read, letter_read, letter_update, letter_remove, letters_purge, letters_count;
+  Statement letter_insert, letters_read, letter_read, letter_update, letter_remove, inbox_take_back, letters_purge,
+      letters_count;
 };
 
 DeadLetter read_letter(Statement& s) {
@@ -341,6 +347,30 @@ class SqliteDurableStore final : public DurableStore {
     return removed > 0;
   }
 
+  std::optional<DeadLetter> take_back_dead_letter(std::uint64_t id) override {
+    MutexLock lock(mutex_);
+    Database& db = connection_->db();
+    StoreStatements& s = *statements_;
+    WriteTransaction transaction(db);  // before the read: no other writer between it and the delete
+    std::optional<DeadLetter> letter;
+    {
+      Use read(s.letter_read);
+      read->bind(1, static_cast<std::int64_t>(id));
+      if (read->step()) letter = read_letter(*read);
+    }
+    if (!letter) return std::nullopt;  // rolls back: nothing was written
+    s.letter_remove.bind(1, static_cast<std::int64_t>(id));
+    run(db, s.letter_remove);
+    if (!letter->event_id.empty()) {
+      s.inbox_take_back.bind(1, letter->handler);
+      s.inbox_take_back.bind(2, letter->event_id);
+      s.inbox_take_back.bind(3, now_us());
+      run(db, s.inbox_take_back);
+    }
+    transaction.commit();
+    return letter;
+  }
+
   std::size_t purge_dead_letters(const std::string& handler) override {
     MutexLock lock(mutex_);
     Database& db = connection_->db();
@@ -476,6 +506,14 @@ std::shared_ptr<DurableStore> make_sqlite_durable_store(const std::string& path,
     throw DurableError("durable store file \"" + path + "\": SqliteDurableStoreOptions::busy_timeout_ms is " +
                        std::to_string(options.busy_timeout_ms) + ": it must be 1 .. " +
                        std::to_string(kMaxBusyTimeoutMs) + " (milliseconds)");
+  }
+  if (!options.create) {
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) {
+      throw DurableError("durable store file \"" + path +
+                         "\" does not exist or is not a file: check the path (the file given to "
+                         "make_sqlite_durable_store() by the service)");
+    }
   }
   return std::make_shared<SqliteDurableStore>(path, options);
 }

@@ -483,6 +483,117 @@ TEST(SqliteDurableStore, DeadLettersAddListPageShowUpdateRemovePurge) {
   EXPECT_TRUE(store->dead_letters().empty());
 }
 
+TEST(SqliteDurableStore, TakeBackRemovesTheLetterAndMakesItsDeadEventClaimableWithNoFailures) {
+  TempDir dir;
+  const std::string path = dir.file("durable.db");
+  auto store = store_at(path);
+  const std::string a = n::durable_owner();
+  const std::string b = n::durable_owner();
+  ASSERT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  store->fail("billing", "e1", a, "boom 1");
+  ASSERT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  store->fail("billing", "e1", a, "boom 2");
+  ASSERT_EQ(store->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  const std::string binary("env\0elope", 9);
+  const std::uint64_t id = store->add_dead_letter(letter("billing", "e1", binary), a);
+  ASSERT_EQ(store->claim("billing", "e1", b, 1h).outcome, Outcome::dead);
+  // Another handler's row for the same event is not touched.
+  ASSERT_EQ(store->claim("audit", "e1", a, 1h).outcome, Outcome::claimed);
+  ASSERT_TRUE(store->work("audit", "e1", a)->complete());
+
+  const auto taken = store->take_back_dead_letter(id);
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_EQ(taken->id, id);
+  EXPECT_EQ(taken->handler, "billing");
+  EXPECT_EQ(taken->event_id, "e1");
+  EXPECT_EQ(taken->subject, "notifications.order.placed");
+  EXPECT_EQ(taken->body, binary);
+  EXPECT_FALSE(store->dead_letter(id).has_value()) << "the letter is gone";
+  EXPECT_FALSE(store->take_back_dead_letter(id).has_value()) << "once";
+  EXPECT_EQ(scalar(path, "SELECT count(*) FROM notifications_inbox WHERE handler='billing' AND event_id='e1' AND"
+                         " state='pending' AND owner='' AND failed_attempts=0 AND last_error='' AND"
+                         " first_failed_at_us IS NULL"),
+            1);
+  const n::InboxClaim claim = store->claim("billing", "e1", b, 1h);  // any owner: b, not a
+  EXPECT_EQ(claim.outcome, Outcome::claimed);
+  EXPECT_EQ(claim.failed_attempts, 0u) << "max_attempts starts again";
+  EXPECT_EQ(claim.last_error, "");
+  EXPECT_EQ(store->claim("audit", "e1", b, 1h).outcome, Outcome::done) << "the other handler's inbox says done";
+  // A failure after the take-back is the first one again.
+  const auto before = std::chrono::system_clock::now();
+  EXPECT_EQ(store->fail("billing", "e1", b, "boom 3"), 1u);
+  ASSERT_EQ(store->claim("billing", "e1", b, 1h).outcome, Outcome::claimed);
+  const auto again = store->dead_letter(store->add_dead_letter(letter("billing", "e1"), b));
+  ASSERT_TRUE(again.has_value());
+  EXPECT_GE(again->first_failed_at, before - 1ms) << "not the first failure before the take-back";
+}
+
+TEST(SqliteDurableStore, TakeBackLeavesADoneEventAndAnotherOwnersReplayAsTheyAre) {
+  TempDir dir;
+  auto store = store_at(dir.file("durable.db"));
+  const std::string a = n::durable_owner();
+  const std::string b = n::durable_owner();
+  // Done after the letter was stored (a replay by the service that then failed to remove it).
+  ASSERT_EQ(store->claim("billing", "done", a, 1h).outcome, Outcome::claimed);
+  const std::uint64_t done_letter = store->add_dead_letter(letter("billing", "done"), a);
+  ASSERT_EQ(store->claim("billing", "done", a, 1h, true).outcome, Outcome::claimed);
+  ASSERT_TRUE(store->work("billing", "done", a)->complete());
+  ASSERT_TRUE(store->take_back_dead_letter(done_letter).has_value());
+  EXPECT_EQ(store->claim("billing", "done", b, 1h).outcome, Outcome::done);
+  // A replay running under owner a: its claim stands.
+  ASSERT_EQ(store->claim("billing", "running", a, 1h).outcome, Outcome::claimed);
+  const std::uint64_t running_letter = store->add_dead_letter(letter("billing", "running"), a);
+  ASSERT_EQ(store->claim("billing", "running", a, 1h, true).outcome, Outcome::claimed);
+  ASSERT_TRUE(store->take_back_dead_letter(running_letter).has_value());
+  EXPECT_EQ(store->claim("billing", "running", b, 1h).outcome, Outcome::held);
+  // A malformed letter has no inbox row: it is only removed.
+  const std::uint64_t malformed = store->add_dead_letter(letter("billing", "", "not json"), a);
+  const auto taken = store->take_back_dead_letter(malformed);
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_EQ(taken->body, "not json");
+  EXPECT_TRUE(store->dead_letters().empty());
+}
+
+TEST(SqliteDurableStore, OneLetterTakenBackFromTwoStoreObjectsAndEightThreadsIsTakenOnce) {
+  TempDir dir;
+  const std::string path = dir.file("durable.db");
+  auto first = store_at(path);
+  auto second = store_at(path);
+  const std::string a = n::durable_owner();
+  ASSERT_EQ(first->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+  const std::uint64_t id = first->add_dead_letter(letter("billing", "e1"), a);
+  std::atomic<int> taken{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      if ((i % 2 == 0 ? first : second)->take_back_dead_letter(id).has_value()) taken.fetch_add(1);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(taken.load(), 1);
+  EXPECT_EQ(second->claim("billing", "e1", a, 1h).outcome, Outcome::claimed);
+}
+
+TEST(SqliteDurableStore, OpeningWithoutCreateRefusesMissingFilesAndFilesWithoutAStore) {
+  TempDir dir;
+  n::SqliteDurableStoreOptions existing;
+  existing.create = false;
+  const std::string missing = dir.file("missing.db");
+  const std::string message = error_of([&] { n::make_sqlite_durable_store(missing, existing); });
+  EXPECT_NE(message.find(missing), std::string::npos) << message;
+  EXPECT_NE(message.find("does not exist"), std::string::npos) << message;
+  EXPECT_FALSE(std::filesystem::exists(missing)) << "never created";
+  const std::string other = dir.file("other.db");
+  exec(other, "CREATE TABLE t(x)");
+  const std::string without = error_of([&] { n::make_sqlite_durable_store(other, existing); });
+  EXPECT_NE(without.find("holds no durable store"), std::string::npos) << without;
+  EXPECT_EQ(scalar(other, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'notifications_%'"), 0)
+      << "nothing was created in it";
+  const std::string path = dir.file("durable.db");
+  store_at(path)->add_dead_letter(letter("billing", "e1"), n::durable_owner());
+  EXPECT_EQ(n::make_sqlite_durable_store(path, existing)->dead_letters().size(), 1u);
+}
+
 TEST(SqliteDurableStore, ADeadLettersFirstFailureIsTheFirstOneTheInboxRecorded) {
   TempDir dir;
   auto store = store_at(dir.file("durable.db"));
