@@ -140,9 +140,9 @@ int run_replay(const OutboxOptions& own, const GlobalOptions& options) {
     bridge = make_bridge(notifier, config);
   } catch (const OutboxError& e) {
     if (std::string(e.what()).find("in use") != std::string::npos) {
-      return fail(kFailed, std::string(e.what()) +
-                               ". A running service holds this outbox and sends its rows itself: stop it first to "
-                               "replay the file here, or let it send them");
+      return fail(kFailed, "outbox file \"" + path +
+                               "\" is in use by a running outbox (a service's Bridge), which sends its rows itself: "
+                               "stop it first to replay the file here, or let it send them");
     }
     return fail(outbox_error_code(path), e.what());
   } catch (const ConfigError& e) {
