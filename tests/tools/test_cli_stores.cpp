@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -54,10 +55,11 @@ class TempDir : public test_support::TempDir {
 test_support::ChildResult cli(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
   std::vector<std::string> argv{NOTIFICATIONS_CLI};
   argv.insert(argv.end(), args.begin(), args.end());
-  // The URL of the test's own environment is not used: memory:// unless the case gives one.
+  // The URL of the test's own environment is not used: memory:// unless the case gives a URL or a
+  // configuration file.
   std::vector<std::string> environment = env;
   const bool has_url = std::any_of(env.begin(), env.end(), [](const std::string& e) {
-    return e.rfind("NOTIFICATIONS_URL=", 0) == 0;
+    return e.rfind("NOTIFICATIONS_URL=", 0) == 0 || e.rfind("NOTIFICATIONS_CONFIG=", 0) == 0;
   });
   if (!has_url) environment.push_back("NOTIFICATIONS_URL=memory://");
   return test_support::run_child(argv, environment, 60s);
@@ -199,6 +201,30 @@ TEST(CliOutbox, ListRefusesBadArgumentsMissingFilesAndFilesThatAreNoOutboxNaming
 
   const auto no_command = cli({"outbox"});
   EXPECT_TRUE(no_command.exited && no_command.exit_code == 2) << no_command.describe();
+}
+
+TEST(CliOutbox, ListAndReplayTakeTheFileAndTheUrlFromTheConfiguration) {
+  TempDir dir;
+  const std::string path = dir.file("outbox.db");
+  const auto rows = stranded_outbox(path, 2);
+  const std::string events = dir.file("events.db");
+  const std::string config = dir.file("service.json");
+  {
+    std::ofstream out(config);
+    out << json{{"url", "sqlite://" + events}, {"durability", "sync"}, {"outbox", {{"path", path}}}}.dump();
+  }
+  const std::vector<std::string> env{"NOTIFICATIONS_CONFIG=" + config};
+  const auto listed = cli({"--json", "--config", config, "outbox", "list"}, env);
+  ASSERT_TRUE(listed.exited && listed.exit_code == 0) << listed.describe();
+  ASSERT_EQ(json_in(listed.output).size(), 2u) << listed.output;
+  EXPECT_EQ(json_in(listed.output)[1]["event_id"], rows[1].event_id);
+
+  const auto replay = cli({"--config", config, "outbox", "replay"}, env);
+  ASSERT_TRUE(replay.exited && replay.exit_code == 0) << replay.describe();
+  EXPECT_TRUE(contains(replay.output, "sent 2 event(s)")) << replay.output;
+  EXPECT_TRUE(contains(replay.output, "sqlite://" + events)) << replay.output;
+  EXPECT_TRUE(n::list_outbox(path).empty());
+  EXPECT_TRUE(std::filesystem::exists(events)) << "sent to the configuration's URL";
 }
 
 // ---- outbox replay
