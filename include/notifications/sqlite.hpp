@@ -92,11 +92,12 @@ struct SqliteDurableStoreOptions {
 };
 
 // The inbox and dead letters of durable handlers in the SQLite file `path` (created when missing
-// unless options.create is false, WAL mode), as tables notifications_inbox and notifications_dead_letters beside whatever else
-// the file holds: it may be the file of a sqlite:// transport or of an outbox. Any number of
-// store objects, in any number of processes of one machine, may use one file at once; each state
-// change is one write transaction. Throws DurableError naming the file when it cannot be opened,
-// is not a database, was written by a newer version, or an option is out of range.
+// unless options.create is false, WAL mode), as tables notifications_inbox and
+// notifications_dead_letters beside whatever else the file holds: it may be the file of a
+// sqlite:// transport or of an outbox. Any number of store objects, in any number of processes of
+// one machine, may use one file at once; each state change is one write transaction. Throws
+// DurableError naming the file when it cannot be opened, is not a database, was written by a newer
+// version, or an option is out of range.
 //
 // Connections: the store object's own one, under a mutex, for claim(), fail(), renew(),
 // prune_done(), the dead letters and health(); and one per open InboxWork (from a small pool of
