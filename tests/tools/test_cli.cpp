@@ -347,6 +347,41 @@ TEST(CliSqlite, TailJsonLinesCarryTheFields) {
   tail_json_lines("sqlite://" + dir.file("events.db"), "sqlite");
 }
 
+// A block that raised shows its exception; a long payload is cut to --width at a character
+// boundary.
+TEST(CliSqlite, TailLinesShowExceptionsAndCutLongPayloads) {
+  TempDir dir;
+  const std::string url = "sqlite://" + dir.file("events.db");
+  Background tail({"tail", "--url", url, "--count", "2", "--width", "30"});
+  ASSERT_TRUE(tail.wait_for_stderr("tailing > on ", 20s)) << tail.err();
+  {
+    n::Notifier notifier;
+    n::BridgeConfig config;
+    config.url = url;
+    config.app = "payments";
+    config.subscribe = {};
+    std::unique_ptr<n::Bridge> bridge = n::make_bridge(notifier, config);
+    bridge->start();
+    EXPECT_THROW(notifier.instrument("charge.failed", json{{"amount", 30}}, [] { throw std::runtime_error("card expired"); }),
+                 std::runtime_error);
+    std::string long_text;
+    for (int i = 0; i < 100; ++i) long_text += "\xc3\xa9";  // e with an acute accent: two bytes each
+    notifier.instrument("note.long", json{{"text", long_text}});
+    EXPECT_TRUE(bridge->flush(10s));
+    bridge->shutdown(5s);
+  }
+  const ChildResult ended = tail.finish(kBound);
+  ASSERT_TRUE(ended.exited && ended.exit_code == 0) << ended.describe();
+  const std::vector<std::string> lines = lines_of(tail.out());
+  ASSERT_EQ(lines.size(), 2u) << tail.out();
+  EXPECT_TRUE(contains(lines[0], "charge.failed")) << lines[0];
+  EXPECT_TRUE(contains(lines[0], "raised std::runtime_error: card expired")) << lines[0];
+  const std::string cut = lines[1].substr(lines[1].find("{\"text\""));
+  EXPECT_LE(cut.size(), 30u) << cut;
+  EXPECT_EQ(cut.substr(cut.size() - 3), "...") << cut;
+  EXPECT_TRUE(json::accept("\"" + cut.substr(9, cut.size() - 12) + "\"")) << "cut inside a character: " << cut;
+}
+
 TEST(CliSqlite, HealthOfAFileAndOfAMissingOne) {
   TempDir dir;
   const std::string url = "sqlite://" + dir.file("events.db");

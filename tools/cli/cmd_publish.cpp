@@ -27,7 +27,7 @@ nlohmann::json parse_payload(const std::string& argument) {
   try {
     payload = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    throw UsageError("the JSON payload is not valid JSON: " + std::string(e.what()) +
+    throw UsageError("the JSON payload is not valid JSON: " + printable(e.what()) +
                      " (quote it for the shell: '{\"key\": 1}')");
   }
   if (!payload.is_object()) {
