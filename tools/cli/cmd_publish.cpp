@@ -57,6 +57,16 @@ int publish(const GlobalOptions& options, const PublishArgs& args) {
   const bool confirmed = bridge->flush(timeout);
   const nlohmann::json health = bridge->health();
   bridge->shutdown(std::chrono::milliseconds(500));
+  // A flush also returns once an event was given up on for good (too large for the server, ...).
+  std::string dropped;
+  for (const auto& [reason, count] : health["counters"]["dropped"].items()) {
+    if (count.is_number() && count.get<std::uint64_t>() > 0) dropped += (dropped.empty() ? "" : ", ") + reason;
+  }
+  if (!dropped.empty()) {
+    std::cerr << "notifications publish: event " << id << " was not published: dropped (" << dropped
+              << "; the warning above says why)" << std::endl;
+    return kFailed;
+  }
   if (confirmed) {
     if (options.json) {
       std::cout << nlohmann::json{{"id", id}, {"name", args.name}, {"confirmed", true}}.dump() << std::endl;

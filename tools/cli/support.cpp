@@ -17,7 +17,7 @@ namespace notifications::cli {
 
 void set_up_logging() {
   auto logger = spdlog::stderr_logger_mt("notifications");
-  logger->set_pattern("notifications: [%l] %v");
+  logger->set_pattern("[%l] %v");
   logger->set_level(spdlog::level::warn);
   spdlog::set_default_logger(std::move(logger));
 }
