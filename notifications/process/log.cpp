@@ -2,23 +2,33 @@
 
 #include <unistd.h>
 
-#include <memory>
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <thread>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "process/thread_safety.hpp"
 
-namespace notifications::detail {
+namespace notifications {
+
+namespace detail {
 
 namespace {
+
+constexpr const char* kLoggerName = "notifications";
 
 // Never destroyed: usable from static destructors and from threads still running at exit.
 struct LogState {
   SharedMutex mutex;
+  bool resolved NOTIFICATIONS_GUARDED_BY(mutex) = false;  // `logger` was looked up or created
   bool exiting NOTIFICATIONS_GUARDED_BY(mutex) = false;
-  std::shared_ptr<spdlog::logger> kept NOTIFICATIONS_GUARDED_BY(mutex);  // set when exiting
+  bool level_set NOTIFICATIONS_GUARDED_BY(mutex) = false;  // set_log_level() was called
+  std::shared_ptr<spdlog::logger> logger NOTIFICATIONS_GUARDED_BY(mutex);
+  std::shared_ptr<const LogHandler> handler NOTIFICATIONS_GUARDED_BY(mutex);
+  std::atomic<int> threshold{static_cast<int>(LogLevel::info)};  // the handler's; set_log_level()
 };
 
 LogState& state() {
@@ -36,27 +46,91 @@ spdlog::level::level_enum to_spdlog(LogLevel level) {
       return spdlog::level::warn;
     case LogLevel::error:
       return spdlog::level::err;
+    case LogLevel::off:
+      return spdlog::level::off;
   }
   return spdlog::level::err;
+}
+
+LogLevel from_spdlog(spdlog::level::level_enum level) {
+  switch (level) {
+    case spdlog::level::trace:
+    case spdlog::level::debug:
+      return LogLevel::debug;
+    case spdlog::level::info:
+      return LogLevel::info;
+    case spdlog::level::warn:
+      return LogLevel::warn;
+    case spdlog::level::err:
+    case spdlog::level::critical:
+      return LogLevel::error;
+    default:
+      return LogLevel::off;
+  }
+}
+
+// The application's logger named "notifications", else a new one on standard error with spdlog's
+// global level and pattern, registered under that name. Caller holds the write lock.
+std::shared_ptr<spdlog::logger> named_logger() {
+  if (auto existing = spdlog::get(kLoggerName)) return existing;
+  auto created = std::make_shared<spdlog::logger>(kLoggerName, std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  try {
+    spdlog::initialize_logger(created);
+  } catch (const spdlog::spdlog_ex&) {
+    // Registered by another thread meanwhile: that one is the application's.
+    if (auto existing = spdlog::get(kLoggerName)) return existing;
+  }
+  return created;
+}
+
+void resolve_locked(LogState& s) NOTIFICATIONS_REQUIRES(s.mutex) {
+  if (s.resolved) return;
+  s.resolved = true;
+  s.logger = named_logger();
+  if (s.level_set && s.logger) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
+}
+
+// The destination of one line: the handler, else the logger (both null when nothing is left).
+struct Destination {
+  std::shared_ptr<const LogHandler> handler;
+  std::shared_ptr<spdlog::logger> logger;
+};
+
+Destination destination() {
+  LogState& s = state();
+  {
+    SharedMutexReadLock lock(s.mutex);
+    if (s.resolved || s.exiting) return {s.handler, s.handler ? nullptr : s.logger};
+  }
+  detail::SharedMutexWriteLock lock(s.mutex);
+  resolve_locked(s);
+  return {s.handler, s.handler ? nullptr : s.logger};
 }
 
 }  // namespace
 
 bool log_enabled(LogLevel level) noexcept {
-  LogState& s = state();
-  SharedMutexReadLock lock(s.mutex);
-  spdlog::logger* logger = s.exiting ? s.kept.get() : spdlog::default_logger_raw();
-  return logger != nullptr && logger->should_log(to_spdlog(level));
+  if (level == LogLevel::off) return false;
+  try {
+    const Destination to = destination();
+    if (to.handler) return static_cast<int>(level) >= state().threshold.load(std::memory_order_relaxed);
+    return to.logger != nullptr && to.logger->should_log(to_spdlog(level));
+  } catch (...) {
+    return false;
+  }
 }
 
 void log_line(LogLevel level, std::string_view text) noexcept {
+  if (level == LogLevel::off) return;
   try {
-    LogState& s = state();
-    SharedMutexReadLock lock(s.mutex);
-    spdlog::logger* logger = s.exiting ? s.kept.get() : spdlog::default_logger_raw();
-    if (logger != nullptr) logger->log(to_spdlog(level), "{}", text);
+    const Destination to = destination();
+    if (to.handler) {
+      if (static_cast<int>(level) >= state().threshold.load(std::memory_order_relaxed)) (*to.handler)(level, text);
+    } else if (to.logger) {
+      to.logger->log(to_spdlog(level), "{}", text);
+    }
   } catch (...) {
-    // A sink that throws loses this line; logging must never fail the caller.
+    // A handler or sink that throws loses this line; logging must never fail the caller.
   }
 }
 
@@ -64,7 +138,7 @@ void begin_exit_logging() noexcept {
   try {
     LogState& s = state();
     // Bounded: in a forked child a reader that no longer exists may hold the lock for ever; then
-    // lines keep going to spdlog's logger, which nothing else in such a child is using.
+    // lines keep going where they went, which nothing else in such a child is using.
     // Polled with try_lock (ThreadSanitizer does not see the timed rwlock calls).
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
     while (!s.mutex.try_lock()) {
@@ -73,11 +147,31 @@ void begin_exit_logging() noexcept {
     }
     SharedMutexWriteLock lock(s.mutex, std::adopt_lock);
     if (s.exiting) return;
-    s.kept = spdlog::default_logger();
-    if (s.kept) s.kept->flush();
+    resolve_locked(s);
+    if (s.logger) s.logger->flush();
     s.exiting = true;
   } catch (...) {
   }
+}
+
+void use_spdlog_logger(std::shared_ptr<spdlog::logger> logger, bool apply_level) {
+  LogState& s = state();
+  detail::SharedMutexWriteLock lock(s.mutex);
+  if (!logger) {
+    s.resolved = false;
+    resolve_locked(s);
+    return;
+  }
+  s.resolved = true;
+  s.logger = std::move(logger);
+  if (apply_level && s.level_set) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
+}
+
+std::shared_ptr<spdlog::logger> spdlog_logger() {
+  LogState& s = state();
+  detail::SharedMutexWriteLock lock(s.mutex);
+  resolve_locked(s);
+  return s.logger;
 }
 
 std::string wire_text(std::string_view text, std::size_t limit) {
@@ -126,4 +220,50 @@ void write_stderr_unlocked(std::string_view text) noexcept {
   }
 }
 
-}  // namespace notifications::detail
+}  // namespace detail
+
+std::string_view to_string(LogLevel level) noexcept {
+  switch (level) {
+    case LogLevel::debug:
+      return "debug";
+    case LogLevel::info:
+      return "info";
+    case LogLevel::warn:
+      return "warn";
+    case LogLevel::error:
+      return "error";
+    case LogLevel::off:
+      return "off";
+  }
+  return "off";
+}
+
+void set_log_handler(LogHandler handler) {
+  auto shared = handler ? std::make_shared<const LogHandler>(std::move(handler)) : nullptr;
+  detail::LogState& s = detail::state();
+  std::shared_ptr<const LogHandler> replaced;
+  detail::SharedMutexWriteLock lock(s.mutex);
+  replaced = std::move(s.handler);
+  s.handler = std::move(shared);
+}
+
+void set_log_level(LogLevel level) {
+  detail::LogState& s = detail::state();
+  detail::SharedMutexWriteLock lock(s.mutex);
+  s.threshold.store(static_cast<int>(level));
+  s.level_set = true;
+  detail::resolve_locked(s);
+  if (s.logger) s.logger->set_level(detail::to_spdlog(level));
+}
+
+LogLevel log_level() noexcept {
+  try {
+    const detail::Destination to = detail::destination();
+    if (to.handler) return static_cast<LogLevel>(detail::state().threshold.load());
+    return to.logger ? detail::from_spdlog(to.logger->level()) : LogLevel::off;
+  } catch (...) {
+    return LogLevel::off;
+  }
+}
+
+}  // namespace notifications
