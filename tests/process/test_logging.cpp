@@ -287,6 +287,15 @@ TEST(LoggingLevels, ANormalRunOnMemoryLogsNothingAtWarnOrAbove) {
   expect_quiet_normal_run(captured);
 }
 
+TEST(LoggingLevels, ANormalRunOnMockWithAcknowledgementsLogsNothingAtWarnOrAbove) {
+  TempDir dir("logging");
+  Captured captured;
+  const std::string failed =
+      normal_run("mock://logging-levels?acknowledgements=true", dir.file("outbox.db"), nullptr);
+  EXPECT_EQ(failed, "");
+  expect_quiet_normal_run(captured);
+}
+
 TEST(LoggingLevels, ANormalRunOnSqliteWithASqliteStoreLogsNothingAtWarnOrAbove) {
   TempDir dir("logging");
   Captured captured;
