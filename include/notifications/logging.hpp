@@ -9,9 +9,8 @@
 // type, hands in a plain callback instead.
 //
 // Thread-safety: every function here may be called from any thread, concurrently with each other
-// and with lines being written. A line written while the destination changes goes to the old
-// destination or to the new one, never to both; set_log_handler() does not wait for lines already
-// running in the handler it replaces.
+// and with lines being written; a line goes to the destination before or after the change, never
+// to both. Changing the destination or the level waits for the lines being written.
 #pragma once
 
 #include <functional>
@@ -35,17 +34,19 @@ using LogHandler = std::function<void(LogLevel level, std::string_view message)>
 // Sends every line at or above the log level (set_log_level) to `handler` instead of the spdlog
 // logger; an empty handler goes back to the spdlog logger (the "notifications" one, or the one
 // handed in by set_logger()). The library keeps its copy of the handler for as long as the process
-// runs (the one replaced is destroyed when no line uses it any more).
+// runs; the one replaced is no longer running nor called once this returns (the call waits for the
+// lines it is writing), and is destroyed then.
 //
 // The handler's contract:
 //   - it runs on the thread that logs: the application's own (Bridge::start, shutdown,
 //     instrument ...) or the library's (ntf-sender, ntf-dispatcher, ntf-durable, ntf-nats-log,
 //     ntf-sqlite-poll, ntf-outbox, the exit hook ...), possibly on several threads at once: it
 //     must be thread-safe itself;
-//   - it must return promptly and must not block on the bus: it may take its own locks, write,
-//     enqueue, and call the functions of this header, but must not instrument(), publish, start,
-//     flush or shut down a Bridge, or wait for a thread of the library (a line is written while
-//     that thread may hold a lock of the bus);
+//   - it must return promptly and must not block on the bus: it may take its own locks, format,
+//     write and enqueue, but must not call the functions of this header or of
+//     notifications/spdlog.hpp (they wait for the lines being written: for itself), instrument(),
+//     publish, start, flush or shut down a Bridge, or wait for a thread of the library (a line may
+//     be written while that thread holds a lock of the bus);
 //   - an exception it throws is swallowed (the line is lost, the library goes on);
 //   - it keeps being called while the process exits (std::exit, a return from main), from the exit
 //     hook that shuts bridges down and from threads still running then: what it captures by value

@@ -90,21 +90,20 @@ void resolve_locked(LogState& s) NOTIFICATIONS_REQUIRES(s.mutex) {
   if (s.level_set && s.logger) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
 }
 
-// The destination of one line: the handler, else the logger (both null when nothing is left).
-struct Destination {
-  std::shared_ptr<const LogHandler> handler;
-  std::shared_ptr<spdlog::logger> logger;
-};
-
-Destination destination() {
-  LogState& s = state();
+// Resolves the logger before the first line (one write lock, the only time spdlog's registry is
+// read unless the application hands in another logger).
+void ensure_resolved(LogState& s) NOTIFICATIONS_EXCLUDES(s.mutex) {
   {
     SharedMutexReadLock lock(s.mutex);
-    if (s.resolved || s.exiting) return {s.handler, s.handler ? nullptr : s.logger};
+    if (s.resolved || s.exiting) return;
   }
-  detail::SharedMutexWriteLock lock(s.mutex);
+  SharedMutexWriteLock lock(s.mutex);
   resolve_locked(s);
-  return {s.handler, s.handler ? nullptr : s.logger};
+}
+
+bool enabled_locked(const LogState& s, LogLevel level) NOTIFICATIONS_REQUIRES_SHARED(s.mutex) {
+  if (s.handler) return static_cast<int>(level) >= s.threshold.load(std::memory_order_relaxed);
+  return s.logger != nullptr && s.logger->should_log(to_spdlog(level));
 }
 
 }  // namespace
@@ -112,22 +111,29 @@ Destination destination() {
 bool log_enabled(LogLevel level) noexcept {
   if (level == LogLevel::off) return false;
   try {
-    const Destination to = destination();
-    if (to.handler) return static_cast<int>(level) >= state().threshold.load(std::memory_order_relaxed);
-    return to.logger != nullptr && to.logger->should_log(to_spdlog(level));
+    LogState& s = state();
+    ensure_resolved(s);
+    SharedMutexReadLock lock(s.mutex);
+    return enabled_locked(s, level);
   } catch (...) {
     return false;
   }
 }
 
+// The line is written with the lock held (shared): replacing the destination waits for the lines
+// being written, and the exit hook can tell (with a bounded try_lock) that a thread of the parent
+// was writing one when this process was forked.
 void log_line(LogLevel level, std::string_view text) noexcept {
   if (level == LogLevel::off) return;
   try {
-    const Destination to = destination();
-    if (to.handler) {
-      if (static_cast<int>(level) >= state().threshold.load(std::memory_order_relaxed)) (*to.handler)(level, text);
-    } else if (to.logger) {
-      to.logger->log(to_spdlog(level), "{}", text);
+    LogState& s = state();
+    ensure_resolved(s);
+    SharedMutexReadLock lock(s.mutex);
+    if (!enabled_locked(s, level)) return;
+    if (s.handler) {
+      (*s.handler)(level, text);
+    } else {
+      s.logger->log(to_spdlog(level), "{}", text);
     }
   } catch (...) {
     // A handler or sink that throws loses this line; logging must never fail the caller.
@@ -258,9 +264,11 @@ void set_log_level(LogLevel level) {
 
 LogLevel log_level() noexcept {
   try {
-    const detail::Destination to = detail::destination();
-    if (to.handler) return static_cast<LogLevel>(detail::state().threshold.load());
-    return to.logger ? detail::from_spdlog(to.logger->level()) : LogLevel::off;
+    detail::LogState& s = detail::state();
+    detail::ensure_resolved(s);
+    detail::SharedMutexReadLock lock(s.mutex);
+    if (s.handler) return static_cast<LogLevel>(s.threshold.load());
+    return s.logger ? detail::from_spdlog(s.logger->level()) : LogLevel::off;
   } catch (...) {
     return LogLevel::off;
   }
