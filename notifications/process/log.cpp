@@ -29,6 +29,7 @@ struct LogState {
   std::shared_ptr<spdlog::logger> logger NOTIFICATIONS_GUARDED_BY(mutex);
   std::shared_ptr<const LogHandler> handler NOTIFICATIONS_GUARDED_BY(mutex);
   std::atomic<int> threshold{static_cast<int>(LogLevel::info)};  // the handler's; set_log_level()
+  std::atomic<bool> ready{false};  // resolved or exiting: lines need not resolve (never false again)
 };
 
 LogState& state() {
@@ -86,6 +87,7 @@ std::shared_ptr<spdlog::logger> named_logger() {
 void resolve_locked(LogState& s) NOTIFICATIONS_REQUIRES(s.mutex) {
   if (s.resolved) return;
   s.resolved = true;
+  s.ready.store(true, std::memory_order_release);
   s.logger = named_logger();
   if (s.level_set && s.logger) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
 }
@@ -93,6 +95,7 @@ void resolve_locked(LogState& s) NOTIFICATIONS_REQUIRES(s.mutex) {
 // Resolves the logger before the first line (one write lock, the only time spdlog's registry is
 // read unless the application hands in another logger).
 void ensure_resolved(LogState& s) NOTIFICATIONS_EXCLUDES(s.mutex) {
+  if (s.ready.load(std::memory_order_acquire)) return;
   {
     SharedMutexReadLock lock(s.mutex);
     if (s.resolved || s.exiting) return;
