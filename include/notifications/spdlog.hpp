@@ -7,6 +7,12 @@
 // Thread-safety: every function here may be called from any thread, concurrently with lines being
 // written (a line goes to the old logger or to the new one). The loggers and sinks handed in are
 // used from the library's threads, possibly concurrently: use spdlog's thread-safe ("_mt") kinds.
+//
+// Lifetime: the library holds the logger (and so its sinks) until another one is handed in, and
+// uses it while the process exits: lines of the exit hook, which flushes it after main() returned,
+// and of threads still running then. What a sink writes to (a stream, a file, a buffer) must
+// outlive that: a sink over an object local to main() must be replaced before main() returns
+// (set_log_sinks({}) drops lines from then on).
 #pragma once
 
 #include <memory>
