@@ -18,8 +18,8 @@
 
 namespace notifications {
 
-// The levels of the library's lines, lowest first. Normal operation (start, flush, shutdown,
-// reconnecting after a stop) logs at debug and info only; warn means events may be lost, delayed
+// The levels of the library's lines, lowest first. Normal operation (start, connect, flush, a
+// clean shutdown) logs at debug and info only; warn means events may be lost, delayed
 // or refused, or the setup looks wrong; error means something failed that the library retries or
 // gives up on. off is only a threshold: no line has it.
 enum class LogLevel { debug, info, warn, error, off };
@@ -33,9 +33,9 @@ using LogHandler = std::function<void(LogLevel level, std::string_view message)>
 
 // Sends every line at or above the log level (set_log_level) to `handler` instead of the spdlog
 // logger; an empty handler goes back to the spdlog logger (the "notifications" one, or the one
-// handed in by set_logger()). The library keeps its copy of the handler for as long as the process
-// runs; the one replaced is no longer running nor called once this returns (the call waits for the
-// lines it is writing), and is destroyed then.
+// handed in by set_logger()). The library keeps its copy of the handler until another call
+// replaces it, for the rest of the process otherwise; the one replaced is no longer running nor
+// called once this returns (the call waits for the lines being written to it) and is destroyed.
 //
 // The handler's contract:
 //   - it runs on the thread that logs: the application's own (Bridge::start, shutdown,
@@ -50,14 +50,16 @@ using LogHandler = std::function<void(LogLevel level, std::string_view message)>
 //   - an exception it throws is swallowed (the line is lost, the library goes on);
 //   - it keeps being called while the process exits (std::exit, a return from main), from the exit
 //     hook that shuts bridges down and from threads still running then: what it captures by value
-//     lives as long as the library's copy, but objects with static storage duration it refers to
-//     may already be destroyed: capture a shared_ptr rather than refer to a global;
+//     lives as long as the library's copy, but objects local to main() or with static storage
+//     duration that it refers to may already be destroyed: capture a shared_ptr instead (or
+//     replace the handler before they end);
 //   - in a child forked while another thread was inside the handler, locks that thread held stay
 //     held: a handler that takes locks should not be used across fork() without prepare_fork()
 //     (notifications/fork.hpp), which quiesces the library's threads.
 void set_log_handler(LogHandler handler);
 
-// The threshold below which no line is written, default info. It applies to the handler and is
+// The threshold below which no line is written, default info (spdlog's global level, when the
+// library created the "notifications" logger). It applies to the handler and is
 // also set on the spdlog logger in use (as spdlog::get("notifications")->set_level() would), so
 // either way of setting the spdlog logger's level works. LogLevel::off writes no line at all.
 void set_log_level(LogLevel level);
