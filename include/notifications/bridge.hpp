@@ -49,6 +49,7 @@
 
 #include "notifications/config.hpp"
 #include "notifications/durable.hpp"
+#include "notifications/metrics.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/outbox.hpp"
 #include "notifications/transport.hpp"
@@ -69,6 +70,9 @@ struct BridgeHooks {
   // config.batch_size). An outbox serves one Bridge; the Bridge applies config.overflow and
   // config.block_timeout to its push() calls, while its bounds are its own.
   std::shared_ptr<Outbox> outbox = nullptr;
+  // Told of each published event, remote delivery and durable handler call, with its latency
+  // (notifications/metrics.hpp), on the bridge's own threads; null (default): nothing is timed.
+  std::shared_ptr<BridgeObserver> observer = nullptr;
 };
 
 // What shutdown() did.
