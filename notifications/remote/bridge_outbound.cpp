@@ -275,6 +275,9 @@ class Outbound::Sender {
       if (published > 0) {
         if (out_.observer_ != nullptr) observe_published(offset, published);
         offset += published;
+        out_.oldest_unsent_ns_.store(
+            base_ + offset < batch_.size() ? batch_[base_ + offset].time.time_since_epoch().count() : 0,
+            std::memory_order_relaxed);  // before they count as sent: flush() then sees lag 0
         out_.saturated_.store(false, std::memory_order_relaxed);  // the transport takes events again
         attempt_ = 0;  // progress: back off from the start again
         // Settled before counted as sent: once flush() returns, the outbox no longer holds them.
