@@ -170,7 +170,7 @@ class Outbound::Sender {
       out_.outbox_->settle(batch.size(), Outbox::Settled::dropped, kDropNames[static_cast<int>(Drop::shutdown_deadline)]);
       return;
     }
-    out_.oldest_unsent_ns_.store(batch.empty() ? 0 : batch[0].time.time_since_epoch().count(), std::memory_order_relaxed);
+    out_.oldest_unsent_ns_.store(batch.empty() ? 0 : ended_at(batch[0]), std::memory_order_relaxed);
     batch_ = batch;
     std::size_t next = 0;  // the first item not yet settled
     while (next < batch.size()) {
@@ -276,7 +276,7 @@ class Outbound::Sender {
         if (out_.observer_ != nullptr) observe_published(offset, published);
         offset += published;
         out_.oldest_unsent_ns_.store(
-            base_ + offset < batch_.size() ? batch_[base_ + offset].time.time_since_epoch().count() : 0,
+            base_ + offset < batch_.size() ? ended_at(batch_[base_ + offset]) : 0,
             std::memory_order_relaxed);  // before they count as sent: flush() then sees lag 0
         out_.saturated_.store(false, std::memory_order_relaxed);  // the transport takes events again
         attempt_ = 0;  // progress: back off from the start again
@@ -319,6 +319,13 @@ class Outbound::Sender {
       return false;
     }
     return true;
+  }
+
+  // When `event`'s instrumented block ended (its time plus its duration), in system clock ticks.
+  static std::int64_t ended_at(const detail::OutgoingEvent& event) {
+    return std::chrono::time_point_cast<std::chrono::system_clock::duration>(event.time + event.duration)
+        .time_since_epoch()
+        .count();
   }
 
   // Tells the observer that messages [first, first + count) of the run being published (batch_

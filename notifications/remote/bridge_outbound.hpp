@@ -107,8 +107,8 @@ class Outbound {
   // Before start(): the sender tells `observer` (owned by the bridge; null: none) of each event
   // it published.
   void set_observer(ObserverSlot* observer) noexcept { observer_ = observer; }
-  // health()["queue"]["lag_ms"]: the age of the oldest event accepted and not yet sent, by the
-  // event's time (system clock; 0 when none waits). Tracked by the sender: the first item of the
+  // health()["queue"]["lag_ms"]: the age of the oldest event accepted and not yet sent, from the
+  // end of its instrumented block (time plus duration, system clock; 0 when none waits). Tracked by the sender: the first item of the
   // batch it holds, or of the one it released for a retry; 0 once a batch was all settled or a
   // take found nothing, so between two batches under load it may read 0 for a moment.
   std::chrono::milliseconds lag() const noexcept;
