@@ -170,7 +170,7 @@ class Outbound::Sender {
       out_.outbox_->settle(batch.size(), Outbox::Settled::dropped, kDropNames[static_cast<int>(Drop::shutdown_deadline)]);
       return;
     }
-    out_.oldest_unsent_ns_.store(batch.empty() ? 0 : ended_at(batch[0]), std::memory_order_relaxed);
+    out_.oldest_unsent_.store(batch.empty() ? 0 : ended_at(batch[0]), std::memory_order_relaxed);
     batch_ = batch;
     std::size_t next = 0;  // the first item not yet settled
     while (next < batch.size()) {
@@ -196,7 +196,7 @@ class Outbound::Sender {
         ++next;
       }
     }
-    out_.oldest_unsent_ns_.store(0, std::memory_order_relaxed);  // all settled
+    out_.oldest_unsent_.store(0, std::memory_order_relaxed);  // all settled
     for (auto& message : messages_) {
       if (message.body.capacity() > kKeptBodyBytes) std::string().swap(message.body);  // after a rare large event
     }
@@ -275,7 +275,7 @@ class Outbound::Sender {
       if (published > 0) {
         if (out_.observer_ != nullptr) observe_published(offset, published);
         offset += published;
-        out_.oldest_unsent_ns_.store(
+        out_.oldest_unsent_.store(
             base_ + offset < batch_.size() ? ended_at(batch_[base_ + offset]) : 0,
             std::memory_order_relaxed);  // before they count as sent: flush() then sees lag 0
         out_.saturated_.store(false, std::memory_order_relaxed);  // the transport takes events again
@@ -385,7 +385,7 @@ void Outbound::run() {
       confirm(last_confirm + kConfirmInterval);
     }
     if (batch.empty()) {
-      oldest_unsent_ns_.store(0, std::memory_order_relaxed);
+      oldest_unsent_.store(0, std::memory_order_relaxed);
       continue;
     }
     try {
@@ -442,11 +442,11 @@ void Outbound::reset_in_forked_child() {
     counter->store(0);
   }
   saturated_.store(false, std::memory_order_relaxed);
-  oldest_unsent_ns_.store(0, std::memory_order_relaxed);
+  oldest_unsent_.store(0, std::memory_order_relaxed);
 }
 
 std::chrono::milliseconds Outbound::lag() const noexcept {
-  const std::int64_t oldest = oldest_unsent_ns_.load(std::memory_order_relaxed);
+  const std::int64_t oldest = oldest_unsent_.load(std::memory_order_relaxed);
   if (oldest == 0) return std::chrono::milliseconds(0);
   const auto age = std::chrono::system_clock::now() -
                    std::chrono::system_clock::time_point(std::chrono::system_clock::duration(oldest));

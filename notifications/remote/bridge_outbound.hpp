@@ -108,9 +108,10 @@ class Outbound {
   // it published.
   void set_observer(ObserverSlot* observer) noexcept { observer_ = observer; }
   // health()["queue"]["lag_ms"]: the age of the oldest event accepted and not yet sent, from the
-  // end of its instrumented block (time plus duration, system clock; 0 when none waits). Tracked by the sender: the first item of the
-  // batch it holds, or of the one it released for a retry; 0 once a batch was all settled or a
-  // take found nothing, so between two batches under load it may read 0 for a moment.
+  // end of its instrumented block (time plus duration, system clock; 0 when none waits). Tracked
+  // by the sender: the first unpublished item of the batch it holds, or of the one it released
+  // for a retry; 0 once a batch was all settled or a take found nothing, so between two batches
+  // under load it may read 0 for a moment.
   std::chrono::milliseconds lag() const noexcept;
   // Events a durable outbox kept for the next start when drop_remaining() ran (0: none, or not
   // durable).
@@ -146,8 +147,8 @@ class Outbound {
   std::atomic<std::uint64_t> kept_{0};
   Counters counters_;
   ObserverSlot* observer_ = nullptr;
-  // The time (system clock ticks since its epoch) of the oldest unsent item the sender holds; 0: none.
-  std::atomic<std::int64_t> oldest_unsent_ns_{0};
+  // When the oldest unsent item the sender holds ended (system clock ticks since its epoch); 0: none.
+  std::atomic<std::int64_t> oldest_unsent_{0};
 };
 
 }  // namespace notifications::bridge_internal
