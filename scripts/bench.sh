@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs the dispatch micro-benchmarks (bench/bench_notifier.cpp) in Release, writes the
-# results to build/bench/notifier.json and prints the ratio goals computed from the medians.
+# results to build/bench/notifier.json and prints the ratio goals computed from the medians; then
+# the end-to-end benchmarks (their JSON lines also in build/bench/lines.jsonl), and draws the
+# chart docs/benchmarks.svg from that run (scripts/bench_chart.py).
 # See docs/benchmarks.md.
 #
 # Usage: scripts/bench.sh [extra Google Benchmark flags, e.g. --benchmark_min_time=1]
@@ -150,14 +152,26 @@ PY
 # a raw SQLite producer/poller pair (bench_sqlite_transport, with its goal lines). Each prints one
 # JSON line per measurement; what they measure and the goals are in the comments at the top of
 # bench/bench_forward.cpp, bench/bench_nats.cpp and bench/bench_sqlite_transport.cpp.
-cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport bench_durable --parallel "$(nproc)"
+# Their lines are also kept in build/bench/lines.jsonl, from which scripts/bench_chart.py draws
+# docs/benchmarks.svg (the README's chart) at the end.
+cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport bench_sqlite_outbox bench_durable \
+  --parallel "$(nproc)"
+lines="$build_dir/lines.jsonl"
+: > "$lines"
 echo "bench: load average before bench_forward $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"$build_dir/bench/bench_forward"
+"$build_dir/bench/bench_forward" | tee -a "$lines"
 echo "bench: load average before bench_nats $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"$build_dir/bench/bench_nats"
+"$build_dir/bench/bench_nats" | tee -a "$lines"
 echo "bench: load average before bench_sqlite_transport $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"$build_dir/bench/bench_sqlite_transport"
+"$build_dir/bench/bench_sqlite_transport" | tee -a "$lines"
+# The SQLite outbox against raw batched INSERTs of the same rows (bench_sqlite_outbox, issue 13).
+echo "bench: load average before bench_sqlite_outbox $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$build_dir/bench/bench_sqlite_outbox" | tee -a "$lines"
 # A durable handler through the SQLite inbox against the same subscription without it
 # (bench_durable, issue 15): what exactly-once costs per event.
 echo "bench: load average before bench_durable $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"$build_dir/bench/bench_durable"
+"$build_dir/bench/bench_durable" | tee -a "$lines"
+echo "bench: load average after the run $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+# The chart, from this run only (BENCH_CHART=path to write it elsewhere than docs/benchmarks.svg).
+python3 scripts/bench_chart.py --out "${BENCH_CHART:-docs/benchmarks.svg}" "$build_dir"

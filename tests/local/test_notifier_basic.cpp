@@ -606,7 +606,7 @@ TEST(NotifierBasic, TraceparentComesFromThePayload) {
   EXPECT_EQ(traced.traceparent(), tp);
 }
 
-// Each difference from Rails that README "Where we differ from Rails" lists, as the code does it.
+// Each difference from Rails that docs/rails.md "Where we differ from Rails" lists, as the code does it.
 TEST(NotifierBasic, TheReadmesDifferencesFromRailsHold) {
   n::Notifier notifier({.error_handler = [](const n::SubscriberFailure&) {}});
   {  // Subscriber errors are not raised by default.

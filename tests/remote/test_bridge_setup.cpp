@@ -27,7 +27,7 @@ n::BridgeConfig service(const std::string& app, const std::string& url) {
   return config;
 }
 
-// The README's "two services in one test": flush() on the sender, wait_delivered() on the
+// docs/testing.md's "two services in one test": flush() on the sender, wait_delivered() on the
 // receiver, and the receiver's listeners have seen everything, with no polling.
 TEST(BridgeSetup, TwoServicesInOneTestSeeEachOthersEventsAfterFlushAndWaitDelivered) {
   for (const char* mode : {"inline", "queued"}) {
@@ -49,7 +49,7 @@ TEST(BridgeSetup, TwoServicesInOneTestSeeEachOthersEventsAfterFlushAndWaitDelive
   }
 }
 
-// The README's example, as written there.
+// The example of docs/testing.md ("Two services in one test"), as written there.
 TEST(BridgeSetup, ReadmeTwoServicesExample) {
   notifications::Notifier orders, analytics;
   notifications::BridgeConfig config;
