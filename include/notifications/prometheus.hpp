@@ -57,7 +57,8 @@ class BridgeMetrics {
 
   // The observer to put in BridgeHooks::observer of the bridge that will be added under `label`
   // (the hooks are given before the bridge exists). Calling it again for a label returns the
-  // same observer. Throws MetricsError for an empty label.
+  // same observer while one is held (they feed the same histograms either way). The observer
+  // keeps the histograms alive, also past this object. Throws MetricsError for an empty label.
   std::shared_ptr<BridgeObserver> observer(const std::string& label);
 
   // Reads `bridge`'s health() at every scrape under label bridge="<label>". The bridge is held

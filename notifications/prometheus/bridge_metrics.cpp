@@ -201,7 +201,8 @@ struct BridgeMetrics::State : pm::Collectable {
 
   mutable std::mutex mutex;
   std::map<std::string, std::weak_ptr<Bridge>> bridges;                 // guarded by mutex
-  std::map<std::string, std::shared_ptr<BridgeObserver>> observers;     // guarded by mutex
+  // Weak: an observer holds this state (its histograms live here), so a strong one would be a cycle.
+  std::map<std::string, std::weak_ptr<BridgeObserver>> observers;       // guarded by mutex
 };
 
 namespace {
@@ -258,14 +259,16 @@ BridgeMetrics::~BridgeMetrics() = default;
 std::shared_ptr<BridgeObserver> BridgeMetrics::observer(const std::string& label) {
   if (label.empty()) throw MetricsError("BridgeMetrics::observer: the label is empty");
   std::lock_guard<std::mutex> lock(state_->mutex);
-  auto& observer = state_->observers[label];
-  if (!observer) {
+  std::weak_ptr<BridgeObserver>& slot = state_->observers[label];
+  std::shared_ptr<BridgeObserver> observer = slot.lock();
+  if (!observer) {  // new, or every holder let it go: the histograms are found again by their labels
     const std::vector<double>& b = state_->buckets;
     observer = std::make_shared<Observer>(
         state_, state_->handler_latency, state_->publish_latency.Add({{"bridge", label}}, b),
         state_->handler_latency.Add({{"bridge", label}, {"kind", "listeners"}, {"handler", ""}, {"outcome", "ok"}}, b),
         state_->handler_latency.Add({{"bridge", label}, {"kind", "listeners"}, {"handler", ""}, {"outcome", "error"}}, b),
         label, b);
+    slot = observer;
   }
   return observer;
 }
