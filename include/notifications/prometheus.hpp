@@ -6,7 +6,7 @@
 //   auto metrics = std::make_shared<notifications::prometheus::BridgeMetrics>();
 //   notifications::BridgeHooks hooks;
 //   hooks.observer = metrics->observer("orders");         // latency histograms
-//   auto bridge = notifications::make_bridge(notifier, config, hooks);
+//   std::shared_ptr<notifications::Bridge> bridge = notifications::make_bridge(notifier, config, hooks);
 //   metrics->add("orders", bridge);                       // counters and gauges from health()
 //   notifications::prometheus::MetricsServer server(metrics, {.port = 9464});
 //   // or, with a prometheus::Exposer of your own: exposer.RegisterCollectable(metrics->collectable());
@@ -62,8 +62,10 @@ class BridgeMetrics {
   std::shared_ptr<BridgeObserver> observer(const std::string& label);
 
   // Reads `bridge`'s health() at every scrape under label bridge="<label>". The bridge is held
-  // weakly: once it is destroyed its samples disappear (its histograms stay). Adding a label
-  // again replaces its bridge. Throws MetricsError for an empty label or a null bridge.
+  // weakly: once it is destroyed its samples disappear (its histograms stay). A scrape holds it
+  // while it reads health(), so a bridge whose last owner lets go during a scrape is destroyed
+  // (shut down) on the scraping thread. Adding a label again replaces its bridge. Throws
+  // MetricsError for an empty label or a null bridge.
   void add(const std::string& label, const std::shared_ptr<Bridge>& bridge);
   // Forgets the label's bridge (not its histograms). False when it was not added.
   bool remove(const std::string& label);
