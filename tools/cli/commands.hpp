@@ -66,8 +66,9 @@ class Unreachable : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Sends the library's log lines to standard error (never standard output, which carries the
-// command's own output), from warnings up. Called by main() before parsing.
+// Sends the library's log lines to standard error as "[level] text" (never to standard output,
+// which carries the command's own output), from warnings up (notifications/logging.hpp). Called by
+// main() before parsing.
 void set_up_logging();
 
 // Runs a command's body and maps what it throws to an exit code, printing

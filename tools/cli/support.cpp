@@ -1,29 +1,31 @@
 // What the commands share: error-to-exit-code mapping, logging, their own bridge, and output
 // formatting (docs/cli.md).
+#include <cstdio>
 #include <ctime>
 #include <iostream>
 #include <thread>
 
-#include <spdlog/sinks/stdout_sinks.h>
-#include <spdlog/spdlog.h>
-
 #include "commands.hpp"
 #include "notifications/envelope.hpp"
 #include "notifications/errors.hpp"
+#include "notifications/logging.hpp"
 #include "notifications/subject.hpp"
 #include "notifications/transport.hpp"
 
 namespace notifications::cli {
 
 void set_up_logging() {
-  auto logger = spdlog::stderr_logger_mt("notifications");
-  logger->set_pattern("[%l] %v");
-  logger->set_level(spdlog::level::warn);
-  spdlog::set_default_logger(std::move(logger));
+  // One fprintf per line: stdio locks the stream, so lines of several threads do not mix.
+  set_log_handler([](LogLevel level, std::string_view message) {
+    const std::string_view name = to_string(level);
+    std::fprintf(stderr, "[%.*s] %.*s\n", static_cast<int>(name.size()), name.data(), static_cast<int>(message.size()),
+                 message.data());
+  });
+  set_log_level(LogLevel::warn);
 }
 
 int run_command(const std::string& command, const GlobalOptions& options, const std::function<int()>& body) {
-  if (options.verbose) spdlog::set_level(spdlog::level::info);
+  if (options.verbose) set_log_level(LogLevel::info);
   const auto say = [&command](const std::string& message) {
     std::cout.flush();
     std::cerr << "notifications " << command << ": " << message << std::endl;
