@@ -15,7 +15,9 @@
 // Usage: bench_forward [events]   (default 200000)
 // Environment: RATE=<events/s> paces the instrumenting thread (busy-waiting, so pacing itself
 // never sleeps); unset or 0 instruments at full speed. INLINE=1 uses the memory transport's
-// inline mode instead of the queued one.
+// inline mode instead of the queued one. OBSERVER=1 gives both bridges a BridgeObserver
+// (notifications/metrics.hpp) that counts and sums what it is told, to measure what the hook
+// costs with the clock reads it brings (the JSON line then says "observer":true).
 #include <malloc.h>
 
 #include <algorithm>
@@ -56,6 +58,19 @@ n::BridgeConfig config(const std::string& app, std::vector<std::string> forward,
   return c;
 }
 
+// Counts and sums the latencies: the hook's own cost, without a metrics library's.
+struct SummingObserver final : n::BridgeObserver {
+  std::atomic<std::uint64_t> count{0};
+  std::atomic<std::int64_t> sum_ns{0};
+  void published(std::chrono::nanoseconds latency) override { note(latency); }
+  void delivered(std::string_view, std::chrono::nanoseconds latency, bool) override { note(latency); }
+  void handled(std::string_view, std::chrono::nanoseconds latency, bool) override { note(latency); }
+  void note(std::chrono::nanoseconds latency) {
+    count.fetch_add(1, std::memory_order_relaxed);
+    sum_ns.fetch_add(latency.count(), std::memory_order_relaxed);
+  }
+};
+
 std::int64_t percentile(std::vector<std::int64_t>& sorted, double p) {
   const auto index = static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1));
   return sorted[index];
@@ -64,8 +79,11 @@ std::int64_t percentile(std::vector<std::int64_t>& sorted, double p) {
 void forward_memory(std::size_t events) {
   n::Notifier a, b;
   const std::string broker = "bench-forward";
-  n::Bridge sender(a, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("a", {"order.>"}, {}, 65536));
-  n::Bridge receiver(b, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("b", {}, {"order.>"}, std::max<std::size_t>(65536, events)));  // inbound: no back-pressure, room for the burst
+  const bool observed = getenv("OBSERVER") != nullptr && std::string(getenv("OBSERVER")) == "1";
+  n::BridgeHooks hooks;
+  if (observed) hooks.observer = std::make_shared<SummingObserver>();
+  n::Bridge sender(a, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("a", {"order.>"}, {}, 65536), hooks);
+  n::Bridge receiver(b, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("b", {}, {"order.>"}, std::max<std::size_t>(65536, events)), hooks);  // inbound: no back-pressure, room for the burst
   std::atomic<std::size_t> received{0};
   Clock::time_point last_received;
   auto count = b.subscribe("order.placed", [&](const n::Event&) {
@@ -124,11 +142,11 @@ void forward_memory(std::size_t events) {
   std::printf(
       "{\"bench\":\"forward_memory\",\"events\":%zu,\"rate\":%.0f,\"events_per_s\":%.0f,\"instrument_p50_ns\":%lld,"
       "\"instrument_p90_ns\":%lld,\"instrument_p99_ns\":%lld,\"instrument_p999_ns\":%lld,\"instrument_max_ns\":%lld,\"bytes_per_queued_event\":%.0f,"
-      "\"queued_for_memory_measure\":%zu}\n",
+      "\"queued_for_memory_measure\":%zu,\"observer\":%s}\n",
       events, rate, static_cast<double>(events) / seconds, static_cast<long long>(percentile(latencies, 0.50)),
       static_cast<long long>(percentile(latencies, 0.90)), static_cast<long long>(percentile(latencies, 0.99)),
       static_cast<long long>(percentile(latencies, 0.999)), static_cast<long long>(latencies.back()),
-      bytes_per_event, depth);
+      bytes_per_event, depth, observed ? "true" : "false");
   sender.shutdown(std::chrono::seconds(30));
   receiver.shutdown(std::chrono::seconds(30));
 }

@@ -49,6 +49,7 @@
 
 #include "notifications/config.hpp"
 #include "notifications/durable.hpp"
+#include "notifications/metrics.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/outbox.hpp"
 #include "notifications/transport.hpp"
@@ -69,6 +70,9 @@ struct BridgeHooks {
   // config.batch_size). An outbox serves one Bridge; the Bridge applies config.overflow and
   // config.block_timeout to its push() calls, while its bounds are its own.
   std::shared_ptr<Outbox> outbox = nullptr;
+  // Told of each published event, remote delivery and durable handler call, with its latency
+  // (notifications/metrics.hpp), on the bridge's own threads; null (default): nothing is timed.
+  std::shared_ptr<BridgeObserver> observer = nullptr;
 };
 
 // What shutdown() did.
@@ -150,10 +154,13 @@ class Bridge {
   bool replay_dead_letter(const std::string& name, std::uint64_t id,
                           std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
-  // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity"},
+  // {"state", "instance_id", "app", "transport": {...}, "queue": {"depth", "capacity", "lag_ms", ...},
   //  "inbound_queue": {...}, "counters": {"accepted", "sent", "failed", "retried", "replayed", "received",
   //  "malformed", "echo_suppressed", "lost", "sequence_resets", "redeliveries_suppressed",
-  //  "dropped": {reason: n}}, "redelivery": {...}, "last_error"}
+  //  "observer_errors", "dropped": {reason: n}}, "redelivery": {...}, "last_error"}
+  // "lag_ms" is the age of the oldest accepted event not yet sent (from the end of its block; 0
+  // when none waits; docs/bridge.md). "observer_errors" counts exceptions BridgeHooks::observer
+  // threw.
   // "replayed" counts the events a durable outbox (docs/outbox.md) held from an earlier run when
   // the bridge was made; they are sent first and counted in "accepted" too. "queue" then also
   // holds "outbox", "durability", "stored" and "spilled".

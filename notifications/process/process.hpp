@@ -9,8 +9,8 @@
 //
 // Exit: once a Bridge has started, std::exit (from any thread, or a return from main) and
 // std::terminate (an exception escaping main) first shut down every Bridge still running in this
-// process, all within kExitDeadline, warning that shutdown() was not called; then logging
-// switches to a copy of the logger that outlives spdlog's own objects (notifications/log.hpp).
+// process, all within kExitDeadline, warning that shutdown() was not called; then the logger,
+// which the library keeps alive beyond spdlog's own objects, is flushed (process/log.hpp).
 // _exit, quick_exit and signals that kill the process run no hook (see shutdown_on_signals in
 // notifications/signals.hpp for SIGTERM and SIGINT).
 //

@@ -437,6 +437,7 @@ nlohmann::json Bridge::Impl::counters_json() const {
           {"lost", inbound.counters().lost.load()},
           {"sequence_resets", inbound.counters().sequence_resets.load()},
           {"redeliveries_suppressed", inbound.counters().redeliveries_suppressed.load()},
+          {"observer_errors", observer ? observer->errors.load() : 0},
           {"dropped", std::move(dropped)}};
 }
 

@@ -85,6 +85,7 @@ void Bridge::Impl::subscribe_durable(const std::string& name, const std::string&
           auto self = weak.lock();
           return self ? self->name_subject_problem(event_name, subject) : std::string();
         });
+    consumer->set_observer(observer);
     durables.push_back(consumer);
   }
   if (state.load() == State::running) consumer->start();

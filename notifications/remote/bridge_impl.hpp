@@ -40,6 +40,7 @@
 #include "remote/bridge_inbound.hpp"
 #include "remote/bridge_outbound.hpp"
 #include "remote/durable_consumer.hpp"
+#include "remote/observer_slot.hpp"
 #include "remote/outgoing_event.hpp"
 #include "notifications/subject.hpp"
 
@@ -169,16 +170,20 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
         transport(std::move(t)),
         config(std::move(c)),
         hooks(std::move(h)),
+        observer(bridge_internal::make_observer_slot(hooks.observer)),
         outbound(*this, config, transport, hooks.instance_id, hooks.outbox),
         inbound(config, transport->capabilities(), bridge_internal::kIdleSpin, kDispatchBatch),
         keep_notifier_state(n.handle("notifications.bridge")) {
     if (hooks.instance_id.empty()) hooks.instance_id = detail::random_uuid();
+    outbound.set_observer(observer.get());
   }
 
   Notifier& notifier;
   const std::shared_ptr<Transport> transport;
   const BridgeConfig config;
   BridgeHooks hooks;
+  // hooks.observer with its error count; null without one (the hot paths test this pointer).
+  const std::shared_ptr<bridge_internal::ObserverSlot> observer;
 
   bridge_internal::Outbound outbound;  // the outbox, the forward patterns, the outbound counters
   // The inbound part: queue, loss accounting, redelivery suppression, inbound counters.

@@ -180,13 +180,17 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
     note_sequence(*decoded.envelope, delivery.message.subject);
   }
   const std::string name = decoded.envelope->name;
+  const Clock::time_point started = observer ? Clock::now() : Clock::time_point{};
+  bool ok = true;
   try {
     notifier.publish(event_from_envelope(std::move(*decoded.envelope), transport->kind()));
   } catch (...) {
     // Strict-mode listener errors or an invalid name: the event was delivered to every
     // listener that did not throw.
+    ok = false;
     drop(Drop::dispatch_failed, name, 1, detail::describe_exception(std::current_exception()));
   }
+  if (observer) observer->delivered(name, Clock::now() - started, ok);
   inbound.remember_delivered(delivery.message.id);
   if (delivery.settle) delivery.settle(Settle::ack);
 }

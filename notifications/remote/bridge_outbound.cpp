@@ -170,8 +170,11 @@ class Outbound::Sender {
       out_.outbox_->settle(batch.size(), Outbox::Settled::dropped, kDropNames[static_cast<int>(Drop::shutdown_deadline)]);
       return;
     }
+    out_.oldest_unsent_.store(batch.empty() ? 0 : ended_at(batch[0]), std::memory_order_relaxed);
+    batch_ = batch;
     std::size_t next = 0;  // the first item not yet settled
     while (next < batch.size()) {
+      base_ = next;
       // Encode a run: up to the first item that cannot be encoded (settled as dropped after the
       // run, so that items leave in order).
       std::size_t count = 0;
@@ -193,6 +196,7 @@ class Outbound::Sender {
         ++next;
       }
     }
+    out_.oldest_unsent_.store(0, std::memory_order_relaxed);  // all settled
     for (auto& message : messages_) {
       if (message.body.capacity() > kKeptBodyBytes) std::string().swap(message.body);  // after a rare large event
     }
@@ -269,7 +273,11 @@ class Outbound::Sender {
         return false;
       }
       if (published > 0) {
+        if (out_.observer_ != nullptr) observe_published(offset, published);
         offset += published;
+        out_.oldest_unsent_.store(
+            base_ + offset < batch_.size() ? ended_at(batch_[base_ + offset]) : 0,
+            std::memory_order_relaxed);  // before they count as sent: flush() then sees lag 0
         out_.saturated_.store(false, std::memory_order_relaxed);  // the transport takes events again
         attempt_ = 0;  // progress: back off from the start again
         // Settled before counted as sent: once flush() returns, the outbox no longer holds them.
@@ -313,7 +321,26 @@ class Outbound::Sender {
     return true;
   }
 
+  // When `event`'s instrumented block ended (its time plus its duration), in system clock ticks.
+  static std::int64_t ended_at(const detail::OutgoingEvent& event) {
+    return std::chrono::time_point_cast<std::chrono::system_clock::duration>(event.time + event.duration)
+        .time_since_epoch()
+        .count();
+  }
+
+  // Tells the observer that messages [first, first + count) of the run being published (batch_
+  // items from base_) were published now.
+  void observe_published(std::size_t first, std::size_t count) {
+    const auto now = std::chrono::system_clock::now();
+    for (std::size_t i = base_ + first; i < base_ + first + count; ++i) {
+      out_.observer_->published(std::chrono::duration_cast<std::chrono::nanoseconds>(
+          now - (batch_[i].time + batch_[i].duration)));
+    }
+  }
+
   Outbound& out_;
+  std::span<detail::OutgoingEvent> batch_;  // the batch send() works on
+  std::size_t base_ = 0;                    // its item in messages_[0]
   std::mt19937 rng_;
   int attempt_ = 0;  // transient failures in a row, across the takes that retry them
   // Messages and names are overwritten in place batch after batch: their buffers are reused.
@@ -357,7 +384,10 @@ void Outbound::run() {
       last_confirm = Clock::now();
       confirm(last_confirm + kConfirmInterval);
     }
-    if (batch.empty()) continue;
+    if (batch.empty()) {
+      oldest_unsent_.store(0, std::memory_order_relaxed);
+      continue;
+    }
     try {
       sender.send(batch);
     } catch (const std::exception& e) {
@@ -412,6 +442,15 @@ void Outbound::reset_in_forked_child() {
     counter->store(0);
   }
   saturated_.store(false, std::memory_order_relaxed);
+  oldest_unsent_.store(0, std::memory_order_relaxed);
+}
+
+std::chrono::milliseconds Outbound::lag() const noexcept {
+  const std::int64_t oldest = oldest_unsent_.load(std::memory_order_relaxed);
+  if (oldest == 0) return std::chrono::milliseconds(0);
+  const auto age = std::chrono::system_clock::now() -
+                   std::chrono::system_clock::time_point(std::chrono::system_clock::duration(oldest));
+  return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(age));
 }
 
 nlohmann::json Outbound::queue_health(bool forked_child) const {
@@ -420,7 +459,8 @@ nlohmann::json Outbound::queue_health(bool forked_child) const {
   nlohmann::json health = {{"depth", queue.depth},        {"in_flight", queue.in_flight},
                             {"capacity", queue.capacity},  {"bytes", queue.bytes},
                             {"max_bytes", queue.max_bytes}, {"overflow", to_string(config_.overflow)},
-                            {"saturated", saturated_.load()}, {"outbox", outbox_->description()}};
+                            {"saturated", saturated_.load()}, {"outbox", outbox_->description()},
+                            {"lag_ms", lag().count()}};
   if (outbox_->persistent()) {
     health["durability"] = to_string(config_.durability);
     health["stored"] = queue.stored;

@@ -30,6 +30,7 @@
 namespace notifications::bridge_internal {
 
 enum class Drop;
+struct ObserverSlot;
 
 // What the outbound half uses of the rest of the bridge. Implemented by Bridge::Impl; every
 // member may be called from any thread.
@@ -103,6 +104,15 @@ class Outbound {
   void reset_in_forked_child();
 
   const Counters& counters() const noexcept { return counters_; }
+  // Before start(): the sender tells `observer` (owned by the bridge; null: none) of each event
+  // it published.
+  void set_observer(ObserverSlot* observer) noexcept { observer_ = observer; }
+  // health()["queue"]["lag_ms"]: the age of the oldest event accepted and not yet sent, from the
+  // end of its instrumented block (time plus duration, system clock; 0 when none waits). Tracked
+  // by the sender: the first unpublished item of the batch it holds, or of the one it released
+  // for a retry; 0 once a batch was all settled or a take found nothing, so between two batches
+  // under load it may read 0 for a moment.
+  std::chrono::milliseconds lag() const noexcept;
   // Events a durable outbox kept for the next start when drop_remaining() ran (0: none, or not
   // durable).
   std::uint64_t kept() const noexcept { return kept_.load(); }
@@ -136,6 +146,9 @@ class Outbound {
   const bool confirm_before_settle_;
   std::atomic<std::uint64_t> kept_{0};
   Counters counters_;
+  ObserverSlot* observer_ = nullptr;
+  // When the oldest unsent item the sender holds ended (system clock ticks since its epoch); 0: none.
+  std::atomic<std::int64_t> oldest_unsent_{0};
 };
 
 }  // namespace notifications::bridge_internal

@@ -280,7 +280,14 @@ void DurableConsumer::run_handler(Call& call) {
     struct Reset {
       ~Reset() { running_handler_of = nullptr; }
     } reset;
-    handler_(*call.event, context);
+    const Clock::time_point started = observer_ ? Clock::now() : Clock::time_point{};
+    try {
+      handler_(*call.event, context);
+    } catch (...) {
+      if (observer_) observer_->handled(name_, Clock::now() - started, false);
+      throw;
+    }
+    if (observer_) observer_->handled(name_, Clock::now() - started, true);
     call.ok = true;
   } catch (...) {
     call.error = detail::describe_exception(std::current_exception());

@@ -44,6 +44,7 @@
 
 #include "notifications/durable.hpp"
 #include "notifications/transport.hpp"
+#include "remote/observer_slot.hpp"
 
 namespace notifications::bridge_internal {
 
@@ -77,6 +78,8 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
   const std::string& name() const noexcept { return name_; }
   const std::shared_ptr<DurableStore>& store() const noexcept { return store_; }
   nlohmann::json health() const;
+  // Before start(): the runner tells `observer` (null: none) of each handler call.
+  void set_observer(std::shared_ptr<ObserverSlot> observer) noexcept { observer_ = std::move(observer); }
 
  private:
   struct Work;
@@ -116,6 +119,7 @@ class DurableConsumer : public std::enable_shared_from_this<DurableConsumer> {
   const std::string pattern_;
   const std::string subject_pattern_;
   const DurableHandler handler_;
+  std::shared_ptr<ObserverSlot> observer_;  // set before start(), read by the runner
   const DurableOptions options_;
   const std::shared_ptr<DurableStore> store_;
   const std::shared_ptr<Transport> transport_;

@@ -23,6 +23,7 @@
 #include "process/ids.hpp"
 #include "process/log.hpp"
 #include "notifications/notifications.hpp"
+#include "notifications/spdlog.hpp"
 #include "notifications/transports/mock.hpp"
 #include "scale.hpp"
 #include "wait.hpp"
@@ -106,7 +107,7 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileTheSenderHeldTheQueueLock) {
 std::atomic<bool> sink_holding{false};
 std::atomic<bool> sink_release{false};
 
-// Blocks inside a log call (spdlog's sink lock and the library's log lock held) until released.
+// Blocks inside a log call (spdlog's sink lock held) until released.
 class BlockingSink : public spdlog::sinks::base_sink<std::mutex> {
  protected:
   void sink_it_(const spdlog::details::log_msg&) override {
@@ -121,8 +122,8 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileAnotherThreadWasLogging) {
   n::Notifier notifier;
   n::Bridge bridge(notifier, mock(), n::BridgeConfig{});
   bridge.start();
-  auto previous = spdlog::default_logger();
-  spdlog::set_default_logger(std::make_shared<spdlog::logger>("blocking", std::make_shared<BlockingSink>()));
+  auto previous = notifications::logger();
+  notifications::set_logger(std::make_shared<spdlog::logger>("blocking", std::make_shared<BlockingSink>()));
   sink_release.store(false);
   std::thread logger([] { n::detail::log(n::detail::LogLevel::warn, "a line that blocks in its sink"); });
   ASSERT_TRUE(wait_until([] { return sink_holding.load(); }, 10s));
@@ -130,7 +131,7 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileAnotherThreadWasLogging) {
   if (pid == 0) child_uses_inherited_bridge(notifier, bridge);
   sink_release.store(true);
   logger.join();
-  spdlog::set_default_logger(previous);
+  notifications::set_logger(previous);
   expect_child_refused_and_exited(pid);
 }
 

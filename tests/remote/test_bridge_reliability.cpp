@@ -18,6 +18,7 @@
 #include "notifications/bridge.hpp"
 #include "notifications/envelope.hpp"
 #include "notifications/notifications.hpp"
+#include "notifications/spdlog.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
 #include "scale.hpp"
@@ -354,15 +355,15 @@ TEST(BridgeInbound, AForgedSequenceIsTakenAsAResetNotAsLoss) {
 TEST(BridgeInbound, MalformedInputIsLoggedRateLimitedAndEscaped) {
   auto stream = std::make_shared<std::ostringstream>();
   auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*stream);
-  auto previous = spdlog::default_logger();
-  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  auto previous = notifications::logger();
+  notifications::set_logger(std::make_shared<spdlog::logger>("capture", sink));
   {
     Receiver r;
     const int messages = 2000 / test_support::kScale;
     for (int i = 0; i < messages; ++i) r.send_raw("test.garbage", "not json\n[error] forged line " + std::to_string(i));
     ASSERT_TRUE(wait_until([&] { return counter(r.bridge->health(), "malformed") == static_cast<std::uint64_t>(messages); }, 10s));
   }
-  spdlog::set_default_logger(previous);
+  notifications::set_logger(previous);
   const std::string log = stream->str();
   std::size_t malformed_lines = 0;
   std::istringstream lines(log);

@@ -13,6 +13,7 @@
 
 #include "notifications/bridge.hpp"
 #include "notifications/notifications.hpp"
+#include "notifications/spdlog.hpp"
 #include "notifications/testing.hpp"
 
 namespace n = notifications;
@@ -78,12 +79,12 @@ TEST(BridgeSetup, MakeBridgeTakesTheTransportFromTheConfig) {
 
 struct CapturedLog {
   std::shared_ptr<std::ostringstream> stream = std::make_shared<std::ostringstream>();
-  std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
+  std::shared_ptr<spdlog::logger> previous = notifications::logger();
   CapturedLog() {
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+    notifications::set_logger(std::make_shared<spdlog::logger>(
         "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(*stream)));
   }
-  ~CapturedLog() { spdlog::set_default_logger(previous); }
+  ~CapturedLog() { notifications::set_logger(previous); }
   std::string text() const { return stream->str(); }
 };
 

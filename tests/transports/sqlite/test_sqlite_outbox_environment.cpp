@@ -32,6 +32,7 @@
 #include "notifications/bridge.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/outbox.hpp"
+#include "notifications/spdlog.hpp"
 #include "notifications/sqlite.hpp"
 #include "notifications/transports/mock.hpp"
 #include "remote/bridge_test_support.hpp"
@@ -88,9 +89,9 @@ class CapturedLog {
   CapturedLog() {
     auto logger = std::make_shared<spdlog::logger>("capture", sink_);
     logger->set_level(spdlog::level::info);
-    spdlog::set_default_logger(logger);
+    notifications::set_logger(logger);
   }
-  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  ~CapturedLog() { notifications::set_logger(previous_); }
   CapturedLog(const CapturedLog&) = delete;
   CapturedLog& operator=(const CapturedLog&) = delete;
   std::string text() const { return sink_->text(); }
@@ -116,7 +117,7 @@ class CapturedLog {
     std::mutex text_mutex_;
     std::string text_;
   };
-  std::shared_ptr<spdlog::logger> previous_ = spdlog::default_logger();
+  std::shared_ptr<spdlog::logger> previous_ = notifications::logger();
   std::shared_ptr<Sink> sink_ = std::make_shared<Sink>();
 };
 

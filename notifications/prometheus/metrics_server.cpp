@@ -1,0 +1,145 @@
+// MetricsServer: civetweb (C API) serving /metrics and /health from one embedded server.
+// prometheus-cpp's Exposer embeds the same server but serves only metrics paths; using civetweb
+// directly keeps one listening socket and one set of threads for both (docs/metrics.md).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include <civetweb.h>
+
+#include "notifications/prometheus.hpp"
+
+namespace notifications::prometheus {
+
+namespace {
+
+enum class Family { v4, v6 };
+
+// The address's family; throws MetricsError when it is not a numeric IPv4 or IPv6 address.
+Family family_of(const std::string& address, bool& loopback) {
+  in_addr v4{};
+  in6_addr v6{};
+  if (inet_pton(AF_INET, address.c_str(), &v4) == 1) {
+    loopback = (ntohl(v4.s_addr) >> 24) == 127;
+    return Family::v4;
+  }
+  if (inet_pton(AF_INET6, address.c_str(), &v6) == 1) {
+    loopback = IN6_IS_ADDR_LOOPBACK(&v6);
+    return Family::v6;
+  }
+  throw MetricsError("MetricsServerOptions::address \"" + address +
+                     "\" is not a numeric IPv4 or IPv6 address (e.g. 127.0.0.1 or ::1)");
+}
+
+void respond(mg_connection* connection, int status, const char* reason, std::string_view content_type,
+             std::string_view body, bool head) {
+  mg_printf(connection,
+            "HTTP/1.1 %d %s\r\nContent-Type: %.*s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n",
+            status, reason, static_cast<int>(content_type.size()), content_type.data(), body.size());
+  if (!head && !body.empty()) mg_write(connection, body.data(), body.size());
+}
+
+// True for GET and HEAD (`head` set for HEAD); otherwise answers 405.
+bool readable(mg_connection* connection, bool& head) {
+  const mg_request_info* request = mg_get_request_info(connection);
+  const std::string_view method = request != nullptr && request->request_method != nullptr ? request->request_method : "";
+  head = method == "HEAD";
+  if (method == "GET" || head) return true;
+  respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n", false);
+  return false;
+}
+
+}  // namespace
+
+struct MetricsServer::Server {
+  std::shared_ptr<BridgeMetrics> metrics;
+  std::string host;  // for url(): the address, in brackets for IPv6
+  mg_context* context = nullptr;
+
+  static int serve_metrics(mg_connection* connection, void* data) {
+    auto* self = static_cast<Server*>(data);
+    bool head = false;
+    if (!readable(connection, head)) return 405;
+    try {
+      respond(connection, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", self->metrics->scrape(), head);
+      return 200;
+    } catch (const std::exception& e) {
+      respond(connection, 500, "Internal Server Error", "text/plain; charset=utf-8", std::string(e.what()) + "\n", head);
+      return 500;
+    }
+  }
+
+  static int serve_health(mg_connection* connection, void* data) {
+    auto* self = static_cast<Server*>(data);
+    bool head = false;
+    if (!readable(connection, head)) return 405;
+    try {
+      const nlohmann::json health = self->metrics->health();
+      const bool healthy = health.value("healthy", false);
+      respond(connection, healthy ? 200 : 503, healthy ? "OK" : "Service Unavailable", "application/json",
+              health.dump() + "\n", head);
+      return healthy ? 200 : 503;
+    } catch (const std::exception& e) {
+      respond(connection, 500, "Internal Server Error", "text/plain; charset=utf-8", std::string(e.what()) + "\n", head);
+      return 500;
+    }
+  }
+};
+
+MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServerOptions options)
+    : server_(std::make_unique<Server>()) {
+  if (!metrics) throw MetricsError("MetricsServer: the BridgeMetrics is null");
+  if (options.threads < 1) {
+    throw MetricsError("MetricsServerOptions::threads is " + std::to_string(options.threads) + "; at least 1");
+  }
+  bool loopback = false;
+  const Family family = family_of(options.address, loopback);
+  if (!loopback && !options.allow_non_loopback) {
+    throw MetricsError("MetricsServerOptions::address \"" + options.address +
+                       "\" is not a loopback address; metrics and health name hosts, subjects and errors, so "
+                       "listening there needs MetricsServerOptions::allow_non_loopback = true");
+  }
+  server_->metrics = std::move(metrics);
+  server_->host = family == Family::v6 ? "[" + options.address + "]" : options.address;
+  const std::string ports = server_->host + ":" + std::to_string(options.port);
+  const std::string threads = std::to_string(options.threads);
+  const char* configuration[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(),
+                                 "request_timeout_ms", "10000", nullptr};
+  mg_callbacks callbacks{};
+  mg_init_data init{};
+  init.callbacks = &callbacks;
+  init.user_data = nullptr;
+  init.configuration_options = configuration;
+  char error_text[256] = {};
+  unsigned error_code = 0;
+  mg_error_data error{};
+  error.code = &error_code;
+  error.text = error_text;
+  error.text_buffer_size = sizeof error_text;
+  server_->context = mg_start2(&init, &error);
+  if (server_->context == nullptr) {
+    throw MetricsError("MetricsServer: cannot listen on " + ports + ": " +
+                       (error_text[0] != '\0' ? std::string(error_text) : std::string("civetweb did not start")));
+  }
+  mg_set_request_handler(server_->context, "/metrics", &Server::serve_metrics, server_.get());
+  mg_set_request_handler(server_->context, "/health", &Server::serve_health, server_.get());
+  mg_server_port bound[4] = {};
+  const int count = mg_get_server_ports(server_->context, 4, bound);
+  if (count < 1 || bound[0].port <= 0) {
+    mg_stop(server_->context);
+    throw MetricsError("MetricsServer: started on " + ports + " but could not read the port it listens on");
+  }
+  port_ = static_cast<std::uint16_t>(bound[0].port);
+}
+
+MetricsServer::~MetricsServer() {
+  if (server_ && server_->context != nullptr) mg_stop(server_->context);
+}
+
+std::string MetricsServer::url() const { return "http://" + server_->host + ":" + std::to_string(port_); }
+
+}  // namespace notifications::prometheus

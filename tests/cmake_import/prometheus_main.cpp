@@ -1,0 +1,28 @@
+// Exits 0 when the installed notifications::prometheus component exports a started memory://
+// bridge: its scrape names the bridge's sent counter, and /health's document says it is healthy.
+#include <notifications/bridge.hpp>
+#include <notifications/notifications.hpp>
+#include <notifications/prometheus.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+int main() {
+  auto metrics = std::make_shared<notifications::prometheus::BridgeMetrics>();
+  notifications::Notifier notifier;
+  notifications::BridgeHooks hooks;
+  hooks.observer = metrics->observer("consumer");
+  std::shared_ptr<notifications::Bridge> bridge = notifications::make_bridge(notifier, {}, hooks);
+  metrics->add("consumer", bridge);
+  bridge->start();
+  notifier.instrument("consumer.metrics", {{"ok", true}});
+  if (!bridge->flush(std::chrono::seconds(5))) return 1;
+  notifications::prometheus::MetricsServer server(metrics);
+  const std::string text = metrics->scrape();
+  const bool ok = server.port() != 0 &&
+                  text.find("notifications_events_sent_total{bridge=\"consumer\"} 1") != std::string::npos &&
+                  metrics->health().value("healthy", false);
+  bridge->shutdown();
+  return ok ? 0 : 1;
+}
