@@ -1,12 +1,6 @@
 // notifications::prometheus over nats://: a bridge pair through a real nats-server (started by the
 // test on 127.0.0.1), scraped through MetricsServer; reconnects counted after a server restart,
 // and /health 503 while the connection is down. Every wait is bounded.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -20,6 +14,7 @@
 #include "notifications/notifications.hpp"
 #include "notifications/prometheus.hpp"
 #include "notifications/transports/nats.hpp"
+#include "prometheus/http_client.hpp"
 #include "remote/bridge_test_support.hpp"
 #include "transports/nats/nats_server.hpp"
 #include "transports/nats/nats_test_options.hpp"
@@ -30,45 +25,12 @@ namespace np = notifications::prometheus;
 using namespace std::chrono_literals;
 using nlohmann::json;
 using test_support::config_for;
+using test_support::http;
+using test_support::HttpResponse;
 using test_support::NatsServer;
 using test_support::wait_until;
 
 namespace {
-
-// GET `path` on 127.0.0.1:`port` (HTTP/1.0, 5 s socket timeouts): {status, body}.
-std::pair<int, std::string> get(std::uint16_t port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error("socket() failed");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  timeval timeout{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(port);
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
-    throw std::runtime_error("connect failed");
-  }
-  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
-    throw std::runtime_error("send failed");
-  }
-  std::string raw;
-  char buffer[16384];
-  while (raw.size() < (8u << 20)) {
-    const ssize_t got = ::recv(fd, buffer, sizeof buffer, 0);
-    if (got == 0) break;
-    if (got < 0) throw std::runtime_error("recv failed or timed out");
-    raw.append(buffer, static_cast<std::size_t>(got));
-  }
-  const std::size_t head_end = raw.find("\r\n\r\n");
-  if (head_end == std::string::npos || raw.size() < 12) throw std::runtime_error("not an HTTP response");
-  return {std::stoi(raw.substr(9, 3)), raw.substr(head_end + 4)};
-}
 
 // The value of the sample line that starts with `series` ("name{labels}"), exactly.
 std::optional<double> sample(const std::string& text, const std::string& series) {
@@ -110,7 +72,7 @@ TEST(PrometheusNats, ScrapedValuesEqualHealthAndReconnectsAreCounted) {
   ASSERT_TRUE(b->wait_delivered(10s));
 
   np::MetricsServer endpoint(metrics);
-  auto [status, text] = get(endpoint.port(), "/metrics");
+  const auto [status, content_type, text] = http(endpoint.port(), "/metrics");
   ASSERT_EQ(status, 200);
   const json ah = a->health();
   const json bh = b->health();
@@ -120,27 +82,27 @@ TEST(PrometheusNats, ScrapedValuesEqualHealthAndReconnectsAreCounted) {
   EXPECT_EQ(sample(text, "notifications_publish_latency_seconds_count{bridge=\"a\"}"), kEvents);
   EXPECT_EQ(sample(text, "notifications_reconnects_total{bridge=\"a\"}"), ah["transport"]["reconnects"].get<double>());
   EXPECT_EQ(sample(text, "notifications_bridge_healthy{bridge=\"a\"}"), 1);
-  EXPECT_EQ(get(endpoint.port(), "/health").first, 200);
+  EXPECT_EQ(http(endpoint.port(), "/health").status, 200);
 
   // Down: the connection is not "connected", so /health says 503.
   server.stop();
   ASSERT_TRUE(wait_until([&] { return a->health()["transport"]["connection"] != "connected"; }, 20s));
-  EXPECT_EQ(get(endpoint.port(), "/health").first, 503);
-  EXPECT_EQ(sample(get(endpoint.port(), "/metrics").second, "notifications_bridge_healthy{bridge=\"a\"}"), 0);
+  EXPECT_EQ(http(endpoint.port(), "/health").status, 503);
+  EXPECT_EQ(sample(http(endpoint.port(), "/metrics").body, "notifications_bridge_healthy{bridge=\"a\"}"), 0);
 
   server.start();
   ASSERT_TRUE(wait_until([&] { return a->health()["transport"]["reconnects"].get<int>() >= 1 &&
                                       b->health()["transport"]["connection"] == "connected" &&
                                       a->health()["transport"]["connection"] == "connected"; }, 20s))
       << a->health().dump();
-  const auto after = get(endpoint.port(), "/metrics");
+  const auto after = http(endpoint.port(), "/metrics");
   const json ah2 = a->health();
-  EXPECT_EQ(sample(after.second, "notifications_reconnects_total{bridge=\"a\"}"),
+  EXPECT_EQ(sample(after.body, "notifications_reconnects_total{bridge=\"a\"}"),
             ah2["transport"]["reconnects"].get<double>());
   EXPECT_GE(ah2["transport"]["reconnects"].get<int>(), 1);
-  EXPECT_EQ(sample(after.second, "notifications_disconnects_total{bridge=\"a\"}"),
+  EXPECT_EQ(sample(after.body, "notifications_disconnects_total{bridge=\"a\"}"),
             ah2["transport"]["disconnects"].get<double>());
-  EXPECT_EQ(get(endpoint.port(), "/health").first, 200);
+  EXPECT_EQ(http(endpoint.port(), "/health").status, 200);
   a->shutdown(5s);
   b->shutdown(5s);
 }
