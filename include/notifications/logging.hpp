@@ -10,7 +10,9 @@
 //
 // Thread-safety: every function here may be called from any thread, concurrently with each other
 // and with lines being written; a line goes to the destination before or after the change, never
-// to both. Changing the destination or the level waits for the lines being written.
+// to both. Changing the destination (set_log_handler, and set_logger / set_log_sinks of
+// notifications/spdlog.hpp) waits for the lines being written, so never change it while holding a
+// lock your handler takes; setting the level does not wait.
 #pragma once
 
 #include <functional>

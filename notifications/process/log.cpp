@@ -25,7 +25,7 @@ struct LogState {
   SharedMutex mutex;
   bool resolved NOTIFICATIONS_GUARDED_BY(mutex) = false;  // `logger` was looked up or created
   bool exiting NOTIFICATIONS_GUARDED_BY(mutex) = false;
-  bool level_set NOTIFICATIONS_GUARDED_BY(mutex) = false;  // set_log_level() was called
+  std::atomic<bool> level_set{false};  // set_log_level() was called
   std::shared_ptr<spdlog::logger> logger NOTIFICATIONS_GUARDED_BY(mutex);
   std::shared_ptr<const LogHandler> handler NOTIFICATIONS_GUARDED_BY(mutex);
   std::atomic<int> threshold{static_cast<int>(LogLevel::info)};  // the handler's; set_log_level()
@@ -89,7 +89,7 @@ void resolve_locked(LogState& s) NOTIFICATIONS_REQUIRES(s.mutex) {
   s.resolved = true;
   s.ready.store(true, std::memory_order_release);
   s.logger = named_logger();
-  if (s.level_set && s.logger) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
+  if (s.level_set.load() && s.logger) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
 }
 
 // Resolves the logger before the first line (one write lock, the only time spdlog's registry is
@@ -173,7 +173,7 @@ void use_spdlog_logger(std::shared_ptr<spdlog::logger> logger, bool apply_level)
   }
   s.resolved = true;
   s.logger = std::move(logger);
-  if (apply_level && s.level_set) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
+  if (apply_level && s.level_set.load()) s.logger->set_level(to_spdlog(static_cast<LogLevel>(s.threshold.load())));
 }
 
 std::shared_ptr<spdlog::logger> spdlog_logger() {
@@ -256,12 +256,15 @@ void set_log_handler(LogHandler handler) {
   s.handler = std::move(shared);
 }
 
+// Takes the lock shared only (the threshold is atomic, and so is a spdlog logger's level): setting
+// the level never waits for the lines being written, so it cannot deadlock against a handler that
+// waits for a lock the caller holds.
 void set_log_level(LogLevel level) {
   detail::LogState& s = detail::state();
-  detail::SharedMutexWriteLock lock(s.mutex);
+  detail::ensure_resolved(s);
+  detail::SharedMutexReadLock lock(s.mutex);
   s.threshold.store(static_cast<int>(level));
-  s.level_set = true;
-  detail::resolve_locked(s);
+  s.level_set.store(true);
   if (s.logger) s.logger->set_level(detail::to_spdlog(level));
 }
 
