@@ -1,5 +1,8 @@
 // `notifications dlq list|show|replay|purge` (docs/cli_outbox_dlq.md): the dead letters of durable
 // handlers in an SQLite durable store file, and their replay through the service's transport.
+#include <signal.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -159,7 +162,42 @@ int run_purge(const DlqOptions& own, const GlobalOptions& options) {
   return fail(kNotFound, "no dead letter " + ids + " in " + own.store + " (the others were removed)");
 }
 
+// SIGINT, SIGTERM and SIGHUP, blocked for the whole replay (the transport's threads inherit the
+// mask): between taking a letter back and the transport's confirmation, an interrupt must not end
+// the process with the letter gone. One that arrives is seen by interrupted() and ends the wait
+// early; the letter is then stored again.
+sigset_t replay_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  return set;
+}
+
+bool interrupted() {
+  sigset_t pending;
+  sigemptyset(&pending);
+  if (::sigpending(&pending) != 0) return false;
+  return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1 ||
+         sigismember(&pending, SIGHUP) == 1;
+}
+
+// The transport's confirmation of what was published, waited for in slices until `deadline` or
+// an interrupt (false).
+bool confirmed_before(Transport& transport, std::chrono::steady_clock::time_point deadline) {
+  constexpr auto kSlice = std::chrono::milliseconds(200);
+  while (!interrupted()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return false;
+    if (transport.flush(std::min(deadline, now + kSlice))) return true;
+  }
+  return false;
+}
+
 int run_replay(const DlqOptions& own, const GlobalOptions& options) {
+  const sigset_t signals = replay_signals();
+  ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   const BridgeConfig config = resolve_config(options);  // ConfigError: guarded() says exit 2
   if (config.url.rfind("memory://", 0) == 0 || config.url.rfind("mock://", 0) == 0) {
     return fail(kUsage, "dlq replay publishes the dead letter's message on the service's transport: give --url "
@@ -202,10 +240,15 @@ int run_replay(const DlqOptions& own, const GlobalOptions& options) {
   const auto deadline =
       std::chrono::steady_clock::now() +
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(own.timeout_s));
-  const bool confirmed = published.published == 1 && transport->flush(deadline);
+  const bool confirmed = published.published == 1 && confirmed_before(*transport, deadline);
   transport->stop(std::chrono::steady_clock::now() + std::chrono::seconds(2));
   if (!confirmed) {
     const std::uint64_t again = store->add_dead_letter(*taken, "");
+    if (interrupted()) {
+      return fail(kFailed, "interrupted before " + url + " confirmed dead letter " + std::to_string(id) +
+                               "; it is a dead letter again, now id " + std::to_string(again) +
+                               " (if the message got through anyway, the handler runs it once and the letter stays)");
+    }
     return fail(kUnreachable, "could not publish dead letter " + std::to_string(id) + " on " + url + " (" +
                                   (published.error.empty() ? "not confirmed in time" : published.error) +
                                   "); it is a dead letter again, now id " + std::to_string(again));
