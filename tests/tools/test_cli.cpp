@@ -245,6 +245,23 @@ TEST(Cli, UnknownOptionIsAUsageErrorNamingIt) {
   EXPECT_TRUE(contains(result.output, "--frobnicate")) << result.output;
 }
 
+// A URL with credentials typed where a command, a pattern, a name or no argument belongs is echoed
+// by the usage error without its credentials (CLI11's own messages included).
+TEST(Cli, ACredentialGivenInTheWrongPlaceIsNotEchoed) {
+  const std::string secret = "Pw-misplaced-never-print";
+  const std::string url = "nats://alice:" + secret + ".x@127.0.0.1:1";  // a '.' splits it into two tokens
+  const std::vector<std::vector<std::string>> commands{
+      {url, "tail"}, {"tail", url}, {"publish", url}, {"health", url}, {"tail", "--width", url}};
+  for (const auto& args : commands) {
+    const ChildResult result = cli(args);
+    EXPECT_TRUE(result.exited && result.exit_code == 2) << args[0] << " " << args[1] << ": " << result.describe();
+    EXPECT_FALSE(contains(result.output, secret)) << result.output;
+  }
+  // The echo is kept, only the credentials go: the user can still see what was misplaced.
+  EXPECT_TRUE(contains(cli({"health", url}).output, "nats://***@127.0.0.1:1"));
+  EXPECT_TRUE(contains(cli({"tail", url}).output, "is a URL: give the transport's URL with --url"));
+}
+
 TEST(Cli, MissingSubcommandIsAUsageError) {
   const ChildResult result = cli({});
   EXPECT_TRUE(result.exited && result.exit_code == 2) << result.describe();

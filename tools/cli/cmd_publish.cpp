@@ -37,6 +37,10 @@ nlohmann::json parse_payload(const std::string& argument) {
 }
 
 int publish(const GlobalOptions& options, const PublishArgs& args) {
+  if (args.name.find("://") != std::string::npos) {  // the problem would quote its tokens, credentials and all
+    throw UsageError("event name \"" + printable(args.name) +
+                     "\" is a URL: give the transport's URL with --url, and the event's name such as 'order.placed' here");
+  }
   if (const std::string problem = subject_problem(args.name); !problem.empty()) {
     throw UsageError("event name \"" + printable(args.name) + "\": " + problem);
   }

@@ -141,6 +141,10 @@ struct TailState {
 };
 
 int tail(const GlobalOptions& options, const TailArgs& args) {
+  if (args.pattern.find("://") != std::string::npos) {  // the problem would quote its tokens, credentials and all
+    throw UsageError("pattern \"" + printable(args.pattern) +
+                     "\" is a URL: give the transport's URL with --url, and a pattern such as 'order.>' here");
+  }
   if (const std::string problem = subject_pattern_problem(args.pattern); !problem.empty()) {
     throw UsageError("pattern \"" + printable(args.pattern) + "\": " + problem);
   }

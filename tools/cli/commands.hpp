@@ -98,7 +98,11 @@ bool wait_connected(const Bridge& bridge, std::chrono::milliseconds timeout);
 
 // "14:03:27.512": the local time of day, to the millisecond.
 std::string local_time_ms(std::chrono::system_clock::time_point time);
-// `text` with bytes outside printable ASCII and UTF-8 (control characters) replaced by '?'.
+// `text` with the user:password@ (or token@) part of every URL in it ("scheme://...") replaced by
+// "***@": for echoing arguments, which may be a URL given in the wrong place.
+std::string without_credentials(std::string_view text);
+// `text` without credentials (as without_credentials) and with bytes outside printable ASCII and
+// UTF-8 (control characters) replaced by '?'.
 std::string printable(std::string_view text);
 // The compact JSON of `value`, cut to at most `width` bytes (0: whole) at a character boundary,
 // ending in "..." when cut. Never throws on invalid UTF-8 (replaced).

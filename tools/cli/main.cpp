@@ -1,6 +1,7 @@
 // `notifications`: see and drive a bus from a shell (docs/cli.md).
 #include <exception>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 #include "commands.hpp"
@@ -56,7 +57,7 @@ int main(int argc, char** argv) {
     names += (names.empty() ? "" : ", ") + command->get_name();
   }
   if (!word.empty() && !known) {
-    std::cerr << "notifications: unknown command \"" << word << "\" (the commands: " << names
+    std::cerr << "notifications: unknown command \"" << printable(word) << "\" (the commands: " << names
               << "; see notifications --help)\n";
     return kUsage;
   }
@@ -64,10 +65,15 @@ int main(int argc, char** argv) {
     set_up_logging();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
+    // CLI11's messages echo arguments, which may be a URL with credentials given in the wrong place.
+    std::ostringstream out;
+    std::ostringstream err;
+    const int code = app.exit(e, out, err);
+    std::cout << out.str();
+    std::cerr << without_credentials(err.str());
     return code == 0 ? kOk : kUsage;
   } catch (const std::exception& e) {
-    std::cerr << "notifications: " << e.what() << "\n";
+    std::cerr << "notifications: " << without_credentials(e.what()) << "\n";
     return kFailed;
   }
   return exit_code;

@@ -40,7 +40,7 @@ std::string json_text(const nlohmann::json& value, int indent) {
 }
 
 int fail(int code, std::string_view message) {
-  std::cerr << "notifications: " << message << "\n";
+  std::cerr << "notifications: " << without_credentials(message) << "\n";
   return code;
 }
 

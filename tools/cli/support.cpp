@@ -28,7 +28,7 @@ int run_command(const std::string& command, const GlobalOptions& options, const 
   if (options.verbose) set_log_level(LogLevel::info);
   const auto say = [&command](const std::string& message) {
     std::cout.flush();
-    std::cerr << "notifications " << command << ": " << message << std::endl;
+    std::cerr << "notifications " << command << ": " << without_credentials(message) << std::endl;
   };
   try {
     return body();
@@ -106,7 +106,30 @@ std::string local_time_ms(std::chrono::system_clock::time_point time) {
   return std::string(text, n) + fraction;
 }
 
-std::string printable(std::string_view text) {
+std::string without_credentials(std::string_view text) {
+  std::string out;
+  std::size_t from = 0;
+  for (std::size_t scheme_end = text.find("://"); scheme_end != std::string_view::npos;
+       scheme_end = text.find("://", from)) {
+    const std::size_t authority = scheme_end + 3;
+    std::size_t end = authority;
+    while (end < text.size() && std::string_view("/?# \t\n\"'").find(text[end]) == std::string_view::npos) ++end;
+    const std::size_t at = text.substr(authority, end - authority).rfind('@');
+    out.append(text.substr(from, authority - from));
+    if (at != std::string_view::npos) {
+      out += "***";
+      out.append(text.substr(authority + at, end - authority - at));
+    } else {
+      out.append(text.substr(authority, end - authority));
+    }
+    from = end;
+  }
+  out.append(text.substr(from));
+  return out;
+}
+
+std::string printable(std::string_view raw) {
+  const std::string text = without_credentials(raw);
   std::string out;
   out.reserve(text.size());
   for (const char c : text) {
