@@ -160,11 +160,12 @@ int run_replay(const OutboxOptions& own, const GlobalOptions& options) {
   const auto deadline =
       std::chrono::steady_clock::now() +
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(own.timeout_s));
-  // Done when the file is empty and what was handed to the transport is confirmed.
+  // Done when the file is empty and what was handed to the transport is confirmed. Whether the
+  // file is empty is one row read (the first by id), not a count: a stranded file may hold millions.
   while (true) {
-    if (count_rows(path) == 0 && bridge->flush(std::chrono::milliseconds(500))) break;
+    if (list_outbox(path, 1).empty() && bridge->flush(std::chrono::milliseconds(500))) break;
     if (std::chrono::steady_clock::now() >= deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   const ShutdownReport shutdown = bridge->shutdown(std::chrono::seconds(5));
   bridge.reset();
