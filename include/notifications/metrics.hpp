@@ -10,7 +10,10 @@
 // handler's runner thread (ntf-durable-run). An implementation must therefore be thread-safe,
 // must not block (it delays the events behind the one it observes) and should not throw: an
 // exception is caught, counted in health()["counters"]["observer_errors"], and otherwise ignored.
-// One observer may serve several bridges.
+// One observer may serve several bridges. A bridge holds its observer (a shared_ptr) as long as its
+// threads run, which may be while the process exits (a bridge shut down by the exit hook, a
+// durable handler call left running past its deadline): an observer that refers to objects with
+// static storage duration may outlive them, so hold what it uses by shared_ptr.
 #pragma once
 
 #include <chrono>
@@ -18,6 +21,7 @@
 
 namespace notifications {
 
+// The interface a metrics library implements; see the thread-safety contract above.
 class BridgeObserver {
  public:
   virtual ~BridgeObserver() = default;

@@ -38,6 +38,7 @@ class MetricsError : public Error {
   explicit MetricsError(const std::string& message) : Error("metrics", message) {}
 };
 
+// Thread-safety: a plain value.
 struct BridgeMetricsOptions {
   // Upper bounds (seconds, increasing) of the latency histograms' buckets; empty: the default,
   // 100 us to 10 s (docs/metrics.md).
@@ -88,6 +89,7 @@ class BridgeMetrics {
   std::shared_ptr<State> state_;
 };
 
+// Thread-safety: a plain value.
 struct MetricsServerOptions {
   // An IPv4 or IPv6 address (numeric). Anything but a loopback address (127.0.0.0/8, ::1) is
   // refused unless allow_non_loopback is set: metrics and health name subjects, hosts and errors.
@@ -102,6 +104,14 @@ struct MetricsServerOptions {
 // 404, other methods 405. Requests run on the server's own threads.
 // Thread-safety: port() and url() from any thread; the destructor stops the server (waiting for
 // requests being served) and must not run on one of its threads.
+// civetweb sets SIGPIPE to be ignored in the whole process when the first server starts (a client
+// that goes away mid-answer must not kill the process); the SIGCHLD disposition it would change
+// too is put back as the application had it.
+// Fork: a server belongs to the process that started it. In a child forked from that process it
+// serves nothing, and its destructor leaves it as it is (civetweb's threads are not in the child;
+// its state and its copy of the listening socket stay until the child exits). A child that serves
+// metrics starts a MetricsServer of its own, with a BridgeMetrics of its own: one a scrape was
+// using at fork() may hold locks no thread of the child will release.
 class MetricsServer {
  public:
   // Starts serving. Throws MetricsError naming the address for a bad or non-loopback address

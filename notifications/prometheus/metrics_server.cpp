@@ -1,10 +1,15 @@
 // MetricsServer: civetweb (C API) serving /metrics and /health from one embedded server.
 // prometheus-cpp's Exposer embeds the same server but serves only metrics paths; using civetweb
 // directly keeps one listening socket and one set of threads for both (docs/metrics.md).
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -59,6 +64,7 @@ struct MetricsServer::Server {
   std::shared_ptr<BridgeMetrics> metrics;
   std::string host;  // for url(): the address, in brackets for IPv6
   mg_context* context = nullptr;
+  pid_t owner = ::getpid();  // the process whose threads serve `context`
 
   static int serve_metrics(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
@@ -103,6 +109,10 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
                        "\" is not a loopback address; metrics and health name hosts, subjects and errors, so "
                        "listening there needs MetricsServerOptions::allow_non_loopback = true");
   }
+  // civetweb's library set-up is not thread-safe, and mg_start2() runs it when it has not run yet:
+  // once here, so that servers started on several threads at once never race on it.
+  static std::once_flag civetweb_ready;
+  std::call_once(civetweb_ready, [] { mg_init_library(0); });
   server_->metrics = std::move(metrics);
   server_->host = family == Family::v6 ? "[" + options.address + "]" : options.address;
   const std::string ports = server_->host + ":" + std::to_string(options.port);
@@ -120,7 +130,13 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   error.code = &error_code;
   error.text = error_text;
   error.text_buffer_size = sizeof error_text;
+  // civetweb may set SIGCHLD to be ignored (for its CGI, which this server does not use): that
+  // would make the application's children reaped by the kernel and its waitpid() fail. The
+  // application's disposition is put back.
+  struct sigaction child_action {};
+  const bool saved = ::sigaction(SIGCHLD, nullptr, &child_action) == 0;
   server_->context = mg_start2(&init, &error);
+  if (saved) ::sigaction(SIGCHLD, &child_action, nullptr);
   if (server_->context == nullptr) {
     throw MetricsError("MetricsServer: cannot listen on " + ports + ": " +
                        (error_text[0] != '\0' ? std::string(error_text) : std::string("civetweb did not start")));
@@ -136,8 +152,16 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   port_ = static_cast<std::uint16_t>(bound[0].port);
 }
 
+// In a forked child the server's threads do not exist: mg_stop() would wait for them for ever. The
+// child leaves the context (and its copy of the listening socket) as they are, as the contract in
+// prometheus.hpp says; so does the Server, whose handlers a context that never stops may name.
 MetricsServer::~MetricsServer() {
-  if (server_ && server_->context != nullptr) mg_stop(server_->context);
+  if (!server_ || server_->context == nullptr) return;
+  if (server_->owner != ::getpid()) {
+    (void)server_.release();
+    return;
+  }
+  mg_stop(server_->context);
 }
 
 std::string MetricsServer::url() const { return "http://" + server_->host + ":" + std::to_string(port_); }

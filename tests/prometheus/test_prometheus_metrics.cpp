@@ -2,6 +2,10 @@
 // with a small HTTP client (every read bounded by a socket timeout). The scraped values are
 // checked against Bridge::health() (the source of the counters and gauges) and against the
 // number of events (the histograms, fed by the BridgeObserver).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -424,6 +428,28 @@ TEST(PrometheusMetrics, TheServerListensOnLoopbackOnlyUnlessAskedAndAnswersOnlyI
   EXPECT_EQ(http(server.port(), "/metrics", "POST").status, 405);
   EXPECT_EQ(http(server.port(), "/metrics").status, 200);  // empty but valid: no bridge added
   EXPECT_EQ(http(server.port(), "/health").status, 503);
+}
+
+// Starting a server leaves the application's SIGCHLD disposition as it was (civetweb would set it to
+// be ignored, and then a child of the application is reaped by the kernel: waitpid() fails).
+TEST(PrometheusServer, StartingAServerKeepsTheApplicationsChildSignal) {
+  struct sigaction before {};
+  ASSERT_EQ(::sigaction(SIGCHLD, nullptr, &before), 0);
+  ASSERT_NE(before.sa_handler, SIG_IGN) << "the test process must not ignore SIGCHLD to begin with";
+  auto metrics = std::make_shared<np::BridgeMetrics>();
+  {
+    np::MetricsServer server(metrics);
+    struct sigaction during {};
+    ASSERT_EQ(::sigaction(SIGCHLD, nullptr, &during), 0);
+    EXPECT_EQ(during.sa_handler, before.sa_handler);
+  }
+  // A child can still be waited for (it allocates nothing: fork-safe under every sanitizer).
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(7);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7);
 }
 
 }  // namespace
