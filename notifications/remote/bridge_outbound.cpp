@@ -194,6 +194,7 @@ class Outbound::Sender {
         out_.host_.drop(*failed, batch[next].name(), 1, why);
         out_.outbox_->settle(1, Outbox::Settled::dropped, kDropNames[static_cast<int>(*failed)]);
         ++next;
+        out_.oldest_unsent_.store(next < batch.size() ? ended_at(batch[next]) : 0, std::memory_order_relaxed);
       }
     }
     out_.oldest_unsent_.store(0, std::memory_order_relaxed);  // all settled
@@ -402,6 +403,7 @@ void Outbound::run() {
 void Outbound::close() { outbox_->close(); }
 
 void Outbound::drop_remaining() {
+  oldest_unsent_.store(0, std::memory_order_relaxed);  // the sender stopped: no lag to report any more
   try {
     for (const auto& event : outbox_->drain()) host_.drop(Drop::shutdown_deadline, event.name());
     if (outbox_->persistent()) {
