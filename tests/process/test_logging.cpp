@@ -209,6 +209,17 @@ TEST(LoggingSpdlog, AGivenLoggerReceivesLinesAndNullGoesBackToTheNamedOne) {
 TEST(LoggingSpdlog, GivenSinksMakeTheNamedLogger) {
   const std::shared_ptr<spdlog::logger> previous = spdlog::get("notifications");
   StreamSink capture;
+  // Leaves the registry as it found it, also when an assertion below returns early: the library
+  // must not keep a sink that writes to `capture` once it is gone.
+  struct Restore {
+    std::shared_ptr<spdlog::logger> previous;
+    ~Restore() {
+      n::set_log_level(n::LogLevel::info);
+      spdlog::drop("notifications");
+      if (previous) spdlog::register_logger(previous);
+      n::set_logger(nullptr);
+    }
+  } restore{previous};
   n::set_log_level(n::LogLevel::debug);  // applies to the logger set_log_sinks() makes
   n::set_log_sinks({capture.sink});
   const std::shared_ptr<spdlog::logger> named = spdlog::get("notifications");
@@ -219,11 +230,6 @@ TEST(LoggingSpdlog, GivenSinksMakeTheNamedLogger) {
   start_and_stop_memory_bridge();
   const std::string text = capture.text();
   EXPECT_NE(text.find("notifications bridge: started"), std::string::npos) << text;
-  // Leaves the registry as it found it.
-  n::set_log_level(n::LogLevel::info);
-  spdlog::drop("notifications");
-  if (previous) spdlog::register_logger(previous);
-  n::set_logger(nullptr);
 }
 
 // ---- which levels a normal run uses, and a fault
