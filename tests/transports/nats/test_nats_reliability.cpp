@@ -4,7 +4,6 @@
 // per-message errors. Real nats-server processes on 127.0.0.1.
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,11 +15,13 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "nats_server.hpp"
 #include "notifications/bridge.hpp"
+#include "notifications/logging.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/nats.hpp"
 #include "scale.hpp"
@@ -348,31 +349,33 @@ TEST(NatsReliability, StopKeepsItsDeadlineWithAHandlerBlockedForSeconds) {
 
 // ---- A: per-event log lines are rate-limited ----------------------------------------------------
 
-// Captures what is written to standard output (spdlog's default sink) while alive.
-class StdoutCapture {
+// Captures the library's log lines (notifications/logging.hpp) while alive; the lines come from
+// the transport's threads, so they are kept behind a mutex the handler shares.
+class LogCapture {
  public:
-  StdoutCapture() {
-    std::fflush(stdout);
-    path_ = "/tmp/nats-reliability-log-" + std::to_string(getpid()) + ".txt";
-    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    saved_ = ::dup(STDOUT_FILENO);
-    ::dup2(fd, STDOUT_FILENO);
-    ::close(fd);
+  LogCapture() {
+    n::set_log_handler([lines = lines_](n::LogLevel level, std::string_view line) {
+      const std::lock_guard<std::mutex> lock(lines->mutex);
+      lines->text.append("[").append(n::to_string(level)).append("] ").append(line).append("\n");
+    });
   }
+  ~LogCapture() { n::set_log_handler({}); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+  // What was logged so far; stops capturing.
   std::string finish() {
-    std::fflush(stdout);
-    ::dup2(saved_, STDOUT_FILENO);
-    ::close(saved_);
-    std::ifstream in(path_);
-    std::stringstream text;
-    text << in.rdbuf();
-    ::unlink(path_.c_str());
-    return text.str();
+    n::set_log_handler({});
+    const std::lock_guard<std::mutex> lock(lines_->mutex);
+    return lines_->text;
   }
 
  private:
-  std::string path_;
-  int saved_ = -1;
+  struct Lines {
+    std::mutex mutex;
+    std::string text;
+  };
+  const std::shared_ptr<Lines> lines_ = std::make_shared<Lines>();
 };
 
 int count_lines_with(const std::string& text, const std::string& needle) {
@@ -390,7 +393,7 @@ TEST(NatsReliability, SlowConsumerLogLinesAreRateLimited) {
   std::string log;
   Clock::duration took{};
   {
-    StdoutCapture capture;
+    LogCapture capture;
     const auto started = Clock::now();
     auto receiving = n::make_nats_transport(options);
     receiving->start();
