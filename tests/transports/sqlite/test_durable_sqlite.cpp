@@ -232,10 +232,15 @@ TEST(DurableSqlite, ClaimsMadeAheadForQueuedDeliveriesAreGivenBackAtShutdown) {
   }, options);
   consumer.start();
   producer.start();
-  for (int i = 0; i < 6; ++i) producer_notifier.instrument("job.run", {{"i", i}});
+  // Event 0 alone first: the dispatcher takes it as a batch of one and its call holds the
+  // dispatcher. Events 1..5 then all wait in the queue, so when call 0 returns they are taken as
+  // one batch and claimed together (claim_many); call 1 then waits for good. (Publishing all six
+  // at once would leave the batch shapes to the poller's timing.)
+  producer_notifier.instrument("job.run", {{"i", 0}});
   ASSERT_TRUE(producer.flush(10s));
-  // Call 0 waits until the handler received all six: the other five are then taken as one batch
-  // (with call 0's, or after it) and claimed together (claim_many); call 1 then waits for good.
+  ASSERT_TRUE(wait_until([&] { return calls->load() == 1; }, 20s)) << consumer.health().dump();
+  for (int i = 1; i < 6; ++i) producer_notifier.instrument("job.run", {{"i", i}});
+  ASSERT_TRUE(producer.flush(10s));
   ASSERT_TRUE(wait_until([&] { return count(consumer, "batch", "received") == 6; }, 20s)) << consumer.health().dump();
   gates->open(0);
   ASSERT_TRUE(wait_until([&] { return calls->load() == 2; }, 20s));
