@@ -29,7 +29,7 @@ packages=(
   libcli11-dev            # the notifications command's command line (tools/cli)
   prometheus-cpp-dev      # notifications::prometheus: metrics and their HTTP exposer
   libcivetweb-dev         # notifications::prometheus: its /metrics and /health server (civetweb, as prometheus-cpp's exposer)
-  clang libclang-rt-14-dev  # the fuzz and TSan builds (with -Wthread-safety); libFuzzer and sanitizer runtimes
+  clang libclang-rt-14-dev  # the fuzz, ASan and TSan builds (TSan with -Wthread-safety); libFuzzer and sanitizer runtimes
   python3 python3-jsonschema  # validates real envelopes against docs/envelope.schema.json
   openssl                 # certificates for the TLS tests against nats-server
 )

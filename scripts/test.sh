@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then configures, builds and runs the tests in
 #   build/release  (optimised, with samples; also checks the installed CMake package)
-#   build/asan     (AddressSanitizer + UndefinedBehaviorSanitizer, shorter stress counts)
+#   build/asan     (clang: AddressSanitizer + UndefinedBehaviorSanitizer, shorter stress counts)
 #   build/tsan     (clang: ThreadSanitizer, shorter stress counts, and clang's thread-safety
 #                   analysis of the annotated locks as errors, with its compile tests)
 #   build/fuzz     (clang libFuzzer targets, each run for FUZZ_SECONDS, default 20)
 # and fails if any of them fails. Quick the second time: every build folder is reused.
+# The release build uses the default compiler (GCC on Debian), the sanitizer builds clang: it
+# compiles a sanitized test about 2.5 times faster than GCC (7.8 s against 21.5 s for
+# tests/remote/test_bridge.cpp at -O0), which keeps the whole run inside its time budget.
 #
 # Usage: scripts/test.sh [release|package|asan|tsan|fuzz ...]   (default: all of them)
 set -uo pipefail
@@ -102,7 +105,7 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     release) configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
     package) package_check ;;
-    asan) configure_and_test asan -DCMAKE_BUILD_TYPE=Debug -DNOTIFICATIONS_SANITIZE=address \
+    asan) configure_and_test asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug -DNOTIFICATIONS_SANITIZE=address \
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
     tsan) configure_and_test tsan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
             -DNOTIFICATIONS_SANITIZE=thread -DNOTIFICATIONS_THREAD_SAFETY_ANALYSIS=ON \

@@ -22,6 +22,7 @@
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
 #include "transport_test_support.hpp"
+#include "scale.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
@@ -83,7 +84,7 @@ std::unique_ptr<n::Transport> queued_transport(const std::string& scheme) {
 class ForkTransports : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
     // As in test_fork_without_prepare.cpp: GCC's ASan allocator is not fork-safe, and a child it
     // blocks would read as a hang of ours.
     GTEST_SKIP() << "ASan's allocator is not fork-safe";
@@ -157,7 +158,7 @@ INSTANTIATE_TEST_SUITE_P(MemoryAndMock, ForkTransports, ::testing::Values("memor
 // Bridges over a queued memory transport: the Bridge prepares its own transport (the registry's
 // second call does nothing), and both processes then carry their own events end to end.
 TEST(ForkBridgesOverMemory, BothProcessesCarryTheirOwnEvents) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   GTEST_SKIP() << "ASan's allocator is not fork-safe (see test_fork_without_prepare.cpp)";
 #endif
   const std::string url = "memory://fork-bridges?mode=queued";

@@ -138,7 +138,7 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileAnotherThreadWasLogging) {
 // ---- many forks while another thread instruments at full speed -----------------------------------
 
 TEST(ForkWithoutPrepare, ManyForksWhileAnotherThreadInstrumentsNeverHang) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   // Seen here: GCC 12's ASan allocator takes no lock around fork(), so a child forked while the
   // other thread allocates can block for ever inside ASan's own allocator (any allocation in the
   // child). glibc's malloc is fork-safe: the release and TSan builds run this test.

@@ -27,6 +27,7 @@
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
 #include "wait.hpp"
+#include "scale.hpp"
 
 namespace n = notifications;
 using namespace std::chrono_literals;
@@ -562,7 +563,7 @@ TEST(DurableSetup, BadNamesPatternsAndOptionsAreRefusedNamingThem) {
 }
 
 TEST(DurableFork, AHandlerRegisteredBeforeAForkHandlesNothingInTheChildAndTakesNoLock) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   GTEST_SKIP() << "ASan's allocator is not fork-safe (as in test_fork_transports.cpp)";
 #endif
   n::Notifier notifier;

@@ -1393,7 +1393,7 @@ TEST(TransportMemoryAcks, UrlAndOptionKeys) {
 // The parent keeps what was unsettled at the fork and redelivers it when its ack wait ends; the
 // child discards it (counted) and settles its own deliveries.
 TEST(TransportMemoryAcks, ForkLeavesTheUnsettledToTheParent) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   GTEST_SKIP() << "ASan's allocator is not fork-safe (as in tests/process/test_fork_transports.cpp)";
 #endif
   AckInbox inbox([](const Got& got, std::size_t) -> std::optional<n::Settlement> {

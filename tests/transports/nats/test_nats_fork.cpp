@@ -152,7 +152,7 @@ enum ChildSaw : int {
 // are held at fork()). In the child, publish, flush, health and stop must neither touch cnats
 // nor take those locks: each returns at once. A child that hangs is killed after 20 s.
 TEST(NatsFork, ChildWithoutAfterForkNeverTouchesCnatsOrHeldLocks) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   // Seen here: GCC 12's ASan allocator takes no lock around fork(), so a child forked while
   // another thread allocates (the publisher, cnats' threads) can block for ever in ASan's own
   // allocator at its first allocation. glibc's malloc is fork-safe: release and TSan run this.

@@ -26,6 +26,7 @@
 #include "remote/bridge_test_support.hpp"
 #include "transports/sqlite/sqlite_test_support.hpp"
 #include "wait.hpp"
+#include "scale.hpp"
 
 namespace n = notifications;
 namespace fs = std::filesystem;
@@ -315,7 +316,7 @@ TEST(SqliteOutboxBridge, WhatAFailingTransportDidNotTakeIsKeptAndSentByTheNextSt
 // events in memory (the file is the parent's, never touched there), the parent goes on with its
 // file. A hang (the writer holding a lock across the fork) shows as a child that never exits.
 TEST(SqliteOutboxBridge, AcrossAForkTheParentKeepsItsFileAndTheChildItsMemory) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   GTEST_SKIP() << "ASan's allocator is not fork-safe (see tests/process/test_fork_without_prepare.cpp)";
 #endif
   TempDir dir;

@@ -26,6 +26,7 @@
 #include "notifications/transports/sqlite.hpp"
 #include "sqlite_test_support.hpp"
 #include "wait.hpp"
+#include "scale.hpp"
 
 namespace {
 
@@ -517,7 +518,7 @@ TEST(SqliteTransportProcesses, EventsOfAnotherProcessArriveThroughTheFile) {
 // Fork: prepare_fork() closes the connections and parks the poller; after_fork() reopens both in
 // the parent and the child, which then exchange messages through the file like any two processes.
 TEST(SqliteTransportFork, ParentAndChildBothGoOnThroughTheFile) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NOTIFICATIONS_TEST_ASAN)
   GTEST_SKIP() << "ASan's allocator is not fork-safe (as in test_fork_transports.cpp)";
 #endif
   TempDir dir("sqlite-transport");
