@@ -1,5 +1,7 @@
 #include "sqlite_db.hpp"
 
+#include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "notifications/durable.hpp"
@@ -24,10 +26,12 @@ const char* contents(Database::Role role) {
 
 // What to do about a failure, for the common codes: the same for every role, but for what the
 // file holds and which option bounds waiting for its lock.
-std::string advice(int rc, Database::Role role) {
+std::string advice(int rc, Database::Role role, Database::Open open) {
   switch (rc & 0xff) {
     case SQLITE_CANTOPEN:
-      return " (its folder must exist and be writable by this process)";
+      return open == Database::Open::existing_only
+                 ? " (the file must exist, since it is not created here, and its folder be writable by this process)"
+                 : " (its folder must exist and be writable by this process)";
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
       return std::string(" (the file is not a SQLite database, or is damaged: move it away to start with an empty ") +
@@ -88,12 +92,13 @@ bool Database::transient(int rc) noexcept {
   }
 }
 
-Database::Database(std::string path, Role role) : path_(std::move(path)), role_(role) {
-  const int rc = sqlite3_open_v2(path_.c_str(), &db_,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+Database::Database(std::string path, Role role, Open open) : path_(std::move(path)), role_(role) {
+  const int flags =
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (open == Open::or_create ? SQLITE_OPEN_CREATE : 0);
+  const int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
   if (rc != SQLITE_OK) {
     std::string message = std::string(file_word(role_)) + " \"" + path_ + "\": cannot open: " +
-                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc, role_);
+                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc, role_, open);
     sqlite3_close(db_);
     db_ = nullptr;
     throw_for(role_, message);
@@ -108,7 +113,7 @@ Database::~Database() {
 void Database::fail(int rc, std::string_view what) const {
   last_failure_ = rc;
   throw_for(role_, std::string(file_word(role_)) + " \"" + path_ + "\": " + std::string(what) + ": " +
-                       (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc, role_));
+                       (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)) + advice(rc, role_, Open::or_create));
 }
 
 void Database::exec(const char* sql, std::string_view what) {
@@ -123,6 +128,31 @@ std::string Database::pragma_text(const char* sql, std::string_view what) {
   while (statement.step()) {
   }
   return result;
+}
+
+void Database::switch_to_wal(std::chrono::milliseconds timeout) {
+  const auto give_up = std::chrono::steady_clock::now() + timeout;
+  for (int attempt = 0;; ++attempt) {
+    sqlite3_stmt* statement = nullptr;
+    int rc = sqlite3_prepare_v2(db_, "PRAGMA journal_mode=WAL", -1, &statement, nullptr);
+    std::string mode;
+    if (rc == SQLITE_OK) {
+      rc = sqlite3_step(statement);
+      if (rc == SQLITE_ROW) {
+        const unsigned char* text = sqlite3_column_text(statement, 0);
+        mode = text != nullptr ? reinterpret_cast<const char*>(text) : "";
+        rc = SQLITE_OK;
+      }
+    }
+    sqlite3_finalize(statement);
+    if (rc == SQLITE_OK) {
+      if (mode != "wal") fail(SQLITE_ERROR, "switch to WAL mode (the journal mode stayed \"" + mode + "\")");
+      return;
+    }
+    const bool busy = (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+    if (!busy || std::chrono::steady_clock::now() >= give_up) fail(rc, "switch to WAL mode");
+    std::this_thread::sleep_for(std::chrono::microseconds(50) * (1 << std::min(attempt, 5)));  // up to 1.6 ms
+  }
 }
 
 Statement::Statement(Database& db, const char* sql, std::string_view what) : db_(db), what_(what) {

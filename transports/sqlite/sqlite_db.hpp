@@ -11,6 +11,7 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -24,9 +25,13 @@ class Database {
   // Who uses the file: picks the exception type and the words of its messages.
   enum class Role { outbox, transport, durable_store };
 
-  // Opens (creating when missing) `path`. Throws naming the file: the folder is missing or not
-  // writable, the file is not a database.
-  explicit Database(std::string path, Role role = Role::outbox);
+  // Whether opening may create a missing file.
+  enum class Open { or_create, existing_only };
+
+  // Opens `path`, creating it when missing unless `open` is existing_only (then a missing file
+  // fails the open itself, so no check before it can race with the file's removal). Throws naming
+  // the file: the folder is missing or not writable, the file is missing, not a database.
+  explicit Database(std::string path, Role role = Role::outbox, Open open = Open::or_create);
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
@@ -35,6 +40,11 @@ class Database {
   void exec(const char* sql, std::string_view what);
   // A PRAGMA's single text result ("" when none).
   std::string pragma_text(const char* sql, std::string_view what);
+  // PRAGMA journal_mode=WAL, retried while the file is busy for up to `timeout`: connections
+  // opening a new file at once each need it to themselves for the switch, and SQLite answers
+  // SQLITE_BUSY at once, without the busy handler, when two would wait for each other. Throws
+  // when it stays busy past `timeout`, or the mode stays another one.
+  void switch_to_wal(std::chrono::milliseconds timeout);
   // Throws for a failed `rc`, naming the file, `what` and SQLite's message; remembers `rc`.
   [[noreturn]] void fail(int rc, std::string_view what) const;
   // The result code of the last failure thrown (0 before any).

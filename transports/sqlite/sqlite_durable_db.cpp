@@ -59,12 +59,12 @@ int run(Database& db, Statement& statement) {
 }
 
 Connection::Connection(const std::string& path, const SqliteDurableStoreOptions& options, bool create_schema)
-    : db_(path, Database::Role::durable_store) {
+    : db_(path, Database::Role::durable_store,
+          options.create ? Database::Open::or_create : Database::Open::existing_only) {
   busy_.timeout = std::chrono::milliseconds(options.busy_timeout_ms);
   sqlite3_busy_handler(db_.handle(), &Connection::on_busy, &busy_);
   if (create_schema && !options.create) require_store();  // before anything is written to it
-  const std::string mode = db_.pragma_text("PRAGMA journal_mode=WAL", "switch to WAL mode");
-  if (mode != "wal") db_.fail(SQLITE_ERROR, "switch to WAL mode (the journal mode stayed \"" + mode + "\")");
+  db_.switch_to_wal(busy_.timeout);
   db_.exec(options.synchronous == SqliteDurableStoreOptions::Synchronous::full ? "PRAGMA synchronous=FULL"
                                                                                : "PRAGMA synchronous=NORMAL",
            "set synchronous");

@@ -88,8 +88,7 @@ bool EventLog::configure(Database& db, BusyWait& busy, const SqliteTransportOpti
         return 1;
       },
       &busy);
-  const std::string mode = db.pragma_text("PRAGMA journal_mode=WAL", "switch to WAL mode");
-  if (mode != "wal") db.fail(SQLITE_ERROR, "switch to WAL mode (the journal mode stayed \"" + mode + "\")");
+  db.switch_to_wal(options.busy_timeout);
   db.exec(options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "set synchronous");
   {
     WriteTransaction transaction(db);

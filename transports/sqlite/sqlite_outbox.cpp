@@ -96,8 +96,7 @@ struct Store {
       : lock(path), db(path) {
     db.exec("PRAGMA busy_timeout=0", "set the busy timeout");
     sqlite3_busy_timeout(db.handle(), static_cast<int>(config.busy_timeout.count()));
-    const std::string mode = db.pragma_text("PRAGMA journal_mode=WAL", "switch to WAL mode");
-    if (mode != "wal") db.fail(SQLITE_ERROR, "switch to WAL mode (the journal mode stayed \"" + mode + "\")");
+    db.switch_to_wal(std::chrono::duration_cast<std::chrono::milliseconds>(config.busy_timeout));
     db.exec(config.synchronous == OutboxConfig::Synchronous::full ? "PRAGMA synchronous=FULL"
                                                                   : "PRAGMA synchronous=NORMAL",
             "set synchronous");
