@@ -127,6 +127,14 @@ struct DeadLetter {
   std::chrono::system_clock::time_point dead_at{};
 };
 
+// Thrown by DurableStore::take_back_dead_letter while the letter's event is being run again by a
+// replay (Bridge::replay_dead_letter: its inbox row is claimed by `owner`): nothing was changed;
+// take it back once that replay finished. The message names the letter, handler, event and owner.
+class DeadLetterInUse : public DurableError {
+ public:
+  DeadLetterInUse(const DeadLetter& letter, const std::string& owner);
+};
+
 struct DeadLetterQuery {
   std::string handler;          // empty: every handler
   std::uint64_t after_id = 0;   // only ids greater than this (paging)
@@ -211,10 +219,11 @@ class DurableStore {
   // command republishes the letter's message after this; docs/cli_outbox_dlq.md). In one
   // transaction it removes the letter and, when the inbox row of (handler, event id) is dead,
   // makes it pending and free (claimable by any owner) with no failures, no last error and no
-  // first failure recorded, so the handler gets its max_attempts again. A row that is done, or
-  // pending under an owner (a Bridge::replay_dead_letter running), stays as it is: the next
-  // delivery then finds it done (skipped) or held. A letter without an event id (malformed) is
-  // only removed. Returns the letter as it was, or nullopt when there is no letter `id`.
+  // first failure recorded, so the handler gets its max_attempts again. A row that is done stays
+  // as it is (the next delivery skips it). A row pending under an owner (a
+  // Bridge::replay_dead_letter running) throws DeadLetterInUse and changes nothing. A letter
+  // without an event id (malformed) is only removed. Returns the letter as it was, or nullopt
+  // when there is no letter `id`.
   virtual std::optional<DeadLetter> take_back_dead_letter(std::uint64_t id) = 0;
 
   // {"kind", "pending", "done", "dead_letters", ...}

@@ -55,6 +55,11 @@ Owners& owners() {
 
 }  // namespace
 
+DeadLetterInUse::DeadLetterInUse(const DeadLetter& letter, const std::string& owner)
+    : DurableError("dead letter " + std::to_string(letter.id) + " of handler \"" + letter.handler + "\" (event " +
+                   letter.event_id + ") is being run again by a replay (its inbox entry is claimed by " + owner +
+                   "): nothing was changed; take it back once that replay finished") {}
+
 std::string durable_owner() {
   std::string owner = std::to_string(::getpid()) + ":" + detail::random_uuid();
   std::lock_guard<std::mutex> lock(owners().mutex);
@@ -259,10 +264,12 @@ class MemoryDurableStore final : public DurableStore, public std::enable_shared_
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = letters_.find(id);
     if (it == letters_.end()) return std::nullopt;
+    auto row = it->second.event_id.empty() ? rows_.end() : rows_.find(Key{it->second.handler, it->second.event_id});
+    if (row != rows_.end() && row->second.state == State::pending && !row->second.owner.empty()) {
+      throw DeadLetterInUse(it->second, row->second.owner);
+    }
     DeadLetter letter = std::move(it->second);
     letters_.erase(it);
-    if (letter.event_id.empty()) return letter;
-    auto row = rows_.find(Key{letter.handler, letter.event_id});
     if (row != rows_.end() && row->second.state == State::dead) {
       row->second = Row{};  // pending, free, no failure recorded
       row->second.renewed = SteadyClock::now();

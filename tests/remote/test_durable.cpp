@@ -701,7 +701,8 @@ TEST(DurableMemoryStore, TakeBackRemovesTheLetterAndMakesOnlyADeadEventClaimable
   EXPECT_EQ(claim.outcome, Outcome::claimed);
   EXPECT_EQ(claim.failed_attempts, 0u);
   EXPECT_EQ(claim.last_error, "");
-  // Done stays done; a replay's claim of another owner stands.
+  // Done stays done; while a replay runs (its owner's claim), the take-back is refused and
+  // changes nothing.
   ASSERT_TRUE(store->work("h", "e1", b)->complete());
   const std::uint64_t done = store->add_dead_letter(letter, b);
   ASSERT_TRUE(store->take_back_dead_letter(done).has_value());
@@ -710,7 +711,8 @@ TEST(DurableMemoryStore, TakeBackRemovesTheLetterAndMakesOnlyADeadEventClaimable
   ASSERT_EQ(store->claim("h", "e2", a, 10s).outcome, Outcome::claimed);
   const std::uint64_t running = store->add_dead_letter(letter, a);
   ASSERT_EQ(store->claim("h", "e2", a, 10s, /*replay=*/true).outcome, Outcome::claimed);
-  ASSERT_TRUE(store->take_back_dead_letter(running).has_value());
+  EXPECT_THROW(store->take_back_dead_letter(running), n::DeadLetterInUse);
+  EXPECT_TRUE(store->dead_letter(running).has_value()) << "the letter stays";
   EXPECT_EQ(store->claim("h", "e2", b, 10s).outcome, Outcome::held);
   n::release_durable_owner(a);
   n::release_durable_owner(b);

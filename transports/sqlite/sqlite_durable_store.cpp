@@ -359,6 +359,14 @@ class SqliteDurableStore final : public DurableStore {
       if (read->step()) letter = read_letter(*read);
     }
     if (!letter) return std::nullopt;  // rolls back: nothing was written
+    if (!letter->event_id.empty()) {
+      Use read(s.inbox_read);
+      read->bind(1, letter->handler);
+      read->bind(2, letter->event_id);
+      if (read->step() && read->text(0) == "pending" && !read->text(1).empty()) {
+        throw DeadLetterInUse(*letter, std::string(read->text(1)));  // rolls back
+      }
+    }
     s.letter_remove.bind(1, static_cast<std::int64_t>(id));
     run(db, s.letter_remove);
     if (!letter->event_id.empty()) {

@@ -528,7 +528,7 @@ TEST(SqliteDurableStore, TakeBackRemovesTheLetterAndMakesItsDeadEventClaimableWi
   EXPECT_GE(again->first_failed_at, before - 1ms) << "not the first failure before the take-back";
 }
 
-TEST(SqliteDurableStore, TakeBackLeavesADoneEventAndAnotherOwnersReplayAsTheyAre) {
+TEST(SqliteDurableStore, TakeBackLeavesADoneEventAsItIsAndRefusesWhileAReplayRuns) {
   TempDir dir;
   auto store = store_at(dir.file("durable.db"));
   const std::string a = n::durable_owner();
@@ -540,18 +540,26 @@ TEST(SqliteDurableStore, TakeBackLeavesADoneEventAndAnotherOwnersReplayAsTheyAre
   ASSERT_TRUE(store->work("billing", "done", a)->complete());
   ASSERT_TRUE(store->take_back_dead_letter(done_letter).has_value());
   EXPECT_EQ(store->claim("billing", "done", b, 1h).outcome, Outcome::done);
-  // A replay running under owner a: its claim stands.
+  // A replay running under owner a: the take-back is refused, and the letter and the claim stay
+  // (the replay's failure is then recorded on its letter, which a take-back would have removed).
   ASSERT_EQ(store->claim("billing", "running", a, 1h).outcome, Outcome::claimed);
   const std::uint64_t running_letter = store->add_dead_letter(letter("billing", "running"), a);
   ASSERT_EQ(store->claim("billing", "running", a, 1h, true).outcome, Outcome::claimed);
-  ASSERT_TRUE(store->take_back_dead_letter(running_letter).has_value());
+  const std::string refused = error_of([&] { store->take_back_dead_letter(running_letter); });
+  EXPECT_NE(refused.find("being run again by a replay"), std::string::npos) << refused;
+  EXPECT_NE(refused.find(a), std::string::npos) << "names the owner: " << refused;
+  EXPECT_TRUE(store->dead_letter(running_letter).has_value()) << "the letter stays";
   EXPECT_EQ(store->claim("billing", "running", b, 1h).outcome, Outcome::held);
+  store->update_dead_letter(running_letter, "failed again", a);
+  EXPECT_EQ(store->dead_letter(running_letter)->last_error, "failed again");
   // A malformed letter has no inbox row: it is only removed.
   const std::uint64_t malformed = store->add_dead_letter(letter("billing", "", "not json"), a);
   const auto taken = store->take_back_dead_letter(malformed);
   ASSERT_TRUE(taken.has_value());
   EXPECT_EQ(taken->body, "not json");
-  EXPECT_TRUE(store->dead_letters().empty());
+  const auto left = store->dead_letters();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].id, running_letter) << "only the letter of the running replay stays";
 }
 
 TEST(SqliteDurableStore, OneLetterTakenBackFromTwoStoreObjectsAndEightThreadsIsTakenOnce) {
