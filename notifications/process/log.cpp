@@ -178,6 +178,10 @@ void use_spdlog_logger(std::shared_ptr<spdlog::logger> logger, bool apply_level)
 
 std::shared_ptr<spdlog::logger> spdlog_logger() {
   LogState& s = state();
+  {
+    detail::SharedMutexReadLock lock(s.mutex);  // the common case: resolved, read beside the lines
+    if (s.resolved) return s.logger;
+  }
   detail::SharedMutexWriteLock lock(s.mutex);
   resolve_locked(s);
   return s.logger;

@@ -87,7 +87,7 @@ struct MetricsServer::Server {
       const nlohmann::json health = self->metrics->health();
       const bool healthy = health.value("healthy", false);
       respond(connection, healthy ? 200 : 503, healthy ? "OK" : "Service Unavailable", "application/json",
-              health.dump() + "\n", head);
+              health.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", head);
       return healthy ? 200 : 503;
     } catch (const std::exception& e) {
       respond(connection, 500, "Internal Server Error", "text/plain; charset=utf-8", std::string(e.what()) + "\n", head);

@@ -273,6 +273,8 @@ void DurableConsumer::run_runner(std::shared_ptr<Runner> runner) {
 
 void DurableConsumer::run_handler(Call& call) {
   std::unique_ptr<InboxWork> work;  // rolls back, when destroyed, what did not complete
+  Clock::time_point started{};
+  Clock::duration took{};  // the handler's own time, without the inbox's bookkeeping
   try {
     if (call.use_inbox) work = store_->work(name_, call.event_id, owner_);
     CallContext context(name_, call.attempt, call.replay_id != 0, work.get(), call.in_progress);
@@ -280,14 +282,14 @@ void DurableConsumer::run_handler(Call& call) {
     struct Reset {
       ~Reset() { running_handler_of = nullptr; }
     } reset;
-    const Clock::time_point started = observer_ ? Clock::now() : Clock::time_point{};
+    if (observer_) started = Clock::now();
     try {
       handler_(*call.event, context);
     } catch (...) {
-      if (observer_) observer_->handled(name_, Clock::now() - started, false);
+      if (observer_) took = Clock::now() - started;
       throw;
     }
-    if (observer_) observer_->handled(name_, Clock::now() - started, true);
+    if (observer_) took = Clock::now() - started;
     call.ok = true;
   } catch (...) {
     call.error = detail::describe_exception(std::current_exception());
@@ -301,6 +303,10 @@ void DurableConsumer::run_handler(Call& call) {
       call.error = "inbox: " + detail::describe_exception(std::current_exception());
     }
   }
+  // Observed once the outcome is final (a failed commit is a failure) and the inbox's transaction
+  // is over: an observer never runs while this call holds the store's write lock.
+  work.reset();
+  if (observer_ && started != Clock::time_point{}) observer_->handled(name_, took, call.ok);
 }
 
 // The store's bookkeeping of a call is the runner's, so a call left behind does its own.
