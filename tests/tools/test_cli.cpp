@@ -257,6 +257,16 @@ TEST(Cli, ACredentialGivenInTheWrongPlaceIsNotEchoed) {
     EXPECT_TRUE(result.exited && result.exit_code == 2) << args[0] << " " << args[1] << ": " << result.describe();
     EXPECT_FALSE(contains(result.output, secret)) << result.output;
   }
+  // A secret in the query (token=, password=) and a password holding a '/' are secrets too.
+  const std::string token_url = "nats://127.0.0.1:1?token=" + secret;
+  const std::string slash_url = "nats://alice:" + secret + "/x@127.0.0.1:1";
+  for (const std::string& other : {token_url, slash_url}) {
+    for (const auto& args : std::vector<std::vector<std::string>>{{other, "tail"}, {"tail", other}}) {
+      const ChildResult result = cli(args);
+      EXPECT_TRUE(result.exited && result.exit_code == 2) << args[0] << " " << args[1] << ": " << result.describe();
+      EXPECT_FALSE(contains(result.output, secret)) << result.output;
+    }
+  }
   // The echo is kept, only the credentials go: the user can still see what was misplaced.
   EXPECT_TRUE(contains(cli({"health", url}).output, "nats://***@127.0.0.1:1"));
   EXPECT_TRUE(contains(cli({"tail", url}).output, "is a URL: give the transport's URL with --url"));

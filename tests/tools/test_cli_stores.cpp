@@ -83,6 +83,16 @@ json json_in(const std::string& output) {
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
+// The URL of a sqlite:// events file as a running system has it: created by a transport that
+// started once (the replays refuse a file that does not exist).
+std::string existing_sqlite_url(const TempDir& dir) {
+  const std::string url = "sqlite://" + dir.file("events.db");
+  auto transport = n::make_transport({url, json::object()});
+  transport->start();
+  transport->stop(Clock::now() + 5s);
+  return url;
+}
+
 // An outbox file holding `count` events named order.e0, order.e1, ..., as a service whose
 // transport never confirmed them leaves it. Returns their rows.
 std::vector<n::OutboxRow> stranded_outbox(const std::string& path, int count) {
@@ -219,12 +229,12 @@ TEST(CliOutbox, ListAndReplayTakeTheFileAndTheUrlFromTheConfiguration) {
   ASSERT_EQ(json_in(listed.output).size(), 2u) << listed.output;
   EXPECT_EQ(json_in(listed.output)[1]["event_id"], rows[1].event_id);
 
+  ASSERT_EQ(existing_sqlite_url(dir), "sqlite://" + events);
   const auto replay = cli({"--config", config, "outbox", "replay"}, env);
   ASSERT_TRUE(replay.exited && replay.exit_code == 0) << replay.describe();
   EXPECT_TRUE(contains(replay.output, "sent 2 event(s)")) << replay.output;
-  EXPECT_TRUE(contains(replay.output, "sqlite://" + events)) << replay.output;
+  EXPECT_TRUE(contains(replay.output, "sqlite://" + events)) << "sent to the configuration's URL: " << replay.output;
   EXPECT_TRUE(n::list_outbox(path).empty());
-  EXPECT_TRUE(std::filesystem::exists(events)) << "sent to the configuration's URL";
 }
 
 // ---- outbox replay
@@ -234,7 +244,7 @@ TEST(CliOutbox, ReplayIntoSqliteSendsEveryRowInOrderWithItsEventIdAndEmptiesTheF
   const std::string path = dir.file("outbox.db");
   const auto rows = stranded_outbox(path, 5);
   ASSERT_EQ(rows.size(), 5u);
-  const std::string url = "sqlite://" + dir.file("events.db");
+  const std::string url = existing_sqlite_url(dir);
 
   const auto replay = cli({"--url", url, "outbox", "replay", "--outbox", path}, {"NOTIFICATIONS_URL=" + url});
   ASSERT_TRUE(replay.exited && replay.exit_code == 0) << replay.describe();
@@ -259,7 +269,7 @@ TEST(CliOutbox, ReplayOfAnEmptyFileSendsNothingAndMemoryUrlsAreRefused) {
   TempDir dir;
   const std::string path = dir.file("outbox.db");
   stranded_outbox(path, 0);
-  const std::string url = "sqlite://" + dir.file("events.db");
+  const std::string url = existing_sqlite_url(dir);
   const auto empty = cli({"--json", "--url", url, "outbox", "replay", "--outbox", path}, {"NOTIFICATIONS_URL=" + url});
   ASSERT_TRUE(empty.exited && empty.exit_code == 0) << empty.describe();
   EXPECT_EQ(json_in(empty.output)["sent"], 0) << empty.output;
@@ -279,7 +289,7 @@ TEST(CliOutbox, ReplayIsRefusedWhileAServiceHoldsTheOutboxAndTheRowsStay) {
   config.durability = n::Durability::sync;
   config.outbox.path = path;
   auto running = n::make_sqlite_outbox(config);  // the service's outbox, holding the file's lock
-  const std::string url = "sqlite://" + dir.file("events.db");
+  const std::string url = existing_sqlite_url(dir);
   const auto refused = cli({"--url", url, "outbox", "replay", "--outbox", path}, {"NOTIFICATIONS_URL=" + url});
   EXPECT_TRUE(refused.exited && refused.exit_code == 1) << refused.describe();
   EXPECT_TRUE(contains(refused.output, "stop it first")) << refused.output;
@@ -576,7 +586,7 @@ TEST(CliDlq, ReplayRefusesAMemoryUrlAMissingLetterAndALetterWithoutAnEventId) {
   EXPECT_TRUE(memory.exited && memory.exit_code == 2) << memory.describe();
   EXPECT_TRUE(contains(memory.output, "--url")) << memory.output;
 
-  const std::string url = "sqlite://" + dir.file("events.db");
+  const std::string url = existing_sqlite_url(dir);
   const auto missing = cli({"--url", url, "dlq", "replay", "999", "--store", path}, {"NOTIFICATIONS_URL=" + url});
   EXPECT_TRUE(missing.exited && missing.exit_code == 4) << missing.describe();
   const auto no_id = cli({"--url", url, "dlq", "replay", std::to_string(malformed), "--store", path},
@@ -584,6 +594,34 @@ TEST(CliDlq, ReplayRefusesAMemoryUrlAMissingLetterAndALetterWithoutAnEventId) {
   EXPECT_TRUE(no_id.exited && no_id.exit_code == 1) << no_id.describe();
   EXPECT_TRUE(contains(no_id.output, "no event id")) << no_id.output;
   EXPECT_TRUE(store->dead_letter(malformed).has_value());
+}
+
+// A sqlite:// events file that does not exist (a typo in the path) is refused by both replays:
+// creating it would send the events where no one reads them, and take them from where they were.
+TEST(CliReplays, ASqliteUrlWhoseFileDoesNotExistIsRefusedAndNothingMoves) {
+  TempDir dir;
+  const std::string outbox = dir.file("outbox.db");
+  const auto rows = stranded_outbox(outbox, 3);
+  const std::string store_path = dir.file("durable.db");
+  auto store = n::make_sqlite_durable_store(store_path);
+  const std::string owner = n::durable_owner();
+  ASSERT_EQ(store->claim("mailer", "e1", owner, 1h).outcome, n::InboxClaim::Outcome::claimed);
+  const std::uint64_t id = store->add_dead_letter(letter("mailer", "e1", "smtp down"), owner);
+  n::release_durable_owner(owner);
+  const std::string typo = dir.file("evnts.db");
+  const std::string url = "sqlite://" + typo;
+
+  const auto outbox_replay = cli({"--url", url, "outbox", "replay", "--outbox", outbox}, {"NOTIFICATIONS_URL=" + url});
+  EXPECT_TRUE(outbox_replay.exited && outbox_replay.exit_code == 3) << outbox_replay.describe();
+  EXPECT_TRUE(contains(outbox_replay.output, typo)) << outbox_replay.output;
+  EXPECT_EQ(event_ids(n::list_outbox(outbox)), event_ids(rows)) << "every row stays";
+
+  const auto dlq_replay =
+      cli({"--url", url, "dlq", "replay", std::to_string(id), "--store", store_path}, {"NOTIFICATIONS_URL=" + url});
+  EXPECT_TRUE(dlq_replay.exited && dlq_replay.exit_code == 3) << dlq_replay.describe();
+  EXPECT_TRUE(contains(dlq_replay.output, typo)) << dlq_replay.output;
+  EXPECT_TRUE(store->dead_letter(id).has_value()) << "the letter stays";
+  EXPECT_FALSE(std::filesystem::exists(typo)) << "never created";
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -204,6 +205,7 @@ int run_replay(const DlqOptions& own, const GlobalOptions& options) {
                         "(nats://, tls://, sqlite://) or --config; \"" + redact_url(config.url) +
                         "\" does not leave this process");
   }
+  require_existing_file(config);  // sqlite:// never created here: the message would reach no one
   int code = kOk;
   auto store = open_store(own.store, code);
   if (!store) return code;
@@ -230,7 +232,13 @@ int run_replay(const DlqOptions& own, const GlobalOptions& options) {
     return fail(kUnreachable, std::string(e.what()) + "; dead letter " + std::to_string(id) + " stays as it was");
   }
   // Taken back first: a delivery of the republished message must find the inbox claimable.
-  const auto taken = store->take_back_dead_letter(id);
+  std::optional<DeadLetter> taken;
+  try {
+    taken = store->take_back_dead_letter(id);
+  } catch (const DeadLetterInUse& e) {
+    transport->stop(std::chrono::steady_clock::now() + std::chrono::seconds(1));
+    return fail(kFailed, e.what());  // the service is replaying it itself: the letter stays as it was
+  }
   if (!taken) {
     transport->stop(std::chrono::steady_clock::now() + std::chrono::seconds(1));
     return no_letter(id, own.store);  // removed meanwhile (a purge, or a replay by the service)
@@ -243,11 +251,30 @@ int run_replay(const DlqOptions& own, const GlobalOptions& options) {
   const bool confirmed = published.published == 1 && confirmed_before(*transport, deadline);
   transport->stop(std::chrono::steady_clock::now() + std::chrono::seconds(2));
   if (!confirmed) {
-    const std::uint64_t again = store->add_dead_letter(*taken, "");
+    // The letter is only in this process now: storing it again is retried (a busy store), and
+    // when it still fails it is printed whole, so that it is never lost without a trace.
+    std::optional<std::uint64_t> stored;
+    std::string store_error;
+    for (int attempt = 0; attempt < 5 && !stored; ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::seconds(1));
+      try {
+        stored = store->add_dead_letter(*taken, "");
+      } catch (const std::exception& e) {
+        store_error = e.what();
+      }
+    }
+    if (!stored) {
+      std::cout << json_text(letter_json(*taken, true)) << "\n";
+      return fail(kFailed, "dead letter " + std::to_string(id) + " was not confirmed by " + url +
+                               " and could not be stored again (" + store_error +
+                               "); it is printed above as JSON: keep it, and `notifications publish` its subject "
+                               "and body, or store it again, once the store is writable");
+    }
+    const std::uint64_t again = *stored;
     if (interrupted()) {
       return fail(kFailed, "interrupted before " + url + " confirmed dead letter " + std::to_string(id) +
                                "; it is a dead letter again, now id " + std::to_string(again) +
-                               " (if the message got through anyway, the handler runs it once and the letter stays)");
+                               " (if the message got through anyway, the handler may run it once, and the letter stays)");
     }
     return fail(kUnreachable, "could not publish dead letter " + std::to_string(id) + " on " + url + " (" +
                                   (published.error.empty() ? "not confirmed in time" : published.error) +

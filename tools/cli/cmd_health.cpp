@@ -19,22 +19,6 @@ struct HealthArgs {
   double timeout_seconds = 5.0;
 };
 
-std::string scheme_of(const std::string& url) {
-  const auto colon = url.find("://");
-  return colon == std::string::npos ? std::string() : url.substr(0, colon);
-}
-
-// A health check must not create the database it checks (the transport would).
-void require_existing_file(const BridgeConfig& config) {
-  if (scheme_of(config.url) != "sqlite") return;
-  const SqliteTransportOptions sqlite = sqlite_options_from_config(TransportConfig{config.url, config.transport});
-  std::error_code error;
-  if (!std::filesystem::exists(sqlite.path, error)) {
-    throw Unreachable("the SQLite file \"" + sqlite.path + "\" of " + redact_url(config.url) +
-                      " does not exist: check the path (a program creates it when it first starts its transport)");
-  }
-}
-
 std::string text_of(const nlohmann::json& value) {
   return value.is_string() ? value.get<std::string>() : value.dump();
 }
@@ -74,7 +58,8 @@ int health(const GlobalOptions& options, const HealthArgs& args) {
   const nlohmann::json health = bridge->health();
   bridge->shutdown(std::chrono::milliseconds(1000));
   if (options.json) {
-    std::cout << nlohmann::json{{"ok", ok}, {"url", redact_url(config.url)}, {"health", health}}.dump() << std::endl;
+    const nlohmann::json out{{"ok", ok}, {"url", redact_url(config.url)}, {"health", health}};
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else {
     print_human(config, health, ok);
   }

@@ -110,6 +110,7 @@ int run_replay(const OutboxOptions& own, const GlobalOptions& options) {
     return fail(kUsage, "outbox replay sends the rows to the service's transport: give --url (nats://, tls://, "
                         "sqlite://) or --config; \"" + redact_url(config.url) + "\" does not leave this process");
   }
+  require_existing_file(config);  // sqlite:// never created here: what went there would reach no one
   std::size_t initial = 0;
   try {
     initial = count_rows(path);  // also refuses a missing file, or one that is not an outbox
@@ -168,10 +169,24 @@ int run_replay(const OutboxOptions& own, const GlobalOptions& options) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   const ShutdownReport shutdown = bridge->shutdown(std::chrono::seconds(5));
+  // Rows the transport refused for good (too large, rejected) leave the file as dropped: not sent.
+  std::size_t dropped = 0;
+  std::string reasons;
+  for (const auto& [reason, count] : bridge->health()["counters"]["dropped"].items()) {
+    if (!count.is_number_unsigned() || count.get<std::size_t>() == 0) continue;
+    dropped += count.get<std::size_t>();
+    reasons += (reasons.empty() ? "" : ", ") + reason + " " + std::to_string(count.get<std::size_t>());
+  }
   bridge.reset();
   const std::size_t left = count_rows(path);
-  const std::size_t sent = initial > left ? initial - left : 0;
+  const std::size_t gone = initial > left ? initial - left : 0;
+  const std::size_t sent = gone > dropped ? gone - dropped : 0;
   report(sent, left);
+  if (dropped > 0) {
+    return fail(kFailed, std::to_string(dropped) + " event(s) of " + path + " were refused by " + url +
+                             " for good and dropped (" + reasons + "): `notifications health --json` and the "
+                             "service's logs say why; they are not in the file any more");
+  }
   if (left == 0) return kOk;
   return fail(kUnreachable, "the transport " + url + " did not confirm " + std::to_string(left) + " event(s) within " +
                                 std::to_string(own.timeout_s) + " s; they stay in " + path +

@@ -87,6 +87,10 @@ BridgeConfig command_bridge_config(BridgeConfig config, std::vector<std::string>
 // 2); one from start() becomes Unreachable naming the redacted URL.
 std::unique_ptr<Bridge> start_bridge(Notifier& notifier, const BridgeConfig& config);
 
+// Throws Unreachable (exit 3) when `config` names a sqlite:// file that does not exist: a command
+// must not create it (the transport would), and what it sends there would reach no one.
+void require_existing_file(const BridgeConfig& config);
+
 // True when the bridge's transport reports a working connection: NATS "connected"; transports
 // without a server (sqlite) once started.
 bool transport_connected(const nlohmann::json& bridge_health);
@@ -98,8 +102,9 @@ bool wait_connected(const Bridge& bridge, std::chrono::milliseconds timeout);
 
 // "14:03:27.512": the local time of day, to the millisecond.
 std::string local_time_ms(std::chrono::system_clock::time_point time);
-// `text` with the user:password@ (or token@) part of every URL in it ("scheme://...") replaced by
-// "***@": for echoing arguments, which may be a URL given in the wrong place.
+// `text` with the credentials of every URL in it ("scheme://..." up to a blank or a quote)
+// replaced by "***": the user-info up to the word's last '@', and secret query values
+// (token=, password=, ...). For echoing arguments, which may be a URL given in the wrong place.
 std::string without_credentials(std::string_view text);
 // `text` without credentials (as without_credentials) and with bytes outside printable ASCII and
 // UTF-8 (control characters) replaced by '?'.

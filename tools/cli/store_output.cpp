@@ -51,6 +51,8 @@ int guarded(const std::function<int()>& body) {
     return fail(kUsage, e.what());
   } catch (const TransportError& e) {
     return fail(kUnreachable, e.what());
+  } catch (const Unreachable& e) {
+    return fail(kUnreachable, e.what());
   } catch (const std::exception& e) {
     return fail(kFailed, e.what());
   }

@@ -2,6 +2,7 @@
 // formatting (docs/cli.md).
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -11,6 +12,8 @@
 #include "notifications/logging.hpp"
 #include "notifications/subject.hpp"
 #include "notifications/transport.hpp"
+#include "notifications/transports/sqlite.hpp"
+#include "transport/redaction.hpp"  // the library's own redaction of URLs in free text
 
 namespace notifications::cli {
 
@@ -77,6 +80,16 @@ std::unique_ptr<Bridge> start_bridge(Notifier& notifier, const BridgeConfig& con
   return bridge;
 }
 
+void require_existing_file(const BridgeConfig& config) {
+  if (config.url.rfind("sqlite://", 0) != 0) return;
+  const SqliteTransportOptions sqlite = sqlite_options_from_config(TransportConfig{config.url, config.transport});
+  std::error_code error;
+  if (!std::filesystem::exists(sqlite.path, error)) {
+    throw Unreachable("the SQLite file \"" + sqlite.path + "\" of " + redact_url(config.url) +
+                      " does not exist: check the path (a program creates it when it first starts its transport)");
+  }
+}
+
 bool transport_connected(const nlohmann::json& bridge_health) {
   const nlohmann::json& transport = bridge_health.value("transport", nlohmann::json::object());
   if (transport.value("state", "") != "started") return false;
@@ -106,27 +119,7 @@ std::string local_time_ms(std::chrono::system_clock::time_point time) {
   return std::string(text, n) + fraction;
 }
 
-std::string without_credentials(std::string_view text) {
-  std::string out;
-  std::size_t from = 0;
-  for (std::size_t scheme_end = text.find("://"); scheme_end != std::string_view::npos;
-       scheme_end = text.find("://", from)) {
-    const std::size_t authority = scheme_end + 3;
-    std::size_t end = authority;
-    while (end < text.size() && std::string_view("/?# \t\n\"'").find(text[end]) == std::string_view::npos) ++end;
-    const std::size_t at = text.substr(authority, end - authority).rfind('@');
-    out.append(text.substr(from, authority - from));
-    if (at != std::string_view::npos) {
-      out += "***";
-      out.append(text.substr(authority + at, end - authority - at));
-    } else {
-      out.append(text.substr(authority, end - authority));
-    }
-    from = end;
-  }
-  out.append(text.substr(from));
-  return out;
-}
+std::string without_credentials(std::string_view text) { return redaction::redact_text(text); }
 
 std::string printable(std::string_view raw) {
   const std::string text = without_credentials(raw);
