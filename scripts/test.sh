@@ -98,16 +98,26 @@ fuzz_check() {
   fi
 }
 
+# Line tables only (-g1, -gline-tables-only): failures, sanitizer reports and backtraces keep
+# their file:line, and each build is about a sixth faster than with full debug information
+# (tests/remote/test_bridge.cpp: GCC -O2 15.5 s with -g, 13.0 s with -g1; clang TSan 12.2 s and
+# 10.0 s). Configure a folder of your own for a debugger's full view.
+release_flags="-O2 -g1 -DNDEBUG"
+asan_flags="-O0 -gline-tables-only"
+tsan_flags="-O2 -gline-tables-only -DNDEBUG"
+
 mkdir -p build
 stage_times=()
 for stage in "${stages[@]}"; do
   stage_start=$(date +%s)
   case "$stage" in
-    release) configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
+    release) configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=$release_flags" ;;
     package) package_check ;;
-    asan) configure_and_test asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug -DNOTIFICATIONS_SANITIZE=address \
+    asan) configure_and_test asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=$asan_flags" \
+            -DNOTIFICATIONS_SANITIZE=address \
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
     tsan) configure_and_test tsan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+            "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=$tsan_flags" \
             -DNOTIFICATIONS_SANITIZE=thread -DNOTIFICATIONS_THREAD_SAFETY_ANALYSIS=ON \
             -DNOTIFICATIONS_TESTS_SHORT=ON -DNOTIFICATIONS_BUILD_SAMPLES=OFF -DNOTIFICATIONS_INSTALL=OFF ;;
     fuzz) fuzz_check ;;

@@ -49,7 +49,9 @@ void expect_clean_end(const Path& path, const ChildResult& r, const std::string&
   for (const char* sanitizer : {"AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:"}) {
     EXPECT_EQ(r.output.find(sanitizer), std::string::npos) << r.describe();
   }
-  if (path.warns) EXPECT_NE(r.output.find("shutdown() was not called"), std::string::npos) << r.describe();
+  if (path.warns) {
+    EXPECT_NE(r.output.find("shutdown() was not called"), std::string::npos) << r.describe();
+  }
   // Everything accepted was sent and confirmed: the report of a clean shutdown.
   EXPECT_NE(r.output.find("notifications bridge: shut down: accepted"), std::string::npos) << r.describe();
   EXPECT_NE(r.output.find("undelivered 0"), std::string::npos) << r.describe();
