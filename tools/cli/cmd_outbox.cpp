@@ -172,7 +172,8 @@ int run_replay(const OutboxOptions& own, const GlobalOptions& options) {
   // Rows the transport refused for good (too large, rejected) leave the file as dropped: not sent.
   std::size_t dropped = 0;
   std::string reasons;
-  for (const auto& [reason, count] : bridge->health()["counters"]["dropped"].items()) {
+  const nlohmann::json health = bridge->health();  // named: a loop over a temporary's member dangles
+  for (const auto& [reason, count] : health["counters"]["dropped"].items()) {
     if (!count.is_number_unsigned() || count.get<std::size_t>() == 0) continue;
     dropped += count.get<std::size_t>();
     reasons += (reasons.empty() ? "" : ", ") + reason + " " + std::to_string(count.get<std::size_t>());
