@@ -130,6 +130,7 @@ struct DeadLetter {
 // Thrown by DurableStore::take_back_dead_letter while the letter's event is being run again by a
 // replay (Bridge::replay_dead_letter: its inbox row is claimed by `owner`): nothing was changed;
 // take it back once that replay finished. The message names the letter, handler, event and owner.
+// Thread-safety: immutable.
 class DeadLetterInUse : public DurableError {
  public:
   DeadLetterInUse(const DeadLetter& letter, const std::string& owner);
