@@ -35,6 +35,10 @@ struct Envelope {
   std::uint64_t sequence = 0;
   std::optional<std::string> exception_type;      // set when the block threw
   std::optional<std::string> exception_message;
+  // The producer's context and tags (notifications/context.hpp): objects, or null when absent.
+  // Encoded only when a non-empty object; a received member that is not an object is refused.
+  nlohmann::json context;
+  nlohmann::json tags;
 };
 
 // Encodes as one compact JSON object.

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +21,7 @@ namespace notifications {
 namespace detail {
 struct EventAccess;
 class ActiveEvent;
+struct EventContext;
 }
 
 // What an instrumented block threw. The exception itself still propagates to the caller of
@@ -42,7 +44,8 @@ class Event {
   using wall_clock = std::chrono::system_clock;
   using mono_clock = std::chrono::steady_clock;
 
-  // A self-contained event with the current time as start and end (mostly for tests).
+  // A self-contained event with the current time as start and end, and the calling thread's
+  // context and tags (mostly for tests).
   Event(std::string name, nlohmann::json payload);
 
   Event(const Event& other);
@@ -89,6 +92,11 @@ class Event {
   bool remote() const noexcept { return origin_.has_value(); }
   const std::optional<EventOrigin>& origin() const noexcept { return origin_; }
 
+  // The context and tags of the instrumenting thread when the event started
+  // (notifications/context.hpp), or those it arrived with: objects, empty when there were none.
+  const nlohmann::json& context() const noexcept;
+  const nlohmann::json& tags() const noexcept;
+
   // W3C traceparent carried by the event: the one it arrived with, else a string payload member
   // "traceparent", else empty.
   std::string traceparent() const;
@@ -115,6 +123,7 @@ class Event {
   std::optional<ExceptionInfo> exception_;
   std::optional<EventOrigin> origin_;
   std::string traceparent_;
+  std::shared_ptr<const detail::EventContext> context_;  // null: neither context nor tags
 };
 
 }  // namespace notifications

@@ -228,7 +228,9 @@ class Notifier {
 
   // Delivers an event built elsewhere (the Bridge uses it for events received from other
   // processes) to this notifier's listeners, keeping its times, id and origin. Start/finish
-  // listeners get start() and finish() back to back. Throws InvalidName for an empty name.
+  // listeners get start() and finish() back to back. While they run, the calling thread's
+  // context and tags are the event's (notifications/context.hpp), so events they instrument carry
+  // them on. Throws InvalidName for an empty name.
   void publish(Event event);
 
   // True when at least one current subscriber would receive an event of this name.

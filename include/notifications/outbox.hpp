@@ -88,12 +88,19 @@ class OutboxEvent {
 
   // The views must not point into this event's own text. Throws std::length_error past 4 GiB in
   // one text, std::bad_alloc when out of memory.
-  void set_text(std::string_view name, std::string_view payload, std::string_view traceparent);
+  // `attributes`: the event's context and tags as one compact JSON object
+  // {"context":{...},"tags":{...}} (either member absent when empty), or empty for neither.
+  void set_text(std::string_view name, std::string_view payload, std::string_view traceparent,
+                std::string_view attributes = {});
 
   std::string_view name() const noexcept { return {text(), name_size_}; }
   std::string_view payload() const noexcept { return {text() + name_size_, payload_size_}; }  // compact JSON
   // Well-formed, or empty (malformed ones do not travel).
   std::string_view traceparent() const noexcept { return {text() + name_size_ + payload_size_, traceparent_size_}; }
+  // The context and tags as set_text() took them: a compact JSON object, or empty.
+  std::string_view attributes() const noexcept {
+    return {text() + name_size_ + payload_size_ + traceparent_size_, attributes_size_};
+  }
   // What this event holds in memory: the object, its heap text and its exception.
   std::size_t queued_bytes() const noexcept {
     std::size_t bytes = sizeof(OutboxEvent) + (heap_ ? text_size() : 0);
@@ -117,13 +124,16 @@ class OutboxEvent {
 
  private:
   const char* text() const noexcept { return heap_ ? heap_.get() : inline_; }
-  std::size_t text_size() const noexcept { return std::size_t{name_size_} + payload_size_ + traceparent_size_; }
+  std::size_t text_size() const noexcept {
+    return std::size_t{name_size_} + payload_size_ + traceparent_size_ + attributes_size_;
+  }
   void take(OutboxEvent& other) noexcept;
 
   std::unique_ptr<char[]> heap_;  // null: the text is in inline_
   std::uint32_t name_size_ = 0;
   std::uint32_t payload_size_ = 0;
   std::uint32_t traceparent_size_ = 0;
+  std::uint32_t attributes_size_ = 0;
   char inline_[kInlineBytes];
 };
 

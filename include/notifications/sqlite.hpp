@@ -55,6 +55,8 @@ struct OutboxRow {
   std::chrono::system_clock::time_point time{};  // when the event was instrumented
   std::chrono::microseconds duration{0};
   std::optional<std::pair<std::string, std::string>> exception;  // (type, message) of a failed block
+  // The event's context and tags, {"context":{...},"tags":{...}} (compact JSON), empty for none.
+  std::string attributes;
 };
 
 // Up to `limit` rows with ids above `after_id`, in id order (page with the last id returned).

@@ -7,6 +7,8 @@
 //   EXPECT_TRUE(notified_times(notifier, "order.*", 3, [&] { ... }));
 //   EXPECT_TRUE(not_notified(notifier, "order.failed", [&] { ... }));
 //   auto events = capture(notifier, "order.>", [&] { ... });
+//   EXPECT_TRUE(notified_matching(notifier, "order.placed",
+//                                 {.payload = {{"id", 42}}, .tags = {{"checkout", true}}}, [&] { ... }));
 //   EXPECT_TRUE(notified("order.placed", [&] { ... }));   // every helper: the default notifier
 //
 // Link the target notifications::testing (it brings GoogleTest). Every helper subscribes only for
@@ -25,6 +27,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "notifications/context.hpp"
 #include "notifications/notifications.hpp"
 
 namespace notifications::testing {
@@ -32,6 +35,15 @@ namespace notifications::testing {
 // True when every member of `subset` is in `value` with an equal value (recursively for
 // objects; arrays and scalars compare equal as a whole). A null subset matches anything.
 bool json_contains(const nlohmann::json& value, const nlohmann::json& subset);
+
+// What an event must contain, each part as json_contains() compares it (null: anything), as
+// Rails' assert_event_reported(name, payload:, tags:) does: a partial match.
+struct EventMatch {
+  nlohmann::json payload = nullptr;
+  nlohmann::json tags = nullptr;     // against Event::tags()
+  nlohmann::json context = nullptr;  // against Event::context()
+};
+bool event_matches(const Event& event, const EventMatch& match);
 
 // Copies of every event matching `pattern` that was instrumented while `block` ran.
 template <class Block>
@@ -57,6 +69,22 @@ std::vector<Event> capture(Pattern pattern, Block&& block) {
 // instrumented while `block` ran; the failure message lists what was instrumented instead.
 ::testing::AssertionResult describe_match(const std::vector<Event>& events, const Pattern& pattern,
                                           const nlohmann::json& payload_subset);
+// The same with tags and context too.
+::testing::AssertionResult describe_match(const std::vector<Event>& events, const Pattern& pattern,
+                                          const EventMatch& match);
+
+// Success when at least one event matching `pattern` and `match` was instrumented while `block`
+// ran; the failure message lists what was instrumented instead, with tags and context.
+template <class Block>
+::testing::AssertionResult notified_matching(Notifier& notifier, Pattern pattern, const EventMatch& match,
+                                             Block&& block) {
+  const auto events = capture(notifier, Pattern::all(), std::forward<Block>(block));
+  return describe_match(events, pattern, match);
+}
+template <class Block>
+::testing::AssertionResult notified_matching(Pattern pattern, const EventMatch& match, Block&& block) {
+  return notified_matching(default_notifier(), std::move(pattern), match, std::forward<Block>(block));
+}
 
 template <class Block>
 ::testing::AssertionResult notified(Notifier& notifier, Pattern pattern,

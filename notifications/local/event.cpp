@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "local/event_context.hpp"
 #include "process/ids.hpp"
 
 namespace notifications {
@@ -14,6 +15,7 @@ Event::Event(std::string name, nlohmann::json payload)
   start_ = end_ = mono_clock::now();
   sequence_ = detail::next_event_sequence();
   transaction_ = detail::thread_transaction();
+  context_ = detail::current_event_context();
 }
 
 void Event::own_from(const Event& other) {
@@ -27,6 +29,7 @@ void Event::own_from(const Event& other) {
   exception_ = other.exception_;
   origin_ = other.origin_;
   traceparent_ = other.traceparent_;
+  context_ = other.context_;
 }
 
 Event::Event(const Event& other)
@@ -67,6 +70,7 @@ Event& Event::operator=(Event&& other) noexcept {
     exception_ = std::move(other.exception_);
     origin_ = std::move(other.origin_);
     traceparent_ = std::move(other.traceparent_);
+    context_ = std::move(other.context_);
   }
   return *this;
 }
@@ -75,6 +79,10 @@ std::string Event::id() const {
   if (!explicit_id_.empty()) return explicit_id_;
   return detail::format_event_id(sequence_);
 }
+
+const nlohmann::json& Event::context() const noexcept { return detail::context_of(context_); }
+
+const nlohmann::json& Event::tags() const noexcept { return detail::tags_of(context_); }
 
 std::string Event::transaction_id() const { return detail::format_transaction_id(transaction_); }
 

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "notifications/event.hpp"
+#include "local/event_context.hpp"
 #include "process/ids.hpp"
 
 namespace notifications::detail {
@@ -40,7 +41,12 @@ struct EventAccess {
     event.start_ = event.end_ = Event::mono_clock::now();
     event.time_ = wall_time_at(event.start_);
     draw_event_ids(event.sequence_, event.transaction_);
+    event.context_ = current_event_context();
   }
+  static void set_context(Event& event, std::shared_ptr<const EventContext> captured) {
+    event.context_ = std::move(captured);
+  }
+  static const std::shared_ptr<const EventContext>& captured_context(const Event& event) { return event.context_; }
   static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
   static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }
   static void set_exception(Event& event, ExceptionInfo info) { event.exception_ = std::move(info); }

@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "notifications/errors.hpp"
+#include "local/event_access.hpp"
+#include "local/event_context.hpp"
 #include "local/registry.hpp"
 #include "local/thread_cache.hpp"
 
@@ -255,6 +257,8 @@ void Notifier::unsubscribe(std::string_view name) {
 void Notifier::publish(Event event) {
   const detail::ListenerSet* set = detail::find_listeners(*core_, event.name());
   if (set == nullptr) return;
+  // Listeners instrument with the published event's context and tags (a remote event's too).
+  const detail::AdoptedEventContext adopted(detail::EventAccess::captured_context(event));
   detail::ActiveEvent active(*core_, *set, std::move(event));
   active.finish(/*instant=*/true);
 }

@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "notifications/envelope.hpp"
+#include "local/event_access.hpp"
+#include "local/event_context.hpp"
 #include "process/describe.hpp"
 #include "process/log.hpp"
 #include "process/process.hpp"
@@ -284,6 +286,8 @@ void DurableConsumer::run_handler(Call& call) {
     } reset;
     if (observer_) started = Clock::now();
     try {
+      // Events the handler instruments carry the received event's context and tags.
+      const detail::AdoptedEventContext adopted(detail::EventAccess::captured_context(*call.event));
       handler_(*call.event, context);
     } catch (...) {
       if (observer_) took = Clock::now() - started;

@@ -277,6 +277,15 @@ class Decoder {
     return true;
   }
 
+  // An optional member that must be an object when present.
+  bool object(const char* field, nlohmann::json& out) {
+    json* value = find(object_, field);
+    if (value == nullptr) return true;
+    if (!value->is_object()) return fail(field, "expected an object, got " + describe(*value));
+    out = std::move(*value);
+    return true;
+  }
+
   bool exception(std::optional<std::string>& type, std::optional<std::string>& message) {
     json* value = find(object_, "exception");
     if (value == nullptr) return true;
@@ -331,6 +340,7 @@ void decode_into(std::string_view body, DecodeResult& result) {
                       envelope.producer_instance) ||
       !decoder.traceparent(envelope.traceparent) || !decoder.sequence(envelope.sequence) ||
       !decoder.exception(envelope.exception_type, envelope.exception_message) ||
+      !decoder.object("context", envelope.context) || !decoder.object("tags", envelope.tags) ||
       !decoder.required("payload", payload)) {
     return;
   }
@@ -371,7 +381,13 @@ struct EnvelopeFields {
   std::uint64_t sequence;
   const std::string* exception_type;     // null: absent
   const std::string* exception_message;  // null: absent
+  const nlohmann::json* context = nullptr;  // null or not a non-empty object: absent
+  const nlohmann::json* tags = nullptr;
+  // Or both, serialised: {"context":{...},"tags":{...}} (OutboxEvent::attributes()); empty: absent.
+  std::string_view attributes_json = {};
 };
+
+bool present(const nlohmann::json* value) { return value != nullptr && value->is_object() && !value->empty(); }
 
 // Appends the envelope object to `out`.
 void encode_fields(const EnvelopeFields& f, std::string& out) {
@@ -406,6 +422,18 @@ void encode_fields(const EnvelopeFields& f, std::string& out) {
     append_json_string(out, f.exception_message != nullptr ? *f.exception_message : kEmpty);
     out += '}';
   }
+  if (present(f.context)) {
+    out += ",\"context\":";
+    append_json(out, *f.context);
+  }
+  if (present(f.tags)) {
+    out += ",\"tags\":";
+    append_json(out, *f.tags);
+  }
+  if (f.attributes_json.size() > 2) {  // the members of the object, spliced in
+    out += ',';
+    out.append(f.attributes_json.substr(1, f.attributes_json.size() - 2));
+  }
   out += ",\"payload\":";
   if (f.payload != nullptr) {
     append_json(out, *f.payload);
@@ -437,7 +465,7 @@ std::string encode_envelope(const Envelope& envelope) {
       envelope.id, envelope.name, &envelope.payload, {}, envelope.time, envelope.duration, envelope.producer,
       envelope.producer_instance, envelope.schema_version, envelope.traceparent, envelope.sequence,
       envelope.exception_type ? &*envelope.exception_type : nullptr,
-      envelope.exception_message ? &*envelope.exception_message : nullptr});
+      envelope.exception_message ? &*envelope.exception_message : nullptr, &envelope.context, &envelope.tags});
 }
 
 namespace detail {
@@ -541,6 +569,8 @@ Envelope envelope_from_event(const Event& event, std::string_view producer,
     envelope.exception_type = exception->type;
     envelope.exception_message = exception->message;
   }
+  if (!event.context().empty()) envelope.context = event.context();
+  if (!event.tags().empty()) envelope.tags = event.tags();
   return envelope;
 }
 
@@ -562,6 +592,7 @@ Event event_from_envelope(Envelope envelope, std::string_view transport_kind) {
         event, ExceptionInfo{envelope.exception_type.value_or(""),
                              envelope.exception_message.value_or(""), nullptr});
   }
+  detail::EventAccess::set_context(event, detail::make_event_context(std::move(envelope.context), std::move(envelope.tags)));
   return event;
 }
 
@@ -585,20 +616,21 @@ Message message_from_event(const Event& event, std::string_view producer, std::s
       id, event.name(), &event.payload(), {}, event.time(),
       std::chrono::duration_cast<std::chrono::microseconds>(event.duration()), producer, producer_instance,
       Envelope::kSchemaVersion, traceparent, sequence, exception ? &exception->type : nullptr,
-      exception ? &exception->message : nullptr});
+      exception ? &exception->message : nullptr, &event.context(), &event.tags()});
   add_headers(message, std::move(id), traceparent);
   return message;
 }
 
-void OutboxEvent::set_text(std::string_view name, std::string_view payload, std::string_view traceparent) {
+void OutboxEvent::set_text(std::string_view name, std::string_view payload, std::string_view traceparent,
+                           std::string_view attributes) {
   constexpr std::size_t kMax = std::numeric_limits<std::uint32_t>::max();
-  if (name.size() > kMax || payload.size() > kMax || traceparent.size() > kMax) {
+  if (name.size() > kMax || payload.size() > kMax || traceparent.size() > kMax || attributes.size() > kMax) {
     throw std::length_error("event text over 4 GiB");
   }
-  const std::size_t total = name.size() + payload.size() + traceparent.size();
+  const std::size_t total = name.size() + payload.size() + traceparent.size() + attributes.size();
   std::unique_ptr<char[]> heap = total > kInlineBytes ? std::make_unique_for_overwrite<char[]>(total) : nullptr;
   char* out = heap ? heap.get() : inline_;
-  for (const std::string_view part : {name, payload, traceparent}) {
+  for (const std::string_view part : {name, payload, traceparent, attributes}) {
     if (!part.empty()) std::memcpy(out, part.data(), part.size());
     out += part.size();
   }
@@ -606,6 +638,7 @@ void OutboxEvent::set_text(std::string_view name, std::string_view payload, std:
   name_size_ = static_cast<std::uint32_t>(name.size());
   payload_size_ = static_cast<std::uint32_t>(payload.size());
   traceparent_size_ = static_cast<std::uint32_t>(traceparent.size());
+  attributes_size_ = static_cast<std::uint32_t>(attributes.size());
 }
 
 std::uint64_t OutboxEvent::this_process_id_salt() noexcept { return detail::event_id_salt(); }
@@ -615,6 +648,7 @@ void OutboxEvent::take(OutboxEvent& other) noexcept {
   name_size_ = std::exchange(other.name_size_, 0);
   payload_size_ = std::exchange(other.payload_size_, 0);
   traceparent_size_ = std::exchange(other.traceparent_size_, 0);
+  attributes_size_ = std::exchange(other.attributes_size_, 0);
   if (!heap_ && text_size() > 0) std::memcpy(inline_, other.inline_, text_size());
   id_sequence = other.id_sequence;
   id_salt = other.id_salt;
@@ -650,7 +684,26 @@ OutgoingEvent outgoing_from_event(const Event& event) {
   append_json(payload, event.payload());
   OutgoingEvent out;
   const std::string traceparent = event.traceparent();
-  out.set_text(event.name(), payload, is_traceparent(traceparent) ? std::string_view(traceparent) : std::string_view());
+  // The context and tags after the payload in the same buffer: {"context":...,"tags":...}.
+  const std::size_t payload_size = payload.size();
+  const json& context = event.context();
+  const json& tags = event.tags();
+  if (!context.empty() || !tags.empty()) {
+    payload += '{';
+    if (!context.empty()) {
+      payload += "\"context\":";
+      append_json(payload, context);
+    }
+    if (!tags.empty()) {
+      if (!context.empty()) payload += ',';
+      payload += "\"tags\":";
+      append_json(payload, tags);
+    }
+    payload += '}';
+  }
+  const std::string_view text(payload);
+  out.set_text(event.name(), text.substr(0, payload_size),
+               is_traceparent(traceparent) ? std::string_view(traceparent) : std::string_view(), text.substr(payload_size));
   if (payload.capacity() > kKeptPayloadBytes) std::string().swap(payload);  // after a rare large payload
   out.id_sequence = EventAccess::id_sequence(event);
   out.time = event.time();
@@ -678,7 +731,8 @@ void encode_outgoing(const OutgoingEvent& event, std::string_view producer, std:
   encode_fields(EnvelopeFields{id, event.name(), nullptr, event.payload(), event.time, event.duration, producer,
                                producer_instance, Envelope::kSchemaVersion, event.traceparent(), sequence,
                                event.exception ? &event.exception->first : nullptr,
-                               event.exception ? &event.exception->second : nullptr},
+                               event.exception ? &event.exception->second : nullptr, nullptr, nullptr,
+                               event.attributes()},
                 message.body);
 }
 

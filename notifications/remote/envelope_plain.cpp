@@ -285,6 +285,8 @@ enum Field : unsigned {
   kSequence = 1u << 8,
   kException = 1u << 9,
   kPayload = 1u << 10,
+  kContext = 1u << 11,
+  kTags = 1u << 12,
 };
 constexpr unsigned kRequired =
     kSchemaVersion | kId | kName | kTime | kDuration | kProducer | kProducerInstance | kPayload;
@@ -302,6 +304,8 @@ Field field_of(std::string_view key) {
       {"sequence", kSequence},
       {"exception", kException},
       {"payload", kPayload},
+      {"context", kContext},
+      {"tags", kTags},
   };
   for (const auto& [name, field] : kFields) {
     if (name == key) return field;
@@ -376,6 +380,10 @@ bool member(Scanner& in, Field field, Envelope& out) {
       return exception(in, out);
     case kPayload:
       return in.payload(out.payload);
+    case kContext:
+      return in.payload(out.context) && out.context.is_object();
+    case kTags:
+      return in.payload(out.tags) && out.tags.is_object();
   }
   return false;
 }

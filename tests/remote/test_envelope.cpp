@@ -2,9 +2,11 @@
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <string>
 
+#include "notifications/context.hpp"
 #include "notifications/envelope.hpp"
 #include "remote/envelope_plain.hpp"
 #include "tests/same_json.hpp"
@@ -45,6 +47,8 @@ Envelope full_envelope() {
   e.traceparent = kTrace;
   e.exception_type = "std::runtime_error";
   e.exception_message = "out of stock";
+  e.context = {{"request_id", "r-1"}, {"tenant", {{"id", 3}}}};
+  e.tags = {{"checkout", true}, {"section", "admin"}};
   return e;
 }
 
@@ -71,6 +75,8 @@ void expect_same(const Envelope& a, const Envelope& b) {
   EXPECT_EQ(a.traceparent, b.traceparent);
   EXPECT_EQ(a.exception_type, b.exception_type);
   EXPECT_EQ(a.exception_message, b.exception_message);
+  EXPECT_EQ(a.context, b.context);
+  EXPECT_EQ(a.tags, b.tags);
 }
 
 // A valid envelope body as JSON, for tests that change one field.
@@ -795,6 +801,86 @@ TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {
     EXPECT_EQ(reused.body, expected.body);
     EXPECT_EQ(reused.headers, expected.headers);
     EXPECT_TRUE(plain_agrees(reused.body)) << reused.body;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(EnvelopeContext, ContextAndTagsAreWrittenOnlyWhenNonEmptyObjects) {
+  Envelope e = minimal_envelope();
+  e.context = json::object();
+  e.tags = nullptr;
+  const std::string bare = encode_envelope(e);
+  EXPECT_EQ(bare.find("\"context\""), std::string::npos) << bare;
+  EXPECT_EQ(bare.find("\"tags\""), std::string::npos) << bare;
+  e.context = {{"request_id", "r-1"}};
+  e.tags = {{"checkout", true}};
+  const std::string body = encode_envelope(e);
+  EXPECT_NE(body.find(R"("context":{"request_id":"r-1"},"tags":{"checkout":true},"payload":)"), std::string::npos)
+      << body;
+  const auto decoded = decode_envelope(body);
+  ASSERT_TRUE(decoded) << decoded.error;
+  EXPECT_EQ(decoded.envelope->context, e.context);
+  EXPECT_EQ(decoded.envelope->tags, e.tags);
+  EXPECT_TRUE(plain_agrees(body)) << "the fast decoder declined context and tags: " << body;
+}
+
+TEST(EnvelopeContext, AnEnvelopeWithoutThemDecodesAsBefore) {
+  const auto decoded = decode_envelope(encode_envelope(minimal_envelope()));
+  ASSERT_TRUE(decoded) << decoded.error;
+  EXPECT_TRUE(decoded.envelope->context.is_null());
+  EXPECT_TRUE(decoded.envelope->tags.is_null());
+}
+
+TEST(EnvelopeContext, ContextOrTagsThatAreNotObjectsAreRefusedNamingTheField) {
+  EXPECT_EQ(error_with("context", "r-1"), "field \"context\": expected an object, got \"r-1\"");
+  EXPECT_EQ(error_with("context", nullptr), "field \"context\": expected an object, got null");
+  EXPECT_EQ(error_with("tags", json::array({"checkout"})), "field \"tags\": expected an object, got array [\"checkout\"]");
+}
+
+TEST(EnvelopeContext, ARemoteEventCarriesThemAndAnEventSendsWhatItCaptured) {
+  Envelope e = full_envelope();
+  const Event remote = notifications::event_from_envelope(e, "memory");
+  EXPECT_EQ(remote.context(), e.context);
+  EXPECT_EQ(remote.tags(), e.tags);
+  const Envelope bare = minimal_envelope();
+  EXPECT_EQ(notifications::event_from_envelope(bare, "memory").context(), json::object());
+
+  notifications::ContextScope scope({{"request_id", "r-7"}});
+  notifications::TagScope tags("checkout");
+  const Event local("order.placed", {{"id", 1}});
+  const Envelope sent = notifications::envelope_from_event(local, "shop", "i-1");
+  EXPECT_EQ(sent.context, json({{"request_id", "r-7"}}));
+  EXPECT_EQ(sent.tags, json({{"checkout", true}}));
+  EXPECT_EQ(sent.payload, json({{"id", 1}})) << "the payload must stay untouched";
+}
+
+TEST(EnvelopeContext, TheOutboxEncodingWritesTheBytesOfMessageFromEvent) {
+  notifications::Message reused;
+  for (const bool with_tags : {false, true}) {
+    for (const bool with_context : {false, true}) {
+      std::optional<notifications::ContextScope> scope;
+      std::optional<notifications::TagScope> tags;
+      if (with_context) scope.emplace(json{{"request_id", "r-1"}, {"note", "caf\xc3\xa9 \"q\""}});
+      if (with_tags) tags.emplace(json::array({"checkout", json{{"level", 2}}}));
+      // Small (inline text) and large (heap text) events.
+      for (const std::size_t size : {std::size_t{1}, 3 * notifications::detail::OutgoingEvent::kInlineBytes}) {
+        const Event event("order.placed", {{"rows", std::string(size, 'r')}});
+        notifications::detail::OutgoingEvent outgoing = notifications::detail::outgoing_from_event(event);
+        notifications::detail::OutgoingEvent moved(std::move(outgoing));
+        EXPECT_EQ(moved.attributes().empty(), !with_context && !with_tags);
+        notifications::detail::encode_outgoing(moved, "shop", "instance-1", 3, "app.order", reused);
+        const auto expected = notifications::message_from_event(event, "shop", "instance-1", 3, "app.order");
+        EXPECT_EQ(reused.body, expected.body);
+        const auto decoded = decode_envelope(reused.body);
+        ASSERT_TRUE(decoded) << decoded.error;
+        EXPECT_EQ(decoded.envelope->context.is_object(), with_context) << reused.body;
+        EXPECT_EQ(decoded.envelope->tags.is_object(), with_tags) << reused.body;
+        EXPECT_EQ(decoded.envelope->payload, event.payload());
+      }
+    }
   }
 }
 

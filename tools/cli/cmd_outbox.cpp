@@ -66,6 +66,13 @@ nlohmann::json row_json(const OutboxRow& row) {
   out["payload"] = nlohmann::json::parse(row.payload, nullptr, false);
   if (out["payload"].is_discarded()) out["payload"] = row.payload;
   if (!row.traceparent.empty()) out["traceparent"] = row.traceparent;
+  if (!row.attributes.empty()) {
+    const nlohmann::json attributes = nlohmann::json::parse(row.attributes, nullptr, false);
+    if (attributes.is_object()) {
+      if (attributes.contains("context")) out["context"] = attributes["context"];
+      if (attributes.contains("tags")) out["tags"] = attributes["tags"];
+    }
+  }
   if (row.exception) out["exception"] = {{"type", row.exception->first}, {"message", row.exception->second}};
   return out;
 }

@@ -39,7 +39,8 @@ using detail::MutexLock;
 using detail::UniqueMutexLock;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kSchemaVersion = 1;
+// 1: the first; 2: adds the column attributes (the events' context and tags, NULL for none).
+constexpr int kSchemaVersion = 2;
 
 constexpr const char* kSchema =
     "CREATE TABLE IF NOT EXISTS notifications_outbox("
@@ -47,7 +48,7 @@ constexpr const char* kSchema =
     " name TEXT NOT NULL, payload TEXT NOT NULL, traceparent TEXT NOT NULL,"
     " time_us INTEGER NOT NULL, duration_us INTEGER NOT NULL,"
     " exception_type TEXT, exception_message TEXT,"
-    " id_salt INTEGER NOT NULL, id_sequence INTEGER NOT NULL)";
+    " id_salt INTEGER NOT NULL, id_sequence INTEGER NOT NULL, attributes TEXT)";
 
 // An event with the row that stores it (0: in memory only).
 struct Row {
@@ -90,6 +91,15 @@ class ProcessLock {
   bool abandoned_ = false;
 };
 
+bool has_attributes_column(sqlite::Database& db) {
+  sqlite::Statement s(db, "SELECT count(*) FROM pragma_table_info('notifications_outbox') WHERE name = 'attributes'",
+                      "look for the attributes column");
+  s.step();
+  const bool found = s.int64(0) > 0;
+  s.reset();
+  return found;
+}
+
 // The file and its statements; used under SqliteOutbox::store_mutex_ only.
 struct Store {
   Store(const std::string& path, const OutboxConfig& config)
@@ -110,15 +120,19 @@ struct Store {
                                 std::to_string(kSchemaVersion) + "): a newer program wrote it");
     }
     db.exec(kSchema, "create the outbox table");
+    if (!has_attributes_column(db)) {  // a file of schema version 1: its rows carry none
+      db.exec("ALTER TABLE notifications_outbox ADD COLUMN attributes TEXT", "add the attributes column");
+    }
     db.exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str(), "write the schema version");
     insert.emplace(db,
                    "INSERT INTO notifications_outbox(name, payload, traceparent, time_us, duration_us,"
-                   " exception_type, exception_message, id_salt, id_sequence) VALUES(?,?,?,?,?,?,?,?,?)",
+                   " exception_type, exception_message, id_salt, id_sequence, attributes) VALUES(?,?,?,?,?,?,?,?,?,?)",
                    "insert an event");
     remove.emplace(db, "DELETE FROM notifications_outbox WHERE id <= ?", "delete settled events");
     load.emplace(db,
                  "SELECT id, name, payload, traceparent, time_us, duration_us, exception_type,"
-                 " exception_message, id_salt, id_sequence FROM notifications_outbox WHERE id >= ? AND id <= ?"
+                 " exception_message, id_salt, id_sequence, attributes FROM notifications_outbox"
+                 " WHERE id >= ? AND id <= ?"
                  " ORDER BY id LIMIT ?",
                  "read stored events");
   }
@@ -160,6 +174,11 @@ struct Store {
       if (event.id_salt == 0) event.id_salt = OutboxEvent::this_process_id_salt();
       s.bind(8, static_cast<std::int64_t>(event.id_salt));
       s.bind(9, static_cast<std::int64_t>(event.id_sequence));
+      if (event.attributes().empty()) {
+        s.bind_null(10);
+      } else {
+        s.bind(10, event.attributes());
+      }
       try {
         s.step();
       } catch (...) {
@@ -191,7 +210,7 @@ struct Store {
       while (s.step()) {
         Row row;
         row.id = s.int64(0);
-        row.event.set_text(s.text(1), s.text(2), s.text(3));
+        row.event.set_text(s.text(1), s.text(2), s.text(3), s.is_null(10) ? std::string_view() : s.text(10));
         row.event.time = std::chrono::system_clock::time_point(std::chrono::microseconds(s.int64(4)));
         row.event.duration = std::chrono::microseconds(s.int64(5));
         if (!s.is_null(6)) {

@@ -27,9 +27,12 @@ namespace {
 using sqlite::Database;
 using sqlite::Statement;
 
-constexpr const char* kColumns =
-    "SELECT id, name, payload, traceparent, time_us, duration_us, exception_type, exception_message, id_salt,"
-    " id_sequence FROM notifications_outbox";
+// A file of schema version 1 (before its first open by this version) has no attributes column.
+std::string select_rows(bool has_attributes) {
+  return std::string("SELECT id, name, payload, traceparent, time_us, duration_us, exception_type, exception_message,"
+                     " id_salt, id_sequence, ") +
+         (has_attributes ? "attributes" : "NULL") + " FROM notifications_outbox";
+}
 
 // Opens an existing outbox file (never creating one) and checks it holds the outbox table.
 // Throws OutboxError naming the file.
@@ -44,6 +47,13 @@ class OutboxFile {
     check.step();
     const bool found = check.int64(0) > 0;
     check.reset();
+    if (found) {
+      Statement column(db_, "SELECT count(*) FROM pragma_table_info('notifications_outbox') WHERE name = 'attributes'",
+                       "look for the attributes column");
+      column.step();
+      select_ = select_rows(column.int64(0) > 0);
+      column.reset();
+    }
     if (!found) {
       throw OutboxError("outbox file \"" + path +
                         "\" holds no outbox table (notifications_outbox): check the path (outbox.path of the "
@@ -52,6 +62,8 @@ class OutboxFile {
   }
 
   Database& db() { return db_; }
+  // SELECT of every column of the rows, for this file's schema.
+  const std::string& select() const { return select_; }
 
  private:
   static const std::string& existing(const std::string& path) {
@@ -66,6 +78,7 @@ class OutboxFile {
   }
 
   Database db_;
+  std::string select_;
 };
 
 OutboxRow read_row(const Statement& s) {
@@ -78,6 +91,7 @@ OutboxRow read_row(const Statement& s) {
       std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::microseconds(s.int64(4))));
   row.duration = std::chrono::microseconds(s.int64(5));
   if (!s.is_null(6)) row.exception.emplace(std::string(s.text(6)), std::string(s.text(7)));
+  if (!s.is_null(10)) row.attributes = std::string(s.text(10));
   detail::assign_event_id(row.event_id, static_cast<std::uint64_t>(s.int64(9)), static_cast<std::uint64_t>(s.int64(8)));
   return row;
 }
@@ -120,7 +134,7 @@ class OutboxLock {
 
 std::vector<OutboxRow> list_outbox(const std::string& path, std::size_t limit, std::uint64_t after_id) {
   OutboxFile file(path);
-  Statement s(file.db(), (std::string(kColumns) + " WHERE id > ? ORDER BY id LIMIT ?").c_str(), "list stored events");
+  Statement s(file.db(), (file.select() + " WHERE id > ? ORDER BY id LIMIT ?").c_str(), "list stored events");
   s.bind(1, to_int64(after_id));
   s.bind(2, to_int64(limit));
   std::vector<OutboxRow> rows;
@@ -136,7 +150,7 @@ std::vector<OutboxRow> list_outbox(const std::string& path, std::size_t limit, s
 
 std::optional<OutboxRow> outbox_row(const std::string& path, std::uint64_t id) {
   OutboxFile file(path);
-  Statement s(file.db(), (std::string(kColumns) + " WHERE id = ?").c_str(), "read a stored event");
+  Statement s(file.db(), (file.select() + " WHERE id = ?").c_str(), "read a stored event");
   s.bind(1, to_int64(id));
   std::optional<OutboxRow> row;
   if (s.step()) row = read_row(s);

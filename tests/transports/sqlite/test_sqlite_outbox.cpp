@@ -376,3 +376,75 @@ TEST(SqliteOutboxBridge, DurabilityWithoutTheFileIsAConfigErrorNamingTheKey) {
 }
 
 }  // namespace
+
+namespace {
+
+constexpr const char* kAttributes = R"({"context":{"request_id":"r-1"},"tags":{"checkout":true}})";
+
+TEST(SqliteOutboxContext, ContextAndTagsAreKeptInTheFileAndComeBackAtTheNextStart) {
+  TempDir dir;
+  const std::string path = dir.file();
+  {
+    auto outbox = n::make_sqlite_outbox(outbox_config(path, n::Durability::sync));
+    n::OutboxEvent with;
+    with.set_text("order.placed", R"({"id":1})", "", kAttributes);
+    ASSERT_EQ(outbox->push(std::move(with), n::OverflowPolicy::drop_newest, 1ms), Push::accepted);
+    ASSERT_EQ(push(*outbox, "plain"), Push::accepted);
+    outbox->close();
+  }
+  const auto rows = n::list_outbox(path);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].attributes, kAttributes);
+  EXPECT_EQ(rows[1].attributes, "");
+  auto outbox = n::make_sqlite_outbox(outbox_config(path, n::Durability::sync));
+  std::span<n::OutboxEvent> batch;
+  ASSERT_TRUE(outbox->take(batch, 10, Clock::now() + 2s));
+  ASSERT_EQ(batch.size(), 2u);
+  EXPECT_EQ(batch[0].payload(), R"({"id":1})");
+  EXPECT_EQ(batch[0].attributes(), kAttributes);
+  EXPECT_EQ(batch[1].attributes(), "");
+}
+
+TEST(SqliteOutboxContext, AFileOfSchemaVersion1IsReadAndUpgradedKeepingItsRows) {
+  TempDir dir;
+  const std::string path = dir.file();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const char* v1 =
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE notifications_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " name TEXT NOT NULL, payload TEXT NOT NULL, traceparent TEXT NOT NULL,"
+        " time_us INTEGER NOT NULL, duration_us INTEGER NOT NULL, exception_type TEXT, exception_message TEXT,"
+        " id_salt INTEGER NOT NULL, id_sequence INTEGER NOT NULL);"
+        "INSERT INTO notifications_outbox(name, payload, traceparent, time_us, duration_us, id_salt, id_sequence)"
+        " VALUES('old.event', '{\"n\":1}', '', 0, 0, 5, 9);"
+        "PRAGMA user_version=1;";
+    ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  const auto before = n::list_outbox(path);  // listing does not change the file
+  ASSERT_EQ(before.size(), 1u);
+  EXPECT_EQ(before[0].name, "old.event");
+  EXPECT_EQ(before[0].attributes, "");
+  {
+    auto outbox = n::make_sqlite_outbox(outbox_config(path, n::Durability::sync));
+    n::OutboxEvent with;
+    with.set_text("new.event", "{}", "", kAttributes);
+    ASSERT_EQ(outbox->push(std::move(with), n::OverflowPolicy::drop_newest, 1ms), Push::accepted);
+    std::span<n::OutboxEvent> batch;
+    ASSERT_TRUE(outbox->take(batch, 10, Clock::now() + 2s));
+    ASSERT_EQ(batch.size(), 2u);
+    EXPECT_EQ(batch[0].name(), "old.event");
+    EXPECT_EQ(batch[0].attributes(), "");
+    EXPECT_EQ(batch[1].attributes(), kAttributes);
+    outbox->release();
+    outbox->close();
+  }
+  EXPECT_EQ(test_support::scalar(path, "PRAGMA user_version"), 2);
+  const auto after = n::list_outbox(path);
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after[1].attributes, kAttributes);
+}
+
+}  // namespace
