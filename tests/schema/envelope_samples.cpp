@@ -57,6 +57,8 @@ Envelope full() {
   e.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   e.exception_type = "std::runtime_error";
   e.exception_message = "out of stock";
+  e.context = {{"request_id", "r-42"}, {"tenant", {{"id", 3}}}};
+  e.tags = {{"checkout", true}, {"section", "admin"}};
   return e;
 }
 
@@ -171,6 +173,9 @@ void mutations() {
   emit("traceparent zero parent id",
        with("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"));
   emit("traceparent null", with("traceparent", nullptr));
+  emit("context an array", with("context", json::array({"r-42"})));
+  emit("context null", with("context", nullptr));
+  emit("tags a string", with("tags", "checkout"));
   emit("exception a string", with("exception", "boom"));
   emit("exception without type", with("exception", {{"message", "m"}}));
   emit("exception empty type", with("exception", {{"type", ""}, {"message", "m"}}));

@@ -5,11 +5,13 @@
 //     Subscribes to "<prefix>.>", prints "ready" once the server has the subscription, waits at
 //     most 10 s for one message, checks it (body valid against docs/envelope.schema.json, the
 //     Nats-Msg-Id and Content-Type headers, subject == <prefix>.<name>) and prints one line:
-//     {"ok":true,"subject":...,"name":...,"payload":...,"id":...,"producer":...} or
+//     {"ok":true,"subject":...,"name":...,"payload":...,"id":...,"producer":...,"context":...,
+//     "tags":...} (context and tags as the body had them, or null) or
 //     {"ok":false,"error":...}.
 //   node peer.mjs <server url> <subject prefix> send
 //     Publishes one envelope it builds itself (name "interop.from_js", payload
-//     {"hello":"from nats.js","n":42}) to "<prefix>.interop.from_js" with the same headers,
+//     {"hello":"from nats.js","n":42}, context {"request_id":"js-1"}, tags {"from_js":true}) to
+//     "<prefix>.interop.from_js" with the same headers,
 //     flushes and prints {"ok":true,"id":...,"subject":...}, or {"ok":false,"error":...}.
 //
 // Exit status 0 when ok, 1 otherwise. Every wait is bounded, and a watchdog ends the process
@@ -150,6 +152,8 @@ async function receive(url, prefix) {
     payload: body.payload,
     id: body.id,
     producer: body.producer,
+    context: body.context ?? null,
+    tags: body.tags ?? null,
   };
 }
 
@@ -163,6 +167,8 @@ async function send(url, prefix) {
     producer: "nodejs",
     producer_instance: randomUUID(),
     schema_version: 1,
+    context: { request_id: "js-1" },
+    tags: { from_js: true },
     payload: { hello: "from nats.js", n: 42 },
   };
   check(envelope, "the envelope this peer built");

@@ -38,6 +38,7 @@
 #include "child_process.hpp"
 #include "nats_server.hpp"
 #include "notifications/bridge.hpp"
+#include "notifications/context.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/transports/nats.hpp"
 #include "wait.hpp"
@@ -257,7 +258,10 @@ TEST_F(NatsInterop, JsReceivesWhatTheBusPublished) {
   n::Notifier notifier;
   n::Bridge bridge(notifier, transport("interop-cpp-sender"), config({"order.>"}, {}));
   bridge.start();
-  notifier.instrument("order.placed", json{{"order_id", 7}});
+  {
+    n::ContextScope request({{"request_id", "r-42"}});
+    n::tagged("checkout", [&] { notifier.instrument("order.placed", json{{"order_id", 7}}); });
+  }
   ASSERT_TRUE(bridge.flush(kDeliveryTimeout)) << bridge.health().dump() << server_log();
 
   const auto line = peer->read_line(kPeerResultTimeout);
@@ -271,6 +275,9 @@ TEST_F(NatsInterop, JsReceivesWhatTheBusPublished) {
   EXPECT_EQ(result.value("producer", ""), "cpp") << *line;
   ASSERT_TRUE(result.contains("payload") && result["payload"].is_object()) << *line;
   EXPECT_EQ(result["payload"].value("order_id", -1), 7) << *line;
+  EXPECT_EQ(result["payload"].size(), 1u) << "context or tags leaked into the payload: " << *line;
+  EXPECT_EQ(result.value("context", json()), json({{"request_id", "r-42"}})) << *line;
+  EXPECT_EQ(result.value("tags", json()), json({{"checkout", true}})) << *line;
   EXPECT_EQ(peer->wait_exit(kPeerExitTimeout), std::optional<int>(0)) << peer->diagnostics();
 
   const n::ShutdownReport report = bridge.shutdown(5s);
@@ -328,6 +335,8 @@ TEST_F(NatsInterop, BusDeliversWhatJsPublished) {
   ASSERT_TRUE(event.payload().is_object()) << event.payload().dump();
   EXPECT_EQ(event.payload().value("hello", ""), "from nats.js") << event.payload().dump();
   EXPECT_EQ(event.payload().value("n", -1), 42) << event.payload().dump();
+  EXPECT_EQ(event.context(), json({{"request_id", "js-1"}}));
+  EXPECT_EQ(event.tags(), json({{"from_js", true}}));
 
   const json health = bridge.health();
   EXPECT_EQ(health["counters"].value("malformed", 1), 0) << health.dump();
