@@ -32,6 +32,24 @@ struct ExceptionInfo {
   std::exception_ptr object;   // the exception itself (Rails' exception_object)
 };
 
+// Where an instrument() call is in the source code. Every instrument() overload takes one as its
+// last argument, defaulted to the caller's location: compile-time constants, so capturing it costs
+// nothing when nobody listens and copying three words per event when someone does.
+// (std::source_location needs a newer Clang than Debian 12's with libstdc++; this works with both
+// GCC and Clang.) Thread-safety: a value; the strings are static.
+struct SourceLocation {
+  const char* file = "";      // as the compiler named the file (__FILE__)
+  const char* function = "";  // the enclosing function's name (__func__)
+  unsigned line = 0;          // 0: unknown
+
+  static constexpr SourceLocation current(const char* file = __builtin_FILE(),
+                                          const char* function = __builtin_FUNCTION(),
+                                          unsigned line = __builtin_LINE()) noexcept {
+    return SourceLocation{file, function, line};
+  }
+  constexpr bool known() const noexcept { return line != 0; }
+};
+
 // Where a remote event came from (set by the Bridge on events it received from a transport).
 struct EventOrigin {
   std::string producer;           // the sending process's configured app name
@@ -97,6 +115,10 @@ class Event {
   const nlohmann::json& context() const noexcept;
   const nlohmann::json& tags() const noexcept;
 
+  // Where the instrument() call that made this event is; unknown (line 0) for events built
+  // otherwise (received from another process, Event(name, payload), published). Never sent.
+  const SourceLocation& source_location() const noexcept { return where_; }
+
   // W3C traceparent carried by the event: the one it arrived with, else a string payload member
   // "traceparent", else empty.
   std::string traceparent() const;
@@ -124,6 +146,7 @@ class Event {
   std::optional<EventOrigin> origin_;
   std::string traceparent_;
   std::shared_ptr<const detail::EventContext> context_;  // null: neither context nor tags
+  SourceLocation where_;
 };
 
 }  // namespace notifications

@@ -25,34 +25,34 @@ Notifier& default_notifier();
 // See Notifier::instrument for the contract of each form.
 template <detail::InstrumentBlock Block>
 detail::block_result_t<Block> instrument(std::string_view name, nlohmann::json& payload,
-                                         Block&& block) {
-  return default_notifier().instrument(name, payload, std::forward<Block>(block));
+                                         Block&& block, SourceLocation where = SourceLocation::current()) {
+  return default_notifier().instrument(name, payload, std::forward<Block>(block), where);
 }
 template <detail::InstrumentBlock Block>
 detail::block_result_t<Block> instrument(std::string_view name, nlohmann::json&& payload,
-                                         Block&& block) {
-  return default_notifier().instrument(name, std::move(payload), std::forward<Block>(block));
+                                         Block&& block, SourceLocation where = SourceLocation::current()) {
+  return default_notifier().instrument(name, std::move(payload), std::forward<Block>(block), where);
 }
 template <detail::InstrumentBlock Block>
 detail::block_result_t<Block> instrument(std::string_view name, const nlohmann::json& payload,
-                                         Block&& block) {
-  return default_notifier().instrument(name, payload, std::forward<Block>(block));
+                                         Block&& block, SourceLocation where = SourceLocation::current()) {
+  return default_notifier().instrument(name, payload, std::forward<Block>(block), where);
 }
 template <detail::InstrumentBlock Block>
-detail::block_result_t<Block> instrument(std::string_view name, Block&& block) {
-  return default_notifier().instrument(name, std::forward<Block>(block));
+detail::block_result_t<Block> instrument(std::string_view name, Block&& block, SourceLocation where = SourceLocation::current()) {
+  return default_notifier().instrument(name, std::forward<Block>(block), where);
 }
 template <class Make, detail::InstrumentBlock Block>
 detail::block_result_t<Block> instrument(std::string_view name, LazyPayload<Make> payload,
-                                         Block&& block) {
-  return default_notifier().instrument(name, std::move(payload), std::forward<Block>(block));
+                                         Block&& block, SourceLocation where = SourceLocation::current()) {
+  return default_notifier().instrument(name, std::move(payload), std::forward<Block>(block), where);
 }
-inline void instrument(std::string_view name, const nlohmann::json& payload = nullptr) {
-  default_notifier().instrument(name, payload);
+inline void instrument(std::string_view name, const nlohmann::json& payload = nullptr, SourceLocation where = SourceLocation::current()) {
+  default_notifier().instrument(name, payload, where);
 }
 template <class Make>
-void instrument(std::string_view name, LazyPayload<Make> payload) {
-  default_notifier().instrument(name, std::move(payload));
+void instrument(std::string_view name, LazyPayload<Make> payload, SourceLocation where = SourceLocation::current()) {
+  default_notifier().instrument(name, std::move(payload), where);
 }
 
 // Takes what Notifier::subscribe takes (so a null pattern does not compile here either).

@@ -106,32 +106,32 @@ class Handle {
   bool listening() const { return lookup() != nullptr; }
 
   template <detail::InstrumentBlock Block>
-  detail::block_result_t<Block> instrument(nlohmann::json& payload, Block&& block) const {
-    return detail::instrument(*core_, lookup(), name_, payload, block);
+  detail::block_result_t<Block> instrument(nlohmann::json& payload, Block&& block, SourceLocation where = SourceLocation::current()) const {
+    return detail::instrument(*core_, lookup(), name_, payload, block, where);
   }
   template <detail::InstrumentBlock Block>
-  detail::block_result_t<Block> instrument(nlohmann::json&& payload, Block&& block) const {
-    return detail::instrument(*core_, lookup(), name_, payload, block);
+  detail::block_result_t<Block> instrument(nlohmann::json&& payload, Block&& block, SourceLocation where = SourceLocation::current()) const {
+    return detail::instrument(*core_, lookup(), name_, payload, block, where);
   }
   template <detail::InstrumentBlock Block>
-  detail::block_result_t<Block> instrument(Block&& block) const {
+  detail::block_result_t<Block> instrument(Block&& block, SourceLocation where = SourceLocation::current()) const {
     const detail::ListenerSet* set = lookup();
     if constexpr (!std::is_invocable_v<Block&, nlohmann::json&>) {
       if (set == nullptr) return block();  // no payload to build or destroy
     }
     nlohmann::json payload;
-    return detail::instrument(*core_, set, name_, payload, block);
+    return detail::instrument(*core_, set, name_, payload, block, where);
   }
   template <class Make, detail::InstrumentBlock Block>
-  detail::block_result_t<Block> instrument(LazyPayload<Make> lazy_payload, Block&& block) const {
+  detail::block_result_t<Block> instrument(LazyPayload<Make> lazy_payload, Block&& block, SourceLocation where = SourceLocation::current()) const {
     const detail::ListenerSet* set = lookup();
     nlohmann::json payload;
     if (set != nullptr) payload = lazy_payload.make();
-    return detail::instrument(*core_, set, name_, payload, block);
+    return detail::instrument(*core_, set, name_, payload, block, where);
   }
   // Instant event.
-  void instrument(const nlohmann::json& payload = nullptr) const {
-    detail::instrument_instant(*core_, lookup(), name_, payload);
+  void instrument(const nlohmann::json& payload = nullptr, SourceLocation where = SourceLocation::current()) const {
+    detail::instrument_instant(*core_, lookup(), name_, payload, where);
   }
 
  private:
@@ -176,17 +176,17 @@ class Notifier {
   // Throws InvalidName for an empty name.
   template <detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(std::string_view name, nlohmann::json& payload,
-                                           Block&& block) {
-    return detail::instrument(*core_, detail::find_listeners(*core_, name), name, payload, block);
+                                           Block&& block, SourceLocation where = SourceLocation::current()) {
+    return detail::instrument(*core_, detail::find_listeners(*core_, name), name, payload, block, where);
   }
   template <detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(std::string_view name, nlohmann::json&& payload,
-                                           Block&& block) {
-    return detail::instrument(*core_, detail::find_listeners(*core_, name), name, payload, block);
+                                           Block&& block, SourceLocation where = SourceLocation::current()) {
+    return detail::instrument(*core_, detail::find_listeners(*core_, name), name, payload, block, where);
   }
   template <detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(std::string_view name, const nlohmann::json& payload,
-                                           Block&& block) {
+                                           Block&& block, SourceLocation where = SourceLocation::current()) {
     // A const payload is copied only when someone listens or the block wants a writable one.
     const detail::ListenerSet* set = detail::find_listeners(*core_, name);
     if (set == nullptr && !std::is_invocable_v<Block&, nlohmann::json&>) {
@@ -194,36 +194,36 @@ class Notifier {
       return detail::run_block(block, unused);
     }
     nlohmann::json copy = payload;
-    return detail::instrument(*core_, set, name, copy, block);
+    return detail::instrument(*core_, set, name, copy, block, where);
   }
   template <detail::InstrumentBlock Block>
-  detail::block_result_t<Block> instrument(std::string_view name, Block&& block) {
+  detail::block_result_t<Block> instrument(std::string_view name, Block&& block, SourceLocation where = SourceLocation::current()) {
     const detail::ListenerSet* set = detail::find_listeners(*core_, name);
     if constexpr (!std::is_invocable_v<Block&, nlohmann::json&>) {
       if (set == nullptr) return block();  // no payload to build or destroy
     }
     nlohmann::json payload;
-    return detail::instrument(*core_, set, name, payload, block);
+    return detail::instrument(*core_, set, name, payload, block, where);
   }
   // Builds the payload only when someone listens.
   template <class Make, detail::InstrumentBlock Block>
   detail::block_result_t<Block> instrument(std::string_view name, LazyPayload<Make> lazy_payload,
-                                           Block&& block) {
+                                           Block&& block, SourceLocation where = SourceLocation::current()) {
     const detail::ListenerSet* set = detail::find_listeners(*core_, name);
     nlohmann::json payload;
     if (set != nullptr) payload = lazy_payload.make();
-    return detail::instrument(*core_, set, name, payload, block);
+    return detail::instrument(*core_, set, name, payload, block, where);
   }
   // Instant event: no block; start == end.
-  void instrument(std::string_view name, const nlohmann::json& payload = nullptr) {
-    detail::instrument_instant(*core_, detail::find_listeners(*core_, name), name, payload);
+  void instrument(std::string_view name, const nlohmann::json& payload = nullptr, SourceLocation where = SourceLocation::current()) {
+    detail::instrument_instant(*core_, detail::find_listeners(*core_, name), name, payload, where);
   }
   template <class Make>
-  void instrument(std::string_view name, LazyPayload<Make> lazy_payload) {
+  void instrument(std::string_view name, LazyPayload<Make> lazy_payload, SourceLocation where = SourceLocation::current()) {
     const detail::ListenerSet* set = detail::find_listeners(*core_, name);
     if (set == nullptr) return;
     const nlohmann::json payload = lazy_payload.make();
-    detail::instrument_instant(*core_, set, name, payload);
+    detail::instrument_instant(*core_, set, name, payload, where);
   }
 
   // Delivers an event built elsewhere (the Bridge uses it for events received from other

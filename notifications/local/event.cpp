@@ -30,6 +30,7 @@ void Event::own_from(const Event& other) {
   origin_ = other.origin_;
   traceparent_ = other.traceparent_;
   context_ = other.context_;
+  where_ = other.where_;
 }
 
 Event::Event(const Event& other)
@@ -71,6 +72,7 @@ Event& Event::operator=(Event&& other) noexcept {
     origin_ = std::move(other.origin_);
     traceparent_ = std::move(other.traceparent_);
     context_ = std::move(other.context_);
+    where_ = other.where_;
   }
   return *this;
 }

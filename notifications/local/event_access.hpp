@@ -35,7 +35,8 @@ inline Event::wall_clock::time_point wall_time_at(Event::mono_clock::time_point 
 
 struct EventAccess {
   // Starts an event that borrows `name` and `payload` (the instrument() arguments).
-  static void begin(Event& event, std::string_view name, nlohmann::json& payload) {
+  static void begin(Event& event, std::string_view name, nlohmann::json& payload, SourceLocation where) {
+    event.where_ = where;
     event.name_ = name;
     event.payload_ = &payload;
     event.start_ = event.end_ = Event::mono_clock::now();

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -215,6 +216,38 @@ TEST_F(Context, TheTestingHelperMatchesTagsAndContextPartially) {
   EXPECT_NE(std::string(wrong_tag.message()).find("tags {\"graphql\":true,\"section\":\"admin\"}"), std::string::npos)
       << wrong_tag.message();
   EXPECT_FALSE(t::notified_matching(notifier, "order.placed", {.context = {{"request_id", "r-2"}}}, place));
+}
+
+}  // namespace
+
+namespace {
+
+bool ends_with(std::string_view text, std::string_view end) {
+  return text.size() >= end.size() && text.substr(text.size() - end.size()) == end;
+}
+
+TEST_F(Context, EventsKnowTheInstrumentCallThatMadeThemAndOnlyThose) {
+  auto subscription = record();
+  auto on_default = n::subscribe(n::Pattern("located.default"), [this](const n::Event& event) { seen.push_back(event); });
+  const n::Handle handle = notifier.handle("located.handle");
+  const unsigned first = __LINE__ + 1;
+  notifier.instrument("located.block", json::object(), [] {});
+  notifier.instrument("located.instant");
+  handle.instrument([] {});
+  n::instrument("located.default", json{{"x", 1}});
+  notifier.instrument("located.lazy", n::lazy([] { return json{{"built", true}}; }));
+  notifier.publish(n::Event("published", nullptr));
+  ASSERT_EQ(seen.size(), 6u);
+  for (unsigned i = 0; i < 5; ++i) {
+    const n::SourceLocation& where = seen[i].source_location();
+    EXPECT_TRUE(where.known()) << seen[i].name();
+    EXPECT_EQ(where.line, first + i) << seen[i].name();
+    EXPECT_TRUE(ends_with(where.file, "test_context.cpp")) << where.file;
+    EXPECT_NE(std::string_view(where.function).find("TestBody"), std::string_view::npos) << where.function;
+  }
+  const n::Event copy = seen[0];
+  EXPECT_EQ(copy.source_location().line, first) << "a copy keeps the location";
+  EXPECT_FALSE(seen[5].source_location().known()) << "a published event was not instrumented here";
 }
 
 }  // namespace

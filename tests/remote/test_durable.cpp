@@ -20,6 +20,7 @@
 #include "bridge_test_support.hpp"
 #include "child_process.hpp"
 #include "notifications/bridge.hpp"
+#include "notifications/context.hpp"
 #include "notifications/durable.hpp"
 #include "notifications/envelope.hpp"
 #include "notifications/fork.hpp"
@@ -444,6 +445,38 @@ TEST_P(Durable, DurableHandlersSeeTheEventsTheirOwnProcessForwards) {
   notifier.instrument("a.b", {{"v", 1}});
   EXPECT_TRUE(wait_until([&] { return calls.load() == 1; }, 20s));
   bridge.shutdown(5s);
+}
+
+TEST_P(Durable, AHandlerSeesTheSendersContextAndTagsAndWhatItInstrumentsCarriesThem) {
+  std::mutex mutex;
+  std::vector<n::Event> received;  // the handler's event, then the one it instrumented
+  Pair pair(GetParam());            // after them: its shutdown ends every call before they go
+  auto shipped = pair.consumer_notifier.subscribe(n::Pattern("order.shipped"), [&](const n::Event& event) {
+    std::lock_guard<std::mutex> lock(mutex);
+    received.push_back(event);
+  });
+  pair.consumer->subscribe_durable("shipping", "order.placed", [&](const n::Event& event, n::DurableContext&) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      received.push_back(event);
+    }
+    pair.consumer_notifier.instrument("order.shipped", json{{"id", event.payload()["id"]}});
+  });
+  pair.start();
+  {
+    n::ContextScope request({{"request_id", "r-5"}});
+    n::tagged("checkout", [&] { pair.instrument("order.placed", {{"id", 5}}); });
+  }
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return received.size() == 2;
+  }, 20s));
+  std::lock_guard<std::mutex> lock(mutex);
+  EXPECT_EQ(received[0].context(), json({{"request_id", "r-5"}}));
+  EXPECT_EQ(received[0].tags(), json({{"checkout", true}}));
+  EXPECT_EQ(received[1].name(), "order.shipped");
+  EXPECT_EQ(received[1].context(), json({{"request_id", "r-5"}}));
+  EXPECT_EQ(received[1].tags(), json({{"checkout", true}}));
 }
 
 TEST_P(Durable, ShutdownLetsTheRunningCallFinishWithinTheDeadline) {

@@ -160,6 +160,8 @@ nlohmann::json event_to_json(const Event& event) {
     out["exception"] = nullptr;
   }
   out["traceparent"] = event.traceparent();
+  if (!event.context().empty()) out["context"] = event.context();
+  if (!event.tags().empty()) out["tags"] = event.tags();
   return out;
 }
 

@@ -60,7 +60,7 @@ inline const ListenerSet* find_listeners(NotifierCore& core, std::string_view na
 class ActiveEvent {
  public:
   ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string_view name,
-              nlohmann::json& payload);
+              nlohmann::json& payload, SourceLocation where);
   // An event built elsewhere (received from another process): its times are kept.
   ActiveEvent(NotifierCore& core, const ListenerSet& set, Event&& prebuilt);
   ~ActiveEvent();
@@ -114,9 +114,9 @@ concept InstrumentBlock =
 
 template <class Block>
 block_result_t<Block> dispatch(NotifierCore& core, const ListenerSet& set, std::string_view name,
-                               nlohmann::json& payload, Block& block) {
+                               nlohmann::json& payload, Block& block, SourceLocation where) {
   using Result = block_result_t<Block>;
-  ActiveEvent active(core, set, name, payload);
+  ActiveEvent active(core, set, name, payload, where);
   if constexpr (std::is_void_v<Result>) {
     try {
       run_block(block, payload);
@@ -141,16 +141,16 @@ block_result_t<Block> dispatch(NotifierCore& core, const ListenerSet& set, std::
 
 template <class Block>
 block_result_t<Block> instrument(NotifierCore& core, const ListenerSet* set, std::string_view name,
-                                 nlohmann::json& payload, Block& block) {
+                                 nlohmann::json& payload, Block& block, SourceLocation where) {
   if (set == nullptr) return run_block(block, payload);
-  return dispatch(core, *set, name, payload, block);
+  return dispatch(core, *set, name, payload, block, where);
 }
 
 inline void instrument_instant(NotifierCore& core, const ListenerSet* set, std::string_view name,
-                               const nlohmann::json& payload) {
+                               const nlohmann::json& payload, SourceLocation where) {
   if (set == nullptr) return;
   // The event only reads an instant event's payload; the const_cast never leads to a write.
-  ActiveEvent active(core, *set, name, const_cast<nlohmann::json&>(payload));
+  ActiveEvent active(core, *set, name, const_cast<nlohmann::json&>(payload), where);
   active.finish(/*instant=*/true);
 }
 
