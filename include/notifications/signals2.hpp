@@ -101,7 +101,7 @@ class TrackedSlot {
     } catch (const boost::signals2::expired_slot&) {  // expired since the check above
       return end();
     }
-    slot_(event);
+    slot_.slot_function()(event);  // slot_(event) would lock the tracked objects a second time
   }
 
   // Hands over the subscription's second handle once subscribe() returned; ends it at once when
