@@ -48,6 +48,10 @@ Subscription {
   // name, or the notifier's destruction).
   bool active() const noexcept;
   std::uint64_t id() const noexcept { return id_; }
+  // A second handle on the same subscription, for a listener that must end its own subscription
+  // (notifications/signals2.hpp): unsubscribing or destroying either one ends it. Empty when this
+  // one is empty.
+  Subscription alias() const { return Subscription(core_, id_); }
 
  private:
   std::weak_ptr<detail::NotifierCore> core_;
