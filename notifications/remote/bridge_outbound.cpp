@@ -56,6 +56,7 @@ Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_p
       instance_id_(instance_id),
       outbox_(choose_outbox(config, std::move(outbox), std::min<std::size_t>(config.batch_size, kSegmentItems))),
       outbox_capacity_(outbox_->stats().capacity),
+      redactor_(config.redact),
       confirm_before_settle_(outbox_->persistent() && !transport_->capabilities().persistent) {
   for (const std::string& pattern : config.forward) patterns_.emplace_back(pattern);
   if (outbox_->persistent()) {
@@ -83,7 +84,11 @@ void Outbound::forward(std::size_t pattern_index, const Event& event) {
   }
   detail::OutgoingEvent outgoing;
   try {
-    outgoing = detail::outgoing_from_event(event);
+    // Redacted before it is serialised: the outbox, the wire and every message quoting the
+    // payload see only the redacted form. No copy when no rule matches.
+    std::optional<nlohmann::json> redacted;
+    if (!redactor_.empty()) redacted = redactor_.redacted(event.payload());
+    outgoing = redacted ? detail::outgoing_from_event(event, *redacted) : detail::outgoing_from_event(event);
   } catch (const std::exception& e) {
     // Accepted and lost at once, so that accepted = sent + dropped keeps holding for flush().
     counters_.accepted.fetch_add(1, std::memory_order_relaxed);
