@@ -24,6 +24,7 @@
 #include "notifications/notifications.hpp"
 #include "notifications/transports/memory.hpp"
 #include "notifications/transports/mock.hpp"
+#include "notifications/transports/sqlite.hpp"
 #include "remote/bridge_test_support.hpp"
 #include "remote/payload_redaction.hpp"
 #include "wait.hpp"
@@ -411,6 +412,58 @@ TEST_P(RedactedEndToEnd, ASecretNeverReachesTheWireTheOutboxTheLogOrHealth) {
 
 INSTANTIATE_TEST_SUITE_P(Durabilities, RedactedEndToEnd, ::testing::Values(n::Durability::async, n::Durability::sync),
                          [](const auto& info) { return n::to_string(info.param); });
+
+// sqlite:// keeps every message in its file: the file is the wire.
+TEST(RedactedOverSqlite, TheBusFileNeverHoldsTheSecret) {
+  const LogCapture log;
+  TempDir dir;
+  const std::string bus = dir.file("bus.db");
+  n::Notifier sender_notifier;
+  n::BridgeConfig sender_config = test_support::config_for("redact-sa");
+  sender_config.redact = kRules;
+  sender_config.durability = n::Durability::async;
+  sender_config.outbox.path = dir.file("outbox.db");
+  sender_config.subscribe = {"nothing"};
+  n::Bridge sender(sender_notifier, n::make_sqlite_transport({.path = bus}), sender_config);
+  n::Notifier receiver_notifier;
+  n::BridgeConfig receiver_config = test_support::config_for("redact-sb");
+  receiver_config.forward = {"nothing"};
+  n::Bridge receiver(receiver_notifier, n::make_sqlite_transport({.path = bus}), receiver_config);
+  std::mutex received_mutex;
+  std::vector<json> received;
+  auto subscription = receiver_notifier.subscribe("order.placed", [&](const n::Event& event) {
+    std::lock_guard lock(received_mutex);
+    received.push_back(event.payload());
+  });
+  receiver.start();
+  sender.start();
+  constexpr int kEvents = 3;
+  for (int i = 0; i < kEvents; ++i) sender_notifier.instrument("order.placed", secret_payload());
+  ASSERT_TRUE(sender.flush(10s));
+  ASSERT_TRUE(wait_until(
+      [&] {
+        std::lock_guard lock(received_mutex);
+        return received.size() >= kEvents;
+      },
+      10s));
+  const std::string bus_open = bytes_of(bus) + bytes_of(bus + "-wal");
+  const std::string health = sender.health().dump() + receiver.health().dump();
+  sender.shutdown(5s);
+  receiver.shutdown(5s);
+  {
+    std::lock_guard lock(received_mutex);
+    for (const json& payload : received) {
+      EXPECT_EQ(payload["Password"], kR);
+      EXPECT_EQ(payload["card"]["brand"], "visa");
+    }
+  }
+  ASSERT_TRUE(has(bus_open, "visa")) << "the bus file should hold the events";
+  expect_no_secret("the sqlite:// file (open)", bus_open);
+  expect_no_secret("the sqlite:// file (closed)", bytes_of(bus) + bytes_of(bus + "-wal"));
+  expect_no_secret("the outbox file", bytes_of(dir.file("outbox.db")) + bytes_of(dir.file("outbox.db") + "-wal"));
+  expect_no_secret("health()", health);
+  for (const std::string& line : log.lines()) expect_no_secret("a log line", line);
+}
 
 TEST(RedactedSizeLimit, AppliesToTheRedactedPayload) {
   const LogCapture log;
