@@ -102,8 +102,8 @@ struct BridgeConfig {
   // with the rule's segments (array elements add no key): "password" matches that key at any
   // depth, "card.number" a "number" inside a "card" object at any depth, "*token*"
   // "access_token" and "TokenId". A matched value of any type (also an object or array) is
-  // replaced whole. At most 256 rules of at most 256 bytes each. Empty: nothing is redacted, at
-  // no cost.
+  // replaced whole; a redacted "traceparent" member is not sent as the traceparent either. At most
+  // 256 rules of at most 256 bytes each. Empty: nothing is redacted, at no cost.
   std::vector<std::string> redact;
 
   // Validates every field; throws ConfigError naming the first bad key.

@@ -465,6 +465,31 @@ TEST(RedactedOverSqlite, TheBusFileNeverHoldsTheSecret) {
   for (const std::string& line : log.lines()) expect_no_secret("a log line", line);
 }
 
+// A local event's traceparent is its payload's "traceparent" member: redacted, it is not sent
+// as a header either.
+TEST(RedactedTraceparent, ARedactedTraceparentMemberIsNotSentAsAHeader) {
+  const std::string traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  for (const bool redact : {false, true}) {
+    n::MockOptions options;
+    options.broker = test_support::unique_broker("redact-trace");
+    auto mock = std::make_shared<n::MockTransport>(options);
+    n::Notifier notifier;
+    n::BridgeConfig config = test_support::config_for("redact-trace");
+    if (redact) config.redact = {"*parent"};
+    n::Bridge bridge(notifier, mock, config);
+    bridge.start();
+    notifier.instrument("job.run", json{{"traceparent", traceparent}, {"job", 1}});
+    ASSERT_TRUE(bridge.flush(10s));
+    bridge.shutdown(5s);
+    const std::vector<n::Message> published = mock->published();
+    ASSERT_EQ(published.size(), 1u);
+    std::string wire = published[0].body;
+    for (const auto& [key, value] : published[0].headers) wire += "\n" + key + ": " + value;
+    EXPECT_EQ(has(wire, traceparent), !redact) << wire;
+    EXPECT_TRUE(has(wire, "\"job\":1")) << wire;
+  }
+}
+
 TEST(RedactedSizeLimit, AppliesToTheRedactedPayload) {
   const LogCapture log;
   n::MockOptions options;
