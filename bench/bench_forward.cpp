@@ -18,6 +18,9 @@
 // inline mode instead of the queued one. OBSERVER=1 gives both bridges a BridgeObserver
 // (notifications/metrics.hpp) that counts and sums what it is told, to measure what the hook
 // costs with the clock reads it brings (the JSON line then says "observer":true).
+// REDACT=<comma-separated rules> gives the sender those BridgeConfig::redact rules (the payload's
+// keys are order_id, customer, total_cents, items: REDACT=password scans without a match,
+// REDACT=customer redacts one value); the JSON line then says "redact":"<rules>".
 #include <malloc.h>
 
 #include <algorithm>
@@ -82,7 +85,14 @@ void forward_memory(std::size_t events) {
   const bool observed = getenv("OBSERVER") != nullptr && std::string(getenv("OBSERVER")) == "1";
   n::BridgeHooks hooks;
   if (observed) hooks.observer = std::make_shared<SummingObserver>();
-  n::Bridge sender(a, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("a", {"order.>"}, {}, 65536), hooks);
+  n::BridgeConfig sender_config = config("a", {"order.>"}, {}, 65536);
+  const std::string redact = getenv("REDACT") != nullptr ? getenv("REDACT") : "";
+  for (std::size_t begin = 0; !redact.empty() && begin <= redact.size();) {
+    const std::size_t comma = std::min(redact.find(',', begin), redact.size());
+    sender_config.redact.push_back(redact.substr(begin, comma - begin));
+    begin = comma + 1;
+  }
+  n::Bridge sender(a, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), sender_config, hooks);
   n::Bridge receiver(b, n::make_memory_transport({.broker = broker, .inline_delivery = getenv("INLINE") != nullptr}), config("b", {}, {"order.>"}, std::max<std::size_t>(65536, events)), hooks);  // inbound: no back-pressure, room for the burst
   std::atomic<std::size_t> received{0};
   Clock::time_point last_received;
@@ -142,11 +152,11 @@ void forward_memory(std::size_t events) {
   std::printf(
       "{\"bench\":\"forward_memory\",\"events\":%zu,\"rate\":%.0f,\"events_per_s\":%.0f,\"instrument_p50_ns\":%lld,"
       "\"instrument_p90_ns\":%lld,\"instrument_p99_ns\":%lld,\"instrument_p999_ns\":%lld,\"instrument_max_ns\":%lld,\"bytes_per_queued_event\":%.0f,"
-      "\"queued_for_memory_measure\":%zu,\"observer\":%s}\n",
+      "\"queued_for_memory_measure\":%zu,\"observer\":%s,\"redact\":\"%s\"}\n",
       events, rate, static_cast<double>(events) / seconds, static_cast<long long>(percentile(latencies, 0.50)),
       static_cast<long long>(percentile(latencies, 0.90)), static_cast<long long>(percentile(latencies, 0.99)),
       static_cast<long long>(percentile(latencies, 0.999)), static_cast<long long>(latencies.back()),
-      bytes_per_event, depth, observed ? "true" : "false");
+      bytes_per_event, depth, observed ? "true" : "false", redact.c_str());
   sender.shutdown(std::chrono::seconds(30));
   receiver.shutdown(std::chrono::seconds(30));
 }

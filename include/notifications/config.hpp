@@ -92,6 +92,19 @@ struct BridgeConfig {
   Durability durability = Durability::none;
   OutboxConfig outbox;
   nlohmann::json transport = nlohmann::json::object();  // transport-specific options
+  // Payload keys whose values never leave the process (docs/configuration.md, "Payload
+  // redaction"): before a forwarded event is serialised, the value of every payload member that
+  // a rule matches becomes the string "[REDACTED]", so the wire, the outbox (memory or file) and
+  // every log line or health() field see only that. Local subscribers see the payload as given.
+  // A rule is 1 or more segments separated by single dots; a segment is 1 or more of ASCII
+  // letters, digits, '_', '-' and '*' ('*': any run of bytes within one key). Letters match
+  // ignoring ASCII case. A rule matches a member whose path of keys from the payload's top ends
+  // with the rule's segments (array elements add no key): "password" matches that key at any
+  // depth, "card.number" a "number" inside a "card" object at any depth, "*token*"
+  // "access_token" and "TokenId". A matched value of any type (also an object or array) is
+  // replaced whole; a redacted "traceparent" member is not sent as the traceparent either. At most
+  // 256 rules of at most 256 bytes each. Empty: nothing is redacted, at no cost.
+  std::vector<std::string> redact;
 
   // Validates every field; throws ConfigError naming the first bad key.
   void validate() const;
@@ -108,7 +121,8 @@ struct BridgeConfig {
 //   durability ("none" | "async" | "sync"),
 //   outbox { path (non-empty), synchronous ("normal" | "full"), busy_timeout_ms (0 .. 600000),
 //            max_pages (0: SQLite's default, else 1 .. 2147483647) },
-//   transport { ... }, name (a subject token)
+//   transport { ... }, name (a subject token),
+//   redact (an array of rules, see BridgeConfig::redact; errors name the rule, "redact[2]")
 // durability async or sync, and overflow spill, need outbox.path; an outbox.path that neither
 // uses is refused too (it would suggest a durability the configuration does not have).
 // A "routes" key is refused here (several bridges): read such a configuration with
@@ -137,7 +151,8 @@ BridgeConfig config_from_text(std::string_view text, std::string_view source = "
 // Defaults, then the file named by NOTIFICATIONS_CONFIG (if set), then the environment:
 // NOTIFICATIONS_URL, NOTIFICATIONS_APP, NOTIFICATIONS_PREFIX, NOTIFICATIONS_FORWARD and
 // NOTIFICATIONS_SUBSCRIBE (comma-separated patterns), NOTIFICATIONS_GROUP, NOTIFICATIONS_START
-// ("new", "all" or a UTC time, as the "start" key).
+// ("new", "all" or a UTC time, as the "start" key), NOTIFICATIONS_REDACT (comma-separated
+// rules, as the "redact" key; replaces the file's list).
 BridgeConfig config_from_environment();
 
 std::string to_string(OverflowPolicy policy);

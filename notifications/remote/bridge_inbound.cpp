@@ -4,6 +4,7 @@
 #include "remote/bridge_inbound.hpp"
 
 #include "remote/bridge_impl.hpp"
+#include "remote/payload_redaction.hpp"
 
 namespace notifications {
 
@@ -112,13 +113,27 @@ void Bridge::Impl::receive(Delivery&& delivery) {
   drop(Drop::inbound_full, "(inbound message)", 1, why);
 }
 
+namespace {
+
+// A malformed message's body for a log line: as received (cut); when the route has redact rules,
+// its JSON with them applied, and nothing of it when it is not JSON.
+std::string body_for_log(const std::string& body, const BridgeConfig& config) {
+  if (config.redact.empty()) return truncated(body, 120);
+  nlohmann::json value = nlohmann::json::parse(body, nullptr, false);
+  if (value.is_discarded()) return "(not shown: not JSON, and the route has redact rules)";
+  detail::Redactor(config.redact).redact(value);
+  return truncated(value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), 120);
+}
+
+}  // namespace
+
 void Bridge::Impl::dead_letter(const Message& message, const std::string& reason) {
   inbound.counters().malformed.fetch_add(1, std::memory_order_relaxed);
   std::uint64_t suppressed = 0;
   if (malformed_log_rate.allow(suppressed)) {  // one line a second, whatever the peer sends
     detail::log(detail::LogLevel::warn,
                 "notifications bridge: malformed message on \"{}\": {}; body: {}{}; total malformed: {}",
-                truncated(message.subject, 120), truncated(reason), truncated(message.body, 120),
+                truncated(message.subject, 120), truncated(reason), body_for_log(message.body, config),
                 suppressed == 0 ? std::string() : " (" + std::to_string(suppressed) + " more malformed since the last line)",
                 inbound.counters().malformed.load());
   }

@@ -18,6 +18,17 @@ namespace notifications::bridge_internal {
 
 namespace {
 
+// A local event's traceparent comes from its payload's "traceparent" member: once a rule has
+// redacted that member, the traceparent does not travel either (as a header or envelope field).
+void drop_redacted_traceparent(detail::OutgoingEvent& outgoing, const nlohmann::json& redacted) {
+  if (outgoing.traceparent().empty()) return;
+  const auto it = redacted.find("traceparent");
+  if (it != redacted.end() && it->is_string() && it->get_ref<const std::string&>() == outgoing.traceparent()) return;
+  const std::string name(outgoing.name());
+  const std::string payload(outgoing.payload());
+  outgoing.set_text(name, payload, {});
+}
+
 bool needs_file(const BridgeConfig& config) {
   return config.durability != Durability::none || config.overflow == OverflowPolicy::spill;
 }
@@ -56,6 +67,7 @@ Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_p
       instance_id_(instance_id),
       outbox_(choose_outbox(config, std::move(outbox), std::min<std::size_t>(config.batch_size, kSegmentItems))),
       outbox_capacity_(outbox_->stats().capacity),
+      redactor_(config.redact),
       confirm_before_settle_(outbox_->persistent() && !transport_->capabilities().persistent) {
   for (const std::string& pattern : config.forward) patterns_.emplace_back(pattern);
   if (outbox_->persistent()) {
@@ -83,7 +95,12 @@ void Outbound::forward(std::size_t pattern_index, const Event& event) {
   }
   detail::OutgoingEvent outgoing;
   try {
-    outgoing = detail::outgoing_from_event(event);
+    // Redacted before it is serialised: the outbox, the wire and every message quoting the
+    // payload see only the redacted form. No copy when no rule matches.
+    std::optional<nlohmann::json> redacted;
+    if (!redactor_.empty()) redacted = redactor_.redacted(event.payload());
+    outgoing = redacted ? detail::outgoing_from_event(event, *redacted) : detail::outgoing_from_event(event);
+    if (redacted) drop_redacted_traceparent(outgoing, *redacted);
   } catch (const std::exception& e) {
     // Accepted and lost at once, so that accepted = sent + dropped keeps holding for flush().
     counters_.accepted.fetch_add(1, std::memory_order_relaxed);

@@ -26,6 +26,7 @@
 #include "notifications/outbox.hpp"
 #include "notifications/pattern.hpp"
 #include "notifications/transport.hpp"
+#include "remote/payload_redaction.hpp"
 
 namespace notifications::bridge_internal {
 
@@ -138,6 +139,7 @@ class Outbound {
   const std::shared_ptr<Outbox> outbox_;
   const std::size_t outbox_capacity_;  // for health() in a forked child, where stats() may block
   std::vector<Pattern> patterns_;
+  const detail::Redactor redactor_;  // config_.redact
   std::atomic<bool> accepting_{false};
   // Block policy: set when a push waited its whole block_timeout; until the transport accepts
   // something again, pushes do not wait (the outbox refuses the newest instead).

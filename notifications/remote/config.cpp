@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <iomanip>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "local/ascii.hpp"
 #include "notifications/pattern.hpp"
 #include "notifications/subject.hpp"
+#include "remote/payload_redaction.hpp"
 #include "transport/redaction.hpp"
 
 extern char** environ;
@@ -49,7 +51,7 @@ constexpr std::size_t kMaxForwardPatternBytes = 1024;
 
 constexpr std::string_view kKnownKeys =
     "url, app, prefix, forward, subscribe, group, start, queue_capacity, queue_max_bytes, overflow, "
-    "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, name";
+    "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, name, redact";
 constexpr std::string_view kKnownOutboxKeys = "path, synchronous, busy_timeout_ms, max_pages";
 // A configuration holds at most this many routes (each one is a bridge with its threads).
 constexpr std::size_t kMaxRoutes = 256;
@@ -79,6 +81,10 @@ constexpr std::string_view kExpectDurability = "one of \"none\", \"async\", \"sy
 constexpr std::string_view kExpectSynchronous = "one of \"normal\", \"full\"";
 constexpr std::string_view kExpectOutboxPath = "a non-empty file path string";
 constexpr std::string_view kExpectObject = "an object";
+constexpr std::string_view kExpectRedactList = "an array of redaction rule strings";
+constexpr std::string_view kExpectRedactRule =
+    "a redaction rule: segments of ASCII letters, digits, '_', '-', '*' separated by single dots "
+    "(e.g. \"password\", \"card.number\", \"*token*\")";
 
 struct IntegerRule {
   std::string_view key;  // key path, e.g. "retry.initial_ms"
@@ -350,6 +356,20 @@ void check_forward_item(std::string_view where, std::string_view text) {
   }
 }
 
+void check_redact_count(std::string_view where, std::size_t count) {
+  if (count > detail::kMaxRedactRules) {
+    fail_expected(where, "at most " + std::to_string(detail::kMaxRedactRules) + " redaction rules",
+                  std::to_string(count));
+  }
+}
+
+void check_redact_item(std::string_view where, std::string_view rule) {
+  const std::string problem = detail::redact_rule_problem(rule);
+  if (!problem.empty()) {
+    fail_expected(where, kExpectRedactRule, shown_text(rule), problem_for_display(rule, problem));
+  }
+}
+
 // `prefix` must already be valid.
 void check_subscribe_item(std::string_view where, std::string_view pattern,
                           std::string_view prefix) {
@@ -464,6 +484,21 @@ std::vector<std::string> read_pattern_list(std::string_view path, std::string_vi
     items.push_back(read_string(item_path, item_expected, value[i]));
   }
   return items;
+}
+
+// The "redact" list: an array of at most kMaxRedactRules strings, each a valid rule, its length
+// checked before any item is read or copied.
+std::vector<std::string> read_redact_list(const json& value) {
+  if (!value.is_array()) fail_type("redact", kExpectRedactList, value);
+  check_redact_count(key_label("redact"), value.size());
+  std::vector<std::string> rules;
+  rules.reserve(value.size());
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const std::string item_path = "redact[" + std::to_string(i) + "]";
+    rules.push_back(read_string(item_path, kExpectRedactRule, value[i]));
+    check_redact_item(key_label(item_path), rules.back());
+  }
+  return rules;
 }
 
 constexpr std::string_view kExpectStart =
@@ -815,6 +850,10 @@ void BridgeConfig::validate() const {
   check_durability(key_label("durability"), durability);
   check_outbox(outbox, durability, overflow);
   check_transport(key_label("transport"), transport);
+  check_redact_count(key_label("redact"), redact.size());
+  for (std::size_t i = 0; i < redact.size(); ++i) {
+    check_redact_item(key_label("redact[" + std::to_string(i) + "]"), redact[i]);
+  }
 }
 
 namespace {
@@ -873,6 +912,7 @@ BridgeConfig apply_keys(const json& value, BridgeConfig config) {
     check_transport(key_label("transport"), *v);
     config.transport = *v;
   }
+  if (const json* v = member(value, "redact")) config.redact = read_redact_list(*v);
   return config;
 }
 
@@ -992,6 +1032,7 @@ const char* config_path() {
 constexpr const char* kOverridingVariables[] = {
     "NOTIFICATIONS_URL",     "NOTIFICATIONS_APP",       "NOTIFICATIONS_PREFIX",
     "NOTIFICATIONS_FORWARD", "NOTIFICATIONS_SUBSCRIBE", "NOTIFICATIONS_GROUP",
+    "NOTIFICATIONS_REDACT",
 };
 
 // Applies the overriding variables that are set to `config`, then validates it.
@@ -1024,6 +1065,12 @@ void apply_environment(BridgeConfig& config) {
   }
   if (const char* v = std::getenv("NOTIFICATIONS_START")) {
     config.start = read_start(env_label("NOTIFICATIONS_START"), json(v));
+  }
+  if (const char* v = std::getenv("NOTIFICATIONS_REDACT")) {
+    // Counted like the JSON list: the count check's message says "rules", not "patterns".
+    const auto commas = static_cast<std::size_t>(std::count(v, v + std::strlen(v), ','));
+    check_redact_count(env_label("NOTIFICATIONS_REDACT"), commas + 1);
+    config.redact = env_list("NOTIFICATIONS_REDACT", v, "redaction rules", check_redact_item);
   }
   config.validate();
 }
@@ -1108,7 +1155,7 @@ std::vector<BridgeConfig> routes_from_environment() {
 namespace {
 constexpr const char* kEnvironmentVariables[] = {
     "NOTIFICATIONS_URL",     "NOTIFICATIONS_CONFIG",    "NOTIFICATIONS_APP", "NOTIFICATIONS_PREFIX",
-    "NOTIFICATIONS_FORWARD", "NOTIFICATIONS_SUBSCRIBE", "NOTIFICATIONS_GROUP",
+    "NOTIFICATIONS_FORWARD", "NOTIFICATIONS_SUBSCRIBE", "NOTIFICATIONS_GROUP", "NOTIFICATIONS_REDACT",
 };
 }  // namespace
 

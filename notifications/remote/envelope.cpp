@@ -674,14 +674,16 @@ thread_local PayloadScratch payload_scratch;
 
 }  // namespace
 
-OutgoingEvent outgoing_from_event(const Event& event) {
+OutgoingEvent outgoing_from_event(const Event& event) { return outgoing_from_event(event, event.payload()); }
+
+OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& event_payload) {
   // The payload is written into the per-thread buffer first (no allocation per event), then
   // copied next to the name; a local buffer once the thread's buffer is gone.
   std::string local;
   std::string& payload = payload_scratch_gone ? local : payload_scratch.text;
   constexpr std::size_t kKeptPayloadBytes = 64 * 1024;
   payload.clear();
-  append_json(payload, event.payload());
+  append_json(payload, event_payload);
   OutgoingEvent out;
   const std::string traceparent = event.traceparent();
   // The context and tags after the payload in the same buffer: {"context":...,"tags":...}.

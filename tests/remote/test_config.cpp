@@ -487,7 +487,7 @@ TEST(ConfigErrors, ExampleMessagesReadAsDocumented) {
             "[notifications.config] unknown key \"queue_capasity\" (known keys: url, app, prefix, "
             "forward, subscribe, group, start, queue_capacity, queue_max_bytes, overflow, "
             "block_timeout_ms, batch_size, retry, redelivery, durability, outbox, transport, "
-            "name)");
+            "name, redact)");
 }
 
 TEST(ConfigErrors, ProblemIsExplained) {
