@@ -126,7 +126,11 @@ class Handle {
   detail::block_result_t<Block> instrument(LazyPayload<Make> lazy_payload, Block&& block, SourceLocation where = SourceLocation::current()) const {
     const detail::ListenerSet* set = lookup();
     nlohmann::json payload;
-    if (set != nullptr) payload = lazy_payload.make();
+    if (set != nullptr) {
+      payload = lazy_payload.make();
+      // Looked up again: a builder that instruments or subscribes may have retired `set`.
+      set = lookup();
+    }
     return detail::instrument(*core_, set, name_, payload, block, where);
   }
   // Instant event.
@@ -211,7 +215,11 @@ class Notifier {
                                            Block&& block, SourceLocation where = SourceLocation::current()) {
     const detail::ListenerSet* set = detail::find_listeners(*core_, name);
     nlohmann::json payload;
-    if (set != nullptr) payload = lazy_payload.make();
+    if (set != nullptr) {
+      payload = lazy_payload.make();
+      // Looked up again: a builder that instruments or subscribes may have retired `set`.
+      set = detail::find_listeners(*core_, name);
+    }
     return detail::instrument(*core_, set, name, payload, block, where);
   }
   // Instant event: no block; start == end.
@@ -220,10 +228,10 @@ class Notifier {
   }
   template <class Make>
   void instrument(std::string_view name, LazyPayload<Make> lazy_payload, SourceLocation where = SourceLocation::current()) {
-    const detail::ListenerSet* set = detail::find_listeners(*core_, name);
-    if (set == nullptr) return;
+    if (detail::find_listeners(*core_, name) == nullptr) return;
     const nlohmann::json payload = lazy_payload.make();
-    detail::instrument_instant(*core_, set, name, payload, where);
+    // Looked up after the builder ran: one that instruments or subscribes may retire a set.
+    detail::instrument_instant(*core_, detail::find_listeners(*core_, name), name, payload, where);
   }
 
   // Delivers an event built elsewhere (the Bridge uses it for events received from other

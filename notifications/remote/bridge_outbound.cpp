@@ -96,10 +96,21 @@ void Outbound::forward(std::size_t pattern_index, const Event& event) {
   detail::OutgoingEvent outgoing;
   try {
     // Redacted before it is serialised: the outbox, the wire and every message quoting the
-    // payload see only the redacted form. No copy when no rule matches.
+    // payload see only the redacted form; the context and tags too. No copy when no rule matches.
     std::optional<nlohmann::json> redacted;
-    if (!redactor_.empty()) redacted = redactor_.redacted(event.payload());
-    outgoing = redacted ? detail::outgoing_from_event(event, *redacted) : detail::outgoing_from_event(event);
+    std::optional<nlohmann::json> context;
+    std::optional<nlohmann::json> tags;
+    if (!redactor_.empty()) {
+      redacted = redactor_.redacted(event.payload());
+      context = redactor_.redacted(event.context());
+      tags = redactor_.redacted(event.tags());
+    }
+    if (redacted || context || tags) {
+      outgoing = detail::outgoing_from_event(event, redacted ? *redacted : event.payload(),
+                                             context ? *context : event.context(), tags ? *tags : event.tags());
+    } else {
+      outgoing = detail::outgoing_from_event(event);
+    }
     if (redacted) drop_redacted_traceparent(outgoing, *redacted);
   } catch (const std::exception& e) {
     // Accepted and lost at once, so that accepted = sent + dropped keeps holding for flush().

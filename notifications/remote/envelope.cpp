@@ -674,9 +674,12 @@ thread_local PayloadScratch payload_scratch;
 
 }  // namespace
 
-OutgoingEvent outgoing_from_event(const Event& event) { return outgoing_from_event(event, event.payload()); }
+OutgoingEvent outgoing_from_event(const Event& event) {
+  return outgoing_from_event(event, event.payload(), event.context(), event.tags());
+}
 
-OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& event_payload) {
+OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& event_payload, const json& context,
+                                  const json& tags) {
   // The payload is written into the per-thread buffer first (no allocation per event), then
   // copied next to the name; a local buffer once the thread's buffer is gone.
   std::string local;
@@ -688,8 +691,6 @@ OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& even
   const std::string traceparent = event.traceparent();
   // The context and tags after the payload in the same buffer: {"context":...,"tags":...}.
   const std::size_t payload_size = payload.size();
-  const json& context = event.context();
-  const json& tags = event.tags();
   if (!context.empty() || !tags.empty()) {
     payload += '{';
     if (!context.empty()) {

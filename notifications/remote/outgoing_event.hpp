@@ -27,8 +27,9 @@ using OutgoingEvent = OutboxEvent;
 // For local events (a remote one, which carries its sender's id, is never forwarded). Throws
 // only when the payload cannot be serialised (out of memory).
 OutgoingEvent outgoing_from_event(const Event& event);
-// As above, with `payload` in place of event.payload() (a redacted copy of it).
-OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& payload);
+// As above, with `payload`, `context` and `tags` in place of the event's own (redacted copies).
+OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& payload, const nlohmann::json& context,
+                                  const nlohmann::json& tags);
 
 // Makes `message` the envelope of `event` on `subject`, with headers as message_from_event();
 // the bytes equal those of message_from_event() for the event it was made from. The message's

@@ -206,4 +206,28 @@ TEST(NestedPromise9, ErrorInANestedEventStaysInTheNestedEvent) {
   EXPECT_EQ(outer_calls, 1);
 }
 
+// A lazy payload's builder runs before the event exists, at the top level of the thread: when it
+// subscribes to the name and instruments twice, the listener set looked up before it was retired
+// and released (the second top-level lookup releases what the first one retired). The event must
+// not use that set: it reaches the listeners that exist after the builder ran, and ASan sees no
+// use after free.
+TEST(NestedPromise2, ALazyPayloadBuilderThatSubscribesAndInstrumentsDoesNotStaleTheLookup) {
+  n::Notifier notifier;
+  std::vector<std::string> seen;
+  auto first = notifier.subscribe("lazy.event", [&](const n::Event& event) { seen.push_back("first:" + std::string(event.name())); });
+  std::optional<n::Subscription> added;
+  const auto builder = [&] {
+    if (!added) added = notifier.subscribe("lazy.event", [&](const n::Event&) { seen.push_back("added"); });
+    notifier.instrument("other.one");
+    notifier.instrument("other.two");
+    return nlohmann::json{{"built", true}};
+  };
+  const n::Handle handle = notifier.handle("lazy.event");
+  notifier.instrument("lazy.event", n::lazy(builder));
+  notifier.instrument("lazy.event", n::lazy(builder), [] {});
+  handle.instrument(n::lazy(builder), [] {});
+  EXPECT_EQ(seen, (std::vector<std::string>{"first:lazy.event", "added", "first:lazy.event", "added",
+                                            "first:lazy.event", "added"}));
+}
+
 }  // namespace

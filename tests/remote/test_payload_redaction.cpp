@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "notifications/bridge.hpp"
+#include "notifications/context.hpp"
 #include "notifications/config.hpp"
 #include "notifications/logging.hpp"
 #include "notifications/notifications.hpp"
@@ -342,9 +343,11 @@ TEST_P(RedactedEndToEnd, ASecretNeverReachesTheWireTheOutboxTheLogOrHealth) {
                      receiver_config);
   std::mutex received_mutex;
   std::vector<json> received;
+  std::vector<json> received_context_and_tags;
   auto subscription = receiver_notifier.subscribe("order.placed", [&](const n::Event& event) {
     std::lock_guard lock(received_mutex);
     received.push_back(event.payload());
+    received_context_and_tags.push_back(json{{"context", event.context()}, {"tags", event.tags()}});
   });
   sender.start();
   receiver.start();
@@ -355,7 +358,12 @@ TEST_P(RedactedEndToEnd, ASecretNeverReachesTheWireTheOutboxTheLogOrHealth) {
     local.push_back(event.payload());
   });
   constexpr int kEvents = 5;
-  for (int i = 0; i < kEvents; ++i) sender_notifier.instrument("order.placed", secret_payload());
+  for (int i = 0; i < kEvents; ++i) {
+    // The rules apply to the context and tags the event carries too.
+    const n::ContextScope context({{"request_id", "r-1"}, {"password", secret("context")}});
+    const n::TagScope tags({{"checkout", true}, {"session_token", secret("tag")}});
+    sender_notifier.instrument("order.placed", secret_payload());
+  }
   ASSERT_EQ(local.size(), static_cast<std::size_t>(kEvents));
   EXPECT_EQ(local[0], secret_payload());
 
@@ -387,6 +395,9 @@ TEST_P(RedactedEndToEnd, ASecretNeverReachesTheWireTheOutboxTheLogOrHealth) {
                            {"items", json::array({json{{"sku", "x-1"}, {"access_token", kR}}})},
                            {"auth", {{"password", kR}}}};
     for (const json& payload : received) EXPECT_EQ(payload, expected);
+    const json expected_context_and_tags = {{"context", {{"request_id", "r-1"}, {"password", kR}}},
+                                            {"tags", {{"checkout", true}, {"session_token", kR}}}};
+    for (const json& both : received_context_and_tags) EXPECT_EQ(both, expected_context_and_tags);
   }
   // The wire saw the events themselves (and the malformed message, which the test sent).
   std::string wire_text = wire->all_text();
@@ -431,14 +442,21 @@ TEST(RedactedOverSqlite, TheBusFileNeverHoldsTheSecret) {
   n::Bridge receiver(receiver_notifier, n::make_sqlite_transport({.path = bus}), receiver_config);
   std::mutex received_mutex;
   std::vector<json> received;
+  std::vector<json> received_context_and_tags;
   auto subscription = receiver_notifier.subscribe("order.placed", [&](const n::Event& event) {
     std::lock_guard lock(received_mutex);
     received.push_back(event.payload());
+    received_context_and_tags.push_back(json{{"context", event.context()}, {"tags", event.tags()}});
   });
   receiver.start();
   sender.start();
   constexpr int kEvents = 3;
-  for (int i = 0; i < kEvents; ++i) sender_notifier.instrument("order.placed", secret_payload());
+  for (int i = 0; i < kEvents; ++i) {
+    // The rules apply to the context and tags the event carries too.
+    const n::ContextScope context({{"request_id", "r-1"}, {"password", secret("context")}});
+    const n::TagScope tags({{"checkout", true}, {"session_token", secret("tag")}});
+    sender_notifier.instrument("order.placed", secret_payload());
+  }
   ASSERT_TRUE(sender.flush(10s));
   ASSERT_TRUE(wait_until(
       [&] {
