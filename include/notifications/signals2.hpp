@@ -42,12 +42,14 @@ namespace notifications::signals2 {
 // the notifier's error handler, or to the emitting code when the notifier is strict.
 // Disconnect through the returned connection (or a scoped_connection made of it); the signal's
 // destruction disconnects too. The connection may outlive the notifier: it then publishes nothing.
+// The events' source_location() is that of this connect() call (the emission has none of its own).
 // Throws InvalidName for an empty name.
 template <class... Args, class... SignalParams, class Make>
 boost::signals2::connection connect(
     boost::signals2::signal<void(Args...), SignalParams...>& signal, Notifier& notifier,
     std::string name, Make make_payload,
-    boost::signals2::connect_position position = boost::signals2::at_back) {
+    boost::signals2::connect_position position = boost::signals2::at_back,
+    SourceLocation where = SourceLocation::current()) {
   static_assert(
       std::is_convertible_v<std::invoke_result_t<const Make&, const std::remove_cvref_t<Args>&...>,
                             nlohmann::json>,
@@ -55,11 +57,11 @@ boost::signals2::connection connect(
       "and return something nlohmann::json is made from");
   return signal.connect(
       [handle = notifier.handle(std::move(name)),
-       make = std::move(make_payload)](const std::remove_cvref_t<Args>&... args) {
+       make = std::move(make_payload), where](const std::remove_cvref_t<Args>&... args) {
         if (!handle.listening()) return;
         // Looked up again after the builder ran: the builder may itself instrument events.
         const nlohmann::json payload = make(args...);
-        handle.instrument(payload);
+        handle.instrument(payload, where);
       },
       position);
 }
@@ -68,8 +70,9 @@ boost::signals2::connection connect(
 template <class... Args, class... SignalParams, class Make>
 boost::signals2::connection connect(
     boost::signals2::signal<void(Args...), SignalParams...>& signal, std::string name,
-    Make make_payload, boost::signals2::connect_position position = boost::signals2::at_back) {
-  return connect(signal, default_notifier(), std::move(name), std::move(make_payload), position);
+    Make make_payload, boost::signals2::connect_position position = boost::signals2::at_back,
+    SourceLocation where = SourceLocation::current()) {
+  return connect(signal, default_notifier(), std::move(name), std::move(make_payload), position, where);
 }
 
 // ---- Bus -> slot --------------------------------------------------------------------------------

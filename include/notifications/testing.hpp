@@ -70,8 +70,8 @@ std::vector<Event> capture(Pattern pattern, Block&& block) {
 ::testing::AssertionResult describe_match(const std::vector<Event>& events, const Pattern& pattern,
                                           const nlohmann::json& payload_subset);
 // The same with tags and context too.
-::testing::AssertionResult describe_match(const std::vector<Event>& events, const Pattern& pattern,
-                                          const EventMatch& match);
+::testing::AssertionResult describe_event_match(const std::vector<Event>& events, const Pattern& pattern,
+                                                const EventMatch& match);
 
 // Success when at least one event matching `pattern` and `match` was instrumented while `block`
 // ran; the failure message lists what was instrumented instead, with tags and context.
@@ -79,7 +79,7 @@ template <class Block>
 ::testing::AssertionResult notified_matching(Notifier& notifier, Pattern pattern, const EventMatch& match,
                                              Block&& block) {
   const auto events = capture(notifier, Pattern::all(), std::forward<Block>(block));
-  return describe_match(events, pattern, match);
+  return describe_event_match(events, pattern, match);
 }
 template <class Block>
 ::testing::AssertionResult notified_matching(Pattern pattern, const EventMatch& match, Block&& block) {

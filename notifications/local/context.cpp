@@ -23,11 +23,14 @@ struct ThreadContext {
   Shared tags;
   std::shared_ptr<const EventContext> captured;
 
-  void rebuild() {
-    if (!context && !tags) {
-      captured.reset();
-    } else {
+  // Never throws (scope destructors call it): out of memory, later events capture nothing until
+  // the next change.
+  void rebuild() noexcept {
+    captured.reset();
+    if (!context && !tags) return;
+    try {
       captured = std::make_shared<const EventContext>(EventContext{context, tags});
+    } catch (...) {
     }
   }
 };

@@ -26,7 +26,8 @@ void drop_redacted_traceparent(detail::OutgoingEvent& outgoing, const nlohmann::
   if (it != redacted.end() && it->is_string() && it->get_ref<const std::string&>() == outgoing.traceparent()) return;
   const std::string name(outgoing.name());
   const std::string payload(outgoing.payload());
-  outgoing.set_text(name, payload, {});
+  const std::string attributes(outgoing.attributes());  // the context and tags stay
+  outgoing.set_text(name, payload, {}, attributes);
 }
 
 bool needs_file(const BridgeConfig& config) {
@@ -119,11 +120,12 @@ void Outbound::forward(std::size_t pattern_index, const Event& event) {
     return;
   }
   if (const std::size_t limit = transport_->max_message_bytes();
-      limit != 0 && outgoing.name().size() + outgoing.payload().size() > limit) {
+      limit != 0 && outgoing.name().size() + outgoing.payload().size() + outgoing.attributes().size() > limit) {
     // Counted as accepted and dropped at once, like an encoding failure: never retried.
     counters_.accepted.fetch_add(1, std::memory_order_relaxed);
     host_.drop(Drop::too_large, event.name(), 1,
-         "payload of " + std::to_string(outgoing.payload().size()) + " bytes; the transport carries at most " +
+         "payload of " + std::to_string(outgoing.payload().size() + outgoing.attributes().size()) +
+             " bytes (with its context and tags); the transport carries at most " +
              std::to_string(limit) + " bytes per message");
     return;
   }

@@ -21,8 +21,8 @@ bool event_matches(const Event& event, const EventMatch& match) {
          json_contains(event.context(), match.context);
 }
 
-::testing::AssertionResult describe_match(const std::vector<Event>& events, const Pattern& pattern,
-                                          const EventMatch& match) {
+::testing::AssertionResult describe_event_match(const std::vector<Event>& events, const Pattern& pattern,
+                                                const EventMatch& match) {
   for (const Event& event : events) {
     if (pattern.matches(event.name()) && event_matches(event, match)) return ::testing::AssertionSuccess();
   }
@@ -47,7 +47,7 @@ bool event_matches(const Event& event, const EventMatch& match) {
 
 ::testing::AssertionResult describe_match(const std::vector<Event>& events, const Pattern& pattern,
                                           const nlohmann::json& payload_subset) {
-  return describe_match(events, pattern, EventMatch{payload_subset, nullptr, nullptr});
+  return describe_event_match(events, pattern, EventMatch{payload_subset, nullptr, nullptr});
 }
 
 }  // namespace notifications::testing

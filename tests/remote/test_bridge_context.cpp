@@ -48,6 +48,9 @@ struct Seen {
 TEST(BridgeContext, ContextAndTagsTravelAndListenersOfTheRemoteEventInstrumentWithThem) {
   for (const bool inline_delivery : {true, false}) {
     const std::string broker = unique_broker("context");
+    // Before the bridges: an early return of a failed ASSERT shuts the bridges down first.
+    Seen orders;
+    Seen payments;
     n::Notifier shop;
     n::Notifier billing;
     n::BridgeConfig shop_config = config_for("shop");
@@ -63,8 +66,6 @@ TEST(BridgeContext, ContextAndTagsTravelAndListenersOfTheRemoteEventInstrumentWi
     auto charge = billing.subscribe(n::Pattern("order.placed"), [&](const n::Event& order) {
       billing.instrument("payment.charged", json{{"order", order.payload()["id"]}});
     });
-    Seen orders;
-    Seen payments;
     auto on_order = billing.subscribe(n::Pattern("order.>"), orders.listener());
     auto on_payment = shop.subscribe(n::Pattern("payment.>"), payments.listener());
     shop_bridge.start();

@@ -835,9 +835,10 @@ TEST(EnvelopeContext, AnEnvelopeWithoutThemDecodesAsBefore) {
 }
 
 TEST(EnvelopeContext, ContextOrTagsThatAreNotObjectsAreRefusedNamingTheField) {
-  EXPECT_EQ(error_with("context", "r-1"), "field \"context\": expected an object, got \"r-1\"");
+  // The value is never quoted: it may be what a route's redaction rules hide.
+  EXPECT_EQ(error_with("context", "s3cret"), "field \"context\": expected an object, got string");
   EXPECT_EQ(error_with("context", nullptr), "field \"context\": expected an object, got null");
-  EXPECT_EQ(error_with("tags", json::array({"checkout"})), "field \"tags\": expected an object, got array [\"checkout\"]");
+  EXPECT_EQ(error_with("tags", json::array({{{"password", "s3cret"}}})), "field \"tags\": expected an object, got array");
 }
 
 TEST(EnvelopeContext, ARemoteEventCarriesThemAndAnEventSendsWhatItCaptured) {

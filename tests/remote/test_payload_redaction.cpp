@@ -326,6 +326,10 @@ TEST_P(RedactedEndToEnd, ASecretNeverReachesTheWireTheOutboxTheLogOrHealth) {
     wire->messages.push_back(std::move(delivery.message));
   });
 
+  // Before the bridges: an early return of a failed ASSERT shuts the bridges down first.
+  std::mutex received_mutex;
+  std::vector<json> received;
+  std::vector<json> received_context_and_tags;
   n::Notifier sender_notifier;
   n::BridgeConfig sender_config = test_support::config_for("redact-a");
   sender_config.redact = kRules;
@@ -341,9 +345,6 @@ TEST_P(RedactedEndToEnd, ASecretNeverReachesTheWireTheOutboxTheLogOrHealth) {
   receiver_config.forward = {"nothing"};
   n::Bridge receiver(receiver_notifier, n::make_memory_transport({.broker = broker, .inline_delivery = true}),
                      receiver_config);
-  std::mutex received_mutex;
-  std::vector<json> received;
-  std::vector<json> received_context_and_tags;
   auto subscription = receiver_notifier.subscribe("order.placed", [&](const n::Event& event) {
     std::lock_guard lock(received_mutex);
     received.push_back(event.payload());
@@ -496,7 +497,10 @@ TEST(RedactedTraceparent, ARedactedTraceparentMemberIsNotSentAsAHeader) {
     if (redact) config.redact = {"*parent"};
     n::Bridge bridge(notifier, mock, config);
     bridge.start();
-    notifier.instrument("job.run", json{{"traceparent", traceparent}, {"job", 1}});
+    {
+      const n::ContextScope context({{"request_id", "r-1"}});
+      notifier.instrument("job.run", json{{"traceparent", traceparent}, {"job", 1}});
+    }
     ASSERT_TRUE(bridge.flush(10s));
     bridge.shutdown(5s);
     const std::vector<n::Message> published = mock->published();
@@ -505,6 +509,7 @@ TEST(RedactedTraceparent, ARedactedTraceparentMemberIsNotSentAsAHeader) {
     for (const auto& [key, value] : published[0].headers) wire += "\n" + key + ": " + value;
     EXPECT_EQ(has(wire, traceparent), !redact) << wire;
     EXPECT_TRUE(has(wire, "\"job\":1")) << wire;
+    EXPECT_TRUE(has(wire, R"("context":{"request_id":"r-1"})")) << "dropping the traceparent lost the context: " << wire;
   }
 }
 

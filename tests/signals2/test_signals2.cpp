@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -38,6 +39,7 @@ json order_payload(int id, const std::string& customer) { return json{{"id", id}
 TEST(Signals2Connect, EmissionBecomesInstantEventWithBuiltPayload) {
   Notifier notifier;
   OrderPlaced placed;
+  const unsigned connect_line = __LINE__ + 2;
   const boost::signals2::scoped_connection connection =
       notifications::signals2::connect(placed, notifier, "order.placed", order_payload);
   const auto events = notifications::testing::capture(notifier, "order.placed", [&] {
@@ -49,6 +51,8 @@ TEST(Signals2Connect, EmissionBecomesInstantEventWithBuiltPayload) {
   EXPECT_EQ(events[0].payload(), order_payload(7, "ada"));
   EXPECT_EQ(events[1].payload(), order_payload(8, "bob"));
   EXPECT_EQ(events[0].duration().count(), 0);  // instant
+  EXPECT_EQ(events[0].source_location().line, connect_line) << "the location is the connect() call's";
+  EXPECT_NE(std::string_view(events[0].source_location().file).find("test_signals2.cpp"), std::string_view::npos);
 }
 
 TEST(Signals2Connect, SlotsAlreadyConnectedStillRun) {

@@ -39,8 +39,10 @@ using detail::MutexLock;
 using detail::UniqueMutexLock;
 using Clock = std::chrono::steady_clock;
 
-// 1: the first; 2: adds the column attributes (the events' context and tags, NULL for none).
-constexpr int kSchemaVersion = 2;
+// Version 1. The column attributes (the events' context and tags, NULL for none) was added to it
+// without a new version: a program that predates it ignores the column (its statements name
+// their columns) and writes NULL there, so a deploy can be rolled back onto the same file.
+constexpr int kSchemaVersion = 1;
 
 constexpr const char* kSchema =
     "CREATE TABLE IF NOT EXISTS notifications_outbox("
@@ -120,7 +122,7 @@ struct Store {
                                 std::to_string(kSchemaVersion) + "): a newer program wrote it");
     }
     db.exec(kSchema, "create the outbox table");
-    if (!has_attributes_column(db)) {  // a file of schema version 1: its rows carry none
+    if (!has_attributes_column(db)) {  // written before the column existed: its rows carry none
       db.exec("ALTER TABLE notifications_outbox ADD COLUMN attributes TEXT", "add the attributes column");
     }
     db.exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str(), "write the schema version");

@@ -27,7 +27,7 @@ namespace {
 using sqlite::Database;
 using sqlite::Statement;
 
-// A file of schema version 1 (before its first open by this version) has no attributes column.
+// A file written before the attributes column existed (and not opened by an outbox since) has none.
 std::string select_rows(bool has_attributes) {
   return std::string("SELECT id, name, payload, traceparent, time_us, duration_us, exception_type, exception_message,"
                      " id_salt, id_sequence, ") +

@@ -405,7 +405,7 @@ TEST(SqliteOutboxContext, ContextAndTagsAreKeptInTheFileAndComeBackAtTheNextStar
   EXPECT_EQ(batch[1].attributes(), "");
 }
 
-TEST(SqliteOutboxContext, AFileOfSchemaVersion1IsReadAndUpgradedKeepingItsRows) {
+TEST(SqliteOutboxContext, AFileFromBeforeTheAttributesColumnIsReadAndGainsItKeepingItsRowsAndVersion) {
   TempDir dir;
   const std::string path = dir.file();
   {
@@ -441,7 +441,9 @@ TEST(SqliteOutboxContext, AFileOfSchemaVersion1IsReadAndUpgradedKeepingItsRows) 
     outbox->release();
     outbox->close();
   }
-  EXPECT_EQ(test_support::scalar(path, "PRAGMA user_version"), 2);
+  // Still version 1: a program from before the column can open the file again (a rolled-back deploy).
+  EXPECT_EQ(test_support::scalar(path, "PRAGMA user_version"), 1);
+  EXPECT_EQ(test_support::scalar(path, "SELECT count(*) FROM pragma_table_info('notifications_outbox') WHERE name = 'attributes'"), 1);
   const auto after = n::list_outbox(path);
   ASSERT_EQ(after.size(), 2u);
   EXPECT_EQ(after[1].attributes, kAttributes);
