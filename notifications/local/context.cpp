@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "local/event_context.hpp"
+#include "local/thread_cache.hpp"
 
 namespace notifications {
 
@@ -16,44 +17,16 @@ namespace {
 using nlohmann::json;
 using Shared = std::shared_ptr<const json>;
 
-// One thread's context and tags, and the EventContext events capture (rebuilt on every change,
-// which is rare next to instrumenting: events share it).
-struct ThreadContext {
-  Shared context;
-  Shared tags;
-  std::shared_ptr<const EventContext> captured;
-
-  // Never throws (scope destructors call it): out of memory, later events capture nothing until
-  // the next change.
-  void rebuild() noexcept {
-    captured.reset();
-    if (!context && !tags) return;
-    try {
-      captured = std::make_shared<const EventContext>(EventContext{context, tags});
-    } catch (...) {
-    }
+// Rebuilds what events capture from the thread's context and tags (rare next to instrumenting:
+// events share it). Never throws (scope destructors call it): out of memory, later events capture
+// nothing until the next change.
+void rebuild(ThreadCache& thread) noexcept {
+  thread.captured.reset();
+  if (!thread.context && !thread.tags) return;
+  try {
+    thread.captured = std::make_shared<const EventContext>(EventContext{thread.context, thread.tags});
+  } catch (...) {
   }
-};
-
-// Trivially destructible, so readable after the thread's ThreadContext is destroyed at thread or
-// program exit, when a destructor may still instrument an event.
-thread_local ThreadContext* current = nullptr;
-thread_local bool gone = false;
-
-struct Owner {
-  ThreadContext state;
-  Owner() { current = &state; }
-  ~Owner() {
-    current = nullptr;
-    gone = true;
-  }
-};
-
-// The thread's state, made on first use; null once destroyed.
-ThreadContext* state() {
-  if (current != nullptr || gone) return current;
-  thread_local Owner owner;
-  return current;
 }
 
 // `shared` with the members of `values` merged in; null when the result is empty.
@@ -108,10 +81,7 @@ const json& empty_object() {
 
 }  // namespace
 
-std::shared_ptr<const EventContext> current_event_context() noexcept {
-  const ThreadContext* thread = current;
-  return thread != nullptr ? thread->captured : nullptr;
-}
+std::shared_ptr<const EventContext> current_event_context() { return thread_cache().captured; }
 
 std::shared_ptr<const EventContext> make_event_context(json context, json tags) {
   Shared c = context.is_object() && !context.empty() ? std::make_shared<const json>(std::move(context)) : nullptr;
@@ -121,20 +91,20 @@ std::shared_ptr<const EventContext> make_event_context(json context, json tags) 
 }
 
 AdoptedEventContext::AdoptedEventContext(const std::shared_ptr<const EventContext>& captured) {
-  ThreadContext* thread = state();
-  if (thread == nullptr) return;
-  saved_context_ = std::exchange(thread->context, captured ? captured->context : nullptr);
-  saved_tags_ = std::exchange(thread->tags, captured ? captured->tags : nullptr);
-  thread->captured = captured;
+  ThreadCache& thread = thread_cache();
+  if (!captured && !thread.captured) return;  // nothing to adopt, nothing to restore
+  saved_context_ = std::exchange(thread.context, captured ? captured->context : nullptr);
+  saved_tags_ = std::exchange(thread.tags, captured ? captured->tags : nullptr);
+  thread.captured = captured;
   adopted_ = true;
 }
 
 AdoptedEventContext::~AdoptedEventContext() {
-  ThreadContext* thread = current;
-  if (!adopted_ || thread == nullptr) return;
-  thread->context = std::move(saved_context_);
-  thread->tags = std::move(saved_tags_);
-  thread->rebuild();
+  if (!adopted_) return;
+  ThreadCache& thread = thread_cache();
+  thread.context = std::move(saved_context_);
+  thread.tags = std::move(saved_tags_);
+  rebuild(thread);
 }
 
 const json& context_of(const std::shared_ptr<const EventContext>& captured) noexcept {
@@ -150,60 +120,55 @@ const json& tags_of(const std::shared_ptr<const EventContext>& captured) noexcep
 using nlohmann::json;
 
 json context() {
-  const detail::ThreadContext* thread = detail::current;
-  return thread != nullptr && thread->context ? *thread->context : json::object();
+  const auto& thread = detail::thread_cache();
+  return thread.context ? *thread.context : json::object();
 }
 
 json tags() {
-  const detail::ThreadContext* thread = detail::current;
-  return thread != nullptr && thread->tags ? *thread->tags : json::object();
+  const auto& thread = detail::thread_cache();
+  return thread.tags ? *thread.tags : json::object();
 }
 
 void set_context(const json& values) {
   detail::require_object(values, "set_context");
-  detail::ThreadContext* thread = detail::state();
-  if (thread == nullptr) return;
-  thread->context = detail::merged(thread->context, values, false);
-  thread->rebuild();
+  detail::ThreadCache& thread = detail::thread_cache();
+  thread.context = detail::merged(thread.context, values, false);
+  detail::rebuild(thread);
 }
 
 void clear_context() {
-  detail::ThreadContext* thread = detail::current;
-  if (thread == nullptr || !thread->context) return;
-  thread->context.reset();
-  thread->rebuild();
+  detail::ThreadCache& thread = detail::thread_cache();
+  if (!thread.context) return;
+  thread.context.reset();
+  detail::rebuild(thread);
 }
 
 ContextScope::ContextScope(const json& values, bool replace) {
   detail::require_object(values, "ContextScope");
-  detail::ThreadContext* thread = detail::state();
-  if (thread == nullptr) return;
-  saved_ = thread->context;
-  thread->context = detail::merged(thread->context, values, replace);
-  thread->rebuild();
+  detail::ThreadCache& thread = detail::thread_cache();
+  saved_ = thread.context;
+  thread.context = detail::merged(thread.context, values, replace);
+  detail::rebuild(thread);
 }
 
 ContextScope::~ContextScope() {
-  detail::ThreadContext* thread = detail::current;
-  if (thread == nullptr) return;
-  thread->context = std::move(saved_);
-  thread->rebuild();
+  detail::ThreadCache& thread = detail::thread_cache();
+  thread.context = std::move(saved_);
+  detail::rebuild(thread);
 }
 
 TagScope::TagScope(const json& tags) {
   const json added = detail::tags_object(tags);
-  detail::ThreadContext* thread = detail::state();
-  if (thread == nullptr) return;
-  saved_ = thread->tags;
-  thread->tags = detail::merged(thread->tags, added, false);
-  thread->rebuild();
+  detail::ThreadCache& thread = detail::thread_cache();
+  saved_ = thread.tags;
+  thread.tags = detail::merged(thread.tags, added, false);
+  detail::rebuild(thread);
 }
 
 TagScope::~TagScope() {
-  detail::ThreadContext* thread = detail::current;
-  if (thread == nullptr) return;
-  thread->tags = std::move(saved_);
-  thread->rebuild();
+  detail::ThreadCache& thread = detail::thread_cache();
+  thread.tags = std::move(saved_);
+  detail::rebuild(thread);
 }
 
 }  // namespace notifications

@@ -111,10 +111,11 @@ struct ActiveEvent::Failures {
 };
 
 ActiveEvent::ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string_view name,
-                         nlohmann::json& payload, SourceLocation where)
+                         nlohmann::json& payload, const SourceLocation& where)
     : core_(core), set_(set), cache_(thread_cache()) {
   ++cache_.dispatch_depth;
   EventAccess::begin(event_, name, payload, where);
+  if (cache_.captured) EventAccess::set_context(event_, cache_.captured);  // the thread's context and tags
   if (set_.needs_cpu_time) cpu_start_ns_ = thread_cpu_ns();  // after the wall clock: see complete()
   if (set_.has_start) start_listeners();
 }

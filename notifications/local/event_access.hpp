@@ -34,15 +34,15 @@ inline Event::wall_clock::time_point wall_time_at(Event::mono_clock::time_point 
 }
 
 struct EventAccess {
-  // Starts an event that borrows `name` and `payload` (the instrument() arguments).
-  static void begin(Event& event, std::string_view name, nlohmann::json& payload, SourceLocation where) {
+  // Starts an event that borrows `name` and `payload`; the caller sets its context (ActiveEvent,
+  // from its ThreadCache).
+  static void begin(Event& event, std::string_view name, nlohmann::json& payload, const SourceLocation& where) {
     event.where_ = where;
     event.name_ = name;
     event.payload_ = &payload;
     event.start_ = event.end_ = Event::mono_clock::now();
     event.time_ = wall_time_at(event.start_);
     draw_event_ids(event.sequence_, event.transaction_);
-    event.context_ = current_event_context();
   }
   static void set_context(Event& event, std::shared_ptr<const EventContext> captured) {
     event.context_ = std::move(captured);

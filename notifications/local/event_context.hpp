@@ -18,8 +18,8 @@ struct EventContext {
 };
 
 // What an event started on this thread now captures; null when the thread has neither context
-// nor tags (and after the thread's state was destroyed at thread exit).
-std::shared_ptr<const EventContext> current_event_context() noexcept;
+// nor tags. (ActiveEvent reads ThreadCache::captured directly.)
+std::shared_ptr<const EventContext> current_event_context();
 
 // Makes the calling thread's context and tags those of `captured` (null: none) for its lifetime,
 // then restores the previous ones: a received event's listeners instrument with its context.

@@ -16,9 +16,12 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace notifications::detail {
 
 struct ListenerSet;
+struct EventContext;
 
 namespace name_words {
 inline std::uint64_t load8(const char* p) noexcept {
@@ -107,6 +110,13 @@ struct ThreadCache {
   std::array<Entry, kEntries> entries;
   int dispatch_depth = 0;  // ActiveEvents alive on this thread
   std::vector<std::shared_ptr<const ListenerSet>> retired;
+
+  // The thread's context and tags (notifications/context.hpp; local/context.cpp keeps them), and
+  // what an event started now captures: null when the thread has neither, which is what an
+  // ActiveEvent checks (one load, no call).
+  std::shared_ptr<const nlohmann::json> context;
+  std::shared_ptr<const nlohmann::json> tags;
+  std::shared_ptr<const EventContext> captured;
 };
 
 ThreadCache& thread_cache();

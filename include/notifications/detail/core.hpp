@@ -60,7 +60,7 @@ inline const ListenerSet* find_listeners(NotifierCore& core, std::string_view na
 class ActiveEvent {
  public:
   ActiveEvent(NotifierCore& core, const ListenerSet& set, std::string_view name,
-              nlohmann::json& payload, SourceLocation where);
+              nlohmann::json& payload, const SourceLocation& where);
   // An event built elsewhere (received from another process): its times are kept.
   ActiveEvent(NotifierCore& core, const ListenerSet& set, Event&& prebuilt);
   ~ActiveEvent();
