@@ -95,7 +95,7 @@ AdoptedEventContext::AdoptedEventContext(const std::shared_ptr<const EventContex
   if (!captured && !thread.captured) return;  // nothing to adopt, nothing to restore
   saved_context_ = std::exchange(thread.context, captured ? captured->context : nullptr);
   saved_tags_ = std::exchange(thread.tags, captured ? captured->tags : nullptr);
-  thread.captured = captured;
+  saved_captured_ = std::exchange(thread.captured, captured);
   adopted_ = true;
 }
 
@@ -104,7 +104,7 @@ AdoptedEventContext::~AdoptedEventContext() {
   ThreadCache& thread = thread_cache();
   thread.context = std::move(saved_context_);
   thread.tags = std::move(saved_tags_);
-  rebuild(thread);
+  thread.captured = std::move(saved_captured_);  // made of the two restored above: no rebuild
 }
 
 const json& context_of(const std::shared_ptr<const EventContext>& captured) noexcept {

@@ -33,6 +33,7 @@ class AdoptedEventContext {
  private:
   std::shared_ptr<const nlohmann::json> saved_context_;
   std::shared_ptr<const nlohmann::json> saved_tags_;
+  std::shared_ptr<const EventContext> saved_captured_;
   bool adopted_ = false;
 };
 

@@ -18,18 +18,6 @@ namespace notifications::bridge_internal {
 
 namespace {
 
-// A local event's traceparent comes from its payload's "traceparent" member: once a rule has
-// redacted that member, the traceparent does not travel either (as a header or envelope field).
-void drop_redacted_traceparent(detail::OutgoingEvent& outgoing, const nlohmann::json& redacted) {
-  if (outgoing.traceparent().empty()) return;
-  const auto it = redacted.find("traceparent");
-  if (it != redacted.end() && it->is_string() && it->get_ref<const std::string&>() == outgoing.traceparent()) return;
-  const std::string name(outgoing.name());
-  const std::string payload(outgoing.payload());
-  const std::string attributes(outgoing.attributes());  // the context and tags stay
-  outgoing.set_text(name, payload, {}, attributes);
-}
-
 bool needs_file(const BridgeConfig& config) {
   return config.durability != Durability::none || config.overflow == OverflowPolicy::spill;
 }
@@ -112,7 +100,6 @@ void Outbound::forward(std::size_t pattern_index, const Event& event) {
     } else {
       outgoing = detail::outgoing_from_event(event);
     }
-    if (redacted) drop_redacted_traceparent(outgoing, *redacted);
   } catch (const std::exception& e) {
     // Accepted and lost at once, so that accepted = sent + dropped keeps holding for flush().
     counters_.accepted.fetch_add(1, std::memory_order_relaxed);

@@ -689,7 +689,12 @@ OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& even
   payload.clear();
   append_json(payload, event_payload);
   OutgoingEvent out;
-  const std::string traceparent = event.traceparent();
+  // A local event's traceparent is its payload's "traceparent" member (Event::traceparent()),
+  // read from the payload that travels: once a route's rules redacted it, none travels.
+  std::string traceparent;
+  if (const auto it = event_payload.find("traceparent"); it != event_payload.end() && it->is_string()) {
+    traceparent = it->get<std::string>();
+  }
   // The context and tags after the payload in the same buffer: {"context":...,"tags":...}.
   const std::size_t payload_size = payload.size();
   if (!context.empty() || !tags.empty()) {

@@ -27,7 +27,8 @@ using OutgoingEvent = OutboxEvent;
 // For local events (a remote one, which carries its sender's id, is never forwarded). Throws
 // only when the payload cannot be serialised (out of memory).
 OutgoingEvent outgoing_from_event(const Event& event);
-// As above, with `payload`, `context` and `tags` in place of the event's own (redacted copies).
+// As above, with `payload`, `context` and `tags` in place of the event's own (redacted copies); the
+// traceparent is read from `payload`, as Event::traceparent() reads a local event's.
 OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& payload, const nlohmann::json& context,
                                   const nlohmann::json& tags);
 

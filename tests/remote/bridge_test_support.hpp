@@ -1,15 +1,20 @@
-// Helpers shared by the Bridge tests: a test configuration and health counter readers.
-// Thread-safety: stateless functions.
+// Helpers shared by the Bridge tests: a test configuration, health counter readers and an inbox
+// of the events a listener saw.
+// Thread-safety: the functions are stateless; Inbox is safe from any thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "notifications/config.hpp"
+#include "notifications/event.hpp"
+#include "notifications/notifier.hpp"
 
 namespace test_support {
 
@@ -28,6 +33,27 @@ inline std::string unique_broker(const std::string& base) {
   static std::atomic<int> next{0};
   return base + "-" + std::to_string(next.fetch_add(1));
 }
+
+// Thread-safe collection of the events a listener saw (its member functions may be called from
+// any thread).
+struct Inbox {
+  std::mutex mutex;
+  std::vector<notifications::Event> events;
+  notifications::EventListener listener() {
+    return [this](const notifications::Event& e) {
+      std::lock_guard lock(mutex);
+      events.push_back(e);
+    };
+  }
+  std::size_t size() {
+    std::lock_guard lock(mutex);
+    return events.size();
+  }
+  notifications::Event at(std::size_t i) {
+    std::lock_guard lock(mutex);
+    return events.at(i);
+  }
+};
 
 inline std::uint64_t counter(const nlohmann::json& health, const std::string& name) {
   return health["counters"][name].get<std::uint64_t>();

@@ -31,25 +31,7 @@ namespace {
 using test_support::unique_broker;
 using test_support::wait_until;
 
-// Thread-safe collection of the events a listener saw.
-struct Inbox {
-  std::mutex mutex;
-  std::vector<n::Event> events;
-  n::EventListener listener() {
-    return [this](const n::Event& e) {
-      std::lock_guard lock(mutex);
-      events.push_back(e);
-    };
-  }
-  std::size_t size() {
-    std::lock_guard lock(mutex);
-    return events.size();
-  }
-  n::Event at(std::size_t i) {
-    std::lock_guard lock(mutex);
-    return events.at(i);
-  }
-};
+using test_support::Inbox;
 
 using test_support::config_for;
 using test_support::counter;

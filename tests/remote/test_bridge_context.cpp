@@ -5,9 +5,7 @@
 
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <vector>
 
 #include "notifications/bridge.hpp"
 #include "notifications/context.hpp"
@@ -25,25 +23,7 @@ namespace {
 using test_support::config_for;
 using test_support::unique_broker;
 using test_support::wait_until;
-
-struct Seen {
-  std::mutex mutex;
-  std::vector<n::Event> events;
-  n::EventListener listener() {
-    return [this](const n::Event& event) {
-      std::lock_guard lock(mutex);
-      events.push_back(event);
-    };
-  }
-  std::size_t size() {
-    std::lock_guard lock(mutex);
-    return events.size();
-  }
-  n::Event at(std::size_t i) {
-    std::lock_guard lock(mutex);
-    return events.at(i);
-  }
-};
+using Seen = test_support::Inbox;
 
 TEST(BridgeContext, ContextAndTagsTravelAndListenersOfTheRemoteEventInstrumentWithThem) {
   for (const bool inline_delivery : {true, false}) {

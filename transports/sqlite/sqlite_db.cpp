@@ -121,6 +121,16 @@ void Database::exec(const char* sql, std::string_view what) {
   if (rc != SQLITE_OK) fail(rc, what);
 }
 
+bool Database::has_column(std::string_view table, std::string_view column) {
+  Statement s(*this, "SELECT count(*) FROM pragma_table_info(?) WHERE name = ?", "look for a column");
+  s.bind(1, table);
+  s.bind(2, column);
+  s.step();
+  const bool found = s.int64(0) > 0;
+  s.reset();
+  return found;
+}
+
 std::string Database::pragma_text(const char* sql, std::string_view what) {
   Statement statement(*this, sql, what);
   std::string result;

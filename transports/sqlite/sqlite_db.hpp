@@ -40,6 +40,8 @@ class Database {
   void exec(const char* sql, std::string_view what);
   // A PRAGMA's single text result ("" when none).
   std::string pragma_text(const char* sql, std::string_view what);
+  // True when `table` has a column named `column` (false when there is no such table).
+  bool has_column(std::string_view table, std::string_view column);
   // PRAGMA journal_mode=WAL, retried while the file is busy for up to `timeout`: connections
   // opening a new file at once each need it to themselves for the switch, and SQLite answers
   // SQLITE_BUSY at once, without the busy handler, when two would wait for each other. Throws

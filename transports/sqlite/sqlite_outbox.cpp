@@ -93,15 +93,6 @@ class ProcessLock {
   bool abandoned_ = false;
 };
 
-bool has_attributes_column(sqlite::Database& db) {
-  sqlite::Statement s(db, "SELECT count(*) FROM pragma_table_info('notifications_outbox') WHERE name = 'attributes'",
-                      "look for the attributes column");
-  s.step();
-  const bool found = s.int64(0) > 0;
-  s.reset();
-  return found;
-}
-
 // The file and its statements; used under SqliteOutbox::store_mutex_ only.
 struct Store {
   Store(const std::string& path, const OutboxConfig& config)
@@ -122,7 +113,7 @@ struct Store {
                                 std::to_string(kSchemaVersion) + "): a newer program wrote it");
     }
     db.exec(kSchema, "create the outbox table");
-    if (!has_attributes_column(db)) {  // written before the column existed: its rows carry none
+    if (!db.has_column("notifications_outbox", "attributes")) {  // written before the column existed: its rows carry none
       db.exec("ALTER TABLE notifications_outbox ADD COLUMN attributes TEXT", "add the attributes column");
     }
     db.exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str(), "write the schema version");

@@ -47,18 +47,12 @@ class OutboxFile {
     check.step();
     const bool found = check.int64(0) > 0;
     check.reset();
-    if (found) {
-      Statement column(db_, "SELECT count(*) FROM pragma_table_info('notifications_outbox') WHERE name = 'attributes'",
-                       "look for the attributes column");
-      column.step();
-      select_ = select_rows(column.int64(0) > 0);
-      column.reset();
-    }
     if (!found) {
       throw OutboxError("outbox file \"" + path +
                         "\" holds no outbox table (notifications_outbox): check the path (outbox.path of the "
                         "service's configuration); no outbox has written to this file yet");
     }
+    select_ = select_rows(db_.has_column("notifications_outbox", "attributes"));
   }
 
   Database& db() { return db_; }
