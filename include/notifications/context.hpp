@@ -46,6 +46,7 @@ nlohmann::json tags();
 // Sets context for its lifetime: on construction merges `values` (an object) into the thread's
 // context, on destruction restores the context as it was before, whatever was set in between.
 // ContextScope scope(nlohmann::json::object(), true) starts from an empty context (a new request).
+// Thread-safety: acts on the constructing thread's context only; destroy it on that thread.
 class ContextScope {
  public:
   explicit ContextScope(const nlohmann::json& values, bool replace = false);
@@ -63,6 +64,7 @@ class ContextScope {
 // Pushes tags for its lifetime. `tags` is a string (the tag {"<string>": true}), an object (its
 // members), or an array of strings and objects; inner scopes' members replace outer ones of the
 // same key. Throws std::invalid_argument for any other value or an empty string.
+// Thread-safety: acts on the constructing thread's tags only; destroy it on that thread.
 class TagScope {
  public:
   explicit TagScope(const nlohmann::json& tags);

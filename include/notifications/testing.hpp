@@ -38,6 +38,7 @@ bool json_contains(const nlohmann::json& value, const nlohmann::json& subset);
 
 // What an event must contain, each part as json_contains() compares it (null: anything), as
 // Rails' assert_event_reported(name, payload:, tags:) does: a partial match.
+// Thread-safety: a value; event_matches() may be called from any thread.
 struct EventMatch {
   nlohmann::json payload = nullptr;
   nlohmann::json tags = nullptr;     // against Event::tags()
