@@ -27,6 +27,7 @@
 
 #include "notifications/bridge.hpp"
 #include "notifications/errors.hpp"
+#include "notifications/event_stream.hpp"
 #include "notifications/metrics.hpp"
 
 namespace notifications::prometheus {
@@ -96,7 +97,18 @@ struct MetricsServerOptions {
   std::string address = "127.0.0.1";
   std::uint16_t port = 0;  // 0: a free port chosen by the system (read it with port())
   bool allow_non_loopback = false;
-  int threads = 2;  // the server's worker threads (at least 1)
+  int threads = 2;  // the server's worker threads (at least 1), besides those of `events`
+  // When set, the server also serves GET /events (this stream, text/event-stream: the query's
+  // "pattern" narrows it, a Last-Event-ID header or "last_event_id" query member resumes it) and
+  // GET / (a page that tails it in a browser, docs/event_stream.md). Each event-stream client
+  // holds one server thread while it is connected, so the server runs `threads` +
+  // events' max_connections threads; the socket timeout is events' write_deadline. The stream is
+  // shut down (its clients sent the "shutdown" event) before the server stops.
+  std::shared_ptr<EventStream> events;
+  // When not empty, every request must carry it, as "Authorization: Bearer <token>" or (browsers'
+  // EventSource cannot set headers) as the query member "access_token"; others get 401. Required
+  // to serve `events` on an address that is not loopback. Never logged nor echoed.
+  std::string bearer_token;
 };
 
 // An embedded HTTP server (civetweb) serving GET /metrics (text exposition of `metrics`) and
