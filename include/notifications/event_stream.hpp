@@ -87,7 +87,8 @@ struct EventStreamOptions {
 // Last-Event-ID; 503: too many connections, not started, or shutting down).
 class EventStreamRefused : public Error {
  public:
-  EventStreamRefused(int status, const std::string& message) : Error(message), status_(status) {}
+  EventStreamRefused(int status, const std::string& message)
+      : Error("event_stream_refused", message), status_(status) {}
   int status() const noexcept { return status_; }
 
  private:
@@ -119,6 +120,9 @@ class EventStream {
   // docs/dispatch.md; empty: every event the stream carries), from after `last_event_id` when
   // not empty. Throws EventStreamRefused naming what was wrong.
   std::unique_ptr<Connection> connect(std::string_view pattern, std::string_view last_event_id = {});
+
+  // The options it was made with (validated).
+  const EventStreamOptions& options() const noexcept;
 
   // {"state", "connections", "max_connections", "connections_total", "refused", "dropped_slow",
   //  "dropped_write", "closed_idle", "events", "dropped_events", "frames_sent", "heartbeats",
