@@ -181,7 +181,9 @@ void EventStreamOptions::validate() const {
 void EventStream::State::enqueue(const Event& event) {
   {
     detail::MutexLock lock(queue_mutex);
-    if (!dispatcher_stop && queue.size() < options.dispatch_queue) {
+    // An event still being dispatched when shutdown() unsubscribed: the stream carries no more.
+    if (dispatcher_stop) return;
+    if (queue.size() < options.dispatch_queue) {
       queue.push_back(event);
       if (queue.size() == 1) queue_ready.notify_one();
       return;
