@@ -21,6 +21,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <deque>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -43,8 +44,9 @@ using Clock = std::chrono::steady_clock;
 
 // One encoded event, shared by every client's queue and the replay ring.
 struct Frame {
-  std::uint64_t position = 0;  // 0: not an event (heartbeat, gap, shutdown)
+  std::uint64_t position = 0;  // 0: not in the ring (a control frame, or replayed from the history)
   std::string name;
+  std::string event_id;  // the envelope's id; empty for control frames
   std::string text;  // the whole frame, ending with the blank line
 };
 using FramePtr = std::shared_ptr<const Frame>;
@@ -75,6 +77,36 @@ std::string stream_token() {
   return token;
 }
 
+// "id: ...\nevent: <name>\ndata: <envelope>\n\n".
+std::string frame_text(std::string_view id, std::string_view name, std::string_view data) {
+  std::string text;
+  text.reserve(id.size() + name.size() + data.size() + 24);
+  text.append("id: ").append(id).append("\nevent: ").append(name).append("\ndata: ").append(data).append("\n\n");
+  return text;
+}
+
+// A Last-Event-ID this stream wrote: "<stream>-<number>:<event id>".
+struct Position {
+  std::string_view stream;
+  std::uint64_t number = 0;
+  std::string_view event_id;
+};
+std::optional<Position> parse_position(std::string_view text) {
+  const std::size_t colon = text.find(':');
+  if (colon == std::string_view::npos || text.size() > 256) return std::nullopt;
+  const std::string_view head = text.substr(0, colon);
+  const std::size_t dash = head.rfind('-');
+  if (dash == std::string_view::npos || dash == 0) return std::nullopt;
+  Position position;
+  position.stream = head.substr(0, dash);
+  position.event_id = text.substr(colon + 1);
+  const char* first = head.data() + dash + 1;
+  const char* last = head.data() + head.size();
+  const auto [end, error] = std::from_chars(first, last, position.number);
+  if (error != std::errc() || end != last || first == last) return std::nullopt;
+  return position;
+}
+
 enum class CloseReason { none, closed, slow, write_failed, idle, shutdown };
 
 }  // namespace
@@ -89,6 +121,8 @@ struct EventStream::Connection::Client {
   // Replayed frames, written before `queue`; not bounded by client_queue (the ring bounds them).
   std::deque<FramePtr> replay NOTIFICATIONS_GUARDED_BY(mutex);
   std::deque<FramePtr> queue NOTIFICATIONS_GUARDED_BY(mutex);
+  // Event ids replayed from the history: not sent again when they come live.
+  std::unordered_set<std::string> replayed_ids NOTIFICATIONS_GUARDED_BY(mutex);
   CloseReason reason NOTIFICATIONS_GUARDED_BY(mutex) = CloseReason::none;
   bool final_frame_queued NOTIFICATIONS_GUARDED_BY(mutex) = false;  // the shutdown event: end after it
   Clock::time_point last_event NOTIFICATIONS_GUARDED_BY(mutex) = Clock::now();
@@ -132,16 +166,26 @@ struct EventStream::State {
 
   struct Counters {
     std::atomic<std::uint64_t> connections_total{0}, refused{0}, dropped_slow{0}, dropped_write{0},
-        closed_idle{0}, events{0}, dropped_events{0}, frames_sent{0}, heartbeats{0}, replayed{0}, gaps{0};
+        closed_idle{0}, events{0}, dropped_events{0}, frames_sent{0}, heartbeats{0}, replayed{0}, gaps{0},
+        history_replays{0}, history_skipped{0};
   } counters;
 
   void enqueue(const Event& event);
   void dispatch_loop();
   void heartbeat_loop();
   std::shared_ptr<Frame> encode(const Event& event);
+  std::shared_ptr<Frame> encode(Envelope envelope);
+  // The client's replay from the history after `event_id`: the frames, and the ids they carry.
+  // nullopt when the history does not hold that event (or more than replay_events after it), or
+  // cannot be read; `why` then says which.
+  std::optional<std::deque<FramePtr>> history_replay(const Client& client, std::string_view event_id,
+                                                     std::unordered_set<std::string>& ids, std::string& why);
   void fan_out(const FramePtr& frame) NOTIFICATIONS_REQUIRES(registry_mutex);
   void unregister(const std::shared_ptr<Client>& client);
-  std::string position_text(std::uint64_t position) const { return token + "-" + std::to_string(position); }
+  std::string position_text(std::uint64_t position, std::string_view event_id) const {
+    std::string text = token + "-" + std::to_string(position);
+    return text.append(":").append(event_id);
+  }
   // Queues `frame` for `client` unless it is closed; drops a client whose queue is full.
   void push_live(Client& client, const FramePtr& frame, bool event);
 };
@@ -199,15 +243,19 @@ void EventStream::State::enqueue(const Event& event) {
 }
 
 std::shared_ptr<Frame> EventStream::State::encode(const Event& event) {
-  Envelope envelope = envelope_from_event(event, options.producer, instance);
+  return encode(envelope_from_event(event, options.producer, instance));
+}
+
+std::shared_ptr<Frame> EventStream::State::encode(Envelope envelope) {
   if (!redactor.empty()) {
     redactor.redact(envelope.payload);
     if (envelope.context.is_object()) redactor.redact(envelope.context);
     if (envelope.tags.is_object()) redactor.redact(envelope.tags);
   }
   auto frame = std::make_shared<Frame>();
-  frame->name = event.name();
-  frame->text = encode_envelope(envelope);  // the data line, completed under registry_mutex
+  frame->text = encode_envelope(envelope);  // the data line: the frame is completed by its user
+  frame->name = std::move(envelope.name);
+  frame->event_id = std::move(envelope.id);
   return frame;
 }
 
@@ -216,6 +264,7 @@ void EventStream::State::push_live(Client& client, const FramePtr& frame, bool e
   {
     detail::MutexLock lock(client.mutex);
     if (client.reason != CloseReason::none || client.final_frame_queued) return;
+    if (!client.replayed_ids.empty() && client.replayed_ids.erase(frame->event_id) > 0) return;
     if (client.queue.size() >= options.client_queue) {
       client.reason = CloseReason::slow;
       dropped = true;
@@ -264,11 +313,7 @@ void EventStream::State::dispatch_loop() {
       }
       detail::MutexLock lock(registry_mutex);
       frame->position = next_position++;
-      std::string text;
-      text.reserve(frame->text.size() + frame->name.size() + 48);
-      text.append("id: ").append(position_text(frame->position));
-      text.append("\nevent: ").append(frame->name).append("\ndata: ").append(frame->text).append("\n\n");
-      frame->text = std::move(text);
+      frame->text = frame_text(position_text(frame->position, frame->event_id), frame->name, frame->text);
       counters.events.fetch_add(1, std::memory_order_relaxed);
       fan_out(frame);
     }
@@ -399,6 +444,43 @@ bool EventStream::shutdown(std::chrono::milliseconds deadline) {
   return state.clients.empty();
 }
 
+std::optional<std::deque<FramePtr>> EventStream::State::history_replay(const Client& client, std::string_view event_id,
+                                                                      std::unordered_set<std::string>& ids,
+                                                                      std::string& why) {
+  std::optional<std::vector<std::string>> stored;
+  try {
+    // One more than the most a client is given: more than that means a gap either way.
+    stored = options.history->events_after(event_id, options.history_events + 1);
+  } catch (const std::exception& e) {
+    detail::log(LogLevel::warn, "event stream: the history could not be read: {}", e.what());
+    why = "the history could not be read";
+    return std::nullopt;
+  }
+  if (!stored) {
+    why = "older than the replay ring and the history";
+    return std::nullopt;
+  }
+  if (stored->size() > options.history_events) {
+    why = "more than history_events events followed it";
+    return std::nullopt;
+  }
+  std::deque<FramePtr> frames;
+  for (const std::string& body : *stored) {
+    DecodeResult decoded = decode_envelope(body);
+    if (!decoded) {
+      counters.history_skipped.fetch_add(1, std::memory_order_relaxed);
+      detail::log(LogLevel::warn, "event stream: skipped a stored event that is not an envelope: {}", decoded.error);
+      continue;
+    }
+    if (!client.pattern.matches(decoded.envelope->name)) continue;
+    std::shared_ptr<Frame> frame = encode(std::move(*decoded.envelope));
+    frame->text = frame_text(position_text(0, frame->event_id), frame->name, frame->text);
+    ids.insert(frame->event_id);
+    frames.push_back(std::move(frame));
+  }
+  return frames;
+}
+
 std::unique_ptr<EventStream::Connection> EventStream::connect(std::string_view pattern_text,
                                                               std::string_view last_event_id) {
   State& state = *state_;
@@ -411,27 +493,23 @@ std::unique_ptr<EventStream::Connection> EventStream::connect(std::string_view p
       throw EventStreamRefused(400, std::string("bad \"pattern\": ") + e.what());
     }
   }
-  // A position this stream gave: "<token>-<number>". Another stream's (a restarted server's) is
-  // well formed but unknown: it gets the gap event, as one older than the ring.
-  bool resume = false;
-  bool known = false;
-  std::uint64_t after = 0;
+  // A position of another stream (a restarted server's) is well formed but not in the ring: the
+  // history, or the gap event, as for one older than the ring.
+  std::optional<Position> position;
   if (!last_event_id.empty()) {
-    resume = true;
-    const std::size_t dash = last_event_id.rfind('-');
-    const char* first = last_event_id.data() + (dash == std::string_view::npos ? 0 : dash + 1);
-    const char* last = last_event_id.data() + last_event_id.size();
-    const auto [end, error] = std::from_chars(first, last, after);
-    if (dash == std::string_view::npos || dash == 0 || error != std::errc() || end != last ||
-        last_event_id.size() > 128) {
+    position = parse_position(last_event_id);
+    if (!position) {
       state.counters.refused.fetch_add(1, std::memory_order_relaxed);
-      throw EventStreamRefused(400, "bad Last-Event-ID: expected a position this server sent (\"<stream>-<number>\"), got " +
+      throw EventStreamRefused(400, "bad Last-Event-ID: expected a position this server sent "
+                                    "(\"<stream>-<number>:<event id>\"), got " +
                                         std::to_string(last_event_id.size()) + " bytes that are not one");
     }
-    known = last_event_id.substr(0, dash) == state.token;
   }
 
   auto client = std::make_shared<Client>(std::move(pattern), std::string(pattern_text.empty() ? ">" : pattern_text));
+  // The ring's frames for the client, should the history not hold its position.
+  std::deque<FramePtr> fallback;
+  bool from_history = false;
   {
     detail::MutexLock lock(state.registry_mutex);
     if (!state.started || state.stopping) {
@@ -443,34 +521,66 @@ std::unique_ptr<EventStream::Connection> EventStream::connect(std::string_view p
       throw EventStreamRefused(503, "the event stream serves at most " + std::to_string(state.options.max_connections) +
                                         " connections (EventStreamOptions::max_connections)");
     }
-    if (resume) {
+    if (position) {
+      const bool known = position->stream == state.token;
+      const std::uint64_t after = position->number;
       const std::uint64_t oldest = state.ring.empty() ? state.next_position : state.ring.front()->position;
       // Known and within the ring (or exactly at its newest edge): no gap.
-      const bool complete = known && after + 1 >= oldest && after < state.next_position;
-      std::uint64_t replayed = 0;
+      const bool complete = known && after != 0 && after + 1 >= oldest && after < state.next_position;
+      from_history = !complete && state.options.history && state.options.history_events > 0 &&
+                     !position->event_id.empty();
       detail::MutexLock client_lock(client->mutex);
-      if (!complete) {
+      std::deque<FramePtr>& into = from_history ? fallback : client->replay;
+      std::uint64_t replayed = 0;
+      if (!complete && !from_history) {
         // The client's position is not repeated: it is the client's own text.
         nlohmann::json gap = {
             {"reason", known ? "older than the replay ring" : "not a position of this stream (the server restarted?)"},
-            {"oldest_id", state.ring.empty() ? nlohmann::json(nullptr) : nlohmann::json(state.position_text(oldest))}};
-        client->replay.push_back(make_control("notifications.gap", gap));
+            {"oldest_id", state.ring.empty() ? nlohmann::json(nullptr)
+                                             : nlohmann::json(state.position_text(oldest, state.ring.front()->event_id))}};
+        into.push_back(make_control("notifications.gap", gap));
         state.counters.gaps.fetch_add(1, std::memory_order_relaxed);
       }
       for (const FramePtr& frame : state.ring) {
         if ((!complete || frame->position > after) && client->pattern.matches(frame->name)) {
-          client->replay.push_back(frame);
+          into.push_back(frame);
           ++replayed;
         }
       }
-      state.counters.replayed.fetch_add(replayed, std::memory_order_relaxed);
+      if (!from_history) state.counters.replayed.fetch_add(replayed, std::memory_order_relaxed);
     }
     client->registered = true;
     state.clients.insert(client);
   }
   state.registry_changed.notify_all();
   state.counters.connections_total.fetch_add(1, std::memory_order_relaxed);
-  return std::unique_ptr<Connection>(new Connection(state_, std::move(client)));
+  std::unique_ptr<Connection> connection(new Connection(state_, client));
+
+  if (from_history) {
+    // Read without the stream's locks: live events meanwhile wait in the client's queue (its
+    // stream() has not started), and those the history also holds are taken out below.
+    std::unordered_set<std::string> ids;
+    std::string why;
+    std::optional<std::deque<FramePtr>> stored = state.history_replay(*client, position->event_id, ids, why);
+    detail::MutexLock client_lock(client->mutex);
+    if (stored) {
+      std::erase_if(client->queue, [&ids](const FramePtr& frame) { return ids.erase(frame->event_id) > 0; });
+      state.counters.replayed.fetch_add(stored->size(), std::memory_order_relaxed);
+      state.counters.history_replays.fetch_add(1, std::memory_order_relaxed);
+      client->replay = std::move(*stored);
+      client->replayed_ids = std::move(ids);
+    } else {
+      const FramePtr& oldest = fallback.empty() ? FramePtr() : fallback.front();
+      nlohmann::json gap = {{"reason", why},
+                            {"oldest_id", oldest ? nlohmann::json(state.position_text(oldest->position, oldest->event_id))
+                                                 : nlohmann::json(nullptr)}};
+      state.counters.gaps.fetch_add(1, std::memory_order_relaxed);
+      state.counters.replayed.fetch_add(fallback.size(), std::memory_order_relaxed);
+      client->replay.push_back(make_control("notifications.gap", gap));
+      client->replay.insert(client->replay.end(), fallback.begin(), fallback.end());
+    }
+  }
+  return connection;
 }
 
 const EventStreamOptions& EventStream::options() const noexcept { return state_->options; }
@@ -483,8 +593,8 @@ nlohmann::json EventStream::health() const {
     health["state"] = state.stopping ? "stopped" : state.started ? "running" : "created";
     health["connections"] = state.clients.size();
     health["replay_events"] = state.ring.size();
-    health["oldest_id"] = state.ring.empty() ? nlohmann::json(nullptr) : nlohmann::json(state.position_text(state.ring.front()->position));
-    health["newest_id"] = state.ring.empty() ? nlohmann::json(nullptr) : nlohmann::json(state.position_text(state.ring.back()->position));
+    health["oldest_id"] = state.ring.empty() ? nlohmann::json(nullptr) : nlohmann::json(state.position_text(state.ring.front()->position, state.ring.front()->event_id));
+    health["newest_id"] = state.ring.empty() ? nlohmann::json(nullptr) : nlohmann::json(state.position_text(state.ring.back()->position, state.ring.back()->event_id));
   }
   health["max_connections"] = state.options.max_connections;
   const auto& c = state.counters;
@@ -499,6 +609,8 @@ nlohmann::json EventStream::health() const {
   health["heartbeats"] = c.heartbeats.load();
   health["replayed"] = c.replayed.load();
   health["gaps"] = c.gaps.load();
+  health["history_replays"] = c.history_replays.load();
+  health["history_skipped"] = c.history_skipped.load();
   return health;
 }
 
