@@ -16,6 +16,7 @@ constexpr std::string_view kPage = R"page(<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>notifications: events</title>
+<link rel="icon" href="data:,">
 <style>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 1em; color: #222; background: #fafafa; }
   h1 { font-size: 1.2em; margin: 0 0 .5em; }
