@@ -92,7 +92,8 @@ class BridgeMetrics {
 
 // Thread-safety: a plain value.
 struct MetricsServerOptions {
-  // An IPv4 or IPv6 address (numeric). Anything but a loopback address (127.0.0.0/8, ::1) is
+  // An IPv4 or IPv6 address (numeric; IPv6 only where civetweb was built with it, which Debian 12's is
+  // not: MetricsError says so). Anything but a loopback address (127.0.0.0/8, ::1) is
   // refused unless allow_non_loopback is set: metrics and health name subjects, hosts and errors.
   std::string address = "127.0.0.1";
   std::uint16_t port = 0;  // 0: a free port chosen by the system (read it with port())

@@ -231,6 +231,10 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   // once here, so that servers started on several threads at once never race on it.
   static std::once_flag civetweb_ready;
   std::call_once(civetweb_ready, [] { mg_init_library(0); });
+  if (family == Family::v6 && mg_check_feature(8) == 0) {  // 8: IPv6 (civetweb.h)
+    throw MetricsError("MetricsServerOptions::address \"" + options.address +
+                       "\" is IPv6, and this civetweb was built without IPv6 (Debian 12's is): use an IPv4 address");
+  }
   server_->metrics = std::move(metrics);
   server_->events = options.events;
   server_->bearer_token = options.bearer_token;
