@@ -105,11 +105,11 @@ struct MetricsServerOptions {
   // holds one server thread while it is connected, so the server runs `threads` +
   // events' max_connections threads; the socket timeout is events' write_deadline. The stream is
   // shut down (its clients sent the "shutdown" event) before the server stops.
-  std::shared_ptr<EventStream> events;
+  std::shared_ptr<EventStream> events{};
   // When not empty, every request must carry it, as "Authorization: Bearer <token>" or (browsers'
   // EventSource cannot set headers) as the query member "access_token"; others get 401. Required
   // to serve `events` on an address that is not loopback. Never logged nor echoed.
-  std::string bearer_token;
+  std::string bearer_token{};
 };
 
 // An embedded HTTP server (civetweb) serving GET /metrics (text exposition of `metrics`) and
