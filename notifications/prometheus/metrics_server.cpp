@@ -197,7 +197,10 @@ struct MetricsServer::Server {
     bool head = false;
     if (!readable(connection, head)) return 405;
     try {
-      const nlohmann::json health = self->metrics->health();
+      nlohmann::json health = self->metrics->health();
+      // The stream's counters (its drops among them) beside the bridges'; they do not decide
+      // "healthy": a dropped browser is the browser's problem, not the service's.
+      if (self->events) health["event_stream"] = self->events->health();
       const bool healthy = health.value("healthy", false);
       respond(connection, healthy ? 200 : 503, healthy ? "OK" : "Service Unavailable", "application/json",
               health.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", head);

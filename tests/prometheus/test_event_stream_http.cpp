@@ -220,6 +220,11 @@ TEST(EventStreamHttp, AClientThatStopsReadingIsDroppedAndCountedWhileAnotherRece
   }
   ASSERT_TRUE(wait_until([&] { return served.health("dropped_slow") + served.health("dropped_write") == 1; }, 20s))
       << served.stream->health().dump();
+  // Visible where operators look: /health carries the stream's counters.
+  const json health = json::parse(test_support::http(served.port(), "/health").body);
+  EXPECT_EQ(health.at("event_stream").at("dropped_slow").get<std::uint64_t>() +
+                health.at("event_stream").at("dropped_write").get<std::uint64_t>(),
+            1u);
   EXPECT_TRUE(wait_until([&] { return served.health("connections") == 1; }, 10s));
 }
 
