@@ -76,12 +76,16 @@ struct EventStreamOptions {
   // no longer free ("is anyone listening" becomes true).
   Pattern pattern = Pattern::all();
   std::size_t max_connections = 100;  // more are refused with status 503
-  // How many events the replay ring keeps (0: no replay; a Last-Event-ID then always gets the gap event).
+  // How many events the replay ring keeps (0: none; a Last-Event-ID older than the newest event
+  // then gets the history or the gap event).
   std::size_t replay_events = 10000;
-  // Events taken from instrumenting threads and not yet dispatched; past it an event is dropped
-  // (counted in health()["dropped_events"] and logged), never waited for.
+  // Events taken from instrumenting threads and not yet taken by the dispatcher (which may hold
+  // as many again in the batch it is handing out); past it an event is dropped (counted in
+  // health()["dropped_events"] and logged), never waited for. Also the bound of a client's queue
+  // before its stream() begins (while a history is read for it).
   std::size_t dispatch_queue = 65536;
-  // Frames queued for one client; a client this far behind is dropped (counted as "slow").
+  // Frames queued for a streaming client; a client this far behind is dropped (counted as
+  // "slow"). Memory is bounded in frames, not bytes: a frame is about its envelope's size.
   std::size_t client_queue = 4096;
   std::chrono::milliseconds heartbeat_interval{15000};
   // A connection that received no event for this long is closed (0: never). Browsers reconnect
@@ -135,7 +139,9 @@ class EventStream {
 
   // Subscribes and starts the threads. Throws std::logic_error when called twice.
   void start();
-  // See the lifecycle above. Idempotent; returns false when some client's stream had not ended
+  // See the lifecycle above. Idempotent (a later call returns what the first returned, once the
+  // first is over); the deadline bounds the wait for clients, not the hand-out of the events the
+  // dispatcher already took. Returns false when some client's stream had not ended
   // by the deadline (it ends at its next write).
   bool shutdown(std::chrono::milliseconds deadline);
 

@@ -35,8 +35,10 @@ namespace notifications {
 // reconnects after the stream's ring no longer reaches its position, or after a restart of the
 // server, is replayed from the file. Each lookup opens the file read-only for itself: the file
 // must exist by then (a lookup throws TransportError otherwise, naming it; the client gets the gap
-// event). Thread-safe: lookups may run on several threads at once.
-std::shared_ptr<EventHistory> make_sqlite_event_history(std::string path);
+// event). Only messages on subjects "<prefix>.<name>" are replayed (prefix empty: every
+// subject), as a Bridge with that prefix receives them; the stream then applies its patterns.
+// Thread-safe: lookups may run on several threads at once.
+std::shared_ptr<EventHistory> make_sqlite_event_history(std::string path, std::string prefix = "notifications");
 
 // An outbox in the file config.outbox.path (created when missing, WAL mode), under
 // config.durability and config.outbox.synchronous, holding at most config.queue_capacity events

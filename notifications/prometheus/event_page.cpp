@@ -127,6 +127,9 @@ constexpr std::string_view kPage = R"page(<!DOCTYPE html>
     let id = null;
     function line(text) {
       if (text === '') {
+        // The position counts once the frame is whole: a connection lost in the middle of one
+        // resumes before it.
+        if (id !== null) lastEventId = id;
         if (data.length > 0) onFrame({ event: eventName || 'message', data: data.join('\n'), id: id });
         data = [];
         eventName = '';
@@ -140,7 +143,7 @@ constexpr std::string_view kPage = R"page(<!DOCTYPE html>
       if (value[0] === ' ') value = value.slice(1);
       if (field === 'data') data.push(value);
       else if (field === 'event') eventName = value;
-      else if (field === 'id') { if (value.indexOf('\0') < 0) { id = value; lastEventId = value; } }
+      else if (field === 'id') { if (value.indexOf('\0') < 0) id = value; }
       else if (field === 'retry') { if (/^[0-9]+$/.test(value)) retryMs = Math.min(Math.max(Number(value), 250), 60000); }
     }
     return function feed(chunk) {

@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -44,12 +45,14 @@ Family family_of(const std::string& address, bool& loopback) {
                      "\" is not a numeric IPv4 or IPv6 address (e.g. 127.0.0.1 or ::1)");
 }
 
+// `extra_headers`: more header lines, each ending with \r\n. A HEAD request gets no body.
 void respond(mg_connection* connection, int status, const char* reason, std::string_view content_type,
-             std::string_view body, bool head) {
+             std::string_view body, bool head, std::string_view extra_headers = "") {
   mg_printf(connection,
             "HTTP/1.1 %d %s\r\nContent-Type: %.*s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n",
-            status, reason, static_cast<int>(content_type.size()), content_type.data(), body.size());
+            "%.*sConnection: close\r\n\r\n",
+            status, reason, static_cast<int>(content_type.size()), content_type.data(), body.size(),
+            static_cast<int>(extra_headers.size()), extra_headers.data());
   if (!head && !body.empty()) mg_write(connection, body.data(), body.size());
 }
 
@@ -59,7 +62,8 @@ bool readable(mg_connection* connection, bool& head) {
   const std::string_view method = request != nullptr && request->request_method != nullptr ? request->request_method : "";
   head = method == "HEAD";
   if (method == "GET" || head) return true;
-  respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n", false);
+  respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n", false,
+          "Allow: GET, HEAD\r\n");
   return false;
 }
 
@@ -95,6 +99,7 @@ struct MetricsServer::Server {
   std::shared_ptr<BridgeMetrics> metrics;
   std::shared_ptr<EventStream> events;
   std::string bearer_token;
+  bool loopback = true;  // the address listened on is a loopback one
   std::string host;  // for url(): the address, in brackets for IPv6
   mg_context* context = nullptr;
   pid_t owner = ::getpid();  // the process whose threads serve `context`
@@ -117,16 +122,48 @@ struct MetricsServer::Server {
       } catch (const std::length_error&) {
       }
     }
-    mg_printf(connection,
-              "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Type: text/plain; charset=utf-8\r\n"
-              "Content-Length: 47\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-              "a bearer token is required, and this is not it\n");
+    const mg_request_info* request = mg_get_request_info(connection);
+    const bool head = request != nullptr && request->request_method != nullptr &&
+                      std::string_view(request->request_method) == "HEAD";
+    respond(connection, 401, "Unauthorized", "text/plain; charset=utf-8",
+            "a bearer token is required, and this is not it\n", head, "WWW-Authenticate: Bearer\r\n");
     return false;
   }
 
+  // Without a token, a loopback server answers only requests that name a loopback host: a web
+  // page elsewhere whose name an attacker points at 127.0.0.1 (DNS rebinding) sends its own
+  // name, and gets 403 instead of the events. Otherwise answers 403.
+  bool host_allowed(mg_connection* connection) const {
+    if (!bearer_token.empty() || !loopback) return true;
+    const char* header = mg_get_header(connection, "Host");
+    if (header == nullptr) return true;  // HTTP/1.0 without Host: not a browser
+    std::string_view host = header;
+    if (!host.empty() && host.front() == '[') {
+      host = host.substr(0, host.find(']') == std::string_view::npos ? host.size() : host.find(']') + 1);
+    } else if (const std::size_t colon = host.rfind(':'); colon != std::string_view::npos) {
+      host = host.substr(0, colon);
+    }
+    in_addr v4{};
+    const std::string text(host);
+    if (host == "localhost" || host == "[::1]" ||
+        (inet_pton(AF_INET, text.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127)) {
+      return true;
+    }
+    const mg_request_info* request = mg_get_request_info(connection);
+    const bool head = request != nullptr && request->request_method != nullptr &&
+                      std::string_view(request->request_method) == "HEAD";
+    respond(connection, 403, "Forbidden", "text/plain; charset=utf-8",
+            "this server answers requests for a loopback host name only (localhost, 127.0.0.1, [::1]); "
+            "set a bearer token to serve others\n",
+            head);
+    return false;
+  }
+
+  bool admitted(mg_connection* connection) const { return authorized(connection) && host_allowed(connection); }
+
   static int serve_page(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
-    if (!self->authorized(connection)) return 401;
+    if (!self->admitted(connection)) return 401;
     bool head = false;
     if (!readable(connection, head)) return 405;
     const mg_request_info* request = mg_get_request_info(connection);
@@ -141,11 +178,11 @@ struct MetricsServer::Server {
 
   static int serve_events(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
-    if (!self->authorized(connection)) return 401;
+    if (!self->admitted(connection)) return 401;
     bool head = false;
     if (!readable(connection, head)) return 405;
     if (head) {
-      respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET\n", false);
+      respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET\n", true, "Allow: GET\r\n");
       return 405;
     }
     const mg_request_info* request = mg_get_request_info(connection);
@@ -161,25 +198,36 @@ struct MetricsServer::Server {
       stream = self->events->connect(pattern, last_event_id);
     } catch (const EventStreamRefused& e) {
       const int status = e.status();
+      // A browser's EventSource does not reconnect after a 503 by itself; Retry-After says when
+      // another client may.
+      const std::string retry = "Retry-After: " +
+                                std::to_string(std::max<long long>(1, (self->events->options().reconnect_delay.count() + 999) / 1000)) +
+                                "\r\n";
       respond(connection, status, status == 400 ? "Bad Request" : "Service Unavailable", "text/plain; charset=utf-8",
-              std::string(e.what()) + "\n", false);
+              std::string(e.what()) + "\n", false, status == 503 ? std::string_view(retry) : std::string_view(""));
       return status;
     } catch (const std::length_error& e) {
       respond(connection, 400, "Bad Request", "text/plain; charset=utf-8", std::string(e.what()) + "\n", false);
       return 400;
+    } catch (const std::exception& e) {  // out of memory: never through civetweb's C frames
+      respond(connection, 500, "Internal Server Error", "text/plain; charset=utf-8", "the stream failed\n", false);
+      return 500;
     }
     mg_printf(connection,
               "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n"
               "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n");
-    stream->stream([connection](std::string_view bytes) {
-      return mg_write(connection, bytes.data(), bytes.size()) == static_cast<int>(bytes.size());
-    });
+    try {
+      stream->stream([connection](std::string_view bytes) {
+        return mg_write(connection, bytes.data(), bytes.size()) == static_cast<int>(bytes.size());
+      });
+    } catch (const std::exception&) {  // the answer has begun: the connection just ends
+    }
     return 200;
   }
 
   static int serve_metrics(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
-    if (!self->authorized(connection)) return 401;
+    if (!self->admitted(connection)) return 401;
     bool head = false;
     if (!readable(connection, head)) return 405;
     try {
@@ -193,7 +241,7 @@ struct MetricsServer::Server {
 
   static int serve_health(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
-    if (!self->authorized(connection)) return 401;
+    if (!self->admitted(connection)) return 401;
     bool head = false;
     if (!readable(connection, head)) return 405;
     try {
@@ -241,6 +289,7 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   server_->metrics = std::move(metrics);
   server_->events = options.events;
   server_->bearer_token = options.bearer_token;
+  server_->loopback = loopback;
   server_->host = family == Family::v6 ? "[" + options.address + "]" : options.address;
   const std::string ports = server_->host + ":" + std::to_string(options.port);
   // Each event-stream client holds a thread while connected; the others serve everything else.

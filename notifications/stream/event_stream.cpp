@@ -105,10 +105,19 @@ void EventStream::State::enqueue(const Event& event) {
 }
 
 std::shared_ptr<Frame> EventStream::State::encode(const Event& event) {
+  // A received event keeps its producer: the same as a history replays of it.
+  if (const auto& origin = event.origin()) {
+    return encode(envelope_from_event(event, origin->producer, origin->producer_instance));
+  }
   return encode(envelope_from_event(event, options.producer, instance));
 }
 
 std::shared_ptr<Frame> EventStream::State::encode(Envelope envelope) {
+  // The name is written as the frame's "event:" line: a line break would end it, and what
+  // followed would be read as fields of the stream's own (a forged id, a made-up event).
+  if (envelope.name.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+    throw std::invalid_argument("its name holds a line break or a NUL, which cannot be an SSE event name");
+  }
   if (!redactor.empty()) {
     redactor.redact(envelope.payload);
     if (envelope.context.is_object()) redactor.redact(envelope.context);
@@ -127,7 +136,7 @@ void EventStream::State::push_live(Client& client, const FramePtr& frame, bool e
     detail::MutexLock lock(client.mutex);
     if (client.reason != CloseReason::none || client.final_frame_queued) return;
     if (!client.replayed_ids.empty() && client.replayed_ids.erase(frame->event_id) > 0) return;
-    if (client.queue.size() >= options.client_queue) {
+    if (client.queue.size() >= (client.streaming ? options.client_queue : options.dispatch_queue)) {
       client.reason = CloseReason::slow;
       dropped = true;
     } else {
@@ -247,9 +256,12 @@ EventStream::~EventStream() {
 
 void EventStream::start() {
   State& state = *state_;
+  detail::MutexLock lifecycle(state.lifecycle_mutex);
   {
     detail::MutexLock lock(state.registry_mutex);
-    if (state.started || state.stopping) throw std::logic_error("EventStream::start: called twice");
+    if (state.started || state.stopping) {
+      throw std::logic_error(state.stopping ? "EventStream::start: called after shutdown()" : "EventStream::start: called twice");
+    }
     state.started = true;
   }
   std::weak_ptr<State> weak = state_;
@@ -262,7 +274,9 @@ void EventStream::start() {
 
 bool EventStream::shutdown(std::chrono::milliseconds deadline) {
   State& state = *state_;
-  if (state.shut_down.exchange(true)) return true;
+  detail::MutexLock lifecycle(state.lifecycle_mutex);
+  if (state.shutdown_result) return *state.shutdown_result;
+  state.shutdown_result = false;
   const auto until = Clock::now() + deadline;
   bool was_started = false;
   {
@@ -280,7 +294,10 @@ bool EventStream::shutdown(std::chrono::milliseconds deadline) {
   }
   state.queue_ready.notify_all();
   if (state.dispatcher.joinable()) state.dispatcher.join();
-  if (!was_started) return true;
+  if (!was_started) {
+    state.shutdown_result = true;
+    return true;
+  }
 
   // Every client is sent the shutdown event after what it was already given, then its stream ends.
   const FramePtr goodbye = make_control("shutdown", {{"reason", "the server is shutting down"}});
@@ -303,7 +320,8 @@ bool EventStream::shutdown(std::chrono::milliseconds deadline) {
   while (!state.clients.empty()) {
     if (lock.wait_until(state.registry_changed, until) == std::cv_status::timeout) break;
   }
-  return state.clients.empty();
+  state.shutdown_result = state.clients.empty();
+  return *state.shutdown_result;
 }
 
 const EventStreamOptions& EventStream::options() const noexcept { return state_->options; }

@@ -61,8 +61,16 @@ std::optional<std::deque<FramePtr>> EventStream::State::history_replay(const Cli
       detail::log(LogLevel::warn, "event stream: skipped a stored event that is not an envelope: {}", decoded.error);
       continue;
     }
-    if (!client.pattern.matches(decoded.envelope->name)) continue;
-    std::shared_ptr<Frame> frame = encode(std::move(*decoded.envelope));
+    // The stream's own pattern too: the file may hold events this stream does not carry.
+    if (!options.pattern.matches(decoded.envelope->name) || !client.pattern.matches(decoded.envelope->name)) continue;
+    std::shared_ptr<Frame> frame;
+    try {
+      frame = encode(std::move(*decoded.envelope));
+    } catch (const std::exception& e) {
+      counters.history_skipped.fetch_add(1, std::memory_order_relaxed);
+      detail::log(LogLevel::warn, "event stream: skipped a stored event that cannot be streamed: {}", e.what());
+      continue;
+    }
     frame->text = frame_text(position_text(0, frame->event_id), frame->name, frame->text);
     ids.insert(frame->event_id);
     frames.push_back(std::move(frame));
@@ -188,6 +196,10 @@ void EventStream::Connection::close() {
 void EventStream::Connection::stream(const Writer& write) {
   State& state = *state_;
   Client& client = *client_;
+  {
+    detail::MutexLock lock(client.mutex);
+    client.streaming = true;
+  }
   const std::string hello = "retry: " + std::to_string(state.options.reconnect_delay.count()) + "\n: connected\n\n";
   if (!write(hello)) {
     state.counters.dropped_write.fetch_add(1, std::memory_order_relaxed);
@@ -212,17 +224,25 @@ void EventStream::Connection::stream(const Writer& write) {
       client.last_frame = Clock::now();
       last = client.final_frame_queued && client.queue.empty() && client.replay.empty();
     }
-    // One write per batch, of at most about 64 KiB: fewer system calls when the client is behind.
+    // Writes of at most about 64 KiB: fewer system calls when the client is behind. Each must be
+    // taken within the write deadline (the server's socket timeout bounds each send() only, and
+    // a client that reads a little at a time would restart it), and a client dropped meanwhile
+    // (too far behind) gets no more of the batch.
     std::size_t written = 0;
     bool failed = false;
     while (written < batch.size() && !failed) {
+      if (written > 0) {
+        detail::MutexLock lock(client.mutex);
+        if (client.reason != CloseReason::none) break;
+      }
       buffer.clear();
       std::size_t count = 0;
       while (written + count < batch.size() && (count == 0 || buffer.size() < 65536)) {
         buffer.append(batch[written + count]->text);
         ++count;
       }
-      if (!write(buffer)) {
+      const auto started = Clock::now();
+      if (!write(buffer) || Clock::now() - started > state.options.write_deadline) {
         failed = true;
       } else {
         written += count;

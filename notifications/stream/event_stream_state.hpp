@@ -93,6 +93,9 @@ struct EventStream::Connection::Client {
   std::unordered_set<std::string> replayed_ids NOTIFICATIONS_GUARDED_BY(mutex);
   detail::sse::CloseReason reason NOTIFICATIONS_GUARDED_BY(mutex) = detail::sse::CloseReason::none;
   bool final_frame_queued NOTIFICATIONS_GUARDED_BY(mutex) = false;  // the shutdown event: end after it
+  // Set when stream() begins: before, the queue is bounded by dispatch_queue, not client_queue
+  // (live events wait there while a history is read for the client).
+  bool streaming NOTIFICATIONS_GUARDED_BY(mutex) = false;
   detail::sse::Clock::time_point last_event NOTIFICATIONS_GUARDED_BY(mutex) = detail::sse::Clock::now();
   detail::sse::Clock::time_point last_frame NOTIFICATIONS_GUARDED_BY(mutex) = detail::sse::Clock::now();
   bool registered = false;  // guarded by State::registry_mutex
@@ -127,10 +130,12 @@ struct EventStream::State {
 
   bool heartbeat_stop NOTIFICATIONS_GUARDED_BY(registry_mutex) = false;
 
-  Subscription subscription;
-  std::thread dispatcher;
-  std::thread heartbeat;
-  std::atomic<bool> shut_down{false};
+  // start() and shutdown() run one at a time, whole: neither sees the other half done.
+  detail::Mutex lifecycle_mutex;
+  Subscription subscription NOTIFICATIONS_GUARDED_BY(lifecycle_mutex);
+  std::thread dispatcher NOTIFICATIONS_GUARDED_BY(lifecycle_mutex);
+  std::thread heartbeat NOTIFICATIONS_GUARDED_BY(lifecycle_mutex);
+  std::optional<bool> shutdown_result NOTIFICATIONS_GUARDED_BY(lifecycle_mutex);  // set by the first shutdown()
 
   struct Counters {
     std::atomic<std::uint64_t> connections_total{0}, refused{0}, dropped_slow{0}, dropped_write{0},

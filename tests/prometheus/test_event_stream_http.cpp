@@ -90,13 +90,29 @@ TEST(EventStreamHttp, AReconnectWithLastEventIdGetsWhatItMissedWithNoGapNorDupli
   const int total = 3000 / test_support::kScale;
   Served served;
   std::atomic<bool> go{false};
+  std::atomic<bool> reconnected{false};
+  std::atomic<int> produced{0};
+  // Paced, so that events are being dispatched while the client reconnects; the last tenth waits
+  // (bounded) for the reconnect, so some always come after it.
   std::thread producer([&] {
     while (!go.load()) std::this_thread::sleep_for(1ms);
     for (int i = 0; i < total; ++i) {
+      if (i == total - total / 10) wait_until([&] { return reconnected.load(); }, 20s);
       served.notifier.instrument("tick", json{{"i", i}});
-      if (i % 50 == 0) std::this_thread::sleep_for(1ms);
+      produced = i + 1;
+      if (!reconnected.load()) std::this_thread::sleep_for(200us);
     }
   });
+  struct Joiner {
+    std::thread& thread;
+    std::atomic<bool>& go;
+    std::atomic<bool>& reconnected;
+    ~Joiner() {
+      go = true;
+      reconnected = true;
+      thread.join();
+    }
+  } joiner{producer, go, reconnected};
   std::vector<int> seen;
   std::string last_id;
   {
@@ -112,16 +128,18 @@ TEST(EventStreamHttp, AReconnectWithLastEventIdGetsWhatItMissedWithNoGapNorDupli
       last_id = frame->id;
     }
   }
-  std::this_thread::sleep_for(20ms);  // events flow while nobody is connected
+  std::this_thread::sleep_for(5ms);  // events flow while nobody is connected
   SseClient second(served.port(), "/events?pattern=tick", last_id);
   ASSERT_EQ(second.status(), 200);
+  const int at_reconnect = produced.load();
+  reconnected = true;
+  EXPECT_LT(at_reconnect, total) << "the producer had finished: the reconnect raced nothing";
   while (seen.size() < static_cast<std::size_t>(total)) {
     const auto frame = second.next_event();
     ASSERT_TRUE(frame.has_value()) << "after " << seen.size() << " events";
     ASSERT_NE(frame->event, "notifications.gap") << frame->data;
     seen.push_back(payload_index(*frame));
   }
-  producer.join();
   for (int i = 0; i < total; ++i) ASSERT_EQ(seen[static_cast<std::size_t>(i)], i) << "at " << i;
   EXPECT_GT(served.health("replayed"), 0u);
 }
@@ -350,4 +368,78 @@ TEST(EventStreamHttp, AForkedChildDestroysTheServerAndTheStreamWithoutWaitingFor
   const auto frame = client.next_event();
   ASSERT_TRUE(frame.has_value());
   EXPECT_EQ(frame->event, "after.fork");
+}
+
+TEST(EventStreamHttp, AnEventNameWithALineBreakIsDroppedAndCountedNeverWrittenAsFrameFields) {
+  Served served;
+  SseClient client(served.port(), "/events");
+  ASSERT_EQ(client.status(), 200);
+  ASSERT_TRUE(wait_until([&] { return served.health("connections") == 1; }, 10s));
+  served.notifier.instrument("evil\nid: forged-1:x\n\nevent: fake\ndata: {}", json{{"i", 0}});
+  served.notifier.instrument("fine", json{{"i", 1}});
+  const auto frame = client.next_event();
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(frame->event, "fine");
+  EXPECT_EQ(payload_index(*frame), 1);
+  EXPECT_EQ(frame->id.find("forged"), std::string::npos);
+  EXPECT_EQ(served.health("dropped_events"), 1u);
+}
+
+TEST(EventStreamHttp, RefusalsCarryTheHeadersClientsActOnAndHeadGetsNoBody) {
+  n::EventStreamOptions options;
+  options.max_connections = 1;
+  Served served(options);
+  SseClient first(served.port(), "/events");
+  ASSERT_EQ(first.status(), 200);
+  SseClient second(served.port(), "/events");
+  EXPECT_EQ(second.status(), 503);
+  EXPECT_NE(second.head().find("Retry-After: 2"), std::string::npos) << second.head();
+  const auto head = test_support::http(served.port(), "/events", "HEAD");
+  EXPECT_EQ(head.status, 405);
+  EXPECT_TRUE(head.body.empty()) << head.body;
+  const auto post = test_support::http(served.port(), "/metrics", "POST");
+  EXPECT_EQ(post.status, 405);
+
+  Served guarded({}, "s3cret-token");
+  const auto unauthorized = test_support::http(guarded.port(), "/metrics", "HEAD");
+  EXPECT_EQ(unauthorized.status, 401);
+  EXPECT_TRUE(unauthorized.body.empty()) << unauthorized.body;
+}
+
+// The status of GET `path` sent with the Host header `host`.
+static int status_for_host(std::uint16_t port, const std::string& path, const std::string& host) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int status = -1;
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
+    char answer[16] = {};
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()) &&
+        ::recv(fd, answer, 12, MSG_WAITALL) == 12 && std::string(answer, 9) == "HTTP/1.1 ") {
+      status = std::stoi(std::string(answer + 9, 3));
+    }
+  }
+  ::close(fd);
+  return status;
+}
+
+TEST(EventStreamHttp, WithoutATokenOnlyLoopbackHostNamesAreServed) {
+  Served served;
+  // A page of another site whose name was pointed at 127.0.0.1 (DNS rebinding) sends its own.
+  for (const char* host : {"attacker.example", "attacker.example:80", "10.0.0.1"}) {
+    EXPECT_EQ(status_for_host(served.port(), "/events", host), 403) << host;
+    EXPECT_EQ(status_for_host(served.port(), "/", host), 403) << host;
+  }
+  for (const char* host : {"localhost:8080", "127.0.0.1", "127.0.0.1:9464", "[::1]:80"}) {
+    EXPECT_EQ(status_for_host(served.port(), "/", host), 200) << host;
+  }
+  // With a token, the token is the check.
+  Served guarded({}, "s3cret-token");
+  EXPECT_EQ(status_for_host(guarded.port(), "/?access_token=s3cret-token", "dashboard.example"), 200);
 }

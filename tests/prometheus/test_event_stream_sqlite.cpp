@@ -50,11 +50,12 @@ n::BridgeConfig config_for(const std::string& app, bool forward) {
 // What `notifications serve --url sqlite://...` runs: a bridge receiving from the file, a stream
 // of what it receives with the file as history, and the server, destroyed in reverse order.
 struct Server {
-  explicit Server(const std::string& path, std::size_t replay_events) {
+  Server(const std::string& path, std::size_t replay_events, n::Pattern pattern = n::Pattern::all()) {
     bridge = std::make_unique<n::Bridge>(notifier, sqlite_at(path), config_for("server", false));
     n::EventStreamOptions options;
     options.replay_events = replay_events;
-    options.history = n::make_sqlite_event_history(path);
+    options.pattern = std::move(pattern);
+    options.history = n::make_sqlite_event_history(path, "test");
     stream = std::make_shared<n::EventStream>(notifier, options);
     stream->start();
     bridge->start();
@@ -153,5 +154,34 @@ TEST(EventStreamSqlite, AnEventTheFileNoLongerHoldsGetsTheGapEvent) {
   const auto event = client.next_event();  // then what the ring holds
   ASSERT_TRUE(event.has_value());
   EXPECT_EQ(payload_index(*event), 0);
+  producer.shutdown(5s);
+}
+
+TEST(EventStreamSqlite, TheHistoryReplaysOnlyWhatTheStreamCarries) {
+  TempDir dir("sse-history");
+  const std::string path = dir.file("events.db");
+  n::Notifier producer_notifier;
+  n::Bridge producer(producer_notifier, sqlite_at(path), config_for("producer", true));
+  producer.start();
+  std::string last_id;
+  {
+    Server first(path, 100, "public.>");
+    SseClient client(first.server->port(), "/events");
+    ASSERT_TRUE(wait_until([&] { return first.health("connections") == 1; }, 10s));
+    producer_notifier.instrument("public.first", json{{"i", 0}});
+    const auto frame = client.next_event(20s);
+    ASSERT_TRUE(frame.has_value());
+    last_id = frame->id;
+  }
+  producer_notifier.instrument("secret.salary", json{{"i", 1}});
+  producer_notifier.instrument("public.second", json{{"i", 2}});
+  ASSERT_TRUE(producer.flush(10s));
+  Server second(path, 100, "public.>");  // a client of ">" asks, but this stream carries public.> only
+  SseClient again(second.server->port(), "/events", last_id);
+  const auto frame = again.next_event(20s);
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(frame->event, "public.second");
+  const auto more = again.next_event(500ms);
+  EXPECT_FALSE(more.has_value()) << more->event;
   producer.shutdown(5s);
 }

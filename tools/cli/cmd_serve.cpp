@@ -149,7 +149,8 @@ int serve(const GlobalOptions& options, const ServeArgs& args) {
     // A browser further behind than the ring, or one that saw an earlier run of this command,
     // is replayed from the file (docs/event_stream.md, "Further back: a history").
     stream_options.history =
-        make_sqlite_event_history(sqlite_options_from_config(TransportConfig{config.url, config.transport}).path);
+        make_sqlite_event_history(sqlite_options_from_config(TransportConfig{config.url, config.transport}).path,
+                                  config.prefix);
   }
   stream_options.validate();  // ConfigError naming the option: exit 2
 
