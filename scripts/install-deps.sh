@@ -3,16 +3,20 @@
 # Idempotent: installs only what is missing, and does nothing (no apt-get update)
 # when everything is already there. Needs root (or sudo) only when something is missing.
 #
-# Usage: scripts/install-deps.sh [--with-interop]
+# Usage: scripts/install-deps.sh [--with-interop] [--with-browser]
 #   --with-interop  also Node.js and the nats.js interop test's node packages (scripts/test.sh
 #                   asks for them; builds, benchmarks and samples do not need them)
+#   --with-browser  also Chromium and chromedriver, for the browser test of `notifications serve`'s
+#                   page (tests/browser/; scripts/test.sh asks for them)
 set -euo pipefail
 
 with_interop=false
+with_browser=false
 for arg in "$@"; do
   case "$arg" in
     --with-interop) with_interop=true ;;
-    *) echo "install-deps: unknown argument '$arg' (expected --with-interop)" >&2; exit 2 ;;
+    --with-browser) with_browser=true ;;
+    *) echo "install-deps: unknown argument '$arg' (expected --with-interop or --with-browser)" >&2; exit 2 ;;
   esac
 done
 
@@ -36,6 +40,10 @@ packages=(
 # The nats.js interop test runs under Node.js: the machine's own when it has one, else Debian's.
 if $with_interop && { ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; }; then
   packages+=(nodejs npm)
+fi
+# The browser test (tests/browser/test_event_page.py) drives Debian's headless Chromium.
+if $with_browser; then
+  packages+=(chromium chromium-driver)
 fi
 
 missing=()

@@ -16,7 +16,8 @@
 // began is refused (EventStreamRefused, status 503), never left outside the registry.
 //
 // What a client receives (one frame per event, in the order the dispatcher took them):
-//   id: <position>        resumable: send it back as Last-Event-ID to get what followed it
+//   id: <position>        "<stream>-<number>:<event id>", resumable: send it back as
+//                         Last-Event-ID to get what followed it
 //   event: <event name>
 //   data: <envelope JSON>  docs/envelope.md, one line; the redact rules apply
 // and, with nothing to send for heartbeat_interval, a comment line (": heartbeat").
@@ -25,8 +26,10 @@
 // replay_events events the stream carried, whatever their name), every event after that position
 // that matches its pattern, then the live events, with no gap and no duplicate between the two.
 // When the position is no longer in the ring (older than its oldest event, or from another
-// EventStream: a restarted server), the client receives a "notifications.gap" event whose data says
-// why and which position is the oldest kept, then everything the ring holds that matches, then the
+// EventStream: a restarted server) and an EventHistory holds that event, the client receives what
+// the history stored after it, then the live events, with no gap and no duplicate among the
+// events the history holds. Otherwise it receives a "notifications.gap" event whose data says why
+// and which position is the oldest kept, then everything the ring holds that matches, then the
 // live events.
 //
 // Fork: an EventStream belongs to the process that started it; a forked child must not use it
@@ -38,6 +41,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,6 +54,20 @@
 namespace notifications {
 
 class Notifier;
+
+// A longer record of past events than an EventStream's replay ring, which a client older than the
+// ring is replayed from: make_sqlite_event_history() (notifications/sqlite.hpp) reads the events
+// a sqlite:// file holds.
+// Thread-safety: events_after() may be called from several threads at once (each connecting
+// client's), never with a lock of the stream held.
+class EventHistory {
+ public:
+  virtual ~EventHistory() = default;
+  // The encoded envelopes (docs/envelope.md) of the events stored after the one whose envelope
+  // id is `event_id`, oldest first, at most `limit`; nullopt when that event is not (or no
+  // longer) stored. Throws when the record cannot be read.
+  virtual std::optional<std::vector<std::string>> events_after(std::string_view event_id, std::size_t limit) = 0;
+};
 
 // Thread-safety: a plain value.
 struct EventStreamOptions {
@@ -74,6 +92,11 @@ struct EventStreamOptions {
   std::chrono::milliseconds write_deadline{5000};
   // The "retry:" field sent first: how long a browser waits before it reconnects.
   std::chrono::milliseconds reconnect_delay{2000};
+  // Where a client older than the ring is replayed from (null: the ring only).
+  std::shared_ptr<EventHistory> history;
+  // The most events one client is replayed from the history; a client further behind gets the
+  // gap event instead (0: the history is not used).
+  std::size_t history_events = 100000;
   // Payload, context and tags redaction rules, as BridgeConfig::redact (docs/configuration.md).
   std::vector<std::string> redact;
   // The envelope's "producer" field (producer_instance is the process's instance id).
@@ -87,7 +110,8 @@ struct EventStreamOptions {
 // Last-Event-ID; 503: too many connections, not started, or shutting down).
 class EventStreamRefused : public Error {
  public:
-  EventStreamRefused(int status, const std::string& message) : Error(message), status_(status) {}
+  EventStreamRefused(int status, const std::string& message)
+      : Error("event_stream_refused", message), status_(status) {}
   int status() const noexcept { return status_; }
 
  private:
@@ -120,9 +144,13 @@ class EventStream {
   // not empty. Throws EventStreamRefused naming what was wrong.
   std::unique_ptr<Connection> connect(std::string_view pattern, std::string_view last_event_id = {});
 
+  // The options it was made with (validated).
+  const EventStreamOptions& options() const noexcept;
+
   // {"state", "connections", "max_connections", "connections_total", "refused", "dropped_slow",
   //  "dropped_write", "closed_idle", "events", "dropped_events", "frames_sent", "heartbeats",
-  //  "replayed", "gaps", "replay_events", "oldest_id", "newest_id"}: counters since start.
+  //  "replayed", "gaps", "history_replays", "history_skipped", "replay_events", "oldest_id", "newest_id"}:
+  //  counters since start, the ring's size and ends.
   nlohmann::json health() const;
 
   struct State;

@@ -25,9 +25,18 @@
 
 #include "notifications/config.hpp"
 #include "notifications/durable.hpp"
+#include "notifications/event_stream.hpp"
 #include "notifications/outbox.hpp"
 
 namespace notifications {
+
+// An EventStream's history (EventStreamOptions::history, docs/event_stream.md) read from the
+// events the sqlite:// file at `path` holds (as long as its retention keeps them): a browser that
+// reconnects after the stream's ring no longer reaches its position, or after a restart of the
+// server, is replayed from the file. Each lookup opens the file read-only for itself: the file
+// must exist by then (a lookup throws TransportError otherwise, naming it; the client gets the gap
+// event). Thread-safe: lookups may run on several threads at once.
+std::shared_ptr<EventHistory> make_sqlite_event_history(std::string path);
 
 // An outbox in the file config.outbox.path (created when missing, WAL mode), under
 // config.durability and config.outbox.synchronous, holding at most config.queue_capacity events

@@ -1,6 +1,7 @@
-// MetricsServer: civetweb (C API) serving /metrics and /health from one embedded server.
-// prometheus-cpp's Exposer embeds the same server but serves only metrics paths; using civetweb
-// directly keeps one listening socket and one set of threads for both (docs/metrics.md).
+// MetricsServer: civetweb (C API) serving /metrics, /health and, with an EventStream, /events and
+// the page at / from one embedded server. prometheus-cpp's Exposer embeds the same server but
+// serves only metrics paths; using civetweb directly keeps one listening socket and one set of
+// threads for all of them (docs/metrics.md, docs/event_stream.md).
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -9,12 +10,16 @@
 #include <netinet/in.h>
 
 #include <cstring>
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
 #include <civetweb.h>
 
+#include "event_page.hpp"
 #include "notifications/prometheus.hpp"
 
 namespace notifications::prometheus {
@@ -58,16 +63,123 @@ bool readable(mg_connection* connection, bool& head) {
   return false;
 }
 
+// Compares in time that depends on the lengths only, not on where the texts differ.
+bool same_secret(std::string_view given, std::string_view expected) {
+  if (given.size() != expected.size()) return false;
+  unsigned char difference = 0;
+  for (std::size_t i = 0; i < given.size(); ++i) {
+    difference |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  }
+  return difference == 0;
+}
+
+// The query member `name`, URL-decoded: nullopt when absent; throws std::length_error when longer
+// than `limit` bytes.
+std::optional<std::string> query_member(const mg_request_info* request, const char* name, std::size_t limit) {
+  if (request == nullptr || request->query_string == nullptr) return std::nullopt;
+  std::string value(limit + 1, '\0');
+  const int length =
+      mg_get_var(request->query_string, std::strlen(request->query_string), name, value.data(), value.size());
+  if (length == -1) return std::nullopt;
+  if (length < 0 || static_cast<std::size_t>(length) > limit) {
+    throw std::length_error(std::string("the query member \"") + name + "\" is longer than " + std::to_string(limit) +
+                            " bytes");
+  }
+  value.resize(static_cast<std::size_t>(length));
+  return value;
+}
+
 }  // namespace
 
 struct MetricsServer::Server {
   std::shared_ptr<BridgeMetrics> metrics;
+  std::shared_ptr<EventStream> events;
+  std::string bearer_token;
   std::string host;  // for url(): the address, in brackets for IPv6
   mg_context* context = nullptr;
   pid_t owner = ::getpid();  // the process whose threads serve `context`
 
+  // True when no token is configured or the request carries it; otherwise answers 401.
+  bool authorized(mg_connection* connection) const {
+    if (bearer_token.empty()) return true;
+    const char* header = mg_get_header(connection, "Authorization");
+    constexpr std::string_view kBearer = "Bearer ";
+    if (header != nullptr) {
+      const std::string_view given = header;
+      if (given.size() > kBearer.size() && given.substr(0, kBearer.size()) == kBearer &&
+          same_secret(given.substr(kBearer.size()), bearer_token)) {
+        return true;
+      }
+    } else {
+      try {
+        const auto token = query_member(mg_get_request_info(connection), "access_token", 1024);
+        if (token && same_secret(*token, bearer_token)) return true;
+      } catch (const std::length_error&) {
+      }
+    }
+    mg_printf(connection,
+              "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              "Content-Length: 47\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+              "a bearer token is required, and this is not it\n");
+    return false;
+  }
+
+  static int serve_page(mg_connection* connection, void* data) {
+    auto* self = static_cast<Server*>(data);
+    if (!self->authorized(connection)) return 401;
+    bool head = false;
+    if (!readable(connection, head)) return 405;
+    const mg_request_info* request = mg_get_request_info(connection);
+    const std::string_view uri = request != nullptr && request->local_uri != nullptr ? request->local_uri : "";
+    if (uri != "/" && uri != "/index.html") {
+      respond(connection, 404, "Not Found", "text/plain; charset=utf-8", "not found\n", head);
+      return 404;
+    }
+    respond(connection, 200, "OK", "text/html; charset=utf-8", detail::event_page_html(), head);
+    return 200;
+  }
+
+  static int serve_events(mg_connection* connection, void* data) {
+    auto* self = static_cast<Server*>(data);
+    if (!self->authorized(connection)) return 401;
+    bool head = false;
+    if (!readable(connection, head)) return 405;
+    if (head) {
+      respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET\n", false);
+      return 405;
+    }
+    const mg_request_info* request = mg_get_request_info(connection);
+    std::unique_ptr<EventStream::Connection> stream;
+    try {
+      const std::string pattern = query_member(request, "pattern", 1024).value_or("");
+      std::string last_event_id;
+      if (const char* header = mg_get_header(connection, "Last-Event-ID"); header != nullptr) {
+        last_event_id = header;
+      } else {
+        last_event_id = query_member(request, "last_event_id", 1024).value_or("");
+      }
+      stream = self->events->connect(pattern, last_event_id);
+    } catch (const EventStreamRefused& e) {
+      const int status = e.status();
+      respond(connection, status, status == 400 ? "Bad Request" : "Service Unavailable", "text/plain; charset=utf-8",
+              std::string(e.what()) + "\n", false);
+      return status;
+    } catch (const std::length_error& e) {
+      respond(connection, 400, "Bad Request", "text/plain; charset=utf-8", std::string(e.what()) + "\n", false);
+      return 400;
+    }
+    mg_printf(connection,
+              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n"
+              "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n");
+    stream->stream([connection](std::string_view bytes) {
+      return mg_write(connection, bytes.data(), bytes.size()) == static_cast<int>(bytes.size());
+    });
+    return 200;
+  }
+
   static int serve_metrics(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
+    if (!self->authorized(connection)) return 401;
     bool head = false;
     if (!readable(connection, head)) return 405;
     try {
@@ -81,6 +193,7 @@ struct MetricsServer::Server {
 
   static int serve_health(mg_connection* connection, void* data) {
     auto* self = static_cast<Server*>(data);
+    if (!self->authorized(connection)) return 401;
     bool head = false;
     if (!readable(connection, head)) return 405;
     try {
@@ -109,16 +222,32 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
                        "\" is not a loopback address; metrics and health name hosts, subjects and errors, so "
                        "listening there needs MetricsServerOptions::allow_non_loopback = true");
   }
+  if (!loopback && options.events && options.bearer_token.empty()) {
+    throw MetricsError("MetricsServerOptions::address \"" + options.address +
+                       "\" is not a loopback address and the server streams events: that needs "
+                       "MetricsServerOptions::bearer_token");
+  }
   // civetweb's library set-up is not thread-safe, and mg_start2() runs it when it has not run yet:
   // once here, so that servers started on several threads at once never race on it.
   static std::once_flag civetweb_ready;
   std::call_once(civetweb_ready, [] { mg_init_library(0); });
   server_->metrics = std::move(metrics);
+  server_->events = options.events;
+  server_->bearer_token = options.bearer_token;
   server_->host = family == Family::v6 ? "[" + options.address + "]" : options.address;
   const std::string ports = server_->host + ":" + std::to_string(options.port);
-  const std::string threads = std::to_string(options.threads);
+  // Each event-stream client holds a thread while connected; the others serve everything else.
+  // The socket timeout bounds each write: an event-stream client that takes no bytes for that
+  // long is dropped (EventStreamOptions::write_deadline).
+  const std::size_t stream_threads = options.events ? options.events->options().max_connections : 0;
+  const std::string threads = std::to_string(static_cast<std::size_t>(options.threads) + stream_threads);
+  const std::string timeout =
+      options.events ? std::to_string(options.events->options().write_deadline.count()) : std::string("10000");
   const char* configuration[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(),
-                                 "request_timeout_ms", "10000", nullptr};
+                                 "request_timeout_ms", timeout.c_str(),
+                                 // An event is written as soon as it is dispatched, not held back
+                                 // until the client acknowledges the previous one (Nagle).
+                                 "tcp_nodelay", "1", nullptr};
   mg_callbacks callbacks{};
   mg_init_data init{};
   init.callbacks = &callbacks;
@@ -143,6 +272,11 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   }
   mg_set_request_handler(server_->context, "/metrics", &Server::serve_metrics, server_.get());
   mg_set_request_handler(server_->context, "/health", &Server::serve_health, server_.get());
+  if (server_->events) {
+    mg_set_request_handler(server_->context, "/events", &Server::serve_events, server_.get());
+    mg_set_request_handler(server_->context, "/$", &Server::serve_page, server_.get());
+    mg_set_request_handler(server_->context, "/index.html", &Server::serve_page, server_.get());
+  }
   mg_server_port bound[4] = {};
   const int count = mg_get_server_ports(server_->context, 4, bound);
   if (count < 1 || bound[0].port <= 0) {
@@ -161,6 +295,9 @@ MetricsServer::~MetricsServer() {
     (void)server_.release();
     return;
   }
+  // The event-stream clients are held in their handlers until the stream ends them: first the
+  // shutdown event, within the write deadline; then civetweb's threads can stop.
+  if (server_->events) server_->events->shutdown(server_->events->options().write_deadline);
   mg_stop(server_->context);
 }
 

@@ -122,5 +122,7 @@ void add_publish_command(CLI::App& app, const GlobalOptions& options, int& exit_
 void add_health_command(CLI::App& app, const GlobalOptions& options, int& exit_code);
 void add_outbox_command(CLI::App& app, const GlobalOptions& options, int& exit_code);
 void add_dlq_command(CLI::App& app, const GlobalOptions& options, int& exit_code);
+// Without notifications::prometheus, `serve` only says that it needs it.
+void add_serve_command(CLI::App& app, const GlobalOptions& options, int& exit_code);
 
 }  // namespace notifications::cli

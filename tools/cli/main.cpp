@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   add_health_command(app, options, exit_code);
   add_outbox_command(app, options, exit_code);
   add_dlq_command(app, options, exit_code);
+  add_serve_command(app, options, exit_code);
   const std::string word = first_word(argc, argv);
   const CLI::App& commands = app;
   bool known = false;
