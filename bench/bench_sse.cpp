@@ -12,9 +12,9 @@
 // for being slow), and a MetricsServer on 127.0.0.1:0 serving it (with a BridgeMetrics holding no
 // bridge). The benchmark opens the N clients itself: plain POSIX sockets, each sending
 // "GET /events?pattern=bench.%3E HTTP/1.1", all read by ONE epoll thread (the "reader") that
-// decodes chunked transfer encoding should the server use it (MetricsServer does not) and parses the SSE frames just enough
-// to find each `data:` line and the payload's "t" (the steady_clock ns at which the event was
-// instrumented), counting frames per client. Events are instant events "bench.tick" with payload
+// decodes chunked transfer encoding should the server use it (MetricsServer does not) and
+// parses the SSE frames just enough to find each `data:` line and the payload's "t" (the
+// steady_clock ns at which the event was instrumented), counting frames per client. Events are instant events "bench.tick" with payload
 // {"t": <steady_clock ns>}, instrumented from the main thread.
 //
 // Three phases, in this order, in the same process:
@@ -44,8 +44,9 @@
 // K = R * --seconds (default 20); the burst is B = max(100, --burst-frames / N) events (default
 // 200,000 frames). "lost" counts the (client, event) pairs that never arrived within the time
 // bounds; "dropped" is what health() counted: dropped_events (dispatch queue full),
-// dropped_slow (client queue full), dropped_write (write deadline passed). Every loop is bounded by --timeout-s (default 60) per phase; a line
-// with anything lost or dropped makes the exit status 1.
+// dropped_slow (client queue full), dropped_write (write deadline passed). Every loop is bounded
+// by --timeout-s (default 60) per phase; a line with anything lost or dropped makes the exit
+// status 1.
 //
 // 1,000 connections need about 2,100 descriptors (ours, the server's): RLIMIT_NOFILE is raised to
 // its hard limit at start.
