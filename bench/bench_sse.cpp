@@ -14,8 +14,9 @@
 // "GET /events?pattern=bench.%3E HTTP/1.1", all read by ONE epoll thread (the "reader") that
 // decodes chunked transfer encoding should the server use it (MetricsServer does not) and
 // parses the SSE frames just enough to find each `data:` line and the payload's "t" (the
-// steady_clock ns at which the event was instrumented), counting frames per client. Events are instant events "bench.tick" with payload
-// {"t": <steady_clock ns>}, instrumented from the main thread.
+// steady_clock ns at which the event was instrumented), counting frames per client. Events are
+// instant events "bench.tick" with payload {"t": <steady_clock ns>}, instrumented from the main
+// thread.
 //
 // Three phases, in this order, in the same process:
 //   1. no clients: the stream is started, nobody is connected; K events at R events/s (the
