@@ -5,7 +5,8 @@
 //   {"bench":"sse_fanout","clients":N,"rate":R,"events":K,"burst_events":B,"events_per_s":...,
 //    "p99_ms":...,"cpu_us_per_event_per_client":...,"reader_cpu_us_per_event_per_client":...,
 //    "burst_cpu_us_per_event_per_client":...,"instrument_p99_us":...,
-//    "instrument_p99_us_no_clients":...,"lost":0,"dropped":{"events":0,"slow":0,"write":0}}
+//    "instrument_p99_us_no_clients":...,"instrument_p50_us":...,"instrument_p50_us_no_clients":...,
+//    "lost":0,"dropped":{"events":0,"slow":0,"write":0}}
 //
 // Set-up per line: a Notifier, an EventStream (pattern "bench.>", max_connections N + 8,
 // replay_events 16, client and dispatch queues larger than the burst, so that nothing is dropped
@@ -21,7 +22,8 @@
 // Three phases, in this order, in the same process:
 //   1. no clients: the stream is started, nobody is connected; K events at R events/s (the
 //      instrumenting thread sleeps until each event's due time). instrument_p99_us_no_clients is
-//      the p99 of these instrument() calls (each timed with two steady_clock reads).
+//      the p99 of these instrument() calls (each timed with two steady_clock reads), and
+//      instrument_p50_us_no_clients their median.
 //   2. burst: the N clients connected (the stream's health() says N connections and every client
 //      read its response headers), B events instrumented flat out. events_per_s = B / (time from
 //      the first instrument() to the moment the last client received the last event): events per
@@ -29,7 +31,7 @@
 //      wire are N times that). burst_cpu_us_per_event_per_client: process CPU time over the
 //      same span / (B * N), what a frame costs when frames come in batches.
 //   3. paced: K events at R events/s, as in phase 1, with the N clients streaming.
-//      instrument_p99_us: p99 of those instrument() calls. p99_ms: p99 of instrument-to-receive
+//      instrument_p99_us, instrument_p50_us: those instrument() calls. p99_ms: p99 of instrument-to-receive
 //      latency (the reader's steady_clock read after the read() that brought the frame, minus the
 //      payload's "t") over all N * K (client, event) pairs. cpu_us_per_event_per_client: process
 //      CPU time (CLOCK_PROCESS_CPUTIME_ID) from the first instrument() of the phase until every
@@ -388,6 +390,7 @@ bool run(const Args& args, int clients) {
   // 1. No clients.
   std::vector<std::int64_t> alone = instrument_paced(notifier, paced_events, rate);
   const double instrument_p99_no_clients_us = percentile(alone, 0.99) / 1e3;
+  const double instrument_p50_no_clients_us = percentile(alone, 0.5) / 1e3;
 
   // The clients: connected and requested one by one, then read by the reader.
   Reader reader(static_cast<std::size_t>(clients));
@@ -446,6 +449,7 @@ bool run(const Args& args, int clients) {
 
   // 3. Paced, with the clients streaming.
   double instrument_p99_us = 0;
+  double instrument_p50_us = 0;
   double cpu_us_per_pair = 0;
   double reader_cpu_us_per_pair = 0;
   if (complete) {
@@ -460,6 +464,7 @@ bool run(const Args& args, int clients) {
     cpu_us_per_pair = static_cast<double>(cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu_before) / 1e3 / pairs;
     reader_cpu_us_per_pair = static_cast<double>(reader.thread_cpu_ns() - reader_cpu_before) / 1e3 / pairs;
     instrument_p99_us = percentile(streaming, 0.99) / 1e3;
+    instrument_p50_us = percentile(streaming, 0.5) / 1e3;
     if (!complete) {
       std::fprintf(stderr, "bench_sse: %d clients: paced: %llu of %llu frames arrived\n", clients,
                    static_cast<unsigned long long>(reader.frames.load()), static_cast<unsigned long long>(expected));
@@ -489,9 +494,11 @@ bool run(const Args& args, int clients) {
       "\"events_per_s\":%.0f,\"p99_ms\":%.3f,\"cpu_us_per_event_per_client\":%.3f,"
       "\"reader_cpu_us_per_event_per_client\":%.3f,\"burst_cpu_us_per_event_per_client\":%.3f,"
       "\"instrument_p99_us\":%.3f,"
-      "\"instrument_p99_us_no_clients\":%.3f,\"lost\":%llu,\"dropped\":%s}\n",
+      "\"instrument_p99_us_no_clients\":%.3f,\"instrument_p50_us\":%.3f,\"instrument_p50_us_no_clients\":%.3f,"
+      "\"lost\":%llu,\"dropped\":%s}\n",
       clients, rate, paced_events, burst_events, events_per_s, p99_ms, cpu_us_per_pair, reader_cpu_us_per_pair,
-      burst_cpu_us_per_pair, instrument_p99_us, instrument_p99_no_clients_us, static_cast<unsigned long long>(lost), dropped.dump().c_str());
+      burst_cpu_us_per_pair, instrument_p99_us, instrument_p99_no_clients_us, instrument_p50_us,
+      instrument_p50_no_clients_us, static_cast<unsigned long long>(lost), dropped.dump().c_str());
   std::fflush(stdout);
   return complete && lost == 0 && count("dropped_events") + count("dropped_slow") + count("dropped_write") == 0;
 }
