@@ -485,8 +485,8 @@ bool run(const Args& args, int clients) {
   std::vector<std::int64_t>& latencies = reader.latencies;
   const double p99_ms = percentile(latencies, 0.99) / 1e6;
 
-  const std::uint64_t sent = (burst_events + paced_events) * static_cast<std::uint64_t>(clients);
-  const std::uint64_t lost = sent > received ? sent - received : 0;
+  // `expected`: the frames of the events instrumented while the clients were connected.
+  const std::uint64_t lost = expected > received ? expected - received : 0;
   const auto count = [&](const char* key) { return health.value(key, std::uint64_t{0}); };
   const nlohmann::json dropped = {{"events", count("dropped_events")}, {"slow", count("dropped_slow")}, {"write", count("dropped_write")}};
   std::printf(
