@@ -93,12 +93,12 @@ struct EventStreamOptions {
   // The "retry:" field sent first: how long a browser waits before it reconnects.
   std::chrono::milliseconds reconnect_delay{2000};
   // Where a client older than the ring is replayed from (null: the ring only).
-  std::shared_ptr<EventHistory> history;
+  std::shared_ptr<EventHistory> history{};
   // The most events one client is replayed from the history; a client further behind gets the
   // gap event instead (0: the history is not used).
   std::size_t history_events = 100000;
   // Payload, context and tags redaction rules, as BridgeConfig::redact (docs/configuration.md).
-  std::vector<std::string> redact;
+  std::vector<std::string> redact{};
   // The envelope's "producer" field (producer_instance is the process's instance id).
   std::string producer = "notifications";
 

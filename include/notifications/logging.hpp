@@ -42,8 +42,8 @@ using LogHandler = std::function<void(LogLevel level, std::string_view message)>
 // The handler's contract:
 //   - it runs on the thread that logs: the application's own (Bridge::start, shutdown,
 //     instrument ...) or the library's (ntf-sender, ntf-dispatcher, ntf-durable, ntf-nats-log,
-//     ntf-sqlite-poll, ntf-outbox, the exit hook ...), possibly on several threads at once: it
-//     must be thread-safe itself;
+//     ntf-sqlite-poll, ntf-outbox, ntf-sse-dispatch, the exit hook ...), possibly on several
+//     threads at once: it must be thread-safe itself;
 //   - it must return promptly and must not block on the bus: it may take its own locks, format,
 //     write and enqueue, but must not call the functions of this header or of
 //     notifications/spdlog.hpp (they wait for the lines being written: for itself), instrument(),

@@ -92,7 +92,8 @@ class BridgeMetrics {
 
 // Thread-safety: a plain value.
 struct MetricsServerOptions {
-  // An IPv4 or IPv6 address (numeric). Anything but a loopback address (127.0.0.0/8, ::1) is
+  // An IPv4 or IPv6 address (numeric; IPv6 only where civetweb was built with it, which Debian 12's is
+  // not: MetricsError says so). Anything but a loopback address (127.0.0.0/8, ::1) is
   // refused unless allow_non_loopback is set: metrics and health name subjects, hosts and errors.
   std::string address = "127.0.0.1";
   std::uint16_t port = 0;  // 0: a free port chosen by the system (read it with port())
@@ -104,11 +105,11 @@ struct MetricsServerOptions {
   // holds one server thread while it is connected, so the server runs `threads` +
   // events' max_connections threads; the socket timeout is events' write_deadline. The stream is
   // shut down (its clients sent the "shutdown" event) before the server stops.
-  std::shared_ptr<EventStream> events;
+  std::shared_ptr<EventStream> events{};
   // When not empty, every request must carry it, as "Authorization: Bearer <token>" or (browsers'
   // EventSource cannot set headers) as the query member "access_token"; others get 401. Required
   // to serve `events` on an address that is not loopback. Never logged nor echoed.
-  std::string bearer_token;
+  std::string bearer_token{};
 };
 
 // An embedded HTTP server (civetweb) serving GET /metrics (text exposition of `metrics`) and

@@ -197,7 +197,10 @@ struct MetricsServer::Server {
     bool head = false;
     if (!readable(connection, head)) return 405;
     try {
-      const nlohmann::json health = self->metrics->health();
+      nlohmann::json health = self->metrics->health();
+      // The stream's counters (its drops among them) beside the bridges'; they do not decide
+      // "healthy": a dropped browser is the browser's problem, not the service's.
+      if (self->events) health["event_stream"] = self->events->health();
       const bool healthy = health.value("healthy", false);
       respond(connection, healthy ? 200 : 503, healthy ? "OK" : "Service Unavailable", "application/json",
               health.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", head);
@@ -231,6 +234,10 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   // once here, so that servers started on several threads at once never race on it.
   static std::once_flag civetweb_ready;
   std::call_once(civetweb_ready, [] { mg_init_library(0); });
+  if (family == Family::v6 && mg_check_feature(8) == 0) {  // 8: IPv6 (civetweb.h)
+    throw MetricsError("MetricsServerOptions::address \"" + options.address +
+                       "\" is IPv6, and this civetweb was built without IPv6 (Debian 12's is): use an IPv4 address");
+  }
   server_->metrics = std::move(metrics);
   server_->events = options.events;
   server_->bearer_token = options.bearer_token;

@@ -17,6 +17,7 @@
 #include "notifications/event_stream.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/prometheus.hpp"
+#include "child_process.hpp"
 #include "prometheus/http_client.hpp"
 #include "prometheus/sse_client.hpp"
 #include "scale.hpp"
@@ -220,6 +221,11 @@ TEST(EventStreamHttp, AClientThatStopsReadingIsDroppedAndCountedWhileAnotherRece
   }
   ASSERT_TRUE(wait_until([&] { return served.health("dropped_slow") + served.health("dropped_write") == 1; }, 20s))
       << served.stream->health().dump();
+  // Visible where operators look: /health carries the stream's counters.
+  const json health = json::parse(test_support::http(served.port(), "/health").body);
+  EXPECT_EQ(health.at("event_stream").at("dropped_slow").get<std::uint64_t>() +
+                health.at("event_stream").at("dropped_write").get<std::uint64_t>(),
+            1u);
   EXPECT_TRUE(wait_until([&] { return served.health("connections") == 1; }, 10s));
 }
 
@@ -314,4 +320,34 @@ TEST(EventStreamHttp, ANonLoopbackAddressNeedsABearerToken) {
   } catch (const np::MetricsError& e) {
     EXPECT_NE(std::string(e.what()).find("bearer_token"), std::string::npos) << e.what();
   }
+}
+
+TEST(EventStreamHttp, AForkedChildDestroysTheServerAndTheStreamWithoutWaitingForThreadsItDoesNotHave) {
+  auto served = std::make_unique<Served>();
+  SseClient client(served->port(), "/events");
+  ASSERT_EQ(client.status(), 200);
+  ASSERT_TRUE(wait_until([&] { return served->health("connections") == 1; }, 10s));
+  // A stream no server holds, with a client whose writer (the parent's thread) a shutdown would
+  // wait for until the write deadline: the child's copy is its last owner.
+  n::Notifier other;
+  n::EventStreamOptions options;
+  options.write_deadline = 60s;
+  auto lone = std::make_unique<n::EventStream>(other, options);
+  lone->start();
+  const auto connection = lone->connect("");
+  const pid_t child = ::fork();
+  if (child == 0) {
+    // The servers' and the streams' threads are the parent's: nothing to join, no one to wait for.
+    served.reset();
+    lone.reset();
+    ::_exit(0);
+  }
+  ASSERT_GT(child, 0);
+  const test_support::ChildResult result = test_support::wait_for_child(child, 20s);  // < write_deadline
+  EXPECT_TRUE(result.exited && result.exit_code == 0) << result.describe();
+  // The parent's stream is untouched.
+  served->notifier.instrument("after.fork", json{{"i", 1}});
+  const auto frame = client.next_event();
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(frame->event, "after.fork");
 }

@@ -28,6 +28,8 @@
 #include "notifications/event_stream.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/prometheus.hpp"
+#include "notifications/sqlite.hpp"
+#include "notifications/transports/sqlite.hpp"
 #include "notifications/subject.hpp"
 #include "notifications/transport.hpp"
 #endif
@@ -143,6 +145,12 @@ int serve(const GlobalOptions& options, const ServeArgs& args) {
   stream_options.heartbeat_interval = std::chrono::milliseconds(static_cast<long long>(args.heartbeat_seconds * 1000));
   stream_options.redact = config.redact;  // what the configuration keeps off the wire stays off the page
   stream_options.producer = config.app;
+  if (config.url.rfind("sqlite://", 0) == 0) {
+    // A browser further behind than the ring, or one that saw an earlier run of this command,
+    // is replayed from the file (docs/event_stream.md, "Further back: a history").
+    stream_options.history =
+        make_sqlite_event_history(sqlite_options_from_config(TransportConfig{config.url, config.transport}).path);
+  }
   stream_options.validate();  // ConfigError naming the option: exit 2
 
   const sigset_t blocked = stop_signals();
