@@ -154,7 +154,7 @@ PY
 # bench/bench_forward.cpp, bench/bench_nats.cpp and bench/bench_sqlite_transport.cpp.
 # Their lines are also kept in build/bench/lines.jsonl, from which scripts/bench_chart.py draws
 # docs/benchmarks.svg (the README's chart) at the end.
-cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport bench_sqlite_outbox bench_durable \
+cmake --build "$build_dir" --target bench_forward bench_nats bench_sqlite_transport bench_sqlite_outbox bench_durable bench_sse \
   --parallel "$(nproc)"
 lines="$build_dir/lines.jsonl"
 : > "$lines"
@@ -171,6 +171,11 @@ echo "bench: load average before bench_sqlite_outbox $(cut -d' ' -f1-3 /proc/loa
 # (bench_durable, issue 15): what exactly-once costs per event.
 echo "bench: load average before bench_durable $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$build_dir/bench/bench_durable" | tee -a "$lines"
+# Server-Sent Events of the bus to 1, 100 and 1,000 loopback clients (bench_sse, issue 19): fan-out
+# throughput, receive latency, CPU per event per client, and instrument() p99 with the clients
+# streaming against the same stream without clients.
+echo "bench: load average before bench_sse $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$build_dir/bench/bench_sse" | tee -a "$lines"
 echo "bench: load average after the run $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 # The chart, from this run only (BENCH_CHART=path to write it elsewhere than docs/benchmarks.svg).
