@@ -2,9 +2,11 @@
 // MetricsServer's GET /events to N clients on real loopback TCP sockets, all in one process. One
 // JSON line per client count:
 //
-//   {"bench":"sse_fanout","clients":N,"rate":R,"events":K,"burst_events":B,"events_per_s":...,
-//    "p99_ms":...,"cpu_us_per_event_per_client":...,"reader_cpu_us_per_event_per_client":...,
-//    "burst_cpu_us_per_event_per_client":...,"instrument_p99_us":...,
+//   {"bench":"sse_fanout","batch_scheduling":true,"clients":N,"rate":R,"events":K,"burst_events":B,
+//    "events_per_s":...,"p99_ms":...,"cpu_us_per_event_per_client":...,
+//    "reader_cpu_us_per_event_per_client":...,"burst_cpu_us_per_event_per_client":...,
+//    "instrument_p99_us":...,"instrument_p99_us_memory_bridge":...,
+//    "instrument_p99_ratio_to_memory_bridge":...,
 //    "instrument_p99_us_no_clients":...,"instrument_p50_us":...,"instrument_p50_us_no_clients":...,
 //    "lost":0,"dropped":{"events":0,"slow":0,"write":0}}
 //
@@ -19,7 +21,10 @@
 // instant events "bench.tick" with payload {"t": <steady_clock ns>}, instrumented from the main
 // thread.
 //
-// Three phases, in this order, in the same process:
+// Four phases, in this order, in the same process:
+//   0. reference: the same K events at R events/s through a Bridge forwarding to memory:// (no
+//      stream): instrument_p99_us_memory_bridge, the send-path reference of issue 20's goal 1
+//      (instrument p99 while forwarding at most 2x it); the ratio is phase 3's p99 over it.
 //   1. no clients: the stream is started, nobody is connected; K events at R events/s (the
 //      instrumenting thread sleeps until each event's due time). instrument_p99_us_no_clients is
 //      the p99 of these instrument() calls (each timed with two steady_clock reads), and
@@ -85,6 +90,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "notifications/bridge.hpp"
 #include "notifications/event_stream.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/prometheus.hpp"
@@ -101,6 +107,7 @@ struct Args {
   double seconds = 20;
   int burst_frames = 200000;
   int timeout_s = 60;
+  bool batch_scheduling = true;  // EventStreamOptions::batch_scheduling; --default-scheduling: false
 };
 
 std::int64_t now_ns() {
@@ -326,7 +333,7 @@ int open_client(std::uint16_t port) {
     close(fd);
     return -1;
   }
-  const std::string_view request = "GET /events?pattern=bench.%3E HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string_view request = "GET /events?pattern=bench.%3E HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
     std::perror("bench_sse: send");
     close(fd);
@@ -369,6 +376,21 @@ bool run(const Args& args, int clients) {
   const auto burst_events = static_cast<std::size_t>(std::max(100, args.burst_frames / clients));
   const auto timeout = std::chrono::seconds(args.timeout_s);
 
+  // 0. The send-path reference (issue 20, goal 1): the same paced events through a Bridge that
+  // forwards them to memory://, no stream.
+  double instrument_p99_memory_bridge_us = 0;
+  {
+    n::Notifier forwarding;
+    n::BridgeConfig config;
+    config.url = "memory://bench-sse-" + std::to_string(::getpid());
+    config.subscribe = {};
+    auto bridge = n::make_bridge(forwarding, config);
+    bridge->start();
+    std::vector<std::int64_t> durations = instrument_paced(forwarding, paced_events, rate);
+    instrument_p99_memory_bridge_us = percentile(durations, 0.99) / 1e3;
+    bridge->shutdown(std::chrono::seconds(5));
+  }
+
   n::Notifier notifier;
   n::EventStreamOptions options;
   options.pattern = n::Pattern("bench.>");
@@ -377,6 +399,7 @@ bool run(const Args& args, int clients) {
   options.client_queue = std::max(burst_events, paced_events) + 64;
   options.dispatch_queue = std::max<std::size_t>(65536, burst_events + paced_events);
   options.write_deadline = std::chrono::milliseconds(args.timeout_s * 1000);
+  options.batch_scheduling = args.batch_scheduling;
   auto stream = std::make_shared<n::EventStream>(notifier, options);
   stream->start();
   auto metrics = std::make_shared<n::prometheus::BridgeMetrics>();  // no bridge: the server needs one
@@ -490,14 +513,16 @@ bool run(const Args& args, int clients) {
   const auto count = [&](const char* key) { return health.value(key, std::uint64_t{0}); };
   const nlohmann::json dropped = {{"events", count("dropped_events")}, {"slow", count("dropped_slow")}, {"write", count("dropped_write")}};
   std::printf(
-      "{\"bench\":\"sse_fanout\",\"clients\":%d,\"rate\":%.0f,\"events\":%zu,\"burst_events\":%zu,"
+      "{\"bench\":\"sse_fanout\",\"batch_scheduling\":%s,\"clients\":%d,\"rate\":%.0f,\"events\":%zu,\"burst_events\":%zu,"
       "\"events_per_s\":%.0f,\"p99_ms\":%.3f,\"cpu_us_per_event_per_client\":%.3f,"
       "\"reader_cpu_us_per_event_per_client\":%.3f,\"burst_cpu_us_per_event_per_client\":%.3f,"
-      "\"instrument_p99_us\":%.3f,"
+      "\"instrument_p99_us\":%.3f,\"instrument_p99_us_memory_bridge\":%.3f,\"instrument_p99_ratio_to_memory_bridge\":%.2f,"
       "\"instrument_p99_us_no_clients\":%.3f,\"instrument_p50_us\":%.3f,\"instrument_p50_us_no_clients\":%.3f,"
       "\"lost\":%llu,\"dropped\":%s}\n",
-      clients, rate, paced_events, burst_events, events_per_s, p99_ms, cpu_us_per_pair, reader_cpu_us_per_pair,
-      burst_cpu_us_per_pair, instrument_p99_us, instrument_p99_no_clients_us, instrument_p50_us,
+      args.batch_scheduling ? "true" : "false", clients, rate, paced_events, burst_events, events_per_s, p99_ms, cpu_us_per_pair, reader_cpu_us_per_pair,
+      burst_cpu_us_per_pair, instrument_p99_us, instrument_p99_memory_bridge_us,
+      instrument_p99_memory_bridge_us > 0 ? instrument_p99_us / instrument_p99_memory_bridge_us : 0.0,
+      instrument_p99_no_clients_us, instrument_p50_us,
       instrument_p50_no_clients_us, static_cast<unsigned long long>(lost), dropped.dump().c_str());
   std::fflush(stdout);
   return complete && lost == 0 && count("dropped_events") + count("dropped_slow") + count("dropped_write") == 0;
@@ -515,6 +540,8 @@ bool parse(int argc, char** argv, Args& args) {
       args.burst_frames = std::atoi(argv[++i]);
     } else if (arg == "--timeout-s" && has_value) {
       args.timeout_s = std::atoi(argv[++i]);
+    } else if (arg == "--default-scheduling") {
+      args.batch_scheduling = false;
     } else if (!arg.empty() && arg[0] != '-' && std::atoi(arg.c_str()) > 0) {
       args.clients.push_back(std::atoi(arg.c_str()));
     } else {
@@ -530,7 +557,7 @@ bool parse(int argc, char** argv, Args& args) {
 int main(int argc, char** argv) {
   Args args;
   if (!parse(argc, argv, args)) {
-    std::fprintf(stderr, "usage: bench_sse [clients ...] [--rate R] [--seconds S] [--burst-frames F] [--timeout-s T]\n");
+    std::fprintf(stderr, "usage: bench_sse [clients ...] [--rate R] [--seconds S] [--burst-frames F] [--timeout-s T] [--default-scheduling]\n");
     return 2;
   }
   raise_fd_limit();

@@ -103,6 +103,10 @@ struct EventStreamOptions {
   std::size_t history_events = 100000;
   // Payload, context and tags redaction rules, as BridgeConfig::redact (docs/configuration.md).
   std::vector<std::string> redact{};
+  // Linux: the stream's threads (dispatcher, heartbeat, and each client's thread while it
+  // streams) run under SCHED_BATCH, so that the threads one event wakes (one per client) do not
+  // preempt the application's threads; false leaves them under the default policy.
+  bool batch_scheduling = true;
   // The envelope's "producer" field (producer_instance is the process's instance id).
   std::string producer = "notifications";
 

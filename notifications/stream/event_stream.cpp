@@ -1,6 +1,9 @@
 // EventStream (notifications/event_stream.hpp), the stream itself: options, the listener and the
 // dispatcher, fan-out and the replay ring, heartbeats and idle clients, start, shutdown and
 // health. Threads and locks: stream/event_stream_state.hpp.
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
 #include <random>
 #include <stdexcept>
@@ -46,6 +49,29 @@ std::string frame_text(std::string_view id, std::string_view name, std::string_v
   text.reserve(id.size() + name.size() + data.size() + 24);
   text.append("id: ").append(id).append("\nevent: ").append(name).append("\ndata: ").append(data).append("\n\n");
   return text;
+}
+
+BatchScheduling::BatchScheduling(bool wanted) noexcept {
+#if defined(__linux__)
+  if (!wanted) return;
+  sched_param previous{};
+  int policy = 0;
+  if (pthread_getschedparam(pthread_self(), &policy, &previous) != 0 || policy != SCHED_OTHER) return;
+  const sched_param batch{};
+  if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch) == 0) {
+    policy_ = policy;
+    priority_ = previous.sched_priority;
+  }
+#endif
+}
+
+BatchScheduling::~BatchScheduling() {
+#if defined(__linux__)
+  if (policy_ < 0) return;
+  sched_param previous{};
+  previous.sched_priority = priority_;
+  pthread_setschedparam(pthread_self(), policy_, &previous);
+#endif
 }
 
 }  // namespace detail::sse
@@ -164,6 +190,7 @@ void EventStream::State::fan_out(const FramePtr& frame) {
 
 void EventStream::State::dispatch_loop() {
   detail::name_this_thread("ntf-sse-dispatch");
+  const BatchScheduling batch_scheduling(options.batch_scheduling);
   std::deque<Event> batch;
   for (;;) {
     {
@@ -194,6 +221,7 @@ void EventStream::State::dispatch_loop() {
 
 void EventStream::State::heartbeat_loop() {
   detail::name_this_thread("ntf-sse-heartbeat");
+  const BatchScheduling batch_scheduling(options.batch_scheduling);
   const FramePtr heartbeat = make_comment("heartbeat");
   const auto interval = options.heartbeat_interval;
   const auto idle = options.idle_timeout;

@@ -196,6 +196,7 @@ void EventStream::Connection::close() {
 void EventStream::Connection::stream(const Writer& write) {
   State& state = *state_;
   Client& client = *client_;
+  const BatchScheduling batch_scheduling(state.options.batch_scheduling);
   {
     detail::MutexLock lock(client.mutex);
     client.streaming = true;

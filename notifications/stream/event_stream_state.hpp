@@ -16,6 +16,11 @@
 // connect() replays from the ring and registers the client under registry_mutex, so no frame the
 // dispatcher numbers can fall between the replay and the live stream, nor be in both.
 //
+// Scheduling: the stream's work is throughput work, and one event wakes as many threads as there
+// are clients. On Linux its threads (the dispatcher, the heartbeat, and each client's thread
+// while it streams) run under SCHED_BATCH: a woken one does not preempt the thread running, so
+// the application's instrumenting threads keep their core (bench_sse: docs/benchmarks.md).
+//
 // Thread-safety: members as annotated (NOTIFICATIONS_GUARDED_BY); the functions are stateless.
 #pragma once
 
@@ -74,6 +79,21 @@ std::string stream_token();
 std::string frame_text(std::string_view id, std::string_view name, std::string_view data);
 // nullopt when `text` is not a position of the form above.
 std::optional<Position> parse_position(std::string_view text);
+
+// The calling thread under SCHED_BATCH (Linux; nothing elsewhere or when refused) until the
+// object is destroyed, which puts the thread's previous policy back: a client's thread belongs
+// to the HTTP server, which runs other requests on it afterwards.
+class BatchScheduling {
+ public:
+  explicit BatchScheduling(bool wanted) noexcept;
+  ~BatchScheduling();
+  BatchScheduling(const BatchScheduling&) = delete;
+  BatchScheduling& operator=(const BatchScheduling&) = delete;
+
+ private:
+  int policy_ = -1;  // the previous policy; -1: nothing changed
+  int priority_ = 0;
+};
 
 }  // namespace notifications::detail::sse
 
