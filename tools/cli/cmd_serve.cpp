@@ -98,21 +98,6 @@ HttpAddress parse_http_address(const std::string& text) {
   return address;
 }
 
-sigset_t stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  return set;
-}
-
-// Waits up to `wait` for SIGINT or SIGTERM (blocked in every thread); true when one came.
-bool stop_signal_within(std::chrono::milliseconds wait) {
-  const sigset_t set = stop_signals();
-  timespec timeout{static_cast<time_t>(wait.count() / 1000), static_cast<long>(wait.count() % 1000) * 1'000'000};
-  return ::sigtimedwait(&set, nullptr, &timeout) > 0;
-}
-
 int serve(const GlobalOptions& options, const ServeArgs& args) {
   if (args.pattern.find("://") != std::string::npos) {  // the problem would quote its tokens, credentials and all
     throw UsageError("--pattern \"" + printable(args.pattern) +

@@ -29,24 +29,6 @@ namespace notifications::cli {
 
 namespace {
 
-// SIGINT and SIGTERM, blocked in every thread (the bridge's threads inherit the mask from the
-// main thread, which blocks them before it makes the bridge) and taken by the main thread with
-// sigtimedwait: no library thread is ever interrupted, and no handler runs.
-sigset_t stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  return set;
-}
-
-// Waits up to `wait` for SIGINT or SIGTERM; true when one came.
-bool stop_signal_within(std::chrono::milliseconds wait) {
-  const sigset_t set = stop_signals();
-  timespec timeout{static_cast<time_t>(wait.count() / 1000), static_cast<long>(wait.count() % 1000) * 1'000'000};
-  return ::sigtimedwait(&set, nullptr, &timeout) > 0;
-}
-
 struct TailArgs {
   std::string pattern = ">";
   std::uint64_t count = 0;

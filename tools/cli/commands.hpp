@@ -5,6 +5,8 @@
 // shuts down before its callback returns.
 #pragma once
 
+#include <signal.h>
+
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -97,6 +99,15 @@ bool transport_connected(const nlohmann::json& bridge_health);
 
 // Waits (bounded by `timeout`) until transport_connected; false when the time passed first.
 bool wait_connected(const Bridge& bridge, std::chrono::milliseconds timeout);
+
+// ---- Stopping ---------------------------------------------------------------------------------
+
+// SIGINT and SIGTERM. The long-running commands (tail, serve) block them in the main thread
+// before they make a bridge (whose threads inherit the mask) and take them there with
+// sigtimedwait: no library thread is ever interrupted, and no handler runs.
+sigset_t stop_signals();
+// Waits up to `wait` for SIGINT or SIGTERM; true when one came.
+bool stop_signal_within(std::chrono::milliseconds wait);
 
 // ---- Output ---------------------------------------------------------------------------------
 

@@ -165,4 +165,18 @@ nlohmann::json event_to_json(const Event& event) {
   return out;
 }
 
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
+bool stop_signal_within(std::chrono::milliseconds wait) {
+  const sigset_t set = stop_signals();
+  timespec timeout{static_cast<time_t>(wait.count() / 1000), static_cast<long>(wait.count() % 1000) * 1'000'000};
+  return ::sigtimedwait(&set, nullptr, &timeout) > 0;
+}
+
 }  // namespace notifications::cli
