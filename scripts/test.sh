@@ -114,7 +114,7 @@ for stage in "${stages[@]}"; do
   stage_start=$(date +%s)
   case "$stage" in
     # The browser test runs here only, and may not skip (tests/browser/test_event_page.py).
-    release) NOTIFICATIONS_REQUIRE_BROWSER=1 configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=$release_flags" ;;
+    release) TEST_REQUIRE_BROWSER=1 configure_and_test release -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=$release_flags" ;;
     package) package_check ;;
     asan) ctest_label_exclude=browser configure_and_test asan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=$asan_flags" \
             -DNOTIFICATIONS_SANITIZE=address \

@@ -10,7 +10,7 @@ server with SIGTERM and checks that the page says "server shut down" and that se
 
 Usage: test_event_page.py PATH_OF_THE_NOTIFICATIONS_PROGRAM
 Exit: 0 passed, 1 failed, 77 skipped (chromium or chromedriver missing, and the environment
-variable NOTIFICATIONS_REQUIRE_BROWSER not set; scripts/test.sh sets it, so CI cannot skip).
+variable TEST_REQUIRE_BROWSER not set; scripts/test.sh sets it, so CI cannot skip).
 """
 
 import json
@@ -129,8 +129,8 @@ def main():
     cli = sys.argv[1]
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
-        if os.environ.get("NOTIFICATIONS_REQUIRE_BROWSER"):
-            say("FAIL: %s missing and NOTIFICATIONS_REQUIRE_BROWSER is set "
+        if os.environ.get("TEST_REQUIRE_BROWSER"):
+            say("FAIL: %s missing and TEST_REQUIRE_BROWSER is set "
                 "(scripts/install-deps.sh --with-browser installs chromium and chromium-driver)" % ", ".join(missing))
             return 1
         say("SKIP: %s missing (Debian: chromium, chromium-driver; scripts/install-deps.sh --with-browser)"
