@@ -116,6 +116,7 @@ struct EventStreamOptions {
 
 // A connection was refused: `status` is the HTTP status that says why (400: a bad pattern or
 // Last-Event-ID; 503: too many connections, not started, or shutting down).
+// Thread-safety: immutable once thrown.
 class EventStreamRefused : public Error {
  public:
   EventStreamRefused(int status, const std::string& message)

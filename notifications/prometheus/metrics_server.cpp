@@ -56,10 +56,14 @@ void respond(mg_connection* connection, int status, const char* reason, std::str
   if (!head && !body.empty()) mg_write(connection, body.data(), body.size());
 }
 
+std::string_view method_of(mg_connection* connection) {
+  const mg_request_info* request = mg_get_request_info(connection);
+  return request != nullptr && request->request_method != nullptr ? request->request_method : "";
+}
+
 // True for GET and HEAD (`head` set for HEAD); otherwise answers 405.
 bool readable(mg_connection* connection, bool& head) {
-  const mg_request_info* request = mg_get_request_info(connection);
-  const std::string_view method = request != nullptr && request->request_method != nullptr ? request->request_method : "";
+  const std::string_view method = method_of(connection);
   head = method == "HEAD";
   if (method == "GET" || head) return true;
   respond(connection, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n", false,
@@ -122,11 +126,8 @@ struct MetricsServer::Server {
       } catch (const std::length_error&) {
       }
     }
-    const mg_request_info* request = mg_get_request_info(connection);
-    const bool head = request != nullptr && request->request_method != nullptr &&
-                      std::string_view(request->request_method) == "HEAD";
     respond(connection, 401, "Unauthorized", "text/plain; charset=utf-8",
-            "a bearer token is required, and this is not it\n", head, "WWW-Authenticate: Bearer\r\n");
+            "a bearer token is required, and this is not it\n", method_of(connection) == "HEAD", "WWW-Authenticate: Bearer\r\n");
     return false;
   }
 
@@ -149,13 +150,10 @@ struct MetricsServer::Server {
         (inet_pton(AF_INET, text.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127)) {
       return true;
     }
-    const mg_request_info* request = mg_get_request_info(connection);
-    const bool head = request != nullptr && request->request_method != nullptr &&
-                      std::string_view(request->request_method) == "HEAD";
     respond(connection, 403, "Forbidden", "text/plain; charset=utf-8",
             "this server answers requests for a loopback host name only (localhost, 127.0.0.1, [::1]); "
             "set a bearer token to serve others\n",
-            head);
+            method_of(connection) == "HEAD");
     return false;
   }
 

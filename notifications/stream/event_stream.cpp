@@ -135,7 +135,7 @@ std::shared_ptr<Frame> EventStream::State::encode(const Event& event) {
   if (const auto& origin = event.origin()) {
     return encode(envelope_from_event(event, origin->producer, origin->producer_instance));
   }
-  return encode(envelope_from_event(event, options.producer, instance));
+  return encode(envelope_from_event(event, options.producer, token));
 }
 
 std::shared_ptr<Frame> EventStream::State::encode(Envelope envelope) {
@@ -156,7 +156,7 @@ std::shared_ptr<Frame> EventStream::State::encode(Envelope envelope) {
   return frame;
 }
 
-void EventStream::State::push_live(Client& client, const FramePtr& frame, bool event) {
+void EventStream::State::push_live(Client& client, const FramePtr& frame) {
   bool dropped = false;
   {
     detail::MutexLock lock(client.mutex);
@@ -167,7 +167,7 @@ void EventStream::State::push_live(Client& client, const FramePtr& frame, bool e
       dropped = true;
     } else {
       client.queue.push_back(frame);
-      if (event) client.last_event = Clock::now();
+      client.last_event = Clock::now();
     }
   }
   client.wake.notify_one();
@@ -184,7 +184,7 @@ void EventStream::State::fan_out(const FramePtr& frame) {
     if (ring.size() > options.replay_events) ring.pop_front();
   }
   for (const std::shared_ptr<Client>& client : clients) {
-    if (client->pattern.matches(frame->name)) push_live(*client, frame, true);
+    if (client->pattern.matches(frame->name)) push_live(*client, frame);
   }
 }
 
@@ -260,9 +260,7 @@ void EventStream::State::heartbeat_loop() {
 void EventStream::State::unregister(const std::shared_ptr<Client>& client) {
   {
     detail::MutexLock lock(registry_mutex);
-    if (!client->registered) return;
-    client->registered = false;
-    clients.erase(client);
+    if (clients.erase(client) == 0) return;  // already unregistered
   }
   registry_changed.notify_all();
 }

@@ -146,7 +146,6 @@ std::unique_ptr<EventStream::Connection> EventStream::connect(std::string_view p
       }
       if (!from_history) state.counters.replayed.fetch_add(replayed, std::memory_order_relaxed);
     }
-    client->registered = true;
     state.clients.insert(client);
   }
   state.registry_changed.notify_all();

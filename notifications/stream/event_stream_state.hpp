@@ -118,20 +118,20 @@ struct EventStream::Connection::Client {
   bool streaming NOTIFICATIONS_GUARDED_BY(mutex) = false;
   detail::sse::Clock::time_point last_event NOTIFICATIONS_GUARDED_BY(mutex) = detail::sse::Clock::now();
   detail::sse::Clock::time_point last_frame NOTIFICATIONS_GUARDED_BY(mutex) = detail::sse::Clock::now();
-  bool registered = false;  // guarded by State::registry_mutex
 };
 
 using Client = EventStream::Connection::Client;
 
 struct EventStream::State {
   State(Notifier& n, EventStreamOptions o)
-      : notifier(n), options(std::move(o)), redactor(options.redact), token(detail::sse::stream_token()), instance(token) {}
+      : notifier(n), options(std::move(o)), redactor(options.redact), token(detail::sse::stream_token()) {}
 
   Notifier& notifier;
   const EventStreamOptions options;
   const detail::Redactor redactor;
-  const std::string token;     // this stream's part of every position: "<token>-<number>"
-  const std::string instance;  // the envelope's producer_instance
+  // This stream's part of every position ("<token>-<number>:<event id>"), and the envelope's
+  // producer_instance of the events instrumented in this process.
+  const std::string token;
   const pid_t owner = ::getpid();
 
   // Lifecycle: started and stopping only change under registry_mutex.
@@ -180,7 +180,7 @@ struct EventStream::State {
     return text.append(":").append(event_id);
   }
   // Queues `frame` for `client` unless it is closed; drops a client whose queue is full.
-  void push_live(Client& client, const detail::sse::FramePtr& frame, bool event);
+  void push_live(Client& client, const detail::sse::FramePtr& frame);
 };
 
 }  // namespace notifications

@@ -30,7 +30,6 @@
 #include "notifications/prometheus.hpp"
 #include "notifications/sqlite.hpp"
 #include "notifications/transports/sqlite.hpp"
-#include "notifications/subject.hpp"
 #include "notifications/transport.hpp"
 #endif
 
@@ -99,13 +98,7 @@ HttpAddress parse_http_address(const std::string& text) {
 }
 
 int serve(const GlobalOptions& options, const ServeArgs& args) {
-  if (args.pattern.find("://") != std::string::npos) {  // the problem would quote its tokens, credentials and all
-    throw UsageError("--pattern \"" + printable(args.pattern) +
-                     "\" is a URL: give the transport's URL with --url, and a pattern such as 'order.>' here");
-  }
-  if (const std::string problem = subject_pattern_problem(args.pattern); !problem.empty()) {
-    throw UsageError("--pattern \"" + printable(args.pattern) + "\": " + problem);
-  }
+  check_pattern_argument("--pattern", args.pattern);
   const HttpAddress address = parse_http_address(args.http);
   if (!address.loopback && !args.allow_non_loopback) {
     throw UsageError("--http " + printable(args.http) +

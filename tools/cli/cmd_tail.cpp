@@ -22,7 +22,6 @@
 #include "commands.hpp"
 #include "notifications/envelope.hpp"
 #include "notifications/notifier.hpp"
-#include "notifications/subject.hpp"
 #include "notifications/transport.hpp"
 
 namespace notifications::cli {
@@ -123,13 +122,7 @@ struct TailState {
 };
 
 int tail(const GlobalOptions& options, const TailArgs& args) {
-  if (args.pattern.find("://") != std::string::npos) {  // the problem would quote its tokens, credentials and all
-    throw UsageError("pattern \"" + printable(args.pattern) +
-                     "\" is a URL: give the transport's URL with --url, and a pattern such as 'order.>' here");
-  }
-  if (const std::string problem = subject_pattern_problem(args.pattern); !problem.empty()) {
-    throw UsageError("pattern \"" + printable(args.pattern) + "\": " + problem);
-  }
+  check_pattern_argument("pattern", args.pattern);
   const BridgeConfig config = command_bridge_config(resolve_transport_config(options), {}, {args.pattern});
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();

@@ -100,6 +100,10 @@ bool transport_connected(const nlohmann::json& bridge_health);
 // Waits (bounded by `timeout`) until transport_connected; false when the time passed first.
 bool wait_connected(const Bridge& bridge, std::chrono::milliseconds timeout);
 
+// Throws UsageError, naming the argument as `label`, for a pattern that is a URL (given in the
+// wrong place: its text is not quoted, it may hold credentials) or not a valid subject pattern.
+void check_pattern_argument(std::string_view label, const std::string& pattern);
+
 // ---- Stopping ---------------------------------------------------------------------------------
 
 // SIGINT and SIGTERM. The long-running commands (tail, serve) block them in the main thread

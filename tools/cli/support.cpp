@@ -179,4 +179,14 @@ bool stop_signal_within(std::chrono::milliseconds wait) {
   return ::sigtimedwait(&set, nullptr, &timeout) > 0;
 }
 
+void check_pattern_argument(std::string_view label, const std::string& pattern) {
+  if (pattern.find("://") != std::string::npos) {  // the problem would quote its tokens, credentials and all
+    throw UsageError(std::string(label) + " \"" + printable(pattern) +
+                     "\" is a URL: give the transport's URL with --url, and a pattern such as 'order.>' here");
+  }
+  if (const std::string problem = subject_pattern_problem(pattern); !problem.empty()) {
+    throw UsageError(std::string(label) + " \"" + printable(pattern) + "\": " + problem);
+  }
+}
+
 }  // namespace notifications::cli
