@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -31,6 +32,10 @@
 namespace notifications {
 
 using Deadline = std::chrono::steady_clock::time_point;
+
+namespace detail {
+struct HandlerCalls;  // notifications/transport/transport_base.cpp
+}  // namespace detail
 
 // A transport could not be created, started or used: bad URL, option, credentials, server.
 class TransportError : public Error {
@@ -206,7 +211,11 @@ class Transport {
   // a DeliveryOptions field its capabilities() do not cover, named in the message).
   virtual std::uint64_t subscribe(const std::string& pattern, const DeliveryOptions& options,
                                   DeliveryHandler handler) = 0;
-  // Stops deliveries to that subscription. Deliveries already handed to the handler stay handed.
+  // Stops deliveries to that subscription (also while stop() drains). Deliveries already handed
+  // to the handler stay handed. When it returns, the handler is never called again and no call of it is running on another
+  // thread: like std::stop_callback's destructor, it waits for such a call to return, so it must
+  // not be called while holding a lock that handler takes. Called from inside the handler (or
+  // from any handler running on this thread) it does not wait for that call.
   virtual void unsubscribe(std::uint64_t id) = 0;
   // Waits until everything published so far has left this process (or is stored, for persistent
   // transports). False when the deadline passed first, or when something published may have been
@@ -214,7 +223,9 @@ class Transport {
   // the caller that keeps its messages (a durable outbox) sends them again, and a later flush
   // covers only what was published after that answer.
   virtual bool flush(Deadline deadline) = 0;
-  // Lets subscriptions hand over what they already hold, then closes. Idempotent.
+  // Lets subscriptions hand over what they already hold, then closes. Idempotent. When it
+  // returns, no handler is called again, and none is running on another thread unless one was
+  // still running at the deadline (logged, and counted in health as "handlers_running_at_stop").
   virtual void stop(Deadline deadline) = 0;
   // State and counters as JSON; never contains credentials.
   virtual nlohmann::json health() const = 0;
@@ -258,6 +269,13 @@ class Transport {
 //    until after_fork() (no start, stop, subscribe or unsubscribe runs across fork()) and calls
 //    do_prepare_fork when started; after_fork() calls do_after_fork when started. A prepare_fork()
 //    while prepared, or an after_fork() while not, does nothing: a Bridge and the registry both ask.
+// 10. Handlers: subscribe() hands do_subscribe a wrapper of the handler. After unsubscribe(id)
+//    returns, that wrapper calls the handler no more and no call of it runs on another thread
+//    (it waits, outside the lifecycle lock, for calls in progress; not for one on its own
+//    thread). After do_stop, stop() does the same for every subscription, waiting at most until
+//    its deadline; calls still running then are logged and counted ("handlers_running_at_stop").
+//    Deliveries that reach a closed wrapper are counted ("discarded_after_unsubscribe"), and one
+//    with settle() is nak'ed. unsubscribe() while do_stop drains closes the handler too.
 // Derived destructors must call stop() themselves (the base cannot call their hooks).
 class TransportBase : public Transport {
  public:
@@ -310,6 +328,13 @@ class TransportBase : public Transport {
   // In the fork registry (process/fork_registry.hpp): set by start(), cleared by stop().
   std::atomic<bool> fork_registered_{false};
   bool in_forked_child() const;
+  // After do_stop: closes every subscription's handler, waiting for calls until `deadline`.
+  void close_handlers(Deadline deadline);
+  // The calls in progress of each subscription's handler (see promise 10); guarded by lifecycle_.
+  std::map<std::uint64_t, std::shared_ptr<detail::HandlerCalls>> handler_calls_;
+  std::atomic<std::uint64_t> handlers_running_at_stop_{0};
+  // Deliveries a transport handed over after their subscription was closed (not passed on).
+  std::shared_ptr<std::atomic<std::uint64_t>> discarded_after_close_ = std::make_shared<std::atomic<std::uint64_t>>(0);
 };
 
 // Where and how to connect: the URL (its scheme picks the factory) and transport options.

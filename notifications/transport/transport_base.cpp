@@ -14,11 +14,15 @@
 //   4. do_stop runs once, only if do_start succeeded, with no lock of the base held, after every
 //      publish() that saw `started` has returned; no do_publish, do_subscribe or do_unsubscribe
 //      runs during or after it. A handler may therefore call publish() or unsubscribe() while
-//      stop() drains: they return "transport stopped" / do nothing instead of deadlocking.
+//      stop() drains: publish() returns "transport stopped", unsubscribe() closes the handler's
+//      wrapper (7) and calls no hook, instead of deadlocking.
 //   5. do_flush runs only while `started`, without a lock; it may overlap do_stop (which must wake
 //      it) and is the one hook that may.
 //   6. stop() from `created` moves to `stopped` without calling any hook. A second stop() waits
 //      until the first one has finished, so "stop returned" always means "stopped".
+//   7. The handler a hook receives is a wrapper: once unsubscribe() or stop() has closed it, it
+//      returns without calling the user's handler (a delivery with settle() is nak'ed, so an
+//      acknowledging transport redelivers it). A hook may keep calling it at any time.
 //
 // How state_ is read without the lifecycle mutex: it is only ever accessed through
 // std::atomic_ref and holds a packed word: bits 0-1 are the phase (created, started, stopping,
@@ -29,8 +33,10 @@
 
 #include <atomic>
 #include <cctype>
+#include <cstdint>
 #include <exception>
 #include <string>
+#include <thread>
 
 #include "notifications/subject.hpp"
 #include "process/fork_registry.hpp"
@@ -97,6 +103,101 @@ std::string group_problem(std::string_view group) {
     }
   }
   return {};
+}
+
+}  // namespace
+
+// ---- handler calls in progress (promise 10) -----------------------------------------------------
+
+// One subscription's handler calls in progress, and whether it is closed: bit 0 of `word` is
+// "closed", the bits above count calls (kOneHandlerCall each). 32 bits so that wait() is a futex.
+// `discarded` (shared by a transport's subscriptions, and outliving it if a transport thread
+// calls late) counts deliveries that arrived after closing.
+struct detail::HandlerCalls {
+  std::atomic<std::uint32_t> word{0};
+  std::shared_ptr<std::atomic<std::uint64_t>> discarded;
+};
+
+namespace {
+
+constexpr std::uint32_t kClosed = 1;
+constexpr std::uint32_t kOneHandlerCall = 2;
+
+// The handler calls running on this thread, innermost first: a handler that unsubscribes its
+// own subscription (or one whose handler is further down this thread's stack) must not wait for
+// itself.
+struct HandlerFrame {
+  const detail::HandlerCalls* calls;
+  HandlerFrame* below;
+};
+thread_local HandlerFrame* top_handler_frame = nullptr;
+
+std::uint32_t calls_on_this_thread(const detail::HandlerCalls& calls) {
+  std::uint32_t n = 0;
+  for (const HandlerFrame* f = top_handler_frame; f != nullptr; f = f->below) {
+    if (f->calls == &calls) ++n;
+  }
+  return n;
+}
+
+// Registers a call unless closed (one CAS checks and counts).
+bool enter_handler(detail::HandlerCalls& calls) {
+  std::uint32_t w = calls.word.load(std::memory_order_acquire);
+  do {
+    if ((w & kClosed) != 0) return false;
+  } while (!calls.word.compare_exchange_weak(w, w + kOneHandlerCall, std::memory_order_acq_rel,
+                                             std::memory_order_acquire));
+  return true;
+}
+
+void leave_handler(detail::HandlerCalls& calls) {
+  const std::uint32_t w = calls.word.fetch_sub(kOneHandlerCall, std::memory_order_acq_rel) - kOneHandlerCall;
+  if ((w & kClosed) != 0) calls.word.notify_all();  // a closer may be waiting for this call
+}
+
+DeliveryHandler wrap_handler(std::shared_ptr<detail::HandlerCalls> calls, DeliveryHandler handler) {
+  return [calls = std::move(calls), handler = std::move(handler)](Delivery&& delivery) {
+    if (!enter_handler(*calls)) {
+      calls->discarded->fetch_add(1, std::memory_order_relaxed);
+      if (delivery.settle) {
+        try {
+          delivery.settle(Settle::nak);  // handed back: an acknowledging transport redelivers it
+        } catch (...) {  // the transport is closing; its redelivery timer covers it
+        }
+      }
+      return;
+    }
+    struct Leave {
+      HandlerFrame frame;
+      detail::HandlerCalls& calls;
+      ~Leave() {
+        top_handler_frame = frame.below;
+        leave_handler(calls);
+      }
+    } leave{HandlerFrame{calls.get(), top_handler_frame}, *calls};
+    top_handler_frame = &leave.frame;
+    handler(std::move(delivery));
+  };
+}
+
+// Closes `calls` and waits until no call runs on another thread: with no deadline when
+// `deadline` is nullptr. Returns the calls still running elsewhere (0 unless the deadline passed).
+std::uint32_t close_handler(detail::HandlerCalls& calls, const Deadline* deadline) {
+  calls.word.fetch_or(kClosed, std::memory_order_acq_rel);
+  const std::uint32_t own = calls_on_this_thread(calls);
+  for (std::uint32_t w = calls.word.load(std::memory_order_acquire); w / kOneHandlerCall > own;
+       w = calls.word.load(std::memory_order_acquire)) {
+    if (deadline == nullptr) {
+      calls.word.wait(w, std::memory_order_acquire);
+    } else if (std::chrono::steady_clock::now() >= *deadline) {
+      return w / kOneHandlerCall - own;
+    } else {
+      // Rare (stop() while a handler runs) and bounded by the deadline: a short sleep, no timed
+      // futex, which std::atomic does not offer.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  return 0;
 }
 
 }  // namespace
@@ -240,16 +341,29 @@ std::uint64_t TransportBase::subscribe(const std::string& pattern, const Deliver
   }
   if (p != kStarted) throw TransportError("subscribe \"" + pattern + "\": transport stopped");
   const std::uint64_t id = next_subscription_;
-  do_subscribe(id, pattern, options, std::move(handler));
+  auto calls = std::make_shared<detail::HandlerCalls>();
+  calls->discarded = discarded_after_close_;
+  do_subscribe(id, pattern, options, wrap_handler(calls, std::move(handler)));
+  handler_calls_[id] = std::move(calls);
   ++next_subscription_;  // only after success, so ids stay dense
   return id;
 }
 
 void TransportBase::unsubscribe(std::uint64_t id) {
   if (in_forked_child()) return;
-  std::lock_guard lock(lifecycle_);
-  if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
-  do_unsubscribe(id);
+  std::shared_ptr<detail::HandlerCalls> calls;
+  {
+    std::lock_guard lock(lifecycle_);
+    const auto it = handler_calls_.find(id);
+    if (it != handler_calls_.end()) {  // also while stopping: the caller may free what it captured
+      calls = std::move(it->second);
+      handler_calls_.erase(it);
+      calls->word.fetch_or(kClosed, std::memory_order_acq_rel);
+    }
+    if (phase(StateRef(state_).load(std::memory_order_acquire)) == kStarted) do_unsubscribe(id);
+  }
+  // Without the lifecycle mutex: the call we wait for may subscribe or unsubscribe.
+  if (calls) (void)close_handler(*calls, nullptr);
 }
 
 bool TransportBase::flush(Deadline deadline) {
@@ -287,10 +401,30 @@ void TransportBase::stop(Deadline deadline) {
   try {
     do_stop(deadline);
   } catch (...) {
+    close_handlers(deadline);
     set_phase(ref, kStopped);
     throw;
   }
+  close_handlers(deadline);
   set_phase(ref, kStopped);
+}
+
+void TransportBase::close_handlers(Deadline deadline) {
+  std::map<std::uint64_t, std::shared_ptr<detail::HandlerCalls>> all;
+  {
+    std::lock_guard lock(lifecycle_);
+    all.swap(handler_calls_);
+  }
+  for (auto& [id, calls] : all) calls->word.fetch_or(kClosed, std::memory_order_acq_rel);
+  std::uint64_t running = 0;
+  for (auto& [id, calls] : all) running += close_handler(*calls, &deadline);
+  if (running != 0) {
+    handlers_running_at_stop_.fetch_add(running, std::memory_order_relaxed);
+    detail::log(detail::LogLevel::warn,
+                "notifications {}: {} handler call(s) still running at stop's deadline; they finish on their "
+                "own threads, and nothing calls a handler again",
+                kind(), running);
+  }
 }
 
 nlohmann::json TransportBase::health() const {
@@ -307,6 +441,12 @@ nlohmann::json TransportBase::health() const {
   }
   if (!out.is_object()) out = {{"details", std::move(out)}};
   out["kind"] = kind();
+  if (const auto running = handlers_running_at_stop_.load(std::memory_order_relaxed); running != 0) {
+    out["handlers_running_at_stop"] = running;
+  }
+  if (const auto discarded = discarded_after_close_->load(std::memory_order_relaxed); discarded != 0) {
+    out["discarded_after_unsubscribe"] = discarded;
+  }
   // const member: atomic_ref needs a non-const object; the load does not modify it.
   out["state"] = phase_name(phase(StateRef(const_cast<State&>(state_)).load(std::memory_order_acquire)));
   return out;

@@ -244,3 +244,110 @@ TEST(TransportBase, TransportBasePromise8_InAForkedChildWithoutAfterForkNothingR
   EXPECT_EQ(child.exit_code, 0) << "bit 1 publish, 2 flush, 4 subscribe, 8 health, 16 hooks ran";
   EXPECT_EQ(t.publish(one_message()).published, 1u);  // the parent still owns it
 }
+
+// A thread that delivers to a subscription's handler as a transport's callback thread would.
+struct Deliverer {
+  std::thread thread;
+  ~Deliverer() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+TEST(TransportBase, TransportBasePromise10_UnsubscribeWaitsForACallInProgressAndNoCallFollows) {
+  RecordingTransport t;
+  t.start();
+  Gate gate;
+  gate.close();
+  std::atomic<int> calls{0};
+  std::atomic<bool> finished{false};
+  const auto id = t.subscribe("a.>", {}, [&](n::Delivery&&) {
+    ++calls;
+    gate.pass();
+    finished = true;
+  });
+  n::DeliveryHandler deliver = t.handler;
+  Deliverer delivering;
+  delivering.thread = std::thread([&] { deliver(n::Delivery{}); });
+  ASSERT_TRUE(gate.wait_arrived(1));
+  std::atomic<bool> returned{false};
+  std::atomic<bool> finished_before_return{false};
+  Deliverer unsubscribing;
+  unsubscribing.thread = std::thread([&] {
+    t.unsubscribe(id);
+    finished_before_return = finished.load();
+    returned = true;
+  });
+  std::this_thread::sleep_for(100ms);  // unsubscribe() has had time to return if it did not wait
+  EXPECT_FALSE(returned.load()) << "unsubscribe() returned while the handler was still running";
+  gate.open();
+  unsubscribing.thread.join();
+  EXPECT_TRUE(finished_before_return.load());
+  // A late call from the transport reaches nothing, and a delivery it could redeliver goes back.
+  bool nak = false;
+  n::Delivery late;
+  late.settle = [&](n::Settlement s) { nak = s.outcome == n::Settle::nak; };
+  deliver(std::move(late));
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_TRUE(nak);
+}
+
+TEST(TransportBase, TransportBasePromise10_AHandlerMayUnsubscribeItselfWithoutWaitingForItself) {
+  RecordingTransport t;
+  t.start();
+  std::atomic<std::uint64_t> id{0};
+  std::atomic<int> calls{0};
+  id = t.subscribe("a.>", {}, [&](n::Delivery&&) {
+    ++calls;
+    t.unsubscribe(id.load());  // would wait forever for this very call if it counted it
+  });
+  n::DeliveryHandler deliver = t.handler;
+  deliver(n::Delivery{});
+  deliver(n::Delivery{});
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(t.unsubscribes.load(), 1);
+}
+
+TEST(TransportBase, TransportBasePromise10_StopWaitsForHandlersUntilItsDeadlineAndCountsTheRest) {
+  RecordingTransport t;
+  t.start();
+  Gate gate;
+  gate.close();
+  std::atomic<int> calls{0};
+  t.subscribe("a.>", {}, [&](n::Delivery&&) {
+    ++calls;
+    gate.pass();
+  });
+  n::DeliveryHandler deliver = t.handler;
+  Deliverer delivering;
+  delivering.thread = std::thread([&] { deliver(n::Delivery{}); });
+  ASSERT_TRUE(gate.wait_arrived(1));
+  t.stop(std::chrono::steady_clock::now() + 200ms);  // the handler is held past this deadline
+  const auto health = t.health();
+  EXPECT_EQ(health.value("handlers_running_at_stop", 0), 1) << health.dump();
+  gate.open();
+  delivering.thread.join();
+  deliver(n::Delivery{});  // after stop: the handler is not called again
+  EXPECT_EQ(calls.load(), 1);
+
+  // A call that ends before the deadline is waited for, and nothing is counted.
+  RecordingTransport u;
+  u.start();
+  std::atomic<bool> finished{false};
+  u.subscribe("a.>", {}, [&](n::Delivery&&) {
+    gate.pass();
+    finished = true;
+  });
+  gate.close();
+  n::DeliveryHandler deliver_u = u.handler;
+  Deliverer delivering_u;
+  delivering_u.thread = std::thread([&] { deliver_u(n::Delivery{}); });
+  ASSERT_TRUE(gate.wait_arrived(2));
+  Deliverer opener;
+  opener.thread = std::thread([&] {
+    std::this_thread::sleep_for(100ms);
+    gate.open();
+  });
+  u.stop(std::chrono::steady_clock::now() + 10s);
+  EXPECT_TRUE(finished.load()) << "stop() returned while a handler was running";
+  EXPECT_FALSE(u.health().contains("handlers_running_at_stop")) << u.health().dump();
+}

@@ -733,7 +733,7 @@ TEST(TransportMemoryReentrancy, HandlerCallingUnsubscribeAndPublishWhileStopDrai
       std::lock_guard lock(results_mutex);
       results.push_back(r);
     }
-    t->unsubscribe(self);  // stop() is draining: a no-op, must not deadlock
+    t->unsubscribe(self);  // stop() is draining: no hook runs, no deadlock; no call follows
   });
   const std::vector<n::Message> batch(3, msg("x"));
   ASSERT_EQ(t->publish(batch).published, 3u);
@@ -742,7 +742,9 @@ TEST(TransportMemoryReentrancy, HandlerCallingUnsubscribeAndPublishWhileStopDrai
   ASSERT_TRUE(eventually([&] { return t->health()["state"] == "stopping"; }));
   gate.open();
   ASSERT_EQ(stopping.wait_for(kWait), std::future_status::ready);
-  EXPECT_EQ(calls.load(), 3);  // drained: unsubscribe during stop discards nothing
+  // The first call unsubscribed: the other two were drained to a closed handler, and counted.
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(t->health().value("discarded_after_unsubscribe", 0), 2) << t->health().dump();
   std::lock_guard lock(results_mutex);
   for (const auto& r : results) EXPECT_EQ(r.error, "transport stopped");
 }
@@ -772,9 +774,12 @@ TEST(TransportMemoryReentrancy, UnsubscribeStopsDeliveriesAndCountsWhatWasHeld) 
   const std::vector<n::Message> batch(5, msg("x"));
   ASSERT_EQ(t->publish(batch).published, 5u);
   ASSERT_TRUE(gate.wait_entered());
-  t->unsubscribe(id);  // does not wait for the call in progress
-  EXPECT_EQ(t->health()["discarded"], 4);
+  // unsubscribe() discards what was held at once, then waits for the call in progress.
+  auto unsubscribing = std::async(std::launch::async, [&] { t->unsubscribe(id); });
+  ASSERT_TRUE(eventually([&] { return t->health()["discarded"] == 4; })) << t->health().dump();
+  EXPECT_EQ(unsubscribing.wait_for(50ms), std::future_status::timeout) << "returned while the handler ran";
   gate.open();
+  ASSERT_EQ(unsubscribing.wait_for(kWait), std::future_status::ready);
   ASSERT_TRUE(t->flush(in(kWait)));
   EXPECT_EQ(calls.load(), 1);
   EXPECT_EQ(publish1(*t, msg("x")).published, 1u);
