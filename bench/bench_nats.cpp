@@ -5,6 +5,8 @@
 //    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,
 //    "raw_msg_per_publish_msgs_per_s":...,"ratio_to_msg_per_publish":...}   (the last two with headers)
 //   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
+//   {"bench":"idle","seconds":S,"cpu_percent":...,"raw_cpu_percent":...,"wakeups_per_s":...,
+//    "all_threads_wakeups_per_s":...}
 //
 // nats_forward. Raw: a cnats connection publishes N copies of what the bus sends for an
 // "order.placed" event (a real envelope: subject, body, headers) to an async subscription of a
@@ -25,18 +27,29 @@
 // wakes the main thread. Both wake it the same way (mutex and condvar).
 // Goals (issue): bus p50 <= 1.5x raw p50, bus p99 <= 2x raw p99.
 //
+// idle: S seconds (10) of nothing to do. Raw: one plain cnats connection with one subscription.
+// Bus: two started Bridges over NATS, one forwarding "order.>", one receiving it (one event went
+// across first, so every thread has run). cpu_percent: the process's CPU time over S, in percent of one
+// core. wakeups_per_s: context switches (voluntary and not, /proc/self/task/*/status) of the bus's
+// own threads (named "ntf-*") per second; all_threads_wakeups_per_s adds cnats' threads and the
+// waiting main thread. Goal (issue): wakeups_per_s <= 1.
+//
 // Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
 // The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port through the tests'
 // harness (tests/transports/nats/nats_server.hpp) and stops it by PID at the end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
 // goes to stderr, exit status 1.
 //
-// Usage: bench_nats [events] [rounds]   (defaults 200000 and 2000)
+// Usage: bench_nats [events] [rounds] [idle seconds]   (defaults 200000, 2000 and 10)
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -344,6 +357,79 @@ void pingpong(const std::string& url, std::size_t rounds) {
   bridge_b.shutdown(10s);
 }
 
+// CPU time of the whole process so far, in seconds.
+double process_cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// Context switches so far: of the threads named "ntf-*" (the bus's), and of all threads.
+struct Switches {
+  std::uint64_t bus = 0;
+  std::uint64_t all = 0;
+};
+Switches context_switches() {
+  Switches out;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::string name;
+    std::getline(std::ifstream(task.path() / "comm"), name);
+    std::ifstream status(task.path() / "status");
+    std::uint64_t switches = 0;
+    for (std::string line; std::getline(status, line);) {
+      if (line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:")) {
+        switches += std::strtoull(line.c_str() + line.find(':') + 1, nullptr, 10);
+      }
+    }
+    out.all += switches;
+    if (name.starts_with("ntf-")) out.bus += switches;
+  }
+  return out;
+}
+
+void on_idle_message(natsConnection*, natsSubscription*, natsMsg* msg, void*) { natsMsg_Destroy(msg); }
+
+void idle(const std::string& url, int seconds) {
+  const auto window = std::chrono::seconds(seconds);
+  double raw_cpu = 0;
+  {
+    RawConnection raw(url, false);
+    raw.subscribe("order.>", on_idle_message, nullptr);
+    std::this_thread::sleep_for(1s);
+    const double cpu0 = process_cpu_seconds();
+    std::this_thread::sleep_for(window);
+    raw_cpu = process_cpu_seconds() - cpu0;
+  }
+  n::Notifier a, b;
+  n::Bridge sender(a, nats(url, false), config(url, "a", {"order.>"}, {}));
+  n::Bridge receiver(b, nats(url, false), config(url, "b", {}, {"order.>"}));
+  Counter received{.target = 1};
+  auto count = b.subscribe("order.placed", [&](const n::Event& e) {
+    if (e.remote()) received.hit();
+  });
+  receiver.start();
+  sender.start();
+  a.instrument("order.placed", payload(), [] {});
+  if (!wait_until([&] { return received.last.load() != 0; }, 10s)) {
+    throw std::runtime_error("idle: the event did not arrive over NATS in 10 s: " + receiver.health().dump());
+  }
+  std::this_thread::sleep_for(1s);  // what follows one event (its confirmation) is over
+  const Switches before = context_switches();
+  const double cpu0 = process_cpu_seconds();
+  std::this_thread::sleep_for(window);
+  const double bus_cpu = process_cpu_seconds() - cpu0;
+  const Switches after = context_switches();
+  const double s = static_cast<double>(seconds);
+  std::printf(
+      "{\"bench\":\"idle\",\"seconds\":%d,\"cpu_percent\":%.4f,\"raw_cpu_percent\":%.4f,\"wakeups_per_s\":%.2f,"
+      "\"all_threads_wakeups_per_s\":%.2f}\n",
+      seconds, 100.0 * bus_cpu / s, 100.0 * raw_cpu / s, static_cast<double>(after.bus - before.bus) / s,
+      static_cast<double>(after.all - before.all) / s);
+  sender.shutdown(10s);
+  receiver.shutdown(10s);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -353,8 +439,9 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
   const std::size_t events = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 200000;
   const std::size_t rounds = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2000;
-  if (events == 0 || rounds == 0) {
-    std::fprintf(stderr, "usage: bench_nats [events > 0] [rounds > 0]\n");
+  const int idle_seconds = argc > 3 ? std::atoi(argv[3]) : 10;
+  if (events == 0 || rounds == 0 || idle_seconds <= 0) {
+    std::fprintf(stderr, "usage: bench_nats [events > 0] [rounds > 0] [idle seconds > 0]\n");
     return 2;
   }
   try {
@@ -362,6 +449,7 @@ int main(int argc, char** argv) {
     forward(server.url(), events, true);
     forward(server.url(), events, false);
     pingpong(server.url(), rounds);
+    idle(server.url(), idle_seconds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_nats: %s\n", e.what());
     return 1;

@@ -219,6 +219,12 @@ class Outbox {
     return true;
   }
   virtual void after_fork_in_parent() {}
+  // Waking: wake() makes a take() waiting now, or else the next one, return at once (an empty
+  // batch when nothing waits), so that a Bridge whose sender waits with no deadline can still
+  // park it for fork(). An outbox that implements wake() says so with wakes(); a Bridge passes
+  // take() a deadline no further than 100 ms away to one that does not. Defaults: no waking.
+  virtual bool wakes() const noexcept { return false; }
+  virtual void wake() {}
   // What this outbox is, for health and logs: "memory", or "sqlite <path>" and its mode.
   virtual std::string description() const { return "memory"; }
 };

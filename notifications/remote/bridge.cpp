@@ -183,6 +183,10 @@ void Bridge::Impl::set_pause(bool requested) {
   }
   pause_requested.store(requested, std::memory_order_release);
   pause->changed.notify_all();
+  if (requested) {  // both wait for work with no timer: ask them to look
+    inbound.wake();
+    outbound.wake();
+  }
 }
 
 // Not analysed: it returns holding `lifecycle` (for after_fork()), which the ForkParticipant

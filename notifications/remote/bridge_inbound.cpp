@@ -228,7 +228,8 @@ void Bridge::Impl::run_dispatcher() {
   Inbound::Batch batch;
   while (true) {
     park_if_requested();
-    if (!inbound.pop_batch(batch, kDispatchBatch, Clock::now() + std::chrono::milliseconds(100))) break;
+    // No timer: a pause request wakes this wait (set_pause), shutdown closes the queue.
+    if (!inbound.pop_batch(batch, kDispatchBatch)) break;
     dispatcher_backlog.store(batch.size(), std::memory_order_relaxed);
     for (Delivery& delivery : batch) {
       if (past_deadline()) {  // shutdown's deadline passed: count the rest, deliver no more

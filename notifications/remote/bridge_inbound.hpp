@@ -130,7 +130,8 @@ class Inbound {
   bool offer(Delivery&& delivery, std::string_view& why);
 
   // ---- dispatcher thread
-  bool pop_batch(Batch& out, std::size_t max, Clock::time_point until) { return queue_.pop_batch(out, max, until); }
+  // Waits with no deadline for a delivery, close() or wake().
+  bool pop_batch(Batch& out, std::size_t max) { return queue_.pop_batch(out, max, Clock::time_point::max()); }
   // Deliveries of a popped batch handled (dispatched, suppressed or dropped), for I3.
   void handled(std::size_t count) { handled_.fetch_add(count); }
   // I2: true when `id` (non-empty) was delivered within the window; counts the suppression.
@@ -143,6 +144,8 @@ class Inbound {
 
   // ---- shutdown / fork (dispatcher parked or gone)
   void close() { queue_.close(); }
+  // Makes the dispatcher, waiting for deliveries, look at a pause request (fork) now.
+  void wake() { queue_.wake(); }
   Batch take_all() { return queue_.take_all(); }
   // In a forked child: forget the parent's queue and streams, zero the counters.
   void reset();

@@ -386,7 +386,7 @@ void Outbound::run() {
     if (persistent && host_.past_deadline()) break;
     std::span<OutboxEvent> batch;
     try {
-      if (!outbox_->take(batch, config_.batch_size, Clock::now() + std::chrono::milliseconds(100))) {
+      if (!outbox_->take(batch, config_.batch_size, take_until(last_confirm))) {
         break;  // closed and nothing left
       }
     } catch (const std::exception& e) {  // a custom outbox failed: nothing was taken
@@ -415,6 +415,20 @@ void Outbound::run() {
     }
   }
   drop_remaining();  // anything left (deadline passed while retrying, then closed)
+}
+
+// Idle, the sender wakes only for a reason: once the outbox has been quiet kLull, to confirm
+// what was sent and is unconfirmed, at most every kConfirmInterval; never when everything sent is
+// confirmed (a pause request wakes the outbox, shutdown closes it). An outbox that cannot be
+// woken is asked again every kLull.
+Clock::time_point Outbound::take_until(Clock::time_point last_confirm) const {
+  constexpr auto kLull = std::chrono::milliseconds(100);
+  const auto now = Clock::now();
+  if (!outbox_->wakes()) return now + kLull;
+  if (counters_.confirmed.load(std::memory_order_relaxed) < counters_.sent.load(std::memory_order_relaxed)) {
+    return std::max(now + kLull, last_confirm + kConfirmInterval);
+  }
+  return Clock::time_point::max();
 }
 
 void Outbound::close() { outbox_->close(); }

@@ -93,6 +93,10 @@ class Outbound {
   // Shutdown: refuses later events (counted as after_shutdown); what is queued stays for the
   // sender to drain.
   void close();
+  // How long the sender's next take() may wait (see run()).
+  Deadline take_until(Deadline last_confirm) const;
+  // Makes the sender, waiting for events, look at a pause request (fork) now.
+  void wake() { outbox_->wake(); }
   // Counts what was still waiting (not in flight) as dropped at shutdown's deadline.
   void drop_remaining();
   // Asks the transport to flush; on success everything sent before the call is confirmed.

@@ -63,6 +63,9 @@ class MemoryOutbox final : public Outbox {
 
   void close() override { queue_.close(); }
 
+  bool wakes() const noexcept override { return true; }
+  void wake() override { queue_.wake(); }
+
   std::vector<OutboxEvent> drain() override {
     auto rest = queue_.take_all();
     return std::vector<OutboxEvent>(std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));

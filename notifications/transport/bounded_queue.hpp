@@ -163,8 +163,8 @@ class BoundedQueue {
   }
 
   // Replaces the content of `out` with up to `max` of the oldest items, waiting until at least
-  // one is there, the queue is closed, or `until`. Returns false only when the queue is closed
-  // and empty. With `max` at most segment_items, a whole segment changes hands and `out`'s
+  // one is there, the queue is closed, wake() is called, or `until` (time_point::max(): no
+  // deadline, no timer). Returns false only when the queue is closed and empty. With `max` at most segment_items, a whole segment changes hands and `out`'s
   // previous buffer becomes a spare: a consumer reusing one Batch runs without allocating. A
   // larger `max` moves the items into `out`, whose buffer it keeps and grows to what it needed.
   // Throws std::bad_alloc (nothing taken) when `out` cannot grow.
@@ -174,17 +174,25 @@ class BoundedQueue {
     if (idle_spin_.count() > 0 && size_.load(std::memory_order_acquire) == 0) {
       const auto spin_until = std::min(until, std::chrono::steady_clock::now() + idle_spin_);
       while (size_.load(std::memory_order_acquire) == 0 && !closed_flag_.load(std::memory_order_acquire) &&
-             std::chrono::steady_clock::now() < spin_until) {
+             !wake_flag_.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < spin_until) {
         std::this_thread::yield();
       }
     }
     UniqueMutexLock lock(mutex_);
     if (auto hook = queue_locked_test_hook.load(std::memory_order_relaxed)) hook();
     ++consumers_blocked_;
-    while (!closed_ && live_ == 0) {
-      if (lock.wait_until(not_empty_, until) == std::cv_status::timeout) break;
+    while (!closed_ && live_ == 0 && !wake_) {
+      if (until == std::chrono::steady_clock::time_point::max()) {
+        lock.wait(not_empty_);
+      } else if (lock.wait_until(not_empty_, until) == std::cv_status::timeout) {
+        break;
+      }
     }
     --consumers_blocked_;
+    if (wake_) {  // one wake() returns one waiting (or the next) pop_batch
+      wake_ = false;
+      wake_flag_.store(false, std::memory_order_release);
+    }
     if (live_ == 0) return !closed_;
     if (max <= segment_items_ && head_ == 0 && front().size() <= max) {
       keep_spare(std::move(out));
@@ -210,6 +218,18 @@ class BoundedQueue {
     lock.unlock();
     not_full_.notify_all();
     return true;
+  }
+
+  // Makes the pop_batch waiting now, or else the next one, return at once (with what is queued,
+  // possibly nothing): a consumer that waits with no deadline is asked to look at something else
+  // (a pause request).
+  void wake() NOTIFICATIONS_EXCLUDES(mutex_) {
+    {
+      MutexLock lock(mutex_);
+      wake_ = true;
+      wake_flag_.store(true, std::memory_order_release);
+    }
+    not_empty_.notify_all();
   }
 
   // Refuses further pushes and wakes every waiter. Items already queued stay poppable.
@@ -332,10 +352,12 @@ class BoundedQueue {
   // Emptied buffers with room for a segment, at most max_spares_.
   std::vector<Batch> spares_ NOTIFICATIONS_GUARDED_BY(mutex_);
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  bool wake_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // wake() called, no pop_batch returned since
   std::size_t consumers_blocked_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // consumers inside wait_until
   // Written under mutex_, read without it by a spinning consumer.
   std::atomic<std::size_t> size_{0};
   std::atomic<bool> closed_flag_{false};
+  std::atomic<bool> wake_flag_{false};
 };
 
 }  // namespace notifications::detail

@@ -156,6 +156,51 @@ TEST(BoundedQueue, PopWaitsUntilItsDeadlineOnAnEmptyQueue) {
   EXPECT_GE(Clock::now() - start, 30ms);
 }
 
+// A consumer waiting with no deadline returns for an item, for wake() (with nothing), and for
+// close(); a wake() while nobody waits makes the next pop return at once, once.
+TEST(BoundedQueue, PopWithoutDeadlineReturnsForAnItemAWakeOrClose) {
+  Queue q(10, 50us);
+  const auto forever = Clock::time_point::max();
+  std::atomic<int> phase{0};
+  const auto wait_for = [](const auto& done) {  // bounded: 10 s
+    for (int i = 0; i < 10'000 && !done(); ++i) std::this_thread::sleep_for(1ms);
+    return done();
+  };
+  std::thread consumer([&] {
+    Queue::Batch batch;
+    EXPECT_TRUE(q.pop_batch(batch, 10, forever));
+    EXPECT_EQ(batch.size(), 1u);
+    phase = 1;
+    EXPECT_TRUE(q.pop_batch(batch, 10, forever));  // woken
+    EXPECT_TRUE(batch.empty());
+    phase = 2;
+    EXPECT_FALSE(q.pop_batch(batch, 10, forever));  // closed and empty
+    phase = 3;
+  });
+  struct Join {
+    std::thread& t;
+    ~Join() { t.join(); }
+  } join{consumer};
+  std::this_thread::sleep_for(20ms);
+  q.push(1, OverflowPolicy::drop_newest, 0ms);
+  ASSERT_TRUE(wait_for([&] { return phase.load() == 1; }));
+  std::this_thread::sleep_for(20ms);  // most likely blocked by now; either way wake() reaches it
+  q.wake();
+  ASSERT_TRUE(wait_for([&] { return phase.load() == 2; }));
+  std::this_thread::sleep_for(20ms);
+  q.close();
+  ASSERT_TRUE(wait_for([&] { return phase.load() == 3; }));
+
+  Queue r(10);
+  r.wake();  // nobody waits: the next pop returns at once, and only that one
+  Queue::Batch batch;
+  EXPECT_TRUE(r.pop_batch(batch, 10, forever));
+  EXPECT_TRUE(batch.empty());
+  const auto start = Clock::now();
+  EXPECT_TRUE(r.pop_batch(batch, 10, start + 30ms));
+  EXPECT_GE(Clock::now() - start, 30ms) << "a second pop returned early: one wake() counted twice";
+}
+
 // Random pushes (all three policies), pops of random size and take_all against a std::deque
 // model, over random capacities and segment sizes: same results, same order, bounded size. With
 // `inject_failures`, an allocation fails now and then inside an operation, which must then throw

@@ -519,6 +519,8 @@ class NatsTransport final : public TransportBase {
     }
     if (in_child) {
       (void)log_thread_.release();  // the parent's log thread: gone in the child, not joinable
+      // What the parent wrote is the parent's to confirm: a child's flush covers its own writes.
+      unconfirmed_connection_.store(kNoneWritten, std::memory_order_release);
     }
     generation_.store(detail::fork_generation());  // this process may use the transport again
     try {
@@ -566,7 +568,10 @@ class NatsTransport final : public TransportBase {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    if (!draining || !wait_closed(deadline + kCloseGrace)) {
+    const bool drained = draining && wait_closed(deadline + kCloseGrace);
+    // A completed drain flushed everything written: nothing is at risk any more.
+    if (drained) unconfirmed_connection_.store(kNoneWritten, std::memory_order_release);
+    if (!drained) {
       for (const auto& [pattern, count] : pending_by_pattern()) {
         discarded_.fetch_add(count, std::memory_order_relaxed);
         detail::log(LogLevel::warn,
@@ -591,6 +596,7 @@ class NatsTransport final : public TransportBase {
     open_connections().fetch_sub(1);
     max_payload_.store(0);
     log_stop_.store(true);
+    shared_->events.wake();
     if (log_thread_ && log_thread_->joinable()) log_thread_->join();
     log_thread_.reset();
   }
@@ -895,7 +901,8 @@ class NatsTransport final : public TransportBase {
     };
     decltype(shared_->events)::Batch batch;
     while (!log_stop_.load()) {
-      if (!shared_->events.pop_batch(batch, 64, Clock::now() + std::chrono::milliseconds(100))) break;
+      // No timer: close_connection() sets log_stop_ and wakes this wait.
+      if (!shared_->events.pop_batch(batch, 64, Clock::time_point::max())) break;
       for (const ConnectionEvent& e : batch) handle(e);
     }
     for (const ConnectionEvent& e : shared_->events.take_all()) handle(e);
