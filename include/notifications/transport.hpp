@@ -214,8 +214,10 @@ class Transport {
   // Stops deliveries to that subscription (also while stop() drains). Deliveries already handed
   // to the handler stay handed. When it returns, the handler is never called again and no call of it is running on another
   // thread: like std::stop_callback's destructor, it waits for such a call to return, so it must
-  // not be called while holding a lock that handler takes. Called from inside the handler (or
-  // from any handler running on this thread) it does not wait for that call.
+  // not be called while holding a lock that handler takes, and two handlers running on two
+  // threads must not unsubscribe each other. Called from inside the handler (or from any handler
+  // running on this thread) it does not wait for that call; a later stop() or unsubscribe() of
+  // the same id from another thread does.
   virtual void unsubscribe(std::uint64_t id) = 0;
   // Waits until everything published so far has left this process (or is stored, for persistent
   // transports). False when the deadline passed first, or when something published may have been
@@ -275,7 +277,10 @@ class Transport {
 //    thread). After do_stop, stop() does the same for every subscription, waiting at most until
 //    its deadline; calls still running then are logged and counted ("handlers_running_at_stop").
 //    Deliveries that reach a closed wrapper are counted ("discarded_after_unsubscribe"), and one
-//    with settle() is nak'ed. unsubscribe() while do_stop drains closes the handler too.
+//    with settle() is nak'ed. unsubscribe() while do_stop drains closes the handler too. A
+//    closed handler's call still running (it unsubscribed itself, or outlived a deadline) is
+//    waited for by later stop() and unsubscribe() calls. In a child set up by after_fork(true)
+//    only the forking thread's own calls count as running.
 // Derived destructors must call stop() themselves (the base cannot call their hooks).
 class TransportBase : public Transport {
  public:
@@ -330,8 +335,12 @@ class TransportBase : public Transport {
   bool in_forked_child() const;
   // After do_stop: closes every subscription's handler, waiting for calls until `deadline`.
   void close_handlers(Deadline deadline);
-  // The calls in progress of each subscription's handler (see promise 10); guarded by lifecycle_.
+  // Drops closed handlers with no call running from closed_handler_calls_ (lifecycle_ held).
+  void forget_finished_handlers();
+  // The calls in progress of each subscription's handler (see promise 10), open ones and closed
+  // ones whose calls may still run; both guarded by lifecycle_.
   std::map<std::uint64_t, std::shared_ptr<detail::HandlerCalls>> handler_calls_;
+  std::map<std::uint64_t, std::shared_ptr<detail::HandlerCalls>> closed_handler_calls_;
   std::atomic<std::uint64_t> handlers_running_at_stop_{0};
   // Deliveries a transport handed over after their subscription was closed (not passed on).
   std::shared_ptr<std::atomic<std::uint64_t>> discarded_after_close_ = std::make_shared<std::atomic<std::uint64_t>>(0);

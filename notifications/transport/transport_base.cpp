@@ -264,6 +264,16 @@ void TransportBase::after_fork(bool in_child) {
   if (!fork_prepared_) return;  // done already, or never prepared
   fork_prepared_ = false;
   std::unique_lock lock(lifecycle_, std::adopt_lock);  // taken by prepare_fork()
+  if (in_child) {
+    // The threads that were inside handlers at fork() do not exist here: only this thread's
+    // calls are running. Otherwise unsubscribe() and stop() would wait for calls that never end.
+    const auto keep_own = [](detail::HandlerCalls& calls) {
+      const std::uint32_t w = calls.word.load(std::memory_order_acquire);
+      calls.word.store((w & kClosed) + calls_on_this_thread(calls) * kOneHandlerCall, std::memory_order_release);
+    };
+    for (auto& [id, calls] : handler_calls_) keep_own(*calls);
+    for (auto& [id, calls] : closed_handler_calls_) keep_own(*calls);
+  }
   if (phase(StateRef(state_).load(std::memory_order_acquire)) != kStarted) return;
   if (in_child) generation_ = detail::fork_generation();  // the threads are parked: no reader
   try {
@@ -354,16 +364,30 @@ void TransportBase::unsubscribe(std::uint64_t id) {
   std::shared_ptr<detail::HandlerCalls> calls;
   {
     std::lock_guard lock(lifecycle_);
-    const auto it = handler_calls_.find(id);
-    if (it != handler_calls_.end()) {  // also while stopping: the caller may free what it captured
-      calls = std::move(it->second);
-      handler_calls_.erase(it);
+    forget_finished_handlers();
+    if (const auto it = handler_calls_.find(id); it != handler_calls_.end()) {
+      // Also while stopping: the caller may free what the handler captured.
+      calls = it->second;
       calls->word.fetch_or(kClosed, std::memory_order_acq_rel);
+      closed_handler_calls_.emplace(id, std::move(it->second));
+      handler_calls_.erase(it);
+    } else if (const auto closed = closed_handler_calls_.find(id); closed != closed_handler_calls_.end()) {
+      calls = closed->second;  // closed before, a call still running then: wait for it too
     }
     if (phase(StateRef(state_).load(std::memory_order_acquire)) == kStarted) do_unsubscribe(id);
   }
   // Without the lifecycle mutex: the call we wait for may subscribe or unsubscribe.
   if (calls) (void)close_handler(*calls, nullptr);
+}
+
+void TransportBase::forget_finished_handlers() {
+  for (auto it = closed_handler_calls_.begin(); it != closed_handler_calls_.end();) {
+    if (it->second->word.load(std::memory_order_acquire) / kOneHandlerCall == 0) {
+      it = closed_handler_calls_.erase(it);  // closed, and no call runs: nothing left to wait for
+    } else {
+      ++it;
+    }
+  }
 }
 
 bool TransportBase::flush(Deadline deadline) {
@@ -410,14 +434,25 @@ void TransportBase::stop(Deadline deadline) {
 }
 
 void TransportBase::close_handlers(Deadline deadline) {
-  std::map<std::uint64_t, std::shared_ptr<detail::HandlerCalls>> all;
+  // Every handler, also those unsubscribed earlier whose call may still run (one that
+  // unsubscribed itself and went on, or one past an earlier deadline): kept, so that a later
+  // unsubscribe() of the same id waits for it too.
+  std::vector<std::shared_ptr<detail::HandlerCalls>> all;
   {
     std::lock_guard lock(lifecycle_);
-    all.swap(handler_calls_);
+    for (auto& [id, calls] : handler_calls_) {
+      calls->word.fetch_or(kClosed, std::memory_order_acq_rel);
+      closed_handler_calls_.emplace(id, std::move(calls));
+    }
+    handler_calls_.clear();
+    for (const auto& [id, calls] : closed_handler_calls_) all.push_back(calls);
   }
-  for (auto& [id, calls] : all) calls->word.fetch_or(kClosed, std::memory_order_acq_rel);
   std::uint64_t running = 0;
-  for (auto& [id, calls] : all) running += close_handler(*calls, &deadline);
+  for (auto& calls : all) running += close_handler(*calls, &deadline);
+  {
+    std::lock_guard lock(lifecycle_);
+    forget_finished_handlers();
+  }
   if (running != 0) {
     handlers_running_at_stop_.fetch_add(running, std::memory_order_relaxed);
     detail::log(detail::LogLevel::warn,

@@ -351,3 +351,64 @@ TEST(TransportBase, TransportBasePromise10_StopWaitsForHandlersUntilItsDeadlineA
   EXPECT_TRUE(finished.load()) << "stop() returned while a handler was running";
   EXPECT_FALSE(u.health().contains("handlers_running_at_stop")) << u.health().dump();
 }
+
+TEST(TransportBase, TransportBasePromise10_StopWaitsForAHandlerThatUnsubscribedItselfAndWentOn) {
+  RecordingTransport t;
+  t.start();
+  Gate gate;
+  gate.close();
+  std::atomic<std::uint64_t> id{0};
+  std::atomic<bool> finished{false};
+  id = t.subscribe("a.>", {}, [&](n::Delivery&&) {
+    t.unsubscribe(id.load());  // its own: returns at once
+    gate.pass();               // ... and the call goes on
+    finished = true;
+  });
+  n::DeliveryHandler deliver = t.handler;
+  Deliverer delivering;
+  delivering.thread = std::thread([&] { deliver(n::Delivery{}); });
+  ASSERT_TRUE(gate.wait_arrived(1));
+  // A second unsubscribe() of the same id, from another thread, waits for that call.
+  std::atomic<bool> unsubscribe_returned{false};
+  Deliverer unsubscribing;
+  unsubscribing.thread = std::thread([&] {
+    t.unsubscribe(id.load());
+    unsubscribe_returned = true;
+  });
+  Deliverer opener;
+  opener.thread = std::thread([&] {
+    std::this_thread::sleep_for(100ms);
+    EXPECT_FALSE(unsubscribe_returned.load()) << "a second unsubscribe() returned while the call ran";
+    gate.open();
+  });
+  t.stop(std::chrono::steady_clock::now() + 10s);
+  EXPECT_TRUE(finished.load()) << "stop() returned while a handler that had unsubscribed itself was running";
+  EXPECT_FALSE(t.health().contains("handlers_running_at_stop")) << t.health().dump();
+}
+
+TEST(TransportBase, TransportBasePromise10_AForkedChildDoesNotWaitForCallsOfThreadsItHasNot) {
+  RecordingTransport t;
+  t.start();
+  Gate gate;
+  gate.close();
+  const auto id = t.subscribe("a.>", {}, [&](n::Delivery&&) { gate.pass(); });
+  n::DeliveryHandler deliver = t.handler;
+  Deliverer delivering;
+  delivering.thread = std::thread([&] { deliver(n::Delivery{}); });
+  ASSERT_TRUE(gate.wait_arrived(1));  // a call runs on another thread at fork()
+  t.prepare_fork(soon());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    t.after_fork(true);
+    t.unsubscribe(id);  // would wait for ever for the parent's call
+    t.stop(std::chrono::steady_clock::now() + 5s);
+    ::_exit(t.health().contains("handlers_running_at_stop") ? 1 : 0);
+  }
+  t.after_fork(false);
+  const auto child = test_support::wait_for_child(pid, 20s);
+  gate.open();
+  ASSERT_FALSE(child.timed_out) << "the child waited for a handler call of a thread it does not have";
+  EXPECT_TRUE(child.exited);
+  EXPECT_EQ(child.exit_code, 0) << "the child counted the parent's call as running at stop";
+}

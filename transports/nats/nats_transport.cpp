@@ -551,7 +551,16 @@ class NatsTransport final : public TransportBase {
         entry.dropped_kept = true;
       }
     }
-    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(nc, millis_until(deadline));
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) {
+      // Nothing publishes now (stop and a fork's preparation exclude publish): a flush answered
+      // on the connection that unconfirmed messages were written to confirms them all. A drain
+      // does not tell (cnats closes the connection whether or not its own flush succeeded).
+      std::uint64_t written_to = unconfirmed_connection_.load(std::memory_order_acquire);
+      if (natsConnection_FlushTimeout(nc, millis_until(deadline)) == NATS_OK &&
+          (written_to == kNoneWritten || shared_->disconnects.load(std::memory_order_acquire) == written_to)) {
+        unconfirmed_connection_.compare_exchange_strong(written_to, kNoneWritten);
+      }
+    }
     // Drain: subscriptions hand over what they hold, publishes are written out, then cnats
     // closes the connection. Refused while reconnecting: retried until the deadline.
     bool draining = false;
@@ -568,10 +577,7 @@ class NatsTransport final : public TransportBase {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    const bool drained = draining && wait_closed(deadline + kCloseGrace);
-    // A completed drain flushed everything written: nothing is at risk any more.
-    if (drained) unconfirmed_connection_.store(kNoneWritten, std::memory_order_release);
-    if (!drained) {
+    if (!draining || !wait_closed(deadline + kCloseGrace)) {
       for (const auto& [pattern, count] : pending_by_pattern()) {
         discarded_.fetch_add(count, std::memory_order_relaxed);
         detail::log(LogLevel::warn,

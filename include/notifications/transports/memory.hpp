@@ -35,7 +35,7 @@
 // Handlers may call publish() and unsubscribe() on any transport, including their own, without
 // deadlock; they must not call start(), stop() or flush() of their own transport. A handler that
 // throws is counted in health() as "handler_errors" and its message counts as delivered.
-// unsubscribe() does not wait for a call in progress on another thread.
+// unsubscribe() waits for a call in progress on another thread (Transport::unsubscribe).
 //
 // Acknowledgements (opt-in: MemoryOptions::acknowledgements, URL "acknowledgements=true"), so
 // that code settling deliveries (durable handlers) can be unit-tested without a server. Off (the
