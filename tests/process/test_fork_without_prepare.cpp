@@ -90,6 +90,9 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileTheSenderHeldTheQueueLock) {
   hook_release.store(false);
   n::detail::queue_locked_test_hook.store(hold_queue_lock_on_sender);
   hook_armed.store(true);
+  // An idle sender waits in the queue with no timer: an event makes it take again, and its next
+  // wait runs the hook.
+  notifier.instrument("order.placed");
   ASSERT_TRUE(wait_until([] { return hook_holding.load(); }, 10s));
   const pid_t pid = ::fork();
   if (pid == 0) child_uses_inherited_bridge(notifier, bridge);
