@@ -7,6 +7,9 @@
 //   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
 //   {"bench":"idle","seconds":S,"cpu_percent":...,"raw_cpu_percent":...,"wakeups_per_s":...,
 //    "all_threads_wakeups_per_s":...}
+//   {"bench":"nats_steady","rate":20000,"seconds":S,"send_cpu_us_per_event":...,"recv_cpu_us_per_event":...,
+//    "full_send_cpu_us_per_event":...,"full_recv_cpu_us_per_event":...,"e2e_p50_us":...,"e2e_p99_us":...,
+//    "instrument_p99_ns":...,"pacing_cpu_us_per_event":...}
 //
 // nats_forward. Raw: a cnats connection publishes N copies of what the bus sends for an
 // "order.placed" event (a real envelope: subject, body, headers) to an async subscription of a
@@ -34,12 +37,24 @@
 // own threads (named "ntf-*") per second; all_threads_wakeups_per_s adds cnats' threads and the
 // waiting main thread. Goal (issue): wakeups_per_s <= 1.
 //
+// nats_steady: the sending and the receiving process apart (the receiver is this program run again
+// with --steady-receiver, started through popen). The sender's Bridge instruments "steady.tick"
+// at `rate` events/s for S seconds (paced against the clock), then N = rate * S "full.tick" as
+// fast as it can. CPU per event of each process in each phase: getrusage of the whole process,
+// sender from its first to its last instrument() (full: until the receiver has everything),
+// receiver from its first to its last event of the phase. e2e: CLOCK_MONOTONIC (one clock for
+// both processes) from instrument() to the receiver's listener, steady phase only.
+// instrument_p99_ns: the sender's instrument() calls in the steady phase. The pacing (a
+// sleep_until per event) is part of send_cpu_us_per_event; pacing_cpu_us_per_event is the same
+// loop without instrument(), measured first in the same run.
+//
 // Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
 // The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port through the tests'
 // harness (tests/transports/nats/nats_server.hpp) and stops it by PID at the end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
 // goes to stderr, exit status 1.
 //
-// Usage: bench_nats [events] [rounds] [idle seconds]   (defaults 200000, 2000 and 10)
+// Usage: bench_nats [events] [rounds] [idle seconds] [steady seconds]   (defaults 200000, 2000, 10, 10)
+//        bench_nats --steady-receiver URL EVENTS   (started by nats_steady itself)
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -430,6 +445,120 @@ void idle(const std::string& url, int seconds) {
   receiver.shutdown(10s);
 }
 
+// ---- nats_steady ------------------------------------------------------------------------------
+
+constexpr int kSteadyRate = 20000;
+
+std::int64_t monotonic_ns() { return Clock::now().time_since_epoch().count(); }
+
+// The receiving process: prints "ready", then one JSON object once `events` steady and `events`
+// full ticks arrived (or 120 s passed). Returns the exit status.
+int steady_receiver(const std::string& url, std::size_t events) {
+  n::Notifier b;
+  n::Bridge receiver(b, nats(url, false), config(url, "b", {}, {"steady.>", "full.>"}));
+  struct Phase {
+    std::size_t count = 0;
+    double first_cpu = 0, last_cpu = 0;
+  };
+  std::mutex mutex;
+  Phase steady, full;
+  std::vector<std::int64_t> e2e;
+  e2e.reserve(events);
+  std::condition_variable done;
+  // CPU is read at the first and the last event of a phase only: a getrusage per event would
+  // be part of what is measured.
+  const auto take = [&](Phase& phase, const n::Event& e, bool latency) {
+    std::lock_guard lock(mutex);
+    ++phase.count;
+    if (phase.count == 1) phase.first_cpu = process_cpu_seconds();
+    if (phase.count == events) phase.last_cpu = process_cpu_seconds();
+    if (latency) e2e.push_back(monotonic_ns() - e.payload()["t"].get<std::int64_t>());
+    if (full.count == events) done.notify_all();
+  };
+  auto on_steady = b.subscribe("steady.tick", [&](const n::Event& e) {
+    if (e.remote()) take(steady, e, true);
+  });
+  auto on_full = b.subscribe("full.tick", [&](const n::Event& e) {
+    if (e.remote()) take(full, e, false);
+  });
+  receiver.start();
+  std::printf("ready\n");
+  std::fflush(stdout);
+  std::unique_lock lock(mutex);
+  const bool all = done.wait_for(lock, 120s, [&] { return full.count == events; });
+  if (!all || steady.count != events) {
+    std::fprintf(stderr, "steady receiver: %zu steady and %zu full of %zu each arrived\n", steady.count, full.count,
+                 events);
+    return 1;
+  }
+  std::sort(e2e.begin(), e2e.end());
+  const auto per_event_us = [](const Phase& p) { return 1e6 * (p.last_cpu - p.first_cpu) / static_cast<double>(p.count - 1); };
+  std::printf("{\"recv_cpu_us_per_event\":%.3f,\"full_recv_cpu_us_per_event\":%.3f,\"e2e_p50_us\":%.1f,\"e2e_p99_us\":%.1f}\n",
+              per_event_us(steady), per_event_us(full), percentile(e2e, 0.50) / 1000.0, percentile(e2e, 0.99) / 1000.0);
+  std::fflush(stdout);
+  lock.unlock();
+  receiver.shutdown(10s);
+  return 0;
+}
+
+void steady(const std::string& url, int seconds) {
+  const std::size_t events = static_cast<std::size_t>(kSteadyRate) * static_cast<std::size_t>(seconds);
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string command = "'" + self + "' --steady-receiver " + url + " " + std::to_string(events);
+  FILE* child = popen(command.c_str(), "r");
+  if (child == nullptr) throw std::runtime_error("nats_steady: cannot start " + command);
+  struct Close {
+    FILE* f;
+    ~Close() { pclose(f); }  // waits for the receiver to exit (it always does, within 120 s)
+  } close{child};
+  char line[512] = {};
+  if (std::fgets(line, sizeof line, child) == nullptr || std::string(line) != "ready\n") {
+    throw std::runtime_error("nats_steady: the receiver did not start");
+  }
+  n::Notifier a;
+  n::Bridge sender(a, nats(url, false), config(url, "a", {"steady.>", "full.>"}, {}));
+  sender.start();
+  std::this_thread::sleep_for(200ms);  // the receiver's subscription has reached the server
+
+  std::vector<std::int64_t> instrument_ns(events);
+  const auto interval = std::chrono::nanoseconds(1'000'000'000 / kSteadyRate);
+  // The pacing alone (one sleep_until per event, no instrument): part of send_cpu_us_per_event.
+  auto start = Clock::now();
+  double cpu0 = process_cpu_seconds();
+  for (std::size_t i = 0; i < events; ++i) {
+    std::this_thread::sleep_until(start + interval * static_cast<std::int64_t>(i));
+    instrument_ns[i] = (Clock::now() - start).count();
+  }
+  const double pacing_cpu = process_cpu_seconds() - cpu0;
+  start = Clock::now();
+  cpu0 = process_cpu_seconds();
+  for (std::size_t i = 0; i < events; ++i) {
+    std::this_thread::sleep_until(start + interval * static_cast<std::int64_t>(i));
+    const auto t0 = Clock::now();
+    a.instrument("steady.tick", {{"t", monotonic_ns()}, {"i", i}}, [] {});
+    instrument_ns[i] = (Clock::now() - t0).count();
+  }
+  const double send_cpu = process_cpu_seconds() - cpu0;
+  std::this_thread::sleep_for(1s);  // the steady phase is over on both sides
+  cpu0 = process_cpu_seconds();
+  for (std::size_t i = 0; i < events; ++i) a.instrument("full.tick", {{"t", 0}, {"i", i}}, [] {});
+  if (!sender.flush(60s)) throw std::runtime_error("nats_steady: the sender's flush failed: " + sender.health().dump());
+  const double full_send_cpu = process_cpu_seconds() - cpu0;
+  if (std::fgets(line, sizeof line, child) == nullptr) throw std::runtime_error("nats_steady: the receiver failed");
+  const nlohmann::json received = nlohmann::json::parse(line);
+  std::sort(instrument_ns.begin(), instrument_ns.end());
+  const double n_events = static_cast<double>(events);
+  std::printf(
+      "{\"bench\":\"nats_steady\",\"rate\":%d,\"seconds\":%d,\"send_cpu_us_per_event\":%.3f,\"recv_cpu_us_per_event\":%.3f,"
+      "\"full_send_cpu_us_per_event\":%.3f,\"full_recv_cpu_us_per_event\":%.3f,\"e2e_p50_us\":%.1f,\"e2e_p99_us\":%.1f,"
+      "\"instrument_p99_ns\":%lld,\"pacing_cpu_us_per_event\":%.3f}\n",
+      kSteadyRate, seconds, 1e6 * send_cpu / n_events, received["recv_cpu_us_per_event"].get<double>(),
+      1e6 * full_send_cpu / n_events, received["full_recv_cpu_us_per_event"].get<double>(),
+      received["e2e_p50_us"].get<double>(), received["e2e_p99_us"].get<double>(),
+      static_cast<long long>(percentile(instrument_ns, 0.99)), 1e6 * pacing_cpu / n_events);
+  sender.shutdown(10s);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -437,11 +566,20 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
   spdlog::set_level(spdlog::level::warn);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
+  if (argc == 4 && std::string(argv[1]) == "--steady-receiver") {
+    try {
+      return steady_receiver(argv[2], std::strtoull(argv[3], nullptr, 10));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_nats --steady-receiver: %s\n", e.what());
+      return 1;
+    }
+  }
   const std::size_t events = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 200000;
   const std::size_t rounds = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2000;
   const int idle_seconds = argc > 3 ? std::atoi(argv[3]) : 10;
-  if (events == 0 || rounds == 0 || idle_seconds <= 0) {
-    std::fprintf(stderr, "usage: bench_nats [events > 0] [rounds > 0] [idle seconds > 0]\n");
+  const int steady_seconds = argc > 4 ? std::atoi(argv[4]) : 10;
+  if (events == 0 || rounds == 0 || idle_seconds <= 0 || steady_seconds <= 0) {
+    std::fprintf(stderr, "usage: bench_nats [events > 0] [rounds > 0] [idle seconds > 0] [steady seconds > 0]\n");
     return 2;
   }
   try {
@@ -450,6 +588,7 @@ int main(int argc, char** argv) {
     forward(server.url(), events, false);
     pingpong(server.url(), rounds);
     idle(server.url(), idle_seconds);
+    steady(server.url(), steady_seconds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_nats: %s\n", e.what());
     return 1;
