@@ -91,8 +91,15 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileTheSenderHeldTheQueueLock) {
   n::detail::queue_locked_test_hook.store(hold_queue_lock_on_sender);
   hook_armed.store(true);
   // An idle sender waits in the queue with no timer: an event makes it take again, and its next
-  // wait runs the hook.
-  notifier.instrument("order.placed");
+  // wait runs the hook. From another thread: if the sender's first wait ran the hook already, the
+  // event's push waits for the lock the hook holds until the test releases it.
+  struct Waker {
+    std::thread thread;
+    ~Waker() {
+      hook_release.store(true);  // also when an assertion below returns early
+      if (thread.joinable()) thread.join();
+    }
+  } waker{std::thread([&] { notifier.instrument("order.placed"); })};
   ASSERT_TRUE(wait_until([] { return hook_holding.load(); }, 10s));
   const pid_t pid = ::fork();
   if (pid == 0) child_uses_inherited_bridge(notifier, bridge);
