@@ -180,10 +180,9 @@ DeliveryHandler wrap_handler(std::shared_ptr<detail::HandlerCalls> calls, Delive
   };
 }
 
-// Closes `calls` and waits until no call runs on another thread: with no deadline when
+// Waits until no call of the closed `calls` runs on another thread: with no deadline when
 // `deadline` is nullptr. Returns the calls still running elsewhere (0 unless the deadline passed).
-std::uint32_t close_handler(detail::HandlerCalls& calls, const Deadline* deadline) {
-  calls.word.fetch_or(kClosed, std::memory_order_acq_rel);
+std::uint32_t wait_for_other_threads(const detail::HandlerCalls& calls, const Deadline* deadline) {
   const std::uint32_t own = calls_on_this_thread(calls);
   for (std::uint32_t w = calls.word.load(std::memory_order_acquire); w / kOneHandlerCall > own;
        w = calls.word.load(std::memory_order_acquire)) {
@@ -377,7 +376,7 @@ void TransportBase::unsubscribe(std::uint64_t id) {
     if (phase(StateRef(state_).load(std::memory_order_acquire)) == kStarted) do_unsubscribe(id);
   }
   // Without the lifecycle mutex: the call we wait for may subscribe or unsubscribe.
-  if (calls) (void)close_handler(*calls, nullptr);
+  if (calls) (void)wait_for_other_threads(*calls, nullptr);
 }
 
 void TransportBase::forget_finished_handlers() {
@@ -448,7 +447,7 @@ void TransportBase::close_handlers(Deadline deadline) {
     for (const auto& [id, calls] : closed_handler_calls_) all.push_back(calls);
   }
   std::uint64_t running = 0;
-  for (auto& calls : all) running += close_handler(*calls, &deadline);
+  for (auto& calls : all) running += wait_for_other_threads(*calls, &deadline);
   {
     std::lock_guard lock(lifecycle_);
     forget_finished_handlers();
