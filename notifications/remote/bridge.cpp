@@ -165,6 +165,15 @@ void Bridge::Impl::start() {
                transport->kind(), config.app, hooks.instance_id);
 }
 
+void Bridge::Impl::linger(std::chrono::microseconds duration) {
+  const auto until = Clock::now() + duration;
+  UniqueMutexLock lock(progress_mutex);
+  // shutdown() sets the deadline and set_pause(true) the request, each then signals progress.
+  while (deadline_ns.load(std::memory_order_acquire) == 0 && !pause_requested.load(std::memory_order_acquire)) {
+    if (lock.wait_until(progress, until) == std::cv_status::timeout) break;
+  }
+}
+
 void Bridge::Impl::park_if_requested() {
   if (!pause_requested.load(std::memory_order_acquire)) return;
   Pause& p = *pause;
@@ -186,6 +195,7 @@ void Bridge::Impl::set_pause(bool requested) {
   if (requested) {  // both wait for work with no timer: ask them to look
     inbound.wake();
     outbound.wake();
+    signal_progress();  // a lingering sender
   }
 }
 

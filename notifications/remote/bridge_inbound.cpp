@@ -20,7 +20,9 @@ std::chrono::milliseconds bridge_internal::redelivery_window(const RedeliveryPol
 
 Inbound::Inbound(const BridgeConfig& config, const TransportCapabilities& capabilities,
                  std::chrono::microseconds idle_spin, std::size_t batch)
-    : queue_(config.queue_capacity, idle_spin, batch, config.queue_max_bytes),
+    // A transport that batches its writes (write_delay) was chosen for throughput: the
+    // dispatcher polls its empty queue only while that pays.
+    : queue_(config.queue_capacity, idle_spin, batch, config.queue_max_bytes, capabilities.write_delay.count() > 0),
       suppressing_(may_redeliver(capabilities) && config.redelivery.window_count > 0),
       delivered_(redelivery_window(config.redelivery, capabilities), config.redelivery.window_count) {}
 

@@ -47,6 +47,9 @@ class OutboundHost {
   virtual bool sleep_or_deadline(std::chrono::milliseconds duration) = 0;
   // Sender thread: waits here, holding no lock, while a fork is prepared.
   virtual void park_if_requested() = 0;
+  // Sender thread: waits `duration` outside the outbox (an instrumenting thread's push wakes
+  // nobody meanwhile), or less when shutdown begins or a fork's pause is requested.
+  virtual void linger(std::chrono::microseconds duration) = 0;
   // True in a child forked without prepare_fork()/after_fork(); refuse_in_forked_child() counts a
   // refused event there without taking any lock.
   virtual bool in_forked_child() const noexcept = 0;
@@ -150,6 +153,8 @@ class Outbound {
   std::atomic<bool> saturated_{false};
   // A durable outbox over a transport that is not persistent: settle only after a flush.
   const bool confirm_before_settle_;
+  // A quarter of the transport's write_delay (see run()); zero: the sender never lingers.
+  const std::chrono::microseconds linger_;
   std::atomic<std::uint64_t> kept_{0};
   Counters counters_;
   ObserverSlot* observer_ = nullptr;

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <optional>
 #include <thread>
@@ -88,16 +89,23 @@ class BoundedQueue {
   };
 
   // `idle_spin`: how long pop_batch polls an empty queue, yielding the CPU, before it blocks.
-  // While the consumer polls, a push wakes nobody: at steady rates the producer never pays for a
+  // While the consumer polls, a push wakes nobody: in a burst the producer never pays for a
   // futex wake-up (several microseconds, often with its own preemption). Zero blocks at once.
+  // `spin_only_when_it_pays`: the poll runs only while an empty queue has lately filled again
+  // within half of `idle_spin` on average (see spin_pays()), so items that come in groups far
+  // apart (a steady rate) find the consumer blocked instead of burning a core between them. For
+  // a consumer that trades CPU for latency, leave it false: on a virtual machine even a poll that
+  // finds nothing keeps a core awake, and waking an idle one costs tens of microseconds.
   // `segment_items`: items per storage segment; a consumer taking `segment_items` per pop_batch
   // takes whole segments. Clamped to [1, capacity].
   explicit BoundedQueue(std::size_t capacity,
                         std::chrono::microseconds idle_spin = std::chrono::microseconds(0),
-                        std::size_t segment_items = 256, std::size_t max_bytes = 0)
+                        std::size_t segment_items = 256, std::size_t max_bytes = 0,
+                        bool spin_only_when_it_pays = false)
       : capacity_(capacity),
         max_bytes_(max_bytes),
         idle_spin_(idle_spin),
+        adaptive_spin_(spin_only_when_it_pays),
         segment_items_(std::clamp<std::size_t>(segment_items, 1, std::max<std::size_t>(capacity, 1))),
         max_spares_(std::max<std::size_t>(2, kKeptItems / segment_items_)) {
     spares_.reserve(max_spares_);  // keep_spare() never allocates
@@ -171,11 +179,17 @@ class BoundedQueue {
   bool pop_batch(Batch& out, std::size_t max, std::chrono::steady_clock::time_point until)
       NOTIFICATIONS_EXCLUDES(mutex_) {
     out.clear();
+    // Set when the queue was empty on entry: how long it took to fill again is measured.
+    std::optional<std::chrono::steady_clock::time_point> empty_since;
     if (idle_spin_.count() > 0 && size_.load(std::memory_order_acquire) == 0) {
-      const auto spin_until = std::min(until, std::chrono::steady_clock::now() + idle_spin_);
-      while (size_.load(std::memory_order_acquire) == 0 && !closed_flag_.load(std::memory_order_acquire) &&
-             !wake_flag_.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < spin_until) {
-        std::this_thread::yield();
+      if (adaptive_spin_) empty_since = std::chrono::steady_clock::now();
+      if (spin_pays()) {
+        polls_.fetch_add(1, std::memory_order_relaxed);
+        const auto spin_until = std::min(until, std::chrono::steady_clock::now() + idle_spin_);
+        while (size_.load(std::memory_order_acquire) == 0 && !closed_flag_.load(std::memory_order_acquire) &&
+               !wake_flag_.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < spin_until) {
+          std::this_thread::yield();
+        }
       }
     }
     UniqueMutexLock lock(mutex_);
@@ -192,6 +206,8 @@ class BoundedQueue {
     if (wake_) {  // one wake() returns one waiting (or the next) pop_batch
       wake_ = false;
       wake_flag_.store(false, std::memory_order_release);
+    } else if (empty_since && !closed_) {
+      note_refill(std::chrono::steady_clock::now() - *empty_since);
     }
     if (live_ == 0) return !closed_;
     if (max <= segment_items_ && head_ == 0 && front().size() <= max) {
@@ -274,12 +290,28 @@ class BoundedQueue {
     return bytes_;
   }
   std::size_t max_bytes() const noexcept { return max_bytes_; }
+  // How many pop_batch calls polled an empty queue before taking the lock.
+  std::uint64_t polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
   // The item count without taking the lock (may be a moment old): for a forked child, where the
   // lock may be held by a thread that does not exist.
   std::size_t size_unlocked() const noexcept { return size_.load(std::memory_order_acquire); }
 
  private:
   static constexpr std::size_t kKeptItems = 4096;  // spare room an idle queue keeps, in items
+
+  // Spinning pays when an empty queue fills again sooner than blocking and being woken would
+  // cost; half of idle_spin is taken as that cost. refill_ns_ is a moving average (weight 1/8)
+  // of how long the queue took to fill again after pop_batch found it empty, each sample capped
+  // at four times idle_spin so that one long idle period is forgotten after a few quick refills.
+  bool spin_pays() const noexcept {
+    return !adaptive_spin_ || refill_ns_.load(std::memory_order_relaxed) < std::chrono::nanoseconds(idle_spin_).count() / 2;
+  }
+  void note_refill(std::chrono::steady_clock::duration took) noexcept {
+    const std::int64_t cap = 4 * std::chrono::nanoseconds(idle_spin_).count();
+    const std::int64_t sample = std::min<std::int64_t>(std::chrono::nanoseconds(took).count(), cap);
+    const std::int64_t average = refill_ns_.load(std::memory_order_relaxed);
+    refill_ns_.store(average + (sample - average) / 8, std::memory_order_relaxed);
+  }
 
   // All with mutex_ held.
   Batch& front() noexcept NOTIFICATIONS_REQUIRES(mutex_) { return segments_[first_]; }
@@ -336,6 +368,7 @@ class BoundedQueue {
   const std::size_t capacity_;
   const std::size_t max_bytes_;
   const std::chrono::microseconds idle_spin_;
+  const bool adaptive_spin_;
   const std::size_t segment_items_;
   const std::size_t max_spares_;
   mutable Mutex mutex_;
@@ -358,6 +391,9 @@ class BoundedQueue {
   std::atomic<std::size_t> size_{0};
   std::atomic<bool> closed_flag_{false};
   std::atomic<bool> wake_flag_{false};
+  // See spin_pays(). Written by consumers after their wait, without ordering: a heuristic.
+  std::atomic<std::int64_t> refill_ns_{0};
+  std::atomic<std::uint64_t> polls_{0};
 };
 
 }  // namespace notifications::detail

@@ -156,6 +156,32 @@ TEST(BoundedQueue, PopWaitsUntilItsDeadlineOnAnEmptyQueue) {
   EXPECT_GE(Clock::now() - start, 30ms);
 }
 
+// A consumer that polls only while it pays stops polling once the queue has stayed empty for
+// long on a few waits in a row; one that always polls keeps polling. Either still returns
+// what comes, and at its deadline.
+TEST(BoundedQueue, AConsumerThatPollsOnlyWhenItPaysStopsAfterLongWaits) {
+  constexpr int kPops = 30;
+  Queue adaptive(10, 50us, 256, 0, /*spin_only_when_it_pays=*/true);
+  Queue always(10, 50us);
+  Queue::Batch batch;
+  for (int i = 0; i < kPops; ++i) {
+    EXPECT_TRUE(adaptive.pop_batch(batch, 10, Clock::now() + 2ms));
+    EXPECT_TRUE(always.pop_batch(batch, 10, Clock::now() + 2ms));
+  }
+  EXPECT_EQ(always.polls(), static_cast<std::uint64_t>(kPops));
+  // The first pops poll; each 2 ms wait pulls the average past the threshold within a few.
+  EXPECT_GE(adaptive.polls(), 1u);
+  EXPECT_LE(adaptive.polls(), 5u);
+  // Not polling, it still takes an item pushed while it waits.
+  std::thread producer([&] {
+    std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(adaptive.push(7, OverflowPolicy::drop_newest, 0ms), Queue::Push::accepted);
+  });
+  EXPECT_TRUE(adaptive.pop_batch(batch, 10, Clock::now() + 10s));
+  producer.join();
+  EXPECT_EQ(batch.size(), 1u);
+}
+
 // A consumer waiting with no deadline returns for an item, for wake() (with nothing), and for
 // close(); a wake() while nobody waits makes the next pop return at once, once.
 TEST(BoundedQueue, PopWithoutDeadlineReturnsForAnItemAWakeOrClose) {

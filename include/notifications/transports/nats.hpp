@@ -44,7 +44,8 @@
 // Message::id and is not listed in Message::headers. A subscription with DeliveryOptions::headers
 // false reads no header, so its messages have an empty id; so do messages sent without headers.
 //
-// Capabilities (kNatsCapabilities): ordered, consumer_groups, needs_server. Not persistent,
+// Capabilities (kNatsCapabilities; capabilities() adds a write_delay of 1 ms without send_asap,
+// as cnats' flusher waits that long before it writes): ordered, consumer_groups, needs_server. Not persistent,
 // exactly_once or acknowledgements; no dedupe window (core NATS does not deduplicate), no durable
 // consumers, start positions, nak ordering or ordered delivery option: subscribe() refuses
 // DeliveryOptions durable, start (other than new_only), ack_wait, max_deliveries and ordered
