@@ -177,14 +177,19 @@ struct ObservedPair {
     a->shutdown(5s);
     b->shutdown(5s);
   }
-  // Instruments `count` events on a and waits until b delivered them to a listener.
+  // Instruments `count` events on a and waits until b delivered them to a listener, and until
+  // a has dropped, as echoes, the copies the broker hands back to it: then a's counters, and so
+  // its scraped samples, no longer move.
   void send(int count) {
+    const auto echoes = [&] { return a->health()["counters"]["echo_suppressed"].get<int>(); };
+    const int echoes_before = echoes();
     auto received = std::make_shared<std::atomic<int>>(0);
     auto sub = b_notifier.subscribe("order.*", [received](const n::Event&) { received->fetch_add(1); });
     for (int i = 0; i < count; ++i) a_notifier.instrument("order.placed", {{"i", i}});
     ASSERT_TRUE(a->flush(10s));
     ASSERT_TRUE(wait_until([&] { return received->load() == count; }, 20s)) << received->load();
     ASSERT_TRUE(b->wait_delivered(10s));
+    ASSERT_TRUE(wait_until([&] { return echoes() == echoes_before + count; }, 20s)) << a->health().dump();
   }
 
   std::shared_ptr<np::BridgeMetrics> metrics;
