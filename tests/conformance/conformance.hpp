@@ -27,6 +27,9 @@ struct TransportUnderTest {
   // Interrupts the connection of `transport` for a moment and restores it (a server restart, a
   // network outage); empty when the transport has nothing to interrupt.
   std::function<void(notifications::Transport& transport)> outage;
+  // Message::id and Message::headers reach a subscriber (false: bodies only, as NATS sends by
+  // default).
+  bool carries_headers = true;
 };
 
 std::string name_of(const ::testing::TestParamInfo<TransportUnderTest>& info);

@@ -311,8 +311,9 @@ TEST(CliOutbox, ReplayIntoNatsSendsEveryRowInOrderWithItsEventId) {
   subscribe_seen(*subscriber, "notifications.>", seen);
   ASSERT_TRUE(subscriber->flush(Clock::now() + 5s));  // the subscription reached the server
 
-  const auto replay = cli({"--json", "--url", server.url(), "outbox", "replay", "--outbox", path},
-                          {"NOTIFICATIONS_URL=" + server.url()});
+  // With NATS headers on (off by default), so that each id shows as Nats-Msg-Id too.
+  const std::string url = server.url() + "?headers=true";
+  const auto replay = cli({"--json", "--url", url, "outbox", "replay", "--outbox", path}, {"NOTIFICATIONS_URL=" + url});
   ASSERT_TRUE(replay.exited && replay.exit_code == 0) << replay.describe();
   const json report = json_in(replay.output);
   EXPECT_EQ(report["sent"], 6) << replay.output;

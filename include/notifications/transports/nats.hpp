@@ -35,9 +35,13 @@
 // once it knows the connection is down): flush() is then false, even after a reconnect, and the
 // caller publishes them again (the Bridge with a durable outbox does; duplicates keep the id).
 //
-// Headers: used when `headers` is set and the server of the current connection supports them,
-// asked again after every (re)connect; a publish before the first connect (cnats knows no server
-// yet) sends that message's body alone, without switching headers off.
+// Headers: off by default. Core NATS neither deduplicates on Nats-Msg-Id nor needs the others,
+// and the envelope body carries the id, the trace context and its own format, while cnats builds
+// a header map per message that costs more than the rest of a publish (docs/benchmarks.md). With
+// `headers` set, Message::id and Message::headers are sent when the server of the current
+// connection supports headers, asked again after every (re)connect; a publish before the first
+// connect (cnats knows no server yet) sends that message's body alone, without switching headers
+// off. Without it, every message is its body alone.
 //
 // Message::id travels as the "Nats-Msg-Id" header (set after Message::headers, so it wins over a
 // header of that name; JetStream deduplicates on it). On receive, a "Nats-Msg-Id" header becomes
@@ -124,10 +128,11 @@ struct NatsOptions {
   bool retry_on_failed_connect = false;  // true: start() succeeds while no server is reachable
   bool send_asap = false;  // true: write each publish at once (lower latency, more syscalls)
   bool no_echo = true;     // the server does not send a connection's own messages back to it
-  // false: publish bodies only, without the Nats-Msg-Id, Content-Type and traceparent headers
-  // (the envelope body carries the same fields). cnats builds a header map per message, which
-  // costs about as much again as the rest of a publish: docs/benchmarks.md has the figures.
-  bool headers = true;
+  // true: publish Message::id (as Nats-Msg-Id) and Message::headers (a Bridge's Content-Type
+  // and traceparent) as NATS headers, for tools that read them. false (the default): bodies
+  // only; the envelope body carries the same fields, and cnats' header map per message costs
+  // more than the rest of a publish (docs/benchmarks.md has the figures).
+  bool headers = false;
   int pending_messages_limit = 65'536;           // per subscription, before slow-consumer drops
   int pending_bytes_limit = 64 * 1024 * 1024;    // per subscription
 };

@@ -17,4 +17,11 @@ inline notifications::NatsOptions options_for(const std::string& url) {
   return options;
 }
 
+// options_for(url) with NATS headers on (they are off by default): for tests of headers.
+inline notifications::NatsOptions options_with_headers(const std::string& url) {
+  notifications::NatsOptions options = options_for(url);
+  options.headers = true;
+  return options;
+}
+
 }  // namespace test_support

@@ -104,7 +104,8 @@ void outage(n::Transport& transport) {
   keeper().call([server] { server->restart(); });
 }
 
-TransportUnderTest nats() { return {"Nats", make, n::kNatsCapabilities, outage}; }
+// With the default options: bodies only, no headers.
+TransportUnderTest nats() { return {"Nats", make, n::kNatsCapabilities, outage, /*carries_headers=*/false}; }
 
 }  // namespace
 

@@ -162,6 +162,7 @@ TEST(NatsFork, ChildWithoutAfterForkNeverTouchesCnatsOrHeldLocks) {
   n::NatsOptions options;
   options.servers = {server.url()};
   options.pending_messages_limit = 1;  // slow-consumer events: lines for the log thread
+  options.headers = true;              // the publisher's messages take cnats' natsMsg path
   auto transport = n::make_nats_transport(options);
   transport->start();
   transport->subscribe("fk.>", "", [](n::Delivery&&) { std::this_thread::sleep_for(100us); });

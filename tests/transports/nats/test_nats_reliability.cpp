@@ -41,6 +41,7 @@ using test_support::publish1;
 using test_support::wait_until;
 
 using test_support::options_for;
+using test_support::options_with_headers;
 
 std::string connection_of(const n::Transport& t) { return t.health()["connection"].get<std::string>(); }
 
@@ -71,7 +72,7 @@ struct Inbox {
 TEST(NatsReliability, HeadersAfterPublishingBeforeTheFirstConnect) {
   NatsServer server;
   server.stop();  // the port is kept: the transport starts before any server answers there
-  auto options = options_for(server.url());
+  auto options = options_with_headers(server.url());
   options.retry_on_failed_connect = true;
   auto sending = n::make_nats_transport(options);
   sending->start();
@@ -115,7 +116,7 @@ TEST(NatsReliability, HeadersAreAskedAgainAfterEveryReconnect) {
   server.stop();
   write_config(config + "\nno_header_support: true\n");
   server.start();
-  auto sending = n::make_nats_transport(options_for(server.url()));
+  auto sending = n::make_nats_transport(options_with_headers(server.url()));
   sending->start();
   auto receiving = n::make_nats_transport(options_for(server.url()));
   receiving->start();
@@ -213,7 +214,7 @@ TEST(NatsReliability, MessageOverMaxPayloadIsAPermanentFailure) {
     config << "\nmax_payload: 1024\n";
   }
   server.start();
-  auto transport = n::make_nats_transport(options_for(server.url()));
+  auto transport = n::make_nats_transport(options_with_headers(server.url()));
   EXPECT_EQ(transport->max_message_bytes(), 0u);  // not connected: unknown
   transport->start();
   EXPECT_EQ(transport->max_message_bytes(), 1024u);
@@ -233,10 +234,8 @@ TEST(NatsReliability, MessageOverMaxPayloadIsAPermanentFailure) {
   EXPECT_EQ(r.published, 0u);
   EXPECT_FALSE(r.transient) << r.error;
   EXPECT_NE(r.error.find("1024"), std::string::npos) << r.error;
-  // The same without headers.
-  auto options = options_for(server.url());
-  options.headers = false;
-  auto bodies = n::make_nats_transport(options);
+  // The same without headers (the default).
+  auto bodies = n::make_nats_transport(options_for(server.url()));
   bodies->start();
   r = publish1(*bodies, big_body);
   EXPECT_EQ(r.published, 0u);

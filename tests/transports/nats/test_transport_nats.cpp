@@ -35,6 +35,7 @@ using test_support::wait_until;
 using test_support::kScale;
 
 using test_support::options_for;
+using test_support::options_with_headers;
 
 // One process: a notifier, a NATS bridge, and the remote events it received.
 struct Service {
@@ -72,15 +73,15 @@ struct Service {
 
 TEST(NatsOptions, UrlCarriesServersCredentialsAndKeys) {
   const auto o = n::nats_options_from_config(
-      {"nats://alice:s%40cret@10.0.0.1:4222,nats://10.0.0.2:4223?name=shop&send_asap=true&reconnect_wait_ms=75&headers=false", {}});
+      {"nats://alice:s%40cret@10.0.0.1:4222,nats://10.0.0.2:4223?name=shop&send_asap=true&reconnect_wait_ms=75&headers=true", {}});
   EXPECT_EQ(o.servers, (std::vector<std::string>{"nats://10.0.0.1:4222", "nats://10.0.0.2:4223"}));
   EXPECT_EQ(o.user, "alice");
   EXPECT_EQ(o.password, "s@cret");
   EXPECT_EQ(o.name, "shop");
   EXPECT_TRUE(o.send_asap);
   EXPECT_EQ(o.reconnect_wait, 75ms);
-  EXPECT_FALSE(o.headers);
-  EXPECT_TRUE(n::nats_options_from_config({"nats://h", {}}).headers);
+  EXPECT_TRUE(o.headers);
+  EXPECT_FALSE(n::nats_options_from_config({"nats://h", {}}).headers);  // bodies only by default
   const auto t = n::nats_options_from_config({"tls://tok3n@example.org", {{"tls_ca_file", "/ca.pem"}}});
   EXPECT_TRUE(t.tls);
   EXPECT_EQ(t.token, "tok3n");
@@ -333,7 +334,7 @@ TEST(NatsSlowConsumer, DropsAreCountedInHealth) {
 
 // Headers reach a subscription that wants them (the default) and are left out, with the body
 // intact, for one that does not (as the Bridge subscribes). A transport with headers = false
-// publishes bodies only.
+// (the default) publishes bodies only.
 TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
   NatsServer server;
   auto receiving = n::make_nats_transport(options_for(server.url()));
@@ -350,7 +351,7 @@ TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
     std::lock_guard lock(mutex);
     without.push_back(std::move(d.message));
   });
-  auto sending = n::make_nats_transport(options_for(server.url()));
+  auto sending = n::make_nats_transport(options_with_headers(server.url()));
   sending->start();
   const n::Message m{"h.x", "{\"k\":1}", {{"traceparent", "tp"}}, "id-1"};
   ASSERT_EQ(publish1(*sending, m).published, 1u);
@@ -368,9 +369,7 @@ TEST(NatsHeaders, DeliveredOnlyWhenWantedAndSentOnlyWhenEnabled) {
   EXPECT_TRUE(without[0].headers.empty());
   EXPECT_EQ(without[0].id, "");  // no header read: no id
 
-  auto options = options_for(server.url());
-  options.headers = false;
-  auto body_only_sender = n::make_nats_transport(options);
+  auto body_only_sender = n::make_nats_transport(options_for(server.url()));  // the default
   body_only_sender->start();
   ASSERT_EQ(publish1(*body_only_sender, m).published, 1u);
   ASSERT_TRUE(body_only_sender->flush(in(10s)));
@@ -400,7 +399,7 @@ TEST(NatsHeaders, MessageIdTravelsAsNatsMsgId) {
     std::lock_guard lock(mutex);
     got.push_back(std::move(d.message));
   });
-  auto sending = n::make_nats_transport(options_for(server.url()));
+  auto sending = n::make_nats_transport(options_with_headers(server.url()));
   sending->start();
   ASSERT_EQ(publish1(*sending, n::Message{"id.a", "{}", {}, "id-a"}).published, 1u);
   ASSERT_EQ(publish1(*sending, n::Message{"id.b", "{}", {{"Nats-Msg-Id", "raw-b"}}}).published, 1u);
@@ -461,7 +460,7 @@ TEST(NatsHeaders, DeadLetterHookSeesTheHeaders) {
   config.subscribe = {">"};
   n::Bridge bridge(notifier, n::make_nats_transport(options_for(server.url())), config, hooks);
   bridge.start();
-  auto sending = n::make_nats_transport(options_for(server.url()));
+  auto sending = n::make_nats_transport(options_with_headers(server.url()));
   sending->start();
   ASSERT_EQ(publish1(*sending, n::Message{"t.broken", "not json", {{"Nats-Msg-Id", "m-1"}}}).published, 1u);
   ASSERT_TRUE(sending->flush(in(10s)));

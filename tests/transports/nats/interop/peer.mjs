@@ -3,10 +3,12 @@
 //
 //   node peer.mjs <server url> <subject prefix> receive
 //     Subscribes to "<prefix>.>", prints "ready" once the server has the subscription, waits at
-//     most 10 s for one message, checks it (body valid against docs/envelope.schema.json, the
-//     Nats-Msg-Id and Content-Type headers, subject == <prefix>.<name>) and prints one line:
+//     most 10 s for one message, checks it (body valid against docs/envelope.schema.json,
+//     subject == <prefix>.<name>, and when the message has headers: Nats-Msg-Id == the body's
+//     id and the Content-Type of docs/envelope.md) and prints one line:
 //     {"ok":true,"subject":...,"name":...,"payload":...,"id":...,"producer":...,"context":...,
-//     "tags":...} (context and tags as the body had them, or null) or
+//     "tags":...,"headers":...} (context and tags as the body had them, or null; headers an
+//     object of the two header values, or null when the message had none) or
 //     {"ok":false,"error":...}.
 //   node peer.mjs <server url> <subject prefix> send
 //     Publishes one envelope it builds itself (name "interop.from_js", payload
@@ -133,13 +135,18 @@ async function receive(url, prefix) {
     throw new Error(`body is not UTF-8 JSON (${parseError.message}): ${msg.string().slice(0, 200)}`);
   }
   check(body, "body");
-  const msgId = header(msg, "Nats-Msg-Id");
-  if (msgId !== body.id) {
-    throw new Error(`header Nats-Msg-Id ${JSON.stringify(msgId)} != body id ${JSON.stringify(body.id)}`);
-  }
-  const contentType = header(msg, "Content-Type");
-  if (contentType !== CONTENT_TYPE) {
-    throw new Error(`header Content-Type ${JSON.stringify(contentType)} != ${JSON.stringify(CONTENT_TYPE)}`);
+  // The body is everything a reader needs; headers are copies, sent only when enabled.
+  let sentHeaders = null;
+  if (msg.headers) {
+    const msgId = header(msg, "Nats-Msg-Id");
+    if (msgId !== body.id) {
+      throw new Error(`header Nats-Msg-Id ${JSON.stringify(msgId)} != body id ${JSON.stringify(body.id)}`);
+    }
+    const contentType = header(msg, "Content-Type");
+    if (contentType !== CONTENT_TYPE) {
+      throw new Error(`header Content-Type ${JSON.stringify(contentType)} != ${JSON.stringify(CONTENT_TYPE)}`);
+    }
+    sentHeaders = { "Nats-Msg-Id": msgId, "Content-Type": contentType };
   }
   if (msg.subject !== `${prefix}.${body.name}`) {
     throw new Error(`subject ${JSON.stringify(msg.subject)} is not <prefix>.<name> for name ${JSON.stringify(body.name)}`);
@@ -154,6 +161,7 @@ async function receive(url, prefix) {
     producer: body.producer,
     context: body.context ?? null,
     tags: body.tags ?? null,
+    headers: sentHeaders,
   };
 }
 

@@ -39,6 +39,7 @@
 #include "nats_server.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/context.hpp"
+#include "notifications/envelope.hpp"
 #include "notifications/notifier.hpp"
 #include "notifications/transports/nats.hpp"
 #include "wait.hpp"
@@ -224,12 +225,18 @@ class NatsInterop : public ::testing::Test {
         node_, (kInteropDir / "peer.mjs").string(), server_->url(), "interop", mode});
   }
 
-  std::shared_ptr<n::Transport> transport(const std::string& name) {
+  // The default options, but for `headers`.
+  std::shared_ptr<n::Transport> transport(const std::string& name, bool headers = n::NatsOptions{}.headers) {
     n::NatsOptions options;
     options.servers = {server_->url()};
     options.name = name;
+    options.headers = headers;
     return n::make_nats_transport(options);
   }
+
+  // The bus publishes one event (with context and tags); the peer receives and checks it.
+  // Returns the peer's result line as JSON, after checking what the body carried.
+  json js_receives_one_event(bool headers);
 
   static n::BridgeConfig config(std::vector<std::string> forward,
                                 std::vector<std::string> subscribe) {
@@ -250,32 +257,34 @@ class NatsInterop : public ::testing::Test {
 // The peer's result line as JSON; a discarded value when it is not JSON.
 json parse_result(const std::string& line) { return json::parse(line, nullptr, false); }
 
-TEST_F(NatsInterop, JsReceivesWhatTheBusPublished) {
+json NatsInterop::js_receives_one_event(bool headers) {
   auto peer = start_peer("receive");
   const auto ready = peer->read_line(kPeerStartTimeout);
-  ASSERT_EQ(ready, std::optional<std::string>("ready")) << peer->diagnostics() << server_log();
+  EXPECT_EQ(ready, std::optional<std::string>("ready")) << peer->diagnostics() << server_log();
+  if (ready != std::optional<std::string>("ready")) return json();
 
   n::Notifier notifier;
-  n::Bridge bridge(notifier, transport("interop-cpp-sender"), config({"order.>"}, {}));
+  n::Bridge bridge(notifier, transport("interop-cpp-sender", headers), config({"order.>"}, {}));
   bridge.start();
   {
     n::ContextScope request({{"request_id", "r-42"}});
     n::tagged("checkout", [&] { notifier.instrument("order.placed", json{{"order_id", 7}}); });
   }
-  ASSERT_TRUE(bridge.flush(kDeliveryTimeout)) << bridge.health().dump() << server_log();
+  EXPECT_TRUE(bridge.flush(kDeliveryTimeout)) << bridge.health().dump() << server_log();
 
   const auto line = peer->read_line(kPeerResultTimeout);
-  ASSERT_TRUE(line.has_value()) << "no result line from the peer\n"
-                                << peer->diagnostics() << server_log();
+  EXPECT_TRUE(line.has_value()) << "no result line from the peer\n" << peer->diagnostics() << server_log();
+  if (!line) return json();
   const json result = parse_result(*line);
-  ASSERT_FALSE(result.is_discarded()) << "not JSON: " << *line << "\n" << peer->diagnostics();
-  ASSERT_EQ(result.value("ok", false), true) << *line << "\n" << peer->diagnostics();
+  EXPECT_FALSE(result.is_discarded()) << "not JSON: " << *line << "\n" << peer->diagnostics();
+  if (result.is_discarded()) return json();
+  EXPECT_EQ(result.value("ok", false), true) << *line << "\n" << peer->diagnostics();
   EXPECT_EQ(result.value("subject", ""), "interop.order.placed") << *line;
   EXPECT_EQ(result.value("name", ""), "order.placed") << *line;
   EXPECT_EQ(result.value("producer", ""), "cpp") << *line;
-  ASSERT_TRUE(result.contains("payload") && result["payload"].is_object()) << *line;
-  EXPECT_EQ(result["payload"].value("order_id", -1), 7) << *line;
-  EXPECT_EQ(result["payload"].size(), 1u) << "context or tags leaked into the payload: " << *line;
+  EXPECT_TRUE(result.contains("payload") && result["payload"].is_object()) << *line;
+  EXPECT_EQ(result.value("payload", json::object()).value("order_id", -1), 7) << *line;
+  EXPECT_EQ(result.value("payload", json::object()).size(), 1u) << "context or tags leaked into the payload: " << *line;
   EXPECT_EQ(result.value("context", json()), json({{"request_id", "r-42"}})) << *line;
   EXPECT_EQ(result.value("tags", json()), json({{"checkout", true}})) << *line;
   EXPECT_EQ(peer->wait_exit(kPeerExitTimeout), std::optional<int>(0)) << peer->diagnostics();
@@ -283,6 +292,24 @@ TEST_F(NatsInterop, JsReceivesWhatTheBusPublished) {
   const n::ShutdownReport report = bridge.shutdown(5s);
   EXPECT_TRUE(report.clean) << report.detail;
   EXPECT_EQ(report.sent, 1u) << report.detail;
+  return result;
+}
+
+// With the default options: the envelope body alone, which nats.js reads as it is.
+TEST_F(NatsInterop, JsReceivesWhatTheBusPublished) {
+  ASSERT_FALSE(n::NatsOptions{}.headers) << "this case is about the default: bodies only";
+  const json result = js_receives_one_event(false);
+  ASSERT_TRUE(result.is_object());
+  EXPECT_TRUE(result["headers"].is_null()) << result.dump();
+}
+
+// With headers on: nats.js sees Nats-Msg-Id (== the body's id) and the envelope's Content-Type.
+TEST_F(NatsInterop, JsReceivesTheHeadersWhenEnabled) {
+  const json result = js_receives_one_event(true);
+  ASSERT_TRUE(result.is_object());
+  ASSERT_TRUE(result["headers"].is_object()) << result.dump();
+  EXPECT_EQ(result["headers"].value("Nats-Msg-Id", ""), result.value("id", "-")) << result.dump();
+  EXPECT_EQ(result["headers"].value("Content-Type", ""), n::Envelope::kContentType) << result.dump();
 }
 
 TEST_F(NatsInterop, BusDeliversWhatJsPublished) {
