@@ -1,13 +1,13 @@
 // Forwarding and ping-pong over NATS, each next to a raw cnats baseline doing the same work
 // without the bus: one JSON line per measurement, so runs can be compared.
 //
-//   {"bench":"nats_forward","headers":true,"events":N,"raw_msgs_per_s":...,"bus_msgs_per_s":...,
+//   {"bench":"nats_forward","headers":false,"events":N,"raw_msgs_per_s":...,"bus_msgs_per_s":...,
 //    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,
 //    "raw_msg_per_publish_msgs_per_s":...,"ratio_to_msg_per_publish":...}   (the last two with headers)
 //   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
 //   {"bench":"idle","seconds":S,"cpu_percent":...,"raw_cpu_percent":...,"wakeups_per_s":...,
 //    "all_threads_wakeups_per_s":...}
-//   {"bench":"nats_steady","rate":20000,"seconds":S,"send_cpu_us_per_event":...,"recv_cpu_us_per_event":...,
+//   {"bench":"nats_steady","rate":20000,"headers":false,"seconds":S,"send_cpu_us_per_event":...,"recv_cpu_us_per_event":...,
 //    "full_send_cpu_us_per_event":...,"full_recv_cpu_us_per_event":...,"e2e_p50_us":...,"e2e_p99_us":...,
 //    "instrument_p99_ns":...,"pacing_cpu_us_per_event":...}
 //
@@ -17,9 +17,9 @@
 // msgs/s: from the first publish (instrument) to the last message seen by the subscription (the
 // remote event seen by B's listener); ratio = bus / raw. Instrument latency: each instrument()
 // on A's thread, monotonic clock. Goals (issue): ratio >= 0.4, instrument p99 < 2 us.
-// Measured twice: with headers (the default; raw re-publishes one natsMsg carrying them) and with
-// the NATS option headers = false (bodies only; raw calls natsConnection_Publish with the body).
-// With headers, a second raw figure for reference: raw_msg_per_publish_msgs_per_s, a natsMsg
+// Measured twice: with the NATS option headers = false (the default: bodies only; raw calls
+// natsConnection_Publish with the body) and with headers = true (raw re-publishes one natsMsg
+// carrying them). With headers, a second raw figure for reference: raw_msg_per_publish_msgs_per_s, a natsMsg
 // created with its headers and destroyed per publish (what sending distinct messages costs in
 // cnats), and ratio_to_msg_per_publish = bus / that.
 //
@@ -46,14 +46,16 @@
 // both processes) from instrument() to the receiver's listener, steady phase only.
 // instrument_p99_ns: the sender's instrument() calls in the steady phase. The pacing (a
 // sleep_until per event) is part of send_cpu_us_per_event; pacing_cpu_us_per_event is the same
-// loop without instrument(), measured first in the same run.
+// loop without instrument(), measured first in the same run. The sender uses the default NATS
+// options, or headers on or off as the fifth argument says ("headers" in the line).
 //
 // Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
 // The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port through the tests'
 // harness (tests/transports/nats/nats_server.hpp) and stops it by PID at the end, also on failure. Every wait is bounded; a failure (anything lost or dropped, a timeout)
 // goes to stderr, exit status 1.
 //
-// Usage: bench_nats [events] [rounds] [idle seconds] [steady seconds]   (defaults 200000, 2000, 10, 10)
+// Usage: bench_nats [events] [rounds] [idle seconds] [steady seconds] [steady headers: default|on|off]
+//        (defaults 200000, 2000, 10, 10, default)
 //        bench_nats --steady-receiver URL EVENTS   (started by nats_steady itself)
 #include <sys/resource.h>
 
@@ -191,7 +193,7 @@ n::BridgeConfig config(const std::string& url, const std::string& app, std::vect
   return c;
 }
 
-std::shared_ptr<n::Transport> nats(const std::string& url, bool send_asap, bool headers = true) {
+std::shared_ptr<n::Transport> nats(const std::string& url, bool send_asap, bool headers = n::NatsOptions{}.headers) {
   n::NatsOptions o;
   o.servers = {url};
   o.send_asap = send_asap;
@@ -501,7 +503,7 @@ int steady_receiver(const std::string& url, std::size_t events) {
   return 0;
 }
 
-void steady(const std::string& url, int seconds) {
+void steady(const std::string& url, int seconds, bool headers) {
   const std::size_t events = static_cast<std::size_t>(kSteadyRate) * static_cast<std::size_t>(seconds);
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const std::string command = "'" + self + "' --steady-receiver " + url + " " + std::to_string(events);
@@ -516,7 +518,7 @@ void steady(const std::string& url, int seconds) {
     throw std::runtime_error("nats_steady: the receiver did not start");
   }
   n::Notifier a;
-  n::Bridge sender(a, nats(url, false), config(url, "a", {"steady.>", "full.>"}, {}));
+  n::Bridge sender(a, nats(url, false, headers), config(url, "a", {"steady.>", "full.>"}, {}));
   sender.start();
   std::this_thread::sleep_for(200ms);  // the receiver's subscription has reached the server
 
@@ -549,10 +551,10 @@ void steady(const std::string& url, int seconds) {
   std::sort(instrument_ns.begin(), instrument_ns.end());
   const double n_events = static_cast<double>(events);
   std::printf(
-      "{\"bench\":\"nats_steady\",\"rate\":%d,\"seconds\":%d,\"send_cpu_us_per_event\":%.3f,\"recv_cpu_us_per_event\":%.3f,"
+      "{\"bench\":\"nats_steady\",\"rate\":%d,\"headers\":%s,\"seconds\":%d,\"send_cpu_us_per_event\":%.3f,\"recv_cpu_us_per_event\":%.3f,"
       "\"full_send_cpu_us_per_event\":%.3f,\"full_recv_cpu_us_per_event\":%.3f,\"e2e_p50_us\":%.1f,\"e2e_p99_us\":%.1f,"
       "\"instrument_p99_ns\":%lld,\"pacing_cpu_us_per_event\":%.3f}\n",
-      kSteadyRate, seconds, 1e6 * send_cpu / n_events, received["recv_cpu_us_per_event"].get<double>(),
+      kSteadyRate, headers ? "true" : "false", seconds, 1e6 * send_cpu / n_events, received["recv_cpu_us_per_event"].get<double>(),
       1e6 * full_send_cpu / n_events, received["full_recv_cpu_us_per_event"].get<double>(),
       received["e2e_p50_us"].get<double>(), received["e2e_p99_us"].get<double>(),
       static_cast<long long>(percentile(instrument_ns, 0.99)), 1e6 * pacing_cpu / n_events);
@@ -578,17 +580,22 @@ int main(int argc, char** argv) {
   const std::size_t rounds = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2000;
   const int idle_seconds = argc > 3 ? std::atoi(argv[3]) : 10;
   const int steady_seconds = argc > 4 ? std::atoi(argv[4]) : 10;
-  if (events == 0 || rounds == 0 || idle_seconds <= 0 || steady_seconds <= 0) {
-    std::fprintf(stderr, "usage: bench_nats [events > 0] [rounds > 0] [idle seconds > 0] [steady seconds > 0]\n");
+  const std::string steady_headers = argc > 5 ? argv[5] : "default";
+  if (events == 0 || rounds == 0 || idle_seconds <= 0 || steady_seconds <= 0 ||
+      (steady_headers != "default" && steady_headers != "on" && steady_headers != "off")) {
+    std::fprintf(stderr,
+                 "usage: bench_nats [events > 0] [rounds > 0] [idle seconds > 0] [steady seconds > 0] "
+                 "[steady headers: default|on|off]\n");
     return 2;
   }
   try {
     test_support::NatsServer server;  // stopped by PID when this scope ends, after every connection is gone
-    forward(server.url(), events, true);
     forward(server.url(), events, false);
+    forward(server.url(), events, true);
     pingpong(server.url(), rounds);
     idle(server.url(), idle_seconds);
-    steady(server.url(), steady_seconds);
+    steady(server.url(), steady_seconds,
+           steady_headers == "default" ? n::NatsOptions{}.headers : steady_headers == "on");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_nats: %s\n", e.what());
     return 1;
