@@ -330,7 +330,7 @@ struct Bridge::Impl : std::enable_shared_from_this<Bridge::Impl>, detail::ForkPa
 
   // Sender and dispatcher threads: waits here, holding no other lock, while a fork is prepared.
   void park_if_requested() override;
-  void linger(std::chrono::microseconds duration) override;
+  void linger(std::chrono::microseconds duration) override NOTIFICATIONS_EXCLUDES(progress_mutex);
 
   void set_pause(bool requested);
 

@@ -58,7 +58,7 @@ Outbound::Outbound(OutboundHost& host, const BridgeConfig& config, std::shared_p
       outbox_capacity_(outbox_->stats().capacity),
       redactor_(config.redact),
       confirm_before_settle_(outbox_->persistent() && !transport_->capabilities().persistent),
-      linger_(transport_->capabilities().write_delay / 4) {
+      linger_(std::min<std::chrono::microseconds>(transport_->capabilities().write_delay / 4, kMaxLinger)) {
   for (const std::string& pattern : config.forward) patterns_.emplace_back(pattern);
   if (outbox_->persistent()) {
     // What an earlier run left in the file counts as accepted by this one: flush() waits for it,
@@ -380,7 +380,8 @@ class Outbound::Sender {
 // Lingering: a transport that holds writes back for a while (write_delay) sends what comes in
 // that while in one write anyway. When batches follow each other closely (the previous one ended
 // at most two lingers before this one was taken: a steady stream, not a lone event), the sender
-// waits linger_ after sending a batch that did not fill batch_size, outside the outbox. Events
+// waits linger_ after sending a batch that did not fill batch_size and left the outbox empty
+// (an outbox may hand out less than it holds), outside the outbox. Events
 // that come meanwhile are taken together, and the instrumenting threads that push them wake
 // nobody: at steady rates the sender wakes once per linger instead of once per event, and
 // instrument() pays no futex wake-up. A lone event is sent at once; a batch that fills
@@ -426,7 +427,7 @@ void Outbound::run() {
       host_.set_error(std::string("outbox: ") + e.what());
     }
     last_batch_end = Clock::now();
-    if (streaming && taken < config_.batch_size) host_.linger(linger_);
+    if (streaming && taken < config_.batch_size && outbox_->depth_unlocked() == 0) host_.linger(linger_);
   }
   drop_remaining();  // anything left (deadline passed while retrying, then closed)
 }

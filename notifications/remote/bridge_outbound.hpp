@@ -133,6 +133,7 @@ class Outbound {
   static constexpr std::size_t kSegmentItems = 1024;      // the memory outbox's segment, at most
   static constexpr std::size_t kKeptBodyBytes = 64 * 1024;  // a reused message body keeps at most this
   static constexpr std::chrono::seconds kConfirmTimeout{2};  // a flush confirming a durable outbox's batch
+  static constexpr std::chrono::seconds kMaxLinger{10};  // whatever write_delay a transport claims
 
   std::chrono::milliseconds backoff(int attempt, std::mt19937& rng) const;
   void note_sent(std::uint64_t count);
@@ -153,7 +154,8 @@ class Outbound {
   std::atomic<bool> saturated_{false};
   // A durable outbox over a transport that is not persistent: settle only after a flush.
   const bool confirm_before_settle_;
-  // A quarter of the transport's write_delay (see run()); zero: the sender never lingers.
+  // A quarter of the transport's write_delay, at most kMaxLinger (see run()); zero: the sender
+  // never lingers.
   const std::chrono::microseconds linger_;
   std::atomic<std::uint64_t> kept_{0};
   Counters counters_;

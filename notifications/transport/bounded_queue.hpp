@@ -298,13 +298,19 @@ class BoundedQueue {
 
  private:
   static constexpr std::size_t kKeptItems = 4096;  // spare room an idle queue keeps, in items
+  static constexpr std::uint64_t kProbeEvery = 16;  // see spin_pays()
 
   // Spinning pays when an empty queue fills again sooner than blocking and being woken would
   // cost; half of idle_spin is taken as that cost. refill_ns_ is a moving average (weight 1/8)
   // of how long the queue took to fill again after pop_batch found it empty, each sample capped
-  // at four times idle_spin so that one long idle period is forgotten after a few quick refills.
-  bool spin_pays() const noexcept {
-    return !adaptive_spin_ || refill_ns_.load(std::memory_order_relaxed) < std::chrono::nanoseconds(idle_spin_).count() / 2;
+  // at four times idle_spin: after the longest wait, about 16 quick refills in a row bring it
+  // back under the threshold. A blocked consumer's sample includes its own wake-up, which
+  // overstates the refill time; so every kProbeEvery-th empty pop polls anyway, and a quick
+  // refill seen by a poll pulls the average down.
+  bool spin_pays() noexcept {
+    if (!adaptive_spin_) return true;
+    if (refill_ns_.load(std::memory_order_relaxed) < std::chrono::nanoseconds(idle_spin_).count() / 2) return true;
+    return empty_pops_.fetch_add(1, std::memory_order_relaxed) % kProbeEvery == kProbeEvery - 1;
   }
   void note_refill(std::chrono::steady_clock::duration took) noexcept {
     const std::int64_t cap = 4 * std::chrono::nanoseconds(idle_spin_).count();
@@ -394,6 +400,7 @@ class BoundedQueue {
   // See spin_pays(). Written by consumers after their wait, without ordering: a heuristic.
   std::atomic<std::int64_t> refill_ns_{0};
   std::atomic<std::uint64_t> polls_{0};
+  std::atomic<std::uint64_t> empty_pops_{0};  // empty pops that did not poll (see spin_pays())
 };
 
 }  // namespace notifications::detail
