@@ -47,7 +47,9 @@
 // instrument_p99_ns: the sender's instrument() calls in the steady phase. The pacing (a
 // sleep_until per event) is part of send_cpu_us_per_event; pacing_cpu_us_per_event is the same
 // loop without instrument(), measured first in the same run. The sender uses the default NATS
-// options, or headers on or off as the fifth argument says ("headers" in the line).
+// options, or headers on or off as the fifth argument says ("headers" in the line). With "raw" as
+// the sixth, the receiving process is a raw cnats subscriber that only counts by subject
+// ("receiver":"raw"; its e2e figures are 0): the receiving side's baseline at the same rate.
 //
 // Pending limits are raised on every subscription so a burst is measured, not slow-consumer drops.
 // The program runs its own /usr/sbin/nats-server on 127.0.0.1 at a free port through the tests'
@@ -55,14 +57,16 @@
 // goes to stderr, exit status 1.
 //
 // Usage: bench_nats [events] [rounds] [idle seconds] [steady seconds] [steady headers: default|on|off]
-//        (defaults 200000, 2000, 10, 10, default)
-//        bench_nats --steady-receiver URL EVENTS   (started by nats_steady itself)
+//                   [steady receiver: bus|raw]   (defaults 200000, 2000, 10, 10, default, bus)
+//        bench_nats --steady-receiver URL EVENTS       (started by nats_steady itself)
+//        bench_nats --steady-raw-receiver URL EVENTS   (the same, a raw cnats counting subscriber)
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -503,10 +507,52 @@ int steady_receiver(const std::string& url, std::size_t events) {
   return 0;
 }
 
-void steady(const std::string& url, int seconds, bool headers) {
+// The same with a raw cnats subscriber that only counts (the baseline for the receiving side):
+// the subject tells the phase; no e2e (reported as 0), as reading "t" would mean parsing bodies.
+int steady_raw_receiver(const std::string& url, std::size_t events) {
+  struct Counts {
+    std::mutex mutex;
+    std::condition_variable done;
+    std::size_t steady = 0, full = 0, events = 0;
+    double steady_first = 0, steady_last = 0, full_first = 0, full_last = 0;
+  } counts;
+  counts.events = events;
+  RawConnection connection(url, false);
+  const auto on_message = [](natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+    auto& c = *static_cast<Counts*>(closure);
+    const bool is_full = std::strncmp(natsMsg_GetSubject(msg), "bench.full.", 11) == 0;
+    natsMsg_Destroy(msg);
+    std::lock_guard lock(c.mutex);
+    std::size_t& count = is_full ? c.full : c.steady;
+    ++count;
+    if (count == 1) (is_full ? c.full_first : c.steady_first) = process_cpu_seconds();
+    if (count == c.events) (is_full ? c.full_last : c.steady_last) = process_cpu_seconds();
+    if (c.full == c.events) c.done.notify_all();
+  };
+  connection.subscribe("bench.steady.>", on_message, &counts);
+  connection.subscribe("bench.full.>", on_message, &counts);
+  std::printf("ready\n");
+  std::fflush(stdout);
+  std::unique_lock lock(counts.mutex);
+  const bool all = counts.done.wait_for(lock, 120s, [&] { return counts.full == events; });
+  if (!all || counts.steady != events) {
+    std::fprintf(stderr, "steady raw receiver: %zu steady and %zu full of %zu each arrived\n", counts.steady, counts.full,
+                 events);
+    return 1;
+  }
+  const double n_events = static_cast<double>(events - 1);
+  std::printf("{\"recv_cpu_us_per_event\":%.3f,\"full_recv_cpu_us_per_event\":%.3f,\"e2e_p50_us\":0,\"e2e_p99_us\":0}\n",
+              1e6 * (counts.steady_last - counts.steady_first) / n_events,
+              1e6 * (counts.full_last - counts.full_first) / n_events);
+  std::fflush(stdout);
+  return 0;
+}
+
+void steady(const std::string& url, int seconds, bool headers, bool raw_receiver) {
   const std::size_t events = static_cast<std::size_t>(kSteadyRate) * static_cast<std::size_t>(seconds);
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string command = "'" + self + "' --steady-receiver " + url + " " + std::to_string(events);
+  const std::string command = "'" + self + (raw_receiver ? "' --steady-raw-receiver " : "' --steady-receiver ") + url +
+                              " " + std::to_string(events);
   FILE* child = popen(command.c_str(), "r");
   if (child == nullptr) throw std::runtime_error("nats_steady: cannot start " + command);
   struct Close {
@@ -551,10 +597,10 @@ void steady(const std::string& url, int seconds, bool headers) {
   std::sort(instrument_ns.begin(), instrument_ns.end());
   const double n_events = static_cast<double>(events);
   std::printf(
-      "{\"bench\":\"nats_steady\",\"rate\":%d,\"headers\":%s,\"seconds\":%d,\"send_cpu_us_per_event\":%.3f,\"recv_cpu_us_per_event\":%.3f,"
+      "{\"bench\":\"nats_steady\",\"rate\":%d,\"headers\":%s,\"receiver\":\"%s\",\"seconds\":%d,\"send_cpu_us_per_event\":%.3f,\"recv_cpu_us_per_event\":%.3f,"
       "\"full_send_cpu_us_per_event\":%.3f,\"full_recv_cpu_us_per_event\":%.3f,\"e2e_p50_us\":%.1f,\"e2e_p99_us\":%.1f,"
       "\"instrument_p99_ns\":%lld,\"pacing_cpu_us_per_event\":%.3f}\n",
-      kSteadyRate, headers ? "true" : "false", seconds, 1e6 * send_cpu / n_events, received["recv_cpu_us_per_event"].get<double>(),
+      kSteadyRate, headers ? "true" : "false", raw_receiver ? "raw" : "bus", seconds, 1e6 * send_cpu / n_events, received["recv_cpu_us_per_event"].get<double>(),
       1e6 * full_send_cpu / n_events, received["full_recv_cpu_us_per_event"].get<double>(),
       received["e2e_p50_us"].get<double>(), received["e2e_p99_us"].get<double>(),
       static_cast<long long>(percentile(instrument_ns, 0.99)), 1e6 * pacing_cpu / n_events);
@@ -568,6 +614,14 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
   spdlog::set_level(spdlog::level::warn);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
+  if (argc == 4 && std::string(argv[1]) == "--steady-raw-receiver") {
+    try {
+      return steady_raw_receiver(argv[2], std::strtoull(argv[3], nullptr, 10));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_nats --steady-raw-receiver: %s\n", e.what());
+      return 1;
+    }
+  }
   if (argc == 4 && std::string(argv[1]) == "--steady-receiver") {
     try {
       return steady_receiver(argv[2], std::strtoull(argv[3], nullptr, 10));
@@ -581,11 +635,13 @@ int main(int argc, char** argv) {
   const int idle_seconds = argc > 3 ? std::atoi(argv[3]) : 10;
   const int steady_seconds = argc > 4 ? std::atoi(argv[4]) : 10;
   const std::string steady_headers = argc > 5 ? argv[5] : "default";
+  const std::string steady_receiver_kind = argc > 6 ? argv[6] : "bus";
   if (events == 0 || rounds == 0 || idle_seconds <= 0 || steady_seconds <= 0 ||
-      (steady_headers != "default" && steady_headers != "on" && steady_headers != "off")) {
+      (steady_headers != "default" && steady_headers != "on" && steady_headers != "off") ||
+      (steady_receiver_kind != "bus" && steady_receiver_kind != "raw")) {
     std::fprintf(stderr,
                  "usage: bench_nats [events > 0] [rounds > 0] [idle seconds > 0] [steady seconds > 0] "
-                 "[steady headers: default|on|off]\n");
+                 "[steady headers: default|on|off] [steady receiver: bus|raw]\n");
     return 2;
   }
   try {
@@ -595,7 +651,7 @@ int main(int argc, char** argv) {
     pingpong(server.url(), rounds);
     idle(server.url(), idle_seconds);
     steady(server.url(), steady_seconds,
-           steady_headers == "default" ? n::NatsOptions{}.headers : steady_headers == "on");
+           steady_headers == "default" ? n::NatsOptions{}.headers : steady_headers == "on", steady_receiver_kind == "raw");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_nats: %s\n", e.what());
     return 1;
