@@ -614,19 +614,13 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
   spdlog::set_level(spdlog::level::warn);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
-  if (argc == 4 && std::string(argv[1]) == "--steady-raw-receiver") {
+  if (argc == 4 && (std::string(argv[1]) == "--steady-receiver" || std::string(argv[1]) == "--steady-raw-receiver")) {
+    const bool raw = std::string(argv[1]) == "--steady-raw-receiver";
     try {
-      return steady_raw_receiver(argv[2], std::strtoull(argv[3], nullptr, 10));
+      const std::size_t events = std::strtoull(argv[3], nullptr, 10);
+      return raw ? steady_raw_receiver(argv[2], events) : steady_receiver(argv[2], events);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "bench_nats --steady-raw-receiver: %s\n", e.what());
-      return 1;
-    }
-  }
-  if (argc == 4 && std::string(argv[1]) == "--steady-receiver") {
-    try {
-      return steady_receiver(argv[2], std::strtoull(argv[3], nullptr, 10));
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "bench_nats --steady-receiver: %s\n", e.what());
+      std::fprintf(stderr, "bench_nats %s: %s\n", argv[1], e.what());
       return 1;
     }
   }

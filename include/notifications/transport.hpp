@@ -69,6 +69,7 @@ struct Message {
 // What a transport guarantees; the conformance suite switches cases on these, and the Bridge reads
 // them (dedupe_window sizes its redelivery suppression). A field that is false (or zero) promises
 // nothing; a transport states in its public header which fields hold for it.
+// Thread-safety: a plain value.
 struct TransportCapabilities {
   bool persistent = false;        // messages published before a subscriber exists reach it later
   bool exactly_once = false;      // a repeated message id is delivered once
