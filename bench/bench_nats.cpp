@@ -607,6 +607,111 @@ void steady(const std::string& url, int seconds, bool headers, bool raw_receiver
   sender.shutdown(10s);
 }
 
+// ---- nats_receive ---------------------------------------------------------------------------
+
+// The receiving process of nats_receive: subscribes as `kind` says (raw: a cnats subscriber that
+// counts; bus: a Bridge with one listener that counts; bus_reads: the same listener also reads a
+// payload member), prints "ready", then {"cpu_us_per_event":...} once `events` arrived (120 s at
+// most). CPU: the whole process from the first to the last message.
+int receive_only(const std::string& kind, const std::string& url, std::size_t events) {
+  struct Count {
+    std::mutex mutex;
+    std::condition_variable done;
+    std::size_t count = 0, target = 0;
+    double first = 0, last = 0;
+    std::int64_t checksum = 0;
+    void hit(std::int64_t value) {
+      std::lock_guard lock(mutex);
+      checksum += value;
+      if (++count == 1) first = process_cpu_seconds();
+      if (count == target) {
+        last = process_cpu_seconds();
+        done.notify_all();
+      }
+    }
+  } c;
+  c.target = events;
+  std::unique_ptr<RawConnection> raw;
+  std::unique_ptr<n::Notifier> notifier;
+  std::unique_ptr<n::Bridge> bridge;
+  n::Subscription listener;
+  if (kind == "raw") {
+    raw = std::make_unique<RawConnection>(url, false);
+    raw->subscribe("bench.order.>", [](natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+      natsMsg_Destroy(msg);
+      static_cast<Count*>(self)->hit(1);
+    }, &c);
+  } else {
+    const bool reads = kind == "bus_reads";
+    notifier = std::make_unique<n::Notifier>();
+    n::BridgeConfig c_config = config(url, "b", {}, {"order.>"});
+    c_config.queue_max_bytes = 0;  // the publisher runs ahead of the receiver by most of the burst
+    bridge = std::make_unique<n::Bridge>(*notifier, nats(url, false), std::move(c_config));
+    listener = notifier->subscribe("order.placed", [&c, reads](const n::Event& e) {
+      if (e.remote()) c.hit(reads ? e.payload()["order_id"].get<std::int64_t>() : 1);
+    });
+    bridge->start();
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  std::unique_lock lock(c.mutex);
+  if (!c.done.wait_for(lock, 120s, [&] { return c.count == events; })) {
+    std::fprintf(stderr, "receiver %s: %zu of %zu arrived\n", kind.c_str(), c.count, events);
+    return 1;
+  }
+  std::printf("{\"cpu_us_per_event\":%.3f,\"checksum\":%lld}\n", 1e6 * (c.last - c.first) / static_cast<double>(events - 1),
+              static_cast<long long>(c.checksum));
+  std::fflush(stdout);
+  lock.unlock();
+  if (bridge) bridge->shutdown(10s);
+  return 0;
+}
+
+// Runs receive_only(kind) in a child process and publishes `messages` to it as fast as a raw
+// cnats publisher can; returns the child's CPU per event.
+double receive_cpu_us_per_event(const std::string& url, const std::string& kind, const std::vector<n::Message>& messages) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string command = "'" + self + "' --receive-only " + kind + " " + url + " " + std::to_string(messages.size());
+  FILE* child = popen(command.c_str(), "r");
+  if (child == nullptr) throw std::runtime_error("nats_receive: cannot start " + command);
+  struct Close {
+    FILE* f;
+    ~Close() { pclose(f); }  // waits for the receiver to exit (it always does, within 120 s)
+  } close{child};
+  char line[512] = {};
+  if (std::fgets(line, sizeof line, child) == nullptr || std::string(line) != "ready\n") {
+    throw std::runtime_error("nats_receive: the " + kind + " receiver did not start");
+  }
+  std::this_thread::sleep_for(200ms);  // the receiver's subscription has reached the server
+  RawConnection publisher(url, false);
+  for (const n::Message& m : messages) {
+    check(natsConnection_Publish(publisher.nc, m.subject.c_str(), m.body.data(), static_cast<int>(m.body.size())),
+          "nats_receive publish");
+  }
+  check(natsConnection_FlushTimeout(publisher.nc, 60000), "nats_receive flush");
+  if (std::fgets(line, sizeof line, child) == nullptr) throw std::runtime_error("nats_receive: the " + kind + " receiver failed");
+  const nlohmann::json result = nlohmann::json::parse(line);
+  const std::int64_t expected = kind == "bus_reads" ? 12345 * static_cast<std::int64_t>(messages.size())
+                                                    : static_cast<std::int64_t>(messages.size());
+  if (result["checksum"] != expected) throw std::runtime_error("nats_receive: the " + kind + " receiver's checksum is wrong");
+  return result["cpu_us_per_event"].get<double>();
+}
+
+// The same N distinct envelopes (bodies only, the default) received by a raw counting subscriber,
+// by a Bridge whose one listener counts, and by one whose listener reads a payload member.
+void receive(const std::string& url, std::size_t events) {
+  std::vector<n::Message> messages;
+  messages.reserve(events);
+  for (std::size_t i = 0; i < events; ++i) messages.push_back(wire_message("order.placed", "bench.order.placed", i + 1));
+  const double raw = receive_cpu_us_per_event(url, "raw", messages);
+  const double bus = receive_cpu_us_per_event(url, "bus", messages);
+  const double reads = receive_cpu_us_per_event(url, "bus_reads", messages);
+  std::printf(
+      "{\"bench\":\"nats_receive\",\"events\":%zu,\"raw_cpu_us_per_event\":%.3f,\"bus_cpu_us_per_event\":%.3f,\"ratio\":%.3f,"
+      "\"bus_reading_payload_cpu_us_per_event\":%.3f,\"ratio_reading_payload\":%.3f}\n",
+      events, raw, bus, bus / raw, reads, reads / raw);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -614,6 +719,24 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
   spdlog::set_level(spdlog::level::warn);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
+  if (argc == 5 && std::string(argv[1]) == "--receive-only") {
+    try {
+      return receive_only(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_nats --receive-only: %s\n", e.what());
+      return 1;
+    }
+  }
+  if (argc >= 2 && std::string(argv[1]) == "--receive") {  // nats_receive alone
+    try {
+      test_support::NatsServer server;
+      receive(server.url(), argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200000);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_nats --receive: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   if (argc == 4 && (std::string(argv[1]) == "--steady-receiver" || std::string(argv[1]) == "--steady-raw-receiver")) {
     const bool raw = std::string(argv[1]) == "--steady-raw-receiver";
     try {
@@ -642,6 +765,7 @@ int main(int argc, char** argv) {
     test_support::NatsServer server;  // stopped by PID when this scope ends, after every connection is gone
     forward(server.url(), events, false);
     forward(server.url(), events, true);
+    receive(server.url(), events);
     pingpong(server.url(), rounds);
     idle(server.url(), idle_seconds);
     steady(server.url(), steady_seconds,
