@@ -22,6 +22,7 @@ namespace detail {
 struct EventAccess;
 class ActiveEvent;
 struct EventContext;
+class DeferredPayload;
 }
 
 // What an instrumented block threw. The exception itself still propagates to the caller of
@@ -73,7 +74,10 @@ class Event {
   ~Event() = default;
 
   std::string_view name() const noexcept { return name_; }
-  const nlohmann::json& payload() const noexcept { return *payload_; }
+  // The payload. A remote event keeps the payload's JSON text as it arrived (validated) and builds
+  // the value on the first read, once, whichever thread reads first: that read may throw
+  // std::bad_alloc. Every other read, and every read of a local event's payload, cannot throw.
+  const nlohmann::json& payload() const { return payload_ != nullptr ? *payload_ : deferred_payload(); }
 
   // Unique id of this event (a UUID string), formatted on demand.
   std::string id() const;
@@ -128,13 +132,18 @@ class Event {
   friend class detail::ActiveEvent;
   Event() = default;
   void own_from(const Event& other);
+  const nlohmann::json& deferred_payload() const;
 
   std::string_view name_;              // points at owned_name_ or at the instrument() argument
-  nlohmann::json* payload_ = nullptr;  // points at *owned_payload_ or at the instrument() argument
+  // Points at *owned_payload_ or at the instrument() argument; null when deferred_payload_ holds
+  // the payload (a remote event whose payload no one has taken ownership of).
+  nlohmann::json* payload_ = nullptr;
   std::string owned_name_;
   // Engaged only when the event owns its payload: an event that borrows one (every instrument()
   // call) neither constructs nor destroys a JSON value of its own.
   std::optional<nlohmann::json> owned_payload_;
+  // Shared by copies: the text is immutable and the value is built once.
+  std::shared_ptr<const detail::DeferredPayload> deferred_payload_;
   wall_clock::time_point time_{};
   mono_clock::time_point start_{};
   mono_clock::time_point end_{};

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "local/deferred_payload.hpp"
 #include "local/event_context.hpp"
 #include "process/ids.hpp"
 
@@ -33,12 +34,18 @@ void Event::own_from(const Event& other) {
   where_ = other.where_;
 }
 
-Event::Event(const Event& other)
-    : owned_name_(other.name_), owned_payload_(std::in_place, *other.payload_) {
+Event::Event(const Event& other) : owned_name_(other.name_) {
   name_ = owned_name_;
-  payload_ = &*owned_payload_;
+  if (other.payload_ != nullptr) {
+    owned_payload_.emplace(*other.payload_);
+    payload_ = &*owned_payload_;
+  } else {
+    deferred_payload_ = other.deferred_payload_;
+  }
   own_from(other);
 }
+
+const nlohmann::json& Event::deferred_payload() const { return deferred_payload_->value(); }
 
 Event& Event::operator=(const Event& other) {
   if (this != &other) {
@@ -53,14 +60,24 @@ Event::Event(Event&& other) noexcept { *this = std::move(other); }
 Event& Event::operator=(Event&& other) noexcept {
   if (this != &other) {
     owned_name_ = std::string(other.name_);
-    if (other.owned_payload_ && other.payload_ == &*other.owned_payload_) {
+    if (other.payload_ == nullptr) {
+      owned_payload_.reset();
+      payload_ = nullptr;
+    } else if (other.owned_payload_ && other.payload_ == &*other.owned_payload_) {
       owned_payload_.emplace(std::move(*other.owned_payload_));
+      payload_ = &*owned_payload_;
     } else {
       nlohmann::json copy = *other.payload_;  // before emplace destroys what it may point into
       owned_payload_.emplace(std::move(copy));
+      payload_ = &*owned_payload_;
+    }
+    if (other.deferred_payload_) {
+      deferred_payload_ = std::move(other.deferred_payload_);
+      other.payload_ = &other.owned_payload_.emplace();  // a moved-from event still has a payload
+    } else {
+      deferred_payload_.reset();
     }
     name_ = owned_name_;
-    payload_ = &*owned_payload_;
     time_ = other.time_;
     start_ = other.start_;
     end_ = other.end_;
@@ -90,9 +107,10 @@ std::string Event::transaction_id() const { return detail::format_transaction_id
 
 std::string Event::traceparent() const {
   if (!traceparent_.empty()) return traceparent_;
-  if (payload_->is_object()) {
-    const auto it = payload_->find("traceparent");
-    if (it != payload_->end() && it->is_string()) return it->get<std::string>();
+  const nlohmann::json& body = payload();
+  if (body.is_object()) {
+    const auto it = body.find("traceparent");
+    if (it != body.end() && it->is_string()) return it->get<std::string>();
   }
   return {};
 }

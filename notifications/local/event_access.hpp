@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "notifications/event.hpp"
+#include "local/deferred_payload.hpp"
 #include "local/event_context.hpp"
 #include "process/ids.hpp"
 
@@ -51,7 +52,14 @@ struct EventAccess {
   static void end(Event& event) { event.end_ = Event::mono_clock::now(); }
   static void set_cpu_time(Event& event, std::chrono::nanoseconds cpu) { event.cpu_time_ = cpu; }
   static void set_exception(Event& event, ExceptionInfo info) { event.exception_ = std::move(info); }
-  static nlohmann::json& payload(Event& event) { return *event.payload_; }
+  // The payload to change; a deferred one is built first and the event owns it from then on.
+  static nlohmann::json& payload(Event& event) {
+    if (event.payload_ == nullptr) {
+      event.payload_ = &event.owned_payload_.emplace(event.deferred_payload_->value());
+      event.deferred_payload_.reset();
+    }
+    return *event.payload_;
+  }
   // What id() formats, unless the event carries an explicit id (remote events).
   static std::uint64_t id_sequence(const Event& event) { return event.sequence_; }
 
@@ -66,6 +74,17 @@ struct EventAccess {
     event.time_ = wall_time_at(now);
     event.sequence_ = next_event_sequence();
     event.transaction_ = thread_transaction();
+    return event;
+  }
+
+  // A self-contained event as make() makes it, whose payload is built from `payload` on its first
+  // read.
+  static Event make_deferred(std::string name, std::shared_ptr<const DeferredPayload> payload,
+                             Event::mono_clock::time_point now) {
+    Event event = make(std::move(name), nlohmann::json(), now);
+    event.owned_payload_.reset();
+    event.payload_ = nullptr;
+    event.deferred_payload_ = std::move(payload);
     return event;
   }
 

@@ -4,6 +4,7 @@
 #include "remote/bridge_inbound.hpp"
 
 #include "remote/bridge_impl.hpp"
+#include "remote/envelope_plain.hpp"
 #include "remote/payload_redaction.hpp"
 
 namespace notifications {
@@ -173,7 +174,9 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
     if (delivery.settle) delivery.settle(Settle::ack);
     return;
   }
-  DecodeResult decoded = decode_envelope(delivery.message.body);
+  // The payload is validated here and built only when a listener reads it.
+  std::optional<detail::PayloadSpan> payload;
+  DecodeResult decoded = detail::decode_envelope_deferring_payload(delivery.message.body, payload);
   if (!decoded) {
     dead_letter(delivery.message, decoded.error);
     if (delivery.settle) delivery.settle(Settle::term);
@@ -200,7 +203,9 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
   const Clock::time_point started = observer ? Clock::now() : Clock::time_point{};
   bool ok = true;
   try {
-    notifier.publish(event_from_envelope(std::move(*decoded.envelope), transport->kind()));
+    notifier.publish(payload ? detail::event_with_deferred_payload(std::move(*decoded.envelope), transport->kind(),
+                                                                   std::move(delivery.message.body), *payload)
+                             : event_from_envelope(std::move(*decoded.envelope), transport->kind()));
   } catch (...) {
     // Strict-mode listener errors or an invalid name: the event was delivered to every
     // listener that did not throw.

@@ -502,6 +502,23 @@ DecodeResult decode_envelope(std::string_view body) noexcept {
 
 namespace detail {
 
+DecodeResult decode_envelope_deferring_payload(std::string_view body, std::optional<PayloadSpan>& payload) noexcept {
+  payload.reset();
+  try {
+    Envelope envelope;
+    PayloadSpan span;
+    if (decode_plain_envelope_deferring_payload(body, envelope, span)) {
+      DecodeResult result;
+      result.envelope = std::move(envelope);
+      payload = span;
+      return result;
+    }
+  } catch (...) {
+    // Out of memory, most likely: the general decoder tries again and reports it.
+  }
+  return decode_general_envelope(body);
+}
+
 void append_rfc3339(std::string& out, std::chrono::system_clock::time_point time) {
   using namespace std::chrono;
   // Microseconds first: the day boundary of the earliest nanosecond time points lies outside
@@ -575,10 +592,11 @@ Envelope envelope_from_event(const Event& event, std::string_view producer,
   return envelope;
 }
 
-Event event_from_envelope(Envelope envelope, std::string_view transport_kind) {
+namespace {
+
+// The rest of event_from_envelope() for `event`, made at `now` with the envelope's name and payload.
+void set_remote_fields(Event& event, Envelope& envelope, std::string_view transport_kind, Event::mono_clock::time_point now) {
   using namespace std::chrono;
-  const auto now = Event::mono_clock::now();  // one clock read for the whole event
-  Event event = detail::EventAccess::make(std::move(envelope.name), std::move(envelope.payload), now);
   // The event's monotonic end is now + duration: keep it inside the steady clock's range.
   const auto room = duration_cast<microseconds>(Event::mono_clock::time_point::max() - now) - hours(24);
   const microseconds duration =
@@ -594,8 +612,30 @@ Event event_from_envelope(Envelope envelope, std::string_view transport_kind) {
                              envelope.exception_message.value_or(""), nullptr});
   }
   detail::EventAccess::set_context(event, detail::make_event_context(std::move(envelope.context), std::move(envelope.tags)));
+}
+
+}  // namespace
+
+Event event_from_envelope(Envelope envelope, std::string_view transport_kind) {
+  const auto now = Event::mono_clock::now();  // one clock read for the whole event
+  Event event = detail::EventAccess::make(std::move(envelope.name), std::move(envelope.payload), now);
+  set_remote_fields(event, envelope, transport_kind, now);
   return event;
 }
+
+namespace detail {
+
+Event event_with_deferred_payload(Envelope envelope, std::string_view transport_kind, std::string body,
+                                  PayloadSpan payload) {
+  const auto now = Event::mono_clock::now();
+  auto deferred = std::make_shared<const DeferredPayload>(std::move(body), payload.offset, payload.size,
+                                                          &build_validated_payload);
+  Event event = EventAccess::make_deferred(std::move(envelope.name), std::move(deferred), now);
+  set_remote_fields(event, envelope, transport_kind, now);
+  return event;
+}
+
+}  // namespace detail
 
 Message message_from_envelope(const Envelope& envelope, std::string subject) {
   Message message;

@@ -140,6 +140,19 @@ class Scanner {
     return value(out, kMaxDepth - 1);
   }
 
+  // The payload validated and not built: true, with `span` set to its bytes, when nlohmann's parser
+  // accepts exactly those bytes, alone as in the body, and the value nests at most as deep as
+  // payload() allows. Declines (false) what it does not check itself: \u escapes of surrogates
+  // and numbers nlohmann might not hold (an exponent or fraction std::from_chars cannot read as a
+  // finite double, integers of more than 300 digits).
+  bool validated_payload(PayloadSpan& span) {
+    skip_space();
+    const std::size_t start = pos_;
+    if (!valid_value(kMaxDepth - 1)) return false;
+    span = PayloadSpan{start, pos_ - start};
+    return true;
+  }
+
   // Any JSON value, parsed by nlohmann; nesting (within the value) at most `max_depth`.
   bool value(json& out, std::size_t max_depth) {
     skip_space();
@@ -160,6 +173,144 @@ class Scanner {
   }
 
  private:
+  // One JSON value checked as validated_payload() says; containers at most `depth` deep.
+  bool valid_value(std::size_t depth) {
+    skip_space();
+    if (pos_ >= text_.size()) return false;
+    switch (text_[pos_]) {
+      case '{':
+        if (depth == 0) return false;
+        ++pos_;
+        if (consume('}')) return true;
+        do {
+          skip_space();
+          if (!valid_string() || !consume(':') || !valid_value(depth - 1)) return false;
+        } while (consume(','));
+        return consume('}');
+      case '[':
+        if (depth == 0) return false;
+        ++pos_;
+        if (consume(']')) return true;
+        do {
+          if (!valid_value(depth - 1)) return false;
+        } while (consume(','));
+        return consume(']');
+      case '"':
+        return valid_string();
+      case 't':
+        return word("true");
+      case 'f':
+        return word("false");
+      case 'n':
+        return word("null");
+      default:
+        return valid_number();
+    }
+  }
+
+  bool word(std::string_view w) {
+    if (text_.substr(pos_, w.size()) != w) return false;
+    pos_ += w.size();
+    return true;
+  }
+
+  // A string at pos_: escapes as JSON defines them (no surrogate escapes), no control bytes,
+  // well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF), as nlohmann's
+  // lexer requires.
+  bool valid_string() {
+    if (pos_ >= text_.size() || text_[pos_] != '"') return false;
+    ++pos_;
+    const auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text_[at]); };
+    const auto continuation = [&](std::size_t at, unsigned char low, unsigned char high) {
+      return at < text_.size() && byte(at) >= low && byte(at) <= high;
+    };
+    while (pos_ < text_.size()) {
+      const unsigned char c = byte(pos_);
+      if (is_plain_string_byte(static_cast<char>(c))) {
+        ++pos_;
+      } else if (c == '"') {
+        ++pos_;
+        return true;
+      } else if (c == '\\') {
+        if (++pos_ >= text_.size()) return false;
+        const char e = text_[pos_];
+        if (e == 'u') {
+          unsigned unit = 0;
+          for (int i = 1; i <= 4; ++i) {
+            if (pos_ + static_cast<std::size_t>(i) >= text_.size()) return false;
+            const char h = text_[pos_ + static_cast<std::size_t>(i)];
+            const int digit = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                                                             : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+            if (digit < 0) return false;
+            unit = unit * 16 + static_cast<unsigned>(digit);
+          }
+          if (unit >= 0xD800 && unit <= 0xDFFF) return false;  // pairs are left to nlohmann
+          pos_ += 5;
+        } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+          ++pos_;
+        } else {
+          return false;
+        }
+      } else if (c == 0x7F) {
+        ++pos_;  // DEL is not plain (the encoder escapes it) but JSON allows it
+      } else if (c < 0x80) {
+        return false;  // a control byte
+      } else if (c >= 0xC2 && c <= 0xDF) {
+        if (!continuation(pos_ + 1, 0x80, 0xBF)) return false;
+        pos_ += 2;
+      } else if (c >= 0xE0 && c <= 0xEF) {
+        const unsigned char low = c == 0xE0 ? 0xA0 : 0x80;
+        const unsigned char high = c == 0xED ? 0x9F : 0xBF;
+        if (!continuation(pos_ + 1, low, high) || !continuation(pos_ + 2, 0x80, 0xBF)) return false;
+        pos_ += 3;
+      } else if (c >= 0xF0 && c <= 0xF4) {
+        const unsigned char low = c == 0xF0 ? 0x90 : 0x80;
+        const unsigned char high = c == 0xF4 ? 0x8F : 0xBF;
+        if (!continuation(pos_ + 1, low, high) || !continuation(pos_ + 2, 0x80, 0xBF) ||
+            !continuation(pos_ + 3, 0x80, 0xBF)) {
+          return false;
+        }
+        pos_ += 4;
+      } else {
+        return false;
+      }
+    }
+    return false;
+  }
+
+  // JSON's number grammar, declining what nlohmann might turn into a value it cannot hold.
+  bool valid_number() {
+    const std::size_t start = pos_;
+    const auto digit = [&] { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; };
+    if (pos_ < text_.size() && text_[pos_] == '-') ++pos_;
+    if (!digit()) return false;
+    const std::size_t first_digit = pos_;
+    if (text_[pos_] == '0') {
+      ++pos_;
+    } else {
+      while (digit()) ++pos_;
+    }
+    bool integral = true;
+    if (pos_ < text_.size() && text_[pos_] == '.') {
+      integral = false;
+      ++pos_;
+      if (!digit()) return false;
+      while (digit()) ++pos_;
+    }
+    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
+      integral = false;
+      ++pos_;
+      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
+      if (!digit()) return false;
+      while (digit()) ++pos_;
+    }
+    if (integral) return pos_ - first_digit <= 300;  // beyond 64 bits nlohmann reads a double: finite
+    double value = 0;
+    const char* last = text_.data() + pos_;
+    const auto [end, error] = std::from_chars(text_.data() + start, last, value);
+    return error == std::errc() && end == last && std::isfinite(value);
+  }
+
   template <class T>
   bool literal(std::string_view word, json& out, T value) {
     if (text_.substr(pos_, word.size()) != word) return false;
@@ -339,7 +490,8 @@ bool exception(Scanner& in, Envelope& out) {
   return true;
 }
 
-bool member(Scanner& in, Field field, Envelope& out) {
+// `deferred`: the payload is validated and its span set, not built.
+bool member(Scanner& in, Field field, Envelope& out, PayloadSpan* deferred) {
   std::string_view text;
   std::uint64_t number = 0;
   switch (field) {
@@ -379,7 +531,7 @@ bool member(Scanner& in, Field field, Envelope& out) {
     case kException:
       return exception(in, out);
     case kPayload:
-      return in.payload(out.payload);
+      return deferred != nullptr ? in.validated_payload(*deferred) : in.payload(out.payload);
     case kContext:
       return in.payload(out.context) && out.context.is_object();
     case kTags:
@@ -388,9 +540,7 @@ bool member(Scanner& in, Field field, Envelope& out) {
   return false;
 }
 
-}  // namespace
-
-bool decode_plain_envelope(std::string_view body, Envelope& out) {
+bool decode(std::string_view body, Envelope& out, PayloadSpan* deferred) {
   Scanner in(body);
   unsigned seen = 0;
   if (!in.consume('{')) return false;
@@ -400,9 +550,25 @@ bool decode_plain_envelope(std::string_view body, Envelope& out) {
     const Field field = field_of(key);
     if (field == Field{} || (seen & field) != 0) return false;  // unknown or repeated
     seen |= field;
-    if (!member(in, field, out)) return false;
+    if (!member(in, field, out, deferred)) return false;
   } while (in.consume(','));
   return in.consume('}') && in.at_end() && (seen & kRequired) == kRequired;
+}
+
+}  // namespace
+
+bool decode_plain_envelope(std::string_view body, Envelope& out) { return decode(body, out, nullptr); }
+
+bool decode_plain_envelope_deferring_payload(std::string_view body, Envelope& out, PayloadSpan& payload) {
+  return decode(body, out, &payload);
+}
+
+nlohmann::json build_validated_payload(std::string_view text) {
+  Scanner in(text);
+  nlohmann::json value;
+  if (in.payload(value)) return value;
+  // Unreachable for a span the decoder validated: nlohmann's error says what it found.
+  return nlohmann::json::parse(text);
 }
 
 }  // namespace notifications::detail

@@ -7,6 +7,9 @@
 // Thread-safety: stateless, safe from any thread.
 #pragma once
 
+#include <cstddef>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "notifications/envelope.hpp"
@@ -18,6 +21,33 @@ namespace notifications::detail {
 // Other strings may hold escapes and any valid UTF-8, the payload any JSON. False (and `out` left
 // in an unspecified state) otherwise, valid or not: the general decoder decides.
 bool decode_plain_envelope(std::string_view body, Envelope& out);
+
+// Where a payload is within a body.
+struct PayloadSpan {
+  std::size_t offset = 0;
+  std::size_t size = 0;
+};
+
+// decode_plain_envelope(), except that the payload is validated and not built: `out.payload` is
+// left null and `payload` says where the payload is in `body`. Validating accepts a payload when
+// nlohmann's parser accepts it (alone, exactly as within the body), whatever the strings hold; it
+// declines \u escapes of surrogates and numbers nlohmann might not hold, which the general
+// decoder then judges.
+bool decode_plain_envelope_deferring_payload(std::string_view body, Envelope& out, PayloadSpan& payload);
+
+// The value of a payload decode_plain_envelope_deferring_payload() validated: exactly what the
+// general decoder builds from the same body. Throws only when out of memory.
+nlohmann::json build_validated_payload(std::string_view text);
+
+// decode_envelope() for a receiver: when the fast decoder accepts `body`, the payload is validated
+// and not built, `payload` says where it is and envelope->payload is null; otherwise `payload` is
+// empty and the result is decode_envelope()'s.
+DecodeResult decode_envelope_deferring_payload(std::string_view body, std::optional<PayloadSpan>& payload) noexcept;
+
+// event_from_envelope() for an envelope decoded so from `body`: the event keeps the body and builds
+// its payload on the first read (build_validated_payload()).
+Event event_with_deferred_payload(Envelope envelope, std::string_view transport_kind, std::string body,
+                                  PayloadSpan payload);
 
 // The general decoder alone (what decode_envelope() falls back to).
 DecodeResult decode_general_envelope(std::string_view body) noexcept;

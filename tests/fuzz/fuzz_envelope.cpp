@@ -5,7 +5,10 @@
 //   3. it survives event_from_envelope -> envelope_from_event unchanged;
 //   4. the fast decoder (envelope_plain.hpp) either declines or decodes exactly what the general
 //      decoder decodes;
-//   5. the encoder writes the payload byte for byte as nlohmann's dump() does.
+//   5. the encoder writes the payload byte for byte as nlohmann's dump() does;
+//   6. the receiver's decoder that validates the payload without building it either declines or
+//      decodes what the general decoder decodes, and the payload built later from its span is
+//      the general decoder's payload (also through an Event and its copies).
 // A broken promise prints what differed and aborts, which libFuzzer reports as a crash.
 #include <cstddef>
 #include <cstdint>
@@ -58,6 +61,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (field == nullptr && plain.sequence != general.envelope->sequence) field = "sequence";
     if (field != nullptr) {
       fail("the fast and the general decoder differ", std::string(field) + "\n" + std::string(body));
+    }
+  }
+  notifications::Envelope deferred;
+  notifications::detail::PayloadSpan span;
+  if (notifications::detail::decode_plain_envelope_deferring_payload(body, deferred, span)) {
+    const notifications::DecodeResult general = notifications::detail::decode_general_envelope(body);
+    if (!general) fail("the deferring decoder accepted what the general decoder rejects", general.error + "\n" + std::string(body));
+    if (span.offset > body.size() || span.size > body.size() - span.offset) fail("the payload span is outside the body", std::string(body));
+    deferred.payload = notifications::detail::build_validated_payload(body.substr(span.offset, span.size));
+    const char* field = difference(deferred, *general.envelope, true);
+    if (field == nullptr && deferred.sequence != general.envelope->sequence) field = "sequence";
+    if (field != nullptr) fail("the deferring and the general decoder differ", std::string(field) + "\n" + std::string(body));
+    const notifications::Event event = notifications::detail::event_with_deferred_payload(
+        *general.envelope, "fuzz", std::string(body), span);
+    const notifications::Event copy = event;  // shares the text; each reads the one value
+    if (!same_json(copy.payload(), general.envelope->payload) || !same_json(event.payload(), general.envelope->payload)) {
+      fail("an event's deferred payload differs from the general decoder's", std::string(body));
     }
   }
   const notifications::DecodeResult first = notifications::decode_envelope(body);

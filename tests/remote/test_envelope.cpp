@@ -1,10 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "notifications/context.hpp"
 #include "notifications/envelope.hpp"
@@ -886,3 +890,135 @@ TEST(EnvelopeContext, TheOutboxEncodingWritesTheBytesOfMessageFromEvent) {
 }
 
 }  // namespace
+
+// ---- the receiver's decoder that validates the payload and builds it on the first read
+
+// What the deferring decoder made of `body`, checked against the general decoder as plain_agrees()
+// does, with the payload built from the span it returned. Returns whether it accepted.
+bool deferred_agrees(const std::string& body) {
+  Envelope deferred;
+  notifications::detail::PayloadSpan span;
+  if (!notifications::detail::decode_plain_envelope_deferring_payload(body, deferred, span)) return false;
+  EXPECT_TRUE(deferred.payload.is_null()) << body << ": the deferring decoder built the payload";
+  const auto general = notifications::detail::decode_general_envelope(body);
+  EXPECT_TRUE(general) << body << ": the deferring decoder accepted what the general one rejects: " << general.error;
+  if (!general) return true;
+  EXPECT_LE(span.offset + span.size, body.size()) << body;
+  const json built = notifications::detail::build_validated_payload(std::string_view(body).substr(span.offset, span.size));
+  deferred.payload = built;
+  expect_same(deferred, *general.envelope);
+  EXPECT_TRUE(same_json(built, general.envelope->payload))
+      << body << "\ndeferred: " << built.dump() << "\ngeneral: " << general.envelope->payload.dump();
+  return true;
+}
+
+TEST(DeferringDecoder, TakesEveryPayloadThePlainDecoderTakesAndBuildsTheSameValue) {
+  const std::string body = encode_envelope(minimal_envelope());
+  const std::string head = body.substr(0, body.rfind("\"payload\":") + 10);
+  for (const std::string payload :
+       {"null", "true", "false", "0", "-0", "7", "-7", "18446744073709551615", "18446744073709551616",
+        "-9223372036854775808", "-9223372036854775809", "0.5", "-0.0", "1e3", "1E-3", "2.5e+10",
+        "123456789012345678901234567890.0", "\"\"", "\"text\"", "{}", "[]", "[[],{}]",
+        "{\"a\":{\"b\":[1,2.5,\"x\",null,true]}}", " { \"a\" : [ 1 , 2 ] } ", "{\"k\":1,\"k\":2}"}) {
+    EXPECT_TRUE(deferred_agrees(head + payload + "}")) << payload;
+  }
+  // Strings the plain builder leaves to nlohmann are validated here: escapes, any valid UTF-8
+  // (two, three and four bytes, the edges of each range), DEL.
+  for (const std::string payload :
+       {"\"caf\\u00e9 \\\"q\\\" \\\\ \\/ \\b\\f\\n\\r\\t\"", "\"caf\xc3\xa9\"", "\"\xe2\x82\xac \xef\xbf\xbf\"",
+        "\"\xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf\"", "\"\xe0\xa0\x80 \xed\x9f\xbf \xee\x80\x80\"", "\"del \x7f\"",
+        "{\"k\xc3\xa9y\":[\"\\u20AC\"]}"}) {
+    EXPECT_TRUE(deferred_agrees(head + payload + "}")) << payload;
+  }
+}
+
+TEST(DeferringDecoder, RejectsMalformedPayloadsWithTheGeneralDecodersError) {
+  const std::string body = encode_envelope(minimal_envelope());
+  const std::string head = body.substr(0, body.rfind("\"payload\":") + 10);
+  json deep = json::object();
+  json* at = &deep;
+  for (int i = 0; i < 63; ++i) at = &((*at)["x"] = json::object());  // 64 levels in the payload
+  using namespace std::string_literals;
+  for (const std::string& payload :
+       {"\"\xff\""s, "\"\xc0\xaf\""s, "\"\xc1\xbf\""s, "\"\xe0\x80\xaf\""s, "\"\xed\xa0\x80\""s, "\"\xf4\x90\x80\x80\""s,
+        "\"\xf5\x80\x80\x80\""s, "\"\xe2\x82\""s, "\"\xe2\x82"s, "\"\x80\""s, "\"tab\there\""s, "\"a\\x\""s,
+        "\"a\\u12G4\""s, "\"a\0b\""s, "[01]"s, "-"s, "1."s, ".5"s, "+1"s, "[1,]"s, "{\"a\"}"s, "{\"a\":1,}"s,
+        "tru"s, "nul"s, "[1 2]"s, "\xEF\xBB\xBF" "1"s, deep.dump()}) {
+    const std::string text = head + payload + "}";
+    std::optional<notifications::detail::PayloadSpan> span;
+    const auto decoded = notifications::detail::decode_envelope_deferring_payload(text, span);
+    EXPECT_FALSE(decoded) << payload;
+    EXPECT_FALSE(span.has_value()) << payload;
+    EXPECT_EQ(decoded.error, notifications::detail::decode_general_envelope(text).error) << payload;
+    EXPECT_FALSE(decoded.error.empty()) << payload;
+  }
+}
+
+TEST(DeferringDecoder, LeavesSurrogateEscapesAndUnreadableNumbersToTheGeneralDecoder) {
+  const std::string body = encode_envelope(minimal_envelope());
+  const std::string head = body.substr(0, body.rfind("\"payload\":") + 10);
+  for (const std::string payload : {"\"\\ud83d\\ude00\"", "\"\\ud83d\"", "1e400", "1e-400"}) {
+    const std::string text = head + payload + "}";
+    EXPECT_FALSE(deferred_agrees(text)) << payload;
+    std::optional<notifications::detail::PayloadSpan> span;
+    const auto decoded = notifications::detail::decode_envelope_deferring_payload(text, span);
+    EXPECT_FALSE(span.has_value()) << payload;
+    EXPECT_EQ(decoded.envelope.has_value(), notifications::detail::decode_general_envelope(text).envelope.has_value())
+        << payload;
+    if (decoded) {
+      EXPECT_FALSE(decoded.envelope->payload.is_null()) << payload;  // built at once
+    }
+  }
+}
+
+namespace {
+std::atomic<int> deferred_builds{0};
+json counting_builder(std::string_view text) {
+  deferred_builds.fetch_add(1);
+  return json::parse(text);
+}
+}  // namespace
+
+TEST(DeferredPayload, IsBuiltOnTheFirstReadOnceForAllCopiesAndThreads) {
+  deferred_builds = 0;
+  const std::string body = "xx{\"order_id\":42,\"items\":[\"mug\"]}yy";
+  auto deferred = std::make_shared<const notifications::detail::DeferredPayload>(body, 2, body.size() - 4, &counting_builder);
+  Event event = notifications::detail::EventAccess::make_deferred("order.placed", deferred, steady_clock::now());
+  const Event copy = event;
+  EXPECT_EQ(deferred_builds.load(), 0) << "nothing read the payload yet";
+  std::vector<std::thread> readers;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&, t] {
+      const Event& mine = t % 2 == 0 ? event : copy;
+      for (int i = 0; i < 100; ++i) {
+        if (mine.payload()["order_id"] != 42) wrong.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& r : readers) r.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(deferred_builds.load(), 1);
+  EXPECT_EQ(&event.payload(), &copy.payload()) << "copies share the one value";
+  EXPECT_EQ(event.traceparent(), "");
+
+  Event moved = std::move(event);
+  EXPECT_EQ(moved.payload()["items"][0], "mug");
+  EXPECT_TRUE(event.payload().is_null()) << "a moved-from event still has a payload";  // NOLINT(bugprone-use-after-move)
+  Event assigned("other", json{{"a", 1}});
+  assigned = copy;
+  EXPECT_EQ(assigned.payload()["order_id"], 42);
+  EXPECT_EQ(deferred_builds.load(), 1);
+}
+
+TEST(DeferredPayload, ChangingTheDeferredPayloadGivesTheEventItsOwnCopy) {
+  deferred_builds = 0;
+  auto deferred = std::make_shared<const notifications::detail::DeferredPayload>(std::string("{\"a\":1}"), 0, 7,
+                                                                                 &counting_builder);
+  Event event = notifications::detail::EventAccess::make_deferred("x", deferred, steady_clock::now());
+  const Event copy = event;
+  notifications::detail::EventAccess::payload(event)["b"] = 2;
+  EXPECT_EQ(event.payload(), (json{{"a", 1}, {"b", 2}}));
+  EXPECT_EQ(copy.payload(), (json{{"a", 1}})) << "a copy keeps the payload as it arrived";
+  EXPECT_THROW(notifications::detail::DeferredPayload(std::string("{}"), 1, 2, &counting_builder), std::out_of_range);
+}
