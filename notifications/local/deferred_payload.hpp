@@ -8,8 +8,10 @@
 // may call value() and text() at once (the first builds, the others wait for it).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -34,8 +36,11 @@ class DeferredPayload {
   std::string_view text() const noexcept { return std::string_view(storage_).substr(offset_, size_); }
 
   // Built on the first call; a failed build (std::bad_alloc) is tried again by the next call.
+  // Not std::call_once: libstdc++ 12 builds it on pthread_once, which it documents as not
+  // resetting the flag when the callable throws (<mutex>, GCC PR 66146); here a failed build must
+  // leave the next read free to try again, on every platform.
   const nlohmann::json& value() const {
-    std::call_once(built_, [this] { value_ = build_(text()); });
+    if (!built_.load(std::memory_order_acquire)) build();
     return value_;
   }
 
@@ -44,8 +49,16 @@ class DeferredPayload {
   std::size_t offset_;
   std::size_t size_;
   Builder build_;
-  mutable std::once_flag built_;
-  mutable nlohmann::json value_;
+  mutable std::mutex building_;
+  mutable std::atomic<bool> built_{false};
+  mutable nlohmann::json value_;  // written once, under building_, before built_ is set
+
+  void build() const {
+    std::lock_guard<std::mutex> lock(building_);
+    if (built_.load(std::memory_order_relaxed)) return;
+    value_ = build_(text());
+    built_.store(true, std::memory_order_release);
+  }
 };
 
 }  // namespace notifications::detail

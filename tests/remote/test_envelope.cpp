@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -1021,4 +1022,29 @@ TEST(DeferredPayload, ChangingTheDeferredPayloadGivesTheEventItsOwnCopy) {
   EXPECT_EQ(event.payload(), (json{{"a", 1}, {"b", 2}}));
   EXPECT_EQ(copy.payload(), (json{{"a", 1}})) << "a copy keeps the payload as it arrived";
   EXPECT_THROW(notifications::detail::DeferredPayload(std::string("{}"), 1, 2, &counting_builder), std::out_of_range);
+}
+
+namespace {
+std::atomic<int> failing_builds_left{0};
+json builder_that_fails_first(std::string_view text) {
+  if (failing_builds_left.fetch_sub(1) > 0) throw std::bad_alloc();
+  return json::parse(text);
+}
+}  // namespace
+
+TEST(DeferredPayload, AFailedBuildIsTriedAgainByTheNextRead) {
+  failing_builds_left = 1;
+  auto deferred = std::make_shared<const notifications::detail::DeferredPayload>(std::string("[1,2]"), 0, 5,
+                                                                                 &builder_that_fails_first);
+  const Event event = notifications::detail::EventAccess::make_deferred("x", deferred, steady_clock::now());
+  EXPECT_THROW(static_cast<void>(event.payload()), std::bad_alloc);
+  // Another thread reads next: it must build, not wait forever for the failed first build.
+  std::atomic<bool> read{false};
+  std::thread reader([&] {
+    const Event copy = event;
+    read = copy.payload() == json::array({1, 2});
+  });
+  reader.join();
+  EXPECT_TRUE(read.load());
+  EXPECT_EQ(event.payload(), json::array({1, 2}));
 }
