@@ -453,6 +453,40 @@ void idle(const std::string& url, int seconds) {
 
 // ---- nats_steady ------------------------------------------------------------------------------
 
+// This program run again with `arguments` as a receiving process (popen): construction returns once
+// it printed "ready"; result() reads the JSON line it prints at the end; destruction waits for it
+// to exit (it always does, within 120 s).
+class ReceiverProcess {
+ public:
+  ReceiverProcess(std::string what, const std::string& arguments) : what_(std::move(what)) {
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    const std::string command = "'" + self + "' " + arguments;
+    child_ = popen(command.c_str(), "r");
+    if (child_ == nullptr) throw std::runtime_error(what_ + ": cannot start " + command);
+    if (read_line() != "ready\n") {
+      pclose(child_);
+      throw std::runtime_error(what_ + ": the receiver did not start");
+    }
+  }
+  ~ReceiverProcess() { pclose(child_); }
+  ReceiverProcess(const ReceiverProcess&) = delete;
+  ReceiverProcess& operator=(const ReceiverProcess&) = delete;
+
+  nlohmann::json result() {
+    const std::string line = read_line();
+    if (line.empty()) throw std::runtime_error(what_ + ": the receiver failed");
+    return nlohmann::json::parse(line);
+  }
+
+ private:
+  std::string read_line() {
+    char line[512] = {};
+    return std::fgets(line, sizeof line, child_) == nullptr ? std::string() : std::string(line);
+  }
+  std::string what_;
+  FILE* child_ = nullptr;
+};
+
 constexpr int kSteadyRate = 20000;
 
 std::int64_t monotonic_ns() { return Clock::now().time_since_epoch().count(); }
@@ -550,19 +584,8 @@ int steady_raw_receiver(const std::string& url, std::size_t events) {
 
 void steady(const std::string& url, int seconds, bool headers, bool raw_receiver) {
   const std::size_t events = static_cast<std::size_t>(kSteadyRate) * static_cast<std::size_t>(seconds);
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string command = "'" + self + (raw_receiver ? "' --steady-raw-receiver " : "' --steady-receiver ") + url +
-                              " " + std::to_string(events);
-  FILE* child = popen(command.c_str(), "r");
-  if (child == nullptr) throw std::runtime_error("nats_steady: cannot start " + command);
-  struct Close {
-    FILE* f;
-    ~Close() { pclose(f); }  // waits for the receiver to exit (it always does, within 120 s)
-  } close{child};
-  char line[512] = {};
-  if (std::fgets(line, sizeof line, child) == nullptr || std::string(line) != "ready\n") {
-    throw std::runtime_error("nats_steady: the receiver did not start");
-  }
+  ReceiverProcess child("nats_steady", std::string(raw_receiver ? "--steady-raw-receiver " : "--steady-receiver ") +
+                                          url + " " + std::to_string(events));
   n::Notifier a;
   n::Bridge sender(a, nats(url, false, headers), config(url, "a", {"steady.>", "full.>"}, {}));
   sender.start();
@@ -592,8 +615,7 @@ void steady(const std::string& url, int seconds, bool headers, bool raw_receiver
   for (std::size_t i = 0; i < events; ++i) a.instrument("full.tick", {{"t", 0}, {"i", i}}, [] {});
   if (!sender.flush(60s)) throw std::runtime_error("nats_steady: the sender's flush failed: " + sender.health().dump());
   const double full_send_cpu = process_cpu_seconds() - cpu0;
-  if (std::fgets(line, sizeof line, child) == nullptr) throw std::runtime_error("nats_steady: the receiver failed");
-  const nlohmann::json received = nlohmann::json::parse(line);
+  const nlohmann::json received = child.result();
   std::sort(instrument_ns.begin(), instrument_ns.end());
   const double n_events = static_cast<double>(events);
   std::printf(
@@ -670,18 +692,7 @@ int receive_only(const std::string& kind, const std::string& url, std::size_t ev
 // Runs receive_only(kind) in a child process and publishes `messages` to it as fast as a raw
 // cnats publisher can; returns the child's CPU per event.
 double receive_cpu_us_per_event(const std::string& url, const std::string& kind, const std::vector<n::Message>& messages) {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string command = "'" + self + "' --receive-only " + kind + " " + url + " " + std::to_string(messages.size());
-  FILE* child = popen(command.c_str(), "r");
-  if (child == nullptr) throw std::runtime_error("nats_receive: cannot start " + command);
-  struct Close {
-    FILE* f;
-    ~Close() { pclose(f); }  // waits for the receiver to exit (it always does, within 120 s)
-  } close{child};
-  char line[512] = {};
-  if (std::fgets(line, sizeof line, child) == nullptr || std::string(line) != "ready\n") {
-    throw std::runtime_error("nats_receive: the " + kind + " receiver did not start");
-  }
+  ReceiverProcess child("nats_receive " + kind, "--receive-only " + kind + " " + url + " " + std::to_string(messages.size()));
   std::this_thread::sleep_for(200ms);  // the receiver's subscription has reached the server
   RawConnection publisher(url, false);
   for (const n::Message& m : messages) {
@@ -689,8 +700,7 @@ double receive_cpu_us_per_event(const std::string& url, const std::string& kind,
           "nats_receive publish");
   }
   check(natsConnection_FlushTimeout(publisher.nc, 60000), "nats_receive flush");
-  if (std::fgets(line, sizeof line, child) == nullptr) throw std::runtime_error("nats_receive: the " + kind + " receiver failed");
-  const nlohmann::json result = nlohmann::json::parse(line);
+  const nlohmann::json result = child.result();
   const std::int64_t expected = kind == "bus_reads" ? 12345 * static_cast<std::int64_t>(messages.size())
                                                     : static_cast<std::int64_t>(messages.size());
   if (result["checksum"] != expected) throw std::runtime_error("nats_receive: the " + kind + " receiver's checksum is wrong");

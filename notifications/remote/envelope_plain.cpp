@@ -278,19 +278,18 @@ class Scanner {
     return false;
   }
 
-  // JSON's number grammar, declining what nlohmann might turn into a value it cannot hold.
-  bool valid_number() {
-    const std::size_t start = pos_;
+  // Past one number of JSON's grammar from pos_; false when there is none. `integral`: it has no
+  // fraction and no exponent.
+  bool number_token(bool& integral) {
     const auto digit = [&] { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; };
     if (pos_ < text_.size() && text_[pos_] == '-') ++pos_;
     if (!digit()) return false;
-    const std::size_t first_digit = pos_;
     if (text_[pos_] == '0') {
       ++pos_;
     } else {
       while (digit()) ++pos_;
     }
-    bool integral = true;
+    integral = true;
     if (pos_ < text_.size() && text_[pos_] == '.') {
       integral = false;
       ++pos_;
@@ -304,7 +303,15 @@ class Scanner {
       if (!digit()) return false;
       while (digit()) ++pos_;
     }
-    if (integral) return pos_ - first_digit <= 300;  // beyond 64 bits nlohmann reads a double: finite
+    return true;
+  }
+
+  // JSON's number grammar, declining what nlohmann might turn into a value it cannot hold.
+  bool valid_number() {
+    const std::size_t start = pos_;
+    bool integral = true;
+    if (!number_token(integral)) return false;
+    if (integral) return pos_ - start <= 301;  // a sign and 300 digits: past 64 bits nlohmann reads a finite double
     double value = 0;
     const char* last = text_.data() + pos_;
     const auto [end, error] = std::from_chars(text_.data() + start, last, value);
@@ -323,29 +330,9 @@ class Scanner {
   // number_float, as in nlohmann. Out of range: false.
   bool number(json& out) {
     const std::size_t start = pos_;
-    const auto digit = [&] { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; };
     const bool negative = pos_ < text_.size() && text_[pos_] == '-';
-    if (negative) ++pos_;
-    if (!digit()) return false;
-    if (text_[pos_] == '0') {
-      ++pos_;
-    } else {
-      while (digit()) ++pos_;
-    }
     bool integral = true;
-    if (pos_ < text_.size() && text_[pos_] == '.') {
-      integral = false;
-      ++pos_;
-      if (!digit()) return false;
-      while (digit()) ++pos_;
-    }
-    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
-      integral = false;
-      ++pos_;
-      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
-      if (!digit()) return false;
-      while (digit()) ++pos_;
-    }
+    if (!number_token(integral)) return false;
     const char* first = text_.data() + start;
     const char* last = text_.data() + pos_;
     if (integral && negative) {
