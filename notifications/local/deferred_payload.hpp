@@ -34,6 +34,8 @@ class DeferredPayload {
   DeferredPayload& operator=(const DeferredPayload&) = delete;
 
   std::string_view text() const noexcept { return std::string_view(storage_).substr(offset_, size_); }
+  // Whether a read built the value.
+  bool built() const noexcept { return built_.load(std::memory_order_acquire); }
 
   // Built on the first call; a failed build (std::bad_alloc) is tried again by the next call.
   // Not std::call_once: libstdc++ 12 builds it on pthread_once, which it documents as not

@@ -174,9 +174,12 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
     if (delivery.settle) delivery.settle(Settle::ack);
     return;
   }
-  // The payload is validated here and built only when a listener reads it.
+  // The payload is validated here and built only when a listener reads it, unless recent
+  // listeners read nearly every payload (PayloadReadGuess).
   std::optional<detail::PayloadSpan> payload;
-  DecodeResult decoded = detail::decode_envelope_deferring_payload(delivery.message.body, payload);
+  DecodeResult decoded = inbound.payload_reads().defer_next()
+                             ? detail::decode_envelope_deferring_payload(delivery.message.body, payload)
+                             : decode_envelope(delivery.message.body);
   if (!decoded) {
     dead_letter(delivery.message, decoded.error);
     if (delivery.settle) delivery.settle(Settle::term);
@@ -202,16 +205,21 @@ void Bridge::Impl::dispatch(Delivery& delivery) {
   const std::string name = decoded.envelope->name;
   const Clock::time_point started = observer ? Clock::now() : Clock::time_point{};
   bool ok = true;
+  std::shared_ptr<const detail::DeferredPayload> deferred;
   try {
-    notifier.publish(payload ? detail::event_with_deferred_payload(std::move(*decoded.envelope), transport->kind(),
-                                                                   std::move(delivery.message.body), *payload)
-                             : event_from_envelope(std::move(*decoded.envelope), transport->kind()));
+    if (payload) {
+      deferred = detail::deferred_payload(std::move(delivery.message.body), *payload);
+      notifier.publish(detail::event_with_deferred_payload(std::move(*decoded.envelope), transport->kind(), deferred));
+    } else {
+      notifier.publish(event_from_envelope(std::move(*decoded.envelope), transport->kind()));
+    }
   } catch (...) {
     // Strict-mode listener errors or an invalid name: the event was delivered to every
     // listener that did not throw.
     ok = false;
     drop(Drop::dispatch_failed, name, 1, detail::describe_exception(std::current_exception()));
   }
+  if (deferred) inbound.payload_reads().observed(deferred->built());
   if (observer) observer->delivered(name, Clock::now() - started, ok);
   inbound.remember_delivered(delivery.message.id);
   if (delivery.settle) delivery.settle(Settle::ack);

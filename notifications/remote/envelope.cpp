@@ -625,12 +625,14 @@ Event event_from_envelope(Envelope envelope, std::string_view transport_kind) {
 
 namespace detail {
 
-Event event_with_deferred_payload(Envelope envelope, std::string_view transport_kind, std::string body,
-                                  PayloadSpan payload) {
+std::shared_ptr<const DeferredPayload> deferred_payload(std::string body, PayloadSpan payload) {
+  return std::make_shared<const DeferredPayload>(std::move(body), payload.offset, payload.size, &build_validated_payload);
+}
+
+Event event_with_deferred_payload(Envelope envelope, std::string_view transport_kind,
+                                  std::shared_ptr<const DeferredPayload> payload) {
   const auto now = Event::mono_clock::now();
-  auto deferred = std::make_shared<const DeferredPayload>(std::move(body), payload.offset, payload.size,
-                                                          &build_validated_payload);
-  Event event = EventAccess::make_deferred(std::move(envelope.name), std::move(deferred), now);
+  Event event = EventAccess::make_deferred(std::move(envelope.name), std::move(payload), now);
   set_remote_fields(event, envelope, transport_kind, now);
   return event;
 }

@@ -8,11 +8,13 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "notifications/envelope.hpp"
+#include "local/deferred_payload.hpp"
 
 namespace notifications::detail {
 
@@ -44,10 +46,13 @@ nlohmann::json build_validated_payload(std::string_view text);
 // empty and the result is decode_envelope()'s.
 DecodeResult decode_envelope_deferring_payload(std::string_view body, std::optional<PayloadSpan>& payload) noexcept;
 
-// event_from_envelope() for an envelope decoded so from `body`: the event keeps the body and builds
-// its payload on the first read (build_validated_payload()).
-Event event_with_deferred_payload(Envelope envelope, std::string_view transport_kind, std::string body,
-                                  PayloadSpan payload);
+// The payload of an envelope decoded so from `body`, to be built on its first read
+// (build_validated_payload()); it keeps the body.
+std::shared_ptr<const DeferredPayload> deferred_payload(std::string body, PayloadSpan payload);
+
+// event_from_envelope() for an envelope decoded so, with its deferred payload.
+Event event_with_deferred_payload(Envelope envelope, std::string_view transport_kind,
+                                  std::shared_ptr<const DeferredPayload> payload);
 
 // The general decoder alone (what decode_envelope() falls back to).
 DecodeResult decode_general_envelope(std::string_view body) noexcept;

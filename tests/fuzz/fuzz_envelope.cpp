@@ -74,7 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (field == nullptr && deferred.sequence != general.envelope->sequence) field = "sequence";
     if (field != nullptr) fail("the deferring and the general decoder differ", std::string(field) + "\n" + std::string(body));
     const notifications::Event event = notifications::detail::event_with_deferred_payload(
-        *general.envelope, "fuzz", std::string(body), span);
+        *general.envelope, "fuzz", notifications::detail::deferred_payload(std::string(body), span));
     const notifications::Event copy = event;  // shares the text; each reads the one value
     if (!same_json(copy.payload(), general.envelope->payload) || !same_json(event.payload(), general.envelope->payload)) {
       fail("an event's deferred payload differs from the general decoder's", std::string(body));
