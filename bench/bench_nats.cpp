@@ -4,6 +4,8 @@
 //   {"bench":"nats_forward","headers":false,"events":N,"raw_msgs_per_s":...,"bus_msgs_per_s":...,
 //    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,
 //    "raw_msg_per_publish_msgs_per_s":...,"ratio_to_msg_per_publish":...}   (the last two with headers)
+//   {"bench":"nats_receive","events":N,"raw_cpu_us_per_event":...,"bus_cpu_us_per_event":...,"ratio":...,
+//    "bus_reading_payload_cpu_us_per_event":...,"ratio_reading_payload":...}
 //   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
 //   {"bench":"idle","seconds":S,"cpu_percent":...,"raw_cpu_percent":...,"wakeups_per_s":...,
 //    "all_threads_wakeups_per_s":...}
@@ -22,6 +24,13 @@
 // carrying them). With headers, a second raw figure for reference: raw_msg_per_publish_msgs_per_s, a natsMsg
 // created with its headers and destroyed per publish (what sending distinct messages costs in
 // cnats), and ratio_to_msg_per_publish = bus / that.
+//
+// nats_receive: the receiving side alone. A raw cnats publisher here sends N distinct envelopes
+// (bodies only, as the bus sends by default) to a child process that receives them as a raw cnats
+// subscriber that counts (raw), as a Bridge whose one listener counts (bus), and as one whose
+// listener reads a payload member (bus_reads). The publisher keeps at most 4,096 messages ahead of
+// what the child has (a counter in a shared file). CPU per event: the child's getrusage from its
+// first to its last message. Goal (issue 20): bus <= 1.5x raw.
 //
 // nats_pingpong: round trip there and back, send_asap on every connection, R rounds after 100
 // warm-up rounds. Raw: A publishes "ping.x", B's message callback publishes "pong.x", A's callback
@@ -58,9 +67,14 @@
 //
 // Usage: bench_nats [events] [rounds] [idle seconds] [steady seconds] [steady headers: default|on|off]
 //                   [steady receiver: bus|raw]   (defaults 200000, 2000, 10, 10, default, bus)
+//        bench_nats --receive [events]                 (nats_receive alone)
+//        bench_nats --receive-only KIND URL EVENTS FILE (started by nats_receive itself)
 //        bench_nats --steady-receiver URL EVENTS       (started by nats_steady itself)
 //        bench_nats --steady-raw-receiver URL EVENTS   (the same, a raw cnats counting subscriber)
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -74,6 +88,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -631,21 +646,75 @@ void steady(const std::string& url, int seconds, bool headers, bool raw_receiver
 
 // ---- nats_receive ---------------------------------------------------------------------------
 
+// A counter in a file mapped by two processes: the receiver stores how many messages it has, the
+// publisher reads it to keep at most kReceiveWindow messages in flight.
+class SharedProgress {
+ public:
+  // Creates the file (parent).
+  SharedProgress() {
+    char path[] = "/tmp/bench_nats_progress_XXXXXX";
+    const int fd = mkstemp(path);
+    if (fd < 0) throw std::runtime_error("nats_receive: cannot create a progress file");
+    path_ = path;
+    owner_ = true;
+    map(fd, true);
+  }
+  // Opens the file of `path` (child).
+  explicit SharedProgress(std::string path) : path_(std::move(path)) {
+    const int fd = open(path_.c_str(), O_RDWR);
+    if (fd < 0) throw std::runtime_error("nats_receive: cannot open " + path_);
+    map(fd, false);
+  }
+  ~SharedProgress() {
+    munmap(static_cast<void*>(value_), sizeof(std::atomic<std::uint64_t>));
+    if (owner_) unlink(path_.c_str());
+  }
+  SharedProgress(const SharedProgress&) = delete;
+  SharedProgress& operator=(const SharedProgress&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::atomic<std::uint64_t>& value() { return *value_; }
+
+ private:
+  void map(int fd, bool create) {
+    if (create && ftruncate(fd, 4096) != 0) {
+      close(fd);
+      throw std::runtime_error("nats_receive: cannot size " + path_);
+    }
+    void* at = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (at == MAP_FAILED) throw std::runtime_error("nats_receive: cannot map " + path_);
+    static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+    value_ = create ? new (at) std::atomic<std::uint64_t>(0) : static_cast<std::atomic<std::uint64_t>*>(at);
+  }
+  std::string path_;
+  bool owner_ = false;
+  std::atomic<std::uint64_t>* value_ = nullptr;
+};
+
+// How many messages the nats_receive publisher keeps in flight: the receiver runs flat out with a
+// bounded backlog, as a receiver that keeps up with its sender does (an unbounded burst measures
+// the growth of the receiver's buffers as much as the receiving).
+constexpr std::uint64_t kReceiveWindow = 4096;
+
 // The receiving process of nats_receive: subscribes as `kind` says (raw: a cnats subscriber that
 // counts; bus: a Bridge with one listener that counts; bus_reads: the same listener also reads a
 // payload member), prints "ready", then {"cpu_us_per_event":...} once `events` arrived (120 s at
 // most). CPU: the whole process from the first to the last message.
-int receive_only(const std::string& kind, const std::string& url, std::size_t events) {
+int receive_only(const std::string& kind, const std::string& url, std::size_t events, const std::string& progress_path) {
+  SharedProgress progress(progress_path);
   struct Count {
     std::mutex mutex;
     std::condition_variable done;
     std::size_t count = 0, target = 0;
     double first = 0, last = 0;
     std::int64_t checksum = 0;
+    std::atomic<std::uint64_t>* progress = nullptr;
     void hit(std::int64_t value) {
       std::lock_guard lock(mutex);
       checksum += value;
-      if (++count == 1) first = process_cpu_seconds();
+      progress->store(++count, std::memory_order_relaxed);
+      if (count == 1) first = process_cpu_seconds();
       if (count == target) {
         last = process_cpu_seconds();
         done.notify_all();
@@ -653,6 +722,7 @@ int receive_only(const std::string& kind, const std::string& url, std::size_t ev
     }
   } c;
   c.target = events;
+  c.progress = &progress.value();
   std::unique_ptr<RawConnection> raw;
   std::unique_ptr<n::Notifier> notifier;
   std::unique_ptr<n::Bridge> bridge;
@@ -692,10 +762,19 @@ int receive_only(const std::string& kind, const std::string& url, std::size_t ev
 // Runs receive_only(kind) in a child process and publishes `messages` to it as fast as a raw
 // cnats publisher can; returns the child's CPU per event.
 double receive_cpu_us_per_event(const std::string& url, const std::string& kind, const std::vector<n::Message>& messages) {
-  ReceiverProcess child("nats_receive " + kind, "--receive-only " + kind + " " + url + " " + std::to_string(messages.size()));
+  SharedProgress progress;
+  ReceiverProcess child("nats_receive " + kind, "--receive-only " + kind + " " + url + " " +
+                                                    std::to_string(messages.size()) + " " + progress.path());
   std::this_thread::sleep_for(200ms);  // the receiver's subscription has reached the server
   RawConnection publisher(url, false);
-  for (const n::Message& m : messages) {
+  const auto deadline = Clock::now() + 60s;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    while (i >= kReceiveWindow + progress.value().load(std::memory_order_relaxed)) {
+      if (Clock::now() > deadline) throw std::runtime_error("nats_receive: the " + kind + " receiver stalled");
+      check(natsConnection_Flush(publisher.nc), "nats_receive flush");  // what is buffered goes out
+      std::this_thread::sleep_for(20us);
+    }
+    const n::Message& m = messages[i];
     check(natsConnection_Publish(publisher.nc, m.subject.c_str(), m.body.data(), static_cast<int>(m.body.size())),
           "nats_receive publish");
   }
@@ -729,9 +808,9 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
   spdlog::set_level(spdlog::level::warn);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each JSON line as soon as it is measured
-  if (argc == 5 && std::string(argv[1]) == "--receive-only") {
+  if (argc == 6 && std::string(argv[1]) == "--receive-only") {
     try {
-      return receive_only(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10));
+      return receive_only(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10), argv[5]);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "bench_nats --receive-only: %s\n", e.what());
       return 1;

@@ -30,6 +30,7 @@ packages=(
   nats-server
   libgtest-dev libgmock-dev
   libbenchmark-dev
+  libsimdjson-dev         # bench_envelope_decode only: simdjson's parsers measured against the envelope decoder
   libcli11-dev            # the notifications command's command line (tools/cli)
   prometheus-cpp-dev      # notifications::prometheus: metrics and their HTTP exposer
   libcivetweb-dev         # notifications::prometheus: its /metrics and /health server (civetweb, as prometheus-cpp's exposer)

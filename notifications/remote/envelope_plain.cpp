@@ -1,7 +1,8 @@
 // The fast envelope decoder (envelope_plain.hpp): one pass over the body with no JSON tree for
-// the envelope itself. A payload of ASCII strings without escapes and plain numbers is built
-// straight into its JSON value; any other payload, and any string with escapes, goes through
-// nlohmann's parser.
+// the envelope itself. A payload is built straight into its JSON value, strings decoded here
+// (escapes and UTF-8 checked as nlohmann's lexer checks them); one with a surrogate escape or a
+// number std::from_chars cannot read exactly goes through nlohmann's parser, as do envelope
+// fields (name, producer, exception) whose strings hold escapes or non-ASCII bytes.
 #include "remote/envelope_plain.hpp"
 
 #include <charconv>
@@ -85,8 +86,9 @@ class Scanner {
   }
 
   // A JSON value built directly, as nlohmann's parser would build it, when it holds nothing but
-  // objects, arrays, literals, strings of printable ASCII without escapes and numbers that
-  // std::from_chars reads exactly (both round correctly). Containers nest at most `depth` deep.
+  // objects, arrays, literals, strings (valid UTF-8, any escape but those of surrogates) and
+  // numbers that std::from_chars reads exactly (both round correctly). Containers nest at most
+  // `depth` deep.
   // False (`out` and the position unspecified) otherwise: the caller then uses value().
   bool simple_value(json& out, std::size_t depth) {
     skip_space();
@@ -98,9 +100,10 @@ class Scanner {
         out = json::object();
         if (consume('}')) return true;
         do {
-          std::string_view key;
-          if (!plain_string(key) || !consume(':')) return false;
-          if (!simple_value(out[std::string(key)], depth - 1)) return false;  // a repeated key: the last wins
+          std::string key;
+          skip_space();
+          if (!scan_string(&key) || !consume(':')) return false;
+          if (!simple_value(out[std::move(key)], depth - 1)) return false;  // a repeated key: the last wins
         } while (consume(','));
         return consume('}');
       }
@@ -115,9 +118,9 @@ class Scanner {
         return consume(']');
       }
       case '"': {
-        std::string_view text;
-        if (!plain_string(text)) return false;
-        out = std::string(text);
+        std::string text;
+        if (!scan_string(&text)) return false;
+        out = std::move(text);
         return true;
       }
       case 't':
@@ -216,22 +219,29 @@ class Scanner {
 
   // A string at pos_: escapes as JSON defines them (no surrogate escapes), no control bytes,
   // well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF), as nlohmann's
-  // lexer requires.
-  bool valid_string() {
+  // lexer requires. With `out`, its decoded text is appended there, as nlohmann decodes it.
+  bool scan_string(std::string* out) {
     if (pos_ >= text_.size() || text_[pos_] != '"') return false;
     ++pos_;
     const auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text_[at]); };
     const auto continuation = [&](std::size_t at, unsigned char low, unsigned char high) {
       return at < text_.size() && byte(at) >= low && byte(at) <= high;
     };
+    // Bytes taken as they are, from `from` to pos_.
+    const auto keep = [&](std::size_t from) {
+      if (out != nullptr) out->append(text_.data() + from, pos_ - from);
+    };
     while (pos_ < text_.size()) {
+      const std::size_t run = pos_;
+      while (pos_ < text_.size() && is_plain_string_byte(text_[pos_])) ++pos_;
+      keep(run);
+      if (pos_ >= text_.size()) return false;
       const unsigned char c = byte(pos_);
-      if (is_plain_string_byte(static_cast<char>(c))) {
-        ++pos_;
-      } else if (c == '"') {
+      if (c == '"') {
         ++pos_;
         return true;
-      } else if (c == '\\') {
+      }
+      if (c == '\\') {
         if (++pos_ >= text_.size()) return false;
         const char e = text_[pos_];
         if (e == 'u') {
@@ -246,13 +256,28 @@ class Scanner {
           }
           if (unit >= 0xD800 && unit <= 0xDFFF) return false;  // pairs are left to nlohmann
           pos_ += 5;
-        } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
-          ++pos_;
-        } else {
-          return false;
+          if (out != nullptr) append_utf8(*out, unit);
+          continue;
         }
-      } else if (c == 0x7F) {
-        ++pos_;  // DEL is not plain (the encoder escapes it) but JSON allows it
+        char decoded = 0;
+        switch (e) {
+          case '"': decoded = '"'; break;
+          case '\\': decoded = '\\'; break;
+          case '/': decoded = '/'; break;
+          case 'b': decoded = '\b'; break;
+          case 'f': decoded = '\f'; break;
+          case 'n': decoded = '\n'; break;
+          case 'r': decoded = '\r'; break;
+          case 't': decoded = '\t'; break;
+          default: return false;
+        }
+        ++pos_;
+        if (out != nullptr) out->push_back(decoded);
+        continue;
+      }
+      const std::size_t start = pos_;
+      if (c == 0x7F) {
+        pos_ += 1;  // DEL is not plain (the encoder escapes it) but JSON allows it
       } else if (c < 0x80) {
         return false;  // a control byte
       } else if (c >= 0xC2 && c <= 0xDF) {
@@ -274,8 +299,25 @@ class Scanner {
       } else {
         return false;
       }
+      keep(start);
     }
     return false;
+  }
+
+  bool valid_string() { return scan_string(nullptr); }
+
+  // A code point below U+10000 that is not a surrogate, as UTF-8.
+  static void append_utf8(std::string& out, unsigned code) {
+    if (code < 0x80) {
+      out.push_back(static_cast<char>(code));
+    } else if (code < 0x800) {
+      out.push_back(static_cast<char>(0xC0 | (code >> 6)));
+      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+    } else {
+      out.push_back(static_cast<char>(0xE0 | (code >> 12)));
+      out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+    }
   }
 
   // Past one number of JSON's grammar from pos_; false when there is none. `integral`: it has no

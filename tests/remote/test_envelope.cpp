@@ -1048,3 +1048,14 @@ TEST(DeferredPayload, AFailedBuildIsTriedAgainByTheNextRead) {
   EXPECT_TRUE(read.load());
   EXPECT_EQ(event.payload(), json::array({1, 2}));
 }
+
+TEST(PlainDecoder, BuildsStringsWithEscapesAndUtf8AsNlohmannDecodesThem) {
+  const std::string body = encode_envelope(minimal_envelope());
+  const std::string head = body.substr(0, body.rfind("\"payload\":") + 10);
+  for (const std::string payload :
+       {"\"caf\\u00e9 \\\"q\\\" \\\\ \\/ \\b\\f\\n\\r\\t\\u0000\"", "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"",
+        "{\"k\xc3\xa9y\\n\":[\"\\u20AC\\u07FF\\u0080\\u007f\", \"del \x7f\"]}", "\"\\uFFFF\\uE000\\uD7FF\""}) {
+    const std::string text = head + payload + "}";
+    EXPECT_TRUE(plain_agrees(text)) << payload;  // decoded here, to the value nlohmann decodes
+  }
+}
