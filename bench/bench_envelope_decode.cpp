@@ -402,6 +402,7 @@ int main(int argc, char** argv) {
               int(simdjson::SIMDJSON_VERSION_MAJOR), int(simdjson::SIMDJSON_VERSION_MINOR),
               int(simdjson::SIMDJSON_VERSION_REVISION), simdjson::get_active_implementation()->name().c_str(),
               kOnDemandKernel);
+  std::printf("bodies: order %zu bytes, large %zu bytes\n", order_body().size(), large_body().size());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
