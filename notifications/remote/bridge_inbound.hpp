@@ -115,14 +115,14 @@ class PayloadReadGuess {
   static constexpr int kMaxScore = 16;
   static constexpr int kUnreadPenalty = 4;
 
-  // True: decode the next payload deferred and report what its listeners did to observed().
+  // True: decode the next payload deferred and report what its listeners did to observed(). A
+  // probe not observed (the event was not delivered: malformed, an echo) is taken by the next.
   bool defer_next() noexcept {
     if (score_ < kAtOnceFrom) return true;
-    if (++since_probe_ < kProbeEvery) return false;
-    since_probe_ = 0;
-    return true;
+    return ++since_probe_ >= kProbeEvery;
   }
   void observed(bool read) noexcept {
+    since_probe_ = 0;
     score_ = read ? std::min(score_ + 1, kMaxScore) : std::max(score_ - kUnreadPenalty, 0);
   }
   bool building_at_once() const noexcept { return score_ >= kAtOnceFrom; }

@@ -54,13 +54,40 @@ TEST(PayloadReadGuess, DefersUntilListenersReadNearlyEveryPayloadThenProbes) {
   EXPECT_EQ(feed(guess, 10 * Guess::kProbeEvery, true), 10) << "one probe in kProbeEvery while building at once";
 }
 
+// Asks defer_next() until it says to defer (at most 100 times); returns how many times it asked.
+int until_deferred(Guess& guess) {
+  for (int asked = 1; asked <= 100; ++asked) {
+    if (guess.defer_next()) return asked;
+  }
+  return -1;
+}
+
 TEST(PayloadReadGuess, ListenersThatStopReadingAreNoticedWithinAFewProbes) {
   Guess guess;
-  feed(guess, 100, true);
+  feed(guess, 40 * Guess::kProbeEvery, true);  // the score is at its maximum
   ASSERT_TRUE(guess.building_at_once());
+  ASSERT_GT(until_deferred(guess), 0);
+  guess.observed(true);  // a probe cycle starts here
+  // From the maximum, each unread probe lowers the score by kUnreadPenalty: 16, 12, 8 still build
+  // at once, the third unread probe (4) defers again.
   const int probes_needed = (Guess::kMaxScore - Guess::kAtOnceFrom) / Guess::kUnreadPenalty + 1;
-  feed(guess, probes_needed * Guess::kProbeEvery, false);
-  EXPECT_FALSE(guess.building_at_once()) << "after " << probes_needed << " unread probes";
+  for (int probe = 1; probe <= probes_needed; ++probe) {
+    EXPECT_EQ(until_deferred(guess), Guess::kProbeEvery) << "probe " << probe;
+    guess.observed(false);
+    EXPECT_EQ(guess.building_at_once(), probe < probes_needed) << "after " << probe << " unread probe(s)";
+  }
+  EXPECT_EQ(until_deferred(guess), 1) << "deferring every payload again";
+}
+
+TEST(PayloadReadGuess, AProbeThatWasNotObservedIsTakenByTheNextEvent) {
+  Guess guess;
+  feed(guess, 40 * Guess::kProbeEvery, true);
+  ASSERT_GT(until_deferred(guess), 0);
+  guess.observed(true);
+  EXPECT_EQ(until_deferred(guess), Guess::kProbeEvery);  // say its message was malformed: not observed
+  EXPECT_TRUE(guess.defer_next()) << "the next event probes instead";
+  guess.observed(true);
+  EXPECT_FALSE(guess.defer_next());
 }
 
 TEST(PayloadReadGuess, HalfTheListenersReadingKeepsPayloadsDeferred) {
@@ -84,7 +111,8 @@ struct Receiver {
     subscription = notifier.subscribe("order.placed", [this](const n::Event& event) {
       std::lock_guard lock(mutex);
       if (reading) seen.push_back(event.payload());
-      kept.push_back(event);  // a copy, read later on another thread
+      kept.push_back(event);  // copies, read later on another thread
+      kept_twice.push_back(event);
     });
     bridge = std::make_unique<n::Bridge>(notifier, transport, config_for("receiver"));
     bridge->start();
@@ -122,6 +150,10 @@ struct Receiver {
   bool reading = true;
   std::vector<json> seen;
   std::vector<n::Event> kept;
+  std::vector<n::Event> kept_twice;
+  // Whether event i's payload was deferred: copies of such an event share one built value, while
+  // copies of an event built at once each own theirs.
+  bool deferred(std::size_t i) const { return &kept[i].payload() == &kept_twice[i].payload(); }
 };
 
 }  // namespace
@@ -176,4 +208,16 @@ TEST(BridgePayload, EveryListenerAndEveryKeptCopySeeTheSentPayloadAndMalformedOn
   }
   for (std::size_t i = 0; i < 40; ++i) EXPECT_EQ(r.seen[i], Receiver::payload_of(static_cast<int>(i) + 1));
   for (std::size_t i = 40; i < 80; ++i) EXPECT_EQ(r.seen[i], Receiver::payload_of(static_cast<int>(i) + 61));
+
+  // The guess moved: payloads read by nearly every listener were built at once but for the probes
+  // (one in kProbeEvery); unread ones were deferred once a few probes had shown it.
+  const auto deferred_among = [&](std::size_t from, std::size_t to) {
+    std::size_t count = 0;
+    for (std::size_t i = from; i < to; ++i) count += r.deferred(i) ? 1 : 0;
+    return count;
+  };
+  EXPECT_EQ(deferred_among(0, Guess::kAtOnceFrom), static_cast<std::size_t>(Guess::kAtOnceFrom)) << "deferred at first";
+  EXPECT_LE(deferred_among(Guess::kAtOnceFrom, 40), 3u) << "reading: built at once but for the probes";
+  EXPECT_EQ(deferred_among(70, 100), 30u) << "not reading: deferred";
+  EXPECT_LE(deferred_among(110, 140), 2u) << "reading again: built at once but for the probes";
 }
