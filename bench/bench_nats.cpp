@@ -2,7 +2,8 @@
 // without the bus: one JSON line per measurement, so runs can be compared.
 //
 //   {"bench":"nats_forward","headers":false,"events":N,"raw_msgs_per_s":...,"bus_msgs_per_s":...,
-//    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,
+//    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,"memory_instrument_p50_ns":...,
+//    "memory_instrument_p99_ns":...,"instrument_p99_to_memory":...,
 //    "raw_msg_per_publish_msgs_per_s":...,"ratio_to_msg_per_publish":...}   (the last two with headers)
 //   {"bench":"nats_receive","events":N,"raw_cpu_us_per_event":...,"bus_cpu_us_per_event":...,"ratio":...,
 //    "bus_reading_payload_cpu_us_per_event":...,"ratio_reading_payload":...}
@@ -18,7 +19,9 @@
 // second connection. Bus: A's Bridge forwards N instrumented "order.placed" events to B's Bridge.
 // msgs/s: from the first publish (instrument) to the last message seen by the subscription (the
 // remote event seen by B's listener); ratio = bus / raw. Instrument latency: each instrument()
-// on A's thread, monotonic clock. Goals (issue): ratio >= 0.4, instrument p99 < 2 us.
+// on A's thread, monotonic clock; memory_instrument_*: the same loop with A's Bridge forwarding to
+// memory:// (a receiving Bridge on the same broker), measured right after in the same run.
+// Goals (issue 20): ratio >= 0.8, instrument_p99_to_memory <= 2.
 // Measured twice: with the NATS option headers = false (the default: bodies only; raw calls
 // natsConnection_Publish with the body) and with headers = true (raw re-publishes one natsMsg
 // carrying them). With headers, a second raw figure for reference: raw_msg_per_publish_msgs_per_s, a natsMsg
@@ -101,6 +104,7 @@
 #include "notifications/bridge.hpp"
 #include "notifications/envelope.hpp"
 #include "notifications/notifications.hpp"
+#include "notifications/transports/memory.hpp"
 #include "notifications/transports/nats.hpp"
 #include "nats_server.hpp"
 #include "wait.hpp"
@@ -202,7 +206,7 @@ n::Message wire_message(const std::string& name, const std::string& subject, std
 n::BridgeConfig config(const std::string& url, const std::string& app, std::vector<std::string> forward,
                        std::vector<std::string> subscribe) {
   n::BridgeConfig c;
-  c.url = url;
+  if (!url.empty()) c.url = url;  // empty: the Bridge is given its transport (memory://)
   c.app = app;
   c.prefix = "bench";
   c.forward = std::move(forward);
@@ -271,6 +275,36 @@ double raw_forward(const std::string& url, std::size_t events, RawMode mode) {
   return static_cast<double>(events) / received.seconds_since(first);
 }
 
+// instrument() latencies (sorted) of `events` "order.placed" events forwarded by a Bridge to
+// memory://, with a receiving Bridge on the same broker: goal 1's reference for instrument p99.
+std::vector<std::int64_t> memory_instrument_latencies(std::size_t events) {
+  const std::string broker = "bench-nats-" + std::to_string(getpid());
+  n::Notifier a, b;
+  n::Bridge sender(a, n::make_memory_transport({.broker = broker}), config("", "a", {"order.>"}, {}));
+  n::Bridge receiver(b, n::make_memory_transport({.broker = broker}), config("", "b", {}, {"order.>"}));
+  Counter received{.target = events};
+  auto count = b.subscribe("order.placed", [&](const n::Event& e) {
+    if (e.remote()) received.hit();
+  });
+  receiver.start();
+  sender.start();
+  nlohmann::json body = payload();
+  std::vector<std::int64_t> latencies(events);
+  for (std::size_t i = 0; i < events; ++i) {
+    const auto t0 = Clock::now();
+    a.instrument("order.placed", body, [] {});
+    latencies[i] = (Clock::now() - t0).count();
+  }
+  if (!wait_until([&] { return received.last.load() != 0; }, 60s)) {
+    throw std::runtime_error("nats_forward memory reference: " + std::to_string(received.count.load()) + " of " +
+                             std::to_string(events) + " events arrived in 60 s");
+  }
+  sender.shutdown(30s);
+  receiver.shutdown(30s);
+  std::sort(latencies.begin(), latencies.end());
+  return latencies;
+}
+
 void forward(const std::string& url, std::size_t events, bool headers) {
   const double raw = raw_forward(url, events, headers ? RawMode::one_msg : RawMode::body);
   const double raw_msg_per_publish = headers ? raw_forward(url, events, RawMode::msg_per_publish) : 0;
@@ -301,19 +335,24 @@ void forward(const std::string& url, std::size_t events, bool headers) {
                              out["counters"].dump() + "; receiver " + in["counters"].dump());
   }
   const double bus = static_cast<double>(events) / received.seconds_since(first);
+  sender.shutdown(30s);
+  receiver.shutdown(30s);
   std::sort(latencies.begin(), latencies.end());
+  const std::vector<std::int64_t> memory = memory_instrument_latencies(events);
+  const auto p99 = percentile(latencies, 0.99);
+  const auto memory_p99 = percentile(memory, 0.99);
   std::printf(
       "{\"bench\":\"nats_forward\",\"headers\":%s,\"events\":%zu,\"raw_msgs_per_s\":%.0f,\"bus_msgs_per_s\":%.0f,\"ratio\":%.3f,"
-      "\"instrument_p50_ns\":%lld,\"instrument_p99_ns\":%lld",
+      "\"instrument_p50_ns\":%lld,\"instrument_p99_ns\":%lld,\"memory_instrument_p50_ns\":%lld,"
+      "\"memory_instrument_p99_ns\":%lld,\"instrument_p99_to_memory\":%.2f",
       headers ? "true" : "false", events, raw, bus, bus / raw, static_cast<long long>(percentile(latencies, 0.50)),
-      static_cast<long long>(percentile(latencies, 0.99)));
+      static_cast<long long>(p99), static_cast<long long>(percentile(memory, 0.50)), static_cast<long long>(memory_p99),
+      static_cast<double>(p99) / static_cast<double>(std::max<std::int64_t>(memory_p99, 1)));
   if (headers) {
     std::printf(",\"raw_msg_per_publish_msgs_per_s\":%.0f,\"ratio_to_msg_per_publish\":%.3f", raw_msg_per_publish,
                 bus / raw_msg_per_publish);
   }
   std::printf("}\n");
-  sender.shutdown(30s);
-  receiver.shutdown(30s);
 }
 
 // ---- nats_pingpong ----------------------------------------------------------------------------
