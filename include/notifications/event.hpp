@@ -74,9 +74,10 @@ class Event {
   ~Event() = default;
 
   std::string_view name() const noexcept { return name_; }
-  // The payload. A remote event keeps the payload's JSON text as it arrived (validated) and builds
-  // the value on the first read, once, whichever thread reads first: that read may throw
-  // std::bad_alloc. Every other read, and every read of a local event's payload, cannot throw.
+  // The payload. A remote event a Bridge delivered may keep the payload's JSON text as it arrived
+  // (validated) and build the value on the first read, once for the event and its copies,
+  // whichever thread reads first: that read may throw std::bad_alloc. Every other read, and every
+  // read of a local event's payload, cannot throw.
   const nlohmann::json& payload() const { return payload_ != nullptr ? *payload_ : deferred_payload(); }
 
   // Unique id of this event (a UUID string), formatted on demand.
