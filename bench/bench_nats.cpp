@@ -275,6 +275,19 @@ double raw_forward(const std::string& url, std::size_t events, RawMode mode) {
   return static_cast<double>(events) / received.seconds_since(first);
 }
 
+// Instruments `events` "order.placed" events with payload() on `a`; returns each instrument()
+// call's duration in ns (monotonic clock), in call order.
+std::vector<std::int64_t> timed_instruments(n::Notifier& a, std::size_t events) {
+  nlohmann::json body = payload();
+  std::vector<std::int64_t> latencies(events);
+  for (std::size_t i = 0; i < events; ++i) {
+    const auto t0 = Clock::now();
+    a.instrument("order.placed", body, [] {});
+    latencies[i] = (Clock::now() - t0).count();
+  }
+  return latencies;
+}
+
 // instrument() latencies (sorted) of `events` "order.placed" events forwarded by a Bridge to
 // memory://, with a receiving Bridge on the same broker: goal 1's reference for instrument p99.
 std::vector<std::int64_t> memory_instrument_latencies(std::size_t events) {
@@ -288,13 +301,7 @@ std::vector<std::int64_t> memory_instrument_latencies(std::size_t events) {
   });
   receiver.start();
   sender.start();
-  nlohmann::json body = payload();
-  std::vector<std::int64_t> latencies(events);
-  for (std::size_t i = 0; i < events; ++i) {
-    const auto t0 = Clock::now();
-    a.instrument("order.placed", body, [] {});
-    latencies[i] = (Clock::now() - t0).count();
-  }
+  std::vector<std::int64_t> latencies = timed_instruments(a, events);
   if (!wait_until([&] { return received.last.load() != 0; }, 60s)) {
     throw std::runtime_error("nats_forward memory reference: " + std::to_string(received.count.load()) + " of " +
                              std::to_string(events) + " events arrived in 60 s");
@@ -319,14 +326,8 @@ void forward(const std::string& url, std::size_t events, bool headers) {
   receiver.start();
   sender.start();
 
-  nlohmann::json body = payload();
-  std::vector<std::int64_t> latencies(events);
   const auto first = Clock::now();
-  for (std::size_t i = 0; i < events; ++i) {
-    const auto t0 = Clock::now();
-    a.instrument("order.placed", body, [] {});
-    latencies[i] = (Clock::now() - t0).count();
-  }
+  std::vector<std::int64_t> latencies = timed_instruments(a, events);
   const bool all = wait_until([&] { return received.last.load() != 0; }, 60s);
   const nlohmann::json out = sender.health(), in = receiver.health();
   if (!all || dropped(out) != 0 || dropped(in) != 0 || in["counters"]["lost"] != 0 || in["counters"]["received"] != events) {

@@ -1,8 +1,8 @@
 // The fast envelope decoder (envelope_plain.hpp): one pass over the body with no JSON tree for
 // the envelope itself. A payload is built straight into its JSON value, strings decoded here
-// (escapes and UTF-8 checked as nlohmann's lexer checks them); one with a surrogate escape or a
-// number std::from_chars cannot read exactly goes through nlohmann's parser, as do envelope
-// fields (name, producer, exception) whose strings hold escapes or non-ASCII bytes.
+// (escapes and UTF-8 checked as nlohmann's lexer checks them), as are the envelope's own strings;
+// a payload with a surrogate escape or a number std::from_chars cannot read exactly goes through
+// nlohmann's parser, and an envelope string with a surrogate escape to the general decoder.
 #include "remote/envelope_plain.hpp"
 
 #include <charconv>
@@ -48,25 +48,11 @@ class Scanner {
     return true;
   }
 
-  // Any JSON string; one with escapes or non-ASCII bytes is decoded (and its UTF-8 checked) by
-  // nlohmann.
+  // Any JSON string, decoded by scan_string(); one with a surrogate escape is declined.
   bool string(std::string& out) {
-    const std::size_t start = pos_;
-    std::string_view plain;
-    if (plain_string(plain)) {
-      out.assign(plain);
-      return true;
-    }
-    pos_ = start;
     skip_space();
-    if (pos_ >= text_.size() || text_[pos_] != '"') return false;
-    const std::size_t token = pos_;
-    if (!skip_string()) return false;
-    if (!parses_alone_as_in_the_body(text_.substr(token, pos_ - token))) return false;
-    json value = json::parse(text_.substr(token, pos_ - token), nullptr, false);
-    if (!value.is_string()) return false;  // also when discarded (invalid)
-    out = std::move(value.get_ref<std::string&>());
-    return true;
+    out.clear();
+    return scan_string(&out);
   }
 
   // A non-negative integer of at most 16 digits, no leading zeros, no fraction or exponent.
