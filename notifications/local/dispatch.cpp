@@ -8,6 +8,7 @@
 #include "process/log.hpp"
 
 #include "process/describe.hpp"
+#include "process/fork_held_lock.hpp"
 #include "notifications/errors.hpp"
 #include "local/event_access.hpp"
 #include "process/ids.hpp"
@@ -26,26 +27,30 @@ std::int64_t thread_cpu_ns() noexcept {
 
 // The default error handler: one log line per (subscription, event name), at most
 // kLinesPerSecond lines a second overall. Every failure is counted by the caller regardless.
+// Its lock is held across fork() (process/fork_held_lock.hpp), so it never logs while holding it.
 class DefaultErrorLog {
  public:
   void log(const SubscriberFailure& failure) NOTIFICATIONS_EXCLUDES(mutex_) {
-    MutexLock lock(mutex_);
-    if (!seen_.emplace(failure.subscription_id, std::string(failure.event_name)).second) return;
-    if (seen_.size() > kMaxKeys) seen_.clear();  // bound memory; repeats may log again later
-    const auto now = std::chrono::steady_clock::now();
-    if (now - window_start_ >= std::chrono::seconds(1)) {
-      if (suppressed_ > 0) {
-        detail::log(LogLevel::warn, "notifications: {} further subscriber failure reports suppressed", suppressed_);
+    std::uint64_t suppressed_before = 0;
+    {
+      MutexLock lock(mutex_);
+      if (!seen_.emplace(failure.subscription_id, std::string(failure.event_name)).second) return;
+      if (seen_.size() > kMaxKeys) seen_.clear();  // bound memory; repeats may log again later
+      const auto now = std::chrono::steady_clock::now();
+      if (now - window_start_ >= std::chrono::seconds(1)) {
+        suppressed_before = std::exchange(suppressed_, 0);
+        window_start_ = now;
+        lines_ = 0;
       }
-      window_start_ = now;
-      lines_ = 0;
-      suppressed_ = 0;
+      if (lines_ >= kLinesPerSecond) {
+        ++suppressed_;
+        return;
+      }
+      ++lines_;
     }
-    if (lines_ >= kLinesPerSecond) {
-      ++suppressed_;
-      return;
+    if (suppressed_before > 0) {
+      detail::log(LogLevel::warn, "notifications: {} further subscriber failure reports suppressed", suppressed_before);
     }
-    ++lines_;
     detail::log(LogLevel::error,
         "notifications: subscriber {} (pattern \"{}\") failed in {} for event \"{}\": {} "
         "(reported once per subscriber and event name)",
@@ -57,6 +62,7 @@ class DefaultErrorLog {
   static constexpr std::size_t kMaxKeys = 4096;
   static constexpr int kLinesPerSecond = 10;
   Mutex mutex_;
+  ForkHeldLock fork_held_{mutex_};
   std::set<std::pair<std::uint64_t, std::string>> seen_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::chrono::steady_clock::time_point window_start_ NOTIFICATIONS_GUARDED_BY(mutex_){};
   int lines_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;

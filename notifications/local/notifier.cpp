@@ -121,6 +121,7 @@ namespace {
   Memo displaced_memo;
   {
     MutexLock lock(state->mutex);
+    if (auto hook = registry_locked_test_hook.load(std::memory_order_relaxed)) [[unlikely]] hook();
     resolved_at = core.generation.load(std::memory_order_relaxed);
     if (state->memo_generation != resolved_at) {
       displaced_memo.swap(state->memo);

@@ -17,6 +17,7 @@
 
 #include "notifications/notifier.hpp"
 #include "notifications/pattern.hpp"
+#include "process/fork_held_lock.hpp"
 #include "process/thread_safety.hpp"
 
 namespace notifications::detail {
@@ -48,10 +49,17 @@ struct ListenerSet {
   bool has_start = false;
 };
 
+// Tests only: when set, called by a thread that resolves a name while it holds
+// NotifierState::mutex (to fork while another thread holds it).
+inline std::atomic<void (*)()> registry_locked_test_hook{nullptr};
+
 struct NotifierState {
   explicit NotifierState(NotifierOptions options);
 
   Mutex mutex;
+  // Held across fork(): a child forked without prepare_fork() can still instrument and subscribe
+  // (process/fork_held_lock.hpp). Nothing runs user code while holding `mutex`.
+  ForkHeldLock fork_held{mutex};
   std::vector<std::shared_ptr<Subscriber>> subscribers NOTIFICATIONS_GUARDED_BY(mutex);
   // Listener sets resolved at memo_generation, by name; bounded by name_cache_capacity.
   std::unordered_map<std::string, std::shared_ptr<const ListenerSet>> memo NOTIFICATIONS_GUARDED_BY(mutex);

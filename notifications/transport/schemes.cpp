@@ -15,6 +15,7 @@
 #include <string>
 
 #include "local/ascii.hpp"
+#include "process/fork_held_lock.hpp"
 #include "process/thread_safety.hpp"
 #include "notifications/transport.hpp"
 #include "transport/kit.hpp"
@@ -34,9 +35,14 @@ std::string without_id(const std::string& what) {
   return what;
 }
 
+// Factories are held by shared_ptr, so that no user code (a factory's copy or destructor) runs
+// under the lock, which is held across fork() (process/fork_held_lock.hpp): a child forked
+// without prepare_fork() can still make transports.
 struct Registry {
   detail::Mutex mutex;
-  std::map<std::string, TransportFactory> factories NOTIFICATIONS_GUARDED_BY(mutex);  // by lower-case scheme
+  detail::ForkHeldLock fork_held{mutex};
+  std::map<std::string, std::shared_ptr<const TransportFactory>> factories
+      NOTIFICATIONS_GUARDED_BY(mutex);  // by lower-case scheme
 };
 
 // Created on first use, never destroyed (factories may be looked up from static destructors).
@@ -76,16 +82,17 @@ void register_transport(const std::string& scheme, TransportFactory factory) {
                          "\" is not a URL scheme (a letter, then letters, digits, '+', '-', '.')");
   }
   if (!factory) throw TransportError("register_transport: scheme \"" + scheme + "\": empty factory");
+  auto shared = std::make_shared<const TransportFactory>(std::move(factory));
   Registry& r = registry();
   detail::MutexLock lock(r.mutex);
-  r.factories[detail::ascii_lower(scheme)] = std::move(factory);
+  r.factories[detail::ascii_lower(scheme)].swap(shared);  // a replaced factory is released unlocked
 }
 
 std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
   const std::string shown = redact_url(config.url);
   const std::size_t sep = config.url.find("://");
   Registry& r = registry();
-  TransportFactory factory;
+  std::shared_ptr<const TransportFactory> factory;
   {
     detail::MutexLock lock(r.mutex);
     if (sep == std::string::npos || sep == 0) {
@@ -102,7 +109,7 @@ std::unique_ptr<Transport> make_transport(const TransportConfig& config) {
   }
   std::unique_ptr<Transport> transport;
   try {
-    transport = factory(config);
+    transport = (*factory)(config);
   } catch (const TransportError& e) {
     // A factory's text may quote the URL as it was given: it passes through redaction too.
     const std::string what = redaction::redact_text(e.what());

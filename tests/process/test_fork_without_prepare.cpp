@@ -20,6 +20,7 @@
 #include "child_process.hpp"
 #include "transport/bounded_queue.hpp"
 #include "notifications/bridge.hpp"
+#include "local/registry.hpp"
 #include "process/ids.hpp"
 #include "process/log.hpp"
 #include "notifications/notifications.hpp"
@@ -51,11 +52,13 @@ std::shared_ptr<n::MockTransport> mock() {
 }
 
 // What a child does with the bridge it inherited: the exit code says which check failed.
-[[noreturn]] void child_uses_inherited_bridge(n::Notifier& notifier, n::Bridge& bridge) {
+// `refused_before`: events the child instrumented already (the bridge forwards every name).
+[[noreturn]] void child_uses_inherited_bridge(n::Notifier& notifier, n::Bridge& bridge,
+                                             int refused_before = 0) {
   for (int i = 0; i < 100; ++i) notifier.instrument("order.placed", {{"i", i}});
   const auto health = bridge.health();
   if (health["state"] != "forked_child") std::exit(10);
-  if (health["counters"]["dropped"]["forked_child"] != 100) std::exit(11);
+  if (health["counters"]["dropped"]["forked_child"] != 100 + refused_before) std::exit(11);
   const n::ShutdownReport report = bridge.shutdown(1s);
   if (report.clean) std::exit(12);
   std::exit(0);  // the library's exit hook runs here too
@@ -143,6 +146,61 @@ TEST(ForkWithoutPrepare, ChildRefusesWhenForkedWhileAnotherThreadWasLogging) {
   logger.join();
   notifications::set_logger(previous);
   expect_child_refused_and_exited(pid);
+}
+
+// ---- fork while another thread holds the notifier's registry lock ------------------------------
+
+std::atomic<bool> registry_hook_armed{false};
+std::atomic<bool> registry_hook_holding{false};
+std::atomic<bool> registry_hook_release{false};
+
+// Holds the registry lock (inside a name's first lookup) until released, at most 2 s.
+void hold_registry_lock() {
+  if (!registry_hook_armed.exchange(false)) return;
+  registry_hook_holding.store(true);
+  for (int i = 0; i < 400 && !registry_hook_release.load(); ++i) std::this_thread::sleep_for(5ms);
+  registry_hook_holding.store(false);
+}
+
+// A name's first lookup on a thread, subscribe() and unsubscribe() take the notifier's registry
+// lock. fork() waits for a thread that holds it (a short section), so the child never inherits it
+// held: the child instruments new names, subscribes and unsubscribes. The hook holds the lock for
+// up to 2 s; the fork comes while it holds, and the parent releases it only after fork() returned.
+TEST(ForkWithoutPrepare, ChildCanInstrumentAndSubscribeWhenForkedWhileAnotherThreadHeldTheRegistryLock) {
+  n::Notifier notifier;
+  n::Bridge bridge(notifier, mock(), n::BridgeConfig{});
+  bridge.start();
+  registry_hook_release.store(false);
+  n::detail::registry_locked_test_hook.store(hold_registry_lock);
+  registry_hook_armed.store(true);
+  struct Resolver {
+    std::thread thread;
+    ~Resolver() {
+      registry_hook_release.store(true);  // also when an assertion below returns early
+      if (thread.joinable()) thread.join();
+    }
+  } resolver{std::thread([&] { notifier.instrument("first.lookup.on.this.thread"); })};
+  ASSERT_TRUE(wait_until([] { return registry_hook_holding.load(); }, 10s));
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    n::detail::registry_locked_test_hook.store(nullptr);
+    int seen = 0;
+    auto subscription = notifier.subscribe("child.only", [&](const n::Event&) { ++seen; });
+    notifier.instrument("child.only");
+    if (seen != 1) std::exit(30);
+    subscription.unsubscribe();
+    notifier.instrument("child.only");
+    if (seen != 1) std::exit(31);
+    child_uses_inherited_bridge(notifier, bridge, 2);
+  }
+  registry_hook_release.store(true);
+  resolver.thread.join();
+  n::detail::registry_locked_test_hook.store(nullptr);
+  const auto r = wait_for_child(pid, kHangBound);
+  ASSERT_FALSE(r.timed_out) << "the child hung";
+  ASSERT_TRUE(r.exited) << "the child was killed by signal " << r.signal;
+  EXPECT_EQ(r.exit_code, 0) << "30: subscriber not called, 31: called after unsubscribe, "
+                               "10: health state, 11: forked_child count, 12: report said clean";
 }
 
 // ---- many forks while another thread instruments at full speed -----------------------------------
