@@ -5,6 +5,8 @@
 //    "ratio":...,"instrument_p50_ns":...,"instrument_p99_ns":...,"memory_instrument_p50_ns":...,
 //    "memory_instrument_p99_ns":...,"instrument_p99_to_memory":...,
 //    "raw_msg_per_publish_msgs_per_s":...,"ratio_to_msg_per_publish":...}   (the last two with headers)
+//   {"bench":"nats_forward","threads":T,"events":N,"hand_msgs_per_s":...,"bus_msgs_per_s":...,"ratio":...,
+//    "hand_cpu_us_per_event":...,"bus_cpu_us_per_event":...,"cpu_ratio":...}   (T = 1, 2, 4)
 //   {"bench":"nats_receive","events":N,"raw_cpu_us_per_event":...,"bus_cpu_us_per_event":...,"ratio":...,
 //    "bus_reading_payload_cpu_us_per_event":...,"ratio_reading_payload":...}
 //   {"bench":"nats_pingpong","rounds":R,"raw_p50_us":...,"raw_p99_us":...,"bus_p50_us":...,"bus_p99_us":...}
@@ -27,6 +29,14 @@
 // carrying them). With headers, a second raw figure for reference: raw_msg_per_publish_msgs_per_s, a natsMsg
 // created with its headers and destroyed per publish (what sending distinct messages costs in
 // cnats), and ratio_to_msg_per_publish = bus / that.
+//
+// nats_forward with "threads": T threads share the N events. By hand: each thread writes the
+// bus's envelope bytes (fixed fields copied, its own sequence, the payload dumped per event) and
+// publishes them on one shared cnats connection. Bus: each thread instruments "order.placed"; a Bridge with the
+// default NATS options forwards. Both are received by a raw counting subscription on a second
+// connection in this process. msgs/s from the start signal to the last message seen; CPU per
+// event: getrusage of the whole process over the same span, divided by N. Goals (issue 20):
+// ratio >= 1 and cpu_ratio <= 1 for every T.
 //
 // nats_receive: the receiving side alone. A raw cnats publisher here sends N distinct envelopes
 // (bodies only, as the bus sends by default) to a child process that receives them as a raw cnats
@@ -71,6 +81,7 @@
 // Usage: bench_nats [events] [rounds] [idle seconds] [steady seconds] [steady headers: default|on|off]
 //                   [steady receiver: bus|raw]   (defaults 200000, 2000, 10, 10, default, bus)
 //        bench_nats --receive [events]                 (nats_receive alone)
+//        bench_nats --threads [events]                 (nats_forward with 1, 2, 4 threads alone)
 //        bench_nats --receive-only KIND URL EVENTS FILE (started by nats_receive itself)
 //        bench_nats --steady-receiver URL EVENTS       (started by nats_steady itself)
 //        bench_nats --steady-raw-receiver URL EVENTS   (the same, a raw cnats counting subscriber)
@@ -843,6 +854,103 @@ void receive(const std::string& url, std::size_t events) {
 
 }  // namespace
 
+// ---- nats_forward with 1, 2 and 4 instrumenting threads ----------------------------------------
+
+// Runs `body(t, count)` on `threads` threads, thread t taking `events / threads` items (the first
+// thread also the remainder), from one start signal; returns when all have returned.
+void on_threads(std::size_t threads, std::size_t events, const std::function<void(std::size_t, std::size_t)>& body) {
+  std::atomic<bool> go{false};
+  std::vector<std::thread> running;
+  for (std::size_t t = 0; t < threads; ++t) {
+    const std::size_t count = events / threads + (t == 0 ? events % threads : 0);
+    running.emplace_back([&, t, count] {
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      body(t, count);
+    });
+  }
+  go.store(true, std::memory_order_release);
+  for (auto& thread : running) thread.join();
+}
+
+struct ThreadedRun {
+  double msgs_per_s = 0;
+  double cpu_us_per_event = 0;
+};
+
+// By hand: every thread writes the bus's envelope bytes itself (the envelope's fixed fields
+// copied from one made once, its own sequence, the payload dumped per event), then publishes them
+// on one shared cnats connection; a second connection counts what arrives. From the start signal
+// to the last message seen. Cheaper than what the bus does per event (no id, no clock, no event).
+ThreadedRun hand_forward_threads(const std::string& url, std::size_t events, std::size_t threads) {
+  const n::Message m = wire_message("order.placed", "bench.order.placed", 1);
+  const std::string prefix = m.body.substr(0, m.body.find("\"sequence\":") + 11);  // up to the sequence's digits
+  Counter received{.target = events};
+  RawConnection publisher(url, false), subscriber(url, false);
+  subscriber.subscribe(m.subject.c_str(), Counter::on_message, &received);
+  std::atomic<std::uint64_t> sequence{0};
+  const double cpu_before = process_cpu_seconds();
+  const auto first = Clock::now();
+  on_threads(threads, events, [&](std::size_t, std::size_t count) {
+    const nlohmann::json body = payload();
+    std::string envelope;
+    for (std::size_t i = 0; i < count; ++i) {
+      envelope = prefix;
+      envelope += std::to_string(sequence.fetch_add(1, std::memory_order_relaxed) + 1);
+      envelope += ",\"payload\":";
+      envelope += body.dump();
+      envelope += '}';
+      check(natsConnection_Publish(publisher.nc, m.subject.c_str(), envelope.data(), static_cast<int>(envelope.size())),
+            "hand publish");
+    }
+  });
+  check(natsConnection_FlushTimeout(publisher.nc, 60000), "hand flush");
+  if (!wait_until([&] { return received.last.load() != 0; }, 60s)) {
+    throw std::runtime_error("nats_forward threads, by hand: " + std::to_string(received.count.load()) + " of " +
+                             std::to_string(events) + " messages arrived in 60 s");
+  }
+  const double cpu = process_cpu_seconds() - cpu_before;
+  return {static_cast<double>(events) / received.seconds_since(first), cpu * 1e6 / static_cast<double>(events)};
+}
+
+// The bus: every thread instruments "order.placed" with payload(); the Bridge (default NATS
+// options) forwards; the same counting connection as by hand receives.
+ThreadedRun bus_forward_threads(const std::string& url, std::size_t events, std::size_t threads) {
+  Counter received{.target = events};
+  RawConnection subscriber(url, false);
+  subscriber.subscribe("bench.order.placed", Counter::on_message, &received);
+  n::Notifier a;
+  n::Bridge sender(a, nats(url, false), config(url, "a", {"order.>"}, {}));
+  sender.start();
+  const double cpu_before = process_cpu_seconds();
+  const auto first = Clock::now();
+  on_threads(threads, events, [&](std::size_t, std::size_t count) {
+    nlohmann::json body = payload();
+    for (std::size_t i = 0; i < count; ++i) a.instrument("order.placed", body, [] {});
+  });
+  const bool all = wait_until([&] { return received.last.load() != 0; }, 60s);
+  const double cpu = process_cpu_seconds() - cpu_before;
+  const nlohmann::json health = sender.health();
+  if (!all || dropped(health) != 0) {
+    throw std::runtime_error("nats_forward threads, bus: " + std::to_string(received.count.load()) + " of " +
+                             std::to_string(events) + " events arrived (60 s max); sender " +
+                             health["counters"].dump());
+  }
+  sender.shutdown(30s);
+  return {static_cast<double>(events) / received.seconds_since(first), cpu * 1e6 / static_cast<double>(events)};
+}
+
+void forward_threads(const std::string& url, std::size_t events) {
+  for (const std::size_t threads : {1, 2, 4}) {
+    const ThreadedRun hand = hand_forward_threads(url, events, threads);
+    const ThreadedRun bus = bus_forward_threads(url, events, threads);
+    std::printf(
+        "{\"bench\":\"nats_forward\",\"threads\":%zu,\"events\":%zu,\"hand_msgs_per_s\":%.0f,\"bus_msgs_per_s\":%.0f,"
+        "\"ratio\":%.3f,\"hand_cpu_us_per_event\":%.2f,\"bus_cpu_us_per_event\":%.2f,\"cpu_ratio\":%.2f}\n",
+        threads, events, hand.msgs_per_s, bus.msgs_per_s, bus.msgs_per_s / hand.msgs_per_s, hand.cpu_us_per_event,
+        bus.cpu_us_per_event, bus.cpu_us_per_event / hand.cpu_us_per_event);
+  }
+}
+
 int main(int argc, char** argv) {
   // Keep stdout to the JSON lines: library logging goes to stderr, warnings and worse only.
   spdlog::set_default_logger(spdlog::stderr_color_mt("bench_nats"));
@@ -862,6 +970,16 @@ int main(int argc, char** argv) {
       receive(server.url(), argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200000);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "bench_nats --receive: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
+  if (argc >= 2 && std::string(argv[1]) == "--threads") {  // nats_forward with 1, 2, 4 threads alone
+    try {
+      test_support::NatsServer server;
+      forward_threads(server.url(), argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200000);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_nats --threads: %s\n", e.what());
       return 1;
     }
     return 0;
@@ -894,6 +1012,7 @@ int main(int argc, char** argv) {
     test_support::NatsServer server;  // stopped by PID when this scope ends, after every connection is gone
     forward(server.url(), events, false);
     forward(server.url(), events, true);
+    forward_threads(server.url(), events);
     receive(server.url(), events);
     pingpong(server.url(), rounds);
     idle(server.url(), idle_seconds);
