@@ -13,6 +13,7 @@
 
 #include "remote/envelope_plain.hpp"
 #include "remote/envelope_rules.hpp"
+#include "remote/json_writer.hpp"
 #include "local/event_access.hpp"
 #include "process/ids.hpp"
 #include "remote/outgoing_event.hpp"
@@ -37,98 +38,6 @@ constexpr std::string_view kTraceparentExample =
 
 std::string dump(const json& value, bool ensure_ascii) {
   return value.dump(-1, ' ', ensure_ascii, json::error_handler_t::replace);
-}
-
-// Appends `value` through nlohmann's serializer: compact, invalid UTF-8 replaced by U+FFFD.
-void append_json_general(std::string& out, const json& value) {
-  nlohmann::detail::serializer<json> writer(nlohmann::detail::output_adapter<char, std::string>(out), ' ',
-                                            json::error_handler_t::replace);
-  writer.dump(value, false, false, 0);
-}
-
-void append_decimal(std::string& out, std::uint64_t value) {
-  char digits[20];
-  std::size_t count = 0;
-  do {
-    digits[count++] = static_cast<char>('0' + value % 10);
-    value /= 10;
-  } while (value != 0);
-  while (count > 0) out += digits[--count];
-}
-
-void append_integer(std::string& out, std::int64_t value) {
-  if (value < 0) {
-    out += '-';
-    append_decimal(out, 0 - static_cast<std::uint64_t>(value));
-  } else {
-    append_decimal(out, static_cast<std::uint64_t>(value));
-  }
-}
-
-// Written as it is between quotes (envelope_rules.hpp).
-bool needs_no_escapes(std::string_view text) { return std::all_of(text.begin(), text.end(), is_plain_string_byte); }
-
-// Appends `text` as a JSON string, byte for byte as append_json_general(out, json(text)).
-void append_json_string(std::string& out, std::string_view text) {
-  if (!needs_no_escapes(text)) return append_json_general(out, json(text));
-  out += '"';
-  out += text;
-  out += '"';
-}
-
-// Appends `value` as compact JSON, byte for byte as dump(value, false): containers, strings without
-// escapes, integers, booleans and null written here; escaped strings, floats (nlohmann's shortest
-// round-trip form) and the rest by nlohmann.
-void append_json(std::string& out, const json& value) {
-  switch (value.type()) {
-    case json::value_t::object: {
-      out += '{';
-      bool first = true;
-      for (auto it = value.begin(); it != value.end(); ++it) {
-        if (!first) out += ',';
-        first = false;
-        append_json_string(out, it.key());
-        out += ':';
-        append_json(out, it.value());
-      }
-      out += '}';
-      return;
-    }
-    case json::value_t::array: {
-      out += '[';
-      bool first = true;
-      for (const json& element : value) {
-        if (!first) out += ',';
-        first = false;
-        append_json(out, element);
-      }
-      out += ']';
-      return;
-    }
-    case json::value_t::string: {
-      const auto& text = value.get_ref<const std::string&>();
-      if (!needs_no_escapes(text)) return append_json_general(out, value);
-      out += '"';
-      out += text;
-      out += '"';
-      return;
-    }
-    case json::value_t::boolean:
-      out += value.get<bool>() ? "true" : "false";
-      return;
-    case json::value_t::null:
-      out += "null";
-      return;
-    case json::value_t::number_integer:
-      append_integer(out, value.get<std::int64_t>());
-      return;
-    case json::value_t::number_unsigned:
-      append_decimal(out, value.get<std::uint64_t>());
-      return;
-    default:
-      append_json_general(out, value);
-      return;
-  }
 }
 
 // A JSON value as a decode error shows it: strings quoted, other values with their type; ASCII
@@ -392,50 +301,51 @@ bool present(const nlohmann::json* value) { return value != nullptr && value->is
 
 // Appends the envelope object to `out`.
 void encode_fields(const EnvelopeFields& f, std::string& out) {
+  using namespace std::string_view_literals;  // literals appended without strlen
   out.reserve(out.size() + 224 + f.name.size() + f.producer.size() + f.payload_json.size());
-  out += "{\"id\":";
+  out += "{\"id\":"sv;
   append_json_string(out, f.id);
-  out += ",\"name\":";
+  out += ",\"name\":"sv;
   append_json_string(out, f.name);
-  out += ",\"time\":\"";
+  out += ",\"time\":\""sv;
   detail::append_rfc3339(out, f.time);
-  out += "\",\"duration_us\":";
+  out += "\",\"duration_us\":"sv;
   append_integer(out, f.duration.count());
-  out += ",\"producer\":";
+  out += ",\"producer\":"sv;
   append_json_string(out, f.producer);
-  out += ",\"producer_instance\":";
+  out += ",\"producer_instance\":"sv;
   append_json_string(out, f.producer_instance);
-  out += ",\"schema_version\":";
+  out += ",\"schema_version\":"sv;
   append_integer(out, f.schema_version);
   if (!f.traceparent.empty()) {
-    out += ",\"traceparent\":";
+    out += ",\"traceparent\":"sv;
     append_json_string(out, f.traceparent);
   }
   if (f.sequence != 0) {
-    out += ",\"sequence\":";
+    out += ",\"sequence\":"sv;
     append_decimal(out, f.sequence);
   }
   if (f.exception_type != nullptr || f.exception_message != nullptr) {
     static const std::string kEmpty;
-    out += ",\"exception\":{\"type\":";
+    out += ",\"exception\":{\"type\":"sv;
     append_json_string(out, f.exception_type != nullptr ? *f.exception_type : kEmpty);
-    out += ",\"message\":";
+    out += ",\"message\":"sv;
     append_json_string(out, f.exception_message != nullptr ? *f.exception_message : kEmpty);
     out += '}';
   }
   if (present(f.context)) {
-    out += ",\"context\":";
+    out += ",\"context\":"sv;
     append_json(out, *f.context);
   }
   if (present(f.tags)) {
-    out += ",\"tags\":";
+    out += ",\"tags\":"sv;
     append_json(out, *f.tags);
   }
   if (f.attributes_json.size() > 2) {  // the members of the object, spliced in
     out += ',';
     out.append(f.attributes_json.substr(1, f.attributes_json.size() - 2));
   }
-  out += ",\"payload\":";
+  out += ",\"payload\":"sv;
   if (f.payload != nullptr) {
     append_json(out, *f.payload);
   } else {
@@ -710,7 +620,7 @@ namespace {
 // when a destructor may still instrument an event.
 thread_local bool payload_scratch_gone = false;
 struct PayloadScratch {
-  std::string text;
+  ByteBuffer text;
   ~PayloadScratch() { payload_scratch_gone = true; }
 };
 thread_local PayloadScratch payload_scratch;
@@ -725,8 +635,8 @@ OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& even
                                   const json& tags) {
   // The payload is written into the per-thread buffer first (no allocation per event), then
   // copied next to the name; a local buffer once the thread's buffer is gone.
-  std::string local;
-  std::string& payload = payload_scratch_gone ? local : payload_scratch.text;
+  ByteBuffer local;
+  ByteBuffer& payload = payload_scratch_gone ? local : payload_scratch.text;
   constexpr std::size_t kKeptPayloadBytes = 64 * 1024;
   payload.clear();
   append_json(payload, event_payload);
@@ -752,10 +662,10 @@ OutgoingEvent outgoing_from_event(const Event& event, const nlohmann::json& even
     }
     payload += '}';
   }
-  const std::string_view text(payload);
+  const std::string_view text = payload.view();
   out.set_text(event.name(), text.substr(0, payload_size),
                is_traceparent(traceparent) ? std::string_view(traceparent) : std::string_view(), text.substr(payload_size));
-  if (payload.capacity() > kKeptPayloadBytes) std::string().swap(payload);  // after a rare large payload
+  payload.shrink_if_above(kKeptPayloadBytes);  // after a rare large payload
   out.id_sequence = EventAccess::id_sequence(event);
   out.time = event.time();
   out.duration = std::chrono::duration_cast<std::chrono::microseconds>(event.duration());

@@ -210,9 +210,6 @@ class Scanner {
     if (pos_ >= text_.size() || text_[pos_] != '"') return false;
     ++pos_;
     const auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text_[at]); };
-    const auto continuation = [&](std::size_t at, unsigned char low, unsigned char high) {
-      return at < text_.size() && byte(at) >= low && byte(at) <= high;
-    };
     // Bytes taken as they are, from `from` to pos_.
     const auto keep = [&](std::size_t from) {
       if (out != nullptr) out->append(text_.data() + from, pos_ - from);
@@ -263,25 +260,11 @@ class Scanner {
       }
       const std::size_t start = pos_;
       if (c == 0x7F) {
-        pos_ += 1;  // DEL is not plain (the encoder escapes it) but JSON allows it
+        pos_ += 1;  // DEL: not in the plain table, but JSON and nlohmann take it as it is
       } else if (c < 0x80) {
         return false;  // a control byte
-      } else if (c >= 0xC2 && c <= 0xDF) {
-        if (!continuation(pos_ + 1, 0x80, 0xBF)) return false;
-        pos_ += 2;
-      } else if (c >= 0xE0 && c <= 0xEF) {
-        const unsigned char low = c == 0xE0 ? 0xA0 : 0x80;
-        const unsigned char high = c == 0xED ? 0x9F : 0xBF;
-        if (!continuation(pos_ + 1, low, high) || !continuation(pos_ + 2, 0x80, 0xBF)) return false;
-        pos_ += 3;
-      } else if (c >= 0xF0 && c <= 0xF4) {
-        const unsigned char low = c == 0xF0 ? 0x90 : 0x80;
-        const unsigned char high = c == 0xF4 ? 0x8F : 0xBF;
-        if (!continuation(pos_ + 1, low, high) || !continuation(pos_ + 2, 0x80, 0xBF) ||
-            !continuation(pos_ + 3, 0x80, 0xBF)) {
-          return false;
-        }
-        pos_ += 4;
+      } else if (const std::size_t length = utf8_sequence_length(text_, pos_); length > 1) {
+        pos_ += length;
       } else {
         return false;
       }

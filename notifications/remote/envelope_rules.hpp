@@ -33,6 +33,31 @@ inline constexpr auto kPlainStringByte = [] {
 }();
 inline bool is_plain_string_byte(char c) { return kPlainStringByte[static_cast<unsigned char>(c)]; }
 
+// The length of the well-formed UTF-8 sequence that starts `text` at `at` (Unicode, table 3-7:
+// no overlong forms, no surrogates, nothing past U+10FFFF), or 0 when none does. nlohmann's
+// lexer and serializer accept exactly these.
+inline std::size_t utf8_sequence_length(std::string_view text, std::size_t at) {
+  const auto in = [&](std::size_t i, unsigned char low, unsigned char high) {
+    if (at + i >= text.size()) return false;
+    const auto byte = static_cast<unsigned char>(text[at + i]);
+    return byte >= low && byte <= high;
+  };
+  const auto lead = static_cast<unsigned char>(text[at]);
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return in(1, 0x80, 0xBF) ? 2 : 0;
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    const unsigned char low = lead == 0xE0 ? 0xA0 : 0x80;
+    const unsigned char high = lead == 0xED ? 0x9F : 0xBF;
+    return in(1, low, high) && in(2, 0x80, 0xBF) ? 3 : 0;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    const unsigned char low = lead == 0xF0 ? 0x90 : 0x80;
+    const unsigned char high = lead == 0xF4 ? 0x8F : 0xBF;
+    return in(1, low, high) && in(2, 0x80, 0xBF) && in(3, 0x80, 0xBF) ? 4 : 0;
+  }
+  return 0;
+}
+
 // 8-4-4-4-12 hex digits, either case, any version and variant.
 bool is_uuid(std::string_view text);
 

@@ -463,6 +463,23 @@ TEST(Rfc3339, FormatsWithSixFractionDigits) {
             "1999-12-31T23:59:59.999999Z");
 }
 
+// The date and time to the second are kept from one call to the next on a thread: times that go
+// back and forth across a second, a day and a year boundary are each written as they are.
+TEST(Rfc3339, ConsecutiveTimesAcrossBoundariesRoundTrip) {
+  const auto before_new_year = utc(2026, 12, 31, 23, 59, 59, microseconds(999998));
+  const std::vector<system_clock::time_point> times = {
+      before_new_year, before_new_year + microseconds(1), before_new_year + microseconds(2),
+      before_new_year + microseconds(1), before_new_year + microseconds(3), before_new_year - seconds(1),
+      before_new_year + hours(24), before_new_year, system_clock::time_point{} - microseconds(1),
+      system_clock::time_point{}, before_new_year + microseconds(2)};
+  for (const auto time : times) {
+    const std::string text = format_rfc3339(time);
+    EXPECT_EQ(parse_rfc3339(text), time) << text;
+  }
+  EXPECT_EQ(format_rfc3339(before_new_year + microseconds(2)), "2027-01-01T00:00:00.000000Z");
+  EXPECT_EQ(format_rfc3339(before_new_year), "2026-12-31T23:59:59.999998Z");
+}
+
 TEST(Rfc3339, FormatTruncatesBelowMicroseconds) {
   EXPECT_EQ(format_rfc3339(system_clock::time_point{} + nanoseconds(999)),
             "1970-01-01T00:00:00.000000Z");
@@ -780,6 +797,43 @@ TEST(Envelope, PayloadIsWrittenAsNlohmannDumpsIt) {
     ASSERT_GE(body.size(), expected.size());
     EXPECT_EQ(body.substr(body.size() - expected.size()), expected) << payload.dump(-1, ' ', true, json::error_handler_t::replace);
   }
+}
+
+// The encoder escapes strings itself when they are well-formed UTF-8 and leaves the rest to
+// nlohmann: every byte alone, every lead byte of a multi-byte sequence with every next byte, and
+// three- and four-byte sequences around each boundary of table 3-7 (overlong, surrogate, past
+// U+10FFFF, cut short), inside plain text, as a value and as a key.
+TEST(Envelope, StringsAreEscapedAsNlohmannDumpsThemForEveryByteSequence) {
+  std::vector<std::string> texts;
+  for (int a = 0; a < 256; ++a) texts.push_back(std::string(1, static_cast<char>(a)));
+  for (int a = 0xC0; a < 256; ++a) {
+    for (int b = 0; b < 256; ++b) texts.push_back({static_cast<char>(a), static_cast<char>(b)});
+  }
+  const int edges[] = {0x00, 0x22, 0x5C, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF};
+  for (int a = 0xE0; a < 0xF8; ++a) {
+    for (int b : edges) {
+      for (int c : edges) {
+        texts.push_back({static_cast<char>(a), static_cast<char>(b), static_cast<char>(c)});
+        for (int d : {0x41, 0x80, 0xBF, 0xC0}) {
+          texts.push_back({static_cast<char>(a), static_cast<char>(b), static_cast<char>(c), static_cast<char>(d)});
+        }
+      }
+    }
+  }
+  std::size_t checked = 0;
+  for (const std::string& text : texts) {
+    for (const json& payload : {json("x" + text + "y"), json({{text, text}})}) {
+      Envelope e = minimal_envelope();
+      e.payload = payload;
+      const std::string body = encode_envelope(e);
+      const std::string expected = "\"payload\":" + payload.dump(-1, ' ', false, json::error_handler_t::replace) + "}";
+      ASSERT_GE(body.size(), expected.size());
+      ASSERT_EQ(body.substr(body.size() - expected.size()), expected)
+          << payload.dump(-1, ' ', true, json::error_handler_t::replace);
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2 * texts.size());
 }
 
 TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {
