@@ -82,6 +82,7 @@
 //                   [steady receiver: bus|raw]   (defaults 200000, 2000, 10, 10, default, bus)
 //        bench_nats --receive [events]                 (nats_receive alone)
 //        bench_nats --threads [events]                 (nats_forward with 1, 2, 4 threads alone)
+//        bench_nats --steady [seconds] [default|on|off] [bus|raw]   (nats_steady alone)
 //        bench_nats --receive-only KIND URL EVENTS FILE (started by nats_receive itself)
 //        bench_nats --steady-receiver URL EVENTS       (started by nats_steady itself)
 //        bench_nats --steady-raw-receiver URL EVENTS   (the same, a raw cnats counting subscriber)
@@ -970,6 +971,18 @@ int main(int argc, char** argv) {
       receive(server.url(), argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200000);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "bench_nats --receive: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
+  if (argc >= 2 && std::string(argv[1]) == "--steady") {  // nats_steady alone: [seconds] [headers] [receiver]
+    try {
+      const std::string headers = argc > 3 ? argv[3] : "default";
+      test_support::NatsServer server;
+      steady(server.url(), argc > 2 ? std::atoi(argv[2]) : 10,
+             headers == "default" ? n::NatsOptions{}.headers : headers == "on", argc > 4 && std::string(argv[4]) == "raw");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_nats --steady: %s\n", e.what());
       return 1;
     }
     return 0;
