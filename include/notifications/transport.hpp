@@ -180,6 +180,11 @@ struct Delivery {
   // How many times this message was delivered to this consumer before (0 on the first delivery).
   // A redelivery carries the same Message::id.
   std::uint32_t redelivery = 0;
+  // A hint from the transport: it hands this handler another delivery right after this call
+  // returns (its client library holds more messages of this subscription), unless the
+  // subscription ends first. A handler that queues deliveries for another thread may leave that
+  // thread asleep until the last one of the run. Ignoring it is always correct.
+  bool more_follows = false;
 };
 using DeliveryHandler = std::function<void(Delivery&&)>;
 

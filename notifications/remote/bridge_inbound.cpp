@@ -30,7 +30,11 @@ Inbound::Inbound(const BridgeConfig& config, const TransportCapabilities& capabi
 bool Inbound::offer(Delivery&& delivery, std::string_view& why) {
   Queue::Push result = Queue::Push::dropped_newest;
   try {
-    result = queue_.push(std::move(delivery), OverflowPolicy::drop_newest, std::chrono::milliseconds(0));
+    // With more to follow the dispatcher is woken by the last delivery of the run (or by
+    // shutdown and fork, which wake or close the queue): one wake-up per burst.
+    const bool more_follows = delivery.more_follows;
+    result = queue_.push(std::move(delivery), OverflowPolicy::drop_newest, std::chrono::milliseconds(0), nullptr,
+                         nullptr, more_follows);
   } catch (const std::bad_alloc&) {  // refused like a full queue
     why = "out of memory";
   }

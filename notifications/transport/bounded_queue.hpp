@@ -80,6 +80,8 @@ class BoundedQueue {
 
  public:
   using Batch = std::vector<T, PrefaultingAllocator<T>>;
+  // Hinted pushes in a row that may leave a blocked consumer asleep (see push()).
+  static constexpr std::uint32_t kMaxDeferredWakes = 64;
 
   enum class Push {
     accepted,
@@ -115,8 +117,14 @@ class BoundedQueue {
   // `evicted` receives the removed item for accepted_dropped_oldest; `waited` is set to true when
   // the call had to wait for room (block). Throws std::bad_alloc when there is no memory for a
   // new segment; then nothing changed and `item` was not queued.
+  // `more_follows`: the producer pushes again right after this call (a transport's hint,
+  // Delivery::more_follows). A blocked consumer is then not woken by this push but by the next one
+  // without the hint, by a hinted push after kMaxDeferredWakes of them in a row, by wake() or close():
+  // one wake-up per burst instead of one per item. A producer that passes it must push again, or
+  // see that the queue is woken or closed.
   Push push(T&& item, OverflowPolicy policy, std::chrono::milliseconds block_timeout,
-            std::optional<T>* evicted = nullptr, bool* waited = nullptr) NOTIFICATIONS_EXCLUDES(mutex_) {
+            std::optional<T>* evicted = nullptr, bool* waited = nullptr, bool more_follows = false)
+      NOTIFICATIONS_EXCLUDES(mutex_) {
     const std::size_t item_bytes = SizeOf{}(item);
     Batch fresh;  // a new segment, allocated (pages touched) without holding the lock
     UniqueMutexLock lock(mutex_);
@@ -164,7 +172,13 @@ class BoundedQueue {
     bytes_ += item_bytes;
     size_.store(live_, std::memory_order_release);
     if (fresh.capacity() > 0) keep_spare(std::move(fresh));
-    const bool wake = consumers_blocked_ > 0;
+    bool wake = consumers_blocked_ > 0;
+    if (wake && more_follows && deferred_wakes_ < kMaxDeferredWakes) {
+      ++deferred_wakes_;
+      wake = false;
+    } else if (wake) {
+      deferred_wakes_ = 0;
+    }
     lock.unlock();
     if (wake) not_empty_.notify_one();
     return result;
@@ -203,6 +217,7 @@ class BoundedQueue {
       }
     }
     --consumers_blocked_;
+    deferred_wakes_ = 0;
     if (wake_) {  // one wake() returns one waiting (or the next) pop_batch
       wake_ = false;
       wake_flag_.store(false, std::memory_order_release);
@@ -234,6 +249,12 @@ class BoundedQueue {
     lock.unlock();
     not_full_.notify_all();
     return true;
+  }
+
+  // Consumers blocked in pop_batch now (tests wait for one to block).
+  std::size_t blocked_consumers_for_tests() const NOTIFICATIONS_EXCLUDES(mutex_) {
+    MutexLock lock(mutex_);
+    return consumers_blocked_;
   }
 
   // Makes the pop_batch waiting now, or else the next one, return at once (with what is queued,
@@ -393,6 +414,7 @@ class BoundedQueue {
   bool closed_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   bool wake_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;  // wake() called, no pop_batch returned since
   std::size_t consumers_blocked_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // consumers inside wait_until
+  std::uint32_t deferred_wakes_ NOTIFICATIONS_GUARDED_BY(mutex_) = 0;  // see push(): more_follows
   // Written under mutex_, read without it by a spinning consumer.
   std::atomic<std::size_t> size_{0};
   std::atomic<bool> closed_flag_{false};

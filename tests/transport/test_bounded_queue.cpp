@@ -300,6 +300,47 @@ std::size_t check_against_model(std::uint32_t seed, int trials, int steps, bool 
   return failures;
 }
 
+// A push with more_follows leaves a blocked consumer asleep; the next push without it wakes the
+// consumer, which takes the whole run at once. After kMaxDeferredWakes hinted pushes in a row the
+// next hinted one wakes it too, so a producer's hint never strands items for long.
+TEST(BoundedQueue, PushesWithMoreToFollowWakeABlockedConsumerOncePerRun) {
+  const auto wait_for = [](const auto& done) {  // bounded: 10 s
+    for (int i = 0; i < 10'000 && !done(); ++i) std::this_thread::sleep_for(1ms);
+    return done();
+  };
+  for (const bool bounded_run : {false, true}) {
+    const std::size_t hinted = bounded_run ? Queue::kMaxDeferredWakes + 1 : 3;
+    Queue q(1000);  // no spin: the consumer blocks at once
+    std::atomic<std::size_t> taken{0};
+    std::atomic<bool> returned{false};
+    std::thread consumer([&] {
+      Queue::Batch batch;
+      EXPECT_TRUE(q.pop_batch(batch, 1000, Clock::time_point::max()));
+      taken = batch.size();
+      returned = true;
+    });
+    struct Join {
+      std::thread& t;
+      Queue& q;
+      ~Join() {
+        q.close();  // also when an assertion returns early
+        t.join();
+      }
+    } join{consumer, q};
+    ASSERT_TRUE(wait_for([&] { return q.blocked_consumers_for_tests() == 1; }));
+    for (std::size_t i = 0; i + 1 < hinted; ++i) {
+      q.push(static_cast<int>(i), OverflowPolicy::drop_newest, 0ms, nullptr, nullptr, /*more_follows=*/true);
+    }
+    std::this_thread::sleep_for(50ms);  // a wake-up, had there been one, would have ended the pop by now
+    EXPECT_FALSE(returned.load()) << "woken by a push with more to follow";
+    EXPECT_EQ(q.blocked_consumers_for_tests(), 1u);
+    // The run's last push: without the hint, or the hinted one past the bound.
+    q.push(-1, OverflowPolicy::drop_newest, 0ms, nullptr, nullptr, /*more_follows=*/bounded_run);
+    ASSERT_TRUE(wait_for([&] { return returned.load(); })) << "the consumer was never woken";
+    EXPECT_EQ(taken.load(), hinted) << "one pop takes the whole run";
+  }
+}
+
 TEST(BoundedQueue, BehavesLikeABoundedDequeUnderRandomOperations) {
   check_against_model(20261125, 300 / test_support::kScale, 400, false);
 }

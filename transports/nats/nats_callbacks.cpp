@@ -58,7 +58,7 @@ void on_closed(natsConnection*, void* closure) {
   shared->release();  // the connection's reference: no connection callback follows this one
 }
 
-void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+void on_message(natsConnection*, natsSubscription* nats_sub, natsMsg* msg, void* closure) {
   auto* sub = static_cast<Subscription*>(closure);
   sub->shared->received.fetch_add(1, std::memory_order_relaxed);
   if (sub->active.load(std::memory_order_acquire)) {
@@ -82,6 +82,10 @@ void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure)
         }
         free(static_cast<void*>(keys));
       }
+      // cnats delivers the messages it holds for this subscription one after another on this
+      // thread: the handler may wait for the last one before it wakes anybody.
+      int pending = 0;
+      delivery.more_follows = natsSubscription_GetPending(nats_sub, &pending, nullptr) == NATS_OK && pending > 0;
       sub->handler(std::move(delivery));
     } catch (...) {
       sub->shared->handler_errors.fetch_add(1, std::memory_order_relaxed);
