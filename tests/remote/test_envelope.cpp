@@ -836,6 +836,39 @@ TEST(Envelope, StringsAreEscapedAsNlohmannDumpsThemForEveryByteSequence) {
   EXPECT_EQ(checked, 2 * texts.size());
 }
 
+// The fast decoder, building the payload and only validating it, accepts a string exactly when
+// nlohmann's parser does, and decodes it to the same text, for every byte value after runs of 0
+// to 17 plain bytes (every offset in a word, should the scan ever read words).
+TEST(EnvelopePlain, StringsWithAnyByteAnywhereAreReadAsNlohmannReadsThem) {
+  Envelope e = minimal_envelope();
+  e.payload = json::object();
+  const std::string encoded = encode_envelope(e);
+  ASSERT_TRUE(encoded.ends_with("\"payload\":{}}"));
+  const std::string head = encoded.substr(0, encoded.size() - 3);
+  std::size_t accepted = 0;
+  for (int b = 0; b < 256; ++b) {
+    for (std::size_t before = 0; before <= 17; ++before) {
+      const std::string raw = std::string(before, 'a') + static_cast<char>(b) + std::string(9, 'z');
+      const std::string payload = "{\"s\":\"" + raw + "\"}";
+      const std::string body = head + payload + "}";
+      const bool valid = json::accept(payload);
+      Envelope built;
+      const bool built_ok = notifications::detail::decode_plain_envelope(body, built);
+      Envelope deferred;
+      notifications::detail::PayloadSpan span;
+      const bool validated = notifications::detail::decode_plain_envelope_deferring_payload(body, deferred, span);
+      ASSERT_EQ(built_ok, valid) << "byte " << b << " after " << before;
+      ASSERT_EQ(validated, valid) << "byte " << b << " after " << before;
+      if (valid) {
+        EXPECT_EQ(built.payload, json::parse(payload)) << "byte " << b << " after " << before;
+        ++accepted;
+      }
+    }
+  }
+  // Printable ASCII but '"' and '\\' (93 bytes), and DEL, at each of 18 offsets ("\\z" is no escape).
+  EXPECT_EQ(accepted, 94u * 18u);
+}
+
 TEST(OutgoingEvent, EncodesTheBytesOfMessageFromEvent) {
   json payload = {{"order_id", 7}, {"traceparent", kTrace}, {"note", "caf\xc3\xa9 \"q\""}};
   Event with_everything("order.placed", payload);
