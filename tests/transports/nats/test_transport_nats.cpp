@@ -417,6 +417,47 @@ TEST(NatsHeaders, MessageIdTravelsAsNatsMsgId) {
   for (const auto& m : got) EXPECT_EQ(m.header("Nats-Msg-Id"), "") << m.subject;
 }
 
+// Delivery::more_follows is set while cnats holds more messages of the subscription, and never on
+// the last delivery of a burst: a receiver that wakes its consumer only for the last one of a run
+// (the Bridge) would otherwise leave a message waiting for the next burst.
+TEST(NatsDelivery, MoreFollowsIsSetInsideABurstAndNeverOnItsLastMessage) {
+  NatsServer server;
+  auto receiving = n::make_nats_transport(options_for(server.url()));
+  receiving->start();
+  constexpr std::size_t kBurst = 200;
+  std::atomic<bool> release{false};
+  std::mutex mutex;
+  std::vector<bool> more_follows;
+  receiving->subscribe("burst.>", "", [&](n::Delivery&& d) {
+    bool first = false;
+    {
+      std::lock_guard lock(mutex);
+      first = more_follows.empty();
+    }
+    // The first delivery holds cnats' delivery thread until the whole burst is queued behind it.
+    if (first) wait_until([&] { return release.load(); }, 10s);
+    std::lock_guard lock(mutex);
+    more_follows.push_back(d.more_follows);
+  });
+  auto sending = n::make_nats_transport(options_for(server.url()));
+  sending->start();
+  for (std::size_t i = 0; i < kBurst; ++i) {
+    ASSERT_EQ(publish1(*sending, n::Message{"burst." + std::to_string(i), "{}", {}}).published, 1u);
+  }
+  ASSERT_TRUE(sending->flush(in(10s)));
+  // The server sends the burst to the receiving connection before this flush's answer, and cnats
+  // queues each message for the subscription as it reads it: now all of them are queued.
+  ASSERT_TRUE(receiving->flush(in(10s)));
+  release = true;
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return more_follows.size() == kBurst;
+  }, 10s));
+  std::lock_guard lock(mutex);
+  EXPECT_FALSE(more_follows.back()) << "the last message of the burst";
+  for (std::size_t i = 1; i + 1 < kBurst; ++i) EXPECT_TRUE(more_follows[i]) << "message " << i;
+}
+
 // Core NATS has no durable consumers, start positions, acknowledgements or ordered option:
 // subscribe() refuses each such DeliveryOptions field, naming it, and subscribes nothing.
 TEST(NatsDeliveryOptions, UnsupportedOptionsAreRefusedByName) {
