@@ -15,6 +15,7 @@
 
 #include "transport/bounded_queue.hpp"
 #include "scale.hpp"
+#include "wait.hpp"
 
 // Allocation-failure injection for this test program: when armed on a thread, the allocation
 // that many allocations later (0: the next one) throws std::bad_alloc, once.
@@ -189,10 +190,6 @@ TEST(BoundedQueue, PopWithoutDeadlineReturnsForAnItemAWakeOrClose) {
   Queue q(10, 50us);
   const auto forever = Clock::time_point::max();
   std::atomic<int> phase{0};
-  const auto wait_for = [](const auto& done) {  // bounded: 10 s
-    for (int i = 0; i < 10'000 && !done(); ++i) std::this_thread::sleep_for(1ms);
-    return done();
-  };
   std::thread consumer([&] {
     Queue::Batch batch;
     EXPECT_TRUE(q.pop_batch(batch, 10, forever));
@@ -210,13 +207,13 @@ TEST(BoundedQueue, PopWithoutDeadlineReturnsForAnItemAWakeOrClose) {
   } join{consumer};
   std::this_thread::sleep_for(20ms);
   q.push(1, OverflowPolicy::drop_newest, 0ms);
-  ASSERT_TRUE(wait_for([&] { return phase.load() == 1; }));
+  ASSERT_TRUE(test_support::wait_until([&] { return phase.load() == 1; }, 10s));
   std::this_thread::sleep_for(20ms);  // most likely blocked by now; either way wake() reaches it
   q.wake();
-  ASSERT_TRUE(wait_for([&] { return phase.load() == 2; }));
+  ASSERT_TRUE(test_support::wait_until([&] { return phase.load() == 2; }, 10s));
   std::this_thread::sleep_for(20ms);
   q.close();
-  ASSERT_TRUE(wait_for([&] { return phase.load() == 3; }));
+  ASSERT_TRUE(test_support::wait_until([&] { return phase.load() == 3; }, 10s));
 
   Queue r(10);
   r.wake();  // nobody waits: the next pop returns at once, and only that one
@@ -304,10 +301,6 @@ std::size_t check_against_model(std::uint32_t seed, int trials, int steps, bool 
 // consumer, which takes the whole run at once. After kMaxDeferredWakes hinted pushes in a row the
 // next hinted one wakes it too, so a producer's hint never strands items for long.
 TEST(BoundedQueue, PushesWithMoreToFollowWakeABlockedConsumerOncePerRun) {
-  const auto wait_for = [](const auto& done) {  // bounded: 10 s
-    for (int i = 0; i < 10'000 && !done(); ++i) std::this_thread::sleep_for(1ms);
-    return done();
-  };
   for (const bool bounded_run : {false, true}) {
     const std::size_t hinted = bounded_run ? Queue::kMaxDeferredWakes + 1 : 3;
     Queue q(1000);  // no spin: the consumer blocks at once
@@ -327,7 +320,7 @@ TEST(BoundedQueue, PushesWithMoreToFollowWakeABlockedConsumerOncePerRun) {
         t.join();
       }
     } join{consumer, q};
-    ASSERT_TRUE(wait_for([&] { return q.blocked_consumers_for_tests() == 1; }));
+    ASSERT_TRUE(test_support::wait_until([&] { return q.blocked_consumers_for_tests() == 1; }, 10s));
     for (std::size_t i = 0; i + 1 < hinted; ++i) {
       q.push(static_cast<int>(i), OverflowPolicy::drop_newest, 0ms, nullptr, nullptr, /*more_follows=*/true);
     }
@@ -336,7 +329,7 @@ TEST(BoundedQueue, PushesWithMoreToFollowWakeABlockedConsumerOncePerRun) {
     EXPECT_EQ(q.blocked_consumers_for_tests(), 1u);
     // The run's last push: without the hint, or the hinted one past the bound.
     q.push(-1, OverflowPolicy::drop_newest, 0ms, nullptr, nullptr, /*more_follows=*/bounded_run);
-    ASSERT_TRUE(wait_for([&] { return returned.load(); })) << "the consumer was never woken";
+    ASSERT_TRUE(test_support::wait_until([&] { return returned.load(); }, 10s)) << "the consumer was never woken";
     EXPECT_EQ(taken.load(), hinted) << "one pop takes the whole run";
   }
 }
