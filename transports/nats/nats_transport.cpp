@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "nats_callbacks.hpp"
+#include "nats_extension.hpp"
 #include "notifications/fork.hpp"
 #include "transport/kit.hpp"
 #include "notifications/transports/nats.hpp"
@@ -115,6 +116,13 @@ class NatsTransport final : public TransportBase {
     TransportCapabilities capabilities = kNatsCapabilities;
     if (!options_.send_asap) capabilities.write_delay = kFlusherDelay;
     return capabilities;
+  }
+
+  // See nats_extension.hpp.
+  natsConnection* connection_for_extension() const {
+    if (forked_without_after_fork()) return nullptr;
+    detail::SharedMutexReadLock lock(connection_mutex_);
+    return nc_;
   }
 
   // The server's max_payload, as learnt on the last (re)connect; 0 before the first connect,
@@ -977,6 +985,11 @@ class NatsTransport final : public TransportBase {
 };
 
 }  // namespace
+
+natsConnection* nats_detail::connection_of(Transport& transport) {
+  const auto* nats = dynamic_cast<const NatsTransport*>(&transport);
+  return nats == nullptr ? nullptr : nats->connection_for_extension();
+}
 
 std::unique_ptr<Transport> make_nats_transport(NatsOptions options) {
   return std::make_unique<NatsTransport>(std::move(options));
