@@ -49,7 +49,9 @@ inline constexpr ShippedScheme kShippedSchemes[] = {
     {"tls", "notifications::nats",
      "find_package(notifications CONFIG REQUIRED COMPONENTS nats) and "
      "target_link_libraries(<your target> PRIVATE notifications::nats)"},
-    {"jetstream", "nothing yet: JetStream is a planned transport", ""},
+    {"jetstream", "notifications::jetstream",
+     "find_package(notifications CONFIG REQUIRED COMPONENTS jetstream) and "
+     "target_link_libraries(<your target> PRIVATE notifications::jetstream)"},
     {"sqlite", "notifications::sqlite",
      "find_package(notifications CONFIG REQUIRED COMPONENTS sqlite) and "
      "target_link_libraries(<your target> PRIVATE notifications::sqlite)"},

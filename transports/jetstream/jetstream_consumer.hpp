@@ -1,0 +1,126 @@
+// Private to the JetStream transport: one subscription, read through a pull consumer by a thread
+// of its own. That thread creates (or binds) the consumer when it can, asks the server for batches
+// (each fetch is a new pull request, so consuming resumes by itself after a reconnect), creates
+// the consumer again when the server lost it, and hands every message to the DeliveryHandler
+// with settle and in_progress bound to that message.
+//
+// Thread-safety: open_now(), close(), health() and settle calls may come from any thread; close()
+// is idempotent. The JetStream context passed to the constructor must outlive close().
+#pragma once
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "transport/kit.hpp"
+#include "notifications/transports/jetstream.hpp"
+
+namespace notifications::jetstream_detail {
+
+// Counters over the transport's life, shared with every delivery still held by someone.
+struct ConsumerCounters {
+  std::atomic<std::uint64_t> fetches{0};
+  std::atomic<std::uint64_t> fetch_errors{0};
+  std::atomic<std::uint64_t> delivered{0};
+  std::atomic<std::uint64_t> redelivered{0};
+  std::atomic<std::uint64_t> acked{0};
+  std::atomic<std::uint64_t> naked{0};
+  std::atomic<std::uint64_t> terminated{0};
+  std::atomic<std::uint64_t> in_progress{0};
+  std::atomic<std::uint64_t> settle_errors{0};
+  std::atomic<std::uint64_t> unsettled_at_close{0};
+  std::atomic<std::uint64_t> consumers_recreated{0};
+};
+
+// Whether the messages of one consumer's subscription may still be settled: closing takes it
+// exclusively, a settle shares it while it talks to cnats.
+struct SubscriptionLife {
+  detail::SharedMutex mutex;
+  bool open NOTIFICATIONS_GUARDED_BY(mutex) = true;
+};
+
+// The name of the durable consumer for these options ("" for an ephemeral one): the durable name,
+// or the group's name followed by a hash of the pattern.
+std::string consumer_name(const std::string& pattern, const DeliveryOptions& options);
+
+class Consumer {
+ public:
+  Consumer(jsCtx* js, const JetStreamOptions& transport_options, std::string pattern, DeliveryOptions options,
+           DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters);
+  ~Consumer();  // close(); in a child forked without after_fork(), abandons the thread instead
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+
+  // Creates or binds the consumer now. Throws TransportError naming what the server refused when
+  // retrying cannot help (a durable name bound to another pattern, a pattern outside the stream);
+  // returns false when it should be retried (not connected, the server did not answer), which
+  // the fetch thread then does.
+  bool open_now();
+  // Starts the fetch thread.
+  void start();
+  // Stops fetching, closes the subscription (an ephemeral consumer is removed, a durable one
+  // kept) and makes later settles no-ops. It waits for the pull request in flight to end (at most
+  // fetch_wait): nats-server 2.9 hands a message whose pull request's subscription went away back
+  // to the consumer with its delivery count lowered, and so may deliver an acknowledged message
+  // again (seen here: the conformance case ContinueAfterSubscriberClose). What that last request
+  // brings is not handed over; the server delivers it again after ack_wait. Called from
+  // the fetch thread (from inside the handler) it only stops fetching and delivering: the thread
+  // ends once the handler returns, and a later close() from another thread finishes the job
+  // (the owner must make one before destroying the Consumer).
+  // Returns true when done, false when called from the fetch thread.
+  bool close();
+  // Leaves the thread and the cnats objects alone: for a child forked without after_fork().
+  void abandon();
+
+  // The stream sequence of the last message handed over (0: none yet); resume_after, before
+  // start(), makes a new ephemeral consumer begin after it (a subscription carried across fork).
+  std::uint64_t last_sequence() const { return last_stream_sequence_.load(); }
+  void resume_after(std::uint64_t sequence) { last_stream_sequence_.store(sequence); }
+
+  const std::string& pattern() const { return pattern_; }
+  const DeliveryOptions& options() const { return options_; }
+  const DeliveryHandler& handler() const { return handler_; }
+  // The consumer's name, "" while an ephemeral one is not created.
+  std::string name() const;
+  nlohmann::json health(jsCtx* js, const std::string& stream) const;
+  std::string last_error() const;
+
+ private:
+  void run();
+  // Creates the consumer (or reads it, to check that a durable one has this pattern) and the
+  // subscription bound to it. Returns the cnats status, with what went wrong in `why`.
+  natsStatus subscribe(natsSubscription** sub, std::string& why, bool& permanent);
+  void deliver(natsMsgList& list);
+  void note_error(const std::string& text);
+  // Waits up to `delay` unless closing.
+  void pause(std::chrono::milliseconds delay);
+
+  jsCtx* js_;
+  const JetStreamOptions& transport_options_;
+  const std::string pattern_;
+  const DeliveryOptions options_;
+  const DeliveryHandler handler_;
+  const std::string durable_name_;  // "" for an ephemeral consumer
+  std::shared_ptr<ConsumerCounters> counters_;
+  std::shared_ptr<SubscriptionLife> life_ = std::make_shared<SubscriptionLife>();
+
+  mutable detail::Mutex mutex_;
+  std::condition_variable closing_changed_;  // on mutex_: closing_
+  bool closing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
+  std::atomic<bool> closed_{false};  // closing_, for the delivery loop's check without the lock
+  natsSubscription* sub_ NOTIFICATIONS_GUARDED_BY(mutex_) = nullptr;
+  std::string ephemeral_name_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  std::string last_error_ NOTIFICATIONS_GUARDED_BY(mutex_);
+  // The stream sequence of the last message handed over: an ephemeral consumer that the server
+  // lost is created again from the one after it.
+  std::atomic<std::uint64_t> last_stream_sequence_{0};
+  std::unique_ptr<std::thread> thread_;
+};
+
+}  // namespace notifications::jetstream_detail
