@@ -1,5 +1,6 @@
 // Exits 0 when the installed library delivers an event to a subscriber, with
-// notifications::nats linked make_transport() knows the "nats" scheme, and with
+// notifications::nats linked make_transport() knows the "nats" scheme (and "jetstream" with
+// notifications::jetstream), and with
 // notifications::sqlite linked a bridge with durability async keeps its events in a SQLite file
 // and make_transport() knows the "sqlite" scheme (two bridges exchange an event through a file,
 // and a durable handler with the SQLite inbox runs for it once, its SQL in the inbox's transaction).
@@ -24,6 +25,7 @@ int main() {
   try {
     auto transport = notifications::make_transport({"nats://127.0.0.1:4222", {}});
     if (transport->kind() != "nats") return 1;
+    if (notifications::make_transport({"jetstream://127.0.0.1:4222", {}})->kind() != "jetstream") return 1;
     notifications::BridgeConfig config;
     config.durability = notifications::Durability::async;
     config.outbox.path = "/tmp/notifications-consumer-" + std::to_string(::getpid()) + ".db";

@@ -88,6 +88,20 @@ std::uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
+// The batch to ask one fetch for. cnats 3.4.1's fetch first takes the messages its subscription
+// already holds (strays: sent by the server for an earlier pull request after that one returned,
+// e.g. around a reconnect), into an array of `batch` entries, then lowers the batch by that count
+// and collects until the count equals the lowered batch: with more strays than half the batch it
+// writes past the array (seen here as heap corruption while the server was being killed). So the
+// batch is at least twice what the subscription holds, plus twice `wanted` for strays that arrive
+// meanwhile (at most one earlier request's worth).
+int fetch_batch_size(natsSubscription* sub, int wanted) {
+  int pending = 0;
+  if (natsSubscription_GetPending(sub, &pending, nullptr) != NATS_OK || pending < 0) pending = 0;
+  const std::int64_t batch = 2 * (static_cast<std::int64_t>(pending) + wanted);
+  return static_cast<int>(std::min<std::int64_t>(batch, std::numeric_limits<int>::max() / 2));
+}
+
 void set_start(jsConsumerConfig& config, const StartPosition& start) {
   switch (start.kind) {
     case StartPosition::Kind::new_only:
@@ -291,7 +305,7 @@ void Consumer::run() {
     }
     jsFetchRequest request;
     jsFetchRequest_Init(&request);
-    request.Batch = transport_options_.fetch_batch;
+    request.Batch = fetch_batch_size(sub, transport_options_.fetch_batch);
     request.Expires = nanos(transport_options_.fetch_wait);
     natsMsgList list{};
     counters_->fetches.fetch_add(1, std::memory_order_relaxed);

@@ -155,16 +155,15 @@ class JetStreamTransport final : public TransportBase {
       return PublishResult{0, false, "jetstream: used in a forked child without notifications::after_fork()"};
     }
     detail::MutexLock serial(publish_mutex_);
+    // Published while reconnecting, messages would wait in cnats' reconnect buffer for
+    // acknowledgements that cannot come before the reconnect: refused now, sent again then.
+    if (!connected()) return PublishResult{0, true, "jetstream: not connected to the server (reconnecting)"};
     if (!provisioned_.load(std::memory_order_acquire)) {
-      std::string why = "jetstream: not connected yet";
-      if (connected()) {
-        try {
-          provision();
-        } catch (const std::exception& e) {
-          why = e.what();
-        }
+      try {
+        provision();
+      } catch (const std::exception& e) {
+        return PublishResult{0, true, e.what()};
       }
-      if (!provisioned_.load()) return PublishResult{0, true, why};
     }
     {
       detail::MutexLock lock(acks_->mutex);

@@ -107,7 +107,9 @@ struct JetStreamOptions {
   // JetStream API calls (stream and consumer info, creation) wait at most this long.
   std::chrono::milliseconds api_timeout{5'000};
 
-  // Consuming: each pull request asks for up to fetch_batch messages and waits at most fetch_wait.
+  // Consuming: each pull request waits at most fetch_wait and asks for up to twice fetch_batch
+  // messages, plus twice what the subscription already holds (a guard against a cnats 3.4.1 bug,
+  // docs/jetstream.md).
   int fetch_batch = 256;
   std::chrono::milliseconds fetch_wait{500};
   int max_waiting = 512;  // pull requests a consumer holds at once (members of a group share it)

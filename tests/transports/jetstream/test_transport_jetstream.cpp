@@ -1,0 +1,310 @@
+// The JetStream transport against real nats-server -js processes on 127.0.0.1: its URL and
+// options, provisioning (create, verify-only, overlaps, a server without JetStream), what
+// "published" means, the server's dedupe, durable names, and events that all arrive once while
+// the server is killed and restarted under a forwarding Bridge.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "jetstream_test_support.hpp"
+#include "nats_server.hpp"
+#include "notifications/bridge.hpp"
+#include "notifications/durable.hpp"
+#include "notifications/notifications.hpp"
+#include "notifications/transports/jetstream.hpp"
+#include "scale.hpp"
+#include "transport_test_support.hpp"
+#include "wait.hpp"
+
+namespace {
+
+namespace n = notifications;
+using namespace std::chrono_literals;
+using nlohmann::json;
+using test_support::error_of;
+using test_support::in;
+using test_support::jetstream_options_for;
+using test_support::NatsServer;
+using test_support::NatsServerOptions;
+using test_support::wait_until;
+
+NatsServerOptions with_jetstream() {
+  NatsServerOptions options;
+  options.jetstream = true;
+  return options;
+}
+
+std::unique_ptr<n::Transport> started(const n::JetStreamOptions& options) {
+  auto transport = n::make_jetstream_transport(options);
+  transport->start();
+  return transport;
+}
+
+n::Message message(const std::string& subject, const std::string& body, const std::string& id) {
+  return n::Message{subject, body, {}, id};
+}
+
+// ---- options --------------------------------------------------------------------------------
+
+TEST(JetStreamOptions, UrlQueryAndOptionsAreReadTheUrlWinning) {
+  n::TransportConfig config;
+  config.url =
+      "jetstream://alice:s3cret@127.0.0.1:4333?stream=ORDERS&subjects=orders.>,billing.*&duplicate_window_ms=60000"
+      "&provision=verify&max_reconnect=3&fetch_batch=32";
+  config.options = {{"stream", "IGNORED"}, {"replicas", 3}, {"storage", "memory"}, {"ack_wait_ms", 1500}};
+  const n::JetStreamOptions o = n::jetstream_options_from_config(config);
+  EXPECT_EQ(o.stream, "ORDERS");
+  EXPECT_EQ(o.subjects, (std::vector<std::string>{"orders.>", "billing.*"}));
+  EXPECT_EQ(o.duplicate_window, 60s);
+  EXPECT_EQ(o.provision, n::JetStreamOptions::Provision::verify);
+  EXPECT_EQ(o.replicas, 3);
+  EXPECT_FALSE(o.file_storage);
+  EXPECT_EQ(o.ack_wait, 1500ms);
+  EXPECT_EQ(o.fetch_batch, 32);
+  EXPECT_EQ(o.connection.servers, (std::vector<std::string>{"nats://127.0.0.1:4333"}));
+  EXPECT_EQ(o.connection.user, "alice");
+  EXPECT_EQ(o.connection.password, "s3cret");
+  EXPECT_EQ(o.connection.max_reconnect, 3);
+}
+
+TEST(JetStreamOptions, BadKeysAndValuesAreNamedWithoutCredentials) {
+  const auto error = [](const std::string& url, json options = json::object()) {
+    return error_of([&] { n::jetstream_options_from_config({url, options}); });
+  };
+  const std::string unknown = error("jetstream://bob:hunter2@127.0.0.1?strem=X");
+  EXPECT_NE(unknown.find("\"strem\""), std::string::npos) << unknown;
+  EXPECT_NE(unknown.find("stream"), std::string::npos) << "lists the JetStream keys: " << unknown;
+  EXPECT_EQ(unknown.find("hunter2"), std::string::npos) << unknown;
+  const std::string provision = error("jetstream://127.0.0.1?provision=maybe");
+  EXPECT_NE(provision.find("provision"), std::string::npos) << provision;
+  EXPECT_NE(provision.find("create or verify"), std::string::npos) << provision;
+  const std::string stream = error("jetstream://127.0.0.1?stream=a.b");
+  EXPECT_NE(stream.find("stream \"a.b\""), std::string::npos) << stream;
+  const std::string subjects = error("jetstream://127.0.0.1", {{"subjects", json::array({"ok.>", "bad..subject"})}});
+  EXPECT_NE(subjects.find("bad..subject"), std::string::npos) << subjects;
+  const std::string window = error("jetstream://127.0.0.1?duplicate_window_ms=5000&max_age_ms=1000");
+  EXPECT_NE(window.find("duplicate_window_ms"), std::string::npos) << window;
+  const std::string scheme = error("nats://127.0.0.1");
+  EXPECT_NE(scheme.find("jetstream://"), std::string::npos) << scheme;
+}
+
+TEST(JetStream, MakeTransportKnowsTheScheme) {
+  NatsServer server(with_jetstream());
+  const std::string url = "jetstream://127.0.0.1:" + std::to_string(server.port()) + "?stream=SCHEME&subjects=scheme.>";
+  auto transport = n::make_transport({url, json::object()});
+  EXPECT_EQ(transport->kind(), "jetstream");
+  EXPECT_TRUE(transport->capabilities().persistent);
+  EXPECT_EQ(transport->capabilities().dedupe_window, n::JetStreamOptions{}.duplicate_window);
+  transport->start();
+  const json health = transport->health();
+  EXPECT_EQ(health["stream"], "SCHEME");
+  EXPECT_EQ(health["provisioned"], true);
+  EXPECT_EQ(health["connection"], "connected");
+  transport->stop(in(5s));
+}
+
+// ---- provisioning -----------------------------------------------------------------------------
+
+TEST(JetStream, VerifyOnlyRefusesAMissingStreamNamingIt) {
+  NatsServer server(with_jetstream());
+  auto options = jetstream_options_for(server.url(), "MISSING", {"missing.>"});
+  options.provision = n::JetStreamOptions::Provision::verify;
+  auto transport = n::make_jetstream_transport(options);
+  const std::string error = error_of([&] { transport->start(); });
+  EXPECT_NE(error.find("stream \"MISSING\" does not exist"), std::string::npos) << error;
+  EXPECT_NE(error.find("provision=verify"), std::string::npos) << error;
+  EXPECT_EQ(transport->health()["state"], "created") << "a failed start leaves the transport created";
+  transport->stop(in(5s));
+}
+
+TEST(JetStream, VerifyOnlyUsesAnExistingStreamAndNamesTheSubjectsItLacks) {
+  NatsServer server(with_jetstream());
+  auto creator = started(jetstream_options_for(server.url(), "SHARED", {"shared.>"}));
+  auto options = jetstream_options_for(server.url(), "SHARED", {"shared.>"});
+  options.provision = n::JetStreamOptions::Provision::verify;
+  auto verifier = started(options);
+  EXPECT_EQ(test_support::publish1(*verifier, message("shared.x", "1", "v-1")).published, 1u);
+  verifier->stop(in(5s));
+  options.subjects = {"shared.>", "other.>"};
+  auto lacking = n::make_jetstream_transport(options);
+  const std::string error = error_of([&] { lacking->start(); });
+  EXPECT_NE(error.find("does not store subjects [\"other.>\"]"), std::string::npos) << error;
+  lacking->stop(in(5s));
+  creator->stop(in(5s));
+}
+
+TEST(JetStream, CreateAddsItsSubjectsToAnExistingStream) {
+  NatsServer server(with_jetstream());
+  auto first = started(jetstream_options_for(server.url(), "GROWING", {"one.>"}));
+  auto second = started(jetstream_options_for(server.url(), "GROWING", {"two.>"}));
+  EXPECT_EQ(test_support::publish1(*second, message("one.x", "1", "g-1")).published, 1u) << "kept the first's";
+  EXPECT_EQ(test_support::publish1(*second, message("two.x", "2", "g-2")).published, 1u) << "added its own";
+  EXPECT_EQ(second->health()["stream_messages"], 2);
+  second->stop(in(5s));
+  first->stop(in(5s));
+}
+
+TEST(JetStream, OverlappingSubjectsAreReportedNotMerged) {
+  NatsServer server(with_jetstream());
+  auto first = started(jetstream_options_for(server.url(), "FIRST", {"orders.>"}));
+  auto second = n::make_jetstream_transport(jetstream_options_for(server.url(), "SECOND", {"orders.eu.>"}));
+  const std::string error = error_of([&] { second->start(); });
+  EXPECT_NE(error.find("stream \"SECOND\""), std::string::npos) << error;
+  EXPECT_NE(error.find("overlap"), std::string::npos) << error;
+  second->stop(in(5s));
+  first->stop(in(5s));
+}
+
+TEST(JetStream, AServerWithoutJetStreamIsNamed) {
+  NatsServer server;  // no -js
+  auto transport = n::make_jetstream_transport(jetstream_options_for(server.url(), "NONE", {"none.>"}));
+  const std::string error = error_of([&] { transport->start(); });
+  EXPECT_NE(error.find("without JetStream"), std::string::npos) << error;
+  transport->stop(in(5s));
+}
+
+// ---- publishing -------------------------------------------------------------------------------
+
+TEST(JetStream, ARepeatedIdIsStoredOnceAndCountedAsADuplicate) {
+  NatsServer server(with_jetstream());
+  auto transport = started(jetstream_options_for(server.url(), "DEDUPE", {"dedupe.>"}));
+  const std::vector<n::Message> batch{message("dedupe.a", "1", "id-1"), message("dedupe.a", "1", "id-1"),
+                                      message("dedupe.a", "2", "id-2")};
+  const n::PublishResult result = transport->publish(batch);
+  EXPECT_EQ(result.published, 3u) << "a duplicate is acknowledged too: " << result.error;
+  EXPECT_EQ(transport->publish(std::span(batch.data(), 1)).published, 1u);
+  const json health = transport->health();
+  EXPECT_EQ(health["stream_messages"], 2) << health.dump();
+  EXPECT_EQ(health["duplicates"], 2) << health.dump();
+  EXPECT_EQ(health["published"], 4) << health.dump();
+  transport->stop(in(5s));
+}
+
+TEST(JetStream, PublishedCountsOnlyWhatTheServerAcknowledged) {
+  NatsServer server(with_jetstream());
+  auto options = jetstream_options_for(server.url(), "ACKED", {"acked.>"});
+  options.publish_timeout = 300ms;
+  auto transport = started(options);
+  ASSERT_EQ(test_support::publish1(*transport, message("acked.x", "before", "a-1")).published, 1u);
+  server.stop();
+  const n::PublishResult down = test_support::publish1(*transport, message("acked.x", "during", "a-2"));
+  EXPECT_EQ(down.published, 0u) << "nothing acknowledged while the server is down";
+  EXPECT_TRUE(down.transient);
+  EXPECT_FALSE(down.error.empty());
+  server.start();
+  // Sent again (as the Bridge does) once the server is back: stored once.
+  ASSERT_TRUE(wait_until([&] { return test_support::publish1(*transport, message("acked.x", "during", "a-2")).published == 1; },
+                         20s));
+  EXPECT_EQ(transport->health()["stream_messages"], 2);
+  transport->stop(in(5s));
+}
+
+// ---- consuming --------------------------------------------------------------------------------
+
+TEST(JetStream, ADurableNameBoundToAnotherPatternIsRefused) {
+  NatsServer server(with_jetstream());
+  auto transport = started(jetstream_options_for(server.url(), "NAMES", {"names.>"}));
+  n::DeliveryOptions options;
+  options.durable = "reader";
+  const auto id = transport->subscribe("names.a", options, [](n::Delivery&&) {});
+  transport->unsubscribe(id);
+  const std::string error = error_of([&] { transport->subscribe("names.b", options, [](n::Delivery&&) {}); });
+  EXPECT_NE(error.find("\"reader\""), std::string::npos) << error;
+  EXPECT_NE(error.find("durable"), std::string::npos) << error;
+  options.durable = "bad.name";
+  const std::string bad = error_of([&] { transport->subscribe("names.a", options, [](n::Delivery&&) {}); });
+  EXPECT_NE(bad.find("durable \"bad.name\""), std::string::npos) << bad;
+  transport->stop(in(5s));
+}
+
+// Events forwarded by one Bridge reach a durable handler of another exactly once, every one of
+// them, while the server is killed (SIGKILL: no graceful shutdown) and restarted three times.
+TEST(JetStreamChaos, EveryEventIsHandledOnceWhileTheServerIsKilledAndRestarted) {
+  NatsServer server(with_jetstream());
+  const int events = 100'000 / (test_support::kScale * test_support::kScale);  // 1,000 in sanitizer builds
+  auto options = jetstream_options_for(server.url(), "CHAOS", {"chaos.>"});
+  options.publish_timeout = 1s;
+  n::BridgeConfig producer_config;
+  producer_config.app = "producer";
+  producer_config.prefix = "chaos";
+  producer_config.subscribe = {};
+  producer_config.retry.initial = 20ms;
+  producer_config.retry.max = 200ms;
+  // Room for every event while the server is down: this case is about the transport, not about
+  // the Bridge's overflow policy.
+  producer_config.queue_capacity = static_cast<std::size_t>(events) * 2;
+  n::BridgeConfig consumer_config = producer_config;
+  consumer_config.app = "consumer";
+  consumer_config.forward = {};
+  n::Notifier producer_notifier;
+  n::Notifier consumer_notifier;
+  n::Bridge producer(producer_notifier, n::make_jetstream_transport(options), producer_config);
+  n::Bridge consumer(consumer_notifier, n::make_jetstream_transport(options), consumer_config);
+  std::mutex mutex;
+  std::map<int, int> calls;  // event number -> handler calls; guarded by mutex
+  consumer.subscribe_durable("counter", "order.placed", [&](const n::Event& event, n::DurableContext&) {
+    std::lock_guard lock(mutex);
+    ++calls[event.payload()["i"].get<int>()];
+  });
+  producer.start();
+  consumer.start();
+  const auto handled = [&] {
+    std::lock_guard lock(mutex);
+    return calls.size();
+  };
+  std::thread instrumenting([&] {
+    for (int i = 0; i < events; ++i) {
+      producer_notifier.instrument("order.placed", {{"i", i}});
+      if (i % 100 == 99) std::this_thread::sleep_for(1ms);  // spread over the kills
+    }
+  });
+  // Killed and started from this thread: the harness ties the server's life to the thread that
+  // last started it.
+  for (int round = 1; round <= 3; ++round) {
+    wait_until([&] { return handled() >= static_cast<std::size_t>(events * round / 4); }, 60s);
+    server.kill_hard();
+    std::this_thread::sleep_for(300ms);
+    server.start();
+  }
+  instrumenting.join();
+  ASSERT_TRUE(wait_until([&] { return handled() == static_cast<std::size_t>(events); }, 120s))
+      << handled() << " of " << events << "; producer " << producer.health().dump() << "; consumer "
+      << consumer.health().dump() << "; server log: " << server.log_tail();
+  std::this_thread::sleep_for(500ms);  // a second call would show now
+  std::lock_guard lock(mutex);
+  int twice = 0;
+  for (const auto& [i, count] : calls) twice += count > 1 ? 1 : 0;
+  EXPECT_EQ(twice, 0) << "handlers that ran more than once";
+  EXPECT_EQ(calls.size(), static_cast<std::size_t>(events));
+  producer.shutdown(10s);
+  consumer.shutdown(10s);
+}
+
+TEST(JetStream, HealthAndErrorsNeverShowThePassword) {
+  NatsServerOptions server_options = with_jetstream();
+  server_options.user = "svc";
+  server_options.password = "pa55-w0rd-x";
+  NatsServer server(server_options);
+  auto options = jetstream_options_for(server.url(), "SECRET", {"secret.>"});
+  options.connection.user = "svc";
+  options.connection.password = "pa55-w0rd-x";
+  auto transport = started(options);
+  EXPECT_EQ(transport->health().dump().find("pa55-w0rd-x"), std::string::npos);
+  transport->stop(in(5s));
+  options.connection.password = "wrong-pa55";
+  auto refused = n::make_jetstream_transport(options);
+  const std::string error = error_of([&] { refused->start(); });
+  EXPECT_FALSE(error.empty());
+  EXPECT_EQ(error.find("wrong-pa55"), std::string::npos) << error;
+  refused->stop(in(5s));
+}
+
+}  // namespace
