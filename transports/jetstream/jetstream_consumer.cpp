@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <utility>
@@ -18,61 +17,72 @@ using Clock = std::chrono::steady_clock;
 using detail::LogLevel;
 
 constexpr const char* kIdHeader = "Nats-Msg-Id";
-// Waits between attempts to create a consumer or after a failed fetch: doubling up to the last.
+constexpr std::string_view kAckPrefix = "$JS.ACK.";
+// Waits between attempts to create a consumer or after a failed read: doubling up to the last.
 constexpr std::chrono::milliseconds kFirstRetry{20};
 constexpr std::chrono::milliseconds kLastRetry{1'000};
+// A pull request whose end the server has not announced this long after its expiry is taken as
+// lost (the connection broke, or the server restarted, while it waited).
+constexpr std::chrono::milliseconds kRequestGrace{1'000};
 
 std::int64_t nanos(std::chrono::milliseconds ms) { return static_cast<std::int64_t>(ms.count()) * 1'000'000; }
 
-// A fetched message with what settles it. Destroyed (with its natsMsg) when the last Delivery
-// copy holding it goes.
+// A fetched message with what settles it: the JetStream acknowledgement protocol, published to
+// the message's reply subject on the transport's connection. Destroyed (with its natsMsg) when
+// the last Delivery copy holding it goes.
 class HeldMessage {
  public:
-  HeldMessage(natsMsg* msg, std::shared_ptr<SubscriptionLife> life, std::shared_ptr<ConsumerCounters> counters)
-      : msg_(msg), life_(std::move(life)), counters_(std::move(counters)) {}
+  HeldMessage(natsMsg* msg, natsConnection* nc, std::shared_ptr<SubscriptionLife> life,
+              std::shared_ptr<ConsumerCounters> counters)
+      : msg_(msg), nc_(nc), life_(std::move(life)), counters_(std::move(counters)) {}
   ~HeldMessage() { natsMsg_Destroy(msg_); }
   HeldMessage(const HeldMessage&) = delete;
   HeldMessage& operator=(const HeldMessage&) = delete;
 
   void settle(Settlement how) {
     if (settled_.exchange(true)) return;  // settle once; later calls do nothing
-    detail::SharedMutexReadLock lock(life_->mutex);
-    if (!life_->open) {
-      counters_->unsettled_at_close.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    natsStatus s = NATS_OK;
+    std::string body;
     switch (how.outcome) {
       case Settle::ack:
-        s = natsMsg_Ack(msg_, nullptr);
+        body = "+ACK";
         counters_->acked.fetch_add(1, std::memory_order_relaxed);
         break;
       case Settle::nak:
-        s = how.delay.count() > 0 ? natsMsg_NakWithDelay(msg_, how.delay.count(), nullptr) : natsMsg_Nak(msg_, nullptr);
+        body = how.delay.count() > 0 ? "-NAK {\"delay\":" + std::to_string(nanos(how.delay)) + "}" : "-NAK";
         counters_->naked.fetch_add(1, std::memory_order_relaxed);
         break;
       case Settle::term:
-        s = natsMsg_Term(msg_, nullptr);
+        body = "+TERM";
         counters_->terminated.fetch_add(1, std::memory_order_relaxed);
         break;
     }
-    // Not sent (the connection is down): the server delivers the message again after ack_wait.
-    if (s != NATS_OK) counters_->settle_errors.fetch_add(1, std::memory_order_relaxed);
+    if (!send(body)) return;
   }
 
   void in_progress() {
     if (settled_.load()) return;
-    detail::SharedMutexReadLock lock(life_->mutex);
-    if (!life_->open) return;
-    if (natsMsg_InProgress(msg_, nullptr) == NATS_OK) {
-      counters_->in_progress.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      counters_->settle_errors.fetch_add(1, std::memory_order_relaxed);
-    }
+    if (send("+WPI")) counters_->in_progress.fetch_add(1, std::memory_order_relaxed);
   }
 
  private:
+  // False when not sent: the subscription is closed (counted; the server delivers the message
+  // again after ack_wait) or the connection refused it.
+  bool send(const std::string& body) {
+    detail::SharedMutexReadLock lock(life_->mutex);
+    if (!life_->open) {
+      counters_->unsettled_at_close.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    const char* reply = natsMsg_GetReply(msg_);
+    if (reply == nullptr || natsConnection_PublishString(nc_, reply, body.c_str()) != NATS_OK) {
+      counters_->settle_errors.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+
   natsMsg* msg_;
+  natsConnection* nc_;
   std::shared_ptr<SubscriptionLife> life_;
   std::shared_ptr<ConsumerCounters> counters_;
   std::atomic<bool> settled_{false};
@@ -86,20 +96,6 @@ std::uint64_t fnv1a(const std::string& text) {
     h *= 1099511628211ULL;
   }
   return h;
-}
-
-// The batch to ask one fetch for. cnats 3.4.1's fetch first takes the messages its subscription
-// already holds (strays: sent by the server for an earlier pull request after that one returned,
-// e.g. around a reconnect), into an array of `batch` entries, then lowers the batch by that count
-// and collects until the count equals the lowered batch: with more strays than half the batch it
-// writes past the array (seen here as heap corruption while the server was being killed). So the
-// batch is at least twice what the subscription holds, plus twice `wanted` for strays that arrive
-// meanwhile (at most one earlier request's worth).
-int fetch_batch_size(natsSubscription* sub, int wanted) {
-  int pending = 0;
-  if (natsSubscription_GetPending(sub, &pending, nullptr) != NATS_OK || pending < 0) pending = 0;
-  const std::int64_t batch = 2 * (static_cast<std::int64_t>(pending) + wanted);
-  return static_cast<int>(std::min<std::int64_t>(batch, std::numeric_limits<int>::max() / 2));
 }
 
 void set_start(jsConsumerConfig& config, const StartPosition& start) {
@@ -132,9 +128,10 @@ std::string consumer_name(const std::string& pattern, const DeliveryOptions& opt
   return options.group + "_" + hash;
 }
 
-Consumer::Consumer(jsCtx* js, const JetStreamOptions& transport_options, std::string pattern, DeliveryOptions options,
-                   DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters)
-    : js_(js),
+Consumer::Consumer(natsConnection* nc, jsCtx* js, const JetStreamOptions& transport_options, std::string pattern,
+                   DeliveryOptions options, DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters)
+    : nc_(nc),
+      js_(js),
       transport_options_(transport_options),
       pattern_(std::move(pattern)),
       options_(std::move(options)),
@@ -154,9 +151,8 @@ Consumer::Consumer(jsCtx* js, const JetStreamOptions& transport_options, std::st
 Consumer::~Consumer() { close(); }
 
 std::string Consumer::name() const {
-  if (!durable_name_.empty()) return durable_name_;
   detail::MutexLock lock(mutex_);
-  return ephemeral_name_;
+  return consumer_.empty() ? durable_name_ : consumer_;
 }
 
 std::string Consumer::last_error() const {
@@ -169,10 +165,33 @@ void Consumer::note_error(const std::string& text) {
   last_error_ = text;
 }
 
-natsStatus Consumer::subscribe(natsSubscription** sub, std::string& why, bool& permanent) {
+natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& permanent) {
   permanent = false;
   jsErrCode code = static_cast<jsErrCode>(0);
   const std::string& stream = transport_options_.stream;
+  // A durable consumer by its name; an ephemeral one that exists already is used again.
+  const std::string known = durable_name_.empty() ? name : durable_name_;
+  jsConsumerInfo* info = nullptr;
+  natsStatus s = NATS_NOT_FOUND;
+  if (!known.empty()) s = js_GetConsumerInfo(&info, js_, stream.c_str(), known.c_str(), nullptr, &code);
+  if (s == NATS_OK) {
+    const std::string filter = info->Config->FilterSubject == nullptr ? "" : info->Config->FilterSubject;
+    jsConsumerInfo_Destroy(info);
+    if (filter != pattern_) {
+      permanent = true;
+      why = std::string("consumer \"") + known + "\" of stream \"" + stream + "\" reads \"" +
+            detail::wire_text(filter) + "\", not \"" + detail::wire_text(pattern_) + "\": " +
+            (options_.durable.empty() ? "give the group another name" : "give the durable another name") +
+            " (option \"" + (options_.durable.empty() ? "group" : "durable") + "\")";
+      return NATS_ERR;
+    }
+    name = known;
+    return NATS_OK;
+  }
+  if (s != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) {
+    why = describe_js("reading consumer \"" + known + "\"", s, code);
+    return s;
+  }
   jsConsumerConfig config;
   jsConsumerConfig_Init(&config);
   config.AckPolicy = js_AckExplicit;
@@ -184,78 +203,58 @@ natsStatus Consumer::subscribe(natsSubscription** sub, std::string& why, bool& p
   config.MaxWaiting = transport_options_.max_waiting;
   if (options_.ordered) config.MaxAckPending = 1;
   set_start(config, options_.start);
-
-  jsSubOptions sub_options;
-  jsSubOptions_Init(&sub_options);
-  sub_options.Stream = stream.c_str();
-  natsStatus s = NATS_OK;
   if (!durable_name_.empty()) {
     config.Durable = durable_name_.c_str();
-    jsConsumerInfo* info = nullptr;
-    s = js_GetConsumerInfo(&info, js_, stream.c_str(), durable_name_.c_str(), nullptr, &code);
-    if (s == NATS_OK) {
-      const std::string filter = info->Config->FilterSubject == nullptr ? "" : info->Config->FilterSubject;
-      jsConsumerInfo_Destroy(info);
-      if (filter != pattern_) {
-        permanent = true;
-        why = std::string("consumer \"") + durable_name_ + "\" of stream \"" + stream + "\" reads \"" +
-              detail::wire_text(filter) + "\", not \"" + detail::wire_text(pattern_) + "\": " +
-              (options_.durable.empty() ? "give the group another name" : "give the durable another name") +
-              " (option \"" + (options_.durable.empty() ? "group" : "durable") + "\")";
-        return NATS_ERR;
-      }
-    } else if (s == NATS_NOT_FOUND || code == JSConsumerNotFoundErr) {
-      s = js_AddConsumer(&info, js_, stream.c_str(), &config, nullptr, &code);
-      jsConsumerInfo_Destroy(info);
-      if (s != NATS_OK) {
-        why = describe_js("creating consumer \"" + durable_name_ + "\" on \"" + pattern_ + "\"", s, code);
-        permanent = is_configuration_error(code);
-        return s;
-      }
-    } else {
-      why = describe_js("reading consumer \"" + durable_name_ + "\"", s, code);
-      return s;
-    }
-    sub_options.Consumer = durable_name_.c_str();  // bound: unsubscribing keeps the consumer
   } else {
-    // Ephemeral: created by the subscription, removed by its unsubscribe. Created again after a
-    // loss from the message after the last one handed over.
-    const std::uint64_t last = last_stream_sequence_.load();
-    if (last > 0) {
+    // Ephemeral: removed at close, or by the server once nobody asked for this long. Created
+    // again after a loss from the message after the last one handed over.
+    config.InactiveThreshold = nanos(transport_options_.inactive_threshold);
+    if (const std::uint64_t last = last_stream_sequence_.load(); last > 0) {
       config.DeliverPolicy = js_DeliverByStartSequence;
       config.OptStartSeq = last + 1;
       config.OptStartTime = 0;
     }
-    config.InactiveThreshold = nanos(transport_options_.inactive_threshold);
-    sub_options.Config = config;
   }
-  s = js_PullSubscribe(sub, js_, pattern_.c_str(), durable_name_.empty() ? nullptr : durable_name_.c_str(), nullptr,
-                       &sub_options, &code);
+  s = js_AddConsumer(&info, js_, stream.c_str(), &config, nullptr, &code);
   if (s != NATS_OK) {
-    why = describe_js("subscribing to \"" + pattern_ + "\"", s, code);
+    jsConsumerInfo_Destroy(info);
+    why = describe_js("creating a consumer of stream \"" + stream + "\" for \"" + pattern_ + "\"", s, code);
     permanent = is_configuration_error(code);
+    return s;
   }
-  return s;
+  name = info->Name == nullptr ? durable_name_ : info->Name;
+  jsConsumerInfo_Destroy(info);
+  return NATS_OK;
 }
 
 bool Consumer::open_now() {
-  natsSubscription* sub = nullptr;
+  std::string name;
+  {
+    detail::MutexLock lock(mutex_);
+    name = consumer_;
+  }
   std::string why;
   bool permanent = false;
-  if (subscribe(&sub, why, permanent) != NATS_OK) {
+  if (ensure_consumer(name, why, permanent) != NATS_OK) {
     if (permanent) throw TransportError("jetstream: " + why);
     note_error(why);
     return false;
   }
-  std::string ephemeral;
-  if (durable_name_.empty()) {
-    jsConsumerInfo* info = nullptr;
-    if (natsSubscription_GetConsumerInfo(&info, sub, nullptr, nullptr) == NATS_OK) {
-      ephemeral = info->Name == nullptr ? "" : info->Name;
-      jsConsumerInfo_Destroy(info);
-    }
+  natsInbox* inbox = nullptr;
+  natsSubscription* sub = nullptr;
+  natsStatus s = natsInbox_Create(&inbox);
+  if (s == NATS_OK) s = natsConnection_SubscribeSync(&sub, nc_, inbox);
+  if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub, -1, -1);
+  if (s != NATS_OK) {
+    note_error(describe_js("subscribing to the pull inbox", s, static_cast<jsErrCode>(0)));
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    return false;
   }
+  const std::string inbox_name = inbox;
+  natsInbox_Destroy(inbox);
   detail::MutexLock lock(mutex_);
+  consumer_ = name;
   if (closing_ || sub_ != nullptr) {
     // Closed meanwhile (or opened by the thread): this one is not needed.
     natsSubscription_Unsubscribe(sub);
@@ -263,7 +262,7 @@ bool Consumer::open_now() {
     return true;
   }
   sub_ = sub;
-  ephemeral_name_ = ephemeral;
+  inbox_ = inbox_name;
   return true;
 }
 
@@ -280,106 +279,195 @@ void Consumer::pause(std::chrono::milliseconds delay) {
   while (!closing_ && Clock::now() < until) lock.wait_until(closing_changed_, until);
 }
 
+bool Consumer::send_pull_request() {
+  std::string subject;
+  std::string inbox;
+  {
+    detail::MutexLock lock(mutex_);
+    subject = "$JS.API.CONSUMER.MSG.NEXT." + transport_options_.stream + "." + consumer_;
+    inbox = inbox_;
+  }
+  const std::string request = "{\"batch\":" + std::to_string(transport_options_.fetch_batch) +
+                              ",\"expires\":" + std::to_string(nanos(transport_options_.fetch_wait)) + "}";
+  const natsStatus s = natsConnection_PublishRequestString(nc_, subject.c_str(), inbox.c_str(), request.c_str());
+  if (s != NATS_OK) {
+    note_error(describe_js("sending a pull request for \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
+    return false;
+  }
+  counters_->pull_requests.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+Consumer::Read Consumer::classify(natsMsg* msg) const {
+  const char* reply = natsMsg_GetReply(msg);
+  if (reply != nullptr && std::string_view(reply).substr(0, kAckPrefix.size()) == kAckPrefix) return Read::message;
+  const char* status = nullptr;
+  if (natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status != nullptr) {
+    const std::string_view code = status;
+    if (code == "100") return Read::heartbeat;
+    if (code == "503") return Read::consumer_missing;  // no responders: no such consumer (yet)
+  }
+  return Read::request_over;  // 404 no messages, 408 expired, 409 limits: this request is done
+}
+
 void Consumer::run() {
   std::chrono::milliseconds retry = kFirstRetry;
+  bool in_flight = false;     // a pull request is with the server
+  bool check_consumer = false;  // the server said the consumer is not there: ask again
+  int received = 0;           // messages the request in flight brought
+  Clock::time_point request_end{};
   for (std::uint64_t round = 0; round < std::numeric_limits<std::uint64_t>::max(); ++round) {
     natsSubscription* sub = nullptr;
+    bool closing = false;
     {
       detail::MutexLock lock(mutex_);
-      if (closing_) return;
+      closing = closing_;
       sub = sub_;
     }
-    if (sub == nullptr) {
+    if (closing && !in_flight) return;
+    if (sub == nullptr || check_consumer) {
+      if (closing) return;
       bool opened = false;
       try {
-        opened = open_now();
+        if (sub == nullptr) {
+          opened = open_now();
+        } else {
+          std::string name;
+          {
+            detail::MutexLock lock(mutex_);
+            name = consumer_;
+          }
+          std::string why;
+          bool permanent = false;
+          opened = ensure_consumer(name, why, permanent) == NATS_OK;
+          if (opened) {
+            detail::MutexLock lock(mutex_);
+            consumer_ = name;
+          } else {
+            note_error(why);
+          }
+        }
       } catch (const std::exception& e) {  // refused for good: logged, and tried again later
         note_error(e.what());
         detail::log(LogLevel::error, "notifications jetstream: {}", e.what());
       }
-      if (!opened) {
+      if (opened) {
+        if (check_consumer) counters_->consumers_recreated.fetch_add(1, std::memory_order_relaxed);
+        check_consumer = false;
+      } else {
         pause(retry);
         retry = std::min(retry * 2, kLastRetry);
       }
       continue;
     }
-    jsFetchRequest request;
-    jsFetchRequest_Init(&request);
-    request.Batch = fetch_batch_size(sub, transport_options_.fetch_batch);
-    request.Expires = nanos(transport_options_.fetch_wait);
-    natsMsgList list{};
-    counters_->fetches.fetch_add(1, std::memory_order_relaxed);
-    const natsStatus s = natsSubscription_FetchRequest(&list, sub, &request);
-    if (s == NATS_OK) {
-      retry = kFirstRetry;
-      deliver(list);
-      natsMsgList_Destroy(&list);
+    if (!in_flight && !closing) {
+      if (!send_pull_request()) {
+        counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
+        pause(retry);
+        retry = std::min(retry * 2, kLastRetry);
+        continue;
+      }
+      in_flight = true;
+      received = 0;
+      request_end = Clock::now() + transport_options_.fetch_wait + kRequestGrace;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(request_end - Clock::now());
+    natsMsg* msg = nullptr;
+    const natsStatus s = natsSubscription_NextMsg(&msg, sub, std::max<std::int64_t>(left.count(), 1));
+    if (s == NATS_TIMEOUT) {
+      if (Clock::now() >= request_end) in_flight = false;  // its end was lost with a connection
       continue;
     }
-    natsMsgList_Destroy(&list);
-    if (s == NATS_TIMEOUT) continue;  // nothing to read within fetch_wait
-    {
-      detail::MutexLock lock(mutex_);
-      if (closing_) return;
+    if (s != NATS_OK) {
+      in_flight = false;
+      counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
+      note_error(describe_js("reading the pull inbox of \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
+      if (closing) return;
+      pause(retry);
+      retry = std::min(retry * 2, kLastRetry);
+      continue;
     }
-    counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
-    note_error(describe_js("fetching from \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
-    if (s == NATS_NOT_FOUND || s == NATS_INVALID_SUBSCRIPTION) {
-      // The server lost the consumer (or the subscription is gone): make them again.
-      counters_->consumers_recreated.fetch_add(1, std::memory_order_relaxed);
-      detail::MutexLock lock(mutex_);
-      if (closing_) return;
-      natsSubscription_Destroy(sub_);
-      sub_ = nullptr;
+    switch (classify(msg)) {
+      case Read::message:
+        retry = kFirstRetry;
+        if (++received >= transport_options_.fetch_batch) in_flight = false;
+        if (closed_.load(std::memory_order_acquire)) {
+          counters_->not_handed_at_close.fetch_add(1, std::memory_order_relaxed);
+          natsMsg_Destroy(msg);
+        } else {
+          deliver(msg, sub);
+        }
+        break;
+      case Read::heartbeat:
+        natsMsg_Destroy(msg);
+        break;
+      case Read::consumer_missing:
+        natsMsg_Destroy(msg);
+        in_flight = false;
+        check_consumer = true;
+        counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
+        note_error("the server has no consumer \"" + name() + "\" of stream \"" + transport_options_.stream +
+                   "\" (or JetStream is not ready): creating it again");
+        pause(retry);
+        retry = std::min(retry * 2, kLastRetry);
+        break;
+      case Read::request_over:
+        natsMsg_Destroy(msg);
+        in_flight = false;
+        break;
     }
-    pause(retry);
-    retry = std::min(retry * 2, kLastRetry);
   }
 }
 
-void Consumer::deliver(natsMsgList& list) {
-  for (int i = 0; i < list.Count; ++i) {
-    // Closed from inside the handler: what is left is not handed over (the server delivers it
-    // again after ack_wait to whoever reads the consumer then).
-    if (closed_.load(std::memory_order_acquire)) return;
-    natsMsg* msg = list.Msgs[i];
-    list.Msgs[i] = nullptr;  // owned by the HeldMessage now
-    auto held = std::make_shared<HeldMessage>(msg, life_, counters_);
-    Delivery delivery;
-    const char* subject = natsMsg_GetSubject(msg);
-    delivery.message.subject = subject == nullptr ? "" : subject;
-    const char* data = natsMsg_GetData(msg);
-    if (data != nullptr) delivery.message.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
-    const char* id = nullptr;
-    if (natsMsgHeader_Get(msg, kIdHeader, &id) == NATS_OK && id != nullptr) delivery.message.id = id;
-    if (options_.headers) {
-      const char** keys = nullptr;
-      int count = 0;
-      if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
-        for (int k = 0; k < count; ++k) {
-          if (std::string_view(keys[k]) == kIdHeader) continue;
-          const char** values = nullptr;
-          int n = 0;
-          if (natsMsgHeader_Values(msg, keys[k], &values, &n) == NATS_OK) {
-            for (int v = 0; v < n; ++v) delivery.message.headers.emplace_back(keys[k], values[v]);
-            std::free(static_cast<void*>(values));
-          }
+void Consumer::deliver(natsMsg* msg, natsSubscription* sub) {
+  auto held = std::make_shared<HeldMessage>(msg, nc_, life_, counters_);
+  Delivery delivery;
+  const char* subject = natsMsg_GetSubject(msg);
+  delivery.message.subject = subject == nullptr ? "" : subject;
+  const char* data = natsMsg_GetData(msg);
+  if (data != nullptr) delivery.message.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+  const char* id = nullptr;
+  if (natsMsgHeader_Get(msg, kIdHeader, &id) == NATS_OK && id != nullptr) delivery.message.id = id;
+  if (options_.headers) {
+    const char** keys = nullptr;
+    int count = 0;
+    if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
+      for (int k = 0; k < count; ++k) {
+        if (std::string_view(keys[k]) == kIdHeader) continue;
+        const char** values = nullptr;
+        int n = 0;
+        if (natsMsgHeader_Values(msg, keys[k], &values, &n) == NATS_OK) {
+          for (int v = 0; v < n; ++v) delivery.message.headers.emplace_back(keys[k], values[v]);
+          std::free(static_cast<void*>(values));
         }
-        std::free(static_cast<void*>(keys));
       }
+      std::free(static_cast<void*>(keys));
     }
-    jsMsgMetaData* meta = nullptr;
-    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
-      delivery.redelivery = meta->NumDelivered > 1 ? static_cast<std::uint32_t>(meta->NumDelivered - 1) : 0;
-      last_stream_sequence_.store(meta->Sequence.Stream, std::memory_order_relaxed);
-      jsMsgMetaData_Destroy(meta);
-    }
-    counters_->delivered.fetch_add(1, std::memory_order_relaxed);
-    if (delivery.redelivery > 0) counters_->redelivered.fetch_add(1, std::memory_order_relaxed);
-    delivery.settle = [held](Settlement how) { held->settle(how); };
-    delivery.in_progress = [held] { held->in_progress(); };
-    delivery.more_follows = i + 1 < list.Count;
-    handler_(std::move(delivery));
+  }
+  jsMsgMetaData* meta = nullptr;
+  if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+    delivery.redelivery = meta->NumDelivered > 1 ? static_cast<std::uint32_t>(meta->NumDelivered - 1) : 0;
+    last_stream_sequence_.store(meta->Sequence.Stream, std::memory_order_relaxed);
+    jsMsgMetaData_Destroy(meta);
+  }
+  counters_->delivered.fetch_add(1, std::memory_order_relaxed);
+  if (delivery.redelivery > 0) counters_->redelivered.fetch_add(1, std::memory_order_relaxed);
+  delivery.settle = [held](Settlement how) { held->settle(how); };
+  delivery.in_progress = [held] { held->in_progress(); };
+  int pending = 0;
+  delivery.more_follows = natsSubscription_GetPending(sub, &pending, nullptr) == NATS_OK && pending > 0;
+  handler_(std::move(delivery));
+}
+
+void Consumer::drop_subscription() {
+  natsSubscription* sub = nullptr;
+  {
+    detail::MutexLock lock(mutex_);
+    std::swap(sub, sub_);
+  }
+  if (sub != nullptr) {
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
   }
 }
 
@@ -387,30 +475,27 @@ bool Consumer::close() {
   const bool own_thread = thread_ && thread_->get_id() == std::this_thread::get_id();
   {
     detail::MutexLock lock(mutex_);
-    if (!closing_) {
-      closing_ = true;
-      closed_.store(true, std::memory_order_release);
-    }
+    closing_ = true;
+    closed_.store(true, std::memory_order_release);
   }
   closing_changed_.notify_all();
-  if (own_thread) {
-    // Called from the handler: this thread returns to run(), which sees closing_ and ends; it is
-    // joined by a later close() from another thread.
-    return false;
-  }
+  if (own_thread) return false;  // see the header: the thread ends after the handler returns
   if (thread_ && thread_->joinable()) thread_->join();
   {
     detail::SharedMutexWriteLock lock(life_->mutex);
+    if (!life_->open) return true;  // closed before
     life_->open = false;
   }
-  natsSubscription* sub = nullptr;
+  drop_subscription();
+  std::string ephemeral;
   {
     detail::MutexLock lock(mutex_);
-    std::swap(sub, sub_);
+    if (durable_name_.empty()) ephemeral = consumer_;
   }
-  if (sub != nullptr) {
-    natsSubscription_Unsubscribe(sub);  // an ephemeral consumer is removed, a bound durable one kept
-    natsSubscription_Destroy(sub);
+  // An ephemeral consumer goes with its subscription (the server would remove it after
+  // inactive_threshold anyway); a durable one keeps its position for the next.
+  if (!ephemeral.empty() && nc_ != nullptr && natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED) {
+    js_DeleteConsumer(js_, transport_options_.stream.c_str(), ephemeral.c_str(), nullptr, nullptr);
   }
   return true;
 }
@@ -424,13 +509,13 @@ void Consumer::abandon() {
 }
 
 nlohmann::json Consumer::health(jsCtx* js, const std::string& stream) const {
+  const std::string consumer = name();
   nlohmann::json h{{"pattern", pattern_},
-                   {"consumer", name()},
+                   {"consumer", consumer},
                    {"durable", !durable_name_.empty()},
                    {"pending", -1},
                    {"ack_pending", -1},
                    {"redelivered", -1}};
-  const std::string consumer = name();
   if (consumer.empty() || js == nullptr) return h;
   jsOptions options;
   jsOptions_Init(&options);

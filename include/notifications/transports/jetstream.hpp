@@ -19,7 +19,9 @@
 // cover). Subjects that overlap another stream's are reported as such, never merged.
 //
 // Consumers: pull consumers, one fetching thread per subscription (the transport's own thread,
-// not cnats': the DeliveryHandler runs there and must only enqueue). DeliveryOptions::durable names
+// not cnats': the DeliveryHandler runs there and must only enqueue). It sends the pull requests
+// itself and reads the answers from its own inbox subscription (cnats 3.4.1's fetch holds a lone
+// message until its batch is full or its wait is over, and can write past its array). DeliveryOptions::durable names
 // a durable consumer (created when missing, kept at unsubscribe and stop; the same name with
 // another pattern is refused at subscribe, naming "durable"); DeliveryOptions::group without
 // durable is a durable consumer named after the group and the pattern, shared by the group's
@@ -51,8 +53,9 @@
 // provision, provisioned, published (acknowledged), duplicates, publish_failed (negative
 // acknowledgements), publish_timeouts (batches not fully acknowledged in time), acks_pending,
 // stream_messages, stream_bytes, last_sequence (-1 when the server did not answer within 200 ms),
-// fetches, fetch_errors, delivered, redelivered, acked, naked, terminated, in_progress,
-// unsettled_at_close, consumers_recreated, last_error, and "subscriptions": per subscription its
+// pull_requests, fetch_errors, delivered, redelivered, acked, naked, terminated, in_progress,
+// settle_errors, unsettled_at_close, not_handed_at_close (fetched while closing: the server
+// delivers them again), consumers_recreated, last_error, and "subscriptions": per subscription its
 // pattern, consumer, durable, pending, ack_pending, redelivered (the server's figures, -1 when it
 // did not answer).
 //
@@ -107,9 +110,8 @@ struct JetStreamOptions {
   // JetStream API calls (stream and consumer info, creation) wait at most this long.
   std::chrono::milliseconds api_timeout{5'000};
 
-  // Consuming: each pull request waits at most fetch_wait and asks for up to twice fetch_batch
-  // messages, plus twice what the subscription already holds (a guard against a cnats 3.4.1 bug,
-  // docs/jetstream.md).
+  // Consuming: each pull request asks for up to fetch_batch messages and waits at most fetch_wait;
+  // a message is handed over as soon as it arrives.
   int fetch_batch = 256;
   std::chrono::milliseconds fetch_wait{500};
   int max_waiting = 512;  // pull requests a consumer holds at once (members of a group share it)

@@ -40,7 +40,9 @@ std::shared_ptr<n::Transport> make(const std::string& scope) {
     servers.by_transport.clear();
     test_support::keeper().call([] {
       servers.server.reset();
-      servers.server = std::make_unique<test_support::NatsServer>(test_support::NatsServerOptions{.jetstream = true});
+      test_support::NatsServerOptions options;
+      options.jetstream = true;
+      servers.server = std::make_unique<test_support::NatsServer>(options);
     });
     servers.scope = scope;
   }
