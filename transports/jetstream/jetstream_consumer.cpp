@@ -2,6 +2,7 @@
 #include "jetstream_consumer.hpp"
 
 #include <algorithm>
+#include <ctime>
 #include <cstdio>
 #include <functional>
 #include <limits>
@@ -98,22 +99,39 @@ std::uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
-void set_start(jsConsumerConfig& config, const StartPosition& start) {
+// RFC 3339 in UTC with all nine digits of the fraction.
+std::string rfc3339_nanos(std::chrono::system_clock::time_point at) {
+  const auto since = std::chrono::duration_cast<std::chrono::nanoseconds>(at.time_since_epoch()).count();
+  std::int64_t seconds = since / 1'000'000'000;
+  std::int64_t fraction = since % 1'000'000'000;
+  if (fraction < 0) {
+    fraction += 1'000'000'000;
+    --seconds;
+  }
+  const std::time_t t = static_cast<std::time_t>(seconds);
+  std::tm utc{};
+  gmtime_r(&t, &utc);
+  char text[64];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%09lldZ", utc.tm_year + 1900, utc.tm_mon + 1,
+                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<long long>(fraction));
+  return text;
+}
+
+void set_start(nlohmann::json& config, const StartPosition& start) {
   switch (start.kind) {
     case StartPosition::Kind::new_only:
-      config.DeliverPolicy = js_DeliverNew;
+      config["deliver_policy"] = "new";
       break;
     case StartPosition::Kind::all_retained:
-      config.DeliverPolicy = js_DeliverAll;
+      config["deliver_policy"] = "all";
       break;
     case StartPosition::Kind::from_time:
-      config.DeliverPolicy = js_DeliverByStartTime;
-      config.OptStartTime =
-          std::chrono::duration_cast<std::chrono::nanoseconds>(start.time.time_since_epoch()).count();
+      config["deliver_policy"] = "by_start_time";
+      config["opt_start_time"] = rfc3339_nanos(start.time);
       break;
     case StartPosition::Kind::from_sequence:
-      config.DeliverPolicy = js_DeliverByStartSequence;
-      config.OptStartSeq = std::max<std::uint64_t>(start.sequence, 1);
+      config["deliver_policy"] = "by_start_sequence";
+      config["opt_start_seq"] = std::max<std::uint64_t>(start.sequence, 1);
       break;
   }
 }
@@ -192,38 +210,60 @@ natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& 
     why = describe_js("reading consumer \"" + known + "\"", s, code);
     return s;
   }
-  jsConsumerConfig config;
-  jsConsumerConfig_Init(&config);
-  config.AckPolicy = js_AckExplicit;
-  config.AckWait = nanos(options_.ack_wait.count() > 0 ? options_.ack_wait : transport_options_.ack_wait);
+  // Created with the JetStream API's own request, not js_AddConsumer: cnats 3.4.1 writes the
+  // fraction of opt_start_time without its leading zeros (0.05 s becomes ".5"), which moved a
+  // from_time start up to 0.9 s later (the conformance case StartPositionsAreHonoured, now and
+  // then).
+  nlohmann::json config{{"ack_policy", "explicit"},
+                        {"ack_wait", nanos(options_.ack_wait.count() > 0 ? options_.ack_wait : transport_options_.ack_wait)},
+                        {"filter_subject", pattern_},
+                        {"replay_policy", "instant"},
+                        {"max_waiting", transport_options_.max_waiting}};
   const std::uint32_t max_deliveries =
       options_.max_deliveries > 0 ? options_.max_deliveries : transport_options_.max_deliveries;
-  config.MaxDeliver = max_deliveries > 0 ? static_cast<std::int64_t>(max_deliveries) : -1;
-  config.FilterSubject = pattern_.c_str();
-  config.MaxWaiting = transport_options_.max_waiting;
-  if (options_.ordered) config.MaxAckPending = 1;
+  config["max_deliver"] = max_deliveries > 0 ? static_cast<std::int64_t>(max_deliveries) : -1;
+  if (options_.ordered) config["max_ack_pending"] = 1;
   set_start(config, options_.start);
+  std::string subject = "$JS.API.CONSUMER.CREATE." + stream;
   if (!durable_name_.empty()) {
-    config.Durable = durable_name_.c_str();
+    config["durable_name"] = durable_name_;
+    subject = "$JS.API.CONSUMER.DURABLE.CREATE." + stream + "." + durable_name_;
   } else {
     // Ephemeral: removed at close, or by the server once nobody asked for this long. Created
     // again after a loss from the message after the last one handed over.
-    config.InactiveThreshold = nanos(transport_options_.inactive_threshold);
+    config["inactive_threshold"] = nanos(transport_options_.inactive_threshold);
     if (const std::uint64_t last = last_stream_sequence_.load(); last > 0) {
-      config.DeliverPolicy = js_DeliverByStartSequence;
-      config.OptStartSeq = last + 1;
-      config.OptStartTime = 0;
+      config.erase("opt_start_time");
+      config["deliver_policy"] = "by_start_sequence";
+      config["opt_start_seq"] = last + 1;
     }
   }
-  s = js_AddConsumer(&info, js_, stream.c_str(), &config, nullptr, &code);
+  const std::string request = nlohmann::json{{"stream_name", stream}, {"config", config}}.dump();
+  natsMsg* reply = nullptr;
+  s = natsConnection_Request(&reply, nc_, subject.c_str(), request.data(), static_cast<int>(request.size()),
+                             transport_options_.api_timeout.count());
+  const std::string what = "creating a consumer of stream \"" + stream + "\" for \"" + pattern_ + "\"";
   if (s != NATS_OK) {
-    jsConsumerInfo_Destroy(info);
-    why = describe_js("creating a consumer of stream \"" + stream + "\" for \"" + pattern_ + "\"", s, code);
-    permanent = is_configuration_error(code);
+    why = describe_js(what, s, static_cast<jsErrCode>(0));
     return s;
   }
-  name = info->Name == nullptr ? durable_name_ : info->Name;
-  jsConsumerInfo_Destroy(info);
+  const char* data = natsMsg_GetData(reply);
+  const nlohmann::json answer =
+      nlohmann::json::parse(data == nullptr ? "" : std::string(data, static_cast<std::size_t>(natsMsg_GetDataLength(reply))),
+                            nullptr, false);
+  natsMsg_Destroy(reply);
+  if (answer.is_discarded() || !answer.is_object()) {
+    why = what + ": the server's answer is not JSON";
+    return NATS_ERR;
+  }
+  if (const auto error = answer.find("error"); error != answer.end() && error->is_object()) {
+    code = static_cast<jsErrCode>(error->value("err_code", 0));
+    why = what + ": JetStream error " + std::to_string(static_cast<int>(code)) + ": " +
+          detail::wire_text(error->value("description", std::string("(no description)")));
+    permanent = is_configuration_error(code);
+    return NATS_ERR;
+  }
+  name = answer.value("name", durable_name_);
   return NATS_OK;
 }
 

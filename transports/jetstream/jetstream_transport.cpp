@@ -96,11 +96,24 @@ void on_publish_ack(jsCtx* /*js*/, natsMsg* msg, jsPubAck* ack, jsPubAckErr* err
   natsMsg_Destroy(msg);
 }
 
+// The connection settings that keep a publisher's messages in order in the stream across a
+// broken connection. cnats replays what it buffered while it knew the connection was down, and
+// what waited in its write buffer, once it reconnects; what it had written to the broken socket
+// is gone. The Bridge sends that again, after the replayed (later) messages: the stream would
+// store them out of order (the conformance case Reconnect saw it under TSan). Written at once
+// (send_asap) and with no reconnect buffer, a batch that meets a broken connection stops there
+// (publish() reports the rest as not published) and nothing later reaches the stream first.
+JetStreamOptions ordered_connection(JetStreamOptions options) {
+  options.connection.send_asap = true;
+  options.connection.reconnect_buffer_bytes = 0;
+  return options;
+}
+
 // Thread-safety: as every Transport, all members may be called from any thread. TransportBase
 // serialises the lifecycle; publishes are serialised here (one batch's acknowledgements at a time).
 class JetStreamTransport final : public TransportBase {
  public:
-  explicit JetStreamTransport(JetStreamOptions options) : options_(std::move(options)) {
+  explicit JetStreamTransport(JetStreamOptions options) : options_(ordered_connection(std::move(options))) {
     validate_jetstream_options(options_);
     if (make_nats_transport(options_.connection) == nullptr) throw TransportError("jetstream: no NATS transport");
   }

@@ -12,6 +12,12 @@
 // counts); after max_deliveries the server gives it up. With the Bridge's inbox (durable
 // handlers) each handler runs once per event.
 //
+// Order: a publisher's messages of one subject are stored, and delivered, in publish order, also
+// across a broken connection: the connection writes each publish at once (send_asap) and buffers
+// nothing while reconnecting (reconnect_buffer_bytes 0, whatever JetStreamOptions::connection
+// says), so a batch that meets a broken connection stops there and is sent again, in order, once
+// the connection is back. A nak'ed message may come after later ones (nak_may_be_overtaken).
+//
 // Provisioning (start()): with provision "create" (the default) the stream is created, or updated
 // to these options when it exists (subjects, duplicate window, limits); with "verify" it is only
 // read (credentials that deny the JetStream API's create calls), and start() fails with a
@@ -89,7 +95,9 @@ inline constexpr TransportCapabilities kJetStreamCapabilities{.persistent = true
 
 // Thread-safety: a plain value.
 struct JetStreamOptions {
-  NatsOptions connection;  // servers, credentials, TLS, reconnects (the NATS transport's keys)
+  // Servers, credentials, TLS, reconnects (the NATS transport's keys); send_asap and
+  // reconnect_buffer_bytes are set by the transport (see "Order" above).
+  NatsOptions connection;
 
   // The stream: its name (letters, digits, '-', '_') and the subjects it stores (NATS wildcards).
   std::string stream = "NOTIFICATIONS";

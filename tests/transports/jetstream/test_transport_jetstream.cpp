@@ -225,6 +225,44 @@ TEST(JetStream, ADurableNameBoundToAnotherPatternIsRefused) {
   transport->stop(in(5s));
 }
 
+// from_time with a start whose fraction of a second is below 0.1 s: cnats 3.4.1 writes such a
+// fraction without its leading zeros (x.025 s as ".25"), which would start the consumer after the
+// messages published right after the start time.
+TEST(JetStream, AStartTimeWithASmallFractionOfASecondIsHonoured) {
+  NatsServer server(with_jetstream());
+  auto transport = started(jetstream_options_for(server.url(), "TIMES", {"times.>"}));
+  const auto publish = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      ASSERT_EQ(test_support::publish1(*transport, message("times.x", std::to_string(i), "t-" + std::to_string(i))).published,
+                1u);
+    }
+  };
+  publish(0, 5);
+  using std::chrono::system_clock;
+  const auto fraction = [] { return system_clock::now().time_since_epoch() % std::chrono::seconds(1); };
+  ASSERT_TRUE(wait_until([&] { return fraction() >= 10ms && fraction() < 30ms; }, 3s));
+  const auto t = system_clock::now();
+  publish(5, 10);
+  std::mutex mutex;
+  std::vector<std::string> bodies;  // guarded by mutex
+  n::DeliveryOptions options;
+  options.start = n::StartPosition::from_time(t);
+  transport->subscribe("times.>", options, [&](n::Delivery&& d) {
+    std::lock_guard lock(mutex);
+    bodies.push_back(d.message.body);
+    d.settle(n::Settle::ack);
+  });
+  const auto count = [&] {
+    std::lock_guard lock(mutex);
+    return bodies.size();
+  };
+  EXPECT_TRUE(wait_until([&] { return count() >= 5; }, 10s)) << count() << " of the 5 messages after the start";
+  std::this_thread::sleep_for(300ms);  // one more would show now
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(bodies, (std::vector<std::string>{"5", "6", "7", "8", "9"}));
+  transport->stop(in(5s));
+}
+
 // Events forwarded by one Bridge reach a durable handler of another exactly once, every one of
 // them, while the server is killed (SIGKILL: no graceful shutdown) and restarted three times.
 TEST(JetStreamChaos, EveryEventIsHandledOnceWhileTheServerIsKilledAndRestarted) {
@@ -284,6 +322,81 @@ TEST(JetStreamChaos, EveryEventIsHandledOnceWhileTheServerIsKilledAndRestarted) 
   for (const auto& [i, count] : calls) twice += count > 1 ? 1 : 0;
   EXPECT_EQ(twice, 0) << "handlers that ran more than once";
   EXPECT_EQ(calls.size(), static_cast<std::size_t>(events));
+  producer.shutdown(10s);
+  consumer.shutdown(10s);
+}
+
+// A stream replicated on three clustered servers (R3): the server a producer and a consumer use
+// is killed (SIGKILL) mid-run; both fail over to the others, and every event is handled once.
+TEST(JetStreamCluster, KillingTheServerInUseLosesNothing) {
+  NatsServerOptions common = with_jetstream();
+  test_support::NatsCluster cluster(3, common);
+  ASSERT_TRUE(cluster.wait_routes(2, 30s)) << "the three servers did not form a cluster";
+  const int events = 3'000 / test_support::kScale;
+  auto options = jetstream_options_for(cluster.node(0).url(), "CLUSTER", {"cluster.>"});
+  options.connection.servers = cluster.urls();
+  options.replicas = 3;
+  options.publish_timeout = 2s;
+  // The cluster elects its JetStream leader after it formed: the stream can be made once it has.
+  ASSERT_TRUE(wait_until(
+      [&] {
+        try {
+          started(options)->stop(in(5s));
+          return true;
+        } catch (const n::TransportError&) {
+          return false;
+        }
+      },
+      60s))
+      << "the replicated stream could not be created";
+  n::BridgeConfig producer_config;
+  producer_config.app = "producer";
+  producer_config.prefix = "cluster";
+  producer_config.subscribe = {};
+  producer_config.retry.initial = 20ms;
+  producer_config.retry.max = 500ms;
+  producer_config.queue_capacity = static_cast<std::size_t>(events) * 2;
+  n::BridgeConfig consumer_config = producer_config;
+  consumer_config.app = "consumer";
+  consumer_config.forward = {};
+  n::Notifier producer_notifier;
+  n::Notifier consumer_notifier;
+  n::Bridge producer(producer_notifier, n::make_jetstream_transport(options), producer_config);
+  n::Bridge consumer(consumer_notifier, n::make_jetstream_transport(options), consumer_config);
+  std::mutex mutex;
+  std::map<int, int> calls;  // guarded by mutex
+  consumer.subscribe_durable("counter", "order.placed", [&](const n::Event& event, n::DurableContext&) {
+    std::lock_guard lock(mutex);
+    ++calls[event.payload()["i"].get<int>()];
+  });
+  producer.start();
+  consumer.start();
+  const auto handled = [&] {
+    std::lock_guard lock(mutex);
+    return calls.size();
+  };
+  for (int i = 0; i < events / 3; ++i) producer_notifier.instrument("order.placed", {{"i", i}});
+  ASSERT_TRUE(wait_until([&] { return handled() >= static_cast<std::size_t>(events / 3); }, 60s)) << handled();
+  // The server the producer is connected to now (the consumer may use it too).
+  const std::string in_use = producer.health()["transport"]["server"].get<std::string>();
+  int killed = -1;
+  for (int node = 0; node < cluster.size(); ++node) {
+    if (cluster.node(node).url() == in_use) killed = node;
+  }
+  ASSERT_GE(killed, 0) << "the server in use (" << in_use << ") is not one of the nodes";
+  cluster.node(killed).kill_hard();
+  for (int i = events / 3; i < events; ++i) producer_notifier.instrument("order.placed", {{"i", i}});
+  ASSERT_TRUE(wait_until([&] { return handled() == static_cast<std::size_t>(events); }, 120s))
+      << handled() << " of " << events << "; producer " << producer.health()["transport"].dump() << "; consumer "
+      << consumer.health()["transport"].dump();
+  std::this_thread::sleep_for(500ms);  // a second call would show now
+  {
+    std::lock_guard lock(mutex);
+    int twice = 0;
+    for (const auto& [i, count] : calls) twice += count > 1 ? 1 : 0;
+    EXPECT_EQ(twice, 0) << "handlers that ran more than once";
+  }
+  EXPECT_NE(producer.health()["transport"]["server"], in_use) << "failed over";
   producer.shutdown(10s);
   consumer.shutdown(10s);
 }
