@@ -4,6 +4,10 @@
 // the server is killed and restarted under a forwarding Bridge.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -18,6 +22,7 @@
 #include "nats_server.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/durable.hpp"
+#include "notifications/fork.hpp"
 #include "notifications/notifications.hpp"
 #include "notifications/transports/jetstream.hpp"
 #include "scale.hpp"
@@ -399,6 +404,80 @@ TEST(JetStreamCluster, KillingTheServerInUseLosesNothing) {
   EXPECT_NE(producer.health()["transport"]["server"], in_use) << "failed over";
   producer.shutdown(10s);
   consumer.shutdown(10s);
+}
+
+// A pre-fork server over jetstream://: prepare_fork() closes the connection and stops the
+// consumers; after_fork() opens them again in the parent and in each child, and both directions
+// work in every process.
+TEST(JetStreamFork, ParentAndChildrenPublishAndReceiveAfterFork) {
+  NatsServer server(with_jetstream());
+  auto options = jetstream_options_for(server.url(), "FORK", {"fork.>"});
+  n::BridgeConfig config;
+  config.app = "prefork";
+  config.prefix = "fork";
+  n::Notifier notifier;
+  std::mutex mutex;
+  std::set<std::string> heard;  // "<from>/<round>"; guarded by mutex
+  auto listener = notifier.subscribe("worker.>", [&](const n::Event& e) {
+    if (!e.remote()) return;
+    std::lock_guard lock(mutex);
+    heard.insert(e.payload().value("from", "") + "/" + std::to_string(e.payload().value("round", -1)));
+  });
+  const auto has = [&](const std::string& key) {
+    std::lock_guard lock(mutex);
+    return heard.count(key) != 0;
+  };
+  n::Bridge bridge(notifier, n::make_jetstream_transport(options), config);
+  bridge.start();
+  const int children = 2;
+  for (int round = 0; round < 2; ++round) {
+    std::vector<pid_t> pids;
+    n::prepare_fork();
+    for (int c = 0; c < children; ++c) {
+      const pid_t pid = fork();
+      ASSERT_GE(pid, 0) << "fork failed";
+      if (pid == 0) {
+        n::after_fork();
+        const std::string me = "child-" + std::to_string(c);
+        bool heard_parent = false;
+        for (int i = 0; i < 400 && !heard_parent; ++i) {
+          notifier.instrument("worker.child", {{"from", me}, {"round", round}});
+          heard_parent = wait_until([&] { return has("parent/" + std::to_string(round)); }, 25ms);
+        }
+        const n::ShutdownReport report = bridge.shutdown(5s);
+        _exit(!heard_parent ? 2 : report.clean ? 0 : 3);
+      }
+      pids.push_back(pid);
+    }
+    n::after_fork();
+    std::set<pid_t> running(pids.begin(), pids.end());
+    std::vector<int> codes;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!running.empty() && std::chrono::steady_clock::now() < deadline) {
+      notifier.instrument("worker.parent", {{"from", "parent"}, {"round", round}});
+      std::this_thread::sleep_for(20ms);
+      for (auto it = running.begin(); it != running.end();) {
+        int status = 0;
+        if (waitpid(*it, &status, WNOHANG) == *it) {
+          codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+          it = running.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (pid_t pid : running) {  // hung: fail, and leave nothing behind
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    ASSERT_TRUE(running.empty()) << running.size() << " child(ren) hung in round " << round;
+    for (int code : codes) EXPECT_EQ(code, 0) << "round " << round << " (2: never heard the parent, 3: unclean shutdown)";
+    for (int c = 0; c < children; ++c) {
+      EXPECT_TRUE(wait_until([&] { return has("child-" + std::to_string(c) + "/" + std::to_string(round)); }, 10s))
+          << "the parent never heard child " << c << " in round " << round;
+    }
+  }
+  EXPECT_TRUE(bridge.shutdown(10s).clean);
 }
 
 TEST(JetStream, HealthAndErrorsNeverShowThePassword) {
