@@ -3,7 +3,8 @@
 //   that crash, exit, fork or signal processes);
 // - child_arguments: what a test binary run again as a child was told (its --<flag>=A,B,...);
 // - spawn_child: starts a program in the background (nats-server, the nats.js interop peer), to
-//   be stopped by its PID; wait_for_child reaps it (or a child made by fork()) within a bound.
+//   be stopped by its PID; wait_for_child reaps it (or a child made by fork()) within a bound;
+//   reap_children_while reaps several while the parent keeps doing something.
 //
 // Thread-safety: every function may be called from any thread; each call owns its child.
 #pragma once
@@ -23,6 +24,8 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -218,6 +221,36 @@ inline ChildResult wait_for_child(pid_t pid, std::chrono::milliseconds bound) {
   }
   record_status(status, result);
   return result;
+}
+
+// Children made by fork(): calls `tick` about every `interval` until each of `pids` exited or
+// `bound` passed. Returns the exit codes (128 + signal for a killed one) in the order the children
+// ended; the ones still running at the bound are killed (SIGKILL), reaped and counted in `hung`.
+inline std::vector<int> reap_children_while(const std::vector<pid_t>& pids, std::chrono::milliseconds bound,
+                                            std::chrono::milliseconds interval, const std::function<void()>& tick,
+                                            std::size_t& hung) {
+  std::set<pid_t> running(pids.begin(), pids.end());
+  std::vector<int> codes;
+  const auto give_up = std::chrono::steady_clock::now() + bound;
+  while (!running.empty() && std::chrono::steady_clock::now() < give_up) {
+    tick();
+    ::usleep(static_cast<useconds_t>(std::chrono::duration_cast<std::chrono::microseconds>(interval).count()));
+    for (auto it = running.begin(); it != running.end();) {
+      int status = 0;
+      if (::waitpid(*it, &status, WNOHANG) == *it) {
+        codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        it = running.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  hung = running.size();
+  for (pid_t pid : running) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+  return codes;
 }
 
 // A test binary run again as a child: the value of its argument "--<flag>=VALUE", read from

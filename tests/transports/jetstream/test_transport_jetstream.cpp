@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "jetstream_test_support.hpp"
+#include "child_process.hpp"
 #include "nats_server.hpp"
 #include "notifications/bridge.hpp"
 #include "notifications/durable.hpp"
@@ -268,6 +269,61 @@ TEST(JetStream, AStartTimeWithASmallFractionOfASecondIsHonoured) {
   transport->stop(in(5s));
 }
 
+// Two Bridges over the same JetStream options: one forwards "order.placed" events numbered by
+// "i", the other runs a durable handler that counts its calls per number.
+class ForwardAndCount {
+ public:
+  ForwardAndCount(const n::JetStreamOptions& options, const std::string& prefix, int events) {
+    n::BridgeConfig producer_config;
+    producer_config.app = "producer";
+    producer_config.prefix = prefix;
+    producer_config.subscribe = {};
+    producer_config.retry.initial = 20ms;
+    producer_config.retry.max = 200ms;
+    // Room for every event while the server is away: these cases are about the transport, not
+    // about the Bridge's overflow policy.
+    producer_config.queue_capacity = static_cast<std::size_t>(events) * 2;
+    n::BridgeConfig consumer_config = producer_config;
+    consumer_config.app = "consumer";
+    consumer_config.forward = {};
+    producer = std::make_unique<n::Bridge>(producer_notifier, n::make_jetstream_transport(options), producer_config);
+    consumer = std::make_unique<n::Bridge>(consumer_notifier, n::make_jetstream_transport(options), consumer_config);
+    consumer->subscribe_durable("counter", "order.placed", [this](const n::Event& event, n::DurableContext&) {
+      std::lock_guard lock(mutex_);
+      ++calls_[event.payload()["i"].get<int>()];
+    });
+    producer->start();
+    consumer->start();
+  }
+  ~ForwardAndCount() {
+    producer->shutdown(10s);
+    consumer->shutdown(10s);
+  }
+  void instrument(int i) { producer_notifier.instrument("order.placed", {{"i", i}}); }
+  // Distinct events handled.
+  std::size_t handled() {
+    std::lock_guard lock(mutex_);
+    return calls_.size();
+  }
+  // Events whose handler ran more than once.
+  int handled_twice() {
+    std::lock_guard lock(mutex_);
+    int twice = 0;
+    for (const auto& [i, count] : calls_) twice += count > 1 ? 1 : 0;
+    return twice;
+  }
+  std::string health() { return "producer " + producer->health().dump() + "; consumer " + consumer->health().dump(); }
+
+  n::Notifier producer_notifier;
+  n::Notifier consumer_notifier;
+  std::unique_ptr<n::Bridge> producer;
+  std::unique_ptr<n::Bridge> consumer;
+
+ private:
+  std::mutex mutex_;
+  std::map<int, int> calls_;  // event number -> handler calls; guarded by mutex_
+};
+
 // Events forwarded by one Bridge reach a durable handler of another exactly once, every one of
 // them, while the server is killed (SIGKILL: no graceful shutdown) and restarted three times.
 TEST(JetStreamChaos, EveryEventIsHandledOnceWhileTheServerIsKilledAndRestarted) {
@@ -275,60 +331,27 @@ TEST(JetStreamChaos, EveryEventIsHandledOnceWhileTheServerIsKilledAndRestarted) 
   const int events = 100'000 / (test_support::kScale * test_support::kScale);  // 1,000 in sanitizer builds
   auto options = jetstream_options_for(server.url(), "CHAOS", {"chaos.>"});
   options.publish_timeout = 1s;
-  n::BridgeConfig producer_config;
-  producer_config.app = "producer";
-  producer_config.prefix = "chaos";
-  producer_config.subscribe = {};
-  producer_config.retry.initial = 20ms;
-  producer_config.retry.max = 200ms;
-  // Room for every event while the server is down: this case is about the transport, not about
-  // the Bridge's overflow policy.
-  producer_config.queue_capacity = static_cast<std::size_t>(events) * 2;
-  n::BridgeConfig consumer_config = producer_config;
-  consumer_config.app = "consumer";
-  consumer_config.forward = {};
-  n::Notifier producer_notifier;
-  n::Notifier consumer_notifier;
-  n::Bridge producer(producer_notifier, n::make_jetstream_transport(options), producer_config);
-  n::Bridge consumer(consumer_notifier, n::make_jetstream_transport(options), consumer_config);
-  std::mutex mutex;
-  std::map<int, int> calls;  // event number -> handler calls; guarded by mutex
-  consumer.subscribe_durable("counter", "order.placed", [&](const n::Event& event, n::DurableContext&) {
-    std::lock_guard lock(mutex);
-    ++calls[event.payload()["i"].get<int>()];
-  });
-  producer.start();
-  consumer.start();
-  const auto handled = [&] {
-    std::lock_guard lock(mutex);
-    return calls.size();
-  };
+  ForwardAndCount run(options, "chaos", events);
   std::thread instrumenting([&] {
     for (int i = 0; i < events; ++i) {
-      producer_notifier.instrument("order.placed", {{"i", i}});
+      run.instrument(i);
       if (i % 100 == 99) std::this_thread::sleep_for(1ms);  // spread over the kills
     }
   });
   // Killed and started from this thread: the harness ties the server's life to the thread that
   // last started it.
   for (int round = 1; round <= 3; ++round) {
-    wait_until([&] { return handled() >= static_cast<std::size_t>(events * round / 4); }, 60s);
+    wait_until([&] { return run.handled() >= static_cast<std::size_t>(events * round / 4); }, 60s);
     server.kill_hard();
     std::this_thread::sleep_for(300ms);
     server.start();
   }
   instrumenting.join();
-  ASSERT_TRUE(wait_until([&] { return handled() == static_cast<std::size_t>(events); }, 120s))
-      << handled() << " of " << events << "; producer " << producer.health().dump() << "; consumer "
-      << consumer.health().dump() << "; server log: " << server.log_tail();
+  ASSERT_TRUE(wait_until([&] { return run.handled() == static_cast<std::size_t>(events); }, 120s))
+      << run.handled() << " of " << events << "; " << run.health() << "; server log: " << server.log_tail();
   std::this_thread::sleep_for(500ms);  // a second call would show now
-  std::lock_guard lock(mutex);
-  int twice = 0;
-  for (const auto& [i, count] : calls) twice += count > 1 ? 1 : 0;
-  EXPECT_EQ(twice, 0) << "handlers that ran more than once";
-  EXPECT_EQ(calls.size(), static_cast<std::size_t>(events));
-  producer.shutdown(10s);
-  consumer.shutdown(10s);
+  EXPECT_EQ(run.handled_twice(), 0) << "handlers that ran more than once";
+  EXPECT_EQ(run.handled(), static_cast<std::size_t>(events));
 }
 
 // A stream replicated on three clustered servers (R3): the server a producer and a consumer use
@@ -354,56 +377,23 @@ TEST(JetStreamCluster, KillingTheServerInUseLosesNothing) {
       },
       60s))
       << "the replicated stream could not be created";
-  n::BridgeConfig producer_config;
-  producer_config.app = "producer";
-  producer_config.prefix = "cluster";
-  producer_config.subscribe = {};
-  producer_config.retry.initial = 20ms;
-  producer_config.retry.max = 500ms;
-  producer_config.queue_capacity = static_cast<std::size_t>(events) * 2;
-  n::BridgeConfig consumer_config = producer_config;
-  consumer_config.app = "consumer";
-  consumer_config.forward = {};
-  n::Notifier producer_notifier;
-  n::Notifier consumer_notifier;
-  n::Bridge producer(producer_notifier, n::make_jetstream_transport(options), producer_config);
-  n::Bridge consumer(consumer_notifier, n::make_jetstream_transport(options), consumer_config);
-  std::mutex mutex;
-  std::map<int, int> calls;  // guarded by mutex
-  consumer.subscribe_durable("counter", "order.placed", [&](const n::Event& event, n::DurableContext&) {
-    std::lock_guard lock(mutex);
-    ++calls[event.payload()["i"].get<int>()];
-  });
-  producer.start();
-  consumer.start();
-  const auto handled = [&] {
-    std::lock_guard lock(mutex);
-    return calls.size();
-  };
-  for (int i = 0; i < events / 3; ++i) producer_notifier.instrument("order.placed", {{"i", i}});
-  ASSERT_TRUE(wait_until([&] { return handled() >= static_cast<std::size_t>(events / 3); }, 60s)) << handled();
+  ForwardAndCount run(options, "cluster", events);
+  for (int i = 0; i < events / 3; ++i) run.instrument(i);
+  ASSERT_TRUE(wait_until([&] { return run.handled() >= static_cast<std::size_t>(events / 3); }, 60s)) << run.handled();
   // The server the producer is connected to now (the consumer may use it too).
-  const std::string in_use = producer.health()["transport"]["server"].get<std::string>();
+  const std::string in_use = run.producer->health()["transport"]["server"].get<std::string>();
   int killed = -1;
   for (int node = 0; node < cluster.size(); ++node) {
     if (cluster.node(node).url() == in_use) killed = node;
   }
   ASSERT_GE(killed, 0) << "the server in use (" << in_use << ") is not one of the nodes";
   cluster.node(killed).kill_hard();
-  for (int i = events / 3; i < events; ++i) producer_notifier.instrument("order.placed", {{"i", i}});
-  ASSERT_TRUE(wait_until([&] { return handled() == static_cast<std::size_t>(events); }, 120s))
-      << handled() << " of " << events << "; producer " << producer.health()["transport"].dump() << "; consumer "
-      << consumer.health()["transport"].dump();
+  for (int i = events / 3; i < events; ++i) run.instrument(i);
+  ASSERT_TRUE(wait_until([&] { return run.handled() == static_cast<std::size_t>(events); }, 120s))
+      << run.handled() << " of " << events << "; " << run.health();
   std::this_thread::sleep_for(500ms);  // a second call would show now
-  {
-    std::lock_guard lock(mutex);
-    int twice = 0;
-    for (const auto& [i, count] : calls) twice += count > 1 ? 1 : 0;
-    EXPECT_EQ(twice, 0) << "handlers that ran more than once";
-  }
-  EXPECT_NE(producer.health()["transport"]["server"], in_use) << "failed over";
-  producer.shutdown(10s);
-  consumer.shutdown(10s);
+  EXPECT_EQ(run.handled_twice(), 0) << "handlers that ran more than once";
+  EXPECT_NE(run.producer->health()["transport"]["server"], in_use) << "failed over";
 }
 
 // A pre-fork server over jetstream://: prepare_fork() closes the connection and stops the
@@ -450,27 +440,10 @@ TEST(JetStreamFork, ParentAndChildrenPublishAndReceiveAfterFork) {
       pids.push_back(pid);
     }
     n::after_fork();
-    std::set<pid_t> running(pids.begin(), pids.end());
-    std::vector<int> codes;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (!running.empty() && std::chrono::steady_clock::now() < deadline) {
-      notifier.instrument("worker.parent", {{"from", "parent"}, {"round", round}});
-      std::this_thread::sleep_for(20ms);
-      for (auto it = running.begin(); it != running.end();) {
-        int status = 0;
-        if (waitpid(*it, &status, WNOHANG) == *it) {
-          codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-          it = running.erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-    for (pid_t pid : running) {  // hung: fail, and leave nothing behind
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    ASSERT_TRUE(running.empty()) << running.size() << " child(ren) hung in round " << round;
+    std::size_t hung = 0;
+    const std::vector<int> codes = test_support::reap_children_while(
+        pids, 30s, 20ms, [&] { notifier.instrument("worker.parent", {{"from", "parent"}, {"round", round}}); }, hung);
+    ASSERT_EQ(hung, 0u) << hung << " child(ren) hung in round " << round;
     for (int code : codes) EXPECT_EQ(code, 0) << "round " << round << " (2: never heard the parent, 3: unclean shutdown)";
     for (int c = 0; c < children; ++c) {
       EXPECT_TRUE(wait_until([&] { return has("child-" + std::to_string(c) + "/" + std::to_string(round)); }, 10s))

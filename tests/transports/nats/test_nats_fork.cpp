@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.hpp"
 #include "nats_server.hpp"
 #include "scale.hpp"
 #include "notifications/bridge.hpp"
@@ -93,7 +94,7 @@ TEST(NatsFork, ParentAndFourChildrenPublishAndReceiveForTwentyRounds) {
   bridge.start();
 
   for (int round = 0; round < kRounds; ++round) {
-    std::vector<pid_t> children;
+    std::vector<pid_t> pids;
     n::prepare_fork();
     for (int c = 0; c < kChildren; ++c) {
       const pid_t pid = fork();
@@ -102,32 +103,15 @@ TEST(NatsFork, ParentAndFourChildrenPublishAndReceiveForTwentyRounds) {
         n::after_fork();
         _exit(run_child(notifier, bridge, inbox, round, c));
       }
-      children.push_back(pid);
+      pids.push_back(pid);
     }
     n::after_fork();
 
     // The parent: announce the round until every child was heard from and has exited.
-    std::set<pid_t> running(children.begin(), children.end());
-    std::vector<int> codes;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (!running.empty() && std::chrono::steady_clock::now() < deadline) {
-      notifier.instrument("worker.parent", {{"from", "parent"}, {"round", round}});
-      std::this_thread::sleep_for(10ms);
-      for (auto it = running.begin(); it != running.end();) {
-        int status = 0;
-        if (waitpid(*it, &status, WNOHANG) == *it) {
-          codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-          it = running.erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-    for (pid_t pid : running) {  // hung: fail, and leave nothing behind
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    ASSERT_TRUE(running.empty()) << running.size() << " child(ren) hung in round " << round;
+    std::size_t hung = 0;
+    const std::vector<int> codes = test_support::reap_children_while(
+        pids, 30s, 10ms, [&] { notifier.instrument("worker.parent", {{"from", "parent"}, {"round", round}}); }, hung);
+    ASSERT_EQ(hung, 0u) << hung << " child(ren) hung in round " << round;
     for (int code : codes) EXPECT_EQ(code, 0) << "round " << round << " (2: never heard the parent, 3: unclean shutdown)";
     for (int c = 0; c < kChildren; ++c) {
       EXPECT_TRUE(wait_until([&] { return inbox.has("child-" + std::to_string(c), round); }, 10s))
