@@ -166,7 +166,7 @@ Consumer::Consumer(natsConnection* nc, jsCtx* js, const JetStreamOptions& transp
   }
 }
 
-Consumer::~Consumer() { close(); }
+Consumer::~Consumer() { close(Clock::now() + transport_options_.fetch_wait + kRequestGrace); }
 
 std::string Consumer::name() const {
   detail::MutexLock lock(mutex_);
@@ -310,6 +310,11 @@ void Consumer::start() {
   thread_ = std::make_unique<std::thread>([this] {
     detail::name_this_thread("ntf-js-fetch");
     run();
+    {
+      detail::MutexLock lock(mutex_);
+      finished_ = true;
+    }
+    closing_changed_.notify_all();
   });
 }
 
@@ -511,16 +516,38 @@ void Consumer::drop_subscription() {
   }
 }
 
-bool Consumer::close() {
-  const bool own_thread = thread_ && thread_->get_id() == std::this_thread::get_id();
+void Consumer::begin_close() {
   {
     detail::MutexLock lock(mutex_);
     closing_ = true;
     closed_.store(true, std::memory_order_release);
   }
   closing_changed_.notify_all();
-  if (own_thread) return false;  // see the header: the thread ends after the handler returns
-  if (thread_ && thread_->joinable()) thread_->join();
+}
+
+void Consumer::adopt(const std::string& name) {
+  detail::MutexLock lock(mutex_);
+  if (durable_name_.empty()) consumer_ = name;
+}
+
+bool Consumer::close(Deadline deadline, bool keep_consumer) {
+  begin_close();
+  if (thread_ && thread_->get_id() == std::this_thread::get_id()) {
+    return false;  // see the header: the thread ends after the handler returns
+  }
+  if (thread_ && thread_->joinable()) {
+    // The pull request in flight ends by itself within fetch_wait; past the deadline it is cut
+    // short (the subscription is unsubscribed, which ends the read), at the price described in
+    // the header.
+    detail::UniqueMutexLock lock(mutex_);
+    while (!finished_ && Clock::now() < deadline) lock.wait_until(closing_changed_, deadline);
+    if (!finished_ && sub_ != nullptr) {
+      counters_->requests_cut_short.fetch_add(1, std::memory_order_relaxed);
+      natsSubscription_Unsubscribe(sub_);
+    }
+    lock.unlock();
+    thread_->join();
+  }
   {
     detail::SharedMutexWriteLock lock(life_->mutex);
     if (!life_->open) return true;  // closed before
@@ -532,11 +559,23 @@ bool Consumer::close() {
     detail::MutexLock lock(mutex_);
     if (durable_name_.empty()) ephemeral = consumer_;
   }
-  // An ephemeral consumer goes with its subscription (the server would remove it after
-  // inactive_threshold anyway); a durable one keeps its position for the next.
-  if (!ephemeral.empty() && nc_ != nullptr && natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED) {
-    js_DeleteConsumer(js_, transport_options_.stream.c_str(), ephemeral.c_str(), nullptr, nullptr);
+  resume_point_.store(last_stream_sequence_.load());
+  const bool connected = nc_ != nullptr && natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
+  if (ephemeral.empty() || !connected) return true;
+  jsOptions wait;
+  jsOptions_Init(&wait);
+  wait.Wait = std::max<std::int64_t>(1, std::min<std::int64_t>(
+      transport_options_.api_timeout.count(),
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
+  jsConsumerInfo* info = nullptr;
+  if (js_GetConsumerInfo(&info, js_, transport_options_.stream.c_str(), ephemeral.c_str(), &wait, nullptr) == NATS_OK) {
+    resume_point_.store(info->AckFloor.Stream);
+    jsConsumerInfo_Destroy(info);
   }
+  // An ephemeral consumer goes with its subscription (the server would remove it after
+  // inactive_threshold anyway), unless it is kept for after fork(); a durable one keeps its
+  // position for the next.
+  if (!keep_consumer) js_DeleteConsumer(js_, transport_options_.stream.c_str(), ephemeral.c_str(), &wait, nullptr);
   return true;
 }
 

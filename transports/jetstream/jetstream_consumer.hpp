@@ -43,6 +43,7 @@ struct ConsumerCounters {
   std::atomic<std::uint64_t> settle_errors{0};
   std::atomic<std::uint64_t> unsettled_at_close{0};
   std::atomic<std::uint64_t> not_handed_at_close{0};
+  std::atomic<std::uint64_t> requests_cut_short{0};  // closed mid-request at a deadline
   std::atomic<std::uint64_t> consumers_recreated{0};
 };
 
@@ -61,7 +62,7 @@ class Consumer {
  public:
   Consumer(natsConnection* nc, jsCtx* js, const JetStreamOptions& transport_options, std::string pattern,
            DeliveryOptions options, DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters);
-  ~Consumer();  // close()
+  ~Consumer();  // close(), waiting at most fetch_wait plus a second
   Consumer(const Consumer&) = delete;
   Consumer& operator=(const Consumer&) = delete;
 
@@ -72,23 +73,38 @@ class Consumer {
   bool open_now();
   // Starts the fetch thread.
   void start();
+  // Stops fetching and handing over, without waiting: close() then waits less when the pull
+  // requests of several consumers end together.
+  void begin_close();
   // Stops fetching, closes the subscription (an ephemeral consumer is removed, a durable one
-  // kept) and makes later settles no-ops. It waits for the pull request in flight to end (at most
-  // fetch_wait): nats-server 2.9 hands a message whose pull request's subscription went away back
-  // to the consumer with its delivery count lowered, and so may deliver an acknowledged message
-  // again (seen here: the conformance case ContinueAfterSubscriberClose). What that last request
-  // brings is not handed over; the server delivers it again after ack_wait. Called from the fetch
-  // thread (from inside the handler) it only stops fetching and delivering and returns false: the
-  // thread ends once the handler returns, and a later close() from another thread (which the
-  // owner must make before destroying the Consumer) finishes the job and returns true.
-  bool close();
+  // kept) and makes later settles no-ops. It waits for the pull request in flight to end (within
+  // fetch_wait), or until `deadline`, whichever comes first: nats-server 2.9 hands a message whose
+  // pull request's subscription went away back to the consumer with its delivery count lowered,
+  // and so may deliver an acknowledged message again (seen here: the conformance case
+  // ContinueAfterSubscriberClose); only a deadline shorter than that wait cuts the request short
+  // and takes that risk (the Bridge's redelivery suppression and a durable handler's inbox then
+  // drop such a repeat). What the last request brings is not handed over; the server delivers it
+  // again after ack_wait. Called from the fetch thread (from inside the handler) it only stops
+  // fetching and delivering and returns false: the thread ends once the handler returns, and a
+  // later close() from another thread (which the owner must make before destroying the Consumer)
+  // finishes the job and returns true.
+  // With `keep_consumer`, an ephemeral consumer is kept too (prepare_fork: the parent adopts it
+  // again after fork()).
+  bool close(Deadline deadline, bool keep_consumer = false);
   // Leaves the thread and the cnats objects alone: for a child forked without after_fork().
   void abandon();
 
-  // The stream sequence of the last message handed over (0: none yet); resume_after, before
-  // start(), makes a new ephemeral consumer begin after it (a subscription carried across fork).
-  std::uint64_t last_sequence() const { return last_stream_sequence_.load(); }
+  // Where a new ephemeral consumer for this subscription would start after close(): after the
+  // consumer's acknowledgement floor as the server reported it at close (so that nothing it had
+  // not acknowledged is skipped), or after the last message handed over when it could not be
+  // asked; 0 when neither is known (the subscription's own start position applies).
+  std::uint64_t resume_point() const { return resume_point_.load(); }
+  // Before start(): a new ephemeral consumer begins after `sequence` (0: at the subscription's
+  // start position); used for a subscription carried across fork().
   void resume_after(std::uint64_t sequence) { last_stream_sequence_.store(sequence); }
+  // Before start(): reads through the existing ephemeral consumer `name` (the parent after fork(),
+  // whose consumer close(deadline, true) kept), or creates one when the server no longer has it.
+  void adopt(const std::string& name);
 
   const std::string& pattern() const { return pattern_; }
   const DeliveryOptions& options() const { return options_; }
@@ -112,7 +128,7 @@ class Consumer {
   void note_error(const std::string& text);
   // Waits up to `delay` unless closing.
   void pause(std::chrono::milliseconds delay);
-  // Unsubscribes and forgets the inbox subscription (fetch thread or close()).
+  // Unsubscribes and forgets the inbox subscription (close(), once the fetch thread ended).
   void drop_subscription();
 
   natsConnection* nc_;
@@ -126,9 +142,10 @@ class Consumer {
   std::shared_ptr<SubscriptionLife> life_ = std::make_shared<SubscriptionLife>();
 
   mutable detail::Mutex mutex_;
-  std::condition_variable closing_changed_;  // on mutex_: closing_
+  std::condition_variable closing_changed_;  // on mutex_: closing_, finished_
   bool closing_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;
   std::atomic<bool> closed_{false};  // closing_, for the delivery loop's check without the lock
+  bool finished_ NOTIFICATIONS_GUARDED_BY(mutex_) = false;    // run() returned
   natsSubscription* sub_ NOTIFICATIONS_GUARDED_BY(mutex_) = nullptr;  // the inbox subscription
   std::string inbox_ NOTIFICATIONS_GUARDED_BY(mutex_);
   std::string consumer_ NOTIFICATIONS_GUARDED_BY(mutex_);  // the consumer's name once created
@@ -136,6 +153,7 @@ class Consumer {
   // The stream sequence of the last message handed over: an ephemeral consumer that the server
   // lost is created again from the one after it.
   std::atomic<std::uint64_t> last_stream_sequence_{0};
+  std::atomic<std::uint64_t> resume_point_{0};  // see resume_point()
   std::unique_ptr<std::thread> thread_;
 };
 

@@ -274,7 +274,8 @@ class JetStreamTransport final : public TransportBase {
       consumer = std::move(it->second);
       consumers_.erase(it);
     }
-    if (!consumer->close()) {
+    // An unsubscribe has no deadline: it waits for the pull request in flight (fetch_wait).
+    if (!consumer->close(Clock::now() + options_.fetch_wait + std::chrono::seconds(1))) {
       // From inside its own handler: its thread ends after the handler; finished at stop.
       detail::MutexLock lock(consumers_mutex_);
       retired_.push_back(std::move(consumer));
@@ -301,20 +302,23 @@ class JetStreamTransport final : public TransportBase {
   }
 
   void do_stop(Deadline deadline) override {
-    close_consumers();
+    close_consumers(deadline);
     close_context(deadline);
     if (core_ != nullptr) core_->stop(deadline);
   }
 
+  // Each subscription is carried across fork(): the parent reads through its ephemeral consumers
+  // again (kept on the server), a child creates its own from their acknowledgement floors, and
+  // durable ones are the same consumers in every process.
   void do_prepare_fork(Deadline deadline) override {
-    {
-      detail::MutexLock lock(consumers_mutex_);
-      for (const auto& [id, consumer] : consumers_) {
-        fork_consumers_.push_back(ForkConsumer{id, consumer->pattern(), consumer->options(), consumer->handler(),
-                                               consumer->last_sequence()});
-      }
+    const auto consumers = take_consumers();
+    for (const auto& [id, consumer] : consumers) consumer->begin_close();
+    for (const auto& [id, consumer] : consumers) {
+      consumer->close(deadline, /*keep_consumer=*/true);
+      if (id == kRetired) continue;
+      fork_consumers_.push_back(ForkConsumer{id, consumer->pattern(), consumer->options(), consumer->handler(),
+                                             consumer->name(), consumer->resume_point()});
     }
-    close_consumers();
     close_context(deadline);
     core_->prepare_fork(deadline);
   }
@@ -333,7 +337,8 @@ class JetStreamTransport final : public TransportBase {
     for (ForkConsumer& c : fork_consumers_) {
       try {
         auto consumer = std::make_shared<Consumer>(connection_unlocked(), js_, options_, c.pattern, c.options, c.handler, counters_);
-        consumer->resume_after(c.last_sequence);
+        if (!in_child) consumer->adopt(c.consumer);
+        consumer->resume_after(c.resume_point);
         consumer->start();
         detail::MutexLock lock(consumers_mutex_);
         consumers_[c.id] = std::move(consumer);
@@ -392,6 +397,7 @@ class JetStreamTransport final : public TransportBase {
     h["settle_errors"] = c.settle_errors.load();
     h["unsettled_at_close"] = c.unsettled_at_close.load();
     h["not_handed_at_close"] = c.not_handed_at_close.load();
+    h["requests_cut_short"] = c.requests_cut_short.load();
     h["consumers_recreated"] = c.consumers_recreated.load();
     nlohmann::json subscriptions = nlohmann::json::array();
     std::vector<std::shared_ptr<Consumer>> consumers;
@@ -414,8 +420,10 @@ class JetStreamTransport final : public TransportBase {
     std::string pattern;
     DeliveryOptions options;
     DeliveryHandler handler;
-    std::uint64_t last_sequence;
+    std::string consumer;        // its name on the server
+    std::uint64_t resume_point;  // Consumer::resume_point()
   };
+  static constexpr std::uint64_t kRetired = 0;  // the id take_consumers() gives retired consumers
 
   // core_'s connection; read by the calls that TransportBase never runs beside start, stop or fork.
   natsConnection* connection_unlocked() const { return core_ == nullptr ? nullptr : nats_detail::connection_of(*core_); }
@@ -497,16 +505,24 @@ class JetStreamTransport final : public TransportBase {
     provisioned_.store(false);
   }
 
-  void close_consumers() {
-    std::map<std::uint64_t, std::shared_ptr<Consumer>> consumers;
-    std::vector<std::shared_ptr<Consumer>> retired;
-    {
-      detail::MutexLock lock(consumers_mutex_);
-      consumers.swap(consumers_);
-      retired.swap(retired_);
-    }
-    for (auto& [id, consumer] : consumers) consumer->close();
-    for (auto& consumer : retired) consumer->close();
+  // Every consumer, by subscription id (kRetired for those closed from inside their handler),
+  // taken out of the maps.
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<Consumer>>> take_consumers() {
+    std::vector<std::pair<std::uint64_t, std::shared_ptr<Consumer>>> consumers;
+    detail::MutexLock lock(consumers_mutex_);
+    for (auto& [id, consumer] : consumers_) consumers.emplace_back(id, std::move(consumer));
+    for (auto& consumer : retired_) consumers.emplace_back(kRetired, std::move(consumer));
+    consumers_.clear();
+    retired_.clear();
+    return consumers;
+  }
+
+  // Closes every consumer by `deadline` (see Consumer::close): all stop fetching first, so that
+  // their pull requests end together.
+  void close_consumers(Deadline deadline) {
+    const auto consumers = take_consumers();
+    for (const auto& [id, consumer] : consumers) consumer->begin_close();
+    for (const auto& [id, consumer] : consumers) consumer->close(deadline);
   }
 
   // Creates or checks the stream (see the header's "Provisioning"); throws TransportError.

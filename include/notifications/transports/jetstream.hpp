@@ -27,13 +27,13 @@
 // Consumers: pull consumers, one fetching thread per subscription (the transport's own thread,
 // not cnats': the DeliveryHandler runs there and must only enqueue). It sends the pull requests
 // itself and reads the answers from its own inbox subscription (cnats 3.4.1's fetch holds a lone
-// message until its batch is full or its wait is over, and can write past its array). DeliveryOptions::durable names
-// a durable consumer (created when missing, kept at unsubscribe and stop; the same name with
-// another pattern is refused at subscribe, naming "durable"); DeliveryOptions::group without
-// durable is a durable consumer named after the group and the pattern, shared by the group's
-// members; neither: an ephemeral consumer, removed at unsubscribe (and by the server after
-// inactive_threshold when the process is gone), created again from the next stream sequence
-// when the server lost it. start positions, ack_wait, max_deliveries and ordered (max ack pending
+// message until its batch is full or its wait is over, and can write past its array).
+// DeliveryOptions::durable names a durable consumer (created when missing, kept at unsubscribe
+// and stop; the same name with another pattern is refused at subscribe, naming "durable");
+// DeliveryOptions::group without durable is a durable consumer named after the group and the
+// pattern, shared by the group's members; neither: an ephemeral consumer, removed at unsubscribe
+// (and by the server after inactive_threshold when the process is gone), created again from the
+// next stream sequence when the server lost it. start positions, ack_wait, max_deliveries and ordered (max ack pending
 // 1) are consumer settings. A durable consumer created earlier keeps its position and its own
 // settings: its start position, ack_wait and max_deliveries are those of its creation. Fetching
 // resumes after a reconnect by itself (every fetch is a new pull request).
@@ -42,7 +42,8 @@
 // the subscription was closed (unsubscribe, stop, fork) does nothing; the server delivers the
 // message again after ack_wait (counted: "unsettled_at_close").
 //
-// stop(deadline): stops fetching (each fetch thread ends its current pull request), closes the
+// stop(deadline): stops fetching (each fetch thread lets its pull request in flight end, within
+// fetch_wait; one still running at the deadline is cut short: "requests_cut_short"), closes the
 // subscriptions (ephemeral consumers are removed, durable ones kept), waits for the last publish
 // acknowledgements, then stops the NATS connection as the NATS transport does (flush, drain).
 //
@@ -61,9 +62,9 @@
 // stream_messages, stream_bytes, last_sequence (-1 when the server did not answer within 200 ms),
 // pull_requests, fetch_errors, delivered, redelivered, acked, naked, terminated, in_progress,
 // settle_errors, unsettled_at_close, not_handed_at_close (fetched while closing: the server
-// delivers them again), consumers_recreated, last_error, and "subscriptions": per subscription its
-// pattern, consumer, durable, pending, ack_pending, redelivered (the server's figures, -1 when it
-// did not answer).
+// delivers them again), requests_cut_short, consumers_recreated, last_error, and
+// "subscriptions": per subscription its pattern, consumer, durable, pending, ack_pending,
+// redelivered (the server's figures, -1 when it did not answer).
 //
 // Fork: as the NATS transport (notifications/fork.hpp): prepare_fork stops the fetch threads and
 // closes the connection, after_fork opens it again and resumes every subscription.
@@ -126,7 +127,8 @@ struct JetStreamOptions {
   // Consumer defaults where DeliveryOptions leaves them at zero.
   std::chrono::milliseconds ack_wait{30'000};
   std::uint32_t max_deliveries = 0;  // 0: no limit
-  std::chrono::milliseconds inactive_threshold{60'000};  // an ephemeral consumer's life without its process
+  // How long the server keeps an ephemeral consumer whose process is gone.
+  std::chrono::milliseconds inactive_threshold{60'000};
 };
 
 // A JetStream transport, not started. Throws TransportError for invalid options.

@@ -231,6 +231,21 @@ TEST(JetStream, ADurableNameBoundToAnotherPatternIsRefused) {
   transport->stop(in(5s));
 }
 
+// stop(deadline) lets a pull request in flight end by itself, but not past its deadline: a long
+// fetch_wait is cut short and counted.
+TEST(JetStream, StopKeepsItsDeadlineWhileAPullRequestWaits) {
+  NatsServer server(with_jetstream());
+  auto options = jetstream_options_for(server.url(), "STOPS", {"stops.>"});
+  options.fetch_wait = 20s;
+  auto transport = started(options);
+  transport->subscribe("stops.>", n::DeliveryOptions{}, [](n::Delivery&& d) { d.settle(n::Settle::ack); });
+  ASSERT_TRUE(wait_until([&] { return transport->health()["pull_requests"].get<int>() >= 1; }, 10s));
+  const auto begin = std::chrono::steady_clock::now();
+  transport->stop(in(300ms));
+  EXPECT_LT(std::chrono::steady_clock::now() - begin, 10s) << "stop() waited for the 20 s pull request";
+  EXPECT_EQ(transport->health()["requests_cut_short"], 1);
+}
+
 // from_time with a start whose fraction of a second is below 0.1 s: cnats 3.4.1 writes such a
 // fraction without its leading zeros (x.025 s as ".25"), which would start the consumer after the
 // messages published right after the start time.

@@ -16,6 +16,13 @@
 //     "<prefix>.interop.from_js" with the same headers,
 //     flushes and prints {"ok":true,"id":...,"subject":...}, or {"ok":false,"error":...}.
 //
+//   node peer.mjs <server url> <subject prefix> js-read <stream>
+//     Reads the first message of JetStream stream <stream> through an ordered consumer (waiting at
+//     most 10 s) and checks and prints it as "receive" does.
+//   node peer.mjs <server url> <subject prefix> js-send
+//     Publishes the envelope of "send" with JetStream (its id as the message id) and waits for the
+//     server's acknowledgement; prints {"ok":true,"id":...,"subject":...,"seq":...}.
+//
 // Exit status 0 when ok, 1 otherwise. Every wait is bounded, and a watchdog ends the process
 // after 20 s whatever happens, so a parent that died never leaves this peer behind for long.
 import { readFileSync } from "node:fs";
@@ -128,6 +135,13 @@ async function receive(url, prefix) {
   const { error, msg } = await bounded(arrived, RECEIVE_TIMEOUT_MS, `wait for a message on ${prefix}.>`);
   if (error) throw error;
 
+  const result = checked(msg, prefix, check);
+  await closeConnection(nc);
+  return result;
+}
+
+// The result line for a received envelope, after checking it (see "receive" above).
+function checked(msg, prefix, check) {
   let body;
   try {
     body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(msg.data));
@@ -151,7 +165,6 @@ async function receive(url, prefix) {
   if (msg.subject !== `${prefix}.${body.name}`) {
     throw new Error(`subject ${JSON.stringify(msg.subject)} is not <prefix>.<name> for name ${JSON.stringify(body.name)}`);
   }
-  await closeConnection(nc);
   return {
     ok: true,
     subject: msg.subject,
@@ -165,7 +178,20 @@ async function receive(url, prefix) {
   };
 }
 
-async function send(url, prefix) {
+async function jsRead(url, prefix, stream) {
+  const check = loadValidator();
+  const nc = await openConnection(url);
+  const consumer = await bounded(nc.jetstream().consumers.get(stream), CONNECT_TIMEOUT_MS, `an ordered consumer of ${stream}`);
+  const msg = await bounded(consumer.next({ expires: RECEIVE_TIMEOUT_MS }), RECEIVE_TIMEOUT_MS + 1_000,
+                            `read the first message of stream ${stream}`);
+  if (!msg) throw new Error(`stream ${stream} had no message within ${RECEIVE_TIMEOUT_MS} ms`);
+  const result = checked(msg, prefix, check);
+  await closeConnection(nc);
+  return result;
+}
+
+// The envelope "send" and "js-send" publish, checked against the schema, with its headers.
+function outgoing(prefix) {
   const check = loadValidator();
   const envelope = {
     id: randomUUID(),
@@ -180,11 +206,14 @@ async function send(url, prefix) {
     payload: { hello: "from nats.js", n: 42 },
   };
   check(envelope, "the envelope this peer built");
-  const subject = `${prefix}.${envelope.name}`;
   const h = headers();
   h.set("Nats-Msg-Id", envelope.id);
   h.set("Content-Type", CONTENT_TYPE);
+  return { envelope, subject: `${prefix}.${envelope.name}`, headers: h };
+}
 
+async function send(url, prefix) {
+  const { envelope, subject, headers: h } = outgoing(prefix);
   const nc = await openConnection(url);
   nc.publish(subject, new TextEncoder().encode(JSON.stringify(envelope)), { headers: h });
   await bounded(nc.flush(), CONNECT_TIMEOUT_MS, "flush the publish");
@@ -192,12 +221,28 @@ async function send(url, prefix) {
   return { ok: true, id: envelope.id, subject };
 }
 
+async function jsSend(url, prefix) {
+  const { envelope, subject } = outgoing(prefix);
+  const h = headers();
+  h.set("Content-Type", CONTENT_TYPE);
+  const nc = await openConnection(url);
+  const ack = await bounded(nc.jetstream().publish(subject, new TextEncoder().encode(JSON.stringify(envelope)),
+                                                   { msgID: envelope.id, headers: h }),
+                            CONNECT_TIMEOUT_MS, "the server's acknowledgement");
+  await closeConnection(nc);
+  return { ok: true, id: envelope.id, subject, seq: ack.seq };
+}
+
 async function main() {
-  const [url, prefix, mode] = process.argv.slice(2);
-  if (!url || !prefix || !["receive", "send"].includes(mode) || process.argv.length !== 5) {
-    throw new Error("usage: node peer.mjs <server url> <subject prefix> receive|send");
+  const [url, prefix, mode, stream] = process.argv.slice(2);
+  const modes = { receive: 5, send: 5, "js-read": 6, "js-send": 5 };
+  if (!url || !prefix || !(mode in modes) || process.argv.length !== modes[mode]) {
+    throw new Error("usage: node peer.mjs <server url> <subject prefix> receive|send|js-read <stream>|js-send");
   }
-  return mode === "receive" ? receive(url, prefix) : send(url, prefix);
+  if (mode === "receive") return receive(url, prefix);
+  if (mode === "send") return send(url, prefix);
+  if (mode === "js-read") return jsRead(url, prefix, stream);
+  return jsSend(url, prefix);
 }
 
 main().then(finish, fail);

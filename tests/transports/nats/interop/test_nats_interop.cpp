@@ -41,6 +41,7 @@
 #include "notifications/context.hpp"
 #include "notifications/envelope.hpp"
 #include "notifications/notifier.hpp"
+#include "notifications/transports/jetstream.hpp"
 #include "notifications/transports/nats.hpp"
 #include "wait.hpp"
 
@@ -215,14 +216,18 @@ class NatsInterop : public ::testing::Test {
         GTEST_SKIP() << dir.string() << " is missing: run tests/transports/nats/interop/install.sh";
       }
     }
-    // Started on the test body's thread, which outlives the server (see NatsServer).
-    server_ = std::make_unique<test_support::NatsServer>();
+    // Started on the test body's thread, which outlives the server (see NatsServer). With
+    // JetStream, for the jetstream:// cases; core NATS is the same with it.
+    test_support::NatsServerOptions options;
+    options.jetstream = true;
+    server_ = std::make_unique<test_support::NatsServer>(options);
   }
 
-  // `node peer.mjs <url> interop <mode>`, started now.
-  std::unique_ptr<Child> start_peer(const std::string& mode) {
-    return std::make_unique<Child>(std::vector<std::string>{
-        node_, (kInteropDir / "peer.mjs").string(), server_->url(), "interop", mode});
+  // `node peer.mjs <url> interop <mode> [argument]`, started now.
+  std::unique_ptr<Child> start_peer(const std::string& mode, const std::string& argument = {}) {
+    std::vector<std::string> args{node_, (kInteropDir / "peer.mjs").string(), server_->url(), "interop", mode};
+    if (!argument.empty()) args.push_back(argument);
+    return std::make_unique<Child>(args);
   }
 
   // The default options, but for `headers`.
@@ -232,6 +237,16 @@ class NatsInterop : public ::testing::Test {
     options.name = name;
     options.headers = headers;
     return n::make_nats_transport(options);
+  }
+
+  // jetstream:// on stream "INTEROP" for the subjects under the prefix.
+  std::shared_ptr<n::Transport> jetstream_transport(const std::string& name) {
+    n::JetStreamOptions options;
+    options.connection.servers = {server_->url()};
+    options.connection.name = name;
+    options.stream = "INTEROP";
+    options.subjects = {"interop.>"};
+    return n::make_jetstream_transport(options);
   }
 
   // The bus publishes one event (with context and tags); the peer receives and checks it.
@@ -368,6 +383,70 @@ TEST_F(NatsInterop, BusDeliversWhatJsPublished) {
   const json health = bridge.health();
   EXPECT_EQ(health["counters"].value("malformed", 1), 0) << health.dump();
   EXPECT_EQ(health["counters"].value("received", 0), 1) << health.dump();
+}
+
+// nats.js reads, through its own JetStream consumer, the stream a Bridge wrote over jetstream://:
+// the stored message is the envelope body with its Nats-Msg-Id and Content-Type headers.
+TEST_F(NatsInterop, JsReadsTheStreamTheBusWroteWithJetStream) {
+  n::Notifier notifier;
+  n::Bridge bridge(notifier, jetstream_transport("interop-cpp-jetstream-sender"), config({"order.>"}, {}));
+  bridge.start();
+  {
+    n::ContextScope request({{"request_id", "r-42"}});
+    n::tagged("checkout", [&] { notifier.instrument("order.placed", json{{"order_id", 7}}); });
+  }
+  ASSERT_TRUE(bridge.flush(kDeliveryTimeout)) << "not acknowledged: " << bridge.health().dump() << server_log();
+  auto peer = start_peer("js-read", "INTEROP");
+  const auto line = peer->read_line(kPeerResultTimeout);
+  ASSERT_TRUE(line.has_value()) << "no result line from the peer\n" << peer->diagnostics() << server_log();
+  const json result = parse_result(*line);
+  ASSERT_FALSE(result.is_discarded()) << "not JSON: " << *line << "\n" << peer->diagnostics();
+  ASSERT_EQ(result.value("ok", false), true) << *line << "\n" << peer->diagnostics();
+  EXPECT_EQ(result.value("subject", ""), "interop.order.placed") << *line;
+  EXPECT_EQ(result.value("payload", json::object()).value("order_id", -1), 7) << *line;
+  EXPECT_EQ(result.value("context", json()), json({{"request_id", "r-42"}})) << *line;
+  EXPECT_EQ(result.value("tags", json()), json({{"checkout", true}})) << *line;
+  ASSERT_TRUE(result["headers"].is_object()) << "JetStream messages carry their id as a header: " << *line;
+  EXPECT_EQ(result["headers"].value("Nats-Msg-Id", ""), result.value("id", "-")) << *line;
+  EXPECT_EQ(result["headers"].value("Content-Type", ""), n::Envelope::kContentType) << *line;
+  EXPECT_EQ(peer->wait_exit(kPeerExitTimeout), std::optional<int>(0)) << peer->diagnostics();
+  EXPECT_TRUE(bridge.shutdown(5s).clean);
+}
+
+// A Bridge over jetstream:// receives what nats.js published with JetStream (acknowledged by the
+// server, its id as the message id).
+TEST_F(NatsInterop, BusConsumesWhatJsPublishedWithJetStream) {
+  n::Notifier notifier;
+  std::mutex mutex;
+  std::vector<n::Event> received;  // guarded by mutex
+  n::Subscription listener = notifier.subscribe("interop.from_js", [&](const n::Event& event) {
+    std::lock_guard lock(mutex);
+    received.push_back(event);
+  });
+  // start() returns once the stream and the subscription's consumer exist.
+  n::Bridge bridge(notifier, jetstream_transport("interop-cpp-jetstream-receiver"), config({}, {">"}));
+  bridge.start();
+  auto peer = start_peer("js-send");
+  const auto line = peer->read_line(kPeerStartTimeout);
+  ASSERT_TRUE(line.has_value()) << "no result line from the peer\n" << peer->diagnostics() << server_log();
+  const json result = parse_result(*line);
+  ASSERT_FALSE(result.is_discarded()) << "not JSON: " << *line << "\n" << peer->diagnostics();
+  ASSERT_EQ(result.value("ok", false), true) << *line << "\n" << peer->diagnostics();
+  EXPECT_EQ(peer->wait_exit(kPeerExitTimeout), std::optional<int>(0)) << peer->diagnostics();
+  ASSERT_TRUE(test_support::wait_until(
+      [&] {
+        std::lock_guard lock(mutex);
+        return !received.empty();
+      },
+      kDeliveryTimeout))
+      << "no remote event interop.from_js; bridge health: " << bridge.health().dump() << server_log();
+  std::this_thread::sleep_for(100ms);  // a duplicate would arrive about now
+  EXPECT_TRUE(bridge.shutdown(5s).clean);
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(received.size(), 1u);
+  EXPECT_EQ(received.front().id(), result.value("id", "")) << "the receiver keeps the sender's id";
+  EXPECT_EQ(received.front().payload().value("n", -1), 42) << received.front().payload().dump();
+  EXPECT_EQ(received.front().context(), json({{"request_id", "js-1"}}));
 }
 
 }  // namespace
