@@ -67,7 +67,9 @@
 // redelivered (the server's figures, -1 when it did not answer).
 //
 // Fork: as the NATS transport (notifications/fork.hpp): prepare_fork stops the fetch threads and
-// closes the connection, after_fork opens it again and resumes every subscription.
+// closes the connection, after_fork opens it again and resumes every subscription: the parent
+// through its same consumers (ephemeral ones are kept across fork), a child through new ephemeral
+// consumers that start after their acknowledgement floors.
 //
 // Thread-safety: as every Transport, all members may be called from any thread.
 #pragma once
