@@ -124,7 +124,8 @@ class Consumer {
   natsStatus ensure_consumer(std::string& name, std::string& why, bool& permanent);
   bool send_pull_request();
   Read classify(natsMsg* msg) const;
-  void deliver(natsMsg* msg, natsSubscription* sub);
+  // Hands `msg` over; `open_requests` bounds the statuses that may still be pending in `sub`.
+  void deliver(natsMsg* msg, natsSubscription* sub, int open_requests);
   void note_error(const std::string& text);
   // Waits up to `delay` unless closing.
   void pause(std::chrono::milliseconds delay);

@@ -231,6 +231,45 @@ TEST(JetStream, ADurableNameBoundToAnotherPatternIsRefused) {
   transport->stop(in(5s));
 }
 
+// Delivery::more_follows is a promise that another delivery comes at once: never on the last
+// message of a pull request whose ending status already waits behind it (the Bridge's dispatcher
+// would sleep on that delivery until the next message).
+TEST(JetStream, MoreFollowsIsNeverSetWhenOnlyARequestsEndFollows) {
+  NatsServer server(with_jetstream());
+  auto options = jetstream_options_for(server.url(), "HINTS", {"hints.>"});
+  options.fetch_wait = 50ms;  // the request ends (408) while the first delivery is held below
+  auto transport = started(options);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(test_support::publish1(*transport, message("hints.x", std::to_string(i), "h-" + std::to_string(i))).published,
+              1u);
+  }
+  std::mutex mutex;
+  std::vector<std::pair<std::string, bool>> seen;  // body, more_follows; guarded by mutex
+  n::DeliveryOptions all;
+  all.start = n::StartPosition::all_retained();
+  transport->subscribe("hints.>", all, [&](n::Delivery&& d) {
+    bool first = false;
+    {
+      std::lock_guard lock(mutex);
+      seen.emplace_back(d.message.body, d.more_follows);
+      first = seen.size() == 1;
+    }
+    if (first) std::this_thread::sleep_for(300ms);  // the rest, and the request's end, queue up
+    d.settle(n::Settle::ack);
+  });
+  const auto count = [&] {
+    std::lock_guard lock(mutex);
+    return seen.size();
+  };
+  ASSERT_TRUE(wait_until([&] { return count() >= 3; }, 10s)) << count();
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[2].first, "2");
+  EXPECT_FALSE(seen[2].second) << "the last delivery was hinted with only the request's end behind it";
+  EXPECT_TRUE(seen[1].second) << "the middle one had a delivery behind it";
+  transport->stop(in(5s));
+}
+
 // stop(deadline) lets a pull request in flight end by itself, but not past its deadline: a long
 // fetch_wait is cut short and counted.
 TEST(JetStream, StopKeepsItsDeadlineWhileAPullRequestWaits) {
