@@ -30,6 +30,11 @@ struct TransportUnderTest {
   // Message::id and Message::headers reach a subscriber (false: bodies only, as NATS sends by
   // default).
   bool carries_headers = true;
+  // A message acknowledged just before its subscriber closed may be delivered again, as a first
+  // delivery, to the next subscriber of the same consumer (seen with nats-server 2.9.10 under
+  // TSan, not explained yet: docs/jetstream.md). ContinueAfterSubscriberClose then checks that
+  // every message was consumed, allowing such repeats, instead of "each once".
+  bool acked_may_repeat_after_close = false;
 };
 
 std::string name_of(const ::testing::TestParamInfo<TransportUnderTest>& info);

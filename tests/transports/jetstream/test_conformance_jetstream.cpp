@@ -47,7 +47,9 @@ void outage(n::Transport& transport) { servers().restart(&transport); }
 TransportUnderTest jetstream() {
   n::TransportCapabilities capabilities = n::kJetStreamCapabilities;
   capabilities.dedupe_window = n::JetStreamOptions{}.duplicate_window;
-  return {"JetStream", make, capabilities, outage, /*carries_headers=*/true};
+  TransportUnderTest transport{"JetStream", make, capabilities, outage, /*carries_headers=*/true};
+  transport.acked_may_repeat_after_close = true;  // see conformance.hpp and docs/jetstream.md
+  return transport;
 }
 
 }  // namespace
