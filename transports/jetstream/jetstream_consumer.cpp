@@ -26,11 +26,11 @@ constexpr std::chrono::milliseconds kLastRetry{1'000};
 // lost (the connection broke, or the server restarted, while it waited).
 constexpr std::chrono::milliseconds kRequestGrace{1'000};
 
-std::int64_t nanos(std::chrono::milliseconds ms) { return static_cast<std::int64_t>(ms.count()) * 1'000'000; }
-
 // A fetched message with what settles it: the JetStream acknowledgement protocol, published to
 // the message's reply subject on the transport's connection. Destroyed (with its natsMsg) when
 // the last Delivery copy holding it goes.
+// Thread-safety: settle and in_progress may be called from any thread (an atomic flag, and the
+// subscription's life lock shared while cnats is called).
 class HeldMessage {
  public:
   HeldMessage(natsMsg* msg, natsConnection* nc, std::shared_ptr<SubscriptionLife> life,

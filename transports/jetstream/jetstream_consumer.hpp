@@ -30,6 +30,9 @@
 
 namespace notifications::jetstream_detail {
 
+// A duration as the JetStream API writes it: nanoseconds.
+inline std::int64_t nanos(std::chrono::milliseconds ms) { return static_cast<std::int64_t>(ms.count()) * 1'000'000; }
+
 // Counters over the transport's life, shared with every delivery still held by someone.
 struct ConsumerCounters {
   std::atomic<std::uint64_t> pull_requests{0};

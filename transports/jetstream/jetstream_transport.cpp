@@ -45,8 +45,6 @@ std::int64_t millis_until(Deadline deadline) {
   return std::max<std::int64_t>(left, 1);
 }
 
-std::int64_t nanos(std::chrono::milliseconds ms) { return static_cast<std::int64_t>(ms.count()) * 1'000'000; }
-
 std::string joined(const std::vector<std::string>& items) {
   std::string out;
   for (const std::string& item : items) out += (out.empty() ? "\"" : ", \"") + detail::wire_text(item) + "\"";
