@@ -1,4 +1,5 @@
-// One pull subscription of the JetStream transport (jetstream_consumer.hpp).
+// One subscription of the JetStream transport (jetstream_consumer.hpp): what pull and push share,
+// and the pull loop.
 #include "jetstream_consumer.hpp"
 
 #include <algorithm>
@@ -19,12 +20,6 @@ using detail::LogLevel;
 
 constexpr const char* kIdHeader = "Nats-Msg-Id";
 constexpr std::string_view kAckPrefix = "$JS.ACK.";
-// Waits between attempts to create a consumer or after a failed read: doubling up to the last.
-constexpr std::chrono::milliseconds kFirstRetry{20};
-constexpr std::chrono::milliseconds kLastRetry{1'000};
-// A pull request whose end the server has not announced this long after its expiry is taken as
-// lost (the connection broke, or the server restarted, while it waited).
-constexpr std::chrono::milliseconds kRequestGrace{1'000};
 
 // A fetched message with what settles it: the JetStream acknowledgement protocol, published to
 // the message's reply subject on the transport's connection. Destroyed (with its natsMsg) when
@@ -147,7 +142,8 @@ std::string consumer_name(const std::string& pattern, const DeliveryOptions& opt
 }
 
 Consumer::Consumer(natsConnection* nc, jsCtx* js, const JetStreamOptions& transport_options, std::string pattern,
-                   DeliveryOptions options, DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters)
+                   DeliveryOptions options, DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters,
+                   std::function<void()> ensure_stream)
     : nc_(nc),
       js_(js),
       transport_options_(transport_options),
@@ -155,7 +151,8 @@ Consumer::Consumer(natsConnection* nc, jsCtx* js, const JetStreamOptions& transp
       options_(std::move(options)),
       handler_(std::move(handler)),
       durable_name_(consumer_name(pattern_, options_)),
-      counters_(std::move(counters)) {
+      counters_(std::move(counters)),
+      ensure_stream_(std::move(ensure_stream)) {
   // The server refuses these in a consumer name; say so before asking it.
   for (const char c : durable_name_) {
     if (c == '.' || c == '*' || c == '>' || c == ' ' || c == '\t' || c == '/' || c == '\\') {
@@ -183,8 +180,9 @@ void Consumer::note_error(const std::string& text) {
   last_error_ = text;
 }
 
-natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& permanent) {
+natsStatus Consumer::ensure_consumer(std::string& name, std::string& deliver, std::string& why, bool& permanent) {
   permanent = false;
+  if (ensure_stream_) ensure_stream_();
   jsErrCode code = static_cast<jsErrCode>(0);
   const std::string& stream = transport_options_.stream;
   // A durable consumer by its name; an ephemeral one that exists already is used again.
@@ -194,7 +192,16 @@ natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& 
   if (!known.empty()) s = js_GetConsumerInfo(&info, js_, stream.c_str(), known.c_str(), nullptr, &code);
   if (s == NATS_OK) {
     const std::string filter = info->Config->FilterSubject == nullptr ? "" : info->Config->FilterSubject;
+    const std::string existing_deliver = info->Config->DeliverSubject == nullptr ? "" : info->Config->DeliverSubject;
     jsConsumerInfo_Destroy(info);
+    if (push() == existing_deliver.empty()) {
+      permanent = true;
+      why = std::string("consumer \"") + known + "\" of stream \"" + stream + "\" is a " +
+            (push() ? "pull" : "push") + " consumer, and consumer_type is " + (push() ? "push" : "pull") + ": " +
+            (options_.durable.empty() ? "give the group another name" : "give the durable another name") +
+            " (option \"" + (options_.durable.empty() ? "group" : "durable") + "\"), or change consumer_type";
+      return NATS_ERR;
+    }
     if (filter != pattern_) {
       permanent = true;
       why = std::string("consumer \"") + known + "\" of stream \"" + stream + "\" reads \"" +
@@ -204,10 +211,11 @@ natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& 
       return NATS_ERR;
     }
     name = known;
+    deliver = existing_deliver;
     return NATS_OK;
   }
   if (s != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) {
-    why = describe_js("reading consumer \"" + known + "\"", s, code);
+    why = describe_js(transport_options_, "reading consumer \"" + known + "\"", s, code);
     return s;
   }
   // Created with the JetStream API's own request, not js_AddConsumer: cnats 3.4.1 writes the
@@ -217,8 +225,20 @@ natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& 
   nlohmann::json config{{"ack_policy", "explicit"},
                         {"ack_wait", nanos(options_.ack_wait.count() > 0 ? options_.ack_wait : transport_options_.ack_wait)},
                         {"filter_subject", pattern_},
-                        {"replay_policy", "instant"},
-                        {"max_waiting", transport_options_.max_waiting}};
+                        {"replay_policy", "instant"}};
+  if (push()) {
+    // The server pushes to `deliver`; a group's members share it as a queue group. It allows flow
+    // control and heartbeats only without a deliver group.
+    config["deliver_subject"] = deliver;
+    if (!options_.group.empty()) {
+      config["deliver_group"] = options_.group;
+    } else {
+      config["flow_control"] = true;
+      config["idle_heartbeat"] = nanos(transport_options_.idle_heartbeat);
+    }
+  } else {
+    config["max_waiting"] = transport_options_.max_waiting;
+  }
   const std::uint32_t max_deliveries =
       options_.max_deliveries > 0 ? options_.max_deliveries : transport_options_.max_deliveries;
   config["max_deliver"] = max_deliveries > 0 ? static_cast<std::int64_t>(max_deliveries) : -1;
@@ -244,7 +264,7 @@ natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& 
                              transport_options_.api_timeout.count());
   const std::string what = "creating a consumer of stream \"" + stream + "\" for \"" + pattern_ + "\"";
   if (s != NATS_OK) {
-    why = describe_js(what, s, static_cast<jsErrCode>(0));
+    why = describe_js(transport_options_, what, s, static_cast<jsErrCode>(0));
     return s;
   }
   const char* data = natsMsg_GetData(reply);
@@ -267,38 +287,62 @@ natsStatus Consumer::ensure_consumer(std::string& name, std::string& why, bool& 
   return NATS_OK;
 }
 
+natsStatus Consumer::subscribe_sync(const std::string& subject, natsSubscription** sub) {
+  // A push consumer's deliver group: its members share the deliver subject as a queue group.
+  const bool queue = push() && !options_.group.empty();
+  natsStatus s = queue ? natsConnection_QueueSubscribeSync(sub, nc_, subject.c_str(), options_.group.c_str())
+                       : natsConnection_SubscribeSync(sub, nc_, subject.c_str());
+  if (s == NATS_OK) s = natsSubscription_SetPendingLimits(*sub, -1, -1);
+  if (s != NATS_OK) {
+    note_error(describe_js(transport_options_, std::string("subscribing to the ") + (push() ? "deliver subject" : "pull inbox"),
+                           s, static_cast<jsErrCode>(0)));
+    natsSubscription_Destroy(*sub);
+    *sub = nullptr;
+  }
+  return s;
+}
+
 bool Consumer::open_now() {
   std::string name;
   {
     detail::MutexLock lock(mutex_);
     name = consumer_;
   }
+  // Pull: the inbox the pull requests name. Push: subscribed before the consumer is created, so
+  // that the server's first pushes find this subscription.
+  natsInbox* inbox = nullptr;
+  if (natsInbox_Create(&inbox) != NATS_OK) {
+    note_error("jetstream: cannot create an inbox name");
+    return false;
+  }
+  std::string deliver = inbox;
+  natsInbox_Destroy(inbox);
+  natsSubscription* sub = nullptr;
+  if (subscribe_sync(deliver, &sub) != NATS_OK) return false;
+  const auto unsubscribe = [](natsSubscription* s) {
+    natsSubscription_Unsubscribe(s);
+    natsSubscription_Destroy(s);
+  };
+  const std::string inbox_name = deliver;
   std::string why;
   bool permanent = false;
-  if (ensure_consumer(name, why, permanent) != NATS_OK) {
+  if (ensure_consumer(name, deliver, why, permanent) != NATS_OK) {
+    unsubscribe(sub);
     if (permanent) throw TransportError("jetstream: " + why);
     note_error(why);
     return false;
   }
-  natsInbox* inbox = nullptr;
-  natsSubscription* sub = nullptr;
-  natsStatus s = natsInbox_Create(&inbox);
-  if (s == NATS_OK) s = natsConnection_SubscribeSync(&sub, nc_, inbox);
-  if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub, -1, -1);
-  if (s != NATS_OK) {
-    note_error(describe_js("subscribing to the pull inbox", s, static_cast<jsErrCode>(0)));
-    natsSubscription_Destroy(sub);
-    natsInbox_Destroy(inbox);
-    return false;
+  if (push() && deliver != inbox_name) {
+    // An existing push consumer: read through its own deliver subject.
+    unsubscribe(sub);
+    sub = nullptr;
+    if (subscribe_sync(deliver, &sub) != NATS_OK) return false;
   }
-  const std::string inbox_name = inbox;
-  natsInbox_Destroy(inbox);
   detail::MutexLock lock(mutex_);
   consumer_ = name;
   if (closing_ || sub_ != nullptr) {
     // Closed meanwhile (or opened by the thread): this one is not needed.
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    unsubscribe(sub);
     return true;
   }
   sub_ = sub;
@@ -309,7 +353,11 @@ bool Consumer::open_now() {
 void Consumer::start() {
   thread_ = std::make_unique<std::thread>([this] {
     detail::name_this_thread("ntf-js-fetch");
-    run();
+    if (push()) {
+      run_push();
+    } else {
+      run();
+    }
     {
       detail::MutexLock lock(mutex_);
       finished_ = true;
@@ -336,7 +384,7 @@ bool Consumer::send_pull_request() {
                               ",\"expires\":" + std::to_string(nanos(transport_options_.fetch_wait)) + "}";
   const natsStatus s = natsConnection_PublishRequestString(nc_, subject.c_str(), inbox.c_str(), request.c_str());
   if (s != NATS_OK) {
-    note_error(describe_js("sending a pull request for \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
+    note_error(describe_js(transport_options_, "sending a pull request for \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
     return false;
   }
   counters_->pull_requests.fetch_add(1, std::memory_order_relaxed);
@@ -389,8 +437,9 @@ void Consumer::run() {
             name = consumer_;
           }
           std::string why;
+          std::string deliver;
           bool permanent = false;
-          opened = ensure_consumer(name, why, permanent) == NATS_OK;
+          opened = ensure_consumer(name, deliver, why, permanent) == NATS_OK;
           if (opened) {
             detail::MutexLock lock(mutex_);
             consumer_ = name;
@@ -437,7 +486,7 @@ void Consumer::run() {
       in_flight = false;
       lost_any = true;
       counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
-      note_error(describe_js("reading the pull inbox of \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
+      note_error(describe_js(transport_options_, "reading the pull inbox of \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
       if (closing) return;
       pause(retry);
       retry = std::min(retry * 2, kLastRetry);
@@ -560,8 +609,9 @@ bool Consumer::close(Deadline deadline, bool keep_consumer) {
   if (thread_ && thread_->joinable()) {
     // The pull request in flight ends by itself within fetch_wait; past the deadline it is cut
     // short (the subscription is unsubscribed, which ends the read), at the price described in
-    // the header.
+    // the header. A push consumer has no request to wait for: its read ends now.
     detail::UniqueMutexLock lock(mutex_);
+    if (push() && sub_ != nullptr) natsSubscription_Unsubscribe(sub_);
     while (!finished_ && Clock::now() < deadline) lock.wait_until(closing_changed_, deadline);
     if (!finished_ && sub_ != nullptr) {
       counters_->requests_cut_short.fetch_add(1, std::memory_order_relaxed);

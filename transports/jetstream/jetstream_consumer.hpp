@@ -1,9 +1,11 @@
-// Private to the JetStream transport: one subscription, read through a pull consumer by a thread
-// of its own. That thread creates (or checks) the consumer, sends pull requests to it itself
-// (one at a time, each a new request, so consuming resumes by itself after a reconnect), reads
-// the answers from a subscription of its own inbox, creates the consumer again when the server
-// lost it, and hands every message to the DeliveryHandler with settle and in_progress bound to
-// that message.
+// Private to the JetStream transport: one subscription, read through a pull consumer (or, with
+// consumer_type push, a push consumer: jetstream_push.cpp) by a thread of its own. That thread
+// creates (or checks) the consumer, sends pull requests to it itself (one at a time, each a new
+// request, so consuming resumes by itself after a reconnect), reads the answers from a
+// subscription of its own inbox, creates the consumer again when the server lost it, and hands
+// every message to the DeliveryHandler with settle and in_progress bound to that message. A push
+// consumer sends no requests: the thread reads what the server pushes to the deliver subject,
+// answers flow control, and asks for the consumer when even the heartbeats stopped.
 //
 // Why not cnats' pull subscriptions (js_PullSubscribe and natsSubscription_Fetch): in 3.4.1 a
 // fetch returns only once its batch is full or its wait is over (a message that arrives alone
@@ -21,6 +23,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -32,6 +35,14 @@ namespace notifications::jetstream_detail {
 
 // A duration as the JetStream API writes it: nanoseconds.
 inline std::int64_t nanos(std::chrono::milliseconds ms) { return static_cast<std::int64_t>(ms.count()) * 1'000'000; }
+
+// Waits between attempts to create a consumer or after a failed read: doubling up to the last.
+inline constexpr std::chrono::milliseconds kFirstRetry{20};
+inline constexpr std::chrono::milliseconds kLastRetry{1'000};
+// A pull request whose end the server has not announced this long after its expiry is taken as
+// lost (the connection broke, or the server restarted, while it waited); for a push consumer,
+// the grace after twice idle_heartbeat of silence.
+inline constexpr std::chrono::milliseconds kRequestGrace{1'000};
 
 // Counters over the transport's life, shared with every delivery still held by someone.
 struct ConsumerCounters {
@@ -48,6 +59,7 @@ struct ConsumerCounters {
   std::atomic<std::uint64_t> not_handed_at_close{0};
   std::atomic<std::uint64_t> requests_cut_short{0};  // closed mid-request at a deadline
   std::atomic<std::uint64_t> consumers_recreated{0};
+  std::atomic<std::uint64_t> flow_control_replies{0};  // push consumers
 };
 
 // Whether the messages of one subscription may still be settled: closing takes it exclusively,
@@ -63,8 +75,12 @@ std::string consumer_name(const std::string& pattern, const DeliveryOptions& opt
 
 class Consumer {
  public:
+  // `ensure_stream` is called before each attempt to create or check the consumer: it provisions
+  // the stream when that was not done yet (a process that only subscribes, started while the
+  // server was away), and throws TransportError when it cannot.
   Consumer(natsConnection* nc, jsCtx* js, const JetStreamOptions& transport_options, std::string pattern,
-           DeliveryOptions options, DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters);
+           DeliveryOptions options, DeliveryHandler handler, std::shared_ptr<ConsumerCounters> counters,
+           std::function<void()> ensure_stream);
   ~Consumer();  // close(), waiting at most fetch_wait plus a second
   Consumer(const Consumer&) = delete;
   Consumer& operator=(const Consumer&) = delete;
@@ -121,10 +137,17 @@ class Consumer {
   // What one message read from the inbox is.
   enum class Read { message, request_over, heartbeat, consumer_missing };
 
+  bool push() const { return transport_options_.consumer_type == JetStreamOptions::ConsumerType::push; }
   void run();
+  // The fetch thread of a push consumer (jetstream_push.cpp).
+  void run_push();
+  // Subscribes to `subject` (a push consumer with a group: as a queue subscription); notes the
+  // error and returns it when cnats refuses.
+  natsStatus subscribe_sync(const std::string& subject, natsSubscription** sub);
   // Creates the consumer (or reads it, to check that a durable one has this pattern). Returns the
   // cnats status, with what went wrong in `why`; the consumer's name in `name`.
-  natsStatus ensure_consumer(std::string& name, std::string& why, bool& permanent);
+  // Push: `deliver` is the subject a new consumer delivers to, and becomes an existing one's.
+  natsStatus ensure_consumer(std::string& name, std::string& deliver, std::string& why, bool& permanent);
   bool send_pull_request();
   Read classify(natsMsg* msg) const;
   // Hands `msg` over; `open_requests` bounds the statuses that may still be pending in `sub`.
@@ -143,6 +166,7 @@ class Consumer {
   const DeliveryHandler handler_;
   const std::string durable_name_;  // "" for an ephemeral consumer
   std::shared_ptr<ConsumerCounters> counters_;
+  const std::function<void()> ensure_stream_;
   std::shared_ptr<SubscriptionLife> life_ = std::make_shared<SubscriptionLife>();
 
   mutable detail::Mutex mutex_;

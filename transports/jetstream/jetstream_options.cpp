@@ -93,6 +93,19 @@ const std::map<std::string, Setter>& setters() {
     t["max_deliveries"] = [](JetStreamOptions& o, const json& v, const std::string& w) {
       o.max_deliveries = static_cast<std::uint32_t>(as_integer(v, w, 0, std::numeric_limits<std::int32_t>::max()));
     };
+    t["consumer_type"] = [](JetStreamOptions& o, const json& v, const std::string& w) {
+      const std::string type = detail::ascii_lower(as_string(v, w, false));
+      if (type == "pull") {
+        o.consumer_type = JetStreamOptions::ConsumerType::pull;
+      } else if (type == "push") {
+        o.consumer_type = JetStreamOptions::ConsumerType::push;
+      } else {
+        throw BadOption{w + ": expected pull or push, got " + v.dump()};
+      }
+    };
+    t["idle_heartbeat_ms"] = [](JetStreamOptions& o, const json& v, const std::string& w) {
+      o.idle_heartbeat = as_millis(v, w, 100);
+    };
     t["inactive_threshold_ms"] = [](JetStreamOptions& o, const json& v, const std::string& w) {
       o.inactive_threshold = as_millis(v, w, 1);
     };
@@ -133,6 +146,7 @@ void check(const JetStreamOptions& o) {
   if (o.fetch_batch < 1) throw BadOption{"fetch_batch: expected at least 1"};
   if (o.fetch_wait < std::chrono::milliseconds(10)) throw BadOption{"fetch_wait_ms: expected at least 10"};
   if (o.max_waiting < 1) throw BadOption{"max_waiting: expected at least 1"};
+  if (o.idle_heartbeat < std::chrono::milliseconds(100)) throw BadOption{"idle_heartbeat_ms: expected at least 100"};
 }
 
 }  // namespace

@@ -169,12 +169,10 @@ class JetStreamTransport final : public TransportBase {
     // Published while reconnecting, messages would wait in cnats' reconnect buffer for
     // acknowledgements that cannot come before the reconnect: refused now, sent again then.
     if (!connected()) return PublishResult{0, true, "jetstream: not connected to the server (reconnecting)"};
-    if (!provisioned_.load(std::memory_order_acquire)) {
-      try {
-        provision();
-      } catch (const std::exception& e) {
-        return PublishResult{0, true, e.what()};
-      }
+    try {
+      ensure_provisioned();
+    } catch (const std::exception& e) {
+      return PublishResult{0, true, e.what()};
     }
     {
       detail::MutexLock lock(acks_->mutex);
@@ -215,7 +213,7 @@ class JetStreamTransport final : public TransportBase {
         }
         natsMsg_Destroy(msg);
         permanent = s == NATS_MAX_PAYLOAD;
-        send_error = describe_js("jetstream: publishing message " + std::to_string(sent) + " to \"" +
+        send_error = describe_js(options_, "jetstream: publishing message " + std::to_string(sent) + " to \"" +
                                      detail::wire_text(m.subject) + "\"",
                                  s, static_cast<jsErrCode>(0));
         break;
@@ -253,7 +251,8 @@ class JetStreamTransport final : public TransportBase {
 
   void do_subscribe(std::uint64_t id, const std::string& pattern, const DeliveryOptions& options,
                     DeliveryHandler handler) override {
-    auto consumer = std::make_shared<Consumer>(connection_unlocked(), js_, options_, pattern, options, std::move(handler), counters_);
+    auto consumer = std::make_shared<Consumer>(connection_unlocked(), js_, options_, pattern, options, std::move(handler), counters_,
+                                                [this] { ensure_provisioned(); });
     // Refusals that retrying cannot mend are thrown here when the server can be asked now; else
     // the fetch thread keeps trying (and logs such a refusal).
     if (connected() && provisioned_.load()) consumer->open_now();
@@ -334,7 +333,8 @@ class JetStreamTransport final : public TransportBase {
     }
     for (ForkConsumer& c : fork_consumers_) {
       try {
-        auto consumer = std::make_shared<Consumer>(connection_unlocked(), js_, options_, c.pattern, c.options, c.handler, counters_);
+        auto consumer = std::make_shared<Consumer>(connection_unlocked(), js_, options_, c.pattern, c.options, c.handler, counters_,
+                                                [this] { ensure_provisioned(); });
         if (!in_child) consumer->adopt(c.consumer);
         consumer->resume_after(c.resume_point);
         consumer->start();
@@ -397,6 +397,8 @@ class JetStreamTransport final : public TransportBase {
     h["not_handed_at_close"] = c.not_handed_at_close.load();
     h["requests_cut_short"] = c.requests_cut_short.load();
     h["consumers_recreated"] = c.consumers_recreated.load();
+    h["consumer_type"] = options_.consumer_type == JetStreamOptions::ConsumerType::push ? "push" : "pull";
+    h["flow_control_replies"] = c.flow_control_replies.load();
     nlohmann::json subscriptions = nlohmann::json::array();
     std::vector<std::shared_ptr<Consumer>> consumers;
     {
@@ -476,7 +478,7 @@ class JetStreamTransport final : public TransportBase {
     js_options.PublishAsync.StallWait = options_.publish_timeout.count();
     jsCtx* js = nullptr;
     const natsStatus s = natsConnection_JetStream(&js, nc, &js_options);
-    if (s != NATS_OK) throw TransportError(describe_js("jetstream: creating the JetStream context", s, static_cast<jsErrCode>(0)));
+    if (s != NATS_OK) throw TransportError(describe_js(options_, "jetstream: creating the JetStream context", s, static_cast<jsErrCode>(0)));
     return js;
   }
 
@@ -523,8 +525,22 @@ class JetStreamTransport final : public TransportBase {
     for (const auto& [id, consumer] : consumers) consumer->close(deadline);
   }
 
+  // provision() unless it is done, or while not connected (then asking cannot help: the caller's
+  // own request fails, and it tries again later). Called by publishes and by consumers, so that a
+  // process that only subscribes, started while the server was away, provisions the stream too.
+  void ensure_provisioned() {
+    if (provisioned_.load(std::memory_order_acquire) || !connected()) return;
+    detail::MutexLock lock(provision_mutex_);
+    if (!provisioned_.load(std::memory_order_acquire)) provision_locked();
+  }
+
   // Creates or checks the stream (see the header's "Provisioning"); throws TransportError.
   void provision() {
+    detail::MutexLock lock(provision_mutex_);
+    provision_locked();
+  }
+
+  void provision_locked() NOTIFICATIONS_REQUIRES(provision_mutex_) {
     const std::string& name = options_.stream;
     jsErrCode code = static_cast<jsErrCode>(0);
     jsStreamInfo* info = nullptr;
@@ -565,7 +581,7 @@ class JetStreamTransport final : public TransportBase {
       }
       write_stream(options_.subjects, /*update=*/false);
     } else {
-      throw TransportError(describe_js("jetstream: reading stream \"" + name + "\"", s, code));
+      throw TransportError(describe_js(options_, "jetstream: reading stream \"" + name + "\"", s, code));
     }
     provisioned_.store(true, std::memory_order_release);
   }
@@ -599,7 +615,7 @@ class JetStreamTransport final : public TransportBase {
                            " overlap with another stream's subjects; a subject may belong to one stream only: "
                            "change \"subjects\", or use that stream (\"stream\")");
     }
-    throw TransportError(describe_js(std::string("jetstream: ") + (update ? "updating" : "creating") + " stream \"" +
+    throw TransportError(describe_js(options_, std::string("jetstream: ") + (update ? "updating" : "creating") + " stream \"" +
                                          options_.stream + "\"",
                                      s, code));
   }
@@ -635,6 +651,7 @@ class JetStreamTransport final : public TransportBase {
   std::unique_ptr<Transport> core_;
   // The JetStream context on core_'s connection, for the JetStream API (streams, consumers).
   jsCtx* js_ = nullptr;
+  detail::Mutex provision_mutex_;  // one provision() at a time (publishes, consumers, start)
   std::atomic<bool> provisioned_{false};
   std::atomic<std::uint64_t> generation_{kNoGeneration};
   // Lives as long as the transport: cnats' acknowledgement handler may run after a batch ended.

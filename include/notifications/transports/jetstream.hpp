@@ -37,6 +37,14 @@
 // 1) are consumer settings. A durable consumer created earlier keeps its position and its own
 // settings: its start position, ack_wait and max_deliveries are those of its creation. Fetching
 // resumes after a reconnect by itself (every fetch is a new pull request).
+// With consumer_type push, the server pushes instead: the consumer is created with a deliver
+// subject (this subscription's inbox; the group's members queue-subscribe to it, as deliver
+// group), flow control and idle heartbeats (idle_heartbeat; none with a deliver group, which the
+// server does not allow), and the same thread reads and hands over what arrives. An existing
+// durable push consumer is read through its own deliver subject; a pull consumer of that name is
+// refused, naming it, and so is a push consumer for a pull subscription. When nothing, not even a
+// heartbeat, came for twice idle_heartbeat, the consumer is asked for, and made again when the
+// server lost it. No more_follows hint in push mode.
 //
 // Settle: ack, nak (with a delay: NakWithDelay), term, in_progress, from any thread. A settle after
 // the subscription was closed (unsubscribe, stop, fork) does nothing; the server delivers the
@@ -126,6 +134,11 @@ struct JetStreamOptions {
   int fetch_batch = 256;
   std::chrono::milliseconds fetch_wait{500};
   int max_waiting = 512;  // pull requests a consumer holds at once (members of a group share it)
+  // How subscriptions read: pull requests (the default), or a push consumer (see "Consumers").
+  enum class ConsumerType { pull, push };
+  ConsumerType consumer_type = ConsumerType::pull;
+  // Push consumers: the server's heartbeat interval while it has nothing to deliver (at least 100).
+  std::chrono::milliseconds idle_heartbeat{5'000};
   // Consumer defaults where DeliveryOptions leaves them at zero.
   std::chrono::milliseconds ack_wait{30'000};
   std::uint32_t max_deliveries = 0;  // 0: no limit

@@ -1,5 +1,6 @@
-// The conformance suite over the JetStream transport and a real nats-server -js: one server (and
-// so one stream) per case, restarted on the same port, with its store, for the outage cases.
+// The conformance suite over the JetStream transport and a real nats-server -js, with pull
+// consumers (the default) and with push consumers: one server (and so one stream) per case,
+// restarted on the same port, with its store, for the outage cases.
 #include <memory>
 #include <string>
 
@@ -34,20 +35,24 @@ test_support::ServersByScope& servers() {
   return instance;
 }
 
-std::shared_ptr<n::Transport> make(const std::string& scope) {
+std::shared_ptr<n::Transport> make_with(n::JetStreamOptions::ConsumerType type, const std::string& scope) {
   return servers().make<n::Transport>(scope, [&](const std::string& url) -> std::shared_ptr<n::Transport> {
     n::JetStreamOptions options = test_support::jetstream_options_for(url, "CONFORMANCE", case_subjects());
     options.connection.name = "conformance-" + scope;
+    options.consumer_type = type;
+    // Push: a lost consumer is noticed after twice this of silence (the outage cases).
+    options.idle_heartbeat = std::chrono::milliseconds(500);
     return n::make_jetstream_transport(options);
   });
 }
 
 void outage(n::Transport& transport) { servers().restart(&transport); }
 
-TransportUnderTest jetstream() {
+TransportUnderTest jetstream(const std::string& name, n::JetStreamOptions::ConsumerType type) {
   n::TransportCapabilities capabilities = n::kJetStreamCapabilities;
   capabilities.dedupe_window = n::JetStreamOptions{}.duplicate_window;
-  TransportUnderTest transport{"JetStream", make, capabilities, outage, /*carries_headers=*/true};
+  TransportUnderTest transport{name, [type](const std::string& scope) { return make_with(type, scope); }, capabilities,
+                               outage, /*carries_headers=*/true};
   transport.acked_may_repeat_after_close = true;  // see conformance.hpp and docs/jetstream.md
   return transport;
 }
@@ -55,5 +60,8 @@ TransportUnderTest jetstream() {
 }  // namespace
 
 namespace conformance {
-INSTANTIATE_TEST_SUITE_P(JetStream, Conformance, ::testing::Values(jetstream()), name_of);
+INSTANTIATE_TEST_SUITE_P(JetStream, Conformance,
+                         ::testing::Values(jetstream("JetStream", n::JetStreamOptions::ConsumerType::pull),
+                                           jetstream("JetStreamPush", n::JetStreamOptions::ConsumerType::push)),
+                         name_of);
 }  // namespace conformance

@@ -285,6 +285,43 @@ TEST(JetStream, StopKeepsItsDeadlineWhileAPullRequestWaits) {
   EXPECT_EQ(transport->health()["requests_cut_short"], 1);
 }
 
+// A process that only subscribes, started while the server was away (retry_on_failed_connect),
+// provisions the stream itself once the server is there: its consumer does not wait for some
+// producer's first publish to create the stream (a consumer that reads only new messages would
+// then miss what that first publish stored).
+TEST(JetStream, ASubscriberStartedBeforeTheServerProvisionsTheStreamItself) {
+  NatsServer server(with_jetstream());
+  server.stop();
+  auto options = jetstream_options_for(server.url(), "LATE", {"late.>"});
+  options.connection.retry_on_failed_connect = true;
+  auto subscriber = started(options);
+  std::mutex mutex;
+  std::vector<std::string> bodies;
+  subscriber->subscribe("late.>", n::DeliveryOptions{}, [&](n::Delivery&& d) {
+    {
+      std::lock_guard lock(mutex);
+      bodies.push_back(d.message.body);
+    }
+    d.settle(n::Settle::ack);
+  });
+  server.start();
+  ASSERT_TRUE(wait_until([&] {
+    const json health = subscriber->health();
+    return health["provisioned"] == true && !health["subscriptions"][0]["consumer"].get<std::string>().empty();
+  }, 30s)) << "the subscriber never provisioned the stream and made its consumer: " << subscriber->health().dump();
+  auto publisher = started(options);
+  const std::vector<n::Message> batch{message("late.a", "1", "late-1")};
+  ASSERT_EQ(publisher->publish(batch).published, 1u);
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return !bodies.empty();
+  }, 10s)) << subscriber->health().dump();
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(bodies, std::vector<std::string>{"1"});
+  publisher->stop(in(5s));
+  subscriber->stop(in(5s));
+}
+
 // from_time with a start whose fraction of a second is below 0.1 s: cnats 3.4.1 writes such a
 // fraction without its leading zeros (x.025 s as ".25"), which would start the consumer after the
 // messages published right after the start time.
