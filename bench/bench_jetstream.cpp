@@ -59,8 +59,10 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
 }
 
-n::JetStreamOptions jetstream_options(const std::string& url) {
+n::JetStreamOptions jetstream_options(const std::string& url,
+                                     n::JetStreamOptions::ConsumerType type = n::JetStreamOptions::ConsumerType::pull) {
   n::JetStreamOptions options;
+  options.consumer_type = type;
   options.connection.servers = {url};
   options.stream = kStream;
   options.subjects = {"bench.>"};
@@ -131,16 +133,19 @@ double bus_round(const std::string& url, int events) {
   return events / seconds;
 }
 
-// instrument() to the durable handler's call on another Bridge, paced at `rate` per second.
-std::vector<double> end_to_end(const std::string& url, int events, int rate) {
+// instrument() to the durable handler's call on another Bridge (reading with consumers of `type`),
+// paced at `rate` per second.
+std::vector<double> end_to_end(const std::string& url, int events, int rate, n::JetStreamOptions::ConsumerType type) {
   n::Notifier producer_bus;
   n::Notifier consumer_bus;
   n::Bridge producer(producer_bus, n::make_jetstream_transport(jetstream_options(url)), bridge_config("producer", true));
-  n::Bridge consumer(consumer_bus, n::make_jetstream_transport(jetstream_options(url)), bridge_config("consumer", false));
+  n::Bridge consumer(consumer_bus, n::make_jetstream_transport(jetstream_options(url, type)),
+                     bridge_config("consumer", false));
   std::mutex mutex;
   std::vector<double> latencies_us;
   latencies_us.reserve(static_cast<std::size_t>(events));
-  consumer.subscribe_durable("e2e", "latency.probe", [&](const n::Event& event, n::DurableContext&) {
+  const bool push = type == n::JetStreamOptions::ConsumerType::push;
+  consumer.subscribe_durable(push ? "e2e_push" : "e2e", "latency.probe", [&](const n::Event& event, n::DurableContext&) {
     const auto sent = Clock::time_point(Clock::duration(event.payload()["t"].get<Clock::rep>()));
     const double us = std::chrono::duration<double, std::micro>(Clock::now() - sent).count();
     std::lock_guard lock(mutex);
@@ -148,7 +153,7 @@ std::vector<double> end_to_end(const std::string& url, int events, int rate) {
   });
   producer.start();
   consumer.start();
-  std::this_thread::sleep_for(200ms);  // the consumer's first pull request is with the server
+  std::this_thread::sleep_for(200ms);  // the consumer exists (and its first pull request is with the server)
   const auto interval = std::chrono::nanoseconds(1'000'000'000LL / rate);
   auto next = Clock::now();
   for (int i = 0; i < events; ++i) {
@@ -202,13 +207,16 @@ int main(int argc, char** argv) {
     }
     purge(nc);
     natsConnection_Destroy(nc);
-    const std::vector<double> latencies = end_to_end(url, e2e_events, e2e_rate);
+    const std::vector<double> latencies = end_to_end(url, e2e_events, e2e_rate, n::JetStreamOptions::ConsumerType::pull);
+    const std::vector<double> push_latencies =
+        end_to_end(url, e2e_events, e2e_rate, n::JetStreamOptions::ConsumerType::push);
     const double raw_rate = median(raw), bus_rate = median(bus);
     std::printf(
         "{\"bench\":\"jetstream_forward\",\"events\":%d,\"raw_msgs_per_s\":%.0f,\"bus_msgs_per_s\":%.0f,"
-        "\"ratio\":%.3f,\"e2e_p50_us\":%.0f,\"e2e_p99_us\":%.0f,\"e2e_rate\":%d,\"e2e_events\":%d}\n",
+        "\"ratio\":%.3f,\"e2e_p50_us\":%.0f,\"e2e_p99_us\":%.0f,\"e2e_push_p50_us\":%.0f,\"e2e_push_p99_us\":%.0f,"
+        "\"e2e_rate\":%d,\"e2e_events\":%d}\n",
         events, raw_rate, bus_rate, bus_rate / raw_rate, percentile(latencies, 0.50), percentile(latencies, 0.99),
-        e2e_rate, e2e_events);
+        percentile(push_latencies, 0.50), percentile(push_latencies, 0.99), e2e_rate, e2e_events);
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "bench_jetstream: %s\n", ex.what());
