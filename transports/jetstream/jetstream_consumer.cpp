@@ -366,6 +366,14 @@ void Consumer::start() {
   });
 }
 
+void Consumer::read_failed(natsStatus status, const std::string& what, std::chrono::milliseconds& retry) {
+  counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
+  note_error(describe_js(transport_options_, "reading " + what + " of \"" + pattern_ + "\"", status,
+                         static_cast<jsErrCode>(0)));
+  pause(retry);
+  retry = std::min(retry * 2, kLastRetry);
+}
+
 void Consumer::pause(std::chrono::milliseconds delay) {
   detail::UniqueMutexLock lock(mutex_);
   const auto until = Clock::now() + delay;
@@ -485,11 +493,8 @@ void Consumer::run() {
     if (s != NATS_OK) {
       in_flight = false;
       lost_any = true;
-      counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
-      note_error(describe_js(transport_options_, "reading the pull inbox of \"" + pattern_ + "\"", s, static_cast<jsErrCode>(0)));
       if (closing) return;
-      pause(retry);
-      retry = std::min(retry * 2, kLastRetry);
+      read_failed(s, "the pull inbox", retry);
       continue;
     }
     switch (classify(msg)) {

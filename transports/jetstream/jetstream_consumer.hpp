@@ -153,6 +153,9 @@ class Consumer {
   // Hands `msg` over; `open_requests` bounds the statuses that may still be pending in `sub`.
   void deliver(natsMsg* msg, natsSubscription* sub, int open_requests);
   void note_error(const std::string& text);
+  // A failed read of the subscription (`what`: "the pull inbox", "the deliver subject"): counted,
+  // noted, then a pause of `retry`, which doubles up to kLastRetry.
+  void read_failed(natsStatus status, const std::string& what, std::chrono::milliseconds& retry);
   // Waits up to `delay` unless closing.
   void pause(std::chrono::milliseconds delay);
   // Unsubscribes and forgets the inbox subscription (close(), once the fetch thread ended).

@@ -96,11 +96,7 @@ void Consumer::run_push() {
     }
     if (s != NATS_OK) {  // close() unsubscribed it, or the connection closed
       if (closed_.load(std::memory_order_acquire)) return;
-      counters_->fetch_errors.fetch_add(1, std::memory_order_relaxed);
-      note_error(describe_js(transport_options_, "reading the deliver subject of \"" + pattern_ + "\"", s,
-                             static_cast<jsErrCode>(0)));
-      pause(retry);
-      retry = std::min(retry * 2, kLastRetry);
+      read_failed(s, "the deliver subject", retry);
       continue;
     }
     switch (classify(msg)) {

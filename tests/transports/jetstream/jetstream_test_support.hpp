@@ -1,12 +1,15 @@
 // JetStreamOptions for tests against the harness's nats-server -js: quick reconnects, short
-// waits, a stream named for the test.
+// waits, a stream named for the test; the harness's options for such a server; a started
+// transport.
 // Thread-safety: stateless functions.
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "nats_server.hpp"
 #include "nats_test_options.hpp"
 #include "notifications/transports/jetstream.hpp"
 
@@ -22,6 +25,18 @@ inline notifications::JetStreamOptions jetstream_options_for(const std::string& 
   options.publish_timeout = std::chrono::milliseconds(2'000);
   options.api_timeout = std::chrono::milliseconds(2'000);
   return options;
+}
+
+inline NatsServerOptions with_jetstream() {
+  NatsServerOptions options;
+  options.jetstream = true;
+  return options;
+}
+
+inline std::unique_ptr<notifications::Transport> started(const notifications::JetStreamOptions& options) {
+  auto transport = notifications::make_jetstream_transport(options);
+  transport->start();
+  return transport;
 }
 
 }  // namespace test_support

@@ -51,14 +51,10 @@ using test_support::NatsServer;
 using test_support::NatsServerOptions;
 using test_support::scalar;
 using test_support::TempDir;
+using test_support::started;
 using test_support::wait_until;
+using test_support::with_jetstream;
 using Clock = std::chrono::steady_clock;
-
-NatsServerOptions with_jetstream() {
-  NatsServerOptions options;
-  options.jetstream = true;
-  return options;
-}
 
 n::BridgeConfig config_for(const std::string& app, const std::string& prefix) {
   n::BridgeConfig config;

@@ -28,25 +28,15 @@ using test_support::in;
 using test_support::jetstream_options_for;
 using test_support::NatsServer;
 using test_support::NatsServerOptions;
+using test_support::started;
 using test_support::wait_until;
-
-NatsServerOptions with_jetstream() {
-  NatsServerOptions options;
-  options.jetstream = true;
-  return options;
-}
+using test_support::with_jetstream;
 
 n::JetStreamOptions push_options(const std::string& url, const std::string& stream, const std::string& subjects) {
   auto options = jetstream_options_for(url, stream, {subjects});
   options.consumer_type = n::JetStreamOptions::ConsumerType::push;
   options.idle_heartbeat = 200ms;
   return options;
-}
-
-std::unique_ptr<n::Transport> started(const n::JetStreamOptions& options) {
-  auto transport = n::make_jetstream_transport(options);
-  transport->start();
-  return transport;
 }
 
 // What a subscription received, in order.

@@ -40,19 +40,9 @@ using test_support::in;
 using test_support::jetstream_options_for;
 using test_support::NatsServer;
 using test_support::NatsServerOptions;
+using test_support::started;
 using test_support::wait_until;
-
-NatsServerOptions with_jetstream() {
-  NatsServerOptions options;
-  options.jetstream = true;
-  return options;
-}
-
-std::unique_ptr<n::Transport> started(const n::JetStreamOptions& options) {
-  auto transport = n::make_jetstream_transport(options);
-  transport->start();
-  return transport;
-}
+using test_support::with_jetstream;
 
 n::Message message(const std::string& subject, const std::string& body, const std::string& id) {
   return n::Message{subject, body, {}, id};
