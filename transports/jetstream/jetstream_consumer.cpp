@@ -326,7 +326,14 @@ bool Consumer::open_now() {
   const std::string inbox_name = deliver;
   std::string why;
   bool permanent = false;
-  if (ensure_consumer(name, deliver, why, permanent) != NATS_OK) {
+  natsStatus ensured = NATS_ERR;
+  try {
+    ensured = ensure_consumer(name, deliver, why, permanent);
+  } catch (...) {  // the stream could not be provisioned
+    unsubscribe(sub);
+    throw;
+  }
+  if (ensured != NATS_OK) {
     unsubscribe(sub);
     if (permanent) throw TransportError("jetstream: " + why);
     note_error(why);
