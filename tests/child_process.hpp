@@ -4,7 +4,8 @@
 // - child_arguments: what a test binary run again as a child was told (its --<flag>=A,B,...);
 // - spawn_child: starts a program in the background (nats-server, the nats.js interop peer), to
 //   be stopped by its PID; wait_for_child reaps it (or a child made by fork()) within a bound;
-//   reap_children_while reaps several while the parent keeps doing something.
+//   reap_children_while reaps several while the parent keeps doing something;
+// - write_report_line: how a child that may be SIGKILLed reports to its parent through a file.
 //
 // Thread-safety: every function may be called from any thread; each call owns its child.
 #pragma once
@@ -35,6 +36,13 @@
 extern char** environ;
 
 namespace test_support {
+
+// Appends `line` and a newline to `fd` with one write(2): a child SIGKILLed at any moment has
+// written the line whole, or not at all (a reader takes complete lines only).
+inline void write_report_line(int fd, const std::string& line) {
+  const std::string text = line + "\n";
+  (void)!::write(fd, text.data(), text.size());
+}
 
 struct ChildResult {
   bool timed_out = false;  // killed (SIGKILL) after the bound: a hang

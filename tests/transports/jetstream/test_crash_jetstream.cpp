@@ -67,11 +67,6 @@ n::BridgeConfig config_for(const std::string& app, const std::string& prefix) {
   return config;
 }
 
-void write_line(int fd, const std::string& line) {
-  const std::string text = line + "\n";
-  (void)!::write(fd, text.data(), text.size());  // one write(2): whole before the SIGKILL, or absent
-}
-
 // Complete lines only: a partial last line was not reported.
 std::vector<std::string> lines_of(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -123,13 +118,13 @@ TEST(JetStreamCrashChild, Consumer) {
   durable.start = n::StartPosition::all_retained();
   std::minstd_rand random{static_cast<unsigned>(::getpid())};
   bridge.subscribe_durable("work", "job.>", [&](const n::Event& event, n::DurableContext& context) {
-    write_line(progress, "S " + event.id());
+    test_support::write_report_line(progress, "S " + event.id());
     context.execute("INSERT INTO effects(event_id) VALUES (?1)", json::array({event.id()}));
     std::this_thread::sleep_for(std::chrono::milliseconds(10 + random() % 20));
-    write_line(progress, "E " + event.id());
+    test_support::write_report_line(progress, "E " + event.id());
   }, durable);
   bridge.start();
-  write_line(progress, "ready");
+  test_support::write_report_line(progress, "ready");
   for (int i = 0; i < 600; ++i) std::this_thread::sleep_for(100ms);
 }
 
@@ -232,18 +227,18 @@ TEST(JetStreamCrashChild, Producer) {
       bus, n::make_jetstream_transport(jetstream_options_for(args[0], kProducerStream, {std::string(kProducerPrefix) + ".>"})),
       outbox_config(args[1]));
   bridge->start();
-  write_line(report, "ready");
+  test_support::write_report_line(report, "ready");
   const auto give_up = Clock::now() + 20s;
   std::atomic<bool> stop{false};
   auto instrument = [&](int base) {
     for (int i = 1; i < kThreadSpan && !stop.load(); ++i) {
       bus.instrument("crash.event", {{"n", base + i}});
-      write_line(report, std::to_string(base + i));
+      test_support::write_report_line(report, std::to_string(base + i));
       if (i % 64 == 0) {
         const json dropped = bridge->health()["counters"]["dropped"];
         for (const auto& [reason, count] : dropped.items()) {
           if (count.get<std::uint64_t>() != 0) {
-            write_line(report, "dropped " + dropped.dump());
+            test_support::write_report_line(report, "dropped " + dropped.dump());
             ::_exit(3);
           }
         }

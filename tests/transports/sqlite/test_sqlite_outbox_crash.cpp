@@ -86,11 +86,6 @@ std::string env(const char* name) {
   return value == nullptr ? std::string() : std::string(value);
 }
 
-void write_line(int fd, const std::string& line) {
-  const std::string text = line + "\n";
-  (void)!::write(fd, text.data(), text.size());  // one write(2): complete before the SIGKILL, or absent
-}
-
 // ---- the child ------------------------------------------------------------------------------------
 
 // Runs only as the crash tests' child (NOTIFICATIONS_CRASH_DB set): instruments numbered events
@@ -115,23 +110,23 @@ TEST(SqliteOutboxCrashChild, Run) {
     tap->start();
     tap->subscribe("test.>", {}, [report](n::Delivery&& delivery) {
       const auto body = nlohmann::json::parse(delivery.message.body);
-      write_line(report, "d" + std::to_string(body["payload"]["n"].get<int>()));
+      test_support::write_report_line(report, "d" + std::to_string(body["payload"]["n"].get<int>()));
     });
   }
   auto bridge = std::make_unique<n::Bridge>(bus, mock, crash_config(db, durability));
   bridge->start();
-  write_line(report, "ready");
+  test_support::write_report_line(report, "ready");
   const auto give_up = Clock::now() + 20s;
   std::atomic<bool> stop{false};
   auto instrument = [&](int base) {
     for (int i = 1; i < kThreadSpan && !stop.load(); ++i) {
       bus.instrument("crash.event", {{"n", base + i}});
-      write_line(report, std::to_string(base + i));
+      test_support::write_report_line(report, std::to_string(base + i));
       if (i % 64 == 0) {
         const nlohmann::json dropped = bridge->health()["counters"]["dropped"];
         for (const auto& [reason, count] : dropped.items()) {
           if (count.get<std::uint64_t>() != 0) {
-            write_line(report, "dropped " + dropped.dump());
+            test_support::write_report_line(report, "dropped " + dropped.dump());
             ::_exit(3);
           }
         }
