@@ -8,8 +8,12 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -17,6 +21,8 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <thread>
 
 #include <civetweb.h>
 
@@ -105,6 +111,8 @@ struct MetricsServer::Server {
   std::string bearer_token;
   bool loopback = true;  // the address listened on is a loopback one
   std::string host;  // for url(): the address, in brackets for IPv6
+  std::string address;  // as given, without brackets
+  Family family = Family::v4;
   mg_context* context = nullptr;
   pid_t owner = ::getpid();  // the process whose threads serve `context`
 
@@ -289,6 +297,8 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   server_->bearer_token = options.bearer_token;
   server_->loopback = loopback;
   server_->host = family == Family::v6 ? "[" + options.address + "]" : options.address;
+  server_->address = options.address;
+  server_->family = family;
   const std::string ports = server_->host + ":" + std::to_string(options.port);
   // Each event-stream client holds a thread while connected; the others serve everything else.
   // The socket timeout bounds each write: an event-stream client that takes no bytes for that
@@ -340,6 +350,68 @@ MetricsServer::MetricsServer(std::shared_ptr<BridgeMetrics> metrics, MetricsServ
   port_ = static_cast<std::uint16_t>(bound[0].port);
 }
 
+namespace {
+
+// One connection to the listening socket, closed at once (the server reads end of file from it).
+// Any failure is ignored: the connection only wakes the server's accepting thread.
+void knock(Family family, const std::string& address, std::uint16_t port) {
+  const bool v6 = family == Family::v6;
+  const int fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  if (v6) {
+    sockaddr_in6 to{};
+    to.sin6_family = AF_INET6;
+    to.sin6_port = htons(port);
+    if (address == "::" || inet_pton(AF_INET6, address.c_str(), &to.sin6_addr) != 1) to.sin6_addr = in6addr_loopback;
+    (void)::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  } else {
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    if (address == "0.0.0.0" || inet_pton(AF_INET, address.c_str(), &to.sin_addr) != 1) {
+      to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
+    (void)::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  }
+  ::close(fd);
+}
+
+// mg_stop() without civetweb's wait: its accepting thread looks at the stop flag only between
+// polls of the listening socket, and a poll lasts up to 2 s when no connection comes (civetweb's
+// SOCKET_TIMEOUT_QUANTUM), so every stop took about 2 s. A second thread connects to the socket
+// every 10 ms while mg_stop() runs (at most 300 times): the poll returns, and the accepting thread
+// sees the flag. Without that thread (it could not be started) mg_stop() takes its 2 s.
+void stop_promptly(mg_context* context, Family family, const std::string& address, std::uint16_t port) {
+  std::mutex mutex;
+  std::condition_variable stopped_changed;
+  bool stopped = false;
+  std::optional<std::thread> knocker;
+  try {
+    knocker.emplace([&] {
+      std::unique_lock lock(mutex);
+      for (int i = 0; i < 300 && !stopped; ++i) {
+        if (stopped_changed.wait_for(lock, std::chrono::milliseconds(10), [&] { return stopped; })) break;
+        lock.unlock();
+        knock(family, address, port);
+        lock.lock();
+      }
+    });
+  } catch (const std::system_error&) {
+    // no thread: the slow stop below
+  }
+  mg_stop(context);
+  if (knocker) {
+    {
+      std::lock_guard lock(mutex);
+      stopped = true;
+    }
+    stopped_changed.notify_all();
+    knocker->join();
+  }
+}
+
+}  // namespace
+
 // In a forked child the server's threads do not exist: mg_stop() would wait for them for ever. The
 // child leaves the context (and its copy of the listening socket) as they are, as the contract in
 // prometheus.hpp says; so does the Server, whose handlers a context that never stops may name.
@@ -352,7 +424,7 @@ MetricsServer::~MetricsServer() {
   // The event-stream clients are held in their handlers until the stream ends them: first the
   // shutdown event, within the write deadline; then civetweb's threads can stop.
   if (server_->events) server_->events->shutdown(server_->events->options().write_deadline);
-  mg_stop(server_->context);
+  stop_promptly(server_->context, server_->family, server_->address, port_);
 }
 
 std::string MetricsServer::url() const { return "http://" + server_->host + ":" + std::to_string(port_); }
